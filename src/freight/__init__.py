@@ -1,0 +1,56 @@
+"""freight: batch processing for Python.
+
+Single calls from many callers grouped into batches by size, bytes or timeout,
+each caller getting its own result or error; on one sans-I/O engine.
+"""
+
+from freight._batched import AsyncBatched, SyncBatched, batched
+from freight._core._buffer import BatchBuffer, Flush, FlushReason
+from freight._core._clock import Clock
+from freight._core._retry import Retry
+from freight._core._spec import BatchSpec
+from freight._core._stats import BatcherStats, BatchEvent, Percentiles
+from freight._drivers._asyncio import Batcher
+from freight._drivers._threads import ThreadBatcher
+from freight._errors import (
+    BatcherClosed,
+    ConfigError,
+    FreightError,
+    HandlerContractError,
+    PermanentError,
+    QueueFull,
+    Skipped,
+    TransientError,
+)
+from freight._ratelimit import RateLimiter
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    # errors
+    "BatcherClosed",
+    "ConfigError",
+    "FreightError",
+    "HandlerContractError",
+    "PermanentError",
+    "QueueFull",
+    "Skipped",
+    "TransientError",
+    # core
+    "BatchBuffer",
+    "BatchEvent",
+    "BatchSpec",
+    "BatcherStats",
+    "Clock",
+    "Flush",
+    "FlushReason",
+    "Percentiles",
+    "RateLimiter",
+    "Retry",
+    # drivers
+    "AsyncBatched",
+    "Batcher",
+    "SyncBatched",
+    "ThreadBatcher",
+    "batched",
+]

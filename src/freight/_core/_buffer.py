@@ -1,0 +1,273 @@
+"""The batch buffer: a pure state machine that decides when a batch is due.
+
+Rules (every driver, job and flow in freight obeys exactly these):
+
+1. Items are partitioned by ``key(item)`` (one partition when there is no key).
+   Each key has at most one *open* batch.
+2. A batch opens when its first item arrives; its deadline is that arrival time
+   plus ``spec.timeout``. The timer is per batch: after a flush, the next batch of
+   that key starts its own timer with its own first item.
+3. ``add`` flushes a batch when it reaches ``spec.size`` items (reason ``"size"``)
+   or ``spec.max_bytes`` bytes (reason ``"bytes"``). An item that would push the
+   open batch past ``max_bytes`` first flushes that batch (``"bytes"``), then
+   opens the next. An item larger than ``max_bytes`` on its own is flushed alone.
+4. ``tick(now)`` flushes every batch whose deadline is ``<= now`` (``"timeout"``),
+   oldest deadline first.
+5. ``flush()`` flushes every open batch (``"manual"``); ``close()`` does the same
+   with ``"close"`` and refuses further ``add`` calls.
+6. Items rejected by ``where(item)`` are never buffered: ``add`` raises
+   :class:`~freight.Skipped`, so the caller always learns what happened.
+7. Within a key, items leave in the order they arrived. Every added item leaves
+   in exactly one flush.
+
+The buffer never reads a clock: ``now`` is always handed in, so tests (and the
+Hypothesis properties in ``tests/core``) drive time by hand.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+from freight._core._spec import BatchSpec, default_sizer
+from freight._errors import BatcherClosed, ConfigError, Skipped
+
+__all__ = ["BatchBuffer", "Flush", "FlushReason"]
+
+T = TypeVar("T")
+
+FlushReason = Literal["size", "bytes", "timeout", "manual", "close"]
+
+
+@dataclass(frozen=True, slots=True)
+class Flush(Generic[T]):
+    """One batch leaving the buffer.
+
+    Attributes:
+        key: the partition key (``None`` without ``key=``).
+        items: the items, in arrival order.
+        reason: why it left: ``"size"``, ``"bytes"``, ``"timeout"``, ``"manual"``, ``"close"``.
+        opened_at: the ``now`` at which its first item arrived.
+        tickets: opaque values added beside each item (drivers keep callers' futures
+            here); ``None`` entries when ``add`` was called without a ticket.
+    """
+
+    key: Hashable
+    items: list[T]
+    reason: FlushReason
+    opened_at: float
+    tickets: list[Any] = field(default_factory=list, repr=False, compare=False)
+
+
+class _Open:
+    """An open batch of one key."""
+
+    __slots__ = ("deadline", "items", "nbytes", "opened_at", "tickets")
+
+    def __init__(self, opened_at: float, deadline: float | None) -> None:
+        self.items: list[Any] = []
+        self.tickets: list[Any] = []
+        self.nbytes = 0
+        self.opened_at = opened_at
+        self.deadline = deadline
+
+
+class BatchBuffer(Generic[T]):
+    """Pure state machine deciding when batches are due; see the module rules.
+
+    Args:
+        spec: the :class:`BatchSpec` (size, timeout, max_bytes, sizer).
+        key: ``item -> hashable``; each key gets its own batch and timer.
+        where: ``item -> bool``; items for which it is false are refused with
+            :class:`~freight.Skipped` instead of being buffered.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_count",
+        "_deadlines",
+        "_key",
+        "_max_bytes",
+        "_open",
+        "_seq",
+        "_size",
+        "_sizer",
+        "_timeout",
+        "_where",
+        "spec",
+    )
+
+    def __init__(
+        self,
+        spec: BatchSpec,
+        *,
+        key: Callable[[T], Hashable] | None = None,
+        where: Callable[[T], bool] | None = None,
+    ) -> None:
+        if not isinstance(spec, BatchSpec):
+            raise ConfigError(f"spec must be a freight.BatchSpec, got {spec!r}")
+        if key is not None and not callable(key):
+            raise ConfigError(f"key must be a callable (item -> hashable), got {key!r}")
+        if where is not None and not callable(where):
+            raise ConfigError(f"where must be a callable (item -> bool), got {where!r}")
+        self.spec = spec
+        self._size = spec.size
+        self._timeout = spec.timeout
+        self._max_bytes = spec.max_bytes
+        self._sizer: Callable[[Any], int] = spec.sizer or default_sizer
+        self._key = key
+        self._where = where
+        self._open: dict[Hashable, _Open] = {}
+        # (deadline, seq, key, batch): lazily invalidated when the batch left early.
+        self._deadlines: list[tuple[float, int, Hashable, _Open]] = []
+        self._seq = 0
+        self._count = 0
+        self._closed = False
+
+    # -- queries ---------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Items buffered and not yet flushed, over all keys."""
+        return self._count
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def keys(self) -> list[Hashable]:
+        """Keys that have an open batch."""
+        return list(self._open)
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of an open batch, or ``None`` when none has one."""
+        heap = self._deadlines
+        while heap:
+            deadline, _, key, batch = heap[0]
+            if self._open.get(key) is batch:
+                return deadline
+            heapq.heappop(heap)
+        return None
+
+    # -- transitions -----------------------------------------------------------
+
+    def add(self, item: T, now: float, *, ticket: Any = None) -> list[Flush[T]]:
+        """Buffer ``item`` arriving at ``now``; return the flushes it caused.
+
+        Raises:
+            Skipped: ``where(item)`` is false; the item was not buffered.
+            BatcherClosed: :meth:`close` was called.
+        """
+        if self._closed:
+            raise BatcherClosed("the batch buffer is closed; it accepts no new items")
+        if self._where is not None and not self._where(item):
+            raise Skipped(f"item rejected by the where= predicate: {item!r:.200}")
+        return self._put(item, now, ticket)
+
+    def requeue(self, item: T, now: float, *, ticket: Any = None) -> list[Flush[T]]:
+        """Buffer an item again (a retry), bypassing ``where`` and the closed check.
+
+        Drivers use this to send an item back for a later batch; after
+        :meth:`close`, call :meth:`flush` or :meth:`close` again to emit it.
+        """
+        return self._put(item, now, ticket)
+
+    def _put(self, item: T, now: float, ticket: Any) -> list[Flush[T]]:
+        key = None if self._key is None else self._key(item)
+        if self._max_bytes is not None:
+            return self._put_sized(key, item, now, ticket)
+        batch = self._open.get(key)
+        if batch is None:
+            batch = self._start(key, now)
+        batch.items.append(item)
+        batch.tickets.append(ticket)
+        self._count += 1
+        if len(batch.items) >= self._size:
+            return [self._emit(key, batch, "size")]
+        return []
+
+    def _put_sized(self, key: Hashable, item: T, now: float, ticket: Any) -> list[Flush[T]]:
+        assert self._max_bytes is not None
+        nbytes = self._sizer(item)
+        if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
+            raise TypeError(f"sizer must return an int >= 0, got {nbytes!r} for {item!r:.200}")
+        out: list[Flush[T]] = []
+        batch = self._open.get(key)
+        if batch is not None and batch.nbytes + nbytes > self._max_bytes:
+            out.append(self._emit(key, batch, "bytes"))
+            batch = None
+        if batch is None:
+            batch = self._start(key, now)
+        batch.items.append(item)
+        batch.tickets.append(ticket)
+        batch.nbytes += nbytes
+        self._count += 1
+        if len(batch.items) >= self._size:
+            out.append(self._emit(key, batch, "size"))
+        elif batch.nbytes >= self._max_bytes:
+            out.append(self._emit(key, batch, "bytes"))
+        return out
+
+    def tick(self, now: float) -> list[Flush[T]]:
+        """Flush every batch whose deadline is ``<= now``, oldest deadline first."""
+        out: list[Flush[T]] = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, key, batch = heapq.heappop(heap)
+            if self._open.get(key) is batch:
+                out.append(self._emit(key, batch, "timeout"))
+        return out
+
+    def flush(self) -> list[Flush[T]]:
+        """Flush every open batch now (reason ``"manual"``), oldest first."""
+        return self._emit_all("manual")
+
+    def close(self) -> list[Flush[T]]:
+        """Flush every open batch (reason ``"close"``) and refuse further ``add``."""
+        self._closed = True
+        return self._emit_all("close")
+
+    def discard(self, item: T, ticket: Any) -> bool:
+        """Remove a still-buffered item (its caller gave up); True if it was found.
+
+        The item is found by its ``ticket`` (identity) in its key's open batch.
+        """
+        key = None if self._key is None else self._key(item)
+        batch = self._open.get(key)
+        if batch is None:
+            return False
+        for i, t in enumerate(batch.tickets):
+            if t is ticket:
+                del batch.tickets[i]
+                removed = batch.items.pop(i)
+                self._count -= 1
+                if self._max_bytes is not None:
+                    batch.nbytes -= self._sizer(removed)
+                if not batch.items:
+                    del self._open[key]
+                return True
+        return False
+
+    # -- internals -------------------------------------------------------------
+
+    def _start(self, key: Hashable, now: float) -> _Open:
+        deadline = None if self._timeout is None else now + self._timeout
+        batch = _Open(now, deadline)
+        self._open[key] = batch
+        if deadline is not None:
+            self._seq += 1
+            heapq.heappush(self._deadlines, (deadline, self._seq, key, batch))
+        return batch
+
+    def _emit(self, key: Hashable, batch: _Open, reason: FlushReason) -> Flush[T]:
+        del self._open[key]
+        self._count -= len(batch.items)
+        return Flush(key, batch.items, reason, batch.opened_at, batch.tickets)
+
+    def _emit_all(self, reason: FlushReason) -> list[Flush[T]]:
+        ordered = sorted(self._open.items(), key=lambda kv: kv[1].opened_at)
+        out = [self._emit(key, batch, reason) for key, batch in ordered]
+        self._deadlines.clear()
+        return out

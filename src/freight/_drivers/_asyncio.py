@@ -1,0 +1,455 @@
+"""``Batcher``: the asyncio driver of the batch engine.
+
+It owns the event loop's timers and tasks and decides nothing itself: the
+:class:`~freight.BatchBuffer` says when a batch is due, the dispatch queue says
+when it may start, and the batch plan says how it runs (retries, isolation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from freight._core._buffer import Flush
+from freight._core._clock import Clock, TimerHandle
+from freight._core._plan import Call, Reply, plan_batch
+from freight._core._retry import Retry
+from freight._core._spec import BatchSpec
+from freight._drivers._clocks import LoopClock
+from freight._drivers._engine import EngineBase, Overflow, Subscriber
+from freight._errors import BatcherClosed, ConfigError, Skipped
+from freight._ratelimit import RateLimiter
+
+__all__ = ["AsyncHandler", "Batcher", "SyncHandler"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+AsyncHandler = Callable[[list[T]], Awaitable[Sequence[R | BaseException] | None]]
+SyncHandler = Callable[[list[T]], Sequence[R | BaseException] | None]
+
+_is_done = asyncio.Future.done
+
+
+def is_async_callable(fn: object) -> bool:
+    """True for ``async def`` functions, partials of them and objects with ``async __call__``."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004  (we want the method, not callable())
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+class Batcher(EngineBase[T, R], Generic[T, R]):
+    """Group single items from many asyncio callers into batches; each caller gets its own outcome.
+
+    ::
+
+        async def embed(texts: list[str]) -> list[list[float]]: ...
+
+        async with Batcher(embed, BatchSpec(size=64, timeout=0.01)) as batcher:
+            vector = await batcher.submit("hello")
+
+    Args:
+        handler: ``list[T] -> list[R]`` (``async def`` or plain ``def``, which runs in
+            a worker thread). Element *i* of the result is item *i*'s result, or an
+            ``Exception`` instance that fails item *i* alone; raising fails the batch;
+            returning ``None`` gives every item the result ``None``.
+        spec: when a batch is due (:class:`BatchSpec`).
+        key: ``item -> hashable``; each key is batched separately with its own timer.
+        where: ``item -> bool``; rejected items raise :class:`~freight.Skipped`.
+        max_concurrent_batches: handler calls running at once.
+        max_pending: items accepted and not yet settled; beyond it ``submit`` waits
+            (``overflow="block"``) or raises :class:`~freight.QueueFull` (``"reject"``).
+        ordered: a key's next batch starts only after its previous batch finished.
+        retry: a :class:`Retry` policy (attempts, backoff, poison isolation); ``None``
+            delivers a raising handler's error to every item of the batch.
+        rate_limit: a :class:`RateLimiter` (or batches per second) pacing handler calls.
+        clock: a :class:`~freight.testing.FakeClock` in tests; the loop's clock otherwise.
+        name: the batcher's name in events and metrics (default: the handler's name).
+        subscribers: callables receiving a :class:`BatchEvent` after every batch.
+    """
+
+    def __init__(
+        self,
+        handler: AsyncHandler[T, R] | SyncHandler[T, R],
+        spec: BatchSpec,
+        *,
+        key: Callable[[T], Hashable] | None = None,
+        where: Callable[[T], bool] | None = None,
+        max_concurrent_batches: int = 1,
+        max_pending: int = 10_000,
+        overflow: Overflow = "block",
+        ordered: bool = False,
+        retry: Retry | None = None,
+        rate_limit: RateLimiter | float | None = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+        subscribers: Iterable[Subscriber] = (),
+    ) -> None:
+        super().__init__(
+            handler,
+            spec,
+            key=key,
+            where=where,
+            max_concurrent_batches=max_concurrent_batches,
+            max_pending=max_pending,
+            overflow=overflow,
+            ordered=ordered,
+            retry=retry,
+            rate_limit=rate_limit,
+            name=name,
+            subscribers=subscribers,
+        )
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigError(f"clock must implement freight's Clock protocol, got {clock!r}")
+        self._clock: Clock | None = clock
+        self._is_async = is_async_callable(handler)
+        self._timeout = spec.timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: TimerHandle | None = None
+        self._timer_at = 0.0
+        self._closed = False
+        self._room: deque[asyncio.Future[None]] = deque()
+        self._idle: list[asyncio.Future[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unfinished: set[int] = set()
+        self._barriers: list[tuple[set[int], asyncio.Future[None]]] = []
+        self._retry_waiting: dict[asyncio.Future[Any], tuple[TimerHandle, T]] = {}
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Batcher {self.name!r} {self.spec!r} pending={self._pending} {state}>"
+
+    # -- submitting ------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has started; no new items are accepted."""
+        return self._closed
+
+    def submit_nowait(self, item: T) -> asyncio.Future[R]:
+        """Accept ``item`` without waiting; return the future of its outcome.
+
+        Raises:
+            QueueFull: ``max_pending`` items are pending.
+            Skipped: the ``where=`` predicate rejected the item.
+            BatcherClosed: the batcher is closed.
+        """
+        if self._closed:
+            raise BatcherClosed(f"batcher {self.name!r} is closed; it accepts no new items")
+        if self._pending >= self.max_pending:
+            raise self._queue_full()
+        loop = self._loop or self._bind()
+        future: asyncio.Future[R] = loop.create_future()
+        clock = self._clock
+        assert clock is not None
+        try:
+            flushes = self._buffer.add(item, clock.now(), ticket=future)
+        except Skipped:
+            self._stats.skipped += 1
+            raise
+        self._pending += 1
+        if flushes:
+            self._start(flushes)
+        elif self._timer is None and self._timeout is not None:
+            self._arm()
+        return future
+
+    async def submit(self, item: T) -> R:
+        """Submit ``item`` and wait for its own result (or raise its own error).
+
+        With ``overflow="block"`` this first waits for room when ``max_pending``
+        items are pending. Cancelling the caller before the item is dispatched
+        removes the item; after dispatch, only this caller's result is dropped.
+        """
+        while self._pending >= self.max_pending and not self._closed:
+            if self.overflow == "reject":
+                raise self._queue_full()
+            await self._wait_for_room()
+        future = self.submit_nowait(item)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if self._buffer.discard(item, future):
+                self._pending -= 1
+                self._stats.cancelled += 1
+                self._after_settle()
+            raise
+
+    async def flush(self) -> None:
+        """Hand every open batch to the handler now, and wait until those are handled.
+
+        Items a handler sends back for a per-item retry are handled later.
+        """
+        if self._loop is None:
+            return
+        self._start(self._buffer.flush())
+        if self._unfinished:
+            barrier = asyncio.get_running_loop().create_future()
+            self._barriers.append((set(self._unfinished), barrier))
+            await barrier
+
+    async def close(self, drain: bool = True) -> None:
+        """Stop accepting items and settle every accepted one.
+
+        ``drain=True`` handles everything pending (partial batches flush with reason
+        ``"close"``) and waits for it. ``drain=False`` fails what has not started
+        and cancels running batches; their callers get :class:`BatcherClosed`.
+        """
+        self._closed = True
+        for waiter in self._room:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._room.clear()
+        if self._loop is None:
+            self._buffer.close()
+            return
+        if drain:
+            self._start(self._buffer.close())
+            while self._pending > 0 or self._dispatch.running > 0:
+                idle = asyncio.get_running_loop().create_future()
+                self._idle.append(idle)
+                await idle
+        else:
+            await self._abort()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def __aenter__(self) -> Batcher[T, R]:
+        self._bind()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close(drain=True)
+
+    # -- internals: binding, timers --------------------------------------------
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            if self._clock is None:
+                self._clock = LoopClock(loop)
+        elif self._loop is not loop:
+            raise RuntimeError(
+                f"batcher {self.name!r} is bound to another event loop; create one Batcher "
+                "per event loop"
+            )
+        return loop
+
+    def _arm(self) -> None:
+        deadline = self._buffer.next_deadline()
+        if deadline is not None:
+            assert self._clock is not None
+            self._timer_at = deadline
+            self._timer = self._clock.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        assert self._clock is not None
+        self._start(self._buffer.tick(max(self._clock.now(), self._timer_at)))
+        self._arm()
+
+    # -- internals: running batches ---------------------------------------------
+
+    def _start(self, flushes: list[Flush[T]]) -> None:
+        for flush in flushes:
+            self._unfinished.add(id(flush))
+            for ready in self._dispatch.push(flush):
+                self._spawn(ready)
+
+    def _spawn(self, flush: Flush[T]) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(self._run(flush))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, flush: Flush[T]) -> None:
+        items, futures = flush.items, flush.tickets
+        try:
+            if any(map(_is_done, futures)):
+                items, futures = self._drop_cancelled(items, futures)
+            if items:
+                await self._execute(flush, items, futures)
+        except BaseException as exc:  # cancelled by close(drain=False), or a bug
+            error = (
+                exc
+                if isinstance(exc, Exception)
+                else BatcherClosed(
+                    f"batcher {self.name!r} was closed without draining while this batch ran"
+                )
+            )
+            self._fail(futures, error)
+            if not isinstance(exc, asyncio.CancelledError | Exception):
+                raise
+        finally:
+            self._finish(flush)
+
+    def _drop_cancelled(
+        self, items: list[T], futures: list[asyncio.Future[Any]]
+    ) -> tuple[list[T], list[asyncio.Future[Any]]]:
+        kept = [(i, f) for i, f in zip(items, futures, strict=True) if not f.done()]
+        dropped = len(items) - len(kept)
+        self._pending -= dropped
+        self._stats.cancelled += dropped
+        for f in futures:
+            if f.done():
+                self._attempts.pop(f, None)
+        return [i for i, _ in kept], [f for _, f in kept]
+
+    async def _execute(
+        self, flush: Flush[T], items: list[T], futures: list[asyncio.Future[Any]]
+    ) -> None:
+        clock = self._clock
+        assert clock is not None
+        started = clock.now()
+        plan = plan_batch(items, self._retry, self._random)
+        calls = 0
+        effect = next(plan)
+        while True:
+            if type(effect) is Call:
+                calls += 1
+                reply = await self._call(effect.items)
+                try:
+                    effect = plan.send(reply)
+                except StopIteration as stop:
+                    outcomes: list[Any] = stop.value
+                    break
+            else:
+                await clock.sleep(effect.seconds)  # type: ignore[union-attr]
+                effect = next(plan)
+        succeeded, failed, retry_items = self._settle(items, futures, outcomes)
+        self._pending -= succeeded + failed
+        for item, future in retry_items:
+            self._schedule_retry(item, future)
+        event = self._record(
+            flush,
+            size=len(items),
+            wait=started - flush.opened_at,
+            duration=clock.now() - started,
+            succeeded=succeeded,
+            failed=failed,
+            retried=len(retry_items),
+            calls=calls,
+        )
+        if self._subscribers:
+            self._publish(event)
+
+    async def _call(self, items: list[T]) -> Reply:
+        if self._limiter is not None:
+            assert self._clock is not None
+            cost = len(items) if self._limiter.unit == "items" else 1
+            delay = self._limiter.reserve(cost, now=self._clock.now())
+            if delay > 0:
+                await self._clock.sleep(delay)
+        try:
+            if self._is_async:
+                value = await self._handler(list(items))
+            else:
+                assert self._loop is not None
+                value = await self._loop.run_in_executor(None, self._handler, list(items))
+        except Exception as exc:
+            return Reply(error=exc)
+        return Reply(value=value)
+
+    def _fail(self, futures: list[asyncio.Future[Any]], error: BaseException) -> None:
+        failed = 0
+        for future in futures:
+            if not future.done():
+                future.set_exception(error)
+                failed += 1
+        self._pending -= failed
+        self._stats.failed += failed
+
+    def _finish(self, flush: Flush[T]) -> None:
+        self._unfinished.discard(id(flush))
+        if self._barriers:
+            kept = []
+            for targets, barrier in self._barriers:
+                targets.discard(id(flush))
+                if targets:
+                    kept.append((targets, barrier))
+                elif not barrier.done():
+                    barrier.set_result(None)
+            self._barriers = kept
+        for ready in self._dispatch.done(flush):
+            self._spawn(ready)
+        self._after_settle()
+
+    def _after_settle(self) -> None:
+        if self._room:
+            free = self.max_pending - self._pending
+            while free > 0 and self._room:
+                waiter = self._room.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    free -= 1
+        if self._idle and self._pending == 0 and self._dispatch.running == 0:
+            for idle in self._idle:
+                if not idle.done():
+                    idle.set_result(None)
+            self._idle.clear()
+
+    async def _wait_for_room(self) -> None:
+        loop = self._loop or self._bind()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._room.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._after_settle()  # pass the wake-up on to the next waiter
+            raise
+
+    # -- internals: per-item retries ----------------------------------------------
+
+    def _schedule_retry(self, item: T, future: asyncio.Future[Any]) -> None:
+        clock = self._clock
+        assert clock is not None
+        delay = self._retry_delay(future)
+        handle = clock.call_at(clock.now() + delay, lambda: self._requeue(item, future))
+        self._retry_waiting[future] = (handle, item)
+
+    def _requeue(self, item: T, future: asyncio.Future[Any]) -> None:
+        self._retry_waiting.pop(future, None)
+        if future.done():  # its caller gave up while it waited
+            self._attempts.pop(future, None)
+            self._pending -= 1
+            self._stats.cancelled += 1
+            self._after_settle()
+            return
+        assert self._clock is not None
+        flushes = self._buffer.requeue(item, self._clock.now(), ticket=future)
+        if self._closed:
+            flushes += self._buffer.close()
+        self._start(flushes)
+        if self._timer is None and self._timeout is not None:
+            self._arm()
+
+    async def _abort(self) -> None:
+        error = BatcherClosed(
+            f"batcher {self.name!r} was closed with drain=False before this item was handled"
+        )
+        for flush in self._buffer.close() + self._dispatch.take_all():
+            self._fail(flush.tickets, error)
+            self._unfinished.discard(id(flush))
+        for future, (handle, _item) in list(self._retry_waiting.items()):
+            handle.cancel()
+            self._attempts.pop(future, None)
+            self._fail([future], error)
+        self._retry_waiting.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._after_settle()

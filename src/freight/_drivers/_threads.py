@@ -1,0 +1,350 @@
+"""``ThreadBatcher``: the same batching semantics for synchronous, threaded code.
+
+Many threads call :meth:`ThreadBatcher.submit`; batches run on a pool of
+``max_concurrent_batches`` worker threads; timeouts fire from the clock's timer
+thread. All state lives behind one lock; the decisions are the core's, exactly
+as in the asyncio :class:`~freight.Batcher`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from freight._core._buffer import Flush
+from freight._core._clock import Clock, TimerHandle
+from freight._core._plan import Call, Reply, plan_batch
+from freight._core._retry import Retry
+from freight._core._spec import BatchSpec
+from freight._drivers._asyncio import SyncHandler, is_async_callable
+from freight._drivers._clocks import ThreadClock
+from freight._drivers._engine import EngineBase, Overflow, Subscriber
+from freight._errors import BatcherClosed, ConfigError, Skipped
+from freight._ratelimit import RateLimiter
+
+__all__ = ["ThreadBatcher"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
+    """Group single items from many threads into batches; each caller gets its own outcome.
+
+    ::
+
+        def insert(rows: list[Row]) -> list[int]: ...
+
+        with ThreadBatcher(insert, BatchSpec(size=500, timeout=0.05)) as batcher:
+            future = batcher.submit(row)      # concurrent.futures.Future
+            row_id = batcher.call(row)        # or block for the result
+
+    The arguments are those of :class:`~freight.Batcher`; the handler must be a
+    plain function (use :class:`~freight.Batcher` for ``async def`` handlers).
+    With ``overflow="block"``, :meth:`submit` blocks the calling thread while
+    ``max_pending`` items are pending; :meth:`submit_nowait` never blocks.
+    """
+
+    def __init__(
+        self,
+        handler: SyncHandler[T, R],
+        spec: BatchSpec,
+        *,
+        key: Callable[[T], Hashable] | None = None,
+        where: Callable[[T], bool] | None = None,
+        max_concurrent_batches: int = 1,
+        max_pending: int = 10_000,
+        overflow: Overflow = "block",
+        ordered: bool = False,
+        retry: Retry | None = None,
+        rate_limit: RateLimiter | float | None = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+        subscribers: Iterable[Subscriber] = (),
+    ) -> None:
+        super().__init__(
+            handler,
+            spec,
+            key=key,
+            where=where,
+            max_concurrent_batches=max_concurrent_batches,
+            max_pending=max_pending,
+            overflow=overflow,
+            ordered=ordered,
+            retry=retry,
+            rate_limit=rate_limit,
+            name=name,
+            subscribers=subscribers,
+        )
+        if is_async_callable(handler):
+            raise ConfigError(
+                "ThreadBatcher needs a plain (sync) handler; for an `async def` handler "
+                "use freight.Batcher"
+            )
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigError(f"clock must implement freight's Clock protocol, got {clock!r}")
+        self._own_clock = clock is None
+        self._clock: Clock = clock if clock is not None else ThreadClock(f"freight-{self.name}")
+        self._timeout = spec.timeout
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_concurrent_batches, thread_name_prefix=f"freight-{self.name}"
+        )
+        self._timer: TimerHandle | None = None
+        self._timer_at = 0.0
+        self._closed = False
+        self._unfinished: set[int] = set()
+        self._retry_waiting: dict[Future[Any], tuple[TimerHandle, T]] = {}
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<ThreadBatcher {self.name!r} {self.spec!r} pending={self._pending} {state}>"
+
+    # -- submitting ------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has started; no new items are accepted."""
+        return self._closed
+
+    def submit(self, item: T) -> Future[R]:
+        """Accept ``item`` and return the future of its outcome.
+
+        With ``overflow="block"`` this blocks while ``max_pending`` items are pending.
+
+        Raises:
+            QueueFull: full and ``overflow="reject"``.
+            Skipped: the ``where=`` predicate rejected the item.
+            BatcherClosed: the batcher is closed.
+        """
+        with self._lock:
+            while self._pending >= self.max_pending and not self._closed:
+                if self.overflow == "reject":
+                    raise self._queue_full()
+                self._changed.wait()
+            return self._submit_locked(item)
+
+    def submit_nowait(self, item: T) -> Future[R]:
+        """Like :meth:`submit`, but raise :class:`~freight.QueueFull` instead of blocking."""
+        with self._lock:
+            return self._submit_locked(item)
+
+    def call(self, item: T, timeout: float | None = None) -> R:
+        """Submit ``item`` and block until its own result (or raise its own error)."""
+        return self.submit(item).result(timeout)
+
+    __call__ = call
+
+    def flush(self) -> None:
+        """Hand every open batch to the handler now, and block until those are handled."""
+        with self._lock:
+            self._start(self._buffer.flush())
+            targets = set(self._unfinished)
+            while targets & self._unfinished:
+                self._changed.wait()
+
+    def close(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop accepting items and settle every accepted one.
+
+        ``drain=True`` handles everything pending (partial batches flush with reason
+        ``"close"``) and blocks until done. ``drain=False`` fails what has not
+        started with :class:`~freight.BatcherClosed`; batches already running in a
+        thread finish (threads cannot be interrupted). ``timeout`` bounds the wait.
+        """
+        with self._lock:
+            self._closed = True
+            if drain:
+                self._start(self._buffer.close())
+            else:
+                self._abort_locked()
+            self._changed.notify_all()
+            ok = self._changed.wait_for(
+                lambda: self._pending == 0 and self._dispatch.running == 0, timeout
+            )
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        if not ok:
+            raise TimeoutError(
+                f"batcher {self.name!r} still had {self._pending} pending items after "
+                f"{timeout} s of close(); they keep running"
+            )
+        self._executor.shutdown(wait=True)
+        if self._own_clock and isinstance(self._clock, ThreadClock):
+            self._clock.stop()
+
+    def __enter__(self) -> ThreadBatcher[T, R]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(drain=True)
+
+    # -- internals (call with the lock held where the name says so) -------------
+
+    def _submit_locked(self, item: T) -> Future[R]:
+        if self._closed:
+            raise BatcherClosed(f"batcher {self.name!r} is closed; it accepts no new items")
+        if self._pending >= self.max_pending:
+            raise self._queue_full()
+        future: Future[R] = Future()
+        try:
+            flushes = self._buffer.add(item, self._clock.now(), ticket=future)
+        except Skipped:
+            self._stats.skipped += 1
+            raise
+        self._pending += 1
+        if flushes:
+            self._start(flushes)
+        elif self._timer is None and self._timeout is not None:
+            self._arm()
+        return future
+
+    def _arm(self) -> None:
+        deadline = self._buffer.next_deadline()
+        if deadline is not None:
+            self._timer_at = deadline
+            self._timer = self._clock.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._closed and not len(self._buffer):
+                return
+            self._start(self._buffer.tick(max(self._clock.now(), self._timer_at)))
+            self._arm()
+
+    def _start(self, flushes: list[Flush[T]]) -> None:
+        for flush in flushes:
+            self._unfinished.add(id(flush))
+            for ready in self._dispatch.push(flush):
+                self._executor.submit(self._run, ready)
+
+    def _run(self, flush: Flush[T]) -> None:
+        items, futures = flush.items, flush.tickets
+        attempts = self._attempts
+        try:
+            live = [f in attempts or f.set_running_or_notify_cancel() for f in futures]
+            if not all(live):
+                kept = [(i, f) for i, f, ok in zip(items, futures, live, strict=True) if ok]
+                with self._lock:
+                    dropped = len(items) - len(kept)
+                    self._pending -= dropped
+                    self._stats.cancelled += dropped
+                items, futures = [i for i, _ in kept], [f for _, f in kept]
+            if items:
+                self._execute(flush, items, futures)
+        except BaseException as exc:
+            self._fail(futures, exc if isinstance(exc, Exception) else BatcherClosed(str(exc)))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            with self._lock:
+                self._unfinished.discard(id(flush))
+                for ready in self._dispatch.done(flush):
+                    self._executor.submit(self._run, ready)
+                self._changed.notify_all()
+
+    def _execute(self, flush: Flush[T], items: list[T], futures: list[Future[Any]]) -> None:
+        clock = self._clock
+        started = clock.now()
+        plan = plan_batch(items, self._retry, self._random)
+        calls = 0
+        effect = next(plan)
+        while True:
+            if type(effect) is Call:
+                calls += 1
+                reply = self._call(effect.items)
+                try:
+                    effect = plan.send(reply)
+                except StopIteration as stop:
+                    outcomes: list[Any] = stop.value
+                    break
+            else:
+                clock.sleep_sync(effect.seconds)  # type: ignore[union-attr]
+                effect = next(plan)
+        succeeded, failed, retry_items = self._settle(items, futures, outcomes)
+        with self._lock:
+            self._pending -= succeeded + failed
+            for item, future in retry_items:
+                self._schedule_retry(item, future)
+            event = self._record(
+                flush,
+                size=len(items),
+                wait=started - flush.opened_at,
+                duration=clock.now() - started,
+                succeeded=succeeded,
+                failed=failed,
+                retried=len(retry_items),
+                calls=calls,
+            )
+        if self._subscribers:
+            self._publish(event)
+
+    def _call(self, items: list[T]) -> Reply:
+        if self._limiter is not None:
+            cost = len(items) if self._limiter.unit == "items" else 1
+            delay = self._limiter.reserve(cost, now=self._clock.now())
+            if delay > 0:
+                self._clock.sleep_sync(delay)
+        try:
+            return Reply(value=self._handler(list(items)))
+        except Exception as exc:
+            return Reply(error=exc)
+
+    def _fail(self, futures: list[Future[Any]], error: BaseException) -> None:
+        failed = 0
+        for future in futures:
+            if future.done():
+                continue
+            if future.running() or future.set_running_or_notify_cancel():
+                future.set_exception(error)
+                failed += 1
+        with self._lock:
+            self._pending -= failed
+            self._stats.failed += failed
+
+    def _schedule_retry(self, item: T, future: Future[Any]) -> None:
+        delay = self._retry_delay(future)
+        handle = self._clock.call_at(self._clock.now() + delay, lambda: self._requeue(item, future))
+        self._retry_waiting[future] = (handle, item)
+
+    def _requeue(self, item: T, future: Future[Any]) -> None:
+        with self._lock:
+            if self._retry_waiting.pop(future, None) is None:
+                return  # failed by close(drain=False) meanwhile
+            flushes = self._buffer.requeue(item, self._clock.now(), ticket=future)
+            if self._closed:
+                flushes += self._buffer.close()
+            self._start(flushes)
+            if self._timer is None and self._timeout is not None:
+                self._arm()
+
+    def _abort_locked(self) -> None:
+        error = BatcherClosed(
+            f"batcher {self.name!r} was closed with drain=False before this item was handled"
+        )
+        doomed: list[Future[Any]] = []
+        for flush in self._buffer.close() + self._dispatch.take_all():
+            doomed.extend(flush.tickets)
+            self._unfinished.discard(id(flush))
+        for future, (handle, _item) in self._retry_waiting.items():
+            handle.cancel()
+            doomed.append(future)
+        self._retry_waiting.clear()
+        for future in doomed:
+            self._attempts.pop(future, None)
+            if future.running() or future.set_running_or_notify_cancel():
+                future.set_exception(error)
+                self._stats.failed += 1
+            else:
+                self._stats.cancelled += 1
+            self._pending -= 1
