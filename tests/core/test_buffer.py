@@ -118,10 +118,10 @@ def test_flush_is_manual_and_close_refuses_more() -> None:
     assert buf.close() == []
 
 
-def test_requeue_after_close_is_emitted_by_the_next_close() -> None:
+def test_put_after_close_is_emitted_by_the_next_close() -> None:
     buf: BatchBuffer[int] = BatchBuffer(BatchSpec(size=10))
     buf.close()
-    assert buf.requeue(7, 0, ticket="t") == []
+    assert buf.put(7, 0, ticket="t") == []
     [flush] = buf.close()
     assert (flush.items, flush.tickets) == ([7], ["t"])
 

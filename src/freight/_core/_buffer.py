@@ -166,11 +166,12 @@ class BatchBuffer(Generic[T]):
             raise Skipped(f"item rejected by the where= predicate: {item!r:.200}")
         return self._put(item, now, ticket)
 
-    def requeue(self, item: T, now: float, *, ticket: Any = None) -> list[Flush[T]]:
-        """Buffer an item again (a retry), bypassing ``where`` and the closed check.
+    def put(self, item: T, now: float, *, ticket: Any = None) -> list[Flush[T]]:
+        """Buffer an item without the ``where`` and closed checks of :meth:`add`.
 
-        Drivers use this to send an item back for a later batch; after
-        :meth:`close`, call :meth:`flush` or :meth:`close` again to emit it.
+        For drivers: an item sent back for a retry in a later batch, or one whose
+        ``where`` check already ran on the caller's side. After :meth:`close`,
+        call :meth:`flush` or :meth:`close` again to emit it.
         """
         return self._put(item, now, ticket)
 

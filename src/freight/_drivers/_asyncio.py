@@ -429,7 +429,7 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
             self._after_settle()
             return
         assert self._clock is not None
-        flushes = self._buffer.requeue(item, self._clock.now(), ticket=future)
+        flushes = self._buffer.put(item, self._clock.now(), ticket=future)
         if self._closed:
             flushes += self._buffer.close()
         self._start(flushes)

@@ -2,14 +2,26 @@
 
 Many threads call :meth:`ThreadBatcher.submit`; batches run on a pool of
 ``max_concurrent_batches`` worker threads; timeouts fire from the clock's timer
-thread. All state lives behind one lock; the decisions are the core's, exactly
-as in the asyncio :class:`~freight.Batcher`.
+thread. The decisions are the core's, exactly as in the asyncio
+:class:`~freight.Batcher`.
+
+Why submit does not simply take a lock: with many producer threads, a lock that
+every item must take makes them queue behind each other (a thread that loses the
+GIL while holding it stalls all others), which measured 2.5x slower than the bare
+cost of a future. So submitting uses *flat combining*: a caller claims a ticket
+(an atomic counter, which enforces ``max_pending`` exactly), appends its item to
+an inbox (an atomic deque append) and then *tries* to take the lock without
+waiting; whoever holds the lock moves every inboxed item into the buffer, and
+every release of the lock re-checks the inbox, so no item is left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import threading
-from collections.abc import Callable, Hashable, Iterable
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -46,6 +58,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
     plain function (use :class:`~freight.Batcher` for ``async def`` handlers).
     With ``overflow="block"``, :meth:`submit` blocks the calling thread while
     ``max_pending`` items are pending; :meth:`submit_nowait` never blocks.
+    Cancelling a returned future before its batch starts removes the item.
     """
 
     def __init__(
@@ -69,7 +82,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             handler,
             spec,
             key=key,
-            where=where,
+            where=None,  # checked on the caller's thread, see submit()
             max_concurrent_batches=max_concurrent_batches,
             max_pending=max_pending,
             overflow=overflow,
@@ -79,6 +92,9 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             name=name,
             subscribers=subscribers,
         )
+        if where is not None and not callable(where):
+            raise ConfigError(f"where must be a callable (item -> bool), got {where!r}")
+        self._where = where
         if is_async_callable(handler):
             raise ConfigError(
                 "ThreadBatcher needs a plain (sync) handler; for an `async def` handler "
@@ -91,6 +107,9 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         self._timeout = spec.timeout
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        self._inbox: deque[tuple[T, Future[Any]]] = deque()
+        self._tickets = itertools.count()
+        self._released = 0  # tickets given back: settled, refused or withdrawn items
         self._executor = ThreadPoolExecutor(
             max_workers=max_concurrent_batches, thread_name_prefix=f"freight-{self.name}"
         )
@@ -102,14 +121,19 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<ThreadBatcher {self.name!r} {self.spec!r} pending={self._pending} {state}>"
-
-    # -- submitting ------------------------------------------------------------
+        return f"<ThreadBatcher {self.name!r} {self.spec!r} pending={self.pending} {state}>"
 
     @property
     def closed(self) -> bool:
         """True once :meth:`close` has started; no new items are accepted."""
         return self._closed
+
+    @property
+    def pending(self) -> int:
+        """Items accepted and not yet settled."""
+        return self._pending + len(self._inbox)
+
+    # -- submitting ------------------------------------------------------------
 
     def submit(self, item: T) -> Future[R]:
         """Accept ``item`` and return the future of its outcome.
@@ -121,17 +145,11 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             Skipped: the ``where=`` predicate rejected the item.
             BatcherClosed: the batcher is closed.
         """
-        with self._lock:
-            while self._pending >= self.max_pending and not self._closed:
-                if self.overflow == "reject":
-                    raise self._queue_full()
-                self._changed.wait()
-            return self._submit_locked(item)
+        return self._submit(item, self.overflow == "block")
 
     def submit_nowait(self, item: T) -> Future[R]:
         """Like :meth:`submit`, but raise :class:`~freight.QueueFull` instead of blocking."""
-        with self._lock:
-            return self._submit_locked(item)
+        return self._submit(item, False)
 
     def call(self, item: T, timeout: float | None = None) -> R:
         """Submit ``item`` and block until its own result (or raise its own error)."""
@@ -139,13 +157,113 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
 
     __call__ = call
 
+    def _submit(self, item: T, block: bool) -> Future[R]:
+        if self._closed:
+            raise BatcherClosed(f"batcher {self.name!r} is closed; it accepts no new items")
+        if self._where is not None and not self._where(item):
+            self._count_skipped()
+            raise Skipped(f"item rejected by the where= predicate: {item!r:.200}")
+        future: Future[R] = Future()
+        entry = (item, future)
+        if next(self._tickets) - self._released < self.max_pending:
+            self._inbox.append(entry)
+        else:
+            self._admit_slowly(entry, block)
+        self._withdraw_if_closed(entry)  # close() may have run since the check above
+        if self._lock.acquire(blocking=False):
+            self._drain_locked()
+            self._unlock()
+        return future
+
+    def _admit_slowly(self, entry: tuple[T, Future[Any]], block: bool) -> None:
+        """Full (or nearly): wait for room under the lock, or refuse."""
+        self._lock.acquire()
+        try:
+            self._released += 1  # give back the ticket that found no room
+            while True:
+                if self._closed:
+                    raise BatcherClosed(f"batcher {self.name!r} is closed; it accepts no new items")
+                if next(self._tickets) - self._released < self.max_pending:
+                    self._inbox.append(entry)
+                    return
+                self._released += 1
+                if not block:
+                    raise self._queue_full()
+                self._changed.wait()
+        finally:
+            self._unlock()
+
+    def _withdraw_if_closed(self, entry: tuple[T, Future[Any]]) -> None:
+        """The batcher closed while we submitted: take the item back if nobody took it."""
+        if not self._closed:
+            return
+        try:
+            self._inbox.remove(entry)
+        except ValueError:
+            return  # already drained: it is handled like every accepted item
+        with self._locked():
+            self._released += 1
+            self._changed.notify_all()
+        raise BatcherClosed(f"batcher {self.name!r} is closed; it accepts no new items")
+
+    def _count_skipped(self) -> None:
+        with self._locked():
+            self._stats.skipped += 1
+
+    # -- the lock and the inbox ----------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        """Release the lock; then drain whatever was inboxed while we held it."""
+        self._lock.release()
+        while self._inbox and self._lock.acquire(blocking=False):
+            self._drain_locked()
+            self._lock.release()
+
+    def _drain_locked(self) -> None:
+        inbox = self._inbox
+        if not inbox:
+            return
+        put = self._buffer.put
+        now = self._clock.now()
+        flushes: list[Flush[T]] = []
+        while inbox:
+            item, future = inbox.popleft()
+            try:
+                flushes += put(item, now, ticket=future)
+            except Exception as exc:  # the caller's key= or sizer raised: its own error
+                self._released += 1
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(exc)
+                continue
+            self._pending += 1
+        if self._closed:
+            flushes += self._buffer.close()
+        if flushes:
+            self._start(flushes)
+        if self._timer is None and self._timeout is not None:
+            self._arm()
+
+    # -- flush and close -------------------------------------------------------------
+
     def flush(self) -> None:
         """Hand every open batch to the handler now, and block until those are handled."""
-        with self._lock:
+        self._lock.acquire()
+        try:
+            self._drain_locked()
             self._start(self._buffer.flush())
             targets = set(self._unfinished)
             while targets & self._unfinished:
                 self._changed.wait()
+        finally:
+            self._unlock()
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop accepting items and settle every accepted one.
@@ -155,27 +273,34 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         started with :class:`~freight.BatcherClosed`; batches already running in a
         thread finish (threads cannot be interrupted). ``timeout`` bounds the wait.
         """
-        with self._lock:
+        self._lock.acquire()
+        try:
             self._closed = True
+            self._drain_locked()
             if drain:
                 self._start(self._buffer.close())
             else:
                 self._abort_locked()
             self._changed.notify_all()
-            ok = self._changed.wait_for(
-                lambda: self._pending == 0 and self._dispatch.running == 0, timeout
-            )
+            done = self._changed.wait_for(self._idle_locked, timeout)
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-        if not ok:
+        finally:
+            self._unlock()
+        if not done:
             raise TimeoutError(
-                f"batcher {self.name!r} still had {self._pending} pending items after "
+                f"batcher {self.name!r} still had {self.pending} pending items after "
                 f"{timeout} s of close(); they keep running"
             )
         self._executor.shutdown(wait=True)
         if self._own_clock and isinstance(self._clock, ThreadClock):
             self._clock.stop()
+
+    def _idle_locked(self) -> bool:
+        if self._inbox:
+            self._drain_locked()
+        return self._pending == 0 and self._dispatch.running == 0 and not self._inbox
 
     def __enter__(self) -> ThreadBatcher[T, R]:
         return self
@@ -188,25 +313,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
     ) -> None:
         self.close(drain=True)
 
-    # -- internals (call with the lock held where the name says so) -------------
-
-    def _submit_locked(self, item: T) -> Future[R]:
-        if self._closed:
-            raise BatcherClosed(f"batcher {self.name!r} is closed; it accepts no new items")
-        if self._pending >= self.max_pending:
-            raise self._queue_full()
-        future: Future[R] = Future()
-        try:
-            flushes = self._buffer.add(item, self._clock.now(), ticket=future)
-        except Skipped:
-            self._stats.skipped += 1
-            raise
-        self._pending += 1
-        if flushes:
-            self._start(flushes)
-        elif self._timer is None and self._timeout is not None:
-            self._arm()
-        return future
+    # -- internals (with the lock held where the name says so) ----------------------
 
     def _arm(self) -> None:
         deadline = self._buffer.next_deadline()
@@ -215,12 +322,15 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             self._timer = self._clock.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
-        with self._lock:
+        self._lock.acquire()
+        try:
             self._timer = None
-            if self._closed and not len(self._buffer):
-                return
+            self._drain_locked()
             self._start(self._buffer.tick(max(self._clock.now(), self._timer_at)))
-            self._arm()
+            if self._timer is None:
+                self._arm()
+        finally:
+            self._unlock()
 
     def _start(self, flushes: list[Flush[T]]) -> None:
         for flush in flushes:
@@ -235,11 +345,12 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             live = [f in attempts or f.set_running_or_notify_cancel() for f in futures]
             if not all(live):
                 kept = [(i, f) for i, f, ok in zip(items, futures, live, strict=True) if ok]
-                with self._lock:
-                    dropped = len(items) - len(kept)
-                    self._pending -= dropped
-                    self._stats.cancelled += dropped
+                dropped = len(items) - len(kept)
                 items, futures = [i for i, _ in kept], [f for _, f in kept]
+                with self._locked():
+                    self._pending -= dropped
+                    self._released += dropped
+                    self._stats.cancelled += dropped
             if items:
                 self._execute(flush, items, futures)
         except BaseException as exc:
@@ -247,11 +358,14 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             if not isinstance(exc, Exception):
                 raise
         finally:
-            with self._lock:
+            self._lock.acquire()
+            try:
                 self._unfinished.discard(id(flush))
                 for ready in self._dispatch.done(flush):
                     self._executor.submit(self._run, ready)
                 self._changed.notify_all()
+            finally:
+                self._unlock()
 
     def _execute(self, flush: Flush[T], items: list[T], futures: list[Future[Any]]) -> None:
         clock = self._clock
@@ -272,8 +386,10 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
                 clock.sleep_sync(effect.seconds)  # type: ignore[union-attr]
                 effect = next(plan)
         succeeded, failed, retry_items = self._settle(items, futures, outcomes)
-        with self._lock:
+        self._lock.acquire()
+        try:
             self._pending -= succeeded + failed
+            self._released += succeeded + failed
             for item, future in retry_items:
                 self._schedule_retry(item, future)
             event = self._record(
@@ -286,6 +402,8 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
                 retried=len(retry_items),
                 calls=calls,
             )
+        finally:
+            self._unlock()
         if self._subscribers:
             self._publish(event)
 
@@ -308,8 +426,9 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             if future.running() or future.set_running_or_notify_cancel():
                 future.set_exception(error)
                 failed += 1
-        with self._lock:
+        with self._locked():
             self._pending -= failed
+            self._released += failed
             self._stats.failed += failed
 
     def _schedule_retry(self, item: T, future: Future[Any]) -> None:
@@ -318,15 +437,18 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         self._retry_waiting[future] = (handle, item)
 
     def _requeue(self, item: T, future: Future[Any]) -> None:
-        with self._lock:
+        self._lock.acquire()
+        try:
             if self._retry_waiting.pop(future, None) is None:
                 return  # failed by close(drain=False) meanwhile
-            flushes = self._buffer.requeue(item, self._clock.now(), ticket=future)
+            flushes = self._buffer.put(item, self._clock.now(), ticket=future)
             if self._closed:
                 flushes += self._buffer.close()
             self._start(flushes)
             if self._timer is None and self._timeout is not None:
                 self._arm()
+        finally:
+            self._unlock()
 
     def _abort_locked(self) -> None:
         error = BatcherClosed(
@@ -348,3 +470,4 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             else:
                 self._stats.cancelled += 1
             self._pending -= 1
+            self._released += 1
