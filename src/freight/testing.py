@@ -98,9 +98,16 @@ class FakeClock:
                     return timer
         return None
 
+    def _target(self, seconds: float) -> float:
+        if seconds < 0:
+            raise ValueError(f"a clock only moves forward; got advance({seconds})")
+        # Whole nanoseconds, so that advance(29.999) then advance(0.001) lands on
+        # the deadline exactly instead of a float rounding error before it.
+        return round(self._now + seconds, 9)
+
     def advance_sync(self, seconds: float) -> None:
         """Move time forward by ``seconds``, running due timers in order in this thread."""
-        target = self._now + seconds
+        target = self._target(seconds)
         while (timer := self._pop_due(target)) is not None:
             self._now = max(self._now, timer.when)
             timer.callback()
@@ -114,7 +121,7 @@ class FakeClock:
         work (a flush starting a handler that sleeps for a backoff) play out
         within the same call.
         """
-        target = self._now + seconds
+        target = self._target(seconds)
         await _settle()
         while (timer := self._pop_due(target)) is not None:
             self._now = max(self._now, timer.when)
