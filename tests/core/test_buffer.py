@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from freight import BatchBuffer, BatcherClosed, BatchSpec, Flush, Skipped
 
 
-def reasons(flushes: list[Flush[int]]) -> list[str]:
+def reasons(flushes: list[Flush[Any]]) -> list[str]:
     return [f.reason for f in flushes]
 
 

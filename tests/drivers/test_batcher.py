@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 
 from freight import (
-    BatchEvent,
     Batcher,
     BatcherClosed,
+    BatchEvent,
     BatchSpec,
     ConfigError,
     HandlerContractError,
@@ -52,14 +52,14 @@ async def test_guide_timeline_on_a_fake_clock(clock: FakeClock) -> None:
         first += [b.submit_nowait(i) for i in range(5, 8)]
         await clock.advance(10)
         first += [b.submit_nowait(i) for i in range(8, 10)]
-        assert await asyncio.gather(*first) == [i * 2 for i in range(10)]
+        assert list(await asyncio.gather(*first)) == [i * 2 for i in range(10)]
         assert [(e.reason, e.size, clock.now()) for e in events] == [("size", 10, 20)]
         await clock.advance(5)
         late = [b.submit_nowait(i) for i in range(3)]
         await clock.advance(29.999)
         assert not any(f.done() for f in late)
         await clock.advance(0.001)
-        assert await asyncio.gather(*late) == [0, 2, 4]
+        assert list(await asyncio.gather(*late)) == [0, 2, 4]
     assert [(e.reason, e.size) for e in events] == [("size", 10), ("timeout", 3)]
     assert events[1].wait == pytest.approx(30)
 
@@ -89,7 +89,8 @@ async def test_contract_violation_fails_every_item_explaining_the_rule(bad: obje
     async def handler(items: list[int]) -> object:
         return bad
 
-    async with Batcher(handler, BatchSpec(size=3)) as b:  # type: ignore[arg-type]
+    b: Batcher[int, object] = Batcher(handler, BatchSpec(size=3))  # type: ignore[arg-type]
+    async with b:
         outcomes = await asyncio.gather(*(b.submit(i) for i in range(3)), return_exceptions=True)
     assert all(isinstance(o, HandlerContractError) for o in outcomes)
     assert "same length" in str(outcomes[0]) or "must return a list" in str(outcomes[0])
@@ -101,8 +102,9 @@ async def test_none_return_means_success_with_none() -> None:
     async def handler(items: list[int]) -> None:
         seen.extend(items)
 
-    async with Batcher(handler, BatchSpec(size=2)) as b:
-        assert await asyncio.gather(b.submit(1), b.submit(2)) == [None, None]
+    b: Batcher[int, None] = Batcher(handler, BatchSpec(size=2))
+    async with b:
+        assert list(await asyncio.gather(b.submit(1), b.submit(2))) == [None, None]
     assert seen == [1, 2]
 
 
@@ -116,7 +118,7 @@ async def test_sync_handler_runs_in_a_thread() -> None:
         return [i + 1 for i in items]
 
     async with Batcher(handler, BatchSpec(size=2)) as b:
-        assert await asyncio.gather(b.submit(1), b.submit(2)) == [2, 3]
+        assert list(await asyncio.gather(b.submit(1), b.submit(2))) == [2, 3]
     assert threading.get_ident() not in threads
 
 
@@ -126,7 +128,7 @@ async def test_where_rejects_with_skipped(clock: FakeClock) -> None:
             await b.submit(-1)
         with pytest.raises(Skipped):
             b.submit_nowait(-2)
-        assert await asyncio.gather(b.submit(1), b.submit(2)) == [2, 4]
+        assert list(await asyncio.gather(b.submit(1), b.submit(2))) == [2, 4]
     assert b.stats().skipped == 2
     assert b.stats().submitted == 2
 
@@ -139,7 +141,7 @@ async def test_keys_batch_separately_with_their_own_timers(clock: FakeClock) -> 
         await clock.advance(3)
         odds = [b.submit_nowait(1)]
         await clock.advance(2)
-        assert await asyncio.gather(*evens) == [0, 4]
+        assert list(await asyncio.gather(*evens)) == [0, 4]
         assert not odds[0].done()
         await clock.advance(3)
         assert await odds[0] == 2
@@ -177,7 +179,7 @@ async def test_block_overflow_waits_for_room(clock: FakeClock) -> None:
         third = asyncio.ensure_future(b.submit(2))
         await asyncio.sleep(0)
         assert b.pending <= 2
-        assert await asyncio.gather(*first) == [0, 2]
+        assert list(await asyncio.gather(*first)) == [0, 2]
         await clock.advance(1)
         assert await third == 4
 
@@ -204,7 +206,7 @@ async def test_cancelled_future_is_dropped_at_dispatch(clock: FakeClock) -> None
         f1 = b.submit_nowait(1)
         f1.cancel()
         f2, f3 = b.submit_nowait(2), b.submit_nowait(3)
-        assert await asyncio.gather(f2, f3) == [4, 6]
+        assert list(await asyncio.gather(f2, f3)) == [4, 6]
     assert handler.calls == [[2, 3]]
 
 
@@ -300,7 +302,7 @@ async def test_ordered_keeps_order_per_key() -> None:
         log.extend(items)
         in_flight.discard(key)
 
-    b = Batcher(
+    b: Batcher[tuple[int, int], None] = Batcher(
         handler,
         BatchSpec(size=2),
         key=lambda kv: kv[0],
@@ -352,7 +354,7 @@ async def test_transient_batch_failure_is_retried_after_backoff(clock: FakeClock
         await clock.advance(0.5)  # first backoff (1 s) over
         assert attempts == 2
         await clock.advance(2)  # second backoff (2 s) over
-        assert await asyncio.gather(*futures) == [1, 2]
+        assert list(await asyncio.gather(*futures)) == [1, 2]
     assert attempts == 3
 
 
@@ -390,7 +392,8 @@ async def test_transient_item_failure_exhausts_attempts(clock: FakeClock) -> Non
         return [TransientError("always busy") for _ in items]
 
     retry = Retry(attempts=2, backoff=1, jitter=0)
-    async with Batcher(handler, BatchSpec(size=1), retry=retry, clock=clock) as b:
+    b: Batcher[int, int] = Batcher(handler, BatchSpec(size=1), retry=retry, clock=clock)
+    async with b:
         future = b.submit_nowait(1)
         await clock.advance(1)
         with pytest.raises(TransientError):

@@ -9,8 +9,8 @@ from concurrent.futures import CancelledError, Future
 import pytest
 
 from freight import (
-    BatchEvent,
     BatcherClosed,
+    BatchEvent,
     BatchSpec,
     ConfigError,
     QueueFull,
@@ -217,9 +217,10 @@ def test_ordered_runs_one_batch_per_key_at_a_time() -> None:
         with guard:
             active.discard(key)
 
-    with ThreadBatcher(
+    b: ThreadBatcher[tuple[int, int], None] = ThreadBatcher(
         handler, BatchSpec(size=3), key=lambda kv: kv[0], ordered=True, max_concurrent_batches=4
-    ) as b:
+    )
+    with b:
         for n in range(30):
             for k in range(3):
                 b.submit((k, n))
@@ -231,7 +232,7 @@ def test_async_handler_is_refused_with_a_pointer_to_batcher() -> None:
     async def handler(items: list[int]) -> list[int]:
         return items
 
-    with pytest.raises(ConfigError, match="freight.Batcher"):
+    with pytest.raises(ConfigError, match=r"freight\.Batcher"):
         ThreadBatcher(handler, BatchSpec(size=1))  # type: ignore[arg-type]
 
 

@@ -1,0 +1,100 @@
+"""The batch plan: handler contract, retries and bisection, as a pure generator."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from freight import HandlerContractError, Retry
+from freight._core._plan import Call, Reply, Sleep, plan_batch
+
+
+def execute(
+    items: list[int], handler: Callable[[list[int]], Any], retry: Retry | None
+) -> tuple[list[Any], int, list[float]]:
+    """Run a plan synchronously; return outcomes, handler calls and sleeps."""
+    plan = plan_batch(items, retry, lambda: 0.5)
+    calls, sleeps = 0, []
+    effect = next(plan)
+    while True:
+        try:
+            if isinstance(effect, Call):
+                calls += 1
+                try:
+                    reply = Reply(value=handler(effect.items))
+                except Exception as exc:
+                    reply = Reply(error=exc)
+                effect = plan.send(reply)
+            else:
+                assert isinstance(effect, Sleep)
+                sleeps.append(effect.seconds)
+                effect = next(plan)
+        except StopIteration as stop:
+            return stop.value, calls, sleeps
+
+
+def poisoned(bad: set[int]) -> Callable[[list[int]], list[int]]:
+    def handler(items: list[int]) -> list[int]:
+        if bad.intersection(items):
+            raise ValueError(f"poison in {sorted(bad.intersection(items))}")
+        return [i * 10 for i in items]
+
+    return handler
+
+
+def test_one_poison_in_100_costs_at_most_2_log2_n_plus_1_calls() -> None:
+    outcomes, calls, _ = execute(list(range(100)), poisoned({42}), Retry(attempts=1))
+    assert [o for o in outcomes if isinstance(o, Exception)] == [outcomes[42]]
+    assert sum(not isinstance(o, Exception) for o in outcomes) == 99
+    assert calls - 1 <= 2 * math.ceil(math.log2(100)) + 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 120),
+    bad=st.sets(st.integers(0, 119), max_size=5),
+)
+def test_bisection_isolates_exactly_the_poison_items(n: int, bad: set[int]) -> None:
+    bad = {b for b in bad if b < n}
+    outcomes, _, _ = execute(list(range(n)), poisoned(bad), Retry(attempts=1))
+    for i, outcome in enumerate(outcomes):
+        if i in bad:
+            assert isinstance(outcome, ValueError)
+        else:
+            assert outcome == i * 10
+
+
+def test_transient_whole_batch_failure_retries_with_backoff() -> None:
+    failures = iter([ConnectionError("reset"), TimeoutError("slow")])
+
+    def handler(items: list[int]) -> list[int]:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return items
+
+    retry = Retry(attempts=3, backoff=1, jitter=0)
+    outcomes, calls, sleeps = execute([1, 2], handler, retry)
+    assert (outcomes, calls, sleeps) == ([1, 2], 3, [1.0, 2.0])
+
+
+def test_without_isolation_every_item_gets_the_batch_error() -> None:
+    outcomes, calls, _ = execute([1, 2, 3], poisoned({2}), Retry(attempts=1, isolate=False))
+    assert calls == 1
+    assert all(isinstance(o, ValueError) for o in outcomes)
+
+
+def test_contract_errors() -> None:
+    outcomes, _, _ = execute([1, 2], lambda items: [1], None)
+    assert all(isinstance(o, HandlerContractError) for o in outcomes)
+    assert "returned 1 results for 2 items" in str(outcomes[0])
+    outcomes, _, _ = execute([1, 2], lambda items: "ab", None)
+    assert all(isinstance(o, HandlerContractError) for o in outcomes)
+    outcomes, _, _ = execute([1, 2], lambda items: (5, 6), None)
+    assert outcomes == [5, 6]
+    outcomes, _, _ = execute([1, 2], lambda items: None, None)
+    assert outcomes == [None, None]

@@ -1,0 +1,35 @@
+"""PrometheusSubscriber exports every batch event, labelled by batcher name."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CollectorRegistry
+
+from freight import Batcher, BatchSpec
+from freight.metrics import PrometheusSubscriber
+
+
+async def test_prometheus_subscriber_exports_the_documented_metrics() -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusSubscriber(registry)
+
+    async def handler(items: list[int]) -> list[int | Exception]:
+        return [ValueError("bad") if i == 0 else i for i in items]
+
+    async with Batcher(handler, BatchSpec(size=2), name="ids", subscribers=[metrics]) as b:
+        futures = [b.submit_nowait(i) for i in range(3)]
+    await asyncio.gather(*futures, return_exceptions=True)  # the third one flushed on close
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"batcher": "ids", **labels})
+
+    assert value("freight_flushes_total", reason="size") == 1
+    assert value("freight_flushes_total", reason="close") == 1
+    assert value("freight_items_total", outcome="succeeded") == 2
+    assert value("freight_items_total", outcome="failed") == 1
+    assert value("freight_batch_size_count") == 2
+    assert value("freight_batch_size_sum") == 3
+    assert value("freight_batch_duration_seconds_count") == 2
+    assert value("freight_item_wait_seconds_count") == 2
+    assert value("freight_queue_depth") == 0
