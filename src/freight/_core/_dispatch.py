@@ -37,10 +37,6 @@ class DispatchQueue(Generic[T]):
         """Batches waiting to start."""
         return len(self._waiting)
 
-    def queued_items(self) -> int:
-        """Items in batches waiting to start."""
-        return sum(len(f.items) for f in self._waiting)
-
     def push(self, flush: Flush[T]) -> list[Flush[T]]:
         """Queue ``flush``; return the batches that may start now (the caller starts them)."""
         if (

@@ -1,0 +1,68 @@
+"""Smaller contracts of the core values: reprs, equality, sizes, percentiles, the fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from freight import BatchBuffer, BatchSpec, Flush, Retry
+from freight._core._dispatch import DispatchQueue
+from freight._core._spec import default_sizer
+from freight._core._stats import StatsRecorder
+from freight.testing import FakeClock
+
+
+def test_default_sizer_measures_bytes_like_and_text() -> None:
+    assert default_sizer(b"abc") == 3
+    assert default_sizer(bytearray(b"ab")) == 2
+    assert default_sizer(memoryview(b"abcd")) == 4
+    assert default_sizer("é") == 2
+
+
+def test_spec_value_semantics() -> None:
+    spec = BatchSpec(5, 1.5, max_bytes=10, sizer=len)
+    assert repr(spec) == f"BatchSpec(size=5, timeout=1.5, max_bytes=10, sizer={len!r})"
+    assert spec != "BatchSpec"
+    with pytest.raises(AttributeError, match="immutable"):
+        del spec.size
+
+
+def test_sizer_must_return_a_non_negative_int() -> None:
+    buf: BatchBuffer[str] = BatchBuffer(BatchSpec(10, max_bytes=5, sizer=lambda s: -1))
+    with pytest.raises(TypeError, match="sizer must return an int"):
+        buf.add("x", 0)
+
+
+def test_dispatch_queue_length_counts_waiting_batches() -> None:
+    queue: DispatchQueue[int] = DispatchQueue(1)
+    assert queue.push(Flush(0, [1], "size", 0)) != []
+    assert queue.push(Flush(0, [2], "size", 0)) == []
+    assert len(queue) == 1
+    assert [f.items for f in queue.take_all()] == [[2]]
+
+
+def test_retry_repr_and_empty_stats() -> None:
+    assert repr(Retry(attempts=2, jitter=0)).startswith("Retry(attempts=2, backoff=0.1")
+    stats = StatsRecorder(10).snapshot(pending=0)
+    assert math.isnan(stats.latency.p50)
+    assert stats.efficiency == 0
+
+
+async def test_fake_clock_runs_timers_in_order_and_sleeps_virtually() -> None:
+    clock = FakeClock(start=100)
+    fired: list[tuple[str, float]] = []
+    clock.call_at(103, lambda: fired.append(("b", clock.now())))
+    clock.call_at(101, lambda: fired.append(("a", clock.now())))
+    cancelled = clock.call_at(102, lambda: fired.append(("x", clock.now())))
+    cancelled.cancel()
+    assert clock.pending_timers() == [101, 103]
+    sleeper = asyncio.ensure_future(clock.sleep(2.5))
+    await clock.advance(5)
+    assert fired == [("a", 101), ("b", 103)]
+    assert sleeper.done()
+    assert clock.now() == 105
+    await clock.sleep(0)
+    with pytest.raises(ValueError, match="forward"):
+        await clock.advance(-1)
