@@ -123,7 +123,7 @@ def test_flush_is_manual_and_close_refuses_more() -> None:
 def test_put_after_close_is_emitted_by_the_next_close() -> None:
     buf: BatchBuffer[int] = BatchBuffer(BatchSpec(size=10))
     buf.close()
-    assert buf.put(7, 0, ticket="t") == []
+    assert not buf.put(7, 0, ticket="t")
     [flush] = buf.close()
     assert (flush.items, flush.tickets) == ([7], ["t"])
 

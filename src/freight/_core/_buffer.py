@@ -27,7 +27,7 @@ Hypothesis properties in ``tests/core``) drive time by hand.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -39,6 +39,8 @@ __all__ = ["BatchBuffer", "Flush", "FlushReason"]
 T = TypeVar("T")
 
 FlushReason = Literal["size", "bytes", "timeout", "manual", "close"]
+
+_NO_FLUSHES: tuple[()] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,18 +166,17 @@ class BatchBuffer(Generic[T]):
             raise BatcherClosed("the batch buffer is closed; it accepts no new items")
         if self._where is not None and not self._where(item):
             raise Skipped(f"item rejected by the where= predicate: {item!r:.200}")
-        return self._put(item, now, ticket)
+        flushes = self.put(item, now, ticket)
+        return flushes if type(flushes) is list else []
 
-    def put(self, item: T, now: float, *, ticket: Any = None) -> list[Flush[T]]:
+    def put(self, item: T, now: float, ticket: Any = None) -> Sequence[Flush[T]]:
         """Buffer an item without the ``where`` and closed checks of :meth:`add`.
 
         For drivers: an item sent back for a retry in a later batch, or one whose
         ``where`` check already ran on the caller's side. After :meth:`close`,
-        call :meth:`flush` or :meth:`close` again to emit it.
+        call :meth:`flush` or :meth:`close` again to emit it. Returns a shared
+        empty tuple when nothing is due (no allocation on the hot path).
         """
-        return self._put(item, now, ticket)
-
-    def _put(self, item: T, now: float, ticket: Any) -> list[Flush[T]]:
         key = None if self._key is None else self._key(item)
         if self._max_bytes is not None:
             return self._put_sized(key, item, now, ticket)
@@ -187,7 +188,7 @@ class BatchBuffer(Generic[T]):
         self._count += 1
         if len(batch.items) >= self._size:
             return [self._emit(key, batch, "size")]
-        return []
+        return _NO_FLUSHES
 
     def _put_sized(self, key: Hashable, item: T, now: float, ticket: Any) -> list[Flush[T]]:
         assert self._max_bytes is not None

@@ -76,8 +76,8 @@ class Retry:
     def __init__(
         self,
         attempts: int = 3,
-        *,
         backoff: float | timedelta = 0.1,
+        *,
         multiplier: float = 2.0,
         max_backoff: float | timedelta = 30.0,
         jitter: float = 1.0,

@@ -21,7 +21,7 @@ from freight._core._retry import Retry
 from freight._core._spec import BatchSpec
 from freight._drivers._clocks import LoopClock
 from freight._drivers._engine import EngineBase, Overflow, Subscriber
-from freight._errors import BatcherClosed, ConfigError, Skipped
+from freight._errors import BatcherClosed, ConfigError
 from freight._ratelimit import RateLimiter
 
 __all__ = ["AsyncHandler", "Batcher", "SyncHandler"]
@@ -143,15 +143,13 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
             raise BatcherClosed(f"batcher {self.name!r} is closed; it accepts no new items")
         if self._pending >= self.max_pending:
             raise self._queue_full()
+        if self._where is not None and not self._where(item):
+            raise self._skip(item)
         loop = self._loop or self._bind()
         future: asyncio.Future[R] = loop.create_future()
         clock = self._clock
         assert clock is not None
-        try:
-            flushes = self._buffer.add(item, clock.now(), ticket=future)
-        except Skipped:
-            self._stats.skipped += 1
-            raise
+        flushes = self._buffer.put(item, clock.now(), future)
         self._pending += 1
         if flushes:
             self._start(flushes)
@@ -262,7 +260,7 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
 
     # -- internals: running batches ---------------------------------------------
 
-    def _start(self, flushes: list[Flush[T]]) -> None:
+    def _start(self, flushes: Sequence[Flush[T]]) -> None:
         for flush in flushes:
             self._unfinished.add(id(flush))
             for ready in self._dispatch.push(flush):
@@ -429,10 +427,9 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
             self._after_settle()
             return
         assert self._clock is not None
-        flushes = self._buffer.put(item, self._clock.now(), ticket=future)
+        self._start(self._buffer.put(item, self._clock.now(), future))
         if self._closed:
-            flushes += self._buffer.close()
-        self._start(flushes)
+            self._start(self._buffer.close())
         if self._timer is None and self._timeout is not None:
             self._arm()
 

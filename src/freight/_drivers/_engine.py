@@ -23,7 +23,7 @@ from freight._core._retry import Retry
 from freight._core._spec import BatchSpec
 from freight._core._stats import BatcherStats, BatchEvent, StatsRecorder
 from freight._core._time import to_positive_int
-from freight._errors import ConfigError, QueueFull
+from freight._errors import ConfigError, QueueFull, Skipped
 from freight._ratelimit import RateLimiter
 
 __all__ = ["EngineBase", "Overflow", "Subscriber"]
@@ -78,7 +78,10 @@ class EngineBase(Generic[T, R]):
         if not callable(handler):
             raise ConfigError(f"handler must be callable (list of items -> list), got {handler!r}")
         self._handler = handler
+        # Drivers check where= on the caller's side (and raise Skipped there), then
+        # use the buffer's check-free put() on their hot path.
         self._buffer: BatchBuffer[T] = BatchBuffer(spec, key=key, where=where)
+        self._where = where
         self.spec = spec
         self._dispatch: DispatchQueue[T] = DispatchQueue(max_concurrent_batches, ordered=ordered)
         self.max_concurrent_batches = max_concurrent_batches
@@ -128,6 +131,10 @@ class EngineBase(Generic[T, R]):
         return self._pending
 
     # -- shared internals ------------------------------------------------------
+
+    def _skip(self, item: T) -> Skipped:
+        self._stats.skipped += 1
+        return Skipped(f"item rejected by the where= predicate: {item!r:.200}")
 
     def _queue_full(self) -> QueueFull:
         return QueueFull(
