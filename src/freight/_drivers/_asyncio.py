@@ -35,6 +35,10 @@ SyncHandler = Callable[[list[T]], Sequence[R | BaseException] | None]
 _is_done = asyncio.Future.done
 
 
+def _unbound_clock() -> float:
+    raise RuntimeError("the batcher's clock is bound on first use inside an event loop")
+
+
 def is_async_callable(fn: object) -> bool:
     """True for ``async def`` functions, partials of them and objects with ``async __call__``."""
     if inspect.iscoroutinefunction(fn):
@@ -107,6 +111,7 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
         if clock is not None and not isinstance(clock, Clock):
             raise ConfigError(f"clock must implement freight's Clock protocol, got {clock!r}")
         self._clock: Clock | None = clock
+        self._now: Callable[[], float] = _unbound_clock
         self._is_async = is_async_callable(handler)
         self._timeout = spec.timeout
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,9 +152,7 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
             raise self._skip(item)
         loop = self._loop or self._bind()
         future: asyncio.Future[R] = loop.create_future()
-        clock = self._clock
-        assert clock is not None
-        flushes = self._buffer.put(item, clock.now(), future)
+        flushes = self._buffer.put(item, self._now(), future)
         self._pending += 1
         if flushes:
             self._start(flushes)
@@ -238,6 +241,7 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
             self._loop = loop
             if self._clock is None:
                 self._clock = LoopClock(loop)
+            self._now = self._clock.now
         elif self._loop is not loop:
             raise RuntimeError(
                 f"batcher {self.name!r} is bound to another event loop; create one Batcher "

@@ -17,13 +17,14 @@ __all__ = ["LoopClock", "ThreadClock"]
 class LoopClock:
     """The running event loop's monotonic clock; timers are ``loop.call_at``."""
 
-    __slots__ = ("_loop",)
+    __slots__ = ("_loop", "now")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-
-    def now(self) -> float:
-        return self._loop.time()
+        # The stock loops' time() is time.monotonic() behind a Python call; read the
+        # C function directly on the per-item path. Other loops (uvloop) keep theirs.
+        stock = getattr(type(loop), "time", None) is asyncio.BaseEventLoop.time
+        self.now: Callable[[], float] = time.monotonic if stock else loop.time
 
     def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
         return self._loop.call_at(when, callback)
