@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -159,7 +160,7 @@ async def test_submit_after_close_raises_batcher_closed() -> None:
 
 
 async def test_reject_overflow_raises_queue_full() -> None:
-    b = Batcher(Recorder(), BatchSpec(size=100), max_pending=3, overflow="reject")
+    b = Batcher(Recorder(), BatchSpec(size=100, timeout=60), max_pending=3, overflow="reject")
     async with b:
         futures = [b.submit_nowait(i) for i in range(3)]
         with pytest.raises(QueueFull, match="max_pending=3"):
@@ -481,3 +482,136 @@ async def test_timeout_zero_batches_one_loop_iteration() -> None:
     async with Batcher(handler, BatchSpec(size=100, timeout=0)) as b:
         await asyncio.gather(*(b.submit(i) for i in range(5)))
     assert handler.calls == [[0, 1, 2, 3, 4]]
+
+
+def test_max_pending_below_size_without_timeout_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"max_pending \(3\) is below BatchSpec.size \(10\)"):
+        Batcher(Recorder(), BatchSpec(size=10), max_pending=3)
+
+
+async def test_close_without_drain_cancels_running_batches() -> None:
+    started = asyncio.Event()
+
+    async def stuck(items: list[int]) -> list[int]:
+        started.set()
+        await asyncio.Event().wait()
+        return items
+
+    b = Batcher(stuck, BatchSpec(size=1))
+    running = b.submit_nowait(1)
+    await started.wait()
+    await b.close(drain=False)
+    with pytest.raises(BatcherClosed, match="without draining"):
+        running.result()
+    assert b.pending == 0
+    assert b.closed
+    assert "closed" in repr(b)
+
+
+async def test_waiting_for_room_can_be_cancelled(clock: FakeClock) -> None:
+    b = Batcher(Recorder(), BatchSpec(size=10, timeout=5), max_pending=1, clock=clock)
+    async with b:
+        first = b.submit_nowait(1)
+        waiting = asyncio.ensure_future(b.submit(2))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await clock.advance(5)
+        assert await first == 2
+        assert b.pending == 0
+
+
+async def test_close_wakes_callers_waiting_for_room(clock: FakeClock) -> None:
+    b = Batcher(Recorder(), BatchSpec(size=10, timeout=5), max_pending=1, clock=clock)
+    first = b.submit_nowait(1)
+    waiting = asyncio.ensure_future(b.submit(2))
+    await asyncio.sleep(0)
+    await b.close()
+    assert first.result() == 2
+    with pytest.raises(BatcherClosed):
+        await waiting
+
+
+async def test_caller_gone_while_its_item_waits_for_a_retry(clock: FakeClock) -> None:
+    calls: list[list[int]] = []
+
+    async def handler(items: list[int]) -> list[Exception]:
+        calls.append(items)
+        return [TransientError("busy") for _ in items]
+
+    retry = Retry(attempts=3, backoff=1, jitter=0)
+    b: Batcher[int, int] = Batcher(handler, BatchSpec(size=1), retry=retry, clock=clock)
+    async with b:
+        task = asyncio.ensure_future(b.submit(1))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert calls == [[1]]
+        task.cancel()
+        await clock.advance(1)
+    assert calls == [[1]]  # not retried for nobody
+    assert b.stats().cancelled == 1
+    assert b.pending == 0
+
+
+async def test_close_without_drain_fails_items_waiting_for_retry(clock: FakeClock) -> None:
+    async def handler(items: list[int]) -> list[Exception]:
+        return [TransientError("busy") for _ in items]
+
+    retry = Retry(attempts=3, backoff=10, jitter=0)
+    b: Batcher[int, int] = Batcher(handler, BatchSpec(size=1), retry=retry, clock=clock)
+    future = b.submit_nowait(1)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    await b.close(drain=False)
+    with pytest.raises(BatcherClosed):
+        future.result()
+    assert clock.pending_timers() == []
+
+
+async def test_draining_close_still_retries_transient_items(clock: FakeClock) -> None:
+    flaky = {"left": 1}
+
+    async def handler(items: list[int]) -> list[int | Exception]:
+        if flaky["left"]:
+            flaky["left"] -= 1
+            return [TransientError("busy") for _ in items]
+        return items
+
+    retry = Retry(attempts=2, backoff=1, jitter=0)
+    b: Batcher[int, int] = Batcher(handler, BatchSpec(size=10), retry=retry, clock=clock)
+    future = b.submit_nowait(5)
+    closing = asyncio.ensure_future(b.close())
+    await clock.advance(1)
+    await closing
+    assert future.result() == 5
+
+
+async def test_a_batcher_belongs_to_one_event_loop() -> None:
+    b = Batcher(Recorder(), BatchSpec(size=1))
+    async with Batcher(Recorder(), BatchSpec(size=1)) as entered:
+        assert entered.closed is False
+    assert await b.submit(1) == 2
+
+    def elsewhere() -> None:
+        async def use() -> None:
+            await b.submit(2)
+
+        asyncio.run(use())
+
+    import threading
+
+    errors: list[BaseException] = []
+    t = threading.Thread(target=lambda: _catch(elsewhere, errors))
+    t.start()
+    t.join()
+    assert isinstance(errors[0], RuntimeError)
+    assert "loop" in str(errors[0])
+    await b.close()
+
+
+def _catch(fn: Callable[[], None], errors: list[BaseException]) -> None:
+    try:
+        fn()
+    except BaseException as exc:
+        errors.append(exc)

@@ -248,3 +248,100 @@ def test_key_function_error_goes_to_that_caller() -> None:
             bad.result(timeout=5)
         good = [b.submit(1), b.submit(3)]
         assert [f.result(timeout=5) for f in good] == [2, 6]
+
+
+def test_drain_1000_items_over_10_keys_within_limits() -> None:
+    running = 0
+    peak_running = 0
+    peak_pending = 0
+    guard = threading.Lock()
+    gate = threading.Event()
+    b: ThreadBatcher[int, int]
+
+    def handler(items: list[int]) -> list[int]:
+        nonlocal running, peak_running, peak_pending
+        gate.wait(5)
+        with guard:
+            running += 1
+            peak_running = max(peak_running, running)
+            peak_pending = max(peak_pending, b.pending)
+        with guard:
+            running -= 1
+        return [i + 1 for i in items]
+
+    b = ThreadBatcher(
+        handler,
+        BatchSpec(size=64, timeout=1000),
+        key=lambda i: i % 10,
+        max_concurrent_batches=3,
+        max_pending=1000,
+        clock=FakeClock(),
+    )
+    futures = [b.submit(i) for i in range(1000)]
+    with pytest.raises(QueueFull):
+        b.submit_nowait(1000)  # the handler is held: all 1000 are still pending
+    gate.set()
+    b.close()
+    assert [f.result(timeout=5) for f in futures] == [i + 1 for i in range(1000)]
+    assert peak_running <= 3
+    assert peak_pending <= 1000
+    assert b.pending == 0
+    assert b.stats().succeeded == 1000
+
+
+def test_close_times_out_while_a_handler_is_stuck() -> None:
+    release = threading.Event()
+
+    def stuck(items: list[int]) -> list[int]:
+        release.wait(10)
+        return items
+
+    b = ThreadBatcher(stuck, BatchSpec(size=1))
+    future = b.submit(1)
+    with pytest.raises(TimeoutError, match="still had 1 pending"):
+        b.close(timeout=0.05)
+    release.set()
+    assert future.result(timeout=5) == 1
+    b.close()
+    assert "closed" in repr(b)
+
+
+def test_close_without_drain_fails_items_waiting_for_retry(clock: FakeClock) -> None:
+    done = threading.Event()
+
+    def handler(items: list[int]) -> list[Exception]:
+        return [TransientError("busy") for _ in items]
+
+    b: ThreadBatcher[int, int] = ThreadBatcher(
+        handler,
+        BatchSpec(size=1),
+        retry=Retry(attempts=3, backoff=10, jitter=0),
+        clock=clock,
+        subscribers=[lambda e: done.set()],
+    )
+    future = b.submit(1)
+    assert done.wait(5)
+    b.close(drain=False)
+    with pytest.raises(BatcherClosed):
+        future.result(timeout=5)
+    assert b.pending == 0
+
+
+def test_closed_batcher_refuses_blocked_and_new_submitters(clock: FakeClock) -> None:
+    b = ThreadBatcher(double, BatchSpec(size=10, timeout=5), max_pending=1, clock=clock)
+    first = b.submit(1)
+    refused: list[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            b.submit(2)
+        except BatcherClosed as exc:
+            refused.append(exc)
+
+    t = threading.Thread(target=blocked)
+    t.start()
+    t.join(0.05)
+    b.close()
+    t.join(5)
+    assert first.result(timeout=5) == 2
+    assert len(refused) == 1

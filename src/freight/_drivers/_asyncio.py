@@ -150,6 +150,8 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
             raise self._queue_full()
         if self._where is not None and not self._where(item):
             raise self._skip(item)
+        # No per-item loop check: get_running_loop() costs ~0.2 µs. A future of this
+        # loop awaited from another loop fails in asyncio itself ("different loop").
         loop = self._loop or self._bind()
         future: asyncio.Future[R] = loop.create_future()
         flushes = self._buffer.put(item, self._now(), future)
