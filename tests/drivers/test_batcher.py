@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -572,7 +572,7 @@ async def test_close_without_drain_fails_items_waiting_for_retry(clock: FakeCloc
 async def test_draining_close_still_retries_transient_items(clock: FakeClock) -> None:
     flaky = {"left": 1}
 
-    async def handler(items: list[int]) -> list[int | Exception]:
+    async def handler(items: list[int]) -> Sequence[int | Exception]:
         if flaky["left"]:
             flaky["left"] -= 1
             return [TransientError("busy") for _ in items]
