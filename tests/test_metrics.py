@@ -33,3 +33,27 @@ async def test_prometheus_subscriber_exports_the_documented_metrics() -> None:
     assert value("freight_batch_duration_seconds_count") == 2
     assert value("freight_item_wait_seconds_count") == 2
     assert value("freight_queue_depth") == 0
+
+
+def test_retried_items_are_counted() -> None:
+    from freight import BatchEvent
+
+    registry = CollectorRegistry()
+    metrics = PrometheusSubscriber(registry, namespace="app")
+    metrics(
+        BatchEvent(
+            batcher="b",
+            key=None,
+            size=3,
+            reason="timeout",
+            wait=0.5,
+            duration=0.1,
+            succeeded=1,
+            failed=0,
+            retried=2,
+            queue_depth=2,
+        )
+    )
+    labels = {"batcher": "b", "outcome": "retried"}
+    assert registry.get_sample_value("app_items_total", labels) == 2
+    assert registry.get_sample_value("app_queue_depth", {"batcher": "b"}) == 2

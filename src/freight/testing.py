@@ -49,6 +49,7 @@ class FakeClock:
     def __init__(self, start: float = 0.0) -> None:
         self._now = float(start)
         self._lock = threading.Lock()
+        self._timer_added = threading.Condition(self._lock)
         self._timers: list[tuple[float, int, _FakeTimer]] = []
         self._seq = itertools.count()
 
@@ -61,11 +62,27 @@ class FakeClock:
         timer = _FakeTimer(when, callback)
         with self._lock:
             heapq.heappush(self._timers, (when, next(self._seq), timer))
+            self._timer_added.notify_all()
         return timer
 
     def pending_timers(self) -> list[float]:
         """Deadlines of the timers not yet run, earliest first."""
         with self._lock:
+            return sorted(w for w, _, t in self._timers if not t.cancelled)
+
+    def wait_for_timers(self, count: int = 1, timeout: float = 5.0) -> list[float]:
+        """Block until ``count`` timers are pending (for threads that sleep on this clock).
+
+        Returns their deadlines. Raises ``TimeoutError`` after ``timeout`` real seconds,
+        so a test that waits for a timer that never comes fails instead of hanging.
+        """
+
+        def ready() -> bool:
+            return sum(not t.cancelled for _, _, t in self._timers) >= count
+
+        with self._timer_added:
+            if not self._timer_added.wait_for(ready, timeout):
+                raise TimeoutError(f"expected {count} pending timer(s) within {timeout} s")
             return sorted(w for w, _, t in self._timers if not t.cancelled)
 
     async def sleep(self, seconds: float) -> None:

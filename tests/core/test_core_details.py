@@ -66,3 +66,11 @@ async def test_fake_clock_runs_timers_in_order_and_sleeps_virtually() -> None:
     await clock.sleep(0)
     with pytest.raises(ValueError, match="forward"):
         await clock.advance(-1)
+
+
+def test_fake_clock_wait_for_timers_fails_instead_of_hanging() -> None:
+    clock = FakeClock()
+    with pytest.raises(TimeoutError, match="1 pending timer"):
+        clock.wait_for_timers(timeout=0.01)
+    clock.call_at(3, lambda: None)
+    assert clock.wait_for_timers() == [3]

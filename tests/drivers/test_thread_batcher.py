@@ -345,3 +345,52 @@ def test_closed_batcher_refuses_blocked_and_new_submitters(clock: FakeClock) -> 
     t.join(5)
     assert first.result(timeout=5) == 2
     assert len(refused) == 1
+
+
+def test_whole_batch_transient_failure_backs_off_on_the_fake_clock(clock: FakeClock) -> None:
+    calls: list[float] = []
+    first_call = threading.Event()
+
+    def handler(items: list[int]) -> list[int]:
+        calls.append(clock.now())
+        first_call.set()
+        if len(calls) == 1:
+            raise ConnectionError("reset")
+        return items
+
+    b: ThreadBatcher[int, int] = ThreadBatcher(
+        handler, BatchSpec(size=1), retry=Retry(attempts=2, backoff=4, jitter=0), clock=clock
+    )
+    future = b.submit(7)
+    assert first_call.wait(5)
+    assert clock.wait_for_timers() == [4]  # the worker sleeps in virtual time
+    clock.advance_sync(4)
+    assert future.result(timeout=5) == 7
+    assert calls == [0, 4]
+    b.close()
+
+
+def test_rate_limited_thread_batcher_waits_in_virtual_time(clock: FakeClock) -> None:
+    from freight import RateLimiter
+
+    starts: list[float] = []
+    called = threading.Semaphore(0)
+
+    def handler(items: list[int]) -> list[int]:
+        starts.append(clock.now())
+        called.release()
+        return items
+
+    limiter = RateLimiter(2, per=1, burst=2, unit="items")
+    b: ThreadBatcher[int, int] = ThreadBatcher(
+        handler, BatchSpec(size=2), rate_limit=limiter, clock=clock
+    )
+    first = [b.submit(1), b.submit(2)]  # 2 items: the whole burst
+    assert called.acquire(timeout=5)
+    second = [b.submit(3), b.submit(4)]
+    assert clock.wait_for_timers() == [1]  # 2 more tokens at 2 per second
+    clock.advance_sync(1)
+    assert called.acquire(timeout=5)
+    assert [f.result(timeout=5) for f in first + second] == [1, 2, 3, 4]
+    assert starts == [0, 1]
+    b.close()
