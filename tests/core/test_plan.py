@@ -34,7 +34,7 @@ def execute(
                 sleeps.append(effect.seconds)
                 effect = next(plan)
         except StopIteration as stop:
-            return stop.value, calls, sleeps
+            return stop.value.outcomes, calls, sleeps
 
 
 def poisoned(bad: set[int]) -> Callable[[list[int]], list[int]]:
@@ -98,3 +98,35 @@ def test_contract_errors() -> None:
     assert outcomes == [5, 6]
     outcomes, _, _ = execute([1, 2], lambda items: None, None)
     assert outcomes == [None, None]
+
+
+def test_an_outage_is_not_bisected_item_by_item() -> None:
+    def down(items: list[int]) -> list[int]:
+        raise ConnectionError("refused")
+
+    outcomes, calls, sleeps = execute(list(range(100)), down, Retry(attempts=3, jitter=0))
+    assert calls == 3 + 2  # the retries, then one split whose halves both fail transiently
+    assert len(sleeps) == 2
+    assert all(isinstance(o, ConnectionError) for o in outcomes)
+
+
+def test_a_transient_poison_item_is_still_isolated() -> None:
+    def slow_on_13(items: list[int]) -> list[int]:
+        if 13 in items:
+            raise TimeoutError("13 is too big")
+        return items
+
+    outcomes, _, _ = execute(list(range(20)), slow_on_13, Retry(attempts=2, jitter=0))
+    assert isinstance(outcomes[13], TimeoutError)
+    assert [o for i, o in enumerate(outcomes) if i != 13] == [i for i in range(20) if i != 13]
+
+
+def test_the_plan_reports_whole_batch_tries() -> None:
+    plan = plan_batch([1], Retry(attempts=2, jitter=0), lambda: 0.0)
+    assert isinstance(next(plan), Call)
+    assert isinstance(plan.send(Reply(error=TimeoutError())), Sleep)
+    assert isinstance(next(plan), Call)
+    try:
+        plan.send(Reply(value=[5]))
+    except StopIteration as stop:
+        assert (stop.value.outcomes, stop.value.tries) == ([5], 2)

@@ -7,8 +7,9 @@ decisions. It yields:
 - :class:`Call` — "call the handler with these items, send me a :class:`Reply`";
 - :class:`Sleep` — "wait this many seconds, then resume me";
 
-and finally returns one outcome per item: the item's result, or an exception
-instance when that item failed.
+and finally returns a :class:`Outcome`: one outcome per item (the item's result,
+or an exception instance when that item failed) and how many times the whole
+batch was tried.
 
 The handler contract:
 
@@ -25,7 +26,9 @@ With a :class:`~freight.Retry` policy, a transient whole-batch failure is retrie
 after a backoff; a permanent one (or one that exhausted its attempts) is bisected
 when ``isolate`` is set: each half is called once, healthy halves keep their
 results and failing halves are split again, so one poison item among *n* costs
-at most ``2·⌈log2 n⌉`` further calls.
+at most ``2·⌈log2 n⌉`` further calls. When *both* halves fail transiently the
+failure is not an item's (an outage looks like that): bisection stops there and
+every item keeps its half's error, so an outage costs two calls, not ``2n``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from typing import Any
 from freight._core._retry import Retry
 from freight._errors import HandlerContractError
 
-__all__ = ["Call", "Plan", "Reply", "Sleep", "check_contract", "plan_batch"]
+__all__ = ["Call", "Outcome", "Plan", "Reply", "Sleep", "check_contract", "plan_batch"]
 
 
 @dataclass(slots=True)
@@ -62,7 +65,15 @@ class Reply:
     error: BaseException | None = None
 
 
-Plan = Generator[Call | Sleep, Reply | None, list[Any]]
+@dataclass(slots=True)
+class Outcome:
+    """What a plan returns: per-item outcomes and the whole-batch tries they took."""
+
+    outcomes: list[Any]
+    tries: int
+
+
+Plan = Generator[Call | Sleep, Reply | None, Outcome]
 
 
 def check_contract(value: Any, n: int) -> list[Any]:
@@ -93,32 +104,37 @@ def plan_batch(items: list[Any], retry: Retry | None, random: Callable[[], float
         reply = yield Call(items)
         assert reply is not None
         if reply.error is None:
-            return check_contract(reply.value, n)
+            return Outcome(check_contract(reply.value, n), attempt)
         error = reply.error
         if retry is None:
-            return [error] * n
+            return Outcome([error] * n, attempt)
         if attempt < retry.attempts and retry.is_transient(error):
             yield Sleep(retry.delay(attempt, random()))
             attempt += 1
             continue
         if not retry.isolate or n == 1:
-            return [error] * n
+            return Outcome([error] * n, attempt)
         outcomes: list[Any] = [None] * n
-        yield from _bisect(items, 0, n, outcomes)
-        return outcomes
+        yield from _bisect(items, 0, n, outcomes, retry)
+        return Outcome(outcomes, attempt)
 
 
 def _bisect(
-    items: list[Any], lo: int, hi: int, outcomes: list[Any]
+    items: list[Any], lo: int, hi: int, outcomes: list[Any], retry: Retry
 ) -> Generator[Call | Sleep, Reply | None, None]:
     """Call each half of ``items[lo:hi]`` once; split the halves that raise."""
     mid = (lo + hi) // 2
+    failed: list[tuple[int, int, BaseException]] = []
     for a, b in ((lo, mid), (mid, hi)):
         reply = yield Call(items[a:b])
         assert reply is not None
         if reply.error is None:
             outcomes[a:b] = check_contract(reply.value, b - a)
-        elif b - a == 1:
-            outcomes[a] = reply.error
         else:
-            yield from _bisect(items, a, b, outcomes)
+            outcomes[a:b] = [reply.error] * (b - a)
+            failed.append((a, b, reply.error))
+    if len(failed) == 2 and all(retry.is_transient(error) for _, _, error in failed):
+        return  # both halves failing transiently: not an item's fault, stop here
+    for a, b, _ in failed:
+        if b - a > 1:
+            yield from _bisect(items, a, b, outcomes, retry)

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from freight._core._buffer import Flush
 from freight._core._clock import Clock, TimerHandle
-from freight._core._plan import Call, Reply, plan_batch
+from freight._core._plan import Call, Outcome, Reply, plan_batch
 from freight._core._retry import Retry
 from freight._core._spec import BatchSpec
 from freight._drivers._clocks import LoopClock
@@ -327,12 +327,12 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
                 try:
                     effect = plan.send(reply)
                 except StopIteration as stop:
-                    outcomes: list[Any] = stop.value
+                    result: Outcome = stop.value
                     break
             else:
                 await clock.sleep(effect.seconds)  # type: ignore[union-attr]
                 effect = next(plan)
-        succeeded, failed, retry_items = self._settle(items, futures, outcomes)
+        succeeded, failed, retry_items = self._settle(items, futures, result.outcomes, result.tries)
         self._pending -= succeeded + failed
         for item, future in retry_items:
             self._schedule_retry(item, future)

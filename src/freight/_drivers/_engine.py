@@ -149,9 +149,13 @@ class EngineBase(Generic[T, R]):
         )
 
     def _settle(
-        self, items: list[T], tickets: list[Any], outcomes: list[Any]
+        self, items: list[T], tickets: list[Any], outcomes: list[Any], tries: int
     ) -> tuple[int, int, list[tuple[T, Any]]]:
-        """Deliver each outcome to its caller; return (succeeded, failed, items to retry)."""
+        """Deliver each outcome to its caller; return (succeeded, failed, items to retry).
+
+        An item's attempts add up over the batches it was in (``tries`` whole-batch
+        tries each); a transient error is final once they reach ``Retry.attempts``.
+        """
         succeeded = failed = 0
         retry_items: list[tuple[T, Any]] = []
         retry = self._retry
@@ -159,9 +163,9 @@ class EngineBase(Generic[T, R]):
         for item, future, outcome in zip(items, tickets, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 if retry is not None and retry.is_transient(outcome):
-                    tried = attempts.get(future, 1)
+                    tried = attempts.get(future, 0) + tries
                     if tried < retry.attempts:
-                        attempts[future] = tried + 1
+                        attempts[future] = tried
                         retry_items.append((item, future))
                         continue
                 failed += 1
@@ -221,4 +225,4 @@ class EngineBase(Generic[T, R]):
 
     def _retry_delay(self, future: Any) -> float:
         assert self._retry is not None
-        return self._retry.delay(self._attempts.get(future, 2) - 1, self._random())
+        return self._retry.delay(self._attempts.get(future, 1), self._random())

@@ -28,7 +28,7 @@ from typing import Any, Generic, TypeVar
 
 from freight._core._buffer import Flush
 from freight._core._clock import Clock, TimerHandle
-from freight._core._plan import Call, Reply, plan_batch
+from freight._core._plan import Call, Outcome, Reply, plan_batch
 from freight._core._retry import Retry
 from freight._core._spec import BatchSpec
 from freight._drivers._asyncio import SyncHandler, is_async_callable
@@ -387,12 +387,12 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
                 try:
                     effect = plan.send(reply)
                 except StopIteration as stop:
-                    outcomes: list[Any] = stop.value
+                    result: Outcome = stop.value
                     break
             else:
                 clock.sleep_sync(effect.seconds)  # type: ignore[union-attr]
                 effect = next(plan)
-        succeeded, failed, retry_items = self._settle(items, futures, outcomes)
+        succeeded, failed, retry_items = self._settle(items, futures, result.outcomes, result.tries)
         self._lock.acquire()
         try:
             self._pending -= succeeded + failed
