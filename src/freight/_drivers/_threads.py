@@ -31,6 +31,7 @@ from freight._core._clock import Clock, TimerHandle
 from freight._core._plan import Call, Outcome, Reply, plan_batch
 from freight._core._retry import Retry
 from freight._core._spec import BatchSpec
+from freight._core._stats import BatcherStats
 from freight._drivers._asyncio import SyncHandler, is_async_callable
 from freight._drivers._clocks import ThreadClock
 from freight._drivers._engine import EngineBase, Overflow, Subscriber
@@ -139,6 +140,11 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
     def pending(self) -> int:
         """Items accepted and not yet settled."""
         return self._pending + len(self._inbox)
+
+    def stats(self) -> BatcherStats:
+        """Counters so far: flushes by reason, efficiency, latency percentiles."""
+        with self._locked():
+            return self._stats.snapshot(self.pending)
 
     # -- submitting ------------------------------------------------------------
 
