@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -126,7 +127,6 @@ def test_the_plan_reports_whole_batch_tries() -> None:
     assert isinstance(next(plan), Call)
     assert isinstance(plan.send(Reply(error=TimeoutError())), Sleep)
     assert isinstance(next(plan), Call)
-    try:
+    with pytest.raises(StopIteration) as stop:
         plan.send(Reply(value=[5]))
-    except StopIteration as stop:
-        assert (stop.value.outcomes, stop.value.tries) == ([5], 2)
+    assert (stop.value.value.outcomes, stop.value.value.tries) == ([5], 2)
