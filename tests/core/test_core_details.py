@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from freight import BatchBuffer, BatchSpec, Flush, Retry
+from freight import BatchBuffer, BatchSpec, Flush, FlushReason, Retry
 from freight._core._dispatch import DispatchQueue
 from freight._core._spec import default_sizer
 from freight._core._stats import StatsRecorder
@@ -74,3 +74,50 @@ def test_fake_clock_wait_for_timers_fails_instead_of_hanging() -> None:
         clock.wait_for_timers(timeout=0.01)
     clock.call_at(3, lambda: None)
     assert clock.wait_for_timers() == [3]
+
+
+def test_stats_recorder_folds_events() -> None:
+    from freight import BatchEvent
+
+    recorder = StatsRecorder(size=4)
+    rows: list[tuple[float, int, FlushReason]] = [
+        (1.0, 4, "size"),
+        (3.0, 2, "timeout"),
+        (2.0, 4, "size"),
+    ]
+    for wait, size, reason in rows:
+        recorder.record(
+            BatchEvent(
+                batcher="b",
+                key=None,
+                size=size,
+                reason=reason,
+                wait=wait,
+                duration=0.5,
+                succeeded=size - 1,
+                failed=1,
+                calls=2,
+            )
+        )
+    stats = recorder.snapshot(pending=5)
+    assert stats.flushes == {"size": 2, "timeout": 1}
+    assert (stats.batches, stats.succeeded, stats.failed, stats.handler_calls) == (3, 7, 3, 6)
+    assert stats.submitted == 7 + 3 + 5
+    assert stats.mean_batch_size == 10 / 3
+    assert stats.efficiency == 10 / 12
+    assert (stats.latency.p50, stats.latency.p99, stats.latency.max) == (2.5, 3.5, 3.5)
+
+
+def test_spec_repr_without_timeout() -> None:
+    assert repr(BatchSpec(2, max_bytes=8)) == "BatchSpec(size=2, max_bytes=8)"
+
+
+def test_raising_handler_without_policy_fails_every_item() -> None:
+    from freight._core._plan import Call, Reply, plan_batch
+
+    plan = plan_batch([1, 2], None, lambda: 0.0)
+    assert isinstance(next(plan), Call)
+    error = RuntimeError("down")
+    with pytest.raises(StopIteration) as stop:
+        plan.send(Reply(error=error))
+    assert stop.value.value.outcomes == [error, error]
