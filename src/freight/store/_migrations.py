@@ -1,0 +1,77 @@
+"""Versioned schema of the store. Append a migration; never edit a released one.
+
+The version lives in SQLite's ``PRAGMA user_version``; each migration runs in the
+transaction that bumps it, so a crash mid-migration leaves the old version intact.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS"]
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: jobs, chunk checkpoints, dead letters, events
+    """
+    CREATE TABLE jobs (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL,
+        job_type      TEXT NOT NULL,
+        fingerprint   TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        reason        TEXT,
+        config        TEXT NOT NULL,
+        total_items   INTEGER,
+        total_bytes   INTEGER,
+        processed     INTEGER NOT NULL DEFAULT 0,
+        succeeded     INTEGER NOT NULL DEFAULT 0,
+        failed        INTEGER NOT NULL DEFAULT 0,
+        skipped       INTEGER NOT NULL DEFAULT 0,
+        created_at    TEXT NOT NULL,
+        started_at    TEXT,
+        completed_at  TEXT,
+        owner_host    TEXT,
+        owner_pid     INTEGER,
+        heartbeat_at  TEXT,
+        control       TEXT
+    );
+    CREATE INDEX jobs_by_name ON jobs (name, created_at);
+    CREATE TABLE chunks (
+        job_id         TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        idx            INTEGER NOT NULL,
+        start_offset   INTEGER NOT NULL,
+        start_ordinal  INTEGER NOT NULL,
+        end_offset     INTEGER,
+        end_ordinal    INTEGER,
+        status         TEXT NOT NULL,
+        attempts       INTEGER NOT NULL DEFAULT 1,
+        items          INTEGER NOT NULL DEFAULT 0,
+        succeeded      INTEGER NOT NULL DEFAULT 0,
+        failed         INTEGER NOT NULL DEFAULT 0,
+        skipped        INTEGER NOT NULL DEFAULT 0,
+        checksum       TEXT,
+        updated_at     TEXT NOT NULL,
+        PRIMARY KEY (job_id, idx)
+    );
+    CREATE TABLE dead_letters (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id       TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        chunk_idx    INTEGER,
+        record_id    TEXT NOT NULL,
+        payload      TEXT NOT NULL,
+        error_type   TEXT NOT NULL,
+        message      TEXT NOT NULL,
+        category     TEXT NOT NULL,
+        attempts     INTEGER NOT NULL,
+        created_at   TEXT NOT NULL,
+        replayed_at  TEXT
+    );
+    CREATE INDEX dead_letters_by_job ON dead_letters (job_id, id);
+    CREATE TABLE events (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id      TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        kind        TEXT NOT NULL,
+        data        TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    );
+    CREATE INDEX events_by_job ON events (job_id, id);
+    """,
+)

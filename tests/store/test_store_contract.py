@@ -1,0 +1,192 @@
+"""The Store contract, run against every store implementation."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from freight.store import ChunkCheckpoint, DeadLetter, SqliteStore, Store, StoreError
+from freight.store._migrations import MIGRATIONS
+from freight.store._records import utcnow
+
+
+@pytest.fixture(params=["file", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    path = tmp_path / "nested" / "freight.db" if request.param == "file" else ":memory:"
+    s = SqliteStore(path)
+    yield s
+    s.close()
+
+
+def new_job(store: Store, name: str = "import") -> str:
+    return store.create_job(
+        name=name, job_type="bulk", fingerprint="fp1", config={"chunk_size": 10}, total_items=25
+    ).id
+
+
+def test_jobs_round_trip(store: Store) -> None:
+    job_id = new_job(store)
+    job = store.get_job(job_id)
+    assert job is not None
+    assert (job.name, job.status, job.config, job.total_items) == (
+        "import",
+        "pending",
+        {"chunk_size": 10},
+        25,
+    )
+    assert job.created_at.tzinfo is not None
+    assert store.get_job("missing") is None
+    started = utcnow()
+    job = store.update_job(job_id, status="running", started_at=started)
+    assert (job.status, job.started_at) == ("running", started)
+    assert not job.finished
+    assert store.set_status(job_id, "failed", "too many failures").reason == "too many failures"
+    assert store.get_job(job_id).finished  # type: ignore[union-attr]
+
+
+def test_latest_job_is_the_newest_run_of_a_name(store: Store) -> None:
+    first = new_job(store)
+    second = new_job(store)
+    new_job(store, name="other")
+    assert store.latest_job("import").id == second  # type: ignore[union-attr]
+    assert store.latest_job("nope") is None
+    assert [j.id for j in store.list_jobs()][1:] == [second, first]
+
+
+def test_unknown_fields_are_refused(store: Store) -> None:
+    job_id = new_job(store)
+    with pytest.raises(ValueError, match="unknown job fields"):
+        store.update_job(job_id, **{"name = 'x' --": 1})
+    with pytest.raises(KeyError):
+        store.update_job("missing", status="running")
+
+
+def test_commit_chunk_stores_checkpoint_dead_letters_and_counts_together(store: Store) -> None:
+    job_id = new_job(store)
+    store.start_chunk(job_id, ChunkCheckpoint(index=0, start=(0, 1)))
+    [running] = store.chunks(job_id)
+    assert (running.status, running.attempts) == ("running", 1)
+    dead = DeadLetter(
+        record_id="line 7",
+        payload="7,x",
+        error_type="ValueError",
+        message="bad amount",
+        category="validation",
+    )
+    job = store.commit_chunk(
+        job_id,
+        ChunkCheckpoint(
+            index=0,
+            start=(0, 1),
+            end=(120, 11),
+            status="done",
+            items=10,
+            succeeded=9,
+            failed=1,
+            checksum="abc",
+        ),
+        [dead],
+    )
+    assert (job.processed, job.succeeded, job.failed) == (10, 9, 1)
+    [chunk] = store.chunks(job_id)
+    assert (chunk.status, chunk.end, chunk.checksum, chunk.attempts) == (
+        "done",
+        (120, 11),
+        "abc",
+        1,
+    )
+    [letter] = store.dead_letters(job_id)
+    assert (letter.record_id, letter.category, letter.chunk_index) == ("line 7", "validation", 0)
+    with pytest.raises(ValueError, match="already done"):
+        store.commit_chunk(job_id, ChunkCheckpoint(index=0, start=(0, 1), status="done"))
+    assert store.get_job(job_id).processed == 10  # type: ignore[union-attr]
+
+
+def test_restarted_chunk_counts_its_attempts(store: Store) -> None:
+    job_id = new_job(store)
+    store.start_chunk(job_id, ChunkCheckpoint(index=3, start=(30, 31)))
+    store.start_chunk(job_id, ChunkCheckpoint(index=3, start=(30, 31)))
+    assert store.chunks(job_id)[0].attempts == 2
+
+
+def test_claim_refuses_a_live_owner_and_takes_over_a_stale_one(store: Store) -> None:
+    job_id = new_job(store)
+    now = utcnow()
+    stale_before = now - timedelta(seconds=30)
+    assert store.claim(job_id, host="a", pid=1, now=now, stale_before=stale_before) is not None
+    assert store.claim(job_id, host="b", pid=2, now=now, stale_before=stale_before) is None
+    assert store.claim(job_id, host="a", pid=1, now=now, stale_before=stale_before) is not None
+    later = now + timedelta(minutes=5)
+    taken = store.claim(
+        job_id, host="b", pid=2, now=later, stale_before=later - timedelta(seconds=30)
+    )
+    assert taken is not None
+    assert (taken.owner_host, taken.owner_pid) == ("b", 2)
+    store.heartbeat(job_id, now=later + timedelta(seconds=1))
+    assert store.get_job(job_id).heartbeat_at == later + timedelta(seconds=1)  # type: ignore[union-attr]
+
+
+def test_control_requests_and_events(store: Store) -> None:
+    job_id = new_job(store)
+    store.request(job_id, "pause")
+    assert store.get_job(job_id).control == "pause"  # type: ignore[union-attr]
+    store.request(job_id, None)
+    assert store.get_job(job_id).control is None  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="control must be"):
+        store.request(job_id, "explode")  # type: ignore[arg-type]
+    store.add_event(job_id, "started", {"pid": 5})
+    store.add_event(job_id, "paused")
+    assert [(e.kind, e.data) for e in store.events(job_id)] == [
+        ("started", {"pid": 5}),
+        ("paused", {}),
+    ]
+
+
+def test_dead_letters_can_be_marked_replayed(store: Store) -> None:
+    job_id = new_job(store)
+    letters = [
+        DeadLetter(
+            record_id=f"r{i}", payload="{}", error_type="E", message="m", category="permanent"
+        )
+        for i in range(3)
+    ]
+    store.commit_chunk(job_id, ChunkCheckpoint(index=0, start=(0, 0), status="done"), letters)
+    ids = [d.id for d in store.dead_letters(job_id)]
+    store.mark_replayed(job_id, [i for i in ids[:2] if i is not None])
+    assert [d.record_id for d in store.dead_letters(job_id)] == ["r2"]
+    assert len(store.dead_letters(job_id, include_replayed=True)) == 3
+
+
+def test_schema_is_versioned_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    store = SqliteStore(path)
+    assert store.schema_version == len(MIGRATIONS)
+    store.close()
+    SqliteStore(path).close()  # reopening migrates nothing
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(StoreError, match="upgrade freight"):
+        SqliteStore(path)
+
+
+def test_wal_mode_and_urls(tmp_path: Path) -> None:
+    store = SqliteStore.from_url(f"sqlite:///{tmp_path}/x.db")
+    assert store.path == tmp_path / "x.db"
+    with sqlite3.connect(tmp_path / "x.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+    with pytest.raises(StoreError, match="unsupported store URL"):
+        SqliteStore.from_url("mysql://x")
+
+
+def test_two_connections_see_each_other(tmp_path: Path) -> None:
+    a, b = SqliteStore(tmp_path / "s.db"), SqliteStore(tmp_path / "s.db")
+    job_id = new_job(a)
+    b.request(job_id, "cancel")
+    assert a.get_job(job_id).control == "cancel"  # type: ignore[union-attr]
+    a.close()
+    b.close()
