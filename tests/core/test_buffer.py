@@ -166,3 +166,10 @@ def test_bad_constructor_arguments_name_the_parameter() -> None:
         BatchBuffer(BatchSpec(size=1), key=3)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="where"):
         BatchBuffer(BatchSpec(size=1), where=3)  # type: ignore[arg-type]
+
+
+def test_a_batch_flushed_by_size_is_not_flushed_again_by_its_old_timer() -> None:
+    buf: BatchBuffer[int] = BatchBuffer(BatchSpec(size=2, timeout=5))
+    buf.add(1, 0)
+    assert reasons(buf.add(2, 0)) == ["size"]
+    assert buf.tick(5) == []  # the stale deadline of the flushed batch is dropped
