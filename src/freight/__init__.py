@@ -23,6 +23,7 @@ from freight._errors import (
     TransientError,
 )
 from freight._ratelimit import RateLimiter
+from freight.jobs import Job, JobReport
 
 __version__ = "0.1.0.dev0"
 
@@ -47,6 +48,9 @@ __all__ = [
     "Percentiles",
     "RateLimiter",
     "Retry",
+    # bulk jobs
+    "Job",
+    "JobReport",
     # drivers
     "AsyncBatched",
     "Batcher",

@@ -26,7 +26,7 @@ from freight._core._time import to_positive_int
 from freight._errors import ConfigError, QueueFull, Skipped
 from freight._ratelimit import RateLimiter
 
-__all__ = ["EngineBase", "Overflow", "Subscriber"]
+__all__ = ["EngineBase", "Overflow", "Subscriber", "check_rate_limit", "check_retry"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -39,13 +39,13 @@ _log = logging.getLogger("freight")
 _INVALID_STATE = (asyncio.InvalidStateError, concurrent.futures.InvalidStateError)
 
 
-def _check_retry(retry: object) -> Retry | None:
+def check_retry(retry: object) -> Retry | None:
     if retry is None or isinstance(retry, Retry):
         return retry
     raise ConfigError(f"retry must be a freight.Retry or None, got {retry!r}")
 
 
-def _check_rate_limit(rate_limit: object) -> RateLimiter | None:
+def check_rate_limit(rate_limit: object) -> RateLimiter | None:
     if rate_limit is None or isinstance(rate_limit, RateLimiter):
         return rate_limit
     if isinstance(rate_limit, int | float) and not isinstance(rate_limit, bool):
@@ -98,8 +98,8 @@ class EngineBase(Generic[T, R]):
         if not isinstance(ordered, bool):
             raise ConfigError(f"ordered must be True or False, got {ordered!r}")
         self.ordered = ordered
-        self._retry = _check_retry(retry)
-        self._limiter = _check_rate_limit(rate_limit)
+        self._retry = check_retry(retry)
+        self._limiter = check_rate_limit(rate_limit)
         self.name = name if name is not None else getattr(handler, "__qualname__", "batcher")
         if not isinstance(self.name, str):
             raise ConfigError(f"name must be a string, got {name!r}")

@@ -28,13 +28,14 @@ from typing import Any, Generic, TypeVar
 
 from freight._core._buffer import Flush
 from freight._core._clock import Clock, TimerHandle
-from freight._core._plan import Call, Outcome, Reply, plan_batch
+from freight._core._plan import Reply
 from freight._core._retry import Retry
 from freight._core._spec import BatchSpec
 from freight._core._stats import BatcherStats
 from freight._drivers._asyncio import SyncHandler, is_async_callable
 from freight._drivers._clocks import ThreadClock
 from freight._drivers._engine import EngineBase, Overflow, Subscriber
+from freight._drivers._sync import call_handler, run_plan
 from freight._errors import BatcherClosed, ConfigError
 from freight._ratelimit import RateLimiter
 
@@ -383,21 +384,9 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
     def _execute(self, flush: Flush[T], items: list[T], futures: list[Future[Any]]) -> None:
         clock = self._clock
         started = clock.now()
-        plan = plan_batch(items, self._retry, self._random)
-        calls = 0
-        effect = next(plan)
-        while True:
-            if type(effect) is Call:
-                calls += 1
-                reply = self._call(effect.items)
-                try:
-                    effect = plan.send(reply)
-                except StopIteration as stop:
-                    result: Outcome = stop.value
-                    break
-            else:
-                clock.sleep_sync(effect.seconds)  # type: ignore[union-attr]
-                effect = next(plan)
+        result, calls = run_plan(
+            items, self._call, self._retry, random=self._random, sleep=clock.sleep_sync
+        )
         succeeded, failed, retry_items = self._settle(items, futures, result.outcomes, result.tries)
         self._lock.acquire()
         try:
@@ -426,10 +415,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             delay = self._limiter.reserve(cost, now=self._clock.now())
             if delay > 0:
                 self._clock.sleep_sync(delay)
-        try:
-            return Reply(value=self._handler(list(items)))
-        except Exception as exc:
-            return Reply(error=exc)
+        return call_handler(self._handler, items)
 
     def _fail(self, futures: list[Future[Any]], error: BaseException) -> None:
         failed = 0

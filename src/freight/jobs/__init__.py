@@ -1,9 +1,9 @@
-"""Bulk jobs: large datasets processed in checkpointed, resumable chunks.
+"""Bulk jobs: large datasets processed in checkpointed, resumable chunks."""
 
-This package holds the streaming sources so far; the ``Job`` runner builds on them
-and on :mod:`freight.store`.
-"""
-
+from freight.jobs._job import Job, JobAlreadyRunning
+from freight.jobs._progress import Progress
+from freight.jobs._report import JobReport
+from freight.jobs._sink import Sink, WriteContext
 from freight.jobs._sources import (
     CsvSource,
     IterableSource,
@@ -20,12 +20,18 @@ from freight.jobs._sources import (
 __all__ = [
     "CsvSource",
     "IterableSource",
+    "Job",
+    "JobAlreadyRunning",
+    "JobReport",
     "JsonlSource",
     "Position",
+    "Progress",
     "Record",
     "RecordError",
+    "Sink",
     "Source",
     "SourceSize",
+    "WriteContext",
     "as_source",
     "is_blank",
 ]

@@ -56,6 +56,8 @@ MIGRATIONS: tuple[str, ...] = (
         job_id       TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
         chunk_idx    INTEGER,
         record_id    TEXT NOT NULL,
+        position_offset   INTEGER,
+        position_ordinal  INTEGER,
         payload      TEXT NOT NULL,
         error_type   TEXT NOT NULL,
         message      TEXT NOT NULL,

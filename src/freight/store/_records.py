@@ -95,6 +95,7 @@ class DeadLetter:
     category: str
     attempts: int = 1
     chunk_index: int | None = None
+    position: tuple[int, int] | None = None
     created_at: datetime | None = None
     id: int | None = None
 

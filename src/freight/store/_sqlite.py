@@ -274,11 +274,13 @@ class SqliteStore:
                  checkpoint.skipped, checkpoint.checksum, now),
             )  # fmt: skip
             db.executemany(
-                "INSERT INTO dead_letters (job_id, chunk_idx, record_id, payload, error_type,"
-                " message, category, attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO dead_letters (job_id, chunk_idx, record_id, position_offset,"
+                " position_ordinal, payload, error_type, message, category, attempts, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (job_id, checkpoint.index, d.record_id, d.payload, d.error_type, d.message,
-                     d.category, d.attempts, _ts(d.created_at) or now)
+                    (job_id, checkpoint.index, d.record_id, *(d.position or (None, None)),
+                     d.payload, d.error_type, d.message, d.category, d.attempts,
+                     _ts(d.created_at) or now)
                     for d in dead_letters
                 ],
             )  # fmt: skip
@@ -374,9 +376,11 @@ def _chunk(row: sqlite3.Row) -> ChunkCheckpoint:
 
 
 def _dead_letter(row: sqlite3.Row) -> DeadLetter:
+    offset, ordinal = row["position_offset"], row["position_ordinal"]
     return DeadLetter(
         id=row["id"],
         chunk_index=row["chunk_idx"],
+        position=None if offset is None else (offset, ordinal),
         record_id=row["record_id"],
         payload=row["payload"],
         error_type=row["error_type"],

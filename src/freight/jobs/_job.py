@@ -1,0 +1,580 @@
+"""``Job``: a dataset processed in checkpointed chunks that resume after a crash.
+
+How a run goes (the guarantees are in ``docs/jobs.md``):
+
+1. The run is found or created in the store: the same ``name`` and source
+   fingerprint resume the latest unfinished run; a finished run is reported, not
+   redone; a changed source is refused unless ``fresh=True``.
+2. The run is claimed: a live owner elsewhere makes this runner refuse; an owner
+   whose heartbeat is stale, or whose pid is gone on this host, is taken over.
+3. Reading restarts at the first chunk not done (its recorded start position);
+   later chunks already done are read past, not processed again.
+4. Each chunk: bad records and failing items become dead letters; the rest go
+   through ``process`` and the sink under the ``retry`` policy; then the chunk's
+   checkpoint, its dead letters and the run's counters commit in one transaction.
+   Items are delivered at least once; an idempotent sink makes that exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+from freight._core._retry import Retry
+from freight._core._time import to_positive_int, to_seconds
+from freight._drivers._engine import check_rate_limit, check_retry
+from freight._drivers._sync import call_handler, run_plan
+from freight._errors import ConfigError, FreightError, HandlerContractError
+from freight._ratelimit import RateLimiter
+from freight.jobs._progress import Progress
+from freight.jobs._report import JobReport, build_report
+from freight.jobs._sink import WriteContext, as_sink
+from freight.jobs._sources import Position, Record, RecordError, as_source, is_blank
+from freight.store import ChunkCheckpoint, DeadLetter, JobRecord, SqliteStore, Store
+from freight.store._records import utcnow
+
+__all__ = ["Job", "JobAlreadyRunning", "JobStopped"]
+
+_EXCERPT = 200
+_DONE = frozenset({"completed", "completed_with_errors"})  # a run of these is not redone
+
+
+class JobAlreadyRunning(FreightError):
+    """Another live process is running this job; it is never run twice at once."""
+
+
+class JobStopped(FreightError):
+    """Raised inside a run to stop it (threshold exceeded, cancelled)."""
+
+
+@dataclass(slots=True)
+class _Chunk:
+    index: int
+    records: list[Record]
+    end: Position | None = None
+
+
+@dataclass(slots=True)
+class _Outcome:
+    checkpoint: ChunkCheckpoint
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+def _category(error: BaseException, retry: Retry | None) -> str:
+    if isinstance(error, RecordError) or type(error).__name__ == "ValidationError":
+        return "validation"
+    if isinstance(error, HandlerContractError):
+        return "contract"
+    if retry is not None and retry.is_transient(error):
+        return "retries_exhausted"
+    return "permanent"
+
+
+def _letter(
+    record: Record, error: BaseException, category: str, attempts: int, index: int
+) -> DeadLetter:
+    payload = record.raw or repr(record.item)
+    return DeadLetter(
+        record_id=record.id,
+        position=record.position,
+        payload=payload[:_EXCERPT],
+        error_type=type(error).__name__,
+        message=str(error)[:1000],
+        category=category,
+        attempts=attempts,
+        chunk_index=index,
+    )
+
+
+class Job:
+    """A bulk job: ``source`` → optional ``process`` → ``sink``, in checkpointed chunks.
+
+    ::
+
+        job = Job("import-users", CsvSource("users.csv"), sink=upsert_users, chunk_size=5000)
+        report = job.run()          # resumes if a previous run of "import-users" stopped
+        print(report.to_json())
+
+    Args:
+        name: the job's name; runs of the same name and source resume each other.
+        source: a :class:`~freight.jobs.Source`, a ``.csv``/``.jsonl`` path, or an iterable.
+        sink: a :class:`~freight.jobs.Sink` or a callable ``(items[, context]) -> outcomes``.
+        process: ``item -> item`` applied to each item before the sink; raising
+            dead-letters that item.
+        process_chunk: ``list -> list`` applied per chunk (the handler contract).
+        chunk_size: items per chunk (one checkpoint per chunk).
+        workers: chunks processed at once (threads).
+        executor: ``"threads"`` (the only one so far).
+        retry: the :class:`~freight.Retry` policy for process and sink calls.
+        rate_limit: a :class:`~freight.RateLimiter` pacing sink writes.
+        max_failures: stop the run (status ``failed``) once more items failed.
+        max_failure_rate: stop the run once the failed fraction exceeds this,
+            measured after at least one chunk.
+        key: ``item -> hashable`` idempotency key, handed to the sink.
+        store: where runs are kept (default: ``SqliteStore()`` at ``.freight/freight.db``).
+        on_progress: called with a :class:`Progress` after every chunk.
+        stale_after: seconds without a heartbeat after which a run's owner is dead.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        source: Any,
+        sink: Any,
+        *,
+        process: Callable[[Any], Any] | None = None,
+        process_chunk: Callable[[list[Any]], Any] | None = None,
+        chunk_size: int | Literal["auto"] = 1000,
+        workers: int = 1,
+        executor: Literal["threads"] = "threads",
+        retry: Retry | None = None,
+        rate_limit: RateLimiter | float | None = None,
+        max_failures: int | None = None,
+        max_failure_rate: float | None = None,
+        key: Callable[[Any], Hashable] | None = None,
+        store: Store | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        stale_after: float | timedelta = 30.0,
+    ) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"Job name must be a non-empty string, got {name!r}")
+        self.name = name
+        self.source = as_source(source)
+        self.sink = as_sink(sink)
+        if process is not None and process_chunk is not None:
+            raise ConfigError("give either process= (per item) or process_chunk=, not both")
+        for label, fn in (("process", process), ("process_chunk", process_chunk)):
+            if fn is not None and not callable(fn):
+                raise ConfigError(f"{label} must be callable, got {fn!r}")
+        self.process = process
+        self.process_chunk = process_chunk
+        if chunk_size == "auto":
+            raise ConfigError(
+                'chunk_size="auto" is not available yet; give a number of items per chunk'
+            )
+        self.chunk_size = to_positive_int(chunk_size, "chunk_size")
+        self.workers = to_positive_int(workers, "workers")
+        if executor != "threads":
+            raise ConfigError(f"executor must be 'threads' (the only one so far), got {executor!r}")
+        self.executor = executor
+        self.retry = check_retry(retry)
+        self.rate_limit = check_rate_limit(rate_limit)
+        self.max_failures, self.max_failure_rate = _check_thresholds(max_failures, max_failure_rate)
+        if key is not None and not callable(key):
+            raise ConfigError(f"key must be callable (item -> hashable), got {key!r}")
+        self.key = key
+        self._store = store
+        self.on_progress = on_progress
+        self.stale_after = to_seconds(stale_after, "stale_after", allow_zero=False)
+
+    def __repr__(self) -> str:
+        return f"Job({self.name!r}, chunk_size={self.chunk_size}, workers={self.workers})"
+
+    @property
+    def store(self) -> Store:
+        """The store of this job's runs (opened on first use)."""
+        if self._store is None:
+            self._store = SqliteStore()
+        return self._store
+
+    def config(self) -> dict[str, Any]:
+        """What the store records about this job's configuration."""
+        return {
+            "chunk_size": self.chunk_size,
+            "workers": self.workers,
+            "executor": self.executor,
+            "retry_attempts": self.retry.attempts if self.retry else 1,
+            "max_failures": self.max_failures,
+            "max_failure_rate": self.max_failure_rate,
+        }
+
+    def run(self, *, fresh: bool = False) -> JobReport:
+        """Run (or resume) the job to its end and return its report."""
+        job = self._prepare(fresh)
+        if job.status in _DONE:
+            return self.report(job.id)
+        return _Run(self, job).execute()
+
+    async def arun(self, *, fresh: bool = False) -> JobReport:
+        """:meth:`run` from asyncio (the chunks run on worker threads)."""
+        return await asyncio.to_thread(self.run, fresh=fresh)
+
+    def report(self, job_id: str) -> JobReport:
+        """The report of a run of this job, from the store."""
+        store = self.store
+        job = store.get_job(job_id)
+        if job is None:
+            raise ConfigError(f"no run with id {job_id!r} in {store!r}")
+        return build_report(
+            job,
+            store.chunks(job_id),
+            store.dead_letters(job_id, include_replayed=True),
+            retry_attempts=self.retry.attempts if self.retry else 1,
+        )
+
+    # -- finding and claiming the run ----------------------------------------------
+
+    def _prepare(self, fresh: bool) -> JobRecord:
+        store = self.store
+        fingerprint = self.source.fingerprint()
+        latest = store.latest_job(self.name)
+        if latest is not None and not fresh:
+            if latest.fingerprint != fingerprint:
+                raise ConfigError(
+                    f"job {self.name!r} was run on different data (source fingerprint "
+                    f"{latest.fingerprint[:12]}…, now {fingerprint[:12]}…); run it with "
+                    "fresh=True (CLI: --fresh) to start over, or give the job another name"
+                )
+            if latest.status in _DONE:
+                return latest
+            job = latest
+        else:
+            size = self.source.size()
+            job = store.create_job(
+                name=self.name,
+                job_type="bulk",
+                fingerprint=fingerprint,
+                config=self.config(),
+                total_items=size.items,
+                total_bytes=size.bytes,
+            )
+        return self._claim(job)
+
+    def _claim(self, job: JobRecord) -> JobRecord:
+        store, host, pid = self.store, socket.gethostname(), os.getpid()
+        now = utcnow()
+        claimed = store.claim(
+            job.id,
+            host=host,
+            pid=pid,
+            now=now,
+            stale_before=now - timedelta(seconds=self.stale_after),
+        )
+        if claimed is None:
+            current = store.get_job(job.id)
+            assert current is not None
+            if current.owner_host == host and not _alive(current.owner_pid):
+                claimed = store.claim(job.id, host=host, pid=pid, now=now, stale_before=now)
+            if claimed is None:
+                raise JobAlreadyRunning(
+                    f"job {self.name!r} (run {job.id}) is running in process {current.owner_pid} "
+                    f"on {current.owner_host} (heartbeat {current.heartbeat_at}); wait for it, "
+                    "or cancel it with `freight cancel`"
+                )
+            store.add_event(job.id, "taken_over", {"from_pid": current.owner_pid})
+        assert claimed is not None
+        return claimed
+
+
+def _check_thresholds(
+    max_failures: int | None, max_failure_rate: float | None
+) -> tuple[int | None, float | None]:
+    if max_failures is not None:
+        max_failures = to_positive_int(max_failures, "max_failures", minimum=0)
+    if max_failure_rate is not None and (
+        not isinstance(max_failure_rate, int | float)
+        or isinstance(max_failure_rate, bool)
+        or not 0 <= max_failure_rate <= 1
+    ):
+        raise ConfigError(
+            f"max_failure_rate must be a fraction in [0, 1], got {max_failure_rate!r}"
+        )
+    return max_failures, max_failure_rate
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Run:
+    """One execution of a job run, from claim to final status."""
+
+    def __init__(self, job: Job, record: JobRecord) -> None:
+        self.job = job
+        self.store = job.store
+        self.id = record.id
+        self.retry = job.retry
+        self._random = random.Random().random
+        self._stop_reason: str | None = None
+        self._status_on_stop = "failed"
+        self._started = time.monotonic()
+        self._chunks_done = 0
+        self._heartbeat_stop = threading.Event()
+
+    # -- the main loop ---------------------------------------------------------------
+
+    def execute(self) -> JobReport:
+        store, job = self.store, self.job
+        record = store.get_job(self.id)
+        assert record is not None
+        store.update_job(
+            self.id,
+            status="running",
+            reason=None,
+            control=None,
+            started_at=record.started_at or utcnow(),
+            completed_at=None,
+        )
+        store.add_event(self.id, "resumed" if record.processed else "started", {"pid": os.getpid()})
+        beat = threading.Thread(
+            target=self._heartbeat, name=f"freight-heartbeat-{job.name}", daemon=True
+        )
+        beat.start()
+        try:
+            with ThreadPoolExecutor(
+                job.workers, thread_name_prefix=f"freight-job-{job.name}"
+            ) as pool:
+                self._drive(pool)
+        except BaseException as exc:
+            store.update_job(
+                self.id,
+                status="failed",
+                reason=f"{type(exc).__name__}: {exc}",
+                completed_at=utcnow(),
+            )
+            raise
+        finally:
+            self._heartbeat_stop.set()
+            beat.join()
+        final = store.get_job(self.id)
+        assert final is not None
+        if self._stop_reason is not None:
+            status = self._status_on_stop
+        elif final.failed:
+            status = "completed_with_errors"
+        else:
+            status = "completed"
+        store.update_job(self.id, status=status, reason=self._stop_reason, completed_at=utcnow())
+        store.add_event(self.id, status, {"reason": self._stop_reason})
+        return job.report(self.id)
+
+    def _drive(self, pool: ThreadPoolExecutor) -> None:
+        in_flight: deque[Future[JobRecord]] = deque()
+        for chunk in self._pending_chunks():
+            if not self._may_continue():
+                break
+            self.store.start_chunk(
+                self.id, ChunkCheckpoint(index=chunk.index, start=chunk.records[0].position)
+            )
+            in_flight.append(pool.submit(self._process, chunk))
+            while len(in_flight) >= 2 * self.job.workers or (in_flight and in_flight[0].done()):
+                self._completed(in_flight.popleft().result())
+            if self._stop_reason is not None:
+                break
+        while in_flight:
+            self._completed(in_flight.popleft().result())
+
+    def _pending_chunks(self) -> Iterator[_Chunk]:
+        """The chunks still to do, in order, each knowing where the next one starts."""
+        checkpoints = {c.index: c for c in self.store.chunks(self.id)}
+        done = {i for i, c in checkpoints.items() if c.status == "done"}
+        index = 0
+        while index in done:
+            index += 1
+        if index in checkpoints:
+            start: Position | None = checkpoints[index].start
+        elif index > 0:
+            start = checkpoints[index - 1].end
+            if start is None:
+                return  # the last chunk was done: the source is exhausted
+        else:
+            start = None
+        size = self.job.chunk_size
+        current: list[Record] = []
+        for record in self.job.source.read(start):
+            if len(current) == size:
+                if index not in done:
+                    yield _Chunk(index, current, record.position)
+                index += 1
+                current = []
+            current.append(record)
+        if current and index not in done:
+            yield _Chunk(index, current, None)
+
+    def _may_continue(self) -> bool:
+        """Honour pause / cancel requests made through the store (between chunks)."""
+        while True:
+            record = self.store.get_job(self.id)
+            assert record is not None
+            if record.control == "cancel":
+                self._stop("cancelled", "cancel requested")
+                return False
+            if record.control != "pause":
+                return self._stop_reason is None
+            if record.status != "paused":
+                self.store.update_job(self.id, status="paused")
+                self.store.add_event(self.id, "paused")
+            time.sleep(0.2)  # real time: waiting for a person or another process
+            again = self.store.get_job(self.id)
+            if again is not None and again.control == "resume":
+                self.store.update_job(self.id, status="running", control=None)
+                self.store.add_event(self.id, "resumed")
+
+    def _stop(self, status: str, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason, self._status_on_stop = reason, status
+
+    def _completed(self, record: JobRecord) -> None:
+        self._chunks_done += 1
+        job = self.job
+        if job.max_failures is not None and record.failed > job.max_failures:
+            self._stop(
+                "failed", f"{record.failed} items failed, more than max_failures={job.max_failures}"
+            )
+        if (
+            job.max_failure_rate is not None
+            and record.processed
+            and record.failed / record.processed > job.max_failure_rate
+        ):
+            self._stop(
+                "failed",
+                f"{record.failed / record.processed:.1%} of items failed, more than "
+                f"max_failure_rate={job.max_failure_rate:.1%}",
+            )
+        if job.on_progress is not None:
+            job.on_progress(self._progress(record))
+
+    def _progress(self, record: JobRecord) -> Progress:
+        elapsed = time.monotonic() - self._started
+        rate = record.processed / elapsed if elapsed > 0 else 0.0
+        fraction = None
+        if record.total_items:
+            fraction = min(1.0, record.processed / record.total_items)
+        eta = None
+        if fraction is not None and fraction > 0 and rate > 0:
+            eta = (record.total_items - record.processed) / rate if record.total_items else None
+        return Progress(
+            job_id=self.id,
+            processed=record.processed,
+            succeeded=record.succeeded,
+            failed=record.failed,
+            skipped=record.skipped,
+            chunks_done=self._chunks_done,
+            elapsed_seconds=elapsed,
+            items_per_second=rate,
+            fraction=fraction,
+            eta_seconds=eta,
+        )
+
+    def _heartbeat(self) -> None:
+        interval = max(0.05, self.job.stale_after / 3)
+        while not self._heartbeat_stop.wait(interval):
+            self.store.heartbeat(self.id, now=utcnow())
+
+    # -- one chunk (on a worker thread) ---------------------------------------------
+
+    def _process(self, chunk: _Chunk) -> JobRecord:
+        dead: list[DeadLetter] = []
+        skipped = 0
+        records: list[Record] = []
+        for record in chunk.records:
+            if is_blank(record):
+                skipped += 1
+            elif record.error is not None:
+                dead.append(_letter(record, record.error, "validation", 0, chunk.index))
+            else:
+                records.append(record)
+        items = [r.item for r in records]
+        if self.job.process is not None:
+            process = self.job.process
+            records, items = self._stage(
+                chunk, records, items, lambda xs: [_apply(process, x) for x in xs], dead
+            )
+        elif self.job.process_chunk is not None:
+            records, items = self._stage(chunk, records, items, self.job.process_chunk, dead)
+        keys = [self.job.key(i) for i in items] if self.job.key else None
+        context = WriteContext(self.id, chunk.index, keys)
+        sink = self.job.sink
+        written, _ = self._stage(
+            chunk, records, items, lambda xs: self._write(sink, xs, context), dead, pace=True
+        )
+        checksum = hashlib.sha256(
+            "\n".join(f"{r.position}:{r.raw}" for r in chunk.records).encode()
+        ).hexdigest()[:16]
+        checkpoint = ChunkCheckpoint(
+            index=chunk.index,
+            start=chunk.records[0].position,
+            end=chunk.end,
+            status="done",
+            items=len(chunk.records),
+            succeeded=len(written),
+            failed=len(dead),
+            skipped=skipped,
+            checksum=checksum,
+        )
+        return self.store.commit_chunk(self.id, checkpoint, dead)
+
+    def _write(self, sink: Any, items: list[Any], context: WriteContext) -> Any:
+        if self.job.rate_limit is not None:
+            cost = len(items) if self.job.rate_limit.unit == "items" else 1
+            self.job.rate_limit.acquire_sync(cost)
+        return sink.write(items, context)
+
+    def _stage(
+        self,
+        chunk: _Chunk,
+        records: list[Record],
+        items: list[Any],
+        handler: Callable[[list[Any]], Any],
+        dead: list[DeadLetter],
+        *,
+        pace: bool = False,
+    ) -> tuple[list[Record], list[Any]]:
+        """Run one stage over ``items``; failures become dead letters; return the survivors."""
+        if not items:
+            return [], []
+        retry = self.retry
+        attempts = retry.attempts if retry else 1
+        tried = 0
+        pending = list(range(len(items)))
+        out: dict[int, Any] = {}
+        while pending:
+            result, _ = run_plan(
+                [items[i] for i in pending],
+                lambda xs: call_handler(handler, xs),
+                retry,
+                random=self._random,
+                sleep=time.sleep,
+            )
+            tried += result.tries
+            again: list[int] = []
+            for i, outcome in zip(pending, result.outcomes, strict=True):
+                if not isinstance(outcome, BaseException):
+                    out[i] = outcome
+                elif retry is not None and retry.is_transient(outcome) and tried < attempts:
+                    again.append(i)
+                else:
+                    dead.append(
+                        _letter(records[i], outcome, _category(outcome, retry), tried, chunk.index)
+                    )
+            if again and retry is not None:
+                time.sleep(retry.delay(tried, self._random()))
+            pending = again
+        kept = sorted(out)
+        return [records[i] for i in kept], [out[i] for i in kept]
+
+
+def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
+    try:
+        return fn(item)
+    except Exception as exc:
+        return exc

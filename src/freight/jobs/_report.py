@@ -1,0 +1,119 @@
+"""The report of a bulk job run, in the batch-operations guide's result shape."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from freight.store import ChunkCheckpoint, DeadLetter, JobRecord
+
+__all__ = ["JobReport", "build_report"]
+
+ERROR_SAMPLE = 50  # errors listed in a report; the store keeps all of them
+
+
+@dataclass(frozen=True, slots=True)
+class JobReport:
+    """The result of a run; ``to_dict()`` / ``to_json()`` give the documented shape.
+
+    Keys: job_id, job_type, started_at, completed_at, status, summary (total_items,
+    processed, succeeded, failed, skipped, duration_seconds, items_per_second),
+    errors (a bounded sample), error_categories, last_checkpoint, metadata
+    (chunk_size, num_chunks, workers, retry_attempts) and remediation
+    (can_retry, strategy).
+    """
+
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def job_id(self) -> str:
+        return str(self.data["job_id"])
+
+    @property
+    def status(self) -> str:
+        return str(self.data["status"])
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return dict(self.data["summary"])
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-compatible values."""
+        return json.loads(self.to_json())  # type: ignore[no-any-return]
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON."""
+        return json.dumps(self.data, indent=indent, default=str)
+
+
+def _remediation(status: str, failed: int) -> dict[str, Any]:
+    if status in ("completed_with_errors", "failed") and failed:
+        return {
+            "can_retry": True,
+            "strategy": "fix the causes listed in errors, then `freight retry-failed JOB_ID` "
+            "replays only the dead letters",
+        }
+    if status in ("failed", "cancelled"):
+        return {"can_retry": True, "strategy": "run the job again: it resumes from its checkpoints"}
+    return {"can_retry": False, "strategy": None}
+
+
+def build_report(
+    job: JobRecord,
+    chunks: list[ChunkCheckpoint],
+    dead_letters: list[DeadLetter],
+    *,
+    retry_attempts: int,
+) -> JobReport:
+    """Assemble the report of ``job`` from what the store holds."""
+    started, completed = job.started_at, job.completed_at
+    duration = (completed - started).total_seconds() if started and completed else None
+    done = [c for c in chunks if c.status == "done"]
+    last = max(done, key=lambda c: c.index, default=None)
+    data: dict[str, Any] = {
+        "job_id": job.id,
+        "job_name": job.name,
+        "job_type": job.job_type,
+        "started_at": started.isoformat() if started else None,
+        "completed_at": completed.isoformat() if completed else None,
+        "status": job.status,
+        "reason": job.reason,
+        "summary": {
+            "total_items": job.total_items if job.total_items is not None else job.processed,
+            "processed": job.processed,
+            "succeeded": job.succeeded,
+            "failed": job.failed,
+            "skipped": job.skipped,
+            "duration_seconds": duration,
+            "items_per_second": (job.processed / duration) if duration else None,
+        },
+        "errors": [
+            {
+                "item": d.record_id,
+                "error_type": d.error_type,
+                "message": d.message,
+                "category": d.category,
+                "timestamp": d.created_at.isoformat() if d.created_at else None,
+                "chunk_index": d.chunk_index,
+                "retry_attempts": d.attempts,
+            }
+            for d in dead_letters[:ERROR_SAMPLE]
+        ],
+        "error_categories": dict(Counter(d.category for d in dead_letters)),
+        "last_checkpoint": None
+        if last is None
+        else {"chunk_index": last.index, "position": list(last.end or last.start)},
+        "metadata": {
+            "chunk_size": job.config.get("chunk_size"),
+            "num_chunks": len(done),
+            "workers": job.config.get("workers"),
+            "retry_attempts": retry_attempts,
+        },
+        "remediation": _remediation(job.status, job.failed),
+    }
+    return JobReport(data)

@@ -1,0 +1,72 @@
+"""The sink port of bulk jobs: write one chunk, report one outcome per item."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from freight._errors import ConfigError
+
+__all__ = ["CallableSink", "Sink", "WriteContext", "as_sink"]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteContext:
+    """What a sink may want to know about the chunk it writes.
+
+    Attributes:
+        job_id: the run's id (a sink in the store's database may record it).
+        chunk_index: the chunk's index within the run.
+        keys: the idempotency key of each item (from the job's ``key=``), or ``None``.
+    """
+
+    job_id: str
+    chunk_index: int
+    keys: list[Hashable] | None = None
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Writes items; the handler contract applies to the return value.
+
+    Return ``None`` when every item was written, or a list of the same length whose
+    element *i* is item *i*'s result or an ``Exception`` instance for item *i* alone.
+    Raising fails the whole call (retried and bisected under the job's ``retry``).
+    A sink is called with parts of a chunk during retries and isolation, so writes
+    should be idempotent on the item's key for exactly-once effect.
+    """
+
+    def write(self, items: list[Any], context: WriteContext) -> Sequence[Any] | None:
+        """Write ``items``; see the class docstring for the return value."""
+        ...
+
+
+class CallableSink:
+    """Adapts ``fn(items)`` (or ``fn(items, context)``) to the :class:`Sink` port."""
+
+    def __init__(self, fn: Callable[..., Sequence[Any] | None], *, with_context: bool) -> None:
+        self._fn = fn
+        self._with_context = with_context
+
+    def write(self, items: list[Any], context: WriteContext) -> Sequence[Any] | None:
+        if self._with_context:
+            return self._fn(items, context)
+        return self._fn(items)
+
+
+def as_sink(sink: Any) -> Sink:
+    """A :class:`Sink`, or a callable taking ``(items)`` or ``(items, context)``."""
+    if isinstance(sink, Sink):
+        return sink
+    if callable(sink):
+        import inspect  # noqa: PLC0415  (only for plain callables)
+
+        try:
+            params = inspect.signature(sink).parameters
+        except (TypeError, ValueError):
+            params = {}  # type: ignore[assignment]
+        return CallableSink(sink, with_context=len(params) >= 2)
+    raise ConfigError(
+        f"sink must have a write(items, context) method or be a callable, got {sink!r}"
+    )

@@ -1,0 +1,344 @@
+"""Job: chunks, checkpoints, resume, dead letters, thresholds, control and the report."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from freight import ConfigError, Job, Retry, TransientError
+from freight.jobs import CsvSource, JobAlreadyRunning, Progress, WriteContext
+from freight.store import SqliteStore
+from freight.store._records import utcnow
+
+
+class Crash(BaseException):
+    """Stands for the process dying mid-run (not an Exception: nothing catches it)."""
+
+
+class Table:
+    """An idempotent sink: upsert by key, counting every write."""
+
+    def __init__(self, crash_on_chunk: int | None = None) -> None:
+        self.rows: dict[Any, Any] = {}
+        self.writes: Counter[Any] = Counter()
+        self.crash_on_chunk = crash_on_chunk
+        self.contexts: list[WriteContext] = []
+
+    def write(self, items: list[Any], context: WriteContext) -> None:
+        if context.chunk_index == self.crash_on_chunk:
+            raise Crash
+        self.contexts.append(context)
+        for item in items:
+            self.rows[item["id"]] = item
+            self.writes[item["id"]] += 1
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    return SqliteStore(tmp_path / "freight.db")
+
+
+def items(n: int) -> list[dict[str, int]]:
+    return [{"id": i, "amount": i * 10} for i in range(n)]
+
+
+def test_run_processes_every_item_in_chunks_and_reports(store: SqliteStore) -> None:
+    table = Table()
+    seen: list[Progress] = []
+    job = Job("load", items(25), table, chunk_size=10, store=store, on_progress=seen.append)
+    report = job.run()
+    assert report.status == "completed"
+    assert len(table.rows) == 25
+    assert [c.chunk_index for c in table.contexts] == [0, 1, 2]
+    summary = report.summary
+    assert (summary["total_items"], summary["processed"], summary["succeeded"]) == (25, 25, 25)
+    assert summary["failed"] == summary["skipped"] == 0
+    data = report.to_dict()
+    assert set(data) >= {
+        "job_id",
+        "job_type",
+        "started_at",
+        "completed_at",
+        "status",
+        "summary",
+        "errors",
+        "error_categories",
+        "last_checkpoint",
+        "metadata",
+        "remediation",
+    }
+    assert data["metadata"] == {
+        "chunk_size": 10,
+        "num_chunks": 3,
+        "workers": 1,
+        "retry_attempts": 1,
+    }
+    assert data["last_checkpoint"]["chunk_index"] == 2
+    assert data["remediation"]["can_retry"] is False
+    assert [p.chunks_done for p in seen] == [1, 2, 3]
+    assert seen[-1].fraction == 1.0
+
+
+def test_a_crashed_run_resumes_without_redoing_done_chunks(store: SqliteStore) -> None:
+    table = Table(crash_on_chunk=2)
+    job = Job("resume", items(45), table, chunk_size=10, store=store)
+    with pytest.raises(Crash):
+        job.run()
+    assert set(range(20)) <= set(table.rows)  # chunks 0-1, maybe chunk 3 (in flight)
+    assert not set(range(20, 30)) & set(table.rows)
+    table.crash_on_chunk = None
+    report = job.run()
+    assert report.status == "completed"
+    assert sorted(table.rows) == list(range(45))
+    assert max(table.writes.values()) == 1  # chunks 0 and 1 were not written again
+    assert report.summary["processed"] == 45
+
+
+def test_resume_seeks_in_a_csv_file(store: SqliteStore, tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("id,amount\n" + "".join(f"{i},{i * 2}\n" for i in range(30)))
+    table = Table(crash_on_chunk=1)
+    job = Job(
+        "csv",
+        CsvSource(path, convert=lambda r: {"id": int(r["id"])}),
+        table,
+        chunk_size=7,
+        store=store,
+    )
+    with pytest.raises(Crash):
+        job.run()
+    table.crash_on_chunk = None
+    assert job.run().summary["processed"] == 30
+    assert sorted(table.rows) == list(range(30))
+    assert max(table.writes.values()) == 1
+
+
+def test_bad_records_are_dead_lettered_with_line_numbers(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(b"id,amount\n1,10\n2,x\n3,30,9\n\n4,\xff\n5,50\n")
+
+    def convert(row: dict[str, str]) -> dict[str, int]:
+        return {"id": int(row["id"]), "amount": int(row["amount"])}
+
+    table = Table()
+    report = Job("bad", CsvSource(path, convert=convert), table, chunk_size=3, store=store).run()
+    assert report.status == "completed_with_errors"
+    assert sorted(table.rows) == [1, 5]
+    errors = {e["item"]: e for e in report["errors"]}
+    assert set(errors) == {"line 3", "line 4", "line 6"}
+    assert errors["line 4"]["message"] == "expected 2 columns, got 3"
+    assert all(e["category"] == "validation" for e in errors.values())
+    assert report["error_categories"] == {"validation": 3}
+    assert report.summary["skipped"] == 1
+    assert report["remediation"]["can_retry"] is True
+
+
+def test_item_failures_never_stop_the_job(store: SqliteStore) -> None:
+    calls: Counter[int] = Counter()
+
+    def sink(batch: list[dict[str, int]]) -> list[object]:
+        out: list[object] = []
+        for item in batch:
+            calls[item["id"]] += 1
+            if item["id"] == 3 and calls[3] == 1:
+                out.append(TransientError("busy"))
+            elif item["id"] == 7:
+                out.append(ValueError("rejected"))
+            else:
+                out.append(None)
+        return out
+
+    retry = Retry(attempts=3, backoff=0, jitter=0)
+    report = Job("items", items(10), sink, chunk_size=5, retry=retry, store=store).run()
+    assert report.status == "completed_with_errors"
+    assert calls[3] == 2  # retried once, then fine
+    [error] = report["errors"]
+    assert (error["item"], error["category"], error["error_type"]) == (
+        "item 7",
+        "permanent",
+        "ValueError",
+    )
+
+
+def test_poison_item_in_a_raising_sink_is_isolated(store: SqliteStore) -> None:
+    def sink(batch: list[dict[str, int]]) -> None:
+        if any(item["id"] == 13 for item in batch):
+            raise ValueError("constraint violated by 13")
+
+    report = Job(
+        "poison", items(20), sink, chunk_size=20, retry=Retry(attempts=1), store=store
+    ).run()
+    assert report.summary["succeeded"] == 19
+    assert [e["item"] for e in report["errors"]] == ["item 13"]
+
+
+def test_process_per_item_and_per_chunk(store: SqliteStore) -> None:
+    table = Table()
+
+    def double(item: dict[str, int]) -> dict[str, int]:
+        if item["id"] == 2:
+            raise ValueError("no twos")
+        return {**item, "amount": item["amount"] * 2}
+
+    report = Job("per-item", items(5), table, process=double, chunk_size=2, store=store).run()
+    assert report.summary["failed"] == 1
+    assert table.rows[4]["amount"] == 80
+
+    chunk_table = Table()
+    Job(
+        "per-chunk",
+        items(4),
+        chunk_table,
+        process_chunk=lambda batch: [{**i, "amount": -1} for i in batch],
+        chunk_size=4,
+        store=store,
+    ).run()
+    assert {r["amount"] for r in chunk_table.rows.values()} == {-1}
+
+
+def test_failure_rate_threshold_fails_the_run_and_keeps_checkpoints(store: SqliteStore) -> None:
+    def sink(batch: list[dict[str, int]]) -> list[object]:
+        return [ValueError("bad") if item["id"] % 10 == 0 else None for item in batch]
+
+    job = Job("rate", items(100), sink, chunk_size=10, max_failure_rate=0.05, store=store)
+    report = job.run()
+    assert report.status == "failed"
+    assert "max_failure_rate=5.0%" in report["reason"]
+    assert report["remediation"]["can_retry"] is True
+    assert store.chunks(report.job_id)[0].status == "done"
+
+    capped = Job("cap", items(100), sink, chunk_size=10, max_failures=2, store=store).run()
+    assert capped.status == "failed"
+    assert "max_failures=2" in capped["reason"]
+
+
+def test_a_changed_source_is_refused_unless_fresh(store: SqliteStore, tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("id\n1\n")
+    Job("data", CsvSource(path), lambda batch: None, store=store).run()
+    path.write_text("id\n1\n2\n")
+    with pytest.raises(ConfigError, match="different data"):
+        Job("data", CsvSource(path), lambda batch: None, store=store).run()
+    report = Job("data", CsvSource(path), lambda batch: None, store=store).run(fresh=True)
+    assert report.summary["processed"] == 2
+
+
+def test_a_finished_run_is_reported_not_redone(store: SqliteStore) -> None:
+    table = Table()
+    job = Job("once", items(5), table, store=store)
+    first = job.run()
+    second = job.run()
+    assert second.job_id == first.job_id
+    assert max(table.writes.values()) == 1
+
+
+def test_a_live_owner_is_never_run_twice_and_a_dead_one_is_taken_over(store: SqliteStore) -> None:
+    job = Job("owned", items(5), Table(), store=store)
+    record = store.create_job(
+        name="owned", job_type="bulk", fingerprint=job.source.fingerprint(), config={}
+    )
+    now = utcnow()
+    host = socket.gethostname()
+    store.claim(record.id, host=host, pid=os.getppid(), now=now, stale_before=now)  # alive
+    with pytest.raises(JobAlreadyRunning, match="is running in process"):
+        job.run()
+    dead_pid = 2**22 + 12345
+    store.update_job(record.id, owner_pid=dead_pid)
+    report = job.run()
+    assert report.job_id == record.id
+    assert report.status == "completed"
+    assert "taken_over" in [e.kind for e in store.events(record.id)]
+
+
+def test_cancel_from_another_process_stops_between_chunks(store: SqliteStore) -> None:
+    table = Table()
+
+    def cancel_after_first(progress: Progress) -> None:
+        SqliteStore(store.path).request(progress.job_id, "cancel")  # a second connection
+
+    job = Job(
+        "cancel", items(50), table, chunk_size=10, store=store, on_progress=cancel_after_first
+    )
+    report = job.run()
+    assert report.status == "cancelled"
+    assert report.summary["processed"] < 50
+    resumed = Job("cancel", items(50), table, chunk_size=10, store=store).run()
+    assert resumed.status == "completed"
+    assert sorted(table.rows) == list(range(50))
+
+
+def test_pause_then_resume_from_another_process(store: SqliteStore) -> None:
+    table = Table()
+    paused = threading.Event()
+
+    def pause_once(progress: Progress) -> None:
+        if progress.chunks_done == 1:
+            SqliteStore(store.path).request(progress.job_id, "pause")
+            paused.set()
+
+    def resume_later() -> None:
+        paused.wait(5)
+        other = SqliteStore(store.path)
+        job_id = other.latest_job("pause").id  # type: ignore[union-attr]
+        for _ in range(100):
+            if other.get_job(job_id).status == "paused":  # type: ignore[union-attr]
+                break
+            threading.Event().wait(0.05)
+        other.request(job_id, "resume")
+
+    helper = threading.Thread(target=resume_later)
+    helper.start()
+    report = Job(
+        "pause", items(30), table, chunk_size=10, store=store, on_progress=pause_once
+    ).run()
+    helper.join()
+    assert report.status == "completed"
+    assert len(table.rows) == 30
+    kinds = [e.kind for e in store.events(report.job_id)]
+    assert "paused" in kinds
+    assert kinds.count("resumed") >= 1
+
+
+def test_parallel_workers_and_keys(store: SqliteStore) -> None:
+    table = Table()
+    report = Job(
+        "parallel", items(200), table, chunk_size=10, workers=4, key=lambda i: i["id"], store=store
+    ).run()
+    assert report.summary["succeeded"] == 200
+    assert all(c.keys is not None and len(c.keys) == 10 for c in table.contexts)
+
+
+async def test_arun_runs_the_same_job_from_asyncio(store: SqliteStore) -> None:
+    report = await Job("async", items(3), Table(), store=store).arun()
+    assert report.status == "completed"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"name": ""}, "name"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"chunk_size": "auto"}, "auto"),
+        ({"workers": 0}, "workers"),
+        ({"executor": "processes"}, "executor"),
+        ({"max_failure_rate": 2}, "max_failure_rate"),
+        ({"max_failures": -1}, "max_failures"),
+        ({"retry": 3}, "retry"),
+        ({"sink": 3}, "sink"),
+        ({"source": 3}, "source"),
+        ({"process": 3}, "process"),
+        ({"process": abs, "process_chunk": abs}, "either"),
+    ],
+)
+def test_bad_configuration_fails_before_any_work(kwargs: dict[str, Any], fragment: str) -> None:
+    args: dict[str, Any] = {"name": "x", "source": [1], "sink": lambda batch: None, **kwargs}
+    with pytest.raises(ConfigError, match=fragment):
+        Job(**args)
