@@ -38,7 +38,7 @@ from freight._drivers._sync import call_handler, run_plan
 from freight._errors import ConfigError, FreightError, HandlerContractError
 from freight._ratelimit import RateLimiter
 from freight.jobs._progress import Progress
-from freight.jobs._report import JobReport, build_report
+from freight.jobs._report import JobReport, load_report
 from freight.jobs._sink import WriteContext, as_sink
 from freight.jobs._sources import Position, Record, RecordError, as_source, is_blank
 from freight.store import ChunkCheckpoint, DeadLetter, JobRecord, SqliteStore, Store
@@ -212,16 +212,7 @@ class Job:
 
     def report(self, job_id: str) -> JobReport:
         """The report of a run of this job, from the store."""
-        store = self.store
-        job = store.get_job(job_id)
-        if job is None:
-            raise ConfigError(f"no run with id {job_id!r} in {store!r}")
-        return build_report(
-            job,
-            store.chunks(job_id),
-            store.dead_letters(job_id, include_replayed=True),
-            retry_attempts=self.retry.attempts if self.retry else 1,
-        )
+        return load_report(self.store, job_id)
 
     # -- finding and claiming the run ----------------------------------------------
 

@@ -7,9 +7,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from freight.store import ChunkCheckpoint, DeadLetter, JobRecord
+from freight._errors import ConfigError
+from freight.store import ChunkCheckpoint, DeadLetter, JobRecord, Store
 
-__all__ = ["JobReport", "build_report"]
+__all__ = ["JobReport", "build_report", "load_report"]
 
 ERROR_SAMPLE = 50  # errors listed in a report; the store keeps all of them
 
@@ -117,3 +118,16 @@ def build_report(
         "remediation": _remediation(job.status, job.failed),
     }
     return JobReport(data)
+
+
+def load_report(store: Store, job_id: str) -> JobReport:
+    """The report of run ``job_id`` as the store holds it now."""
+    job = store.get_job(job_id)
+    if job is None:
+        raise ConfigError(f"no run with id {job_id!r} in {store!r}")
+    return build_report(
+        job,
+        store.chunks(job_id),
+        store.dead_letters(job_id, include_replayed=True),
+        retry_attempts=int(job.config.get("retry_attempts", 1)),
+    )

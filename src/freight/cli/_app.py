@@ -1,0 +1,247 @@
+"""``freight`` commands. User errors print one line and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from freight._core._retry import Retry
+from freight._errors import FreightError
+from freight.cli._progress import ProgressPrinter
+from freight.connectors.sqlite import SqliteSink, sqlite_path
+from freight.jobs import CsvSource, Job, JobReport, JsonlSource
+from freight.jobs._report import load_report
+from freight.store import DEFAULT_PATH, JobRecord, SqliteStore
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="freight",
+    help="Batch processing: run, load, watch and control bulk jobs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+StoreOption = Annotated[
+    str,
+    typer.Option(
+        "--store",
+        envvar="FREIGHT_STORE",
+        help="Where runs are kept: a path or sqlite:///PATH.",
+    ),
+]
+JobArgument = Annotated[str, typer.Argument(help="A run id, or a job name (its latest run).")]
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"freight: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _open_store(url: str) -> SqliteStore:
+    try:
+        return SqliteStore.from_url(url)
+    except FreightError as exc:
+        _fail(str(exc))
+
+
+def _find(store: SqliteStore, job: str) -> JobRecord:
+    record = store.get_job(job) or store.latest_job(job)
+    if record is None:
+        _fail(f"no run with id or job name {job!r} in {store.path}; see `freight list`")
+    return record
+
+
+def _render(report: JobReport, as_json: bool) -> None:
+    if as_json:
+        typer.echo(report.to_json())
+        return
+    s = report.summary
+    typer.echo(f"job {report['job_name']} ({report.job_id}): {report.status}")
+    if report["reason"]:
+        typer.echo(f"  reason: {report['reason']}")
+    typer.echo(
+        f"  processed {s['processed']:,}: succeeded {s['succeeded']:,}, failed {s['failed']:,}, "
+        f"skipped {s['skipped']:,}"
+    )
+    if s["duration_seconds"]:
+        typer.echo(f"  {s['duration_seconds']:.1f} s, {s['items_per_second']:,.0f} items/s")
+    for error in report["errors"][:10]:
+        typer.echo(
+            f"  {error['item']}: {error['error_type']} ({error['category']}): {error['message']}"
+        )
+    if report["remediation"]["strategy"]:
+        typer.echo(f"  next: {report['remediation']['strategy']}")
+
+
+@app.command()
+def load(
+    file: Annotated[Path, typer.Argument(help="A .csv or .jsonl file.")],
+    into: Annotated[str, typer.Option("--into", help="sqlite:///PATH of the target database.")],
+    table: Annotated[str, typer.Option("--table", help="Target table (taken literally).")],
+    key: Annotated[str | None, typer.Option("--key", help="Upsert on this column.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Job name (resume key).")] = None,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1)] = 10_000,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Start over, ignoring checkpoints.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report alone.")] = False,
+    store: StoreOption = str(DEFAULT_PATH),
+) -> None:
+    """Load a CSV or JSONL file into a SQLite table, checkpointed and resumable.
+
+    Example: freight load users.csv --into sqlite:///app.db --table users --key id
+    """
+    if not file.is_file():
+        _fail(f"no such file {str(file)!r}")
+    try:
+        target = sqlite_path(into)
+        suffix = file.suffix.lower()
+        source: CsvSource | JsonlSource
+        if suffix == ".csv":
+            csv_source = source = CsvSource(file)
+            columns = csv_source.columns() or []
+            if key is not None and key not in columns:
+                _fail(
+                    f"--key {key!r} is not a column of {file.name} (columns: {', '.join(columns)})"
+                )
+        elif suffix in (".jsonl", ".ndjson"):
+            source = JsonlSource(file)
+        else:
+            _fail(f"cannot load {file.name}: give a .csv or .jsonl file")
+        job = Job(
+            name or f"load {file.name} into {table}",
+            source,
+            SqliteSink(target, table, key=key),
+            chunk_size=chunk_size,
+            retry=Retry(attempts=3, backoff=0.05),
+            store=_open_store(store),
+        )
+        with ProgressPrinter() as printer:
+            job.on_progress = printer
+            report = job.run(fresh=fresh)
+    except FreightError as exc:
+        _fail(str(exc))
+    _render(report, as_json)
+    if report.status == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    target: Annotated[str, typer.Argument(help="MODULE:JOB, a freight.Job defined in Python.")],
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Start over, ignoring checkpoints.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report alone.")] = False,
+) -> None:
+    """Run (or resume) a job defined in Python.
+
+    Example: freight run myproject.jobs:import_users
+    """
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        _fail(f"expected MODULE:JOB, got {target!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        _fail(f"cannot import {module_name!r}: {exc}")
+    job: Any = getattr(module, attr, None)
+    if not isinstance(job, Job):
+        _fail(f"{target} is not a freight.Job (got {type(job).__name__})")
+    try:
+        with ProgressPrinter() as printer:
+            if job.on_progress is None:
+                job.on_progress = printer
+            report = job.run(fresh=fresh)
+    except FreightError as exc:
+        _fail(str(exc))
+    _render(report, as_json)
+    if report.status == "failed":
+        raise typer.Exit(1)
+
+
+@app.command("list")
+def list_runs(store: StoreOption = str(DEFAULT_PATH)) -> None:
+    """List recent runs, newest first.
+
+    Example: freight list
+    """
+    for job in _open_store(store).list_jobs():
+        typer.echo(f"{job.id}  {job.status:<22} {job.processed:>10,} items  {job.name}")
+
+
+@app.command()
+def status(job: JobArgument, store: StoreOption = str(DEFAULT_PATH)) -> None:
+    """Show a run's status and counters.
+
+    Example: freight status "load users.csv into users"
+    """
+    record = _find(_open_store(store), job)
+    typer.echo(
+        f"{record.name} ({record.id}): {record.status}; processed {record.processed:,}, "
+        f"succeeded {record.succeeded:,}, failed {record.failed:,}, skipped {record.skipped:,}"
+        + (f"; requested: {record.control}" if record.control else "")
+    )
+
+
+@app.command()
+def report(
+    job: JobArgument,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report alone.")] = False,
+    store: StoreOption = str(DEFAULT_PATH),
+) -> None:
+    """Print a run's report (with --json: the JSON report alone, on stdout).
+
+    Example: freight report import-users --json
+    """
+    opened = _open_store(store)
+    _render(load_report(opened, _find(opened, job).id), as_json)
+
+
+def _control(job: str, store: str, action: str) -> None:
+    opened = _open_store(store)
+    record = _find(opened, job)
+    if record.finished:
+        _fail(f"run {record.id} of {record.name!r} is already {record.status}")
+    opened.request(record.id, action)  # type: ignore[arg-type]
+    typer.echo(f"asked run {record.id} of {record.name!r} to {action}")
+
+
+@app.command()
+def pause(job: JobArgument, store: StoreOption = str(DEFAULT_PATH)) -> None:
+    """Ask a running job to pause at its next chunk boundary.
+
+    Example: freight pause import-users
+    """
+    _control(job, store, "pause")
+
+
+@app.command()
+def resume(job: JobArgument, store: StoreOption = str(DEFAULT_PATH)) -> None:
+    """Let a paused job go on.
+
+    Example: freight resume import-users
+    """
+    _control(job, store, "resume")
+
+
+@app.command()
+def cancel(job: JobArgument, store: StoreOption = str(DEFAULT_PATH)) -> None:
+    """Ask a running job to stop after the chunks in flight (it can be resumed later).
+
+    Example: freight cancel import-users
+    """
+    _control(job, store, "cancel")
+
+
+def main() -> None:
+    """Entry point of the ``freight`` command."""
+    app()

@@ -1,0 +1,1 @@
+"""Connectors: sinks and sources for real systems (SQLite here; more come as extras)."""

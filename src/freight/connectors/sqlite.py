@@ -1,0 +1,147 @@
+"""``SqliteSink``: insert or upsert job items (mappings) into a SQLite table (stdlib only).
+
+Identifiers (table and column names) are quoted, whatever characters they hold;
+values are always bound parameters, never formatted into SQL. One transaction per
+write call: a failing call rolls back, and the job's retry policy bisects the
+chunk to isolate the bad rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from freight._errors import ConfigError
+
+__all__ = ["SqliteSink", "quote_identifier", "sqlite_path"]
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier (double quotes doubled inside)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ConfigError(f"an SQL identifier must be a non-empty string without NUL, got {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of ``sqlite:///relative.db`` or ``sqlite:////absolute.db``."""
+    if not url.startswith("sqlite:///") or url == "sqlite:///":
+        raise ConfigError(f"expected a SQLite URL like sqlite:///path/to/file.db, got {url!r}")
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def _affinity(value: Any) -> str:
+    if isinstance(value, bool | int):
+        return "INTEGER"
+    if isinstance(value, float):
+        return "REAL"
+    if isinstance(value, bytes):
+        return "BLOB"
+    return "TEXT"
+
+
+class SqliteSink:
+    """Write mappings into ``table`` of the SQLite file at ``path``.
+
+    Args:
+        path: the database file (or a ``sqlite:///`` URL).
+        table: the table, taken literally (quoted); created if missing, with the
+            columns of the first item (types from its values).
+        key: column(s) identifying a row; with ``mode="upsert"`` (the default when
+            a key is given) a row with the same key is updated, which makes a
+            replayed chunk harmless: exactly-once in effect.
+        mode: ``"insert"`` or ``"upsert"``.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        table: str,
+        *,
+        key: str | Sequence[str] | None = None,
+        mode: Literal["insert", "upsert"] | None = None,
+    ) -> None:
+        self.path = sqlite_path(path) if isinstance(path, str) and "://" in path else Path(path)
+        self.table = table
+        self._table = quote_identifier(table)
+        self.key = [key] if isinstance(key, str) else list(key or [])
+        for column in self.key:
+            quote_identifier(column)
+        mode = mode or ("upsert" if self.key else "insert")
+        if mode not in ("insert", "upsert"):
+            raise ConfigError(f"mode must be 'insert' or 'upsert', got {mode!r}")
+        if mode == "upsert" and not self.key:
+            raise ConfigError("mode='upsert' needs key= (the column(s) that identify a row)")
+        self.mode = mode
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._lock = threading.Lock()
+        self._columns: list[str] | None = self._existing_columns()
+
+    def __repr__(self) -> str:
+        return f"SqliteSink({str(self.path)!r}, {self.table!r}, key={self.key!r})"
+
+    def _existing_columns(self) -> list[str] | None:
+        rows = self._db.execute(f"PRAGMA table_info({self._table})").fetchall()
+        return [row[1] for row in rows] or None
+
+    def _ensure_table(self, first: Mapping[str, Any]) -> list[str]:
+        if self._columns is not None:
+            return self._columns
+        columns = list(first)
+        missing = [k for k in self.key if k not in columns]
+        if missing:
+            raise ConfigError(f"key column(s) {missing} are not among the item's fields {columns}")
+        body = ", ".join(f"{quote_identifier(c)} {_affinity(first[c])}" for c in columns)
+        if self.key:
+            body += f", PRIMARY KEY ({', '.join(map(quote_identifier, self.key))})"
+        self._db.execute(f"CREATE TABLE IF NOT EXISTS {self._table} ({body})")
+        self._columns = self._existing_columns() or columns
+        return self._columns
+
+    def _statement(self, columns: list[str]) -> str:
+        names = ", ".join(map(quote_identifier, columns))
+        marks = ", ".join("?" for _ in columns)
+        sql = f"INSERT INTO {self._table} ({names}) VALUES ({marks})"  # noqa: S608 (quoted)
+        if self.mode == "upsert":
+            updates = ", ".join(
+                f"{quote_identifier(c)} = excluded.{quote_identifier(c)}"
+                for c in columns
+                if c not in self.key
+            )
+            target = ", ".join(map(quote_identifier, self.key))
+            sql += f" ON CONFLICT ({target}) " + (
+                f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+            )
+        return sql
+
+    def write(self, items: list[Mapping[str, Any]], context: object = None) -> None:
+        """Write ``items`` in one transaction; raising rolls the whole call back."""
+        if not items:
+            return
+        with self._lock:
+            columns = self._ensure_table(items[0])
+            rows = []
+            for item in items:
+                unknown = set(item) - set(columns)
+                if unknown:
+                    raise ValueError(f"fields {sorted(unknown)} are not columns of {self.table!r}")
+                rows.append([item.get(c) for c in columns])
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(self._statement(columns), rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()
