@@ -92,7 +92,7 @@ def test_control_commands_reach_the_store(tmp_path: Path) -> None:
     store = SqliteStore(store_path)
     job = store.create_job(name="nightly", job_type="bulk", fingerprint="f", config={})
     for action in ("pause", "resume", "cancel"):
-        code, out, _ = invoke(action, "nightly", "--store", str(store_path))
+        code, _, _ = invoke(action, "nightly", "--store", str(store_path))
         assert code == 0
         assert store.get_job(job.id).control == action  # type: ignore[union-attr]
     store.set_status(job.id, "completed")
@@ -106,7 +106,8 @@ def test_run_module_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         "from freight import Job\n"
         "from freight.store import SqliteStore\n"
         "seen = []\n"
-        f"job = Job('squares', range(7), seen.extend, store=SqliteStore({str(tmp_path / 's.db')!r}))\n"
+        f"store = SqliteStore({str(tmp_path / 's.db')!r})\n"
+        "job = Job('squares', range(7), seen.extend, store=store)\n"
         "not_a_job = 3\n"
     )
     monkeypatch.chdir(tmp_path)
