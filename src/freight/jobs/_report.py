@@ -56,8 +56,8 @@ def _remediation(status: str, failed: int) -> dict[str, Any]:
     if status in ("completed_with_errors", "failed") and failed:
         return {
             "can_retry": True,
-            "strategy": "fix the causes listed in errors, then `freight retry-failed JOB_ID` "
-            "replays only the dead letters",
+            "strategy": "fix the causes listed in errors (all of them: `freight report JOB "
+            "--json`), then run the job again with fresh=True (CLI: --fresh)",
         }
     if status in ("failed", "cancelled"):
         return {"can_retry": True, "strategy": "run the job again: it resumes from its checkpoints"}

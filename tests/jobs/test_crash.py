@@ -1,0 +1,70 @@
+"""Crash safety: `freight load` killed with SIGKILL at random points, then resumed."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROWS = 600_000
+BAD = {777, 123_456, 599_999}  # rows with a wrong column count
+KILLS = 20
+
+
+def write_csv(path: Path) -> None:
+    with path.open("w") as f:
+        f.write("id,amount,note\n")
+        for i in range(ROWS):
+            f.write(f"{i},{i % 97}\n" if i in BAD else f"{i},{i % 97},n{i}\n")
+
+
+def load(data: Path, tmp: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "freight.cli", "load", str(data),
+            "--into", f"sqlite:///{tmp / 'app.db'}", "--table", "payments", "--key", "id",
+            "--name", "crash", "--chunk-size", "2000", "--store", str(tmp / "freight.db"), "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def test_sigkill_at_20_random_points_then_resume_loads_every_valid_row_once(tmp_path: Path) -> None:
+    data = tmp_path / "payments.csv"
+    write_csv(data)
+    rng = random.Random(20261125)
+    killed = 0
+    for _ in range(2 * KILLS):
+        if killed == KILLS:
+            break
+        process = load(data, tmp_path)
+        time.sleep(rng.uniform(0.2, 0.5))  # a random kill point, not a timeout under test
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            killed += 1
+        process.communicate()
+    final = load(data, tmp_path)
+    out, err = final.communicate(timeout=120)
+    assert final.returncode == 0, err
+    report = json.loads(out)
+    assert killed == KILLS, "every kill must land while the load runs"
+    with sqlite3.connect(tmp_path / "app.db") as db:
+        count, distinct = db.execute(
+            'SELECT count(*), count(DISTINCT id) FROM "payments"'
+        ).fetchone()
+        ids = {row[0] for row in db.execute('SELECT id FROM "payments"')}
+    assert count == distinct == ROWS - len(BAD)
+    assert ids == {str(i) for i in range(ROWS) if i not in BAD}  # CSV values load as text
+    summary = report["summary"]
+    assert summary["processed"] == ROWS
+    assert summary["succeeded"] == ROWS - len(BAD)
+    assert summary["failed"] == len(BAD)
+    assert report["status"] == "completed_with_errors"
+    assert {e["item"] for e in report["errors"]} == {f"line {i + 2}" for i in BAD}
