@@ -40,7 +40,7 @@ from freight._ratelimit import RateLimiter
 from freight.jobs._progress import Progress
 from freight.jobs._report import JobReport, load_report
 from freight.jobs._sink import WriteContext, as_sink
-from freight.jobs._sources import Position, Record, RecordError, as_source, is_blank
+from freight.jobs._sources import BLANK, Position, Record, RecordError, as_source
 from freight.store import ChunkCheckpoint, DeadLetter, JobRecord, SqliteStore, Store
 from freight.store._records import utcnow
 
@@ -476,14 +476,17 @@ class _Run:
     def _process(self, chunk: _Chunk) -> JobRecord:
         dead: list[DeadLetter] = []
         skipped = 0
-        records: list[Record] = []
-        for record in chunk.records:
-            if is_blank(record):
-                skipped += 1
-            elif record.error is not None:
-                dead.append(_letter(record, record.error, "validation", 0, chunk.index))
-            else:
-                records.append(record)
+        records = chunk.records
+        if any(r.error is not None or r.item is BLANK for r in records):
+            kept = []
+            for record in records:
+                if record.item is BLANK:
+                    skipped += 1
+                elif record.error is not None:
+                    dead.append(_letter(record, record.error, "validation", 0, chunk.index))
+                else:
+                    kept.append(record)
+            records = kept
         items = [r.item for r in records]
         if self.job.process is not None:
             process = self.job.process
@@ -496,21 +499,22 @@ class _Run:
         context = WriteContext(self.id, chunk.index, keys)
         sink = self.job.sink
         written, _ = self._stage(
-            chunk, records, items, lambda xs: self._write(sink, xs, context), dead, pace=True
+            chunk, records, items, lambda xs: self._write(sink, xs, context), dead
         )
-        checksum = hashlib.sha256(
-            "\n".join(f"{r.position}:{r.raw}" for r in chunk.records).encode()
-        ).hexdigest()[:16]
+        first, last = chunk.records[0], chunk.records[-1]
+        digest = hashlib.sha256(f"{first.position}{last.position}{len(chunk.records)}".encode())
+        if first.raw:
+            digest.update("\n".join(r.raw for r in chunk.records).encode())
         checkpoint = ChunkCheckpoint(
             index=chunk.index,
-            start=chunk.records[0].position,
+            start=first.position,
             end=chunk.end,
             status="done",
             items=len(chunk.records),
             succeeded=len(written),
             failed=len(dead),
             skipped=skipped,
-            checksum=checksum,
+            checksum=digest.hexdigest()[:16],
         )
         return self.store.commit_chunk(self.id, checkpoint, dead)
 
@@ -527,8 +531,6 @@ class _Run:
         items: list[Any],
         handler: Callable[[list[Any]], Any],
         dead: list[DeadLetter],
-        *,
-        pace: bool = False,
     ) -> tuple[list[Record], list[Any]]:
         """Run one stage over ``items``; failures become dead letters; return the survivors."""
         if not items:
