@@ -68,3 +68,26 @@ def test_sigkill_at_20_random_points_then_resume_loads_every_valid_row_once(tmp_
     assert summary["failed"] == len(BAD)
     assert report["status"] == "completed_with_errors"
     assert {e["item"] for e in report["errors"]} == {f"line {i + 2}" for i in BAD}
+
+
+def test_first_sigint_stops_gracefully_with_a_checkpoint_and_the_rerun_finishes(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "payments.csv"
+    write_csv(data)
+    process = load(data, tmp_path)
+    time.sleep(0.5)  # let it start working; the stop itself is what is under test
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 1
+    stopped = json.loads(out)
+    assert stopped["status"] == "cancelled"
+    assert "SIGINT" in stopped["reason"]
+    assert 0 < stopped["summary"]["processed"] < ROWS
+    final = load(data, tmp_path)
+    out, _ = final.communicate(timeout=120)
+    report = json.loads(out)
+    assert report["job_id"] == stopped["job_id"]
+    assert report["summary"]["processed"] == ROWS
+    with sqlite3.connect(tmp_path / "app.db") as db:
+        assert db.execute('SELECT count(*) FROM "payments"').fetchone()[0] == ROWS - len(BAD)

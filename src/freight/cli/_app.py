@@ -80,6 +80,24 @@ def _render(report: JobReport, as_json: bool) -> None:
         typer.echo(f"  next: {report['remediation']['strategy']}")
 
 
+def _run_job(job: Job, fresh: bool) -> JobReport:
+    """Run with a progress display; a second Ctrl-C ends the command with one line."""
+    try:
+        with ProgressPrinter() as printer:
+            if job.on_progress is None:
+                job.on_progress = printer
+            return job.run(fresh=fresh)
+    except KeyboardInterrupt:
+        typer.echo("freight: stopped at once; run the same command again to resume", err=True)
+        raise typer.Exit(130) from None
+
+
+def _finish(report: JobReport, as_json: bool) -> None:
+    _render(report, as_json)
+    if report.status in ("failed", "cancelled"):
+        raise typer.Exit(1)
+
+
 @app.command()
 def load(
     file: Annotated[Path, typer.Argument(help="A .csv or .jsonl file.")],
@@ -123,14 +141,10 @@ def load(
             retry=Retry(attempts=3, backoff=0.05),
             store=_open_store(store),
         )
-        with ProgressPrinter() as printer:
-            job.on_progress = printer
-            report = job.run(fresh=fresh)
+        report = _run_job(job, fresh)
     except FreightError as exc:
         _fail(str(exc))
-    _render(report, as_json)
-    if report.status == "failed":
-        raise typer.Exit(1)
+    _finish(report, as_json)
 
 
 @app.command()
@@ -157,15 +171,10 @@ def run(
     if not isinstance(job, Job):
         _fail(f"{target} is not a freight.Job (got {type(job).__name__})")
     try:
-        with ProgressPrinter() as printer:
-            if job.on_progress is None:
-                job.on_progress = printer
-            report = job.run(fresh=fresh)
+        report = _run_job(job, fresh)
     except FreightError as exc:
         _fail(str(exc))
-    _render(report, as_json)
-    if report.status == "failed":
-        raise typer.Exit(1)
+    _finish(report, as_json)
 
 
 @app.command("list")

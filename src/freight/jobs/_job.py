@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -310,6 +311,7 @@ class _Run:
         self._started = time.monotonic()
         self._chunks_done = 0
         self._heartbeat_stop = threading.Event()
+        self._signals = 0
 
     # -- the main loop ---------------------------------------------------------------
 
@@ -330,6 +332,7 @@ class _Run:
             target=self._heartbeat, name=f"freight-heartbeat-{job.name}", daemon=True
         )
         beat.start()
+        previous = self._install_signal_handlers()
         try:
             with ThreadPoolExecutor(
                 job.workers, thread_name_prefix=f"freight-job-{job.name}"
@@ -344,6 +347,8 @@ class _Run:
             )
             raise
         finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             self._heartbeat_stop.set()
             beat.join()
         final = store.get_job(self.id)
@@ -357,6 +362,24 @@ class _Run:
         store.update_job(self.id, status=status, reason=self._stop_reason, completed_at=utcnow())
         store.add_event(self.id, status, {"reason": self._stop_reason})
         return job.report(self.id)
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """First SIGINT/SIGTERM: stop after the chunks in flight; second: stop now."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous: dict[int, Any] = {}
+
+        def on_signal(signum: int, frame: object) -> None:
+            name = signal.Signals(signum).name
+            if self._stop_reason is not None and self._status_on_stop == "cancelled":
+                raise KeyboardInterrupt(f"second {name}: stopped at once")
+            self._stop(
+                "cancelled", f"stopped by {name} after the chunks in flight; run again to resume"
+            )
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, on_signal)
+        return previous
 
     def _drive(self, pool: ThreadPoolExecutor) -> None:
         in_flight: deque[Future[JobRecord]] = deque()
