@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from freight.cli import app
 from freight.store import SqliteStore
+from freight.store._records import utcnow
 
 runner = CliRunner()
 
@@ -91,6 +92,9 @@ def test_control_commands_reach_the_store(tmp_path: Path) -> None:
     store_path = tmp_path / "f.db"
     store = SqliteStore(store_path)
     job = store.create_job(name="nightly", job_type="bulk", fingerprint="f", config={})
+    now = utcnow()  # a live run elsewhere: a fresh heartbeat
+    store.claim(job.id, host="elsewhere", pid=1, now=now, stale_before=now)
+    store.set_status(job.id, "running")
     for action in ("pause", "resume", "cancel"):
         code, _, _ = invoke(action, "nightly", "--store", str(store_path))
         assert code == 0
@@ -133,3 +137,29 @@ def test_the_console_entry_point_runs() -> None:
     )
     assert result.returncode == 0
     assert "load" in result.stdout
+
+
+def test_retry_failed_and_resume_rebuild_a_load_from_the_store(data: Path, tmp_path: Path) -> None:
+    db, store = tmp_path / "app.db", str(tmp_path / "freight.db")
+    invoke(
+        "load", str(data), "--into", f"sqlite:///{db}", "--table", "users", "--key", "id",
+        "--name", "users", "--store", store,
+    )  # fmt: skip
+    code, out, _ = invoke("retry-failed", "users", "--json", "--store", store)
+    assert code == 0
+    report = json.loads(out)
+    assert report["summary"]["failed"] == 1  # a malformed line fails again: its file is unchanged
+    assert report["errors"][-1]["retry_attempts"] == 0
+    code, _, err = invoke("resume", "users", "--store", store)
+    assert code == 2
+    assert "already completed_with_errors" in err
+
+
+def test_a_run_started_from_python_cannot_be_rebuilt_by_the_cli(tmp_path: Path) -> None:
+    store_path = tmp_path / "f.db"
+    store = SqliteStore(store_path)
+    job = store.create_job(name="py", job_type="bulk", fingerprint="f", config={})
+    store.set_status(job.id, "failed")
+    code, _, err = invoke("resume", "py", "--store", str(store_path))
+    assert code == 2
+    assert "was started from Python" in err

@@ -84,9 +84,16 @@ def test_first_sigint_stops_gracefully_with_a_checkpoint_and_the_rerun_finishes(
     assert stopped["status"] == "cancelled"
     assert "SIGINT" in stopped["reason"]
     assert 0 < stopped["summary"]["processed"] < ROWS
-    final = load(data, tmp_path)
+    final = subprocess.Popen(
+        [
+            sys.executable, "-m", "freight.cli", "resume", "crash", "--json",
+            "--store", str(tmp_path / "freight.db"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
     out, _ = final.communicate(timeout=120)
-    report = json.loads(out)
+    report = json.loads(out)  # `freight resume` rebuilt the load from the store and finished it
     assert report["job_id"] == stopped["job_id"]
     assert report["summary"]["processed"] == ROWS
     with sqlite3.connect(tmp_path / "app.db") as db:

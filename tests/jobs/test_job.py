@@ -342,3 +342,45 @@ def test_bad_configuration_fails_before_any_work(kwargs: dict[str, Any], fragmen
     args: dict[str, Any] = {"name": "x", "source": [1], "sink": lambda batch: None, **kwargs}
     with pytest.raises(ConfigError, match=fragment):
         Job(**args)
+
+
+def test_retry_failed_replays_only_the_dead_letters(store: SqliteStore) -> None:
+    broken = {3, 8, 11}
+    written: Counter[int] = Counter()
+
+    def sink(batch: list[dict[str, int]]) -> list[object]:
+        out: list[object] = []
+        for item in batch:
+            if item["id"] in broken:
+                out.append(ValueError(f"db rejected {item['id']}"))
+            else:
+                written[item["id"]] += 1
+                out.append(None)
+        return out
+
+    job = Job("replay", items(15), sink, chunk_size=5, store=store)
+    first = job.run()
+    assert (first.status, first.summary["failed"]) == ("completed_with_errors", 3)
+    broken.discard(3)
+    broken.discard(8)  # the cause is fixed for two of them
+    again = job.retry_failed()
+    assert again.status == "completed_with_errors"
+    assert (again.summary["succeeded"], again.summary["failed"]) == (14, 1)
+    assert [d.record_id for d in store.dead_letters(first.job_id)] == ["item 11"]
+    assert store.dead_letters(first.job_id)[0].attempts == 2
+    broken.clear()
+    final = job.retry_failed(first.job_id)
+    assert (final.status, final.summary["failed"]) == ("completed", 0)
+    assert written == Counter(dict.fromkeys(range(15), 1))  # nothing written twice
+    assert "retried_failed" in [e.kind for e in store.events(first.job_id)]
+
+
+def test_retry_failed_refuses_a_changed_source(store: SqliteStore, tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("id\n1\n")
+    Job("r", CsvSource(path), lambda batch: [ValueError("no")], store=store).run()
+    path.write_text("id\n2\n")
+    with pytest.raises(ConfigError, match="changed since run"):
+        Job("r", CsvSource(path), lambda batch: None, store=store).retry_failed()
+    with pytest.raises(ConfigError, match="no run of job"):
+        Job("never", [1], lambda batch: None, store=store).retry_failed()

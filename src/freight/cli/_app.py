@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -17,6 +18,7 @@ from freight.connectors.sqlite import SqliteSink, sqlite_path
 from freight.jobs import CsvSource, Job, JobReport, JsonlSource
 from freight.jobs._report import load_report
 from freight.store import DEFAULT_PATH, JobRecord, SqliteStore
+from freight.store._records import utcnow
 
 __all__ = ["app", "main"]
 
@@ -116,35 +118,78 @@ def load(
 
     Example: freight load users.csv --into sqlite:///app.db --table users --key id
     """
-    if not file.is_file():
-        _fail(f"no such file {str(file)!r}")
     try:
-        target = sqlite_path(into)
-        suffix = file.suffix.lower()
-        source: CsvSource | JsonlSource
-        if suffix == ".csv":
-            csv_source = source = CsvSource(file)
-            columns = csv_source.columns() or []
-            if key is not None and key not in columns:
-                _fail(
-                    f"--key {key!r} is not a column of {file.name} (columns: {', '.join(columns)})"
-                )
-        elif suffix in (".jsonl", ".ndjson"):
-            source = JsonlSource(file)
-        else:
-            _fail(f"cannot load {file.name}: give a .csv or .jsonl file")
-        job = Job(
-            name or f"load {file.name} into {table}",
-            source,
-            SqliteSink(target, table, key=key),
-            chunk_size=chunk_size,
-            retry=Retry(attempts=3, backoff=0.05),
-            store=_open_store(store),
-        )
+        job = _load_job(file, into, table, key, name, chunk_size, store)
         report = _run_job(job, fresh)
     except FreightError as exc:
         _fail(str(exc))
     _finish(report, as_json)
+
+
+def _load_job(
+    file: Path, into: str, table: str, key: str | None, name: str | None, chunk_size: int,
+    store: str,
+) -> Job:  # fmt: skip
+    """The job behind ``freight load`` (also rebuilt by ``resume`` and ``retry-failed``)."""
+    if not file.is_file():
+        _fail(f"no such file {str(file)!r}")
+    target = sqlite_path(into)
+    suffix = file.suffix.lower()
+    source: CsvSource | JsonlSource
+    if suffix == ".csv":
+        csv_source = source = CsvSource(file)
+        columns = csv_source.columns() or []
+        if key is not None and key not in columns:
+            _fail(f"--key {key!r} is not a column of {file.name} (columns: {', '.join(columns)})")
+    elif suffix in (".jsonl", ".ndjson"):
+        source = JsonlSource(file)
+    else:
+        _fail(f"cannot load {file.name}: give a .csv or .jsonl file")
+    return Job(
+        name or f"load {file.name} into {table}",
+        source,
+        SqliteSink(target, table, key=key),
+        chunk_size=chunk_size,
+        retry=Retry(attempts=3, backoff=0.05),
+        store=_open_store(store),
+        metadata={
+            "command": "load", "file": str(file.resolve()), "into": into, "table": table,
+            "key": key, "chunk_size": chunk_size,
+        },
+    )  # fmt: skip
+
+
+def _import_job(target: str) -> Job:
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        _fail(f"expected MODULE:JOB, got {target!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        _fail(f"cannot import {module_name!r}: {exc}")
+    job: Any = getattr(module, attr, None)
+    if not isinstance(job, Job):
+        _fail(f"{target} is not a freight.Job (got {type(job).__name__})")
+    job.metadata.setdefault("command", "run")
+    job.metadata.setdefault("target", target)
+    return job
+
+
+def _rebuild(record: JobRecord, store: str) -> Job:
+    """The job of a stored run, rebuilt from what the CLI recorded when it started it."""
+    meta = record.config.get("metadata") or {}
+    if meta.get("command") == "load":
+        return _load_job(
+            Path(meta["file"]), meta["into"], meta["table"], meta.get("key"), record.name,
+            int(meta["chunk_size"]), store,
+        )  # fmt: skip
+    if meta.get("command") == "run":
+        return _import_job(str(meta["target"]))
+    _fail(
+        f"run {record.id} of {record.name!r} was started from Python; run that job again "
+        "(job.run() or freight run MODULE:JOB) to resume it"
+    )
 
 
 @app.command()
@@ -159,17 +204,7 @@ def run(
 
     Example: freight run myproject.jobs:import_users
     """
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        _fail(f"expected MODULE:JOB, got {target!r}")
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        _fail(f"cannot import {module_name!r}: {exc}")
-    job: Any = getattr(module, attr, None)
-    if not isinstance(job, Job):
-        _fail(f"{target} is not a freight.Job (got {type(job).__name__})")
+    job = _import_job(target)
     try:
         report = _run_job(job, fresh)
     except FreightError as exc:
@@ -234,12 +269,47 @@ def pause(job: JobArgument, store: StoreOption = str(DEFAULT_PATH)) -> None:
 
 
 @app.command()
-def resume(job: JobArgument, store: StoreOption = str(DEFAULT_PATH)) -> None:
-    """Let a paused job go on.
+def resume(
+    job: JobArgument,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report alone.")] = False,
+    store: StoreOption = str(DEFAULT_PATH),
+) -> None:
+    """Let a paused job go on, or continue a stopped or crashed run from its checkpoints.
 
     Example: freight resume import-users
     """
-    _control(job, store, "resume")
+    opened = _open_store(store)
+    record = _find(opened, job)
+    stale_before = utcnow() - timedelta(seconds=30)
+    live = record.heartbeat_at is not None and record.heartbeat_at > stale_before
+    if record.status in ("running", "paused") and live:
+        _control(job, store, "resume")
+        return
+    if record.status in ("completed", "completed_with_errors"):
+        _fail(f"run {record.id} of {record.name!r} is already {record.status}")
+    try:
+        report = _run_job(_rebuild(record, store), fresh=False)
+    except FreightError as exc:
+        _fail(str(exc))
+    _finish(report, as_json)
+
+
+@app.command("retry-failed")
+def retry_failed(
+    job: JobArgument,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report alone.")] = False,
+    store: StoreOption = str(DEFAULT_PATH),
+) -> None:
+    """Replay only the dead letters of a run (after fixing their cause).
+
+    Example: freight retry-failed import-users
+    """
+    record = _find(_open_store(store), job)
+    try:
+        report = _rebuild(record, store).retry_failed(record.id)
+    except FreightError as exc:
+        _fail(str(exc))
+    _finish(report, as_json)
 
 
 @app.command()

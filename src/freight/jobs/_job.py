@@ -126,6 +126,8 @@ class Job:
         store: where runs are kept (default: ``SqliteStore()`` at ``.freight/freight.db``).
         on_progress: called with a :class:`Progress` after every chunk.
         stale_after: seconds without a heartbeat after which a run's owner is dead.
+        metadata: JSON-compatible values kept with each run (the CLI records how to
+            rebuild the job, for ``freight resume`` and ``freight retry-failed``).
     """
 
     def __init__(
@@ -147,6 +149,7 @@ class Job:
         store: Store | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         stale_after: float | timedelta = 30.0,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"Job name must be a non-empty string, got {name!r}")
@@ -178,6 +181,7 @@ class Job:
         self._store = store
         self.on_progress = on_progress
         self.stale_after = to_seconds(stale_after, "stale_after", allow_zero=False)
+        self.metadata = dict(metadata or {})
 
     def __repr__(self) -> str:
         return f"Job({self.name!r}, chunk_size={self.chunk_size}, workers={self.workers})"
@@ -198,6 +202,7 @@ class Job:
             "retry_attempts": self.retry.attempts if self.retry else 1,
             "max_failures": self.max_failures,
             "max_failure_rate": self.max_failure_rate,
+            "metadata": self.metadata,
         }
 
     def run(self, *, fresh: bool = False) -> JobReport:
@@ -210,6 +215,25 @@ class Job:
     async def arun(self, *, fresh: bool = False) -> JobReport:
         """:meth:`run` from asyncio (the chunks run on worker threads)."""
         return await asyncio.to_thread(self.run, fresh=fresh)
+
+    def retry_failed(self, job_id: str | None = None) -> JobReport:
+        """Replay only the dead letters of a run (default: the latest run of this job).
+
+        Each dead record is read again at its position, goes through ``process`` and
+        the sink, and either succeeds (its dead letter is marked replayed) or becomes
+        a new dead letter. Refused when the source changed since the run.
+        """
+        store = self.store
+        record = store.get_job(job_id) if job_id else store.latest_job(self.name)
+        if record is None:
+            raise ConfigError(f"no run of job {self.name!r} to retry")
+        if record.fingerprint != self.source.fingerprint():
+            raise ConfigError(
+                f"the source of job {self.name!r} changed since run {record.id}; the dead "
+                "letters' positions no longer hold: run the job with fresh=True instead"
+            )
+        self._claim(record)
+        return _Run(self, record).replay()
 
     def report(self, job_id: str) -> JobReport:
         """The report of a run of this job, from the store."""
@@ -498,32 +522,7 @@ class _Run:
 
     def _process(self, chunk: _Chunk) -> JobRecord:
         dead: list[DeadLetter] = []
-        skipped = 0
-        records = chunk.records
-        if any(r.error is not None or r.item is BLANK for r in records):
-            kept = []
-            for record in records:
-                if record.item is BLANK:
-                    skipped += 1
-                elif record.error is not None:
-                    dead.append(_letter(record, record.error, "validation", 0, chunk.index))
-                else:
-                    kept.append(record)
-            records = kept
-        items = [r.item for r in records]
-        if self.job.process is not None:
-            process = self.job.process
-            records, items = self._stage(
-                chunk, records, items, lambda xs: [_apply(process, x) for x in xs], dead
-            )
-        elif self.job.process_chunk is not None:
-            records, items = self._stage(chunk, records, items, self.job.process_chunk, dead)
-        keys = [self.job.key(i) for i in items] if self.job.key else None
-        context = WriteContext(self.id, chunk.index, keys)
-        sink = self.job.sink
-        written, _ = self._stage(
-            chunk, records, items, lambda xs: self._write(sink, xs, context), dead
-        )
+        skipped, written = self._handle(chunk.index, chunk.records, dead)
         first, last = chunk.records[0], chunk.records[-1]
         digest = hashlib.sha256(f"{first.position}{last.position}{len(chunk.records)}".encode())
         if first.raw:
@@ -534,12 +533,78 @@ class _Run:
             end=chunk.end,
             status="done",
             items=len(chunk.records),
-            succeeded=len(written),
+            succeeded=written,
             failed=len(dead),
             skipped=skipped,
             checksum=digest.hexdigest()[:16],
         )
         return self.store.commit_chunk(self.id, checkpoint, dead)
+
+    def _handle(self, index: int, records: list[Record], dead: list[DeadLetter]) -> tuple[int, int]:
+        """Process and write ``records``; add the failures to ``dead``.
+
+        Returns (skipped, written).
+        """
+        skipped = 0
+        if any(r.error is not None or r.item is BLANK for r in records):
+            kept = []
+            for record in records:
+                if record.item is BLANK:
+                    skipped += 1
+                elif record.error is not None:
+                    dead.append(_letter(record, record.error, "validation", 0, index))
+                else:
+                    kept.append(record)
+            records = kept
+        items = [r.item for r in records]
+        if self.job.process is not None:
+            process = self.job.process
+            records, items = self._stage(
+                index, records, items, lambda xs: [_apply(process, x) for x in xs], dead
+            )
+        elif self.job.process_chunk is not None:
+            records, items = self._stage(index, records, items, self.job.process_chunk, dead)
+        keys = [self.job.key(i) for i in items] if self.job.key else None
+        context = WriteContext(self.id, index, keys)
+        sink = self.job.sink
+        written, _ = self._stage(
+            index, records, items, lambda xs: self._write(sink, xs, context), dead
+        )
+        return skipped, len(written)
+
+    def replay(self) -> JobReport:
+        """Run the dead letters of this run again (see :meth:`Job.retry_failed`)."""
+        store = self.store
+        letters = [d for d in store.dead_letters(self.id) if d.position is not None]
+        replayed: list[int] = []
+        dead: list[DeadLetter] = []
+        succeeded = 0
+        for letter in letters:
+            assert letter.position is not None
+            assert letter.id is not None
+            record = next(iter(self.job.source.read(letter.position)), None)
+            if record is None or record.position != letter.position:
+                continue
+            before = len(dead)
+            _, written = self._handle(letter.chunk_index or 0, [record], dead)
+            succeeded += written
+            replayed.append(letter.id)
+            for i in range(before, len(dead)):
+                d = dead[i]
+                dead[i] = DeadLetter(
+                    record_id=d.record_id, position=d.position, payload=d.payload,
+                    error_type=d.error_type, message=d.message, category=d.category,
+                    attempts=d.attempts + letter.attempts, chunk_index=letter.chunk_index,
+                )  # fmt: skip
+        final = store.commit_replay(self.id, replayed, dead, succeeded)
+        if final.status in _DONE:  # an unfinished run stays resumable as it was
+            store.update_job(
+                self.id, status="completed_with_errors" if final.failed else "completed"
+            )
+        store.add_event(
+            self.id, "retried_failed", {"replayed": len(replayed), "succeeded": succeeded}
+        )
+        return self.job.report(self.id)
 
     def _write(self, sink: Any, items: list[Any], context: WriteContext) -> Any:
         if self.job.rate_limit is not None:
@@ -549,7 +614,7 @@ class _Run:
 
     def _stage(
         self,
-        chunk: _Chunk,
+        index: int,
         records: list[Record],
         items: list[Any],
         handler: Callable[[list[Any]], Any],
@@ -580,7 +645,7 @@ class _Run:
                     again.append(i)
                 else:
                     dead.append(
-                        _letter(records[i], outcome, _category(outcome, retry), tried, chunk.index)
+                        _letter(records[i], outcome, _category(outcome, retry), tried, index)
                     )
             if again and retry is not None:
                 time.sleep(retry.delay(tried, self._random()))

@@ -95,6 +95,16 @@ class Store(Protocol):
         """Mark dead letters as replayed (by ``retry-failed``)."""
         ...
 
+    def commit_replay(
+        self,
+        job_id: str,
+        replayed: Sequence[int],
+        dead_letters: Sequence[DeadLetter],
+        succeeded: int,
+    ) -> JobRecord:
+        """Atomically: mark dead letters replayed, record the new failures, fix counters."""
+        ...
+
     def add_event(self, job_id: str, kind: str, data: dict[str, Any] | None = None) -> None:
         """Append an event to a run's history."""
         ...

@@ -273,17 +273,7 @@ class SqliteStore:
                  checkpoint.attempts, checkpoint.items, checkpoint.succeeded, checkpoint.failed,
                  checkpoint.skipped, checkpoint.checksum, now),
             )  # fmt: skip
-            db.executemany(
-                "INSERT INTO dead_letters (job_id, chunk_idx, record_id, position_offset,"
-                " position_ordinal, payload, error_type, message, category, attempts, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (job_id, checkpoint.index, d.record_id, *(d.position or (None, None)),
-                     d.payload, d.error_type, d.message, d.category, d.attempts,
-                     _ts(d.created_at) or now)
-                    for d in dead_letters
-                ],
-            )  # fmt: skip
+            self._insert_dead_letters(db, job_id, checkpoint.index, dead_letters, now)
             db.execute(
                 "UPDATE jobs SET processed = processed + ?, succeeded = succeeded + ?,"
                 " failed = failed + ?, skipped = skipped + ?, heartbeat_at = ? WHERE id = ?",
@@ -295,6 +285,26 @@ class SqliteStore:
         return job
 
     # -- dead letters and events -------------------------------------------------
+
+    @staticmethod
+    def _insert_dead_letters(
+        db: sqlite3.Connection,
+        job_id: str,
+        chunk_index: int | None,
+        dead_letters: Sequence[DeadLetter],
+        now: str | None,
+    ) -> None:
+        db.executemany(
+            "INSERT INTO dead_letters (job_id, chunk_idx, record_id, position_offset,"
+            " position_ordinal, payload, error_type, message, category, attempts, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (job_id, d.chunk_index if chunk_index is None else chunk_index, d.record_id,
+                 *(d.position or (None, None)), d.payload, d.error_type, d.message, d.category,
+                 d.attempts, _ts(d.created_at) or now)
+                for d in dead_letters
+            ],
+        )  # fmt: skip
 
     def dead_letters(self, job_id: str, *, include_replayed: bool = False) -> list[DeadLetter]:
         sql = "SELECT * FROM dead_letters WHERE job_id = ?"
@@ -309,6 +319,28 @@ class SqliteStore:
                 "UPDATE dead_letters SET replayed_at = ? WHERE job_id = ? AND id = ?",
                 [(now, job_id, i) for i in ids],
             )
+
+    def commit_replay(
+        self,
+        job_id: str,
+        replayed: Sequence[int],
+        dead_letters: Sequence[DeadLetter],
+        succeeded: int,
+    ) -> JobRecord:
+        now = _ts(utcnow())
+        with self._write() as db:
+            db.executemany(
+                "UPDATE dead_letters SET replayed_at = ? WHERE job_id = ? AND id = ?",
+                [(now, job_id, i) for i in replayed],
+            )
+            self._insert_dead_letters(db, job_id, None, dead_letters, now)
+            db.execute(
+                "UPDATE jobs SET succeeded = succeeded + ?, failed = failed - ? + ? WHERE id = ?",
+                (succeeded, len(replayed), len(dead_letters), job_id),
+            )
+        job = self.get_job(job_id)
+        assert job is not None
+        return job
 
     def add_event(self, job_id: str, kind: str, data: dict[str, Any] | None = None) -> None:
         with self._write() as db:
