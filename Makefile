@@ -10,9 +10,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# The package alone (no extras): what the demo needs.
+# The package with the command line (typer + rich): what the demo needs.
 $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[cli]'
 	touch $@
 
 # The package with what the tests, linters and benchmarks need.
@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP) $(VENV)/.installed-base
 
 demo: $(VENV)/.installed-base
+	$(BIN)/python examples/bulk_demo.py
 	$(BIN)/python examples/stream_demo.py
 
 lint: $(STAMP)
@@ -43,6 +44,8 @@ test: lint pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/stream_overhead.py
+	$(BIN)/python bench/job_overhead.py
+	$(BIN)/python bench/job_memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage

@@ -13,9 +13,8 @@ import typer
 
 from freight._core._retry import Retry
 from freight._errors import FreightError
-from freight.cli._progress import ProgressPrinter
 from freight.connectors.sqlite import SqliteSink, sqlite_path
-from freight.jobs import CsvSource, Job, JobReport, JsonlSource
+from freight.jobs import CsvSource, Job, JobReport, JsonlSource, ProgressPrinter
 from freight.jobs._report import load_report
 from freight.store import DEFAULT_PATH, JobRecord, SqliteStore
 from freight.store._records import utcnow

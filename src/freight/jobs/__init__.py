@@ -1,6 +1,7 @@
 """Bulk jobs: large datasets processed in checkpointed, resumable chunks."""
 
 from freight.jobs._job import Job, JobAlreadyRunning
+from freight.jobs._printer import ProgressPrinter
 from freight.jobs._progress import Progress
 from freight.jobs._report import JobReport
 from freight.jobs._sink import Sink, WriteContext
@@ -26,6 +27,7 @@ __all__ = [
     "JsonlSource",
     "Position",
     "Progress",
+    "ProgressPrinter",
     "Record",
     "RecordError",
     "Sink",

@@ -336,6 +336,8 @@ class _Run:
         self._chunks_done = 0
         self._heartbeat_stop = threading.Event()
         self._signals = 0
+        self._fraction: float | None = None
+        self._initial = (0, 0.0)  # processed and fraction when this execution started
 
     # -- the main loop ---------------------------------------------------------------
 
@@ -352,6 +354,7 @@ class _Run:
             completed_at=None,
         )
         store.add_event(self.id, "resumed" if record.processed else "started", {"pid": os.getpid()})
+        self._initial = (record.processed, 0.0)
         beat = threading.Thread(
             target=self._heartbeat, name=f"freight-heartbeat-{job.name}", daemon=True
         )
@@ -406,7 +409,7 @@ class _Run:
         return previous
 
     def _drive(self, pool: ThreadPoolExecutor) -> None:
-        in_flight: deque[Future[JobRecord]] = deque()
+        in_flight: deque[Future[tuple[JobRecord, Position | None]]] = deque()
         for chunk in self._pending_chunks():
             if not self._may_continue():
                 break
@@ -415,11 +418,11 @@ class _Run:
             )
             in_flight.append(pool.submit(self._process, chunk))
             while len(in_flight) >= 2 * self.job.workers or (in_flight and in_flight[0].done()):
-                self._completed(in_flight.popleft().result())
+                self._completed(*in_flight.popleft().result())
             if self._stop_reason is not None:
                 break
         while in_flight:
-            self._completed(in_flight.popleft().result())
+            self._completed(*in_flight.popleft().result())
 
     def _pending_chunks(self) -> Iterator[_Chunk]:
         """The chunks still to do, in order, each knowing where the next one starts."""
@@ -436,6 +439,10 @@ class _Run:
                 return  # the last chunk was done: the source is exhausted
         else:
             start = None
+        total_bytes = self.job.source.size().bytes
+        if start is not None and total_bytes:
+            self._initial = (self._initial[0], start[0] / total_bytes)
+            self._fraction = self._initial[1]
         size = self.job.chunk_size
         current: list[Record] = []
         for record in self.job.source.read(start):
@@ -471,8 +478,11 @@ class _Run:
         if self._stop_reason is None:
             self._stop_reason, self._status_on_stop = reason, status
 
-    def _completed(self, record: JobRecord) -> None:
+    def _completed(self, record: JobRecord, end: Position | None) -> None:
         self._chunks_done += 1
+        if record.total_bytes:
+            offset = record.total_bytes if end is None else end[0]
+            self._fraction = max(self._fraction or 0.0, min(1.0, offset / record.total_bytes))
         job = self.job
         if job.max_failures is not None and record.failed > job.max_failures:
             self._stop(
@@ -493,13 +503,20 @@ class _Run:
 
     def _progress(self, record: JobRecord) -> Progress:
         elapsed = time.monotonic() - self._started
-        rate = record.processed / elapsed if elapsed > 0 else 0.0
-        fraction = None
+        done_here = record.processed - self._initial[0]
+        rate = done_here / elapsed if elapsed > 0 else 0.0
+        fraction = self._fraction
         if record.total_items:
             fraction = min(1.0, record.processed / record.total_items)
         eta = None
-        if fraction is not None and fraction > 0 and rate > 0:
-            eta = (record.total_items - record.processed) / rate if record.total_items else None
+        if fraction is not None:
+            start = (
+                self._initial[1]
+                if not record.total_items
+                else self._initial[0] / record.total_items
+            )
+            if fraction > start:
+                eta = elapsed * (1.0 - fraction) / (fraction - start)
         return Progress(
             job_id=self.id,
             processed=record.processed,
@@ -520,7 +537,7 @@ class _Run:
 
     # -- one chunk (on a worker thread) ---------------------------------------------
 
-    def _process(self, chunk: _Chunk) -> JobRecord:
+    def _process(self, chunk: _Chunk) -> tuple[JobRecord, Position | None]:
         dead: list[DeadLetter] = []
         skipped, written = self._handle(chunk.index, chunk.records, dead)
         first, last = chunk.records[0], chunk.records[-1]
@@ -538,7 +555,7 @@ class _Run:
             skipped=skipped,
             checksum=digest.hexdigest()[:16],
         )
-        return self.store.commit_chunk(self.id, checkpoint, dead)
+        return self.store.commit_chunk(self.id, checkpoint, dead), chunk.end
 
     def _handle(self, index: int, records: list[Record], dead: list[DeadLetter]) -> tuple[int, int]:
         """Process and write ``records``; add the failures to ``dead``.

@@ -1,4 +1,6 @@
 """Progress on a terminal (a rich bar) or in logs (milestones and periodic lines)."""
+# rich (extra freight[cli]) is imported only when a terminal shows a bar.
+# ruff: noqa: PLC0415
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import time
 from types import TracebackType
 from typing import Any, TextIO
 
-from freight.jobs import Progress
+from freight.jobs._progress import Progress
 
 __all__ = ["ProgressPrinter"]
 
@@ -21,9 +23,26 @@ def _eta(seconds: float | None) -> str:
     return f"ETA {minutes}m{secs:02d}s"
 
 
+def _has_rich() -> bool:
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class ProgressPrinter:
-    """``on_progress`` for the CLI: a progress bar on a TTY, else one log line per
-    milestone (25/50/75/100 %) and one every ``every`` seconds."""
+    """An ``on_progress`` callback: a rich progress bar on a terminal, else one log
+    line per milestone (25/50/75/100 %) and one every ``every`` seconds.
+
+    Use it as a context manager around ``job.run()`` so the bar is drawn and closed::
+
+        with ProgressPrinter() as printer:
+            job.on_progress = printer
+            report = job.run()
+
+    Without rich installed (``pip install 'freight[cli]'``) it prints lines.
+    """
 
     def __init__(self, *, stream: TextIO | None = None, every: float = 10.0) -> None:
         self.stream = stream or sys.stderr
@@ -32,7 +51,7 @@ class ProgressPrinter:
         self._task: Any = None
         self._next_milestone = 0
         self._last_line = time.monotonic()
-        if self.stream.isatty():
+        if self.stream.isatty() and _has_rich():
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
