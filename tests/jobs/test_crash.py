@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -98,3 +99,49 @@ def test_first_sigint_stops_gracefully_with_a_checkpoint_and_the_rerun_finishes(
     assert report["summary"]["processed"] == ROWS
     with sqlite3.connect(tmp_path / "app.db") as db:
         assert db.execute('SELECT count(*) FROM "payments"').fetchone()[0] == ROWS - len(BAD)
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "freight.cli", *args, "--store", str(tmp_path / "freight.db")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def wait_for_status(tmp_path: Path, wanted: str, limit: float = 20.0) -> str:
+    deadline = time.monotonic() + limit
+    status = ""
+    while time.monotonic() < deadline:
+        status = cli(tmp_path, "status", "crash").stdout
+        if f": {wanted};" in status:
+            return status
+        time.sleep(0.1)  # polling another process's state, not a timeout under test
+    raise AssertionError(f"status never became {wanted}: {status}")
+
+
+def processed_of(status: str) -> int:
+    match = re.search(r"processed ([\d,]+)", status)
+    assert match, status
+    return int(match.group(1).replace(",", ""))
+
+
+def test_pause_resume_and_cancel_from_other_processes_while_the_job_runs(tmp_path: Path) -> None:
+    data = tmp_path / "payments.csv"
+    write_csv(data)
+    process = load(data, tmp_path)
+    wait_for_status(tmp_path, "running")
+    assert cli(tmp_path, "pause", "crash").returncode == 0
+    paused = wait_for_status(tmp_path, "paused")
+    processed = processed_of(paused)
+    time.sleep(0.5)
+    assert processed_of(cli(tmp_path, "status", "crash").stdout) == processed  # it waits
+    assert cli(tmp_path, "resume", "crash").returncode == 0
+    wait_for_status(tmp_path, "running")
+    assert cli(tmp_path, "cancel", "crash").returncode == 0
+    out, _ = process.communicate(timeout=60)
+    report = json.loads(out)
+    assert report["status"] == "cancelled"
+    assert processed <= report["summary"]["processed"] < ROWS
