@@ -326,7 +326,8 @@ async def test_arun_runs_the_same_job_from_asyncio(store: SqliteStore) -> None:
     [
         ({"name": ""}, "name"),
         ({"chunk_size": 0}, "chunk_size"),
-        ({"chunk_size": "auto"}, "auto"),
+        ({"chunk_size": "big"}, "chunk_size"),
+        ({"chunk_size": "auto", "min_chunk_size": 10, "max_chunk_size": 5}, "max_chunk_size"),
         ({"workers": 0}, "workers"),
         ({"executor": "processes"}, "executor"),
         ({"max_failure_rate": 2}, "max_failure_rate"),
@@ -384,3 +385,60 @@ def test_retry_failed_refuses_a_changed_source(store: SqliteStore, tmp_path: Pat
         Job("r", CsvSource(path), lambda batch: None, store=store).retry_failed()
     with pytest.raises(ConfigError, match="no run of job"):
         Job("never", [1], lambda batch: None, store=store).retry_failed()
+
+
+def test_resume_keeps_the_boundaries_of_chunks_started_before(store: SqliteStore) -> None:
+    from freight.store import ChunkCheckpoint
+
+    seen: list[int] = []
+    job = Job(
+        "bounds", list(range(60)), lambda batch: seen.extend(batch), chunk_size=7, store=store
+    )
+    record = store.create_job(
+        name="bounds", job_type="bulk", fingerprint=job.source.fingerprint(), config={}
+    )
+    # An earlier execution (chunk size 10, 15, ...): chunk 0 done, 1 in flight, 2 done, 3 in flight.
+    store.commit_chunk(
+        record.id,
+        ChunkCheckpoint(index=0, start=(0, 0), end=(10, 10), status="done", items=10, succeeded=10),
+    )
+    store.start_chunk(record.id, ChunkCheckpoint(index=1, start=(10, 10)))
+    store.commit_chunk(
+        record.id,
+        ChunkCheckpoint(
+            index=2, start=(25, 25), end=(40, 40), status="done", items=15, succeeded=15
+        ),
+    )
+    store.start_chunk(record.id, ChunkCheckpoint(index=3, start=(40, 40)))
+    report = job.run()
+    assert sorted(seen) == list(range(10, 25)) + list(range(40, 60))
+    assert len(seen) == len(set(seen))
+    assert report.summary["processed"] == 60
+    indexes = [c.index for c in store.chunks(record.id)]
+    assert indexes == [0, 1, 2, 3, 4, 5]  # chunk 3 reopened with size 7, then new chunks 4, 5
+
+
+def test_auto_chunk_size_adapts_within_its_bounds(store: SqliteStore) -> None:
+    from freight.jobs._job import _ChunkSizer
+
+    sizer = _ChunkSizer(None, target=1.0, low=100, high=5000)
+    assert sizer.size == 1000
+    sizer.observe(1000, 0.1)  # 10,000 items/s: halfway to 10,000, capped at 5,000
+    assert sizer.size == 5000
+    sizer.observe(3000, 3.0)  # 1,000 items/s: halfway to 1,000
+    assert sizer.size == 3000
+    sizer.observe(0, 1.0)
+    assert sizer.size == 3000
+    fixed = _ChunkSizer(50, target=1.0, low=1, high=10)
+    fixed.observe(1, 100.0)
+    assert fixed.size == 50
+
+    seen: list[int] = []
+    report = Job(
+        "auto", list(range(5000)), seen.extend, chunk_size="auto", min_chunk_size=100,
+        max_chunk_size=2000, store=store,
+    ).run()  # fmt: skip
+    assert sorted(seen) == list(range(5000))
+    sizes = [c.items for c in store.chunks(report.job_id)]
+    assert all(100 <= size <= 2000 for size in sizes[:-1])
+    assert report["metadata"]["chunk_size"] == "auto"

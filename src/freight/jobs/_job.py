@@ -114,7 +114,9 @@ class Job:
         process: ``item -> item`` applied to each item before the sink; raising
             dead-letters that item.
         process_chunk: ``list -> list`` applied per chunk (the handler contract).
-        chunk_size: items per chunk (one checkpoint per chunk).
+        chunk_size: items per chunk (one checkpoint per chunk), or ``"auto"``: sized
+            from measured throughput to take about ``chunk_seconds`` each, between
+            ``min_chunk_size`` and ``max_chunk_size``.
         workers: chunks processed at once (threads).
         executor: ``"threads"`` (the only one so far).
         retry: the :class:`~freight.Retry` policy for process and sink calls.
@@ -150,6 +152,9 @@ class Job:
         on_progress: Callable[[Progress], None] | None = None,
         stale_after: float | timedelta = 30.0,
         metadata: dict[str, Any] | None = None,
+        chunk_seconds: float | timedelta = 1.0,
+        min_chunk_size: int = 100,
+        max_chunk_size: int = 100_000,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"Job name must be a non-empty string, got {name!r}")
@@ -163,11 +168,16 @@ class Job:
                 raise ConfigError(f"{label} must be callable, got {fn!r}")
         self.process = process
         self.process_chunk = process_chunk
-        if chunk_size == "auto":
+        self.chunk_size: int | Literal["auto"] = (
+            "auto" if chunk_size == "auto" else to_positive_int(chunk_size, "chunk_size")
+        )
+        self.chunk_seconds = to_seconds(chunk_seconds, "chunk_seconds", allow_zero=False)
+        self.min_chunk_size = to_positive_int(min_chunk_size, "min_chunk_size")
+        self.max_chunk_size = to_positive_int(max_chunk_size, "max_chunk_size")
+        if self.max_chunk_size < self.min_chunk_size:
             raise ConfigError(
-                'chunk_size="auto" is not available yet; give a number of items per chunk'
+                f"max_chunk_size ({max_chunk_size}) must be >= min_chunk_size ({min_chunk_size})"
             )
-        self.chunk_size = to_positive_int(chunk_size, "chunk_size")
         self.workers = to_positive_int(workers, "workers")
         if executor != "threads":
             raise ConfigError(f"executor must be 'threads' (the only one so far), got {executor!r}")
@@ -293,6 +303,48 @@ class Job:
         return claimed
 
 
+_OPEN = -1  # the end of the last started chunk: not recorded, so free to choose
+
+
+def _fixed_boundaries(started: list[ChunkCheckpoint]) -> list[tuple[int, int | None, bool]]:
+    """``(index, end ordinal, done)`` of chunks an earlier execution started.
+
+    A done chunk ends where it recorded (``None``: the end of the source); a chunk
+    that was not done ends where the next started one begins; the last one is open.
+    """
+    out: list[tuple[int, int | None, bool]] = []
+    for n, chunk in enumerate(started):
+        end: int | None
+        if chunk.status == "done":
+            end = chunk.end[1] if chunk.end else None
+        elif n + 1 < len(started):
+            end = started[n + 1].start[1]
+        else:
+            end = _OPEN
+        out.append((chunk.index, end, chunk.status == "done"))
+    return out
+
+
+def _ends_before(end: int | None, ordinal: int) -> bool:
+    return end is not None and end != _OPEN and ordinal >= end
+
+
+class _ChunkSizer:
+    """Chunk size: fixed, or ``"auto"``: aiming at ``target`` seconds per chunk."""
+
+    def __init__(self, chunk_size: int | None, target: float, low: int, high: int) -> None:
+        self.auto = chunk_size is None
+        self.size = chunk_size if chunk_size is not None else min(max(1000, low), high)
+        self.target, self.low, self.high = target, low, high
+
+    def observe(self, items: int, seconds: float) -> None:
+        """Adjust from a finished chunk's measured throughput (halfway to the ideal)."""
+        if not self.auto or items == 0 or seconds <= 0:
+            return
+        ideal = items / seconds * self.target
+        self.size = int(min(self.high, max(self.low, (self.size + ideal) / 2)))
+
+
 def _check_thresholds(
     max_failures: int | None, max_failure_rate: float | None
 ) -> tuple[int | None, float | None]:
@@ -336,6 +388,12 @@ class _Run:
         self._chunks_done = 0
         self._heartbeat_stop = threading.Event()
         self._signals = 0
+        self._sizer = _ChunkSizer(
+            None if job.chunk_size == "auto" else job.chunk_size,
+            job.chunk_seconds,
+            job.min_chunk_size,
+            job.max_chunk_size,
+        )
         self._fraction: float | None = None
         self._initial = (0, 0.0)  # processed and fraction when this execution started
 
@@ -409,7 +467,7 @@ class _Run:
         return previous
 
     def _drive(self, pool: ThreadPoolExecutor) -> None:
-        in_flight: deque[Future[tuple[JobRecord, Position | None]]] = deque()
+        in_flight: deque[Future[tuple[JobRecord, Position | None, int, float]]] = deque()
         for chunk in self._pending_chunks():
             if not self._may_continue():
                 break
@@ -425,35 +483,52 @@ class _Run:
             self._completed(*in_flight.popleft().result())
 
     def _pending_chunks(self) -> Iterator[_Chunk]:
-        """The chunks still to do, in order, each knowing where the next one starts."""
-        checkpoints = {c.index: c for c in self.store.chunks(self.id)}
-        done = {i for i, c in checkpoints.items() if c.status == "done"}
-        index = 0
-        while index in done:
-            index += 1
-        if index in checkpoints:
-            start: Position | None = checkpoints[index].start
-        elif index > 0:
-            start = checkpoints[index - 1].end
-            if start is None:
-                return  # the last chunk was done: the source is exhausted
-        else:
-            start = None
+        """The chunks still to do, in order, each knowing where the next one starts.
+
+        Chunks started by an earlier execution keep their boundaries (so a chunk
+        done out of order is never redone, whatever chunk sizes were used); after
+        the last of them, new chunks take their size from the chunk sizer.
+        """
+        known = sorted(self.store.chunks(self.id), key=lambda c: c.index)
+        first = next((i for i, c in enumerate(known) if c.status != "done"), len(known))
+        if first == len(known) and known and known[-1].end is None:
+            return  # the last chunk was done: the source is exhausted
+        start = known[first].start if first < len(known) else (known[-1].end if known else None)
+        self._note_start(start)
+        fixed = _fixed_boundaries(known[first:])
+        next_index = known[-1].index + 1 if known else 0
+        current: list[Record] = []
+        slot = 0  # position in `fixed` of the chunk being filled
+        for record in self.job.source.read(start):
+            while slot < len(fixed) and _ends_before(fixed[slot][1], record.ordinal):
+                index, _, done = fixed[slot]
+                if current and not done:
+                    yield _Chunk(index, current, record.position)
+                current = []
+                slot += 1
+            if slot < len(fixed) and fixed[slot][1] is None and fixed[slot][2]:
+                return  # a done chunk that ran to the end of the source
+            if (slot >= len(fixed) or fixed[slot][1] == _OPEN) and len(current) >= self._sizer.size:
+                yield _Chunk(
+                    fixed[slot][0] if slot < len(fixed) else next_index, current, record.position
+                )
+                if slot < len(fixed):
+                    slot = len(fixed)
+                else:
+                    next_index += 1
+                current = []
+            current.append(record)
+        if current and slot < len(fixed):
+            if not fixed[slot][2]:
+                yield _Chunk(fixed[slot][0], current, None)
+        elif current:
+            yield _Chunk(next_index, current, None)
+
+    def _note_start(self, start: Position | None) -> None:
         total_bytes = self.job.source.size().bytes
         if start is not None and total_bytes:
             self._initial = (self._initial[0], start[0] / total_bytes)
             self._fraction = self._initial[1]
-        size = self.job.chunk_size
-        current: list[Record] = []
-        for record in self.job.source.read(start):
-            if len(current) == size:
-                if index not in done:
-                    yield _Chunk(index, current, record.position)
-                index += 1
-                current = []
-            current.append(record)
-        if current and index not in done:
-            yield _Chunk(index, current, None)
 
     def _may_continue(self) -> bool:
         """Honour pause / cancel requests made through the store (between chunks)."""
@@ -478,8 +553,11 @@ class _Run:
         if self._stop_reason is None:
             self._stop_reason, self._status_on_stop = reason, status
 
-    def _completed(self, record: JobRecord, end: Position | None) -> None:
+    def _completed(
+        self, record: JobRecord, end: Position | None, items: int, seconds: float
+    ) -> None:
         self._chunks_done += 1
+        self._sizer.observe(items, seconds)
         if record.total_bytes:
             offset = record.total_bytes if end is None else end[0]
             self._fraction = max(self._fraction or 0.0, min(1.0, offset / record.total_bytes))
@@ -537,7 +615,8 @@ class _Run:
 
     # -- one chunk (on a worker thread) ---------------------------------------------
 
-    def _process(self, chunk: _Chunk) -> tuple[JobRecord, Position | None]:
+    def _process(self, chunk: _Chunk) -> tuple[JobRecord, Position | None, int, float]:
+        started = time.perf_counter()
         dead: list[DeadLetter] = []
         skipped, written = self._handle(chunk.index, chunk.records, dead)
         first, last = chunk.records[0], chunk.records[-1]
@@ -555,7 +634,8 @@ class _Run:
             skipped=skipped,
             checksum=digest.hexdigest()[:16],
         )
-        return self.store.commit_chunk(self.id, checkpoint, dead), chunk.end
+        record = self.store.commit_chunk(self.id, checkpoint, dead)
+        return record, chunk.end, len(chunk.records), time.perf_counter() - started
 
     def _handle(self, index: int, records: list[Record], dead: list[DeadLetter]) -> tuple[int, int]:
         """Process and write ``records``; add the failures to ``dead``.

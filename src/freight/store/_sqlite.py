@@ -210,7 +210,8 @@ class SqliteStore:
                 raise KeyError(f"no job with id {job_id!r}")
             heartbeat = _dt(row["heartbeat_at"])
             mine = (row["owner_host"], row["owner_pid"]) == (host, pid)
-            if not mine and heartbeat is not None and heartbeat > stale_before:
+            owned = row["owner_host"] is not None
+            if owned and not mine and heartbeat is not None and heartbeat > stale_before:
                 return None
             db.execute(
                 "UPDATE jobs SET owner_host = ?, owner_pid = ?, heartbeat_at = ? WHERE id = ?",
