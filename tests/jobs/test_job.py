@@ -391,9 +391,7 @@ def test_resume_keeps_the_boundaries_of_chunks_started_before(store: SqliteStore
     from freight.store import ChunkCheckpoint
 
     seen: list[int] = []
-    job = Job(
-        "bounds", list(range(60)), lambda batch: seen.extend(batch), chunk_size=7, store=store
-    )
+    job = Job("bounds", list(range(60)), seen.extend, chunk_size=7, store=store)
     record = store.create_job(
         name="bounds", job_type="bulk", fingerprint=job.source.fingerprint(), config={}
     )

@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Generator, Hashable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -325,8 +325,32 @@ def _fixed_boundaries(started: list[ChunkCheckpoint]) -> list[tuple[int, int | N
     return out
 
 
-def _ends_before(end: int | None, ordinal: int) -> bool:
-    return end is not None and end != _OPEN and ordinal >= end
+def _started_chunks(
+    fixed: list[tuple[int, int | None, bool]], records: Iterator[Record], next_index: int
+) -> Generator[_Chunk, None, tuple[list[Record], int] | None]:
+    """Phase 1 of chunking: chunks an earlier execution started keep their boundaries.
+
+    Yields those not done; returns the records read past them and the next chunk
+    index, or ``None`` when the source ended.
+    """
+    current: list[Record] = []
+    for slot, (index, end, done) in enumerate(fixed):
+        if end == _OPEN:  # the last one started: refill it to the current size
+            return current, index
+        for record in records:
+            if end is not None and record.ordinal >= end:
+                if current and not done:
+                    yield _Chunk(index, current, record.position)
+                current = [record]
+                break
+            current.append(record)
+        else:  # the source ended inside this chunk
+            if current and not done:
+                yield _Chunk(index, current, None)
+            return None
+        if slot == len(fixed) - 1:
+            break
+    return current, next_index
 
 
 class _ChunkSizer:
@@ -497,31 +521,22 @@ class _Run:
         self._note_start(start)
         fixed = _fixed_boundaries(known[first:])
         next_index = known[-1].index + 1 if known else 0
-        current: list[Record] = []
-        slot = 0  # position in `fixed` of the chunk being filled
-        for record in self.job.source.read(start):
-            while slot < len(fixed) and _ends_before(fixed[slot][1], record.ordinal):
-                index, _, done = fixed[slot]
-                if current and not done:
-                    yield _Chunk(index, current, record.position)
-                current = []
-                slot += 1
-            if slot < len(fixed) and fixed[slot][1] is None and fixed[slot][2]:
-                return  # a done chunk that ran to the end of the source
-            if (slot >= len(fixed) or fixed[slot][1] == _OPEN) and len(current) >= self._sizer.size:
-                yield _Chunk(
-                    fixed[slot][0] if slot < len(fixed) else next_index, current, record.position
-                )
-                if slot < len(fixed):
-                    slot = len(fixed)
-                else:
-                    next_index += 1
-                current = []
-            current.append(record)
-        if current and slot < len(fixed):
-            if not fixed[slot][2]:
-                yield _Chunk(fixed[slot][0], current, None)
-        elif current:
+        records = iter(self.job.source.read(start))
+        state = yield from _started_chunks(fixed, records, next_index)
+        if state is None:
+            return
+        current, next_index = state
+        # Phase 2 (the hot loop): new chunks, sized by the sizer.
+        size = self._sizer.size
+        for record in records:
+            if len(current) >= size:
+                yield _Chunk(next_index, current, record.position)
+                next_index += 1
+                current = [record]
+                size = self._sizer.size
+            else:
+                current.append(record)
+        if current:
             yield _Chunk(next_index, current, None)
 
     def _note_start(self, start: Position | None) -> None:
