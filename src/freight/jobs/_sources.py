@@ -14,6 +14,7 @@ reason and goes on.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import itertools
@@ -173,8 +174,19 @@ class IterableSource:
         items = iter(self._iterable())
         if skip:
             next(itertools.islice(items, skip, skip), None)  # consume what is done
-        for index, item in enumerate(items, skip):
-            yield Record(index, index, item, None, "", "item")
+        # Records are built in C (no Python frame per item): this is the hot path.
+        make = functools.partial(tuple.__new__, Record)
+        yield from map(
+            make,
+            zip(
+                itertools.count(skip),
+                itertools.count(skip),
+                items,
+                itertools.repeat(None),
+                itertools.repeat(""),
+                itertools.repeat("item"),
+            ),
+        )
 
 
 class _LineReader:
