@@ -329,7 +329,7 @@ async def test_arun_runs_the_same_job_from_asyncio(store: SqliteStore) -> None:
         ({"chunk_size": "big"}, "chunk_size"),
         ({"chunk_size": "auto", "min_chunk_size": 10, "max_chunk_size": 5}, "max_chunk_size"),
         ({"workers": 0}, "workers"),
-        ({"executor": "processes"}, "executor"),
+        ({"executor": "fibers"}, "executor"),
         ({"max_failure_rate": 2}, "max_failure_rate"),
         ({"max_failures": -1}, "max_failures"),
         ({"retry": 3}, "retry"),
@@ -440,3 +440,33 @@ def test_auto_chunk_size_adapts_within_its_bounds(store: SqliteStore) -> None:
     sizes = [c.items for c in store.chunks(report.job_id)]
     assert all(100 <= size <= 2000 for size in sizes[:-1])
     assert report["metadata"]["chunk_size"] == "auto"
+
+
+def test_async_sinks_and_processes_run_on_the_async_executor(store: SqliteStore) -> None:
+    import asyncio
+
+    written: list[int] = []
+
+    class AsyncTable:
+        async def write(self, batch: list[int], context: WriteContext) -> list[object]:
+            await asyncio.sleep(0)
+            written.extend(batch)
+            return [None] * len(batch)
+
+    async def check(item: int) -> int:
+        await asyncio.sleep(0)
+        if item == 4:
+            raise ValueError("no fours")
+        return item * 10
+
+    report = Job(
+        "async-exec", list(range(10)), AsyncTable(), process=check, executor="async",
+        chunk_size=3, workers=2, store=store,
+    ).run()  # fmt: skip
+    assert sorted(written) == [i * 10 for i in range(10) if i != 4]
+    assert [e["item"] for e in report["errors"]] == ["item 4"]
+
+    with pytest.raises(ConfigError, match=r"sink.write is async: use executor='async'"):
+        Job("wrong", [1], AsyncTable(), store=store)
+    with pytest.raises(ConfigError, match="process is async"):
+        Job("wrong", [1], lambda batch: None, process=check, store=store)

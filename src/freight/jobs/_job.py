@@ -18,7 +18,9 @@ How a run goes (the guarantees are in ``docs/jobs.md``):
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import inspect
 import os
 import random
 import signal
@@ -34,6 +36,7 @@ from typing import Any, Literal
 
 from freight._core._retry import Retry
 from freight._core._time import to_positive_int, to_seconds
+from freight._drivers._asyncio import is_async_callable
 from freight._drivers._engine import check_rate_limit, check_retry
 from freight._drivers._sync import call_handler, run_plan
 from freight._errors import ConfigError, FreightError, HandlerContractError
@@ -118,7 +121,8 @@ class Job:
             from measured throughput to take about ``chunk_seconds`` each, between
             ``min_chunk_size`` and ``max_chunk_size``.
         workers: chunks processed at once (threads).
-        executor: ``"threads"`` (the only one so far).
+        executor: ``"threads"``; or ``"async"`` for ``async def`` sinks and
+            process functions, awaited on one event loop (``workers`` chunks at once).
         retry: the :class:`~freight.Retry` policy for process and sink calls.
         rate_limit: a :class:`~freight.RateLimiter` pacing sink writes.
         max_failures: stop the run (status ``failed``) once more items failed.
@@ -142,7 +146,7 @@ class Job:
         process_chunk: Callable[[list[Any]], Any] | None = None,
         chunk_size: int | Literal["auto"] = 1000,
         workers: int = 1,
-        executor: Literal["threads"] = "threads",
+        executor: Literal["threads", "async"] = "threads",
         retry: Retry | None = None,
         rate_limit: RateLimiter | float | None = None,
         max_failures: int | None = None,
@@ -179,9 +183,7 @@ class Job:
                 f"max_chunk_size ({max_chunk_size}) must be >= min_chunk_size ({min_chunk_size})"
             )
         self.workers = to_positive_int(workers, "workers")
-        if executor != "threads":
-            raise ConfigError(f"executor must be 'threads' (the only one so far), got {executor!r}")
-        self.executor = executor
+        self.executor = _check_executor(executor, self.sink, process, process_chunk)
         self.retry = check_retry(retry)
         self.rate_limit = check_rate_limit(rate_limit)
         self.max_failures, self.max_failure_rate = _check_thresholds(max_failures, max_failure_rate)
@@ -369,6 +371,22 @@ class _ChunkSizer:
         self.size = int(min(self.high, max(self.low, (self.size + ideal) / 2)))
 
 
+def _check_executor(executor: str, sink: Any, *functions: Any) -> Literal["threads", "async"]:
+    if executor not in ("threads", "async"):
+        raise ConfigError(f"executor must be 'threads' or 'async', got {executor!r}")
+    asynchronous = [
+        name
+        for name, fn in (
+            ("sink.write", getattr(sink, "write", None)),
+            *zip(("process", "process_chunk"), functions, strict=True),
+        )
+        if fn is not None and is_async_callable(fn)
+    ]
+    if asynchronous and executor != "async":
+        raise ConfigError(f"{', '.join(asynchronous)} is async: use executor='async'")
+    return executor  # type: ignore[return-value]
+
+
 def _check_thresholds(
     max_failures: int | None, max_failure_rate: float | None
 ) -> tuple[int | None, float | None]:
@@ -411,6 +429,7 @@ class _Run:
         self._started = time.monotonic()
         self._chunks_done = 0
         self._heartbeat_stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._signals = 0
         self._sizer = _ChunkSizer(
             None if job.chunk_size == "auto" else job.chunk_size,
@@ -442,6 +461,12 @@ class _Run:
         )
         beat.start()
         previous = self._install_signal_handlers()
+        if job.executor == "async":
+            self._loop = asyncio.new_event_loop()
+            loop_thread = threading.Thread(
+                target=self._loop.run_forever, name=f"freight-loop-{job.name}", daemon=True
+            )
+            loop_thread.start()
         try:
             with ThreadPoolExecutor(
                 job.workers, thread_name_prefix=f"freight-job-{job.name}"
@@ -456,6 +481,10 @@ class _Run:
             )
             raise
         finally:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                loop_thread.join()
+                self._loop.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self._heartbeat_stop.set()
@@ -671,9 +700,12 @@ class _Run:
         items = [r.item for r in records]
         if self.job.process is not None:
             process = self.job.process
-            records, items = self._stage(
-                index, records, items, lambda xs: [_apply(process, x) for x in xs], dead
+            per_item: Callable[[list[Any]], Any] = (
+                functools.partial(_gather_each, process)
+                if is_async_callable(process)
+                else lambda xs: [_apply(process, x) for x in xs]
             )
+            records, items = self._stage(index, records, items, per_item, dead)
         elif self.job.process_chunk is not None:
             records, items = self._stage(index, records, items, self.job.process_chunk, dead)
         keys = [self.job.key(i) for i in items] if self.job.key else None
@@ -718,6 +750,20 @@ class _Run:
         )
         return self.job.report(self.id)
 
+    def _on_loop(self, handler: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
+        """With executor="async": awaitable results are awaited on the job's event loop."""
+        loop = self._loop
+        if loop is None:
+            return handler
+
+        def run(items: list[Any]) -> Any:
+            result = handler(items)
+            if inspect.isawaitable(result):
+                return asyncio.run_coroutine_threadsafe(_awaited(result), loop).result()
+            return result
+
+        return run
+
     def _write(self, sink: Any, items: list[Any], context: WriteContext) -> Any:
         if self.job.rate_limit is not None:
             cost = len(items) if self.job.rate_limit.unit == "items" else 1
@@ -743,7 +789,7 @@ class _Run:
         while pending:
             result, _ = run_plan(
                 [items[i] for i in pending],
-                lambda xs: call_handler(handler, xs),
+                lambda xs: call_handler(self._on_loop(handler), xs),
                 retry,
                 random=self._random,
                 sleep=time.sleep,
@@ -764,6 +810,15 @@ class _Run:
             pending = again
         kept = sorted(out)
         return [records[i] for i in kept], [out[i] for i in kept]
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+async def _gather_each(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """An async per-item ``process`` over a chunk, concurrently; errors stay per item."""
+    return list(await asyncio.gather(*(fn(item) for item in items), return_exceptions=True))
 
 
 def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
