@@ -417,7 +417,7 @@ def test_resume_keeps_the_boundaries_of_chunks_started_before(store: SqliteStore
 
 
 def test_auto_chunk_size_adapts_within_its_bounds(store: SqliteStore) -> None:
-    from freight.jobs._job import _ChunkSizer
+    from freight.jobs._chunking import ChunkSizer as _ChunkSizer
 
     sizer = _ChunkSizer(None, target=1.0, low=100, high=5000)
     assert sizer.size == 1000
@@ -470,3 +470,28 @@ def test_async_sinks_and_processes_run_on_the_async_executor(store: SqliteStore)
         Job("wrong", [1], AsyncTable(), store=store)
     with pytest.raises(ConfigError, match="process is async"):
         Job("wrong", [1], lambda batch: None, process=check, store=store)
+
+
+def test_processes_executor_handles_chunks_in_worker_processes(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    from freight.connectors.sqlite import SqliteSink
+    from tests.jobs import process_helpers
+
+    db = tmp_path / "out.db"
+    report = Job(
+        "procs", items(40), SqliteSink(db, "squares", key="id"), process=process_helpers.square,
+        executor="processes", workers=2, chunk_size=10, store=store,
+    ).run()  # fmt: skip
+    assert [e["item"] for e in report["errors"]] == ["item 13"]
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute('SELECT id, square, pid FROM "squares" ORDER BY id').fetchall()
+    assert [(i, s) for i, s, _ in rows] == [(i, i * i) for i in range(40) if i != 13]
+    assert os.getpid() not in {pid for _, _, pid in rows}  # handled in other processes
+
+    with pytest.raises(ConfigError, match="process must be picklable"):
+        Job("p", [1], process_helpers.square, process=lambda x: x, executor="processes")
+    with pytest.raises(ConfigError, match="rate_limit cannot be shared"):
+        Job("p", [1], process_helpers.square, rate_limit=5, executor="processes")

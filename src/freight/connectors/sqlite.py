@@ -77,15 +77,28 @@ class SqliteSink:
             raise ConfigError("mode='upsert' needs key= (the column(s) that identify a row)")
         self.mode = mode
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = self._connect()
         self._lock = threading.Lock()
         self._columns: list[str] | None = self._existing_columns()
 
     def __repr__(self) -> str:
         return f"SqliteSink({str(self.path)!r}, {self.table!r}, key={self.key!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (for worker processes): the connection is reopened on arrival."""
+        state = self.__dict__.copy()
+        del state["_db"], state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._db = self._connect()
+        self._lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
 
     def _existing_columns(self) -> list[str] | None:
         rows = self._db.execute(f"PRAGMA table_info({self._table})").fetchall()

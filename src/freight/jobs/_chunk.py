@@ -1,0 +1,224 @@
+"""Handling one chunk: process, write, retry per item, dead-letter what fails.
+
+A :class:`ChunkHandler` holds only what handling needs (sink, process functions,
+retry policy, key, rate limit), so it can be sent to worker processes
+(``executor="processes"``) as well as used from threads; the store is not here:
+the run commits each chunk's outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import random
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from freight._core._retry import Retry
+from freight._drivers._asyncio import is_async_callable
+from freight._drivers._sync import call_handler, run_plan
+from freight._errors import HandlerContractError
+from freight._ratelimit import RateLimiter
+from freight.jobs._sink import Sink, WriteContext
+from freight.jobs._sources import BLANK, Record, RecordError
+from freight.store import DeadLetter
+
+__all__ = ["ChunkHandler", "handle_installed", "install"]
+
+_EXCERPT = 200
+
+
+def _category(error: BaseException, retry: Retry | None) -> str:
+    if isinstance(error, RecordError) or type(error).__name__ == "ValidationError":
+        return "validation"
+    if isinstance(error, HandlerContractError):
+        return "contract"
+    if retry is not None and retry.is_transient(error):
+        return "retries_exhausted"
+    return "permanent"
+
+
+def _letter(
+    record: Record, error: BaseException, category: str, attempts: int, index: int
+) -> DeadLetter:
+    payload = record.raw or repr(record.item)
+    return DeadLetter(
+        record_id=record.id,
+        position=record.position,
+        payload=payload[:_EXCERPT],
+        error_type=type(error).__name__,
+        message=str(error)[:1000],
+        category=category,
+        attempts=attempts,
+        chunk_index=index,
+    )
+
+
+class ChunkHandler:
+    """Turns a chunk's records into (skipped, written, dead letters)."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        sink: Sink,
+        process: Callable[[Any], Any] | None,
+        process_chunk: Callable[[list[Any]], Any] | None,
+        retry: Retry | None,
+        key: Callable[[Any], Hashable] | None,
+        rate_limit: RateLimiter | None,
+    ) -> None:
+        self.id = job_id
+        self.sink = sink
+        self.process = process
+        self.process_chunk = process_chunk
+        self.retry = retry
+        self.key = key
+        self.rate_limit = rate_limit
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._random = random.Random().random
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["loop"] = None  # an event loop stays in its process
+        del state["_random"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._random = random.Random().random
+
+    def handle(self, index: int, records: list[Record]) -> tuple[int, int, list[DeadLetter]]:
+        """Process and write ``records``; return (skipped, written, dead letters)."""
+        dead: list[DeadLetter] = []
+        skipped, written = self._handle(index, records, dead)
+        return skipped, written, dead
+
+    def _handle(self, index: int, records: list[Record], dead: list[DeadLetter]) -> tuple[int, int]:
+        """Process and write ``records``; add the failures to ``dead``.
+
+        Returns (skipped, written).
+        """
+        skipped = 0
+        if any(r.error is not None or r.item is BLANK for r in records):
+            kept = []
+            for record in records:
+                if record.item is BLANK:
+                    skipped += 1
+                elif record.error is not None:
+                    dead.append(_letter(record, record.error, "validation", 0, index))
+                else:
+                    kept.append(record)
+            records = kept
+        items = [r.item for r in records]
+        if self.process is not None:
+            process = self.process
+            per_item: Callable[[list[Any]], Any] = (
+                functools.partial(_gather_each, process)
+                if is_async_callable(process)
+                else lambda xs: [_apply(process, x) for x in xs]
+            )
+            records, items = self._stage(index, records, items, per_item, dead)
+        elif self.process_chunk is not None:
+            records, items = self._stage(index, records, items, self.process_chunk, dead)
+        keys = [self.key(i) for i in items] if self.key else None
+        context = WriteContext(self.id, index, keys)
+        sink = self.sink
+        written, _ = self._stage(
+            index, records, items, lambda xs: self._write(sink, xs, context), dead
+        )
+        return skipped, len(written)
+
+    def _on_loop(self, handler: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
+        """With executor="async": awaitable results are awaited on the job's event loop."""
+        loop = self.loop
+        if loop is None:
+            return handler
+
+        def run(items: list[Any]) -> Any:
+            result = handler(items)
+            if inspect.isawaitable(result):
+                return asyncio.run_coroutine_threadsafe(_awaited(result), loop).result()
+            return result
+
+        return run
+
+    def _write(self, sink: Any, items: list[Any], context: WriteContext) -> Any:
+        if self.rate_limit is not None:
+            cost = len(items) if self.rate_limit.unit == "items" else 1
+            self.rate_limit.acquire_sync(cost)
+        return sink.write(items, context)
+
+    def _stage(
+        self,
+        index: int,
+        records: list[Record],
+        items: list[Any],
+        handler: Callable[[list[Any]], Any],
+        dead: list[DeadLetter],
+    ) -> tuple[list[Record], list[Any]]:
+        """Run one stage over ``items``; failures become dead letters; return the survivors."""
+        if not items:
+            return [], []
+        retry = self.retry
+        attempts = retry.attempts if retry else 1
+        tried = 0
+        pending = list(range(len(items)))
+        out: dict[int, Any] = {}
+        while pending:
+            result, _ = run_plan(
+                [items[i] for i in pending],
+                lambda xs: call_handler(self._on_loop(handler), xs),
+                retry,
+                random=self._random,
+                sleep=time.sleep,
+            )
+            tried += result.tries
+            again: list[int] = []
+            for i, outcome in zip(pending, result.outcomes, strict=True):
+                if not isinstance(outcome, BaseException):
+                    out[i] = outcome
+                elif retry is not None and retry.is_transient(outcome) and tried < attempts:
+                    again.append(i)
+                else:
+                    dead.append(
+                        _letter(records[i], outcome, _category(outcome, retry), tried, index)
+                    )
+            if again and retry is not None:
+                time.sleep(retry.delay(tried, self._random()))
+            pending = again
+        kept = sorted(out)
+        return [records[i] for i in kept], [out[i] for i in kept]
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+async def _gather_each(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """An async per-item ``process`` over a chunk, concurrently; errors stay per item."""
+    return list(await asyncio.gather(*(fn(item) for item in items), return_exceptions=True))
+
+
+def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
+    try:
+        return fn(item)
+    except Exception as exc:
+        return exc
+
+
+_installed: ChunkHandler | None = None
+
+
+def install(handler: ChunkHandler) -> None:
+    """Worker-process initializer: keep the handler for the tasks to come."""
+    global _installed  # noqa: PLW0603  (one handler per worker process, by design)
+    _installed = handler
+
+
+def handle_installed(index: int, records: list[Record]) -> tuple[int, int, list[DeadLetter]]:
+    """A worker-process task: handle a chunk with the installed handler."""
+    assert _installed is not None, "install() runs first in every worker process"
+    return _installed.handle(index, records)

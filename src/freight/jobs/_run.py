@@ -1,0 +1,357 @@
+"""One execution of a job run: claim to final status (see :mod:`freight.jobs._job`)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from freight.jobs._chunk import ChunkHandler, handle_installed, install
+from freight.jobs._chunking import Chunk, ChunkSizer, fixed_boundaries, started_chunks
+from freight.jobs._progress import Progress
+from freight.jobs._report import JobReport
+from freight.jobs._sources import Position
+from freight.store import ChunkCheckpoint, DeadLetter, JobRecord
+from freight.store._records import utcnow
+
+if TYPE_CHECKING:
+    from freight.jobs._job import Job
+
+__all__ = ["DONE", "Run"]
+
+DONE = frozenset({"completed", "completed_with_errors"})  # a run of these is not redone
+
+
+class Run:
+    """One execution of a job run, from claim to final status."""
+
+    def __init__(self, job: Job, record: JobRecord) -> None:
+        self.job = job
+        self.store = job.store
+        self.id = record.id
+        self._handler = ChunkHandler(
+            job_id=record.id,
+            sink=job.sink,
+            process=job.process,
+            process_chunk=job.process_chunk,
+            retry=job.retry,
+            key=job.key,
+            rate_limit=job.rate_limit,
+        )
+        self._stop_reason: str | None = None
+        self._status_on_stop = "failed"
+        self._started = time.monotonic()
+        self._chunks_done = 0
+        self._heartbeat_stop = threading.Event()
+        self._signals = 0
+        self._sizer = ChunkSizer(
+            None if job.chunk_size == "auto" else job.chunk_size,
+            job.chunk_seconds,
+            job.min_chunk_size,
+            job.max_chunk_size,
+        )
+        self._fraction: float | None = None
+        self._initial = (0, 0.0)  # processed and fraction when this execution started
+
+    # -- the main loop ---------------------------------------------------------------
+
+    def execute(self) -> JobReport:
+        store, job = self.store, self.job
+        record = store.get_job(self.id)
+        assert record is not None
+        store.update_job(
+            self.id,
+            status="running",
+            reason=None,
+            control=None,
+            started_at=record.started_at or utcnow(),
+            completed_at=None,
+        )
+        store.add_event(self.id, "resumed" if record.processed else "started", {"pid": os.getpid()})
+        self._initial = (record.processed, 0.0)
+        beat = threading.Thread(
+            target=self._heartbeat, name=f"freight-heartbeat-{job.name}", daemon=True
+        )
+        beat.start()
+        previous = self._install_signal_handlers()
+        loop = self._handler.loop = asyncio.new_event_loop() if job.executor == "async" else None
+        if loop is not None:
+            loop_thread = threading.Thread(
+                target=loop.run_forever, name=f"freight-loop-{job.name}", daemon=True
+            )
+            loop_thread.start()
+        try:
+            with self._pool() as pool:
+                self._drive(pool)
+        except BaseException as exc:
+            store.update_job(
+                self.id,
+                status="failed",
+                reason=f"{type(exc).__name__}: {exc}",
+                completed_at=utcnow(),
+            )
+            raise
+        finally:
+            if loop is not None:
+                loop.call_soon_threadsafe(loop.stop)
+                loop_thread.join()
+                loop.close()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self._heartbeat_stop.set()
+            beat.join()
+        final = store.get_job(self.id)
+        assert final is not None
+        if self._stop_reason is not None:
+            status = self._status_on_stop
+        elif final.failed:
+            status = "completed_with_errors"
+        else:
+            status = "completed"
+        store.update_job(self.id, status=status, reason=self._stop_reason, completed_at=utcnow())
+        store.add_event(self.id, status, {"reason": self._stop_reason})
+        return job.report(self.id)
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """First SIGINT/SIGTERM: stop after the chunks in flight; second: stop now."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous: dict[int, Any] = {}
+
+        def on_signal(signum: int, frame: object) -> None:
+            name = signal.Signals(signum).name
+            if self._stop_reason is not None and self._status_on_stop == "cancelled":
+                raise KeyboardInterrupt(f"second {name}: stopped at once")
+            self._stop(
+                "cancelled", f"stopped by {name} after the chunks in flight; run again to resume"
+            )
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, on_signal)
+        return previous
+
+    def _pool(self) -> Executor:
+        job = self.job
+        if job.executor == "processes":
+            # spawn, not fork: this process has threads (heartbeat, pool) and connections
+            return ProcessPoolExecutor(
+                job.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=install,
+                initargs=(self._handler,),
+            )
+        return ThreadPoolExecutor(job.workers, thread_name_prefix=f"freight-job-{job.name}")
+
+    def _submit(self, pool: Executor, chunk: Chunk) -> Future[Any]:
+        if self.job.executor == "processes":  # handled there, committed here
+            return pool.submit(handle_installed, chunk.index, chunk.records)
+        return pool.submit(self._handle_and_commit, chunk)  # committed by the worker
+
+    def _handle_and_commit(self, chunk: Chunk) -> JobRecord:
+        return self._commit(chunk, *self._handler.handle(chunk.index, chunk.records))
+
+    def _drive(self, pool: Executor) -> None:
+        in_flight: deque[tuple[Chunk, Future[Any], float]] = deque()
+        for chunk in self._pending_chunks():
+            if not self._may_continue():
+                break
+            self.store.start_chunk(
+                self.id, ChunkCheckpoint(index=chunk.index, start=chunk.records[0].position)
+            )
+            in_flight.append((chunk, self._submit(pool, chunk), time.perf_counter()))
+            while len(in_flight) >= 2 * self.job.workers or (in_flight and in_flight[0][1].done()):
+                self._finish(*in_flight.popleft())
+            if self._stop_reason is not None:
+                break
+        while in_flight:
+            self._finish(*in_flight.popleft())
+
+    def _finish(self, chunk: Chunk, future: Future[Any], submitted: float) -> None:
+        result = future.result()
+        record = result if isinstance(result, JobRecord) else self._commit(chunk, *result)
+        self._completed(record, chunk.end, len(chunk.records), time.perf_counter() - submitted)
+
+    def _commit(
+        self, chunk: Chunk, skipped: int, written: int, dead: list[DeadLetter]
+    ) -> JobRecord:
+        """Record a handled chunk: checkpoint, dead letters and counters, in one transaction."""
+        first, last = chunk.records[0], chunk.records[-1]
+        digest = hashlib.sha256(f"{first.position}{last.position}{len(chunk.records)}".encode())
+        if first.raw:
+            digest.update("\n".join(r.raw for r in chunk.records).encode())
+        checkpoint = ChunkCheckpoint(
+            index=chunk.index,
+            start=first.position,
+            end=chunk.end,
+            status="done",
+            items=len(chunk.records),
+            succeeded=written,
+            failed=len(dead),
+            skipped=skipped,
+            checksum=digest.hexdigest()[:16],
+        )
+        return self.store.commit_chunk(self.id, checkpoint, dead)
+
+    def _pending_chunks(self) -> Iterator[Chunk]:
+        """The chunks still to do, in order, each knowing where the next one starts.
+
+        Chunks started by an earlier execution keep their boundaries (so a chunk
+        done out of order is never redone, whatever chunk sizes were used); after
+        the last of them, new chunks take their size from the chunk sizer.
+        """
+        known = sorted(self.store.chunks(self.id), key=lambda c: c.index)
+        first = next((i for i, c in enumerate(known) if c.status != "done"), len(known))
+        if first == len(known) and known and known[-1].end is None:
+            return  # the last chunk was done: the source is exhausted
+        start = known[first].start if first < len(known) else (known[-1].end if known else None)
+        self._note_start(start)
+        fixed = fixed_boundaries(known[first:])
+        next_index = known[-1].index + 1 if known else 0
+        records = iter(self.job.source.read(start))
+        state = yield from started_chunks(fixed, records, next_index)
+        if state is None:
+            return
+        current, next_index = state
+        # Phase 2 (the hot loop): new chunks, sized by the sizer.
+        size = self._sizer.size
+        for record in records:
+            if len(current) >= size:
+                yield Chunk(next_index, current, record.position)
+                next_index += 1
+                current = [record]
+                size = self._sizer.size
+            else:
+                current.append(record)
+        if current:
+            yield Chunk(next_index, current, None)
+
+    def _note_start(self, start: Position | None) -> None:
+        total_bytes = self.job.source.size().bytes
+        if start is not None and total_bytes:
+            self._initial = (self._initial[0], start[0] / total_bytes)
+            self._fraction = self._initial[1]
+
+    def _may_continue(self) -> bool:
+        """Honour pause / cancel requests made through the store (between chunks)."""
+        while True:
+            record = self.store.get_job(self.id)
+            assert record is not None
+            if record.control == "cancel":
+                self._stop("cancelled", "cancel requested")
+                return False
+            if record.control != "pause":
+                return self._stop_reason is None
+            if record.status != "paused":
+                self.store.update_job(self.id, status="paused")
+                self.store.add_event(self.id, "paused")
+            time.sleep(0.2)  # real time: waiting for a person or another process
+            again = self.store.get_job(self.id)
+            if again is not None and again.control == "resume":
+                self.store.update_job(self.id, status="running", control=None)
+                self.store.add_event(self.id, "resumed")
+
+    def _stop(self, status: str, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason, self._status_on_stop = reason, status
+
+    def _completed(
+        self, record: JobRecord, end: Position | None, items: int, seconds: float
+    ) -> None:
+        self._chunks_done += 1
+        self._sizer.observe(items, seconds)
+        if record.total_bytes:
+            offset = record.total_bytes if end is None else end[0]
+            self._fraction = max(self._fraction or 0.0, min(1.0, offset / record.total_bytes))
+        job = self.job
+        if job.max_failures is not None and record.failed > job.max_failures:
+            self._stop(
+                "failed", f"{record.failed} items failed, more than max_failures={job.max_failures}"
+            )
+        if (
+            job.max_failure_rate is not None
+            and record.processed
+            and record.failed / record.processed > job.max_failure_rate
+        ):
+            self._stop(
+                "failed",
+                f"{record.failed / record.processed:.1%} of items failed, more than "
+                f"max_failure_rate={job.max_failure_rate:.1%}",
+            )
+        if job.on_progress is not None:
+            job.on_progress(self._progress(record))
+
+    def _progress(self, record: JobRecord) -> Progress:
+        elapsed = time.monotonic() - self._started
+        done_here = record.processed - self._initial[0]
+        rate = done_here / elapsed if elapsed > 0 else 0.0
+        fraction = self._fraction
+        if record.total_items:
+            fraction = min(1.0, record.processed / record.total_items)
+        eta = None
+        if fraction is not None:
+            start = (
+                self._initial[1]
+                if not record.total_items
+                else self._initial[0] / record.total_items
+            )
+            if fraction > start:
+                eta = elapsed * (1.0 - fraction) / (fraction - start)
+        return Progress(
+            job_id=self.id,
+            processed=record.processed,
+            succeeded=record.succeeded,
+            failed=record.failed,
+            skipped=record.skipped,
+            chunks_done=self._chunks_done,
+            elapsed_seconds=elapsed,
+            items_per_second=rate,
+            fraction=fraction,
+            eta_seconds=eta,
+        )
+
+    def _heartbeat(self) -> None:
+        interval = max(0.05, self.job.stale_after / 3)
+        while not self._heartbeat_stop.wait(interval):
+            self.store.heartbeat(self.id, now=utcnow())
+
+    # -- one chunk (on a worker thread) ---------------------------------------------
+
+    def replay(self) -> JobReport:
+        """Run the dead letters of this run again (see :meth:`Job.retry_failed`)."""
+        store = self.store
+        letters = [d for d in store.dead_letters(self.id) if d.position is not None]
+        replayed: list[int] = []
+        dead: list[DeadLetter] = []
+        succeeded = 0
+        for letter in letters:
+            assert letter.position is not None
+            assert letter.id is not None
+            record = next(iter(self.job.source.read(letter.position)), None)
+            if record is None or record.position != letter.position:
+                continue
+            _, written, failed = self._handler.handle(letter.chunk_index or 0, [record])
+            succeeded += written
+            replayed.append(letter.id)
+            for d in failed:
+                dead.append(DeadLetter(
+                    record_id=d.record_id, position=d.position, payload=d.payload,
+                    error_type=d.error_type, message=d.message, category=d.category,
+                    attempts=d.attempts + letter.attempts, chunk_index=letter.chunk_index,
+                ))  # fmt: skip
+        final = store.commit_replay(self.id, replayed, dead, succeeded)
+        if final.status in DONE:  # an unfinished run stays resumable as it was
+            store.update_job(
+                self.id, status="completed_with_errors" if final.failed else "completed"
+            )
+        store.add_event(
+            self.id, "retried_failed", {"replayed": len(replayed), "succeeded": succeeded}
+        )
+        return self.job.report(self.id)
