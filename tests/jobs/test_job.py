@@ -495,3 +495,28 @@ def test_processes_executor_handles_chunks_in_worker_processes(
         Job("p", [1], process_helpers.square, process=lambda x: x, executor="processes")
     with pytest.raises(ConfigError, match="rate_limit cannot be shared"):
         Job("p", [1], process_helpers.square, rate_limit=5, executor="processes")
+
+
+def test_malformed_csv_corpus_is_dead_lettered_line_by_line(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "corpus.csv"
+    with path.open("wb") as f:
+        f.write(b"id,amount\n1,10\n2,10,extra\n3,ten\n4,\xff\xfe\n\n")
+        f.write(b'5,"' + b"x" * (10 * 1024 * 1024) + b'"\n6,20\n7,"30')
+
+    def convert(row: dict[str, str]) -> dict[str, int]:
+        return {"id": int(row["id"]), "amount": int(row["amount"])}
+
+    table = Table()
+    report = Job("corpus", CsvSource(path, convert=convert), table, chunk_size=2, store=store).run()
+    assert report.status == "completed_with_errors"
+    assert sorted(table.rows) == [1, 6]
+    reasons = {e["item"]: e["message"] for e in report["errors"]}
+    assert set(reasons) == {"line 3", "line 4", "line 5", "line 7", "line 9"}
+    assert "expected 2 columns" in reasons["line 3"]
+    assert "invalid literal" in reasons["line 4"]
+    assert "invalid utf-8" in reasons["line 5"]
+    assert "field larger than field limit" in reasons["line 7"]
+    assert "malformed CSV" in reasons["line 9"]
+    assert report.summary["skipped"] == 1  # the blank line 6

@@ -164,7 +164,7 @@ def test_bad_configuration_says_what_to_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="convert"):
         CsvSource(path, convert=42)
     with pytest.raises(ConfigError, match="suffix"):
-        as_source(tmp_path / "x.parquet")
+        as_source(tmp_path / "x.xlsx")
 
 
 def test_as_source_picks_by_type(tmp_path: Path) -> None:
@@ -199,3 +199,43 @@ def test_resuming_at_any_record_yields_the_same_tail(
     if records:
         k = min(cut, len(records) - 1)
         assert list(source.read(records[k].position)) == records[k:]
+
+
+def write_parquet(path: Path, rows: int, group: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": list(range(rows)), "name": [f"n{i}" for i in range(rows)]})
+    pq.write_table(table, path, row_group_size=group)
+
+
+def test_parquet_source_streams_and_seeks_by_row_group(tmp_path: Path) -> None:
+    from freight.jobs import ParquetSource
+
+    path = tmp_path / "t.parquet"
+    write_parquet(path, rows=25, group=10)
+    source = ParquetSource(path, batch_size=4)
+    records = list(source.read())
+    assert [r.item for r in records] == [{"id": i, "name": f"n{i}"} for i in range(25)]
+    assert records[7].id == "row 7"
+    assert source.size().items == 25
+    assert [r.item["id"] for r in source.read(records[13].position)] == list(range(13, 25))
+    assert list(source.read((25, 25))) == []
+    only = ParquetSource(path, columns=["id"], convert=lambda row: row["id"] * 2)
+    assert [r.item for r in only.read((22, 22))] == [44, 46, 48]
+    assert isinstance(as_source(path), ParquetSource)
+
+
+def test_parquet_source_errors(tmp_path: Path) -> None:
+    from freight.jobs import ParquetSource
+
+    path = tmp_path / "t.parquet"
+    write_parquet(path, rows=3, group=2)
+    with pytest.raises(ConfigError, match=r"no column\(s\) \['nope'\]"):
+        ParquetSource(path, columns=["nope"])
+    (tmp_path / "fake.parquet").write_text("not parquet")
+    with pytest.raises(ConfigError, match="not a Parquet file"):
+        ParquetSource(tmp_path / "fake.parquet")
+    bad = list(ParquetSource(path, convert=lambda row: 1 / (row["id"] - 1)).read())
+    assert isinstance(bad[1].error, RecordError)
+    assert "ZeroDivisionError" in str(bad[1].error)
