@@ -21,5 +21,8 @@ def blocks() -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(("where", "code"), blocks(), ids=[w for w, _ in blocks()])
-def test_documentation_example_runs(where: str, code: str) -> None:
+def test_documentation_example_runs(
+    where: str, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # examples write their files and stores here
     exec(compile(code, where, "exec"), {"__name__": "__docs__"})
