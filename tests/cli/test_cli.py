@@ -163,3 +163,17 @@ def test_a_run_started_from_python_cannot_be_rebuilt_by_the_cli(tmp_path: Path) 
     code, _, err = invoke("resume", "py", "--store", str(store_path))
     assert code == 2
     assert "was started from Python" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["load", "x.csv", "--bogus"], "No such option: --bogus"), (["explode"], "No such command")],
+)
+def test_usage_errors_are_one_line_from_the_real_command(args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "freight.cli", *args], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr

@@ -215,6 +215,10 @@ def test_failure_rate_threshold_fails_the_run_and_keeps_checkpoints(store: Sqlit
     assert report["remediation"]["can_retry"] is True
     assert store.chunks(report.job_id)[0].status == "done"
 
+    fixed = Job("rate", items(100), lambda batch: None, chunk_size=10, store=store).run()
+    assert fixed.job_id == report.job_id  # the fixed run resumed from the checkpoints
+    assert (fixed.status, fixed.summary["processed"]) == ("completed_with_errors", 100)
+
     capped = Job("cap", items(100), sink, chunk_size=10, max_failures=2, store=store).run()
     assert capped.status == "failed"
     assert "max_failures=2" in capped["reason"]

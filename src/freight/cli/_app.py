@@ -321,5 +321,22 @@ def cancel(job: JobArgument, store: StoreOption = str(DEFAULT_PATH)) -> None:
 
 
 def main() -> None:
-    """Entry point of the ``freight`` command."""
-    app()
+    """Entry point of the ``freight`` command: usage errors in one line, exit code 2."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("freight: aborted", err=True)
+        code = 1
+    except Exception as exc:
+        # Typer's usage errors (its own copy of click's UsageError): duck-typed, since
+        # the class is not part of typer's public API.
+        if getattr(exc, "exit_code", None) != 2 or not hasattr(exc, "format_message"):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            sys.exit(0)
+        where = ctx.command_path if ctx is not None else "freight"
+        typer.echo(f"freight: error: {exc.format_message()} (see `{where} --help`)", err=True)
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)
