@@ -524,3 +524,12 @@ def test_malformed_csv_corpus_is_dead_lettered_line_by_line(
     assert "field larger than field limit" in reasons["line 7"]
     assert "malformed CSV" in reasons["line 9"]
     assert report.summary["skipped"] == 1  # the blank line 6
+
+
+def test_the_report_is_a_json_ready_dict(store: SqliteStore) -> None:
+    import json
+
+    report = Job("dict", items(3), Table(), store=store).run()
+    assert isinstance(report, dict)
+    assert json.loads(json.dumps(report))["summary"]["processed"] == 3
+    assert report.to_dict() == json.loads(report.to_json())

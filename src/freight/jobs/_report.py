@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from freight._errors import ConfigError
@@ -15,41 +14,38 @@ __all__ = ["JobReport", "build_report", "load_report"]
 ERROR_SAMPLE = 50  # errors listed in a report; the store keeps all of them
 
 
-@dataclass(frozen=True, slots=True)
-class JobReport:
-    """The result of a run; ``to_dict()`` / ``to_json()`` give the documented shape.
+class JobReport(dict[str, Any]):
+    """The result of a run: a plain ``dict`` in the documented shape, JSON-ready.
 
     Keys: job_id, job_type, started_at, completed_at, status, summary (total_items,
     processed, succeeded, failed, skipped, duration_seconds, items_per_second),
     errors (a bounded sample), error_categories, last_checkpoint, metadata
     (chunk_size, num_chunks, workers, retry_attempts) and remediation
-    (can_retry, strategy).
+    (can_retry, strategy). The properties are shortcuts for the common keys.
     """
-
-    data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def job_id(self) -> str:
-        return str(self.data["job_id"])
+        """The run's id."""
+        return str(self["job_id"])
 
     @property
     def status(self) -> str:
-        return str(self.data["status"])
+        """``completed``, ``completed_with_errors``, ``failed`` or ``cancelled``."""
+        return str(self["status"])
 
     @property
     def summary(self) -> dict[str, Any]:
-        return dict(self.data["summary"])
-
-    def __getitem__(self, key: str) -> Any:
-        return self.data[key]
+        """The counters, duration and throughput."""
+        return dict(self["summary"])
 
     def to_dict(self) -> dict[str, Any]:
-        """The report as plain JSON-compatible values."""
+        """The report as a plain ``dict`` of JSON values."""
         return json.loads(self.to_json())  # type: ignore[no-any-return]
 
     def to_json(self, indent: int | None = 2) -> str:
         """The report as JSON."""
-        return json.dumps(self.data, indent=indent, default=str)
+        return json.dumps(self, indent=indent, default=str)
 
 
 def _remediation(status: str, failed: int) -> dict[str, Any]:
