@@ -533,3 +533,12 @@ def test_the_report_is_a_json_ready_dict(store: SqliteStore) -> None:
     assert isinstance(report, dict)
     assert json.loads(json.dumps(report))["summary"]["processed"] == 3
     assert report.to_dict() == json.loads(report.to_json())
+
+
+def test_a_finished_run_is_released_for_other_processes(store: SqliteStore) -> None:
+    report = Job("released", items(3), Table(), store=store).run()
+    record = store.get_job(report.job_id)
+    assert record is not None
+    assert (record.owner_host, record.owner_pid) == (None, None)
+    now = utcnow()
+    assert store.claim(report.job_id, host="other", pid=99, now=now, stale_before=now) is not None

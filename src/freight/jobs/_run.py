@@ -108,6 +108,7 @@ class Run:
                 signal.signal(signum, handler)
             self._heartbeat_stop.set()
             beat.join()
+            store.update_job(self.id, owner_host=None, owner_pid=None)  # free to claim again
         final = store.get_job(self.id)
         assert final is not None
         if self._stop_reason is not None:
@@ -354,4 +355,5 @@ class Run:
         store.add_event(
             self.id, "retried_failed", {"replayed": len(replayed), "succeeded": succeeded}
         )
+        store.update_job(self.id, owner_host=None, owner_pid=None)
         return self.job.report(self.id)
