@@ -23,7 +23,8 @@ from freight._errors import (
     TransientError,
 )
 from freight._ratelimit import RateLimiter
-from freight.jobs import Job, JobReport
+from freight.jobs import CsvSource, Job, JobReport, JsonlSource, ParquetSource, Sink
+from freight.store import SqliteStore
 
 __version__ = "0.1.0.dev0"
 
@@ -49,8 +50,13 @@ __all__ = [
     "RateLimiter",
     "Retry",
     # bulk jobs
+    "CsvSource",
     "Job",
     "JobReport",
+    "JsonlSource",
+    "ParquetSource",
+    "Sink",
+    "SqliteStore",
     # drivers
     "AsyncBatched",
     "Batcher",

@@ -542,3 +542,15 @@ def test_a_finished_run_is_released_for_other_processes(store: SqliteStore) -> N
     assert (record.owner_host, record.owner_pid) == (None, None)
     now = utcnow()
     assert store.claim(report.job_id, host="other", pid=99, now=now, stale_before=now) is not None
+
+
+def test_store_may_be_given_as_a_path_or_url(tmp_path: Path) -> None:
+    import freight
+
+    by_path = Job("p", [1, 2], lambda batch: None, store=tmp_path / "a.db").run()
+    assert by_path.summary["processed"] == 2
+    by_url = Job("u", [1], lambda batch: None, store=f"sqlite:///{tmp_path}/b.db").run()
+    assert SqliteStore(tmp_path / "b.db").get_job(by_url.job_id) is not None
+    with pytest.raises(ConfigError, match="store must be"):
+        Job("x", [1], lambda batch: None, store=42)  # type: ignore[arg-type]
+    assert freight.CsvSource is CsvSource

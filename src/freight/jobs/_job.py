@@ -23,6 +23,7 @@ import pickle
 import socket
 from collections.abc import Callable, Hashable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 from freight._core._retry import Retry
@@ -82,7 +83,8 @@ class Job:
         max_failure_rate: stop the run once the failed fraction exceeds this,
             measured after at least one chunk.
         key: ``item -> hashable`` idempotency key, handed to the sink.
-        store: where runs are kept (default: ``SqliteStore()`` at ``.freight/freight.db``).
+        store: where runs are kept: a :class:`~freight.store.Store`, a path or a
+            ``sqlite:///`` URL (default: ``.freight/freight.db``).
         on_progress: called with a :class:`Progress` after every chunk.
         stale_after: seconds without a heartbeat after which a run's owner is dead.
         metadata: JSON-compatible values kept with each run (the CLI records how to
@@ -105,7 +107,7 @@ class Job:
         max_failures: int | None = None,
         max_failure_rate: float | None = None,
         key: Callable[[Any], Hashable] | None = None,
-        store: Store | None = None,
+        store: Store | str | Path | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         stale_after: float | timedelta = 30.0,
         metadata: dict[str, Any] | None = None,
@@ -146,7 +148,7 @@ class Job:
         if self.executor == "processes":
             _check_picklable(rate_limit=self.rate_limit, sink=self.sink, process=process,
                              process_chunk=process_chunk, key=key)  # fmt: skip
-        self._store = store
+        self._store = _open_store(store)
         self.on_progress = on_progress
         self.stale_after = to_seconds(stale_after, "stale_after", allow_zero=False)
         self.metadata = dict(metadata or {})
@@ -294,6 +296,16 @@ def _check_picklable(*, rate_limit: Any, **parts: Any) -> None:
                 f"with executor='processes', {name} must be picklable (a module-level "
                 f"function or object, not a lambda or closure): {exc}"
             ) from exc
+
+
+def _open_store(store: Store | str | Path | None) -> Store | None:
+    if store is None or isinstance(store, str | Path):
+        return None if store is None else SqliteStore.from_url(str(store))
+    if not isinstance(store, Store):
+        raise ConfigError(
+            f"store must be a freight Store, a path or a sqlite:/// URL, got {store!r}"
+        )
+    return store
 
 
 def _check_thresholds(

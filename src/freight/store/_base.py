@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from freight.store._records import (
     ChunkCheckpoint,
@@ -24,6 +24,7 @@ from freight.store._records import (
 __all__ = ["Store"]
 
 
+@runtime_checkable
 class Store(Protocol):
     """Jobs, chunk checkpoints, dead letters and events of bulk jobs."""
 
