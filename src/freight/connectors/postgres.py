@@ -1,0 +1,217 @@
+"""``PostgresSink``: COPY, insert or upsert job items into PostgreSQL (extra ``freight[postgres]``).
+
+- Identifiers are composed with ``psycopg.sql.Identifier``, never by string formatting.
+- A call that fails on a bad row (COPY aborts the whole statement) is bisected with the
+  core's poison isolation: the good rows are committed, each bad row gets its own error
+  (the original psycopg error), and the job dead-letters it.
+- Lost connections are transient (retried by the job's ``Retry``); the pool replaces
+  broken connections. Errors are mapped to freight's classes in one place, :func:`classify`.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from freight._core._retry import Retry
+from freight._drivers._sync import call_handler, run_plan
+from freight._errors import ConfigError, PermanentError, TransientError
+
+try:
+    import psycopg
+    from psycopg import sql
+    from psycopg_pool import ConnectionPool
+except ImportError as exc:  # pragma: no cover - only without the extra
+    raise ImportError(
+        "freight.connectors.postgres needs psycopg 3: pip install 'freight[postgres]'"
+    ) from exc
+
+__all__ = ["Mode", "PostgresSink", "classify"]
+
+Mode = Literal["copy", "insert", "upsert"]
+
+# One try per half: bisection isolates the rows; the job's own Retry handles outages.
+_ISOLATE = Retry(attempts=1, isolate=True)
+
+
+def classify(error: BaseException) -> BaseException:
+    """Map a psycopg error to freight's transient or permanent class (original as cause).
+
+    Connection and server-availability problems are transient; data, integrity and
+    programming errors are permanent (retrying the same row cannot fix them).
+    """
+    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
+        mapped: BaseException = TransientError(f"PostgreSQL unavailable: {error}")
+    elif isinstance(error, psycopg.Error):
+        return error  # data/integrity errors stay as they are: they name the bad value
+    else:
+        return error
+    mapped.__cause__ = error
+    return mapped
+
+
+class PostgresSink:
+    """Write mappings (or sequences in ``columns`` order) into a PostgreSQL table.
+
+    Args:
+        conninfo: a libpq connection string or URL (``postgresql://user@host:5432/db``).
+        table: the table, taken literally (quoted), whatever characters it holds.
+        schema: its schema (default: the search path).
+        columns: the columns written (default: the keys of the first item).
+        mode: ``"copy"`` (COPY FROM STDIN), ``"insert"`` (executemany, pipelined) or
+            ``"upsert"`` (COPY into a temporary table, then INSERT … ON CONFLICT).
+        key: the conflict columns of ``"upsert"`` (required there).
+        pool_size: connections kept (one per job worker is enough).
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        table: str,
+        *,
+        schema: str | None = None,
+        columns: Sequence[str] | None = None,
+        mode: Mode | None = None,
+        key: str | Sequence[str] | None = None,
+        pool_size: int = 2,
+    ) -> None:
+        self.key = [key] if isinstance(key, str) else list(key or [])
+        mode = mode or ("upsert" if self.key else "copy")
+        if mode not in ("copy", "insert", "upsert"):
+            raise ConfigError(f"mode must be 'copy', 'insert' or 'upsert', got {mode!r}")
+        if mode == "upsert" and not self.key:
+            raise ConfigError("mode='upsert' needs key= (the conflict column(s))")
+        if not table:
+            raise ConfigError("table must be a non-empty name")
+        self.mode: Mode = mode
+        self.conninfo = conninfo
+        self.table = table
+        self.schema = schema
+        self.columns = list(columns) if columns is not None else None
+        self._target = sql.Identifier(schema, table) if schema else sql.Identifier(table)
+        self._pool = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=max(1, pool_size),
+            open=False,
+            check=ConnectionPool.check_connection,
+        )
+        self._opened = False
+        self._lock = threading.Lock()
+        self._random = random.Random().random
+
+    def __repr__(self) -> str:
+        return f"PostgresSink({self.table!r}, schema={self.schema!r}, mode={self.mode!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in ("_pool", "_lock", "_random", "_opened"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            state["conninfo"], state["table"], schema=state["schema"], columns=state["columns"],
+            mode=state["mode"], key=state["key"] or None,
+        )  # fmt: skip
+
+    def _ensure_open(self) -> None:
+        with self._lock:
+            if not self._opened:
+                self._pool.open(wait=True, timeout=30)
+                self._opened = True
+
+    def close(self) -> None:
+        """Close the pool."""
+        with self._lock:
+            if self._opened:
+                self._pool.close()
+                self._opened = False
+
+    # -- the Sink port --------------------------------------------------------------
+
+    def write(self, items: list[Any], context: object = None) -> list[Any] | None:
+        """Write ``items``; return ``None``, or one outcome per item after isolating bad rows.
+
+        Raises :class:`~freight.TransientError` when the server is unreachable (the job
+        retries); a bad row never fails the good ones.
+        """
+        if not items:
+            return None
+        self._ensure_open()
+        columns = self.columns or list(_mapping(items[0]))
+        rows = [_row(item, columns) for item in items]
+        try:
+            self._write_rows(columns, rows)
+        except psycopg.Error as exc:
+            mapped = classify(exc)
+            if isinstance(mapped, TransientError):
+                raise mapped from exc
+        else:
+            return None
+        # A bad row aborted the statement: find it (them) by bisection, keep the rest.
+        outcome, _ = run_plan(
+            rows,
+            lambda part: call_handler(lambda xs: self._write_rows(columns, xs), part),
+            _ISOLATE,
+            random=self._random,
+            sleep=lambda seconds: None,
+        )
+        return [classify(o) if isinstance(o, BaseException) else None for o in outcome.outcomes]
+
+    def _write_rows(self, columns: list[str], rows: list[Sequence[Any]]) -> None:
+        names = sql.SQL(", ").join(map(sql.Identifier, columns))
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            if self.mode == "insert":
+                marks = sql.SQL(", ").join(sql.Placeholder() * len(columns))
+                cur.executemany(
+                    sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(self._target, names, marks),
+                    rows,
+                )
+                return
+            target = self._target
+            if self.mode == "upsert":
+                target = sql.Identifier("freight_upsert")
+                cur.execute(
+                    sql.SQL(
+                        "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)"
+                        " ON COMMIT DELETE ROWS"
+                    ).format(target, self._target)
+                )
+            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(target, names)) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            if self.mode == "upsert":
+                cur.execute(self._upsert_sql(columns, names))
+
+    def _upsert_sql(self, columns: list[str], names: sql.Composable) -> sql.Composed:
+        keys = sql.SQL(", ").join(map(sql.Identifier, self.key))
+        updates = [c for c in columns if c not in self.key]
+        action = (
+            sql.SQL("DO UPDATE SET ")
+            + sql.SQL(", ").join(
+                sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+                for c in updates
+            )
+            if updates
+            else sql.SQL("DO NOTHING")
+        )
+        return sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
+            self._target, names, names, sql.Identifier("freight_upsert"), keys, action
+        )
+
+
+def _mapping(item: Any) -> Mapping[str, Any]:
+    if isinstance(item, Mapping):
+        return item
+    raise PermanentError(
+        f"PostgresSink needs mappings (or columns= for sequences), got {type(item).__name__}"
+    )
+
+
+def _row(item: Any, columns: list[str]) -> Sequence[Any]:
+    if isinstance(item, Mapping):
+        return [item.get(c) for c in columns]
+    return item  # type: ignore[no-any-return]
