@@ -18,10 +18,11 @@ import heapq
 import itertools
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from freight._core._clock import Clock, TimerHandle
 
-__all__ = ["Clock", "FakeClock"]
+__all__ = ["Clock", "FakeClock", "MemorySink"]
 
 _SETTLE_ROUNDS = 1000
 
@@ -146,6 +147,41 @@ class FakeClock:
             await _settle()
         self._now = max(self._now, target)
         await _settle()
+
+
+class MemorySink:
+    """In-memory twin of the table sinks (SQLite, PostgreSQL), for tests.
+
+    Rows are mappings. With ``key`` a row replaces the one with the same key (upsert);
+    ``required`` columns must not be ``None`` (like ``NOT NULL``): such a row fails
+    alone, with a ``ValueError``, and the others are kept, as the real sinks do.
+    """
+
+    def __init__(self, *, key: str | None = None, required: tuple[str, ...] = ()) -> None:
+        self.key = key
+        self.required = required
+        self.rows: list[dict[str, Any]] = []
+        self._index: dict[Any, int] = {}
+        self.writes = 0
+
+    def write(self, items: list[Any], context: object = None) -> list[Any] | None:
+        """Store ``items``; ``None`` if all were stored, else one outcome per item."""
+        self.writes += 1
+        outcomes: list[Any] = []
+        for item in items:
+            missing = [c for c in self.required if item.get(c) is None]
+            if missing:
+                outcomes.append(ValueError(f"null value in required column(s) {missing}"))
+                continue
+            row = dict(item)
+            if self.key is not None and row[self.key] in self._index:
+                self.rows[self._index[row[self.key]]] = row
+            else:
+                if self.key is not None:
+                    self._index[row[self.key]] = len(self.rows)
+                self.rows.append(row)
+            outcomes.append(None)
+        return outcomes if any(o is not None for o in outcomes) else None
 
 
 async def _settle() -> None:

@@ -10,14 +10,12 @@
 
 from __future__ import annotations
 
-import random
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from freight._core._retry import Retry
-from freight._drivers._sync import call_handler, run_plan
 from freight._errors import ConfigError, PermanentError, TransientError
+from freight.connectors._isolate import isolate
 
 try:
     import psycopg
@@ -31,9 +29,6 @@ except ImportError as exc:  # pragma: no cover - only without the extra
 __all__ = ["Mode", "PostgresSink", "classify"]
 
 Mode = Literal["copy", "insert", "upsert"]
-
-# One try per half: bisection isolates the rows; the job's own Retry handles outages.
-_ISOLATE = Retry(attempts=1, isolate=True)
 
 
 def classify(error: BaseException) -> BaseException:
@@ -100,14 +95,13 @@ class PostgresSink:
         )
         self._opened = False
         self._lock = threading.Lock()
-        self._random = random.Random().random
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.table!r}, schema={self.schema!r}, mode={self.mode!r})"
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_pool", "_lock", "_random", "_opened"):
+        for name in ("_pool", "_lock", "_opened"):
             del state[name]
         return state
 
@@ -152,14 +146,7 @@ class PostgresSink:
         else:
             return None
         # A bad row aborted the statement: find it (them) by bisection, keep the rest.
-        outcome, _ = run_plan(
-            rows,
-            lambda part: call_handler(lambda xs: self._write_rows(columns, xs), part),
-            _ISOLATE,
-            random=self._random,
-            sleep=lambda seconds: None,
-        )
-        return [classify(o) if isinstance(o, BaseException) else None for o in outcome.outcomes]
+        return isolate(rows, lambda part: self._write_rows(columns, part), classify)
 
     def _write_rows(self, columns: list[str], rows: list[Sequence[Any]]) -> None:
         names = sql.SQL(", ").join(map(sql.Identifier, columns))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from freight._errors import ConfigError
+from freight.connectors._isolate import isolate
 
 __all__ = ["SqliteSink", "quote_identifier", "sqlite_path"]
 
@@ -134,25 +135,36 @@ class SqliteSink:
             )
         return sql
 
-    def write(self, items: list[Mapping[str, Any]], context: object = None) -> None:
-        """Write ``items`` in one transaction; raising rolls the whole call back."""
+    def write(self, items: list[Mapping[str, Any]], context: object = None) -> list[Any] | None:
+        """Write ``items`` in one transaction; return ``None``, or one outcome per item.
+
+        When some rows fail (a constraint, an unknown field), the call is bisected: the
+        good rows are committed and each bad row gets its own error.
+        """
         if not items:
-            return
+            return None
         with self._lock:
             columns = self._ensure_table(items[0])
-            rows = []
-            for item in items:
-                unknown = set(item) - set(columns)
-                if unknown:
-                    raise ValueError(f"fields {sorted(unknown)} are not columns of {self.table!r}")
-                rows.append([item.get(c) for c in columns])
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(self._statement(columns), rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._write_items(columns, items)
+            except (sqlite3.IntegrityError, ValueError):
+                return isolate(items, lambda part: self._write_items(columns, part))
+            return None
+
+    def _write_items(self, columns: list[str], items: list[Mapping[str, Any]]) -> None:
+        rows = []
+        for item in items:
+            unknown = set(item) - set(columns)
+            if unknown:
+                raise ValueError(f"fields {sorted(unknown)} are not columns of {self.table!r}")
+            rows.append([item.get(c) for c in columns])
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(self._statement(columns), rows)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         """Close the connection."""
