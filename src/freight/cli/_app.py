@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -102,9 +104,23 @@ def _finish(report: JobReport, as_json: bool) -> None:
 @app.command()
 def load(
     file: Annotated[Path, typer.Argument(help="A .csv or .jsonl file.")],
-    into: Annotated[str, typer.Option("--into", help="sqlite:///PATH of the target database.")],
+    into: Annotated[
+        str,
+        typer.Option(
+            "--into", help="The target database: sqlite:///PATH or postgresql://USER@HOST:PORT/DB."
+        ),
+    ],
     table: Annotated[str, typer.Option("--table", help="Target table (taken literally).")],
     key: Annotated[str | None, typer.Option("--key", help="Upsert on this column.")] = None,
+    schema: Annotated[
+        str | None, typer.Option("--schema", help="PostgreSQL schema of the table.")
+    ] = None,
+    types: Annotated[
+        str | None,
+        typer.Option(
+            "--types", help="PostgreSQL column types, e.g. amount=numeric,seen=timestamptz."
+        ),
+    ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Job name (resume key).")] = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1)] = 10_000,
     fresh: Annotated[
@@ -113,12 +129,16 @@ def load(
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report alone.")] = False,
     store: StoreOption = str(DEFAULT_PATH),
 ) -> None:
-    """Load a CSV or JSONL file into a SQLite table, checkpointed and resumable.
+    """Load a CSV or JSONL file into a SQLite or PostgreSQL table, checkpointed and resumable.
+
+    The table is created if missing (for PostgreSQL with column types inferred from the
+    first rows, --types overriding); rows are upserted on --key. Running it again with
+    the same --name on the same file resumes.
 
     Example: freight load users.csv --into sqlite:///app.db --table users --key id
     """
     try:
-        job = _load_job(file, into, table, key, name, chunk_size, store)
+        job = _load_job(file, into, table, key, name, chunk_size, store, schema, types)
         report = _run_job(job, fresh)
     except FreightError as exc:
         _fail(str(exc))
@@ -127,12 +147,16 @@ def load(
 
 def _load_job(
     file: Path, into: str, table: str, key: str | None, name: str | None, chunk_size: int,
-    store: str,
+    store: str, schema: str | None = None, types: str | None = None,
 ) -> Job:  # fmt: skip
     """The job behind ``freight load`` (also rebuilt by ``resume`` and ``retry-failed``)."""
     if not file.is_file():
         _fail(f"no such file {str(file)!r}")
-    target = sqlite_path(into)
+    postgres = into.startswith(("postgresql://", "postgres://"))
+    if not postgres:
+        sqlite_path(into)  # a clear error for anything that is neither
+    if (schema or types) and not postgres:
+        _fail("--schema and --types apply to PostgreSQL targets (postgresql://…)")
     suffix = file.suffix.lower()
     source: CsvSource | JsonlSource
     if suffix == ".csv":
@@ -144,18 +168,68 @@ def _load_job(
         source = JsonlSource(file)
     else:
         _fail(f"cannot load {file.name}: give a .csv or .jsonl file")
+    if postgres:
+        sink, convert = _postgres_sink(source, into, table, schema, key, types)
+        source = (
+            CsvSource(file, convert=convert)
+            if suffix == ".csv"
+            else JsonlSource(file, convert=convert)
+        )
+    else:
+        sink = SqliteSink(sqlite_path(into), table, key=key)
     return Job(
         name or f"load {file.name} into {table}",
         source,
-        SqliteSink(target, table, key=key),
+        sink,
         chunk_size=chunk_size,
         retry=Retry(attempts=3, backoff=0.05),
         store=_open_store(store),
         metadata={
             "command": "load", "file": str(file.resolve()), "into": into, "table": table,
-            "key": key, "chunk_size": chunk_size,
+            "key": key, "chunk_size": chunk_size, "schema": schema, "types": types,
         },
     )  # fmt: skip
+
+
+def _postgres_sink(
+    source: CsvSource | JsonlSource, into: str, table: str, schema: str | None,
+    key: str | None, types: str | None,
+) -> tuple[Any, Callable[[Any], Any]]:  # fmt: skip
+    """Create the table if missing (types inferred, --types first); return the sink and
+    the converter that types every record (a value that does not fit dead-letters it)."""
+    try:
+        from freight.connectors import pgtypes  # noqa: PLC0415 (extra freight[postgres])
+        from freight.connectors.postgres import (  # noqa: PLC0415
+            PostgresSink,
+            create_table,
+            table_types,
+        )
+    except ImportError as exc:
+        _fail(f"{exc}")
+    overrides = pgtypes.parse_types(types)
+    try:
+        existing = table_types(into, table, schema)
+    except Exception as exc:  # psycopg errors: bad URL, server down, no such database
+        _fail(f"cannot reach {into}: {str(exc).splitlines()[0]}")
+    if existing is None:
+        sample = [r.item for r in itertools.islice(source.read(), 1000) if r.error is None]
+        columns = list(sample[0]) if sample and isinstance(sample[0], dict) else []
+        if not columns:
+            _fail("cannot infer the columns: the file has no readable record")
+    else:
+        columns = list(existing)
+    unknown = set(overrides) - set(columns)
+    if unknown:
+        _fail(f"--types names unknown column(s) {sorted(unknown)}")
+    if existing is None:
+        column_types = {**pgtypes.infer_types(columns, sample), **overrides}
+        create_table(into, table, column_types, schema=schema, key=[key] if key else [])
+    else:
+        column_types = {c: pgtypes.canonical(t) for c, t in existing.items()}
+    if key is not None and key not in column_types:
+        _fail(f"--key {key!r} is not a column of the table {table!r}")
+    sink = PostgresSink(into, table, schema=schema, key=key, columns=list(column_types))
+    return sink, pgtypes.converter(column_types)
 
 
 def _import_job(target: str) -> Job:
@@ -181,7 +255,7 @@ def _rebuild(record: JobRecord, store: str) -> Job:
     if meta.get("command") == "load":
         return _load_job(
             Path(meta["file"]), meta["into"], meta["table"], meta.get("key"), record.name,
-            int(meta["chunk_size"]), store,
+            int(meta["chunk_size"]), store, meta.get("schema"), meta.get("types"),
         )  # fmt: skip
     if meta.get("command") == "run":
         return _import_job(str(meta["target"]))

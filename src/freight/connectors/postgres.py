@@ -26,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - only without the extra
         "freight.connectors.postgres needs psycopg 3: pip install 'freight[postgres]'"
     ) from exc
 
-__all__ = ["Mode", "PostgresSink", "classify"]
+__all__ = ["Mode", "PostgresSink", "classify", "create_table", "table_types"]
 
 Mode = Literal["copy", "insert", "upsert"]
 
@@ -202,3 +202,51 @@ def _row(item: Any, columns: list[str]) -> Sequence[Any]:
     if isinstance(item, Mapping):
         return [item.get(c) for c in columns]
     return item  # type: ignore[no-any-return]
+
+
+def table_types(conninfo: str, table: str, schema: str | None = None) -> dict[str, str] | None:
+    """The columns of ``table`` and their types, or ``None`` when it does not exist."""
+    with psycopg.connect(conninfo) as conn:
+        rows = conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = %s AND table_schema = coalesce(%s, current_schema()) "
+            "ORDER BY ordinal_position",
+            (table, schema),
+        ).fetchall()
+    return dict(rows) or None
+
+
+def create_table(
+    conninfo: str,
+    table: str,
+    types: Mapping[str, str],
+    *,
+    schema: str | None = None,
+    key: Sequence[str] = (),
+) -> None:
+    """Create ``table`` (if missing) with these column types and ``key`` as primary key."""
+    target = sql.Identifier(schema, table) if schema else sql.Identifier(table)
+    columns = [
+        sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(_DDL_TYPES[kind]))
+        for name, kind in types.items()
+    ]
+    if key:
+        columns.append(
+            sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key)))
+        )
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+                target, sql.SQL(", ").join(columns)
+            )
+        )
+
+
+# The DDL of the types freight.connectors.pgtypes knows (a fixed allow-list, never user text).
+_DDL_TYPES = {
+    "bigint": "bigint",
+    "numeric": "numeric",
+    "boolean": "boolean",
+    "timestamptz": "timestamptz",
+    "text": "text",
+}

@@ -1,0 +1,156 @@
+"""Column types for loading text files into PostgreSQL: inference, DDL, typed conversion.
+
+``freight load FILE --into postgresql://…`` infers each column's type from the first
+rows (bigint, numeric, boolean, timestamptz, text; ``--types`` overrides), creates the
+table if missing, and converts every record to those types before it is written. A value
+that does not fit its column's type makes that record a validation dead letter (with
+its line number): it is never loaded as text and never aborts the load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from freight._errors import ConfigError
+
+__all__ = ["TYPES", "converter", "infer_types", "parse_types"]
+
+_BIGINT = (-(2**63), 2**63 - 1)
+_TRUE = {"true", "t", "yes", "y"}
+_FALSE = {"false", "f", "no", "n"}
+
+
+def _bigint(text: str) -> int:
+    value = int(text)
+    if not _BIGINT[0] <= value <= _BIGINT[1]:
+        raise ValueError(f"{text} is out of range for bigint")
+    return value
+
+
+def _numeric(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not value.is_finite():
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false)")
+
+
+def _timestamptz(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone (timestamptz needs one, e.g. +00:00)")
+    return value
+
+
+TYPES: dict[str, Callable[[str], Any]] = {
+    "bigint": _bigint,
+    "numeric": _numeric,
+    "boolean": _boolean,
+    "timestamptz": _timestamptz,
+    "text": str,
+}
+"""The column types a load may create, most specific first, with their parsers."""
+
+_ALIASES = {
+    "int8": "bigint",
+    "integer": "bigint",
+    "int": "bigint",
+    "decimal": "numeric",
+    "bool": "boolean",
+    "timestamp with time zone": "timestamptz",
+    "character varying": "text",
+    "varchar": "text",
+}
+
+
+def canonical(type_name: str) -> str:
+    """``type_name`` as one of :data:`TYPES`, or raise :class:`ConfigError`."""
+    name = _ALIASES.get(type_name.strip().lower(), type_name.strip().lower())
+    if name not in TYPES:
+        raise ConfigError(f"unsupported column type {type_name!r}; use one of {', '.join(TYPES)}")
+    return name
+
+
+def parse_types(spec: str | None) -> dict[str, str]:
+    """``"amount=numeric,seen=timestamptz"`` → ``{"amount": "numeric", ...}``."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in (spec or "").split(","))):
+        column, sep, type_name = part.partition("=")
+        if not sep or not column:
+            raise ConfigError(f"--types expects COLUMN=TYPE[,COLUMN=TYPE…], got {part!r}")
+        out[column.strip()] = canonical(type_name)
+    return out
+
+
+def _text(value: Any) -> str:
+    """A JSON value as the text a CSV would hold (for JSONL loads)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def infer_types(
+    columns: Sequence[str], rows: Iterable[Mapping[str, Any]], *, tolerance: float = 0.01
+) -> dict[str, str]:
+    """The most specific type of :data:`TYPES` that the column's non-empty values fit.
+
+    Up to ``tolerance`` of the sampled values may not fit (a few malformed rows must
+    not turn a numeric column into text): those rows are dead-lettered when loaded.
+    """
+    fits = {c: dict.fromkeys(TYPES, 0) for c in columns}
+    filled = dict.fromkeys(columns, 0)
+    for row in rows:
+        for column in columns:
+            value = _text(row.get(column))
+            if value == "":
+                continue
+            filled[column] += 1
+            for name, parse in TYPES.items():
+                try:
+                    parse(value)
+                except ValueError:
+                    continue
+                fits[column][name] += 1
+    out = {}
+    for column in columns:
+        needed = filled[column] * (1 - tolerance)
+        out[column] = next(
+            (name for name in TYPES if filled[column] and fits[column][name] >= needed), "text"
+        )
+    return out
+
+
+def converter(types: Mapping[str, str]) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """A record converter: empty → ``None``, else the column type's parser (or a ValueError)."""
+    parsers = {column: TYPES[canonical(t)] for column, t in types.items()}
+
+    def convert(row: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for column, parse in parsers.items():
+            value = _text(row.get(column))
+            if value == "":
+                out[column] = None
+                continue
+            try:
+                out[column] = parse(value)
+            except ValueError as exc:
+                raise ValueError(f"column {column!r}: {exc}") from None
+        return out
+
+    return convert
