@@ -121,3 +121,13 @@ def test_raising_handler_without_policy_fails_every_item() -> None:
     with pytest.raises(StopIteration) as stop:
         plan.send(Reply(error=error))
     assert stop.value.value.outcomes == [error, error]
+
+
+def test_records_know_their_position_and_name() -> None:
+    from freight._core._source import Record, RecordError, SourceSize
+
+    record = Record(120, 7, {"a": 1})
+    assert (record.position, record.id, record.error, record.raw) == ((120, 7), "line 7", None, "")
+    assert Record(3, 3, "x", None, "", "item").id == "item 3"
+    assert isinstance(RecordError("bad"), ValueError)
+    assert SourceSize() == SourceSize(items=None, bytes=None)

@@ -20,10 +20,10 @@ import io
 import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
+from freight._core._source import Position, Record, RecordError, SourceSize
 from freight._errors import ConfigError
 
 __all__ = [
@@ -33,58 +33,14 @@ __all__ = [
     "ParquetSource",
     "Position",
     "Record",
+    "RecordError",
     "Source",
     "SourceSize",
     "as_source",
 ]
 
-Position = tuple[int, int]
-"""``(offset, ordinal)``: where reading restarts, and the record number there."""
-
 _EXCERPT = 200  # characters of a bad record kept for its dead letter
 _HASH_SPAN = 1 << 20  # bytes hashed at each end of a file for its fingerprint
-
-
-class Record(NamedTuple):
-    """One record of a source (a tuple: cheap to make a million of).
-
-    Attributes:
-        offset: where reading can restart at this record.
-        ordinal: the record's number there (its line number in a file).
-        item: the converted value (``None`` when ``error`` is set).
-        error: why the record could not be read or converted, if it could not.
-        raw: an excerpt of the record as read, for dead letters.
-        unit: what ``ordinal`` counts (``"line"``, ``"item"``).
-    """
-
-    offset: int
-    ordinal: int
-    item: Any
-    error: Exception | None = None
-    raw: str = ""
-    unit: str = "line"
-
-    @property
-    def position(self) -> Position:
-        """``(offset, ordinal)``: where a resumed read starts to get this record again."""
-        return (self.offset, self.ordinal)
-
-    @property
-    def id(self) -> str:
-        """How a person finds the record again (``"line 12"``, ``"item 5"``)."""
-        return f"{self.unit} {self.ordinal}"
-
-
-@dataclass(frozen=True, slots=True)
-class SourceSize:
-    """How big a source is, when that is cheap to know: items, bytes, or neither."""
-
-    items: int | None = None
-    bytes: int | None = None
-
-
-class RecordError(ValueError):
-    """A record that could not be read or converted (a dead letter of category validation)."""
 
 
 @runtime_checkable
