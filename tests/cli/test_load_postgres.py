@@ -113,7 +113,7 @@ def test_sigkill_at_10_random_points_then_resume_loads_every_valid_row_once(
     schema: str, tmp_path: Path
 ) -> None:
     make_schema(schema)
-    rows, kills = 300_000, 10
+    rows, kills = 500_000, 10
     bad = {1_000: "1000,x,true,2026-03-01T08:00:00+00:00,n", 250_000: "250000,1"}
     data = tmp_path / "p.csv"
     write_csv(data, rows, bad)
@@ -126,7 +126,7 @@ def test_sigkill_at_10_random_points_then_resume_loads_every_valid_row_once(
         if killed == kills:
             break
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.4, 0.9))  # a random kill point, not a timeout under test
+        time.sleep(rng.uniform(0.35, 0.7))  # a random kill point, not a timeout under test
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             killed += 1
