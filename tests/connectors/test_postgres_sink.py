@@ -135,3 +135,21 @@ def test_configuration_and_error_mapping() -> None:
     assert isinstance(lost.__cause__, psycopg.OperationalError)
     data = psycopg.errors.NotNullViolation("null")
     assert classify(data) is data
+
+
+def test_csv_format_copies_text_as_it_is(schema: str) -> None:
+    create(schema, "t", "id bigint PRIMARY KEY, note text")
+    sink = PostgresSink(POSTGRES_URL, "t", schema=schema, columns=["id", "note"], format="csv")
+    outcomes = sink.write(['1,"a, b"\n', "x,bad id\n", '2,"multi\nline"\n'])
+    sink.close()
+    assert outcomes is not None
+    assert [type(o).__name__ for o in outcomes] == [
+        "NoneType",
+        "InvalidTextRepresentation",
+        "NoneType",
+    ]
+    assert rows(schema, "t") == [(1, "a, b"), (2, "multi\nline")]
+    with pytest.raises(ConfigError, match="format='csv' needs columns="):
+        PostgresSink(POSTGRES_URL, "t", format="csv")
+    with pytest.raises(ConfigError, match="format must be"):
+        PostgresSink(POSTGRES_URL, "t", format="xml")  # type: ignore[arg-type]

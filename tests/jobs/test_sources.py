@@ -239,3 +239,18 @@ def test_parquet_source_errors(tmp_path: Path) -> None:
     bad = list(ParquetSource(path, convert=lambda row: 1 / (row["id"] - 1)).read())
     assert isinstance(bad[1].error, RecordError)
     assert "ZeroDivisionError" in str(bad[1].error)
+
+
+def test_raw_csv_records_are_their_exact_text(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_bytes(b'id,note\n1,"two\nlines"\n2,x,extra\n\n3,last')
+    source = CsvSource(path, raw=True)
+    records = list(source.read())
+    assert [(r.id, r.item) for r in records if r.error is None and not is_blank(r)] == [
+        ("line 2", '1,"two\nlines"\n'),
+        ("line 6", "3,last\n"),
+    ]
+    assert "expected 2 columns" in str(records[1].error)
+    assert [r.item for r in source.read(records[3].position)] == ["3,last\n"]
+    with pytest.raises(ConfigError, match="raw=True"):
+        CsvSource(path, raw=True, convert=int)

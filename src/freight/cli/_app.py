@@ -169,12 +169,10 @@ def _load_job(
     else:
         _fail(f"cannot load {file.name}: give a .csv or .jsonl file")
     if postgres:
-        sink, convert = _postgres_sink(source, into, table, schema, key, types)
-        source = (
-            CsvSource(file, convert=convert)
-            if suffix == ".csv"
-            else JsonlSource(file, convert=convert)
-        )
+        csv_text = suffix == ".csv"
+        sink, convert = _postgres_sink(source, into, table, schema, key, types, csv_text)
+        # CSV goes to COPY as it is (the server types it); JSONL is typed here.
+        source = CsvSource(file, raw=True) if csv_text else JsonlSource(file, convert=convert)
     else:
         sink = SqliteSink(sqlite_path(into), table, key=key)
     return Job(
@@ -193,7 +191,7 @@ def _load_job(
 
 def _postgres_sink(
     source: CsvSource | JsonlSource, into: str, table: str, schema: str | None,
-    key: str | None, types: str | None,
+    key: str | None, types: str | None, csv_text: bool,
 ) -> tuple[Any, Callable[[Any], Any]]:  # fmt: skip
     """Create the table if missing (types inferred, --types first); return the sink and
     the converter that types every record (a value that does not fit dead-letters it)."""
@@ -228,7 +226,12 @@ def _postgres_sink(
         column_types = {c: pgtypes.canonical(t) for c, t in existing.items()}
     if key is not None and key not in column_types:
         _fail(f"--key {key!r} is not a column of the table {table!r}")
-    sink = PostgresSink(into, table, schema=schema, key=key, columns=list(column_types))
+    if csv_text and list(column_types) != list(source.columns() or []):  # type: ignore[union-attr]
+        _fail(f"the columns of {table!r} are not the file's, in its order: {list(column_types)}")
+    sink = PostgresSink(
+        into, table, schema=schema, key=key, columns=list(column_types),
+        format="csv" if csv_text else "rows",
+    )  # fmt: skip
     return sink, pgtypes.converter(column_types)
 
 

@@ -61,6 +61,9 @@ class PostgresSink:
             ``"upsert"`` (COPY into a temporary table, then INSERT … ON CONFLICT).
         key: the conflict columns of ``"upsert"`` (required there).
         pool_size: connections kept (one per job worker is enough).
+        format: ``"rows"`` (mappings or sequences) or ``"csv"``: items are CSV record
+            texts (``CsvSource(raw=True)``), copied as they are and parsed by the
+            server, which is the fast path for loading files (not with ``"insert"``).
     """
 
     def __init__(
@@ -73,13 +76,19 @@ class PostgresSink:
         mode: Mode | None = None,
         key: str | Sequence[str] | None = None,
         pool_size: int = 2,
+        format: Literal["rows", "csv"] = "rows",
     ) -> None:
         self.key = [key] if isinstance(key, str) else list(key or [])
+        if format not in ("rows", "csv"):
+            raise ConfigError(f"format must be 'rows' or 'csv', got {format!r}")
+        self.format = format
         mode = mode or ("upsert" if self.key else "copy")
         if mode not in ("copy", "insert", "upsert"):
             raise ConfigError(f"mode must be 'copy', 'insert' or 'upsert', got {mode!r}")
         if mode == "upsert" and not self.key:
             raise ConfigError("mode='upsert' needs key= (the conflict column(s))")
+        if format == "csv" and (mode == "insert" or columns is None):
+            raise ConfigError("format='csv' needs columns= and mode 'copy' or 'upsert'")
         if not table:
             raise ConfigError("table must be a non-empty name")
         self.mode: Mode = mode
@@ -110,7 +119,7 @@ class PostgresSink:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(  # type: ignore[misc]
             state["conninfo"], state["table"], schema=state["schema"], columns=state["columns"],
-            mode=state["mode"], key=state["key"] or None,
+            mode=state["mode"], key=state["key"] or None, format=state["format"],
         )  # fmt: skip
 
     def _ensure_open(self) -> None:
@@ -138,7 +147,7 @@ class PostgresSink:
             return None
         self._ensure_open()
         columns = self.columns or list(_mapping(items[0]))
-        rows = [_row(item, columns) for item in items]
+        rows = items if self.format == "csv" else [_row(item, columns) for item in items]
         try:
             self._write_rows(columns, rows)
         except psycopg.Error as exc:
@@ -169,9 +178,14 @@ class PostgresSink:
                         " ON COMMIT DELETE ROWS"
                     ).format(target, self._target)
                 )
-            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(target, names)) as copy:
-                for row in rows:
-                    copy.write_row(row)
+            if self.format == "csv":
+                statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)")
+                with cur.copy(statement.format(target, names)) as copy:
+                    copy.write("".join(rows))  # type: ignore[arg-type]
+            else:
+                with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(target, names)) as copy:
+                    for row in rows:
+                        copy.write_row(row)
             if self.mode == "upsert":
                 cur.execute(self._upsert_sql(columns, names))
 

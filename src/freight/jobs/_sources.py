@@ -149,12 +149,16 @@ class IterableSource:
 class _LineReader:
     """Physical lines of a binary file with the offset and number of each."""
 
-    def __init__(self, f: io.BufferedReader, offset: int, line: int, encoding: str) -> None:
+    def __init__(
+        self, f: io.BufferedReader, offset: int, line: int, encoding: str, *, keep: bool = False
+    ) -> None:
         self._f = f
         self.offset = offset
         self.line = line
         self._encoding = encoding
+        self._keep = keep
         self.started: list[tuple[int, int]] = []  # lines consumed by the current record
+        self.texts: list[str] = []  # their text, when keeping it (raw=True)
         self.bad: list[str] = []
 
     def __iter__(self) -> Iterator[str]:
@@ -170,6 +174,8 @@ class _LineReader:
                 text = raw.decode(self._encoding, errors="replace")
             self.offset += len(raw)
             self.line += 1
+            if self._keep:
+                self.texts.append(text)
             yield text
 
     def take(self) -> tuple[Position, list[str]]:
@@ -178,6 +184,12 @@ class _LineReader:
         bad = self.bad
         self.started, self.bad = [], []
         return start, bad
+
+    def take_text(self) -> str:
+        """The exact text of the record just read (``raw=True``), newline-terminated."""
+        text = "".join(self.texts)
+        self.texts = []
+        return text if text.endswith("\n") else text + "\n"
 
 
 class CsvSource:
@@ -191,6 +203,8 @@ class CsvSource:
         convert: ``dict[str, str] -> item`` or a pydantic model class; a failing
             conversion makes that record a validation error, not a crash.
         blank_lines: ``"skip"`` (counted as skipped) or ``"error"``.
+        raw: items are each record's exact CSV text (checked for its column count,
+            not converted), for sinks that hand CSV to a database as it is (COPY).
     """
 
     def __init__(
@@ -203,8 +217,12 @@ class CsvSource:
         encoding: str = "utf-8",
         convert: Any = None,
         blank_lines: Literal["skip", "error"] = "skip",
+        raw: bool = False,
     ) -> None:
         self.path = _existing_file(path, "CsvSource")
+        if raw and convert is not None:
+            raise ConfigError("CsvSource: raw=True hands records over as text; drop convert=")
+        self.raw = raw
         if len(delimiter) != 1 or len(quotechar) != 1:
             raise ConfigError(
                 f"CsvSource delimiter and quotechar must be one character each, got "
@@ -252,13 +270,14 @@ class CsvSource:
         names = self.columns()
         with self.path.open("rb") as f:
             if start is None:
-                lines = _LineReader(f, 0, 1, self.encoding)
+                lines = _LineReader(f, 0, 1, self.encoding, keep=self.raw)
                 if self._header_in_file:
                     next(self._reader(lines), None)
                     lines.take()
+                    lines.texts = []
             else:
                 f.seek(start[0])
-                lines = _LineReader(f, start[0], start[1], self.encoding)
+                lines = _LineReader(f, start[0], start[1], self.encoding, keep=self.raw)
             yield from self._records(lines, names)
 
     def _records(self, lines: _LineReader, names: list[str] | None) -> Iterator[Record]:
@@ -270,11 +289,17 @@ class CsvSource:
                 return
             except csv.Error as exc:
                 position, _ = lines.take()
+                lines.texts = []
                 yield _bad(position, f"malformed CSV: {exc}")
                 reader = self._reader(lines)  # a csv.reader is done after an error
                 continue
             position, bad = lines.take()
-            yield self._record(position, row, names, bad)
+            record = self._record(position, row, names, bad)
+            if self.raw:
+                text = lines.take_text()
+                if record.error is None and record.item is not _BLANK:
+                    record = record._replace(item=text)
+            yield record
 
     def _record(
         self, position: Position, row: list[str], names: list[str] | None, bad: list[str]
