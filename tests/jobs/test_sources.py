@@ -254,3 +254,19 @@ def test_raw_csv_records_are_their_exact_text(tmp_path: Path) -> None:
     assert [r.item for r in source.read(records[3].position)] == ["3,last\n"]
     with pytest.raises(ConfigError, match="raw=True"):
         CsvSource(path, raw=True, convert=int)
+
+
+def test_raw_mode_reports_every_malformed_record(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    with path.open("wb") as f:
+        f.write(b"id,amount\n1,10\n2,10,extra\n4,\xff\xfe\n\n")
+        f.write(b'5,"' + b"x" * (200 * 1024) + b'"\n6,"a ""quoted"" one"\n7,"30')
+    records = list(CsvSource(path, raw=True, blank_lines="error").read())
+    by_line = {r.id: r for r in records}
+    assert by_line["line 2"].item == "1,10\n"
+    assert "expected 2 columns, got 3" in str(by_line["line 3"].error)
+    assert "invalid utf-8 bytes at line 4" in str(by_line["line 4"].error)
+    assert str(by_line["line 5"].error) == "blank line"
+    assert "field larger than field limit" in str(by_line["line 6"].error)
+    assert by_line["line 7"].item == '6,"a ""quoted"" one"\n'
+    assert "malformed CSV" in str(by_line["line 8"].error)

@@ -149,16 +149,12 @@ class IterableSource:
 class _LineReader:
     """Physical lines of a binary file with the offset and number of each."""
 
-    def __init__(
-        self, f: io.BufferedReader, offset: int, line: int, encoding: str, *, keep: bool = False
-    ) -> None:
+    def __init__(self, f: io.BufferedReader, offset: int, line: int, encoding: str) -> None:
         self._f = f
         self.offset = offset
         self.line = line
         self._encoding = encoding
-        self._keep = keep
         self.started: list[tuple[int, int]] = []  # lines consumed by the current record
-        self.texts: list[str] = []  # their text, when keeping it (raw=True)
         self.bad: list[str] = []
 
     def __iter__(self) -> Iterator[str]:
@@ -174,8 +170,6 @@ class _LineReader:
                 text = raw.decode(self._encoding, errors="replace")
             self.offset += len(raw)
             self.line += 1
-            if self._keep:
-                self.texts.append(text)
             yield text
 
     def take(self) -> tuple[Position, list[str]]:
@@ -184,12 +178,6 @@ class _LineReader:
         bad = self.bad
         self.started, self.bad = [], []
         return start, bad
-
-    def take_text(self) -> str:
-        """The exact text of the record just read (``raw=True``), newline-terminated."""
-        text = "".join(self.texts)
-        self.texts = []
-        return text if text.endswith("\n") else text + "\n"
 
 
 class CsvSource:
@@ -270,15 +258,66 @@ class CsvSource:
         names = self.columns()
         with self.path.open("rb") as f:
             if start is None:
-                lines = _LineReader(f, 0, 1, self.encoding, keep=self.raw)
+                lines = _LineReader(f, 0, 1, self.encoding)
                 if self._header_in_file:
                     next(self._reader(lines), None)
                     lines.take()
-                    lines.texts = []
             else:
                 f.seek(start[0])
-                lines = _LineReader(f, start[0], start[1], self.encoding, keep=self.raw)
-            yield from self._records(lines, names)
+                lines = _LineReader(f, start[0], start[1], self.encoding)
+            if self.raw:
+                yield from self._raw_records(f, lines.offset, lines.line, names)
+            else:
+                yield from self._records(lines, names)
+
+    def _raw_records(
+        self, f: io.BufferedReader, offset: int, line: int, names: list[str] | None
+    ) -> Iterator[Record]:
+        """``raw=True``: lines without a quote are records as they are (no csv parsing:
+        the fast path of COPY loads); a line with quotes may open a multi-line field, so
+        lines are joined until the quotes balance, then parsed to count the columns."""
+        quote, delimiter = self.quotechar.encode(), self.delimiter.encode()
+        expected = len(names) if names is not None else None
+        encoding = self.encoding
+        readline = f.readline
+        while raw := readline():
+            start, lines = (offset, line), 1
+            offset += len(raw)
+            if quote in raw:
+                while raw.count(quote) % 2 and (more := readline()):
+                    raw += more
+                    offset += len(more)
+                    lines += 1
+            line += lines
+            try:
+                text = raw.decode(encoding)
+            except UnicodeDecodeError as exc:
+                yield _bad(start, f"invalid {encoding} bytes at line {start[1]}: {exc.reason}")
+                continue
+            if not text.strip():
+                if self.blank_lines == "skip":
+                    yield Record(*start, _BLANK, None, "")
+                else:
+                    yield _bad(start, "blank line")
+                continue
+            if quote in raw:
+                parsed = csv.reader(
+                    [text], delimiter=self.delimiter, quotechar=self.quotechar, strict=True
+                )
+                try:
+                    columns = len(next(parsed))
+                except (csv.Error, StopIteration) as exc:
+                    yield Record(
+                        *start, None, RecordError(f"malformed CSV: {exc}"), text[:_EXCERPT]
+                    )
+                    continue
+            else:
+                columns = raw.count(delimiter) + 1
+            if expected is not None and columns != expected:
+                error = RecordError(f"expected {expected} columns, got {columns}")
+                yield Record(*start, None, error, text[:_EXCERPT])
+                continue
+            yield Record(*start, text if text.endswith("\n") else text + "\n", None, "")
 
     def _records(self, lines: _LineReader, names: list[str] | None) -> Iterator[Record]:
         reader = self._reader(lines)
@@ -289,17 +328,11 @@ class CsvSource:
                 return
             except csv.Error as exc:
                 position, _ = lines.take()
-                lines.texts = []
                 yield _bad(position, f"malformed CSV: {exc}")
                 reader = self._reader(lines)  # a csv.reader is done after an error
                 continue
             position, bad = lines.take()
-            record = self._record(position, row, names, bad)
-            if self.raw:
-                text = lines.take_text()
-                if record.error is None and record.item is not _BLANK:
-                    record = record._replace(item=text)
-            yield record
+            yield self._record(position, row, names, bad)
 
     def _record(
         self, position: Position, row: list[str], names: list[str] | None, bad: list[str]
