@@ -12,14 +12,37 @@ import pytest
 from freight.store import ChunkCheckpoint, DeadLetter, SqliteStore, Store, StoreError
 from freight.store._migrations import MIGRATIONS
 from freight.store._records import utcnow
+from tests.services import POSTGRES_URL, require
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=["file", "memory", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "postgres":
+        yield from postgres_store()
+        return
     path = tmp_path / "nested" / "freight.db" if request.param == "file" else ":memory:"
     s = SqliteStore(path)
     yield s
     s.close()
+
+
+def postgres_store() -> Iterator[Store]:
+    require("127.0.0.1", 5432, "PostgreSQL")
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    from freight.store._postgres import PostgresStore
+
+    schema = f"freight_store_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    s = PostgresStore(f"{POSTGRES_URL}?options=-csearch_path%3D{schema}")
+    yield s
+    s.close()
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
 def new_job(store: Store, name: str = "import") -> str:
@@ -190,3 +213,35 @@ def test_two_connections_see_each_other(tmp_path: Path) -> None:
     assert a.get_job(job_id).control == "cancel"  # type: ignore[union-attr]
     a.close()
     b.close()
+
+
+def test_a_job_runs_and_resumes_on_a_postgres_store() -> None:
+    stores = postgres_store()
+    store = next(stores)
+    try:
+        run_and_resume(store)
+    finally:
+        next(stores, None)  # drop the schema
+
+
+def run_and_resume(store: Store) -> None:
+    from freight import Job
+
+    seen: list[int] = []
+
+    class Crash(BaseException):
+        pass
+
+    def sink(batch: list[int]) -> None:
+        if 50 in batch and -1 not in seen:
+            seen.append(-1)
+            raise Crash
+        seen.extend(batch)
+
+    job = Job("pg-store", list(range(100)), sink, chunk_size=10, store=store)
+    with pytest.raises(Crash):
+        job.run()
+    report = job.run()
+    assert report.status == "completed"
+    assert sorted(i for i in seen if i >= 0) == list(range(100))
+    assert store.chunks(report.job_id)[-1].status == "done"

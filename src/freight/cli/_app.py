@@ -18,7 +18,7 @@ from freight._errors import FreightError
 from freight.connectors.sqlite import SqliteSink, sqlite_path
 from freight.jobs import CsvSource, Job, JobReport, JsonlSource, ProgressPrinter
 from freight.jobs._report import load_report
-from freight.store import DEFAULT_PATH, JobRecord, SqliteStore
+from freight.store import DEFAULT_PATH, JobRecord, Store, open_store
 from freight.store._records import utcnow
 
 __all__ = ["app", "main"]
@@ -36,7 +36,7 @@ StoreOption = Annotated[
     typer.Option(
         "--store",
         envvar="FREIGHT_STORE",
-        help="Where runs are kept: a path or sqlite:///PATH.",
+        help="Where runs are kept: a path, sqlite:///PATH or postgresql://….",
     ),
 ]
 JobArgument = Annotated[str, typer.Argument(help="A run id, or a job name (its latest run).")]
@@ -47,17 +47,17 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _open_store(url: str) -> SqliteStore:
+def _open_store(url: str) -> Store:
     try:
-        return SqliteStore.from_url(url)
-    except FreightError as exc:
+        return open_store(url)
+    except (FreightError, ImportError) as exc:
         _fail(str(exc))
 
 
-def _find(store: SqliteStore, job: str) -> JobRecord:
+def _find(store: Store, job: str) -> JobRecord:
     record = store.get_job(job) or store.latest_job(job)
     if record is None:
-        _fail(f"no run with id or job name {job!r} in {store.path}; see `freight list`")
+        _fail(f"no run with id or job name {job!r} in {store!r}; see `freight list`")
     return record
 
 

@@ -37,7 +37,7 @@ from freight.jobs._report import JobReport, load_report
 from freight.jobs._run import DONE, Run
 from freight.jobs._sink import as_sink
 from freight.jobs._sources import as_source
-from freight.store import JobRecord, SqliteStore, Store
+from freight.store import JobRecord, SqliteStore, Store, open_store
 from freight.store._records import utcnow
 
 __all__ = ["Job", "JobAlreadyRunning", "JobStopped"]
@@ -300,7 +300,7 @@ def _check_picklable(*, rate_limit: Any, **parts: Any) -> None:
 
 def _open_store(store: Store | str | Path | None) -> Store | None:
     if store is None or isinstance(store, str | Path):
-        return None if store is None else SqliteStore.from_url(str(store))
+        return None if store is None else open_store(str(store))
     if not isinstance(store, Store):
         raise ConfigError(
             f"store must be a freight Store, a path or a sqlite:/// URL, got {store!r}"

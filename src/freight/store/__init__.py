@@ -16,6 +16,17 @@ from freight.store._records import (
 )
 from freight.store._sqlite import DEFAULT_PATH, SqliteStore, StoreError
 
+
+def open_store(url: str) -> Store:
+    """A store from a URL: ``postgresql://…`` (extra ``freight[postgres]``),
+    ``sqlite:///path`` or a plain path."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from freight.store._postgres import PostgresStore  # noqa: PLC0415 (optional extra)
+
+        return PostgresStore(url)
+    return SqliteStore.from_url(url)
+
+
 __all__ = [
     "DEFAULT_PATH",
     "ChunkCheckpoint",
@@ -28,6 +39,7 @@ __all__ = [
     "SqliteStore",
     "Store",
     "StoreError",
+    "open_store",
 ]
 
 _: type[Store] = SqliteStore  # SqliteStore implements the Store port

@@ -8,7 +8,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,9 @@ _JOB_FIELDS = frozenset(
 )  # fmt: skip
 
 
+_LAST_CREATED = [datetime.min.replace(tzinfo=UTC)]
+
+
 class StoreError(ConfigError):
     """The store cannot be opened or is newer than this freight knows."""
 
@@ -52,10 +55,14 @@ def _dt(value: str | None) -> datetime | None:
 class SqliteStore:
     """The store in one SQLite file, safe for threads and for several processes.
 
+    (SQLite serialises writers itself; :class:`PostgresStore` reuses this logic.)
+
     Args:
         path: the database file (its folder is created), or ``":memory:"``.
         busy_timeout: seconds a writer waits for another process's transaction.
     """
+
+    _LOCK_ROW = ""  # how a claim locks the run's row (PostgreSQL: FOR UPDATE)
 
     def __init__(self, path: str | Path = DEFAULT_PATH, *, busy_timeout: float = 30.0) -> None:
         self.path = path if path == ":memory:" else Path(path)
@@ -151,11 +158,14 @@ class SqliteStore:
     ) -> JobRecord:
         job_id = uuid.uuid4().hex
         with self._write() as db:
+            # Strictly increasing creation times within a process, so "latest" is exact.
+            created = max(utcnow(), _LAST_CREATED[0] + timedelta(microseconds=1))
+            _LAST_CREATED[0] = created
             db.execute(
                 "INSERT INTO jobs (id, name, job_type, fingerprint, status, config, total_items,"
                 " total_bytes, created_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
                 (job_id, name, job_type, fingerprint, json.dumps(config), total_items,
-                 total_bytes, _ts(utcnow())),
+                 total_bytes, _ts(created)),
             )  # fmt: skip
         job = self.get_job(job_id)
         assert job is not None
@@ -167,15 +177,13 @@ class SqliteStore:
 
     def latest_job(self, name: str) -> JobRecord | None:
         rows = self._read(
-            "SELECT * FROM jobs WHERE name = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            "SELECT * FROM jobs WHERE name = ? ORDER BY created_at DESC LIMIT 1",
             (name,),
         )
         return _job(rows[0]) if rows else None
 
     def list_jobs(self, limit: int = 50) -> list[JobRecord]:
-        rows = self._read(
-            "SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)
-        )
+        rows = self._read("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
         return [_job(row) for row in rows]
 
     def update_job(self, job_id: str, **fields: Any) -> JobRecord:
@@ -202,10 +210,10 @@ class SqliteStore:
     def claim(
         self, job_id: str, *, host: str, pid: int, now: datetime, stale_before: datetime
     ) -> JobRecord | None:
+        # _LOCK_ROW is a class constant ("" or " FOR UPDATE"), never user text.
+        query = "SELECT owner_host, owner_pid, heartbeat_at FROM jobs WHERE id = ?" + self._LOCK_ROW  # noqa: S608
         with self._write() as db:
-            row = db.execute(
-                "SELECT owner_host, owner_pid, heartbeat_at FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
+            row = db.execute(query, (job_id,)).fetchone()
             if row is None:
                 raise KeyError(f"no job with id {job_id!r}")
             heartbeat = _dt(row["heartbeat_at"])
