@@ -484,9 +484,15 @@ async def test_timeout_zero_batches_one_loop_iteration() -> None:
     assert handler.calls == [[0, 1, 2, 3, 4]]
 
 
-def test_max_pending_below_size_without_timeout_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"max_pending \(3\) is below BatchSpec.size \(10\)"):
-        Batcher(Recorder(), BatchSpec(size=10), max_pending=3)
+async def test_max_pending_below_size_flushes_on_demand() -> None:
+    # No timeout and max_pending < size: batches leave only by flush() or close().
+    b = Batcher(Recorder(), BatchSpec(size=10), max_pending=3, overflow="reject")
+    futures = [b.submit_nowait(i) for i in range(3)]
+    with pytest.raises(QueueFull):
+        b.submit_nowait(3)
+    await b.flush()
+    assert [f.result() for f in futures] == [0, 2, 4]
+    await b.close()
 
 
 async def test_close_without_drain_cancels_running_batches() -> None:

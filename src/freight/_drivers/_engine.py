@@ -86,12 +86,6 @@ class EngineBase(Generic[T, R]):
         self._dispatch: DispatchQueue[T] = DispatchQueue(max_concurrent_batches, ordered=ordered)
         self.max_concurrent_batches = max_concurrent_batches
         self.max_pending = to_positive_int(max_pending, "max_pending")
-        if spec.timeout is None and self.max_pending < spec.size:
-            raise ConfigError(
-                f"max_pending ({self.max_pending}) is below BatchSpec.size ({spec.size}) and "
-                "there is no timeout: a batch could never fill and callers would wait forever; "
-                "raise max_pending or set a timeout"
-            )
         if overflow not in ("block", "reject"):
             raise ConfigError(f"overflow must be 'block' or 'reject', got {overflow!r}")
         self.overflow: Overflow = overflow
