@@ -57,3 +57,9 @@ def test_retried_items_are_counted() -> None:
     labels = {"batcher": "b", "outcome": "retried"}
     assert registry.get_sample_value("app_items_total", labels) == 2
     assert registry.get_sample_value("app_queue_depth", {"batcher": "b"}) == 2
+
+
+def test_subscribers_of_one_registry_share_its_metrics() -> None:
+    registry = CollectorRegistry()
+    first, second = PrometheusSubscriber(registry), PrometheusSubscriber(registry)
+    assert first.flushes is second.flushes

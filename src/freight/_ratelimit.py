@@ -38,6 +38,7 @@ class RateLimiter:
         unit: what a token pays for when used as ``rate_limit=``.
         clock: a :class:`~freight.testing.FakeClock` in tests; the real monotonic
             clock otherwise. A batcher uses its own clock instead.
+        period: another name for ``per``.
     """
 
     def __init__(
@@ -48,7 +49,10 @@ class RateLimiter:
         burst: float | None = None,
         unit: Literal["batches", "items"] = "batches",
         clock: Clock | None = None,
+        period: float | timedelta | None = None,
     ) -> None:
+        if period is not None:  # an alias of `per`, for those who think of a period
+            per = period
         if (
             not isinstance(rate, int | float)
             or isinstance(rate, bool)

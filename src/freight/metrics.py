@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PrometheusSubscriber"]
 
+_CREATED: dict[tuple[int, str], PrometheusSubscriber] = {}
+
 _SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
@@ -47,7 +49,7 @@ class PrometheusSubscriber:
     Args:
         registry: where to register the metrics (default: the global registry).
             One subscriber may serve many batchers; the ``batcher`` label tells
-            them apart. Create one subscriber per registry.
+            them apart. Subscribers made for the same registry share its metrics.
         namespace: metric name prefix.
     """
 
@@ -56,6 +58,10 @@ class PrometheusSubscriber:
     ) -> None:
         prom = _prometheus()
         registry = registry if registry is not None else prom.REGISTRY
+        shared = _CREATED.get((id(registry), namespace))
+        if shared is not None:  # metrics register once per registry: share them
+            self.__dict__.update(shared.__dict__)
+            return
         common: dict[str, Any] = {"namespace": namespace, "registry": registry}
         self.batch_size = prom.Histogram(
             "batch_size", "Items per batch.", ["batcher"], buckets=_SIZE_BUCKETS, **common
@@ -81,6 +87,7 @@ class PrometheusSubscriber:
         self.queue_depth = prom.Gauge(
             "queue_depth", "Items pending in the batcher.", ["batcher"], **common
         )
+        _CREATED[(id(registry), namespace)] = self
 
     def __call__(self, event: BatchEvent) -> None:
         """Record one batch event."""

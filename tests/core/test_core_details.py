@@ -131,3 +131,13 @@ def test_records_know_their_position_and_name() -> None:
     assert Record(3, 3, "x", None, "", "item").id == "item 3"
     assert isinstance(RecordError("bad"), ValueError)
     assert SourceSize() == SourceSize(items=None, bytes=None)
+
+
+def test_batch_event_names_its_wait_and_duration_both_ways() -> None:
+    from freight import BatchEvent
+
+    event = BatchEvent(
+        batcher="b", key=None, size=1, reason="size", wait=0.25, duration=0.5,
+        succeeded=1, failed=0,
+    )  # fmt: skip
+    assert (event.wait_time, event.handler_duration) == (0.25, 0.5)

@@ -112,3 +112,7 @@ def test_bad_rate_limiter_names_the_parameter(kwargs: dict[str, object], name: s
 def test_dispatch_limit_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="max_concurrent_batches"):
         DispatchQueue(0)
+
+
+def test_period_is_another_name_for_per() -> None:
+    assert RateLimiter(5, period=60).per == 60

@@ -49,6 +49,16 @@ class BatchEvent:
     calls: int = 1
     queue_depth: int = 0
 
+    @property
+    def wait_time(self) -> float:
+        """Alias of :attr:`wait`: how long the oldest item waited."""
+        return self.wait
+
+    @property
+    def handler_duration(self) -> float:
+        """Alias of :attr:`duration`: the handler's time for this batch."""
+        return self.duration
+
 
 @dataclass(frozen=True, slots=True)
 class Percentiles:
