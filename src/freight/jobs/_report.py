@@ -19,7 +19,8 @@ class JobReport(dict[str, Any]):
 
     Keys: job_id, job_type, started_at, completed_at, status, summary (total_items,
     processed, succeeded, failed, skipped, duration_seconds, items_per_second),
-    errors (a bounded sample), error_categories, last_checkpoint, metadata
+    errors (a bounded sample: item_id, error_type, message, timestamp, chunk_index,
+    retry_attempts, category), error_categories, last_checkpoint, metadata
     (chunk_size, num_chunks, workers, retry_attempts) and remediation
     (can_retry, strategy). The properties are shortcuts for the common keys.
     """
@@ -91,6 +92,7 @@ def build_report(
         },
         "errors": [
             {
+                "item_id": d.record_id,
                 "item": d.record_id,
                 "error_type": d.error_type,
                 "message": d.message,
