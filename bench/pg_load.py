@@ -49,6 +49,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     if shutil.which("psql") is None:
         print("psql is not installed: the \\copy baseline cannot run")
@@ -74,6 +75,7 @@ def main() -> int:
             print(f"  psql \\copy          {copy_s:6.2f} s  ({n / copy_s:,.0f} rows/s)")
             load = [sys.executable, "-m", "freight.cli", "load", str(data), "--into", args.url,
                     "--table", "loaded", "--schema", schema, "--chunk-size", "50000",
+                    "--workers", str(args.workers),
                     "--store", str(folder / "f.db")]  # fmt: skip
             load_s, rss = timed([*load, "--name", "bench-copy"])
             ratio = load_s / copy_s

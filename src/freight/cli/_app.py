@@ -123,6 +123,7 @@ def load(
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Job name (resume key).")] = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1)] = 10_000,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Chunks written at once.")] = 1,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Start over, ignoring checkpoints.")
     ] = False,
@@ -139,6 +140,7 @@ def load(
     """
     try:
         job = _load_job(file, into, table, key, name, chunk_size, store, schema, types)
+        job.workers = workers
         report = _run_job(job, fresh)
     except FreightError as exc:
         _fail(str(exc))
