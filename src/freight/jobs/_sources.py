@@ -280,6 +280,7 @@ class CsvSource:
         expected = len(names) if names is not None else None
         encoding = self.encoding
         readline = f.readline
+        new = tuple.__new__
         while raw := readline():
             start, lines = (offset, line), 1
             offset += len(raw)
@@ -317,7 +318,10 @@ class CsvSource:
                 error = RecordError(f"expected {expected} columns, got {columns}")
                 yield Record(*start, None, error, text[:_EXCERPT])
                 continue
-            yield Record(*start, text if text.endswith("\n") else text + "\n", None, "")
+            # tuple.__new__ builds the record in C: this is the per-line hot path of COPY loads
+            yield new(
+                Record, (*start, text if text.endswith("\n") else text + "\n", None, "", "line")
+            )
 
     def _records(self, lines: _LineReader, names: list[str] | None) -> Iterator[Record]:
         reader = self._reader(lines)
