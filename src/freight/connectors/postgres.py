@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from freight._core._source import Record, SourceSize
@@ -106,13 +107,14 @@ class PostgresSink:
         )
         self._opened = False
         self._lock = threading.Lock()
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.table!r}, schema={self.schema!r}, mode={self.mode!r})"
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_pool", "_lock", "_opened"):
+        for name in ("_pool", "_lock", "_opened", "_local"):
             del state[name]
         return state
 
@@ -159,35 +161,62 @@ class PostgresSink:
         # A bad row aborted the statement: find it (them) by bisection, keep the rest.
         return isolate(rows, lambda part: self._write_rows(columns, part), classify)
 
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """Hold one transaction for every write of this thread until the block ends.
+
+        A job whose store is this same database records each chunk's checkpoint in it,
+        so the rows and the checkpoint commit together. Each write inside runs in a
+        savepoint, so isolating a bad row does not abort the transaction.
+        """
+        self._ensure_open()
+        with self._pool.connection() as conn, conn.transaction():
+            self._local.conn = conn
+            try:
+                yield conn
+            finally:
+                self._local.conn = None
+
     def _write_rows(self, columns: list[str], rows: list[Sequence[Any]]) -> None:
-        names = sql.SQL(", ").join(map(sql.Identifier, columns))
+        held = getattr(self._local, "conn", None)
+        if held is not None:
+            with held.transaction(), held.cursor() as cur:  # a savepoint in the held transaction
+                self._execute_write(cur, columns, rows)
+            return
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            if self.mode == "insert":
-                marks = sql.SQL(", ").join(sql.Placeholder() * len(columns))
-                cur.executemany(
-                    sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(self._target, names, marks),
-                    rows,
-                )
-                return
-            target = self._target
-            if self.mode == "upsert":
-                target = sql.Identifier("freight_upsert")
-                cur.execute(
-                    sql.SQL(
-                        "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)"
-                        " ON COMMIT DELETE ROWS"
-                    ).format(target, self._target)
-                )
-            if self.format == "csv":
-                statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)")
-                with cur.copy(statement.format(target, names)) as copy:
-                    copy.write("".join(rows))  # type: ignore[arg-type]
-            else:
-                with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(target, names)) as copy:
-                    for row in rows:
-                        copy.write_row(row)
-            if self.mode == "upsert":
-                cur.execute(self._upsert_sql(columns, names))
+            self._execute_write(cur, columns, rows)
+
+    def _execute_write(
+        self, cur: psycopg.Cursor[Any], columns: list[str], rows: list[Sequence[Any]]
+    ) -> None:
+        names = sql.SQL(", ").join(map(sql.Identifier, columns))
+        if self.mode == "insert":
+            marks = sql.SQL(", ").join(sql.Placeholder() * len(columns))
+            cur.executemany(
+                sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(self._target, names, marks),
+                rows,
+            )
+            return
+        target = self._target
+        if self.mode == "upsert":
+            target = sql.Identifier("freight_upsert")
+            cur.execute(
+                sql.SQL(
+                    "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)"
+                    " ON COMMIT DELETE ROWS"
+                ).format(target, self._target)
+            )
+        if self.format == "csv":
+            statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)")
+            with cur.copy(statement.format(target, names)) as copy:
+                copy.write("".join(rows))  # type: ignore[arg-type]
+        else:
+            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(target, names)) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        if self.mode == "upsert":
+            cur.execute(self._upsert_sql(columns, names))
+            cur.execute(sql.SQL("DELETE FROM {}").format(target))  # also inside one transaction
 
     def _upsert_sql(self, columns: list[str], names: sql.Composable) -> sql.Composed:
         keys = sql.SQL(", ").join(map(sql.Identifier, self.key))

@@ -60,6 +60,15 @@ class Run:
         )
         self._fraction: float | None = None
         self._initial = (0, 0.0)  # processed and fraction when this execution started
+        same_database = getattr(self.store, "same_database", None)
+        conninfo = getattr(job.sink, "conninfo", None)
+        self._shared_transaction = bool(
+            job.executor != "processes"
+            and same_database is not None
+            and isinstance(conninfo, str)
+            and hasattr(job.sink, "transaction")
+            and same_database(conninfo)
+        )
 
     # -- the main loop ---------------------------------------------------------------
 
@@ -157,7 +166,17 @@ class Run:
         return pool.submit(self._handle_and_commit, chunk)  # committed by the worker
 
     def _handle_and_commit(self, chunk: Chunk) -> JobRecord:
-        return self._commit(chunk, *self._handler.handle(chunk.index, chunk.records))
+        if not self._shared_transaction:
+            return self._commit(chunk, *self._handler.handle(chunk.index, chunk.records))
+        # The sink writes into the store's own database: rows and checkpoint in one
+        # transaction, so a crash leaves both or neither (exactly once, no key needed).
+        with self.job.sink.transaction() as conn:  # type: ignore[attr-defined]
+            skipped, written, dead = self._handler.handle(chunk.index, chunk.records)
+            checkpoint = self._checkpoint(chunk, skipped, written, dead)
+            self.store.commit_chunk_on(conn, self.id, checkpoint, dead)  # type: ignore[attr-defined]
+        record = self.store.get_job(self.id)
+        assert record is not None
+        return record
 
     def _drive(self, pool: Executor) -> None:
         in_flight: deque[tuple[Chunk, Future[Any], float]] = deque()
@@ -184,11 +203,17 @@ class Run:
         self, chunk: Chunk, skipped: int, written: int, dead: list[DeadLetter]
     ) -> JobRecord:
         """Record a handled chunk: checkpoint, dead letters and counters, in one transaction."""
+        checkpoint = self._checkpoint(chunk, skipped, written, dead)
+        return self.store.commit_chunk(self.id, checkpoint, dead)
+
+    def _checkpoint(
+        self, chunk: Chunk, skipped: int, written: int, dead: list[DeadLetter]
+    ) -> ChunkCheckpoint:
         first, last = chunk.records[0], chunk.records[-1]
         digest = hashlib.sha256(f"{first.position}{last.position}{len(chunk.records)}".encode())
         if first.raw:
             digest.update("\n".join(r.raw for r in chunk.records).encode())
-        checkpoint = ChunkCheckpoint(
+        return ChunkCheckpoint(
             index=chunk.index,
             start=first.position,
             end=chunk.end,
@@ -199,7 +224,6 @@ class Run:
             skipped=skipped,
             checksum=digest.hexdigest()[:16],
         )
-        return self.store.commit_chunk(self.id, checkpoint, dead)
 
     def _pending_chunks(self) -> Iterator[Chunk]:
         """The chunks still to do, in order, each knowing where the next one starts.

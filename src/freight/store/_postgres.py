@@ -14,10 +14,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from freight.store._migrations import MIGRATIONS
+from freight.store._records import ChunkCheckpoint, DeadLetter
 from freight.store._sqlite import SqliteStore, StoreError
 
 try:
     import psycopg
+    import psycopg.conninfo
     import psycopg.rows
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError("PostgresStore needs psycopg 3: pip install 'freight[postgres]'") from exc
@@ -30,13 +32,14 @@ _PG_DDL = {
 
 
 class _Statements:
-    """Runs the SQLite store's statements on a psycopg connection."""
+    """Runs the SQLite store's statements on a psycopg connection (rows as dicts)."""
 
-    def __init__(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
-        return self._conn.execute(statement.replace("?", "%s"), params)
+        cursor = self._conn.cursor(row_factory=psycopg.rows.dict_row)
+        return cursor.execute(statement.replace("?", "%s"), params)
 
     def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
         rows = list(rows)
@@ -110,6 +113,26 @@ class PostgresStore(SqliteStore):
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             return self._pg.execute(sql.replace("?", "%s"), params).fetchall()
+
+    def commit_chunk_on(
+        self,
+        conn: psycopg.Connection[Any],
+        job_id: str,
+        checkpoint: ChunkCheckpoint,
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> None:
+        """Record a chunk on ``conn``, inside the caller's transaction.
+
+        A sink writing to this same database calls it in the transaction that holds the
+        chunk's rows: rows and checkpoint commit together (exactly once, no key needed).
+        """
+        self._commit_chunk_statements(_Statements(conn), job_id, checkpoint, dead_letters)
+
+    def same_database(self, conninfo: str) -> bool:
+        """True if ``conninfo`` connects like this store (same database, user and options,
+        so the same tables): then rows and checkpoints can share a transaction."""
+        parse = psycopg.conninfo.conninfo_to_dict
+        return parse(conninfo) == parse(str(self.path))
 
     def close(self) -> None:
         with self._lock:

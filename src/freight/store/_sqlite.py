@@ -260,38 +260,44 @@ class SqliteStore:
         checkpoint: ChunkCheckpoint,
         dead_letters: Sequence[DeadLetter] = (),
     ) -> JobRecord:
-        now = _ts(utcnow())
-        end = checkpoint.end or (None, None)
         with self._write() as db:
-            previous = db.execute(
-                "SELECT status FROM chunks WHERE job_id = ? AND idx = ?",
-                (job_id, checkpoint.index),
-            ).fetchone()
-            if previous is not None and previous["status"] == "done":
-                raise ValueError(f"chunk {checkpoint.index} of job {job_id} is already done")
-            db.execute(
-                "INSERT INTO chunks (job_id, idx, start_offset, start_ordinal, end_offset,"
-                " end_ordinal, status, attempts, items, succeeded, failed, skipped, checksum,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (job_id, idx) DO UPDATE SET end_offset = excluded.end_offset,"
-                " end_ordinal = excluded.end_ordinal, status = excluded.status,"
-                " items = excluded.items, succeeded = excluded.succeeded,"
-                " failed = excluded.failed, skipped = excluded.skipped,"
-                " checksum = excluded.checksum, updated_at = excluded.updated_at",
-                (job_id, checkpoint.index, *checkpoint.start, *end, checkpoint.status,
-                 checkpoint.attempts, checkpoint.items, checkpoint.succeeded, checkpoint.failed,
-                 checkpoint.skipped, checkpoint.checksum, now),
-            )  # fmt: skip
-            self._insert_dead_letters(db, job_id, checkpoint.index, dead_letters, now)
-            db.execute(
-                "UPDATE jobs SET processed = processed + ?, succeeded = succeeded + ?,"
-                " failed = failed + ?, skipped = skipped + ?, heartbeat_at = ? WHERE id = ?",
-                (checkpoint.items, checkpoint.succeeded, checkpoint.failed, checkpoint.skipped,
-                 now, job_id),
-            )  # fmt: skip
+            self._commit_chunk_statements(db, job_id, checkpoint, dead_letters)
         job = self.get_job(job_id)
         assert job is not None
         return job
+
+    def _commit_chunk_statements(
+        self, db: Any, job_id: str, checkpoint: ChunkCheckpoint, dead_letters: Sequence[DeadLetter]
+    ) -> None:
+        """The statements of :meth:`commit_chunk`, on ``db`` (inside its transaction)."""
+        now = _ts(utcnow())
+        end = checkpoint.end or (None, None)
+        previous = db.execute(
+            "SELECT status FROM chunks WHERE job_id = ? AND idx = ?",
+            (job_id, checkpoint.index),
+        ).fetchone()
+        if previous is not None and previous["status"] == "done":
+            raise ValueError(f"chunk {checkpoint.index} of job {job_id} is already done")
+        db.execute(
+            "INSERT INTO chunks (job_id, idx, start_offset, start_ordinal, end_offset,"
+            " end_ordinal, status, attempts, items, succeeded, failed, skipped, checksum,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (job_id, idx) DO UPDATE SET end_offset = excluded.end_offset,"
+            " end_ordinal = excluded.end_ordinal, status = excluded.status,"
+            " items = excluded.items, succeeded = excluded.succeeded,"
+            " failed = excluded.failed, skipped = excluded.skipped,"
+            " checksum = excluded.checksum, updated_at = excluded.updated_at",
+            (job_id, checkpoint.index, *checkpoint.start, *end, checkpoint.status,
+             checkpoint.attempts, checkpoint.items, checkpoint.succeeded, checkpoint.failed,
+             checkpoint.skipped, checkpoint.checksum, now),
+        )  # fmt: skip
+        self._insert_dead_letters(db, job_id, checkpoint.index, dead_letters, now)
+        db.execute(
+            "UPDATE jobs SET processed = processed + ?, succeeded = succeeded + ?,"
+            " failed = failed + ?, skipped = skipped + ?, heartbeat_at = ? WHERE id = ?",
+            (checkpoint.items, checkpoint.succeeded, checkpoint.failed, checkpoint.skipped,
+             now, job_id),
+        )  # fmt: skip
 
     # -- dead letters and events -------------------------------------------------
 
