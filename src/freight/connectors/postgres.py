@@ -17,19 +17,27 @@ from typing import Any, Literal
 
 from freight._core._source import Record, SourceSize
 from freight._errors import ConfigError, PermanentError, TransientError
-from freight.connectors._isolate import isolate
+from freight.connectors._isolate import aisolate, isolate
 
 try:
     import psycopg
     import psycopg.rows
     from psycopg import sql
-    from psycopg_pool import ConnectionPool
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError(
         "freight.connectors.postgres needs psycopg 3: pip install 'freight[postgres]'"
     ) from exc
 
-__all__ = ["Mode", "PostgresSink", "PostgresSource", "classify", "create_table", "table_types"]
+__all__ = [
+    "AsyncPostgresSink",
+    "Mode",
+    "PostgresSink",
+    "PostgresSource",
+    "classify",
+    "create_table",
+    "table_types",
+]
 
 Mode = Literal["copy", "insert", "upsert"]
 
@@ -367,3 +375,91 @@ class PostgresSource:
             for row in cursor:
                 value = row[self.key]
                 yield Record(value, value, row, None, "", self.key)
+
+
+class AsyncPostgresSink:
+    """The asyncio twin of :class:`PostgresSink` (``Job(executor="async")``, a ``Batcher``).
+
+    The same arguments and outcomes: COPY, insert or upsert; a bad row fails alone;
+    a lost connection is a :class:`~freight.TransientError`.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        table: str,
+        *,
+        schema: str | None = None,
+        columns: Sequence[str] | None = None,
+        mode: Mode | None = None,
+        key: str | Sequence[str] | None = None,
+        pool_size: int = 2,
+    ) -> None:
+        # The sync sink validates and composes; its statements are reused here.
+        self._sync = PostgresSink(
+            conninfo, table, schema=schema, columns=columns, mode=mode, key=key, pool_size=1
+        )
+        self.conninfo, self.table, self.mode = conninfo, table, self._sync.mode
+        self._pool_size = max(1, pool_size)
+        self._pool: AsyncConnectionPool[Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"AsyncPostgresSink({self.table!r}, mode={self.mode!r})"
+
+    async def aclose(self) -> None:
+        """Close the pool (a later write opens a new one, on the running event loop).
+
+        A job with ``executor="async"`` calls it when its run ends, before its loop stops.
+        """
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def _connections(self) -> AsyncConnectionPool[Any]:
+        if self._pool is None:
+            self._pool = AsyncConnectionPool(
+                self.conninfo, min_size=1, max_size=self._pool_size, open=False
+            )
+            await self._pool.open(wait=True, timeout=30)
+        return self._pool
+
+    async def write(self, items: list[Any], context: object = None) -> list[Any] | None:
+        """Write ``items``; return ``None``, or one outcome per item after isolating bad rows."""
+        if not items:
+            return None
+        columns = self._sync.columns or list(_mapping(items[0]))
+        rows = [_row(item, columns) for item in items]
+        try:
+            await self._write_rows(columns, rows)
+        except psycopg.Error as exc:
+            mapped = classify(exc)
+            if isinstance(mapped, TransientError):
+                raise mapped from exc
+        else:
+            return None
+        return await aisolate(rows, lambda part: self._write_rows(columns, part), classify)
+
+    async def _write_rows(self, columns: list[str], rows: list[Sequence[Any]]) -> None:
+        sync = self._sync
+        names = sql.SQL(", ").join(map(sql.Identifier, columns))
+        pool = await self._connections()
+        async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            if sync.mode == "insert":
+                marks = sql.SQL(", ").join(sql.Placeholder() * len(columns))
+                statement = sql.SQL("INSERT INTO {} ({}) VALUES ({})")
+                await cur.executemany(statement.format(sync._target, names, marks), rows)
+                return
+            target = sync._target
+            if sync.mode == "upsert":
+                target = sql.Identifier("freight_upsert")
+                await cur.execute(
+                    sql.SQL(
+                        "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)"
+                        " ON COMMIT DELETE ROWS"
+                    ).format(target, sync._target)
+                )
+            async with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(target, names)) as copy:
+                for row in rows:
+                    await copy.write_row(row)
+            if sync.mode == "upsert":
+                await cur.execute(sync._upsert_sql(columns, names))

@@ -110,6 +110,9 @@ class Run:
             raise
         finally:
             if loop is not None:
+                aclose = getattr(job.sink, "aclose", None)
+                if aclose is not None:  # async resources belong to this loop: free them here
+                    asyncio.run_coroutine_threadsafe(aclose(), loop).result()
                 loop.call_soon_threadsafe(loop.stop)
                 loop_thread.join()
                 loop.close()
