@@ -212,18 +212,19 @@ async def test_cancelled_future_is_dropped_at_dispatch(clock: FakeClock) -> None
 
 
 async def test_cancel_after_dispatch_drops_only_that_result() -> None:
-    gate = asyncio.Event()
+    gate, started = asyncio.Event(), asyncio.Event()
     calls: list[list[int]] = []
 
     async def handler(items: list[int]) -> list[int]:
         calls.append(items)
+        started.set()
         await gate.wait()
         return items
 
     async with Batcher(handler, BatchSpec(size=2)) as b:
         t1 = asyncio.ensure_future(b.submit(1))
         t2 = asyncio.ensure_future(b.submit(2))
-        await asyncio.sleep(0.01)
+        await started.wait()  # the batch is dispatched
         assert calls == [[1, 2]]
         t1.cancel()
         gate.set()
@@ -299,7 +300,8 @@ async def test_ordered_keeps_order_per_key() -> None:
         key = items[0][0]
         assert key not in in_flight  # one batch per key at a time
         in_flight.add(key)
-        await asyncio.sleep(0.001 * (3 - key))
+        for _ in range(3 - key):  # keys finish in a different order than they started
+            await asyncio.sleep(0)
         log.extend(items)
         in_flight.discard(key)
 

@@ -77,7 +77,7 @@ def test_first_sigint_stops_gracefully_with_a_checkpoint_and_the_rerun_finishes(
     data = tmp_path / "payments.csv"
     write_csv(data)
     process = load(data, tmp_path)
-    time.sleep(0.5)  # let it start working; the stop itself is what is under test
+    wait_for_line(process, "25%:")  # it is working
     process.send_signal(signal.SIGINT)
     out, _ = process.communicate(timeout=60)
     assert process.returncode == 1
@@ -111,15 +111,13 @@ def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def wait_for_status(tmp_path: Path, wanted: str, limit: float = 20.0) -> str:
-    deadline = time.monotonic() + limit
-    status = ""
-    while time.monotonic() < deadline:
-        status = cli(tmp_path, "status", "crash").stdout
-        if f": {wanted};" in status:
-            return status
-        time.sleep(0.1)  # polling another process's state, not a timeout under test
-    raise AssertionError(f"status never became {wanted}: {status}")
+def wait_for_line(process: subprocess.Popen[str], text: str) -> str:
+    """Read the process's stderr until a line holds ``text`` (its progress and state)."""
+    assert process.stderr is not None
+    for line in process.stderr:
+        if text in line:
+            return line
+    raise AssertionError(f"{text!r} was never printed")
 
 
 def processed_of(status: str) -> int:
@@ -132,14 +130,16 @@ def test_pause_resume_and_cancel_from_other_processes_while_the_job_runs(tmp_pat
     data = tmp_path / "payments.csv"
     write_csv(data)
     process = load(data, tmp_path)
-    wait_for_status(tmp_path, "running")
+    wait_for_line(process, "25%:")
     assert cli(tmp_path, "pause", "crash").returncode == 0
-    paused = wait_for_status(tmp_path, "paused")
+    wait_for_line(process, "paused")
+    paused = cli(tmp_path, "status", "crash").stdout
+    assert ": paused;" in paused
     processed = processed_of(paused)
-    time.sleep(0.5)
-    assert processed_of(cli(tmp_path, "status", "crash").stdout) == processed  # it waits
+    # Another process's whole round trip later, nothing more was processed: it waits.
+    assert processed_of(cli(tmp_path, "status", "crash").stdout) == processed
     assert cli(tmp_path, "resume", "crash").returncode == 0
-    wait_for_status(tmp_path, "running")
+    wait_for_line(process, "resumed")
     assert cli(tmp_path, "cancel", "crash").returncode == 0
     out, _ = process.communicate(timeout=60)
     report = json.loads(out)

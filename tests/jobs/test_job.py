@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -279,36 +280,50 @@ def test_cancel_from_another_process_stops_between_chunks(store: SqliteStore) ->
     assert sorted(table.rows) == list(range(50))
 
 
+class _Paused(logging.Handler):
+    """Sets an event when the run says it is paused (what the CLI prints)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "paused" in record.getMessage():
+            self.event.set()
+
+
 def test_pause_then_resume_from_another_process(store: SqliteStore) -> None:
     table = Table()
-    paused = threading.Event()
+    listener = _Paused()
+    jobs_log = logging.getLogger("freight.jobs")
+    jobs_log.addHandler(listener)
+    jobs_log.setLevel(logging.INFO)
 
     def pause_once(progress: Progress) -> None:
         if progress.chunks_done == 1:
             SqliteStore(store.path).request(progress.job_id, "pause")
-            paused.set()
 
-    def resume_later() -> None:
-        paused.wait(5)
+    def resume_once_paused() -> None:
+        assert listener.event.wait(10)
         other = SqliteStore(store.path)
         job_id = other.latest_job("pause").id  # type: ignore[union-attr]
-        for _ in range(100):
-            if other.get_job(job_id).status == "paused":  # type: ignore[union-attr]
-                break
-            threading.Event().wait(0.05)
+        assert other.get_job(job_id).status == "paused"  # type: ignore[union-attr]
         other.request(job_id, "resume")
 
-    helper = threading.Thread(target=resume_later)
+    helper = threading.Thread(target=resume_once_paused)
     helper.start()
-    report = Job(
-        "pause", items(30), table, chunk_size=10, store=store, on_progress=pause_once
-    ).run()
-    helper.join()
+    try:
+        report = Job(
+            "pause", items(30), table, chunk_size=10, store=store, on_progress=pause_once
+        ).run()
+    finally:
+        helper.join()
+        jobs_log.removeHandler(listener)
     assert report.status == "completed"
     assert len(table.rows) == 30
     kinds = [e.kind for e in store.events(report.job_id)]
-    assert "paused" in kinds
-    assert kinds.count("resumed") >= 1
+    assert kinds.count("paused") == 1
+    assert kinds.count("resumed") == 1
 
 
 def test_parallel_workers_and_keys(store: SqliteStore) -> None:

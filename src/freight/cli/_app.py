@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -401,6 +402,7 @@ def cancel(job: JobArgument, store: StoreOption = str(DEFAULT_PATH)) -> None:
 
 def main() -> None:
     """Entry point of the ``freight`` command: usage errors in one line, exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="freight: %(message)s", stream=sys.stderr)
     try:
         code = app(standalone_mode=False)
     except typer.Abort:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from freight._core._source import Record, SourceSize
@@ -156,8 +157,7 @@ class PostgresSink:
         if not items:
             return None
         self._ensure_open()
-        columns = self.columns or list(_mapping(items[0]))
-        rows = items if self.format == "csv" else [_row(item, columns) for item in items]
+        columns, rows = self._rows(items)
         try:
             self._write_rows(columns, rows)
         except psycopg.Error as exc:
@@ -168,6 +168,11 @@ class PostgresSink:
             return None
         # A bad row aborted the statement: find it (them) by bisection, keep the rest.
         return isolate(rows, lambda part: self._write_rows(columns, part), classify)
+
+    def _rows(self, items: list[Any]) -> tuple[list[str], list[Any]]:
+        """The columns written and the items as rows (CSV texts stay as they are)."""
+        columns = self.columns or list(_mapping(items[0]))
+        return columns, items if self.format == "csv" else [_row(i, columns) for i in items]
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:
@@ -197,36 +202,40 @@ class PostgresSink:
     def _execute_write(
         self, cur: psycopg.Cursor[Any], columns: list[str], rows: list[Sequence[Any]]
     ) -> None:
+        plan = self._plan(columns)
+        if plan.insert is not None:
+            cur.executemany(plan.insert, rows)
+            return
+        for statement in plan.before:
+            cur.execute(statement)
+        assert plan.copy is not None
+        with cur.copy(plan.copy) as copy:
+            if self.format == "csv":
+                copy.write("".join(rows))  # type: ignore[arg-type]
+            else:
+                for row in rows:
+                    copy.write_row(row)
+        for statement in plan.after:
+            cur.execute(statement)
+
+    def _plan(self, columns: list[str]) -> _WritePlan:
+        """The statements of one write of ``columns`` in this sink's mode (shared with the
+        async twin, which runs the same statements on its own connections)."""
         names = sql.SQL(", ").join(map(sql.Identifier, columns))
         if self.mode == "insert":
             marks = sql.SQL(", ").join(sql.Placeholder() * len(columns))
-            cur.executemany(
-                sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(self._target, names, marks),
-                rows,
+            insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(self._target, names, marks)
+            return _WritePlan(insert=insert)
+        options = sql.SQL(" (FORMAT csv)" if self.format == "csv" else "")
+        if self.mode == "copy":
+            return _WritePlan(
+                copy=sql.SQL("COPY {} ({}) FROM STDIN{}").format(self._target, names, options)
             )
-            return
-        target = self._target
-        if self.mode == "upsert":
-            target = sql.Identifier("freight_upsert")
-            cur.execute(
-                sql.SQL(
-                    "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)"
-                    " ON COMMIT DELETE ROWS"
-                ).format(target, self._target)
-            )
-        if self.format == "csv":
-            statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)")
-            with cur.copy(statement.format(target, names)) as copy:
-                copy.write("".join(rows))  # type: ignore[arg-type]
-        else:
-            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(target, names)) as copy:
-                for row in rows:
-                    copy.write_row(row)
-        if self.mode == "upsert":
-            cur.execute(self._upsert_sql(columns, names))
-            cur.execute(sql.SQL("DELETE FROM {}").format(target))  # also inside one transaction
-
-    def _upsert_sql(self, columns: list[str], names: sql.Composable) -> sql.Composed:
+        staging = sql.Identifier("freight_upsert")
+        create = sql.SQL(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)"
+            " ON COMMIT DELETE ROWS"
+        ).format(staging, self._target)
         keys = sql.SQL(", ").join(map(sql.Identifier, self.key))
         updates = [c for c in columns if c not in self.key]
         action = (
@@ -238,9 +247,25 @@ class PostgresSink:
             if updates
             else sql.SQL("DO NOTHING")
         )
-        return sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
-            self._target, names, names, sql.Identifier("freight_upsert"), keys, action
+        upsert = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
+            self._target, names, names, staging, keys, action
         )
+        # The staging rows are deleted at once: several writes may share one transaction.
+        return _WritePlan(
+            before=[create],
+            copy=sql.SQL("COPY {} ({}) FROM STDIN{}").format(staging, names, options),
+            after=[upsert, sql.SQL("DELETE FROM {}").format(staging)],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _WritePlan:
+    """The statements of one write: an executemany INSERT, or COPY between setup steps."""
+
+    insert: sql.Composed | None = None
+    before: list[sql.Composed] = field(default_factory=list)
+    copy: sql.Composed | None = None
+    after: list[sql.Composed] = field(default_factory=list)
 
 
 def _mapping(item: Any) -> Mapping[str, Any]:
@@ -427,8 +452,7 @@ class AsyncPostgresSink:
         """Write ``items``; return ``None``, or one outcome per item after isolating bad rows."""
         if not items:
             return None
-        columns = self._sync.columns or list(_mapping(items[0]))
-        rows = [_row(item, columns) for item in items]
+        columns, rows = self._sync._rows(items)
         try:
             await self._write_rows(columns, rows)
         except psycopg.Error as exc:
@@ -440,26 +464,17 @@ class AsyncPostgresSink:
         return await aisolate(rows, lambda part: self._write_rows(columns, part), classify)
 
     async def _write_rows(self, columns: list[str], rows: list[Sequence[Any]]) -> None:
-        sync = self._sync
-        names = sql.SQL(", ").join(map(sql.Identifier, columns))
+        plan = self._sync._plan(columns)
         pool = await self._connections()
         async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            if sync.mode == "insert":
-                marks = sql.SQL(", ").join(sql.Placeholder() * len(columns))
-                statement = sql.SQL("INSERT INTO {} ({}) VALUES ({})")
-                await cur.executemany(statement.format(sync._target, names, marks), rows)
+            if plan.insert is not None:
+                await cur.executemany(plan.insert, rows)
                 return
-            target = sync._target
-            if sync.mode == "upsert":
-                target = sql.Identifier("freight_upsert")
-                await cur.execute(
-                    sql.SQL(
-                        "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)"
-                        " ON COMMIT DELETE ROWS"
-                    ).format(target, sync._target)
-                )
-            async with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(target, names)) as copy:
+            for statement in plan.before:
+                await cur.execute(statement)
+            assert plan.copy is not None
+            async with cur.copy(plan.copy) as copy:
                 for row in rows:
                     await copy.write_row(row)
-            if sync.mode == "upsert":
-                await cur.execute(sync._upsert_sql(columns, names))
+            for statement in plan.after:
+                await cur.execute(statement)

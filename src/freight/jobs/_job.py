@@ -40,15 +40,11 @@ from freight.jobs._sources import as_source
 from freight.store import JobRecord, SqliteStore, Store, open_store
 from freight.store._records import utcnow
 
-__all__ = ["Job", "JobAlreadyRunning", "JobStopped"]
+__all__ = ["Job", "JobAlreadyRunning"]
 
 
 class JobAlreadyRunning(FreightError):
     """Another live process is running this job; it is never run twice at once."""
-
-
-class JobStopped(FreightError):
-    """Raised inside a run to stop it (threshold exceeded, cancelled)."""
 
 
 class Job:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from freight.jobs._job import Job
 
 __all__ = ["DONE", "Run"]
+
+_log = logging.getLogger("freight.jobs")
 
 DONE = frozenset({"completed", "completed_with_errors"})  # a run of these is not redone
 
@@ -268,23 +271,26 @@ class Run:
             self._fraction = self._initial[1]
 
     def _may_continue(self) -> bool:
-        """Honour pause / cancel requests made through the store (between chunks)."""
+        """Honour pause / resume / cancel requests made through the store (between chunks)."""
         while True:
             record = self.store.get_job(self.id)
             assert record is not None
             if record.control == "cancel":
                 self._stop("cancelled", "cancel requested")
                 return False
+            if record.control == "resume":
+                self.store.update_job(self.id, status="running", control=None)
+                if record.status == "paused":
+                    self.store.add_event(self.id, "resumed")
+                    _log.info("%s: resumed", self.job.name)
+                continue
             if record.control != "pause":
                 return self._stop_reason is None
             if record.status != "paused":
                 self.store.update_job(self.id, status="paused")
                 self.store.add_event(self.id, "paused")
+                _log.info("%s: paused; `freight resume` or `freight cancel` goes on", self.job.name)
             time.sleep(0.2)  # real time: waiting for a person or another process
-            again = self.store.get_job(self.id)
-            if again is not None and again.control == "resume":
-                self.store.update_job(self.id, status="running", control=None)
-                self.store.add_event(self.id, "resumed")
 
     def _stop(self, status: str, reason: str) -> None:
         if self._stop_reason is None:

@@ -297,7 +297,7 @@ class CsvSource:
                 continue
             if not text.strip():
                 if self.blank_lines == "skip":
-                    yield Record(*start, _BLANK, None, "")
+                    yield Record(*start, BLANK, None, "")
                 else:
                     yield _bad(start, "blank line")
                 continue
@@ -346,7 +346,7 @@ class CsvSource:
             return Record(*position, None, RecordError("; ".join(bad)), raw)
         if not row:
             if self.blank_lines == "skip":
-                return Record(*position, _BLANK, None, "")
+                return Record(*position, BLANK, None, "")
             return Record(*position, None, RecordError("blank line"), "")
         if names is not None and len(row) != len(names):
             error = RecordError(f"expected {len(names)} columns, got {len(row)}")
@@ -410,7 +410,7 @@ class JsonlSource:
             return Record(*position, None, error, excerpt)
         if not text.strip():
             if self.blank_lines == "skip":
-                return Record(*position, _BLANK, None, "")
+                return Record(*position, BLANK, None, "")
             return Record(*position, None, RecordError("blank line"), "")
         try:
             value = json.loads(text)
@@ -514,13 +514,12 @@ class _Blank:
         return "BLANK"
 
 
-_BLANK = _Blank()
-BLANK = _BLANK
+BLANK = _Blank()
 
 
 def is_blank(record: Record) -> bool:
     """True for a blank line a source was told to skip."""
-    return record.item is _BLANK
+    return record.item is BLANK
 
 
 def _bad(position: Position, message: str) -> Record:
