@@ -1,7 +1,9 @@
-"""One contract for every table sink: the in-memory twin, SQLite and PostgreSQL (every mode)."""
+"""One contract for every table sink: the in-memory twin, SQLite and PostgreSQL (every
+mode), sync and async."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,8 +13,9 @@ from typing import Any, Literal
 
 import pytest
 
-from freight.connectors.sqlite import SqliteSink
-from freight.jobs import Sink, WriteContext
+from freight import TransientError
+from freight.connectors.sqlite import AsyncSqliteSink, SqliteSink
+from freight.jobs import WriteContext
 from freight.testing import MemorySink
 from tests.services import POSTGRES_URL, require
 
@@ -22,40 +25,60 @@ Mode = Literal["copy", "insert", "upsert"]
 CTX = WriteContext("contract", 0)
 
 
+Write = Callable[[list[Any]], "list[Any] | None"]
+
+
 @dataclass
 class Target:
-    sink: Sink
+    write: Write  # the sink's write, awaited on one event loop for async sinks
     read: Callable[[], list[tuple[Any, ...]]]  # rows ordered by id: (id, amount, note)
     close: Callable[[], None]
+    drop: Callable[[], None] | None = None  # the server drops the sink's connection
 
 
-def memory(tmp_path: Path, key: bool) -> Target:
+def memory(tmp_path: Path, key: bool, use_async: bool) -> Target:
     sink = MemorySink(key="id" if key else None, required=("amount",))
     return Target(
-        sink, lambda: sorted((r["id"], r["amount"], r["note"]) for r in sink.rows), lambda: None
+        lambda items: sink.write(items, CTX),
+        lambda: sorted((r["id"], r["amount"], r["note"]) for r in sink.rows),
+        lambda: None,
     )
 
 
-def sqlite(tmp_path: Path, key: bool) -> Target:
+def on_loop(sink: Any) -> tuple[Write, Callable[[], None]]:
+    """``sink.write`` and its closing, for sync and async sinks alike."""
+    if not asyncio.iscoroutinefunction(sink.write):
+        return (lambda items: sink.write(items, CTX)), sink.close
+    runner = asyncio.Runner()
+
+    def close() -> None:
+        runner.run(sink.aclose())
+        runner.close()
+
+    return (lambda items: runner.run(sink.write(items, CTX))), close
+
+
+def sqlite(tmp_path: Path, key: bool, use_async: bool) -> Target:
     path = tmp_path / "c.db"
     with sqlite3.connect(path) as db:
         db.execute('CREATE TABLE "t" (id INTEGER PRIMARY KEY, amount INTEGER NOT NULL, note TEXT)')
-    sink = SqliteSink(path, "t", key="id" if key else None)
+    kind = AsyncSqliteSink if use_async else SqliteSink
+    write, close = on_loop(kind(path, "t", key="id" if key else None))
 
     def read() -> list[tuple[Any, ...]]:
         with sqlite3.connect(path) as db:
             return db.execute('SELECT id, amount, note FROM "t" ORDER BY id').fetchall()
 
-    return Target(sink, read, sink.close)
+    return Target(write, read, close)
 
 
-def postgres(mode: Mode) -> Callable[[Path, bool], Target]:
-    def make(tmp_path: Path, key: bool) -> Target:
+def postgres(mode: Mode) -> Callable[[Path, bool, bool], Target]:
+    def make(tmp_path: Path, key: bool, use_async: bool) -> Target:
         require("127.0.0.1", 5432, "PostgreSQL")
         import psycopg
         from psycopg import sql
 
-        from freight.connectors.postgres import PostgresSink
+        from freight.connectors.postgres import AsyncPostgresSink, PostgresSink
 
         schema = f"freight_contract_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
@@ -65,9 +88,10 @@ def postgres(mode: Mode) -> Callable[[Path, bool], Target]:
                     "CREATE TABLE {} (id bigint PRIMARY KEY, amount bigint NOT NULL, note text)"
                 ).format(sql.Identifier(schema, "t"))
             )
-        sink = PostgresSink(
-            POSTGRES_URL, "t", schema=schema, mode=mode, key="id" if mode == "upsert" else None
-        )
+        url = f"{POSTGRES_URL}?application_name={schema}"
+        kind = AsyncPostgresSink if use_async else PostgresSink
+        sink = kind(url, "t", schema=schema, mode=mode, key="id" if mode == "upsert" else None)
+        write, close_sink = on_loop(sink)
 
         def read() -> list[tuple[Any, ...]]:
             with psycopg.connect(POSTGRES_URL) as conn:
@@ -75,54 +99,83 @@ def postgres(mode: Mode) -> Callable[[Path, bool], Target]:
                 return conn.execute(query.format(sql.Identifier(schema, "t"))).fetchall()
 
         def close() -> None:
-            sink.close()
+            close_sink()
             with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
-        return Target(sink, read, close)
+        def drop() -> None:
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+                killed = admin.execute(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))"
+                    " FROM pg_stat_activity WHERE application_name = %s",
+                    (schema,),
+                ).fetchone()
+            assert killed is not None
+            assert killed[0] >= 1  # the sink's connections are gone
+
+        return Target(write, read, close, drop)
 
     return make
 
 
 TARGETS = {
-    "memory-insert": (memory, False),
-    "memory-upsert": (memory, True),
-    "sqlite-insert": (sqlite, False),
-    "sqlite-upsert": (sqlite, True),
-    "postgres-copy": (postgres("copy"), False),
-    "postgres-insert": (postgres("insert"), False),
-    "postgres-upsert": (postgres("upsert"), True),
+    "memory-insert": (memory, False, False),
+    "memory-upsert": (memory, True, False),
+    "sqlite-insert": (sqlite, False, False),
+    "sqlite-upsert": (sqlite, True, False),
+    "sqlite-async-insert": (sqlite, False, True),
+    "sqlite-async-upsert": (sqlite, True, True),
+    "postgres-copy": (postgres("copy"), False, False),
+    "postgres-insert": (postgres("insert"), False, False),
+    "postgres-upsert": (postgres("upsert"), True, False),
+    "postgres-async-copy": (postgres("copy"), False, True),
+    "postgres-async-insert": (postgres("insert"), False, True),
+    "postgres-async-upsert": (postgres("upsert"), True, True),
 }
 
 
 @pytest.fixture(params=sorted(TARGETS))
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
-    make, key = TARGETS[request.param]
-    made = make(tmp_path, key)
+    make, key, use_async = TARGETS[request.param]
+    made = make(tmp_path, key, use_async)
     yield made
     made.close()
 
 
 def test_round_trip(target: Target) -> None:
     items = [{"id": 1, "amount": 10, "note": "a"}, {"id": 2, "amount": 20, "note": None}]
-    assert target.sink.write(items, CTX) is None
+    assert target.write(items) is None
     assert target.read() == [(1, 10, "a"), (2, 20, None)]
 
 
 def test_per_row_outcome_on_partial_failure(target: Target) -> None:
     items = [{"id": i, "amount": None if i in (3, 7) else i, "note": "n"} for i in range(10)]
-    outcomes = target.sink.write(items, CTX)
+    outcomes = target.write(items)
     assert outcomes is not None
     assert [i for i, o in enumerate(outcomes) if isinstance(o, Exception)] == [3, 7]
     assert [row[0] for row in target.read()] == [i for i in range(10) if i not in (3, 7)]
 
 
 def test_empty_chunk(target: Target) -> None:
-    assert target.sink.write([], CTX) is None
+    assert target.write([]) is None
     assert target.read() == []
 
 
 def test_huge_field(target: Target) -> None:
     huge = "é" * 2_000_000
-    assert target.sink.write([{"id": 1, "amount": 1, "note": huge}], CTX) is None
+    assert target.write([{"id": 1, "amount": 1, "note": huge}]) is None
     assert target.read() == [(1, 1, huge)]
+
+
+def test_reconnect_after_the_server_drops_the_connection(target: Target) -> None:
+    if target.drop is None:
+        pytest.skip("this sink holds no server connection to drop")
+    assert target.write([{"id": 1, "amount": 1, "note": "before"}]) is None
+    target.drop()
+    items = [{"id": 2, "amount": 2, "note": "after"}]
+    try:  # the first write may see the dead connection: a transient error, never a lost row
+        outcome = target.write(items)
+    except TransientError:
+        outcome = target.write(items)
+    assert outcome is None
+    assert target.read() == [(1, 1, "before"), (2, 2, "after")]

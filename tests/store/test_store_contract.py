@@ -245,3 +245,28 @@ def run_and_resume(store: Store) -> None:
     assert report.status == "completed"
     assert sorted(i for i in seen if i >= 0) == list(range(100))
     assert store.chunks(report.job_id)[-1].status == "done"
+
+
+def test_a_postgres_claim_skips_a_row_locked_by_another_claimer() -> None:
+    """Two runners claiming at once: the second is told "owned" at once (SKIP LOCKED),
+    never queued behind the first one's transaction."""
+    import psycopg
+
+    stores = postgres_store()
+    store = next(stores)
+    try:
+        job_id = new_job(store)
+        now = utcnow()
+        with psycopg.connect(store.path) as other:  # type: ignore[attr-defined]
+            # lock_timeout makes a blocking claim fail loudly instead of hanging the test
+            other.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
+            store._pg.execute("SET lock_timeout = '2s'")  # type: ignore[attr-defined]
+            claimed = store.claim(
+                job_id, host="b", pid=2, now=now, stale_before=now - timedelta(seconds=30)
+            )
+            assert claimed is None
+        with pytest.raises(KeyError, match="no job"):
+            store.claim("nope", host="b", pid=2, now=now, stale_before=now)
+        assert store.claim(job_id, host="b", pid=2, now=now, stale_before=now) is not None
+    finally:
+        next(stores, None)

@@ -8,6 +8,7 @@ chunk to isolate the bad rows.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,7 @@ from typing import Any, Literal
 from freight._errors import ConfigError
 from freight.connectors._isolate import isolate
 
-__all__ = ["SqliteSink", "quote_identifier", "sqlite_path"]
+__all__ = ["AsyncSqliteSink", "SqliteSink", "quote_identifier", "sqlite_path"]
 
 
 def quote_identifier(name: str) -> str:
@@ -170,3 +171,57 @@ class SqliteSink:
         """Close the connection."""
         with self._lock:
             self._db.close()
+
+
+class AsyncSqliteSink:
+    """The asyncio twin of :class:`SqliteSink` (``Job(executor="async")``, a ``Batcher``).
+
+    The same arguments and outcomes. SQLite has no asynchronous driver of its own: each
+    write runs in a worker thread, so the event loop never waits on the disk.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        table: str,
+        *,
+        key: str | Sequence[str] | None = None,
+        mode: Literal["insert", "upsert"] | None = None,
+    ) -> None:
+        self._args = (path, table, key, mode)
+        self._sync: SqliteSink | None = SqliteSink(path, table, key=key, mode=mode)
+        self.path, self.table, self.key, self.mode = (
+            self._sync.path,
+            table,
+            self._sync.key,
+            self._sync.mode,
+        )
+
+    def __repr__(self) -> str:
+        return f"AsyncSqliteSink({str(self.path)!r}, {self.table!r}, key={self.key!r})"
+
+    async def write(
+        self, items: list[Mapping[str, Any]], context: object = None
+    ) -> list[Any] | None:
+        """Write ``items`` in one transaction; return ``None``, or one outcome per item."""
+        if not items:
+            return None
+        if self._sync is None:  # closed by aclose(): open again
+            path, table, key, mode = self._args
+            self._sync = SqliteSink(path, table, key=key, mode=mode)
+        return await asyncio.to_thread(self._sync.write, items, context)
+
+    async def aclose(self) -> None:
+        """Close the connection (a later write opens a new one).
+
+        A job with ``executor="async"`` calls it when its run ends.
+        """
+        sink, self._sync = self._sync, None
+        if sink is not None:
+            await asyncio.to_thread(sink.close)
+
+    def close(self) -> None:
+        """Close the connection, from synchronous code."""
+        sink, self._sync = self._sync, None
+        if sink is not None:
+            sink.close()

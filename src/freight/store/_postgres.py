@@ -2,8 +2,12 @@
 
 The same schema, statements and migrations as :class:`~freight.store.SqliteStore`
 (versions recorded in ``freight_schema``), run through psycopg 3: the SQLite store's
-logic is reused as it is, with ``?`` placeholders turned into ``%s``. Claims lock the
-run's row (``SELECT … FOR UPDATE``) so two runners never both take it.
+logic is reused as it is, with ``?`` placeholders turned into ``%s``.
+
+A claim is a lease: the owner (host, pid) holds the run while its heartbeat is fresher
+than ``stale_after``; a runner whose lease lapsed loses it to the next claimer. Claims
+lock the run's row with ``SELECT … FOR UPDATE SKIP LOCKED``: two runners never both take
+a run, and a claimer never queues behind another one: it is told "owned" at once.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ class PostgresStore(SqliteStore):
             the schema holding freight's tables.
     """
 
-    _LOCK_ROW = " FOR UPDATE"
+    _LOCK_ROW = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, conninfo: str) -> None:
         self.path = conninfo

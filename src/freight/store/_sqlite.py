@@ -62,7 +62,7 @@ class SqliteStore:
         busy_timeout: seconds a writer waits for another process's transaction.
     """
 
-    _LOCK_ROW = ""  # how a claim locks the run's row (PostgreSQL: FOR UPDATE)
+    _LOCK_ROW = ""  # how a claim locks the run's row (PostgreSQL: FOR UPDATE SKIP LOCKED)
 
     def __init__(self, path: str | Path = DEFAULT_PATH, *, busy_timeout: float = 30.0) -> None:
         self.path = path if path == ":memory:" else Path(path)
@@ -210,11 +210,13 @@ class SqliteStore:
     def claim(
         self, job_id: str, *, host: str, pid: int, now: datetime, stale_before: datetime
     ) -> JobRecord | None:
-        # _LOCK_ROW is a class constant ("" or " FOR UPDATE"), never user text.
+        # _LOCK_ROW is a class constant ("" or " FOR UPDATE SKIP LOCKED"), never user text.
         query = "SELECT owner_host, owner_pid, heartbeat_at FROM jobs WHERE id = ?" + self._LOCK_ROW  # noqa: S608
         with self._write() as db:
             row = db.execute(query, (job_id,)).fetchone()
             if row is None:
+                if self.get_job(job_id) is not None:
+                    return None  # locked by a runner claiming it right now (SKIP LOCKED)
                 raise KeyError(f"no job with id {job_id!r}")
             heartbeat = _dt(row["heartbeat_at"])
             mine = (row["owner_host"], row["owner_pid"]) == (host, pid)
