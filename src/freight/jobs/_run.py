@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -252,15 +253,14 @@ class Run:
             return
         current, next_index = state
         # Phase 2 (the hot loop): new chunks, sized by the sizer.
-        size = self._sizer.size
+        # Records are taken in slices (islice runs in C), then one more tells whether the
+        # source goes on and where the next chunk starts.
+        current.extend(itertools.islice(records, max(0, self._sizer.size - len(current))))
         for record in records:
-            if len(current) >= size:
-                yield Chunk(next_index, current, record.position)
-                next_index += 1
-                current = [record]
-                size = self._sizer.size
-            else:
-                current.append(record)
+            yield Chunk(next_index, current, record.position)
+            next_index += 1
+            current = [record]
+            current.extend(itertools.islice(records, self._sizer.size - 1))
         if current:
             yield Chunk(next_index, current, None)
 

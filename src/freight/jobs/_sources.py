@@ -13,6 +13,7 @@ reason and goes on.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
 import hashlib
@@ -255,6 +256,11 @@ class CsvSource:
         )
 
     def read(self, start: Position | None = None) -> Iterator[Record]:
+        if self.raw:  # groups of records, chained in C: no Python frame per record
+            return itertools.chain.from_iterable(self._read(start))
+        return self._read(start)
+
+    def _read(self, start: Position | None) -> Iterator[Any]:
         names = self.columns()
         with self.path.open("rb") as f:
             if start is None:
@@ -266,21 +272,67 @@ class CsvSource:
                 f.seek(start[0])
                 lines = _LineReader(f, start[0], start[1], self.encoding)
             if self.raw:
-                yield from self._raw_records(f, lines.offset, lines.line, names)
+                yield from self._raw_groups(f, lines.offset, lines.line, names)
             else:
                 yield from self._records(lines, names)
 
-    def _raw_records(
+    def _raw_groups(
         self, f: io.BufferedReader, offset: int, line: int, names: list[str] | None
-    ) -> Iterator[Record]:
-        """``raw=True``: lines without a quote are records as they are (no csv parsing:
-        the fast path of COPY loads); a line with quotes may open a multi-line field, so
-        lines are joined until the quotes balance, then parsed to count the columns."""
+    ) -> Iterator[Iterable[Record]]:
+        """``raw=True``: records are lines as they are (no csv parsing: the fast path of
+        COPY loads). Lines are read in groups of about 1 MB; a group whose lines are all
+        plain (no quote, the expected column count, valid text) becomes records without a
+        Python loop per line; any other group goes line by line (:meth:`_raw_lines`)."""
         quote, delimiter = self.quotechar.encode(), self.delimiter.encode()
-        expected = len(names) if names is not None else None
+        expected = len(names) if names is not None else 0
+        new, repeat = tuple.__new__, itertools.repeat
+        utf8 = codecs.lookup(self.encoding).name == "utf-8"
+        while group := f.readlines(_GROUP_BYTES):
+            n = len(group)
+            joined = b"".join(group)
+            # Plain: no quote, no empty line, the delimiters of `expected` columns per line
+            # (counted over the group: a line short of columns beside one with too many
+            # passes here and is refused by the server, then isolated like any bad row).
+            plain = (
+                expected >= 2
+                and quote not in joined
+                and b"\n\n" not in joined
+                and joined.count(delimiter) == n * (expected - 1)
+            )
+            if plain:
+                try:
+                    texts = list(
+                        map(bytes.decode, group) if utf8 else map(str, group, repeat(self.encoding))
+                    )
+                except UnicodeDecodeError:
+                    plain = False
+            if not plain:
+                pending = iter(group)
+                readline = functools.partial(_next_or_readline, pending, f.readline)
+                records, offset, line = self._raw_lines(readline, offset, line, expected)
+                yield records
+                continue
+            starts = list(itertools.accumulate(map(len, group), initial=offset))
+            offset = starts.pop()
+            if not texts[-1].endswith("\n"):  # the file's last line, without its newline
+                texts[-1] += "\n"
+            ordinals = range(line, line + n)
+            line += n
+            # tuple.__new__ builds each record in C: the per-line hot path of COPY loads
+            fields = zip(starts, ordinals, texts, repeat(None), repeat(""), repeat("line"))  # noqa: B905 (repeat is endless)
+            yield map(new, repeat(Record), fields)
+
+    def _raw_lines(
+        self, readline: Callable[[], bytes], offset: int, line: int, expected: int
+    ) -> tuple[list[Record], int, int]:
+        """Records line by line until ``readline`` runs dry, and where it stopped.
+
+        A line with quotes may open a multi-line field: lines are joined until the
+        quotes balance, then parsed to count the columns."""
+        quote, delimiter = self.quotechar.encode(), self.delimiter.encode()
         encoding = self.encoding
-        readline = f.readline
-        new = tuple.__new__
+        records: list[Record] = []
+        add = records.append
         while raw := readline():
             start, lines = (offset, line), 1
             offset += len(raw)
@@ -293,13 +345,13 @@ class CsvSource:
             try:
                 text = raw.decode(encoding)
             except UnicodeDecodeError as exc:
-                yield _bad(start, f"invalid {encoding} bytes at line {start[1]}: {exc.reason}")
+                add(_bad(start, f"invalid {encoding} bytes at line {start[1]}: {exc.reason}"))
                 continue
             if not text.strip():
                 if self.blank_lines == "skip":
-                    yield Record(*start, BLANK, None, "")
+                    add(Record(*start, BLANK, None, ""))
                 else:
-                    yield _bad(start, "blank line")
+                    add(_bad(start, "blank line"))
                 continue
             if quote in raw:
                 parsed = csv.reader(
@@ -308,20 +360,17 @@ class CsvSource:
                 try:
                     columns = len(next(parsed))
                 except (csv.Error, StopIteration) as exc:
-                    yield Record(
-                        *start, None, RecordError(f"malformed CSV: {exc}"), text[:_EXCERPT]
-                    )
+                    add(Record(*start, None, RecordError(f"malformed CSV: {exc}"), text[:_EXCERPT]))
                     continue
             else:
                 columns = raw.count(delimiter) + 1
-            if expected is not None and columns != expected:
+            if expected and columns != expected:
                 error = RecordError(f"expected {expected} columns, got {columns}")
-                yield Record(*start, None, error, text[:_EXCERPT])
+                add(Record(*start, None, error, text[:_EXCERPT]))
                 continue
-            # tuple.__new__ builds the record in C: this is the per-line hot path of COPY loads
-            yield new(
-                Record, (*start, text if text.endswith("\n") else text + "\n", None, "", "line")
-            )
+            text = text if text.endswith("\n") else text + "\n"
+            add(Record(*start, text, None, "", "line"))
+        return records, offset, line
 
     def _records(self, lines: _LineReader, names: list[str] | None) -> Iterator[Record]:
         reader = self._reader(lines)
@@ -520,6 +569,14 @@ BLANK = _Blank()
 def is_blank(record: Record) -> bool:
     """True for a blank line a source was told to skip."""
     return record.item is BLANK
+
+
+_GROUP_BYTES = 1 << 20  # raw CSV lines are read in groups of about this many bytes
+
+
+def _next_or_readline(pending: Iterator[bytes], readline: Callable[[], bytes]) -> bytes:
+    """The next line of ``pending``, then of the file (a quoted field may run past it)."""
+    return next(pending, None) or readline()
 
 
 def _bad(position: Position, message: str) -> Record:
