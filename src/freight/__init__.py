@@ -7,6 +7,7 @@ each caller getting its own result or error; on one sans-I/O engine.
 from freight._batched import AsyncBatched, SyncBatched, batched
 from freight._core._buffer import BatchBuffer, Flush, FlushReason
 from freight._core._clock import Clock
+from freight._core._join import JoinSpec
 from freight._core._retry import Retry
 from freight._core._spec import BatchSpec
 from freight._core._stats import BatcherStats, BatchEvent, Percentiles
@@ -23,6 +24,7 @@ from freight._errors import (
     TransientError,
 )
 from freight._ratelimit import RateLimiter
+from freight.flow import Flow
 from freight.jobs import CsvSource, Job, JobReport, JsonlSource, ParquetSource, Sink
 from freight.store import SqliteStore
 
@@ -46,6 +48,7 @@ __all__ = [
     "Clock",
     "Flush",
     "FlushReason",
+    "JoinSpec",
     "Percentiles",
     "RateLimiter",
     "Retry",
@@ -57,6 +60,8 @@ __all__ = [
     "ParquetSource",
     "Sink",
     "SqliteStore",
+    # flow
+    "Flow",
     # drivers
     "AsyncBatched",
     "Batcher",

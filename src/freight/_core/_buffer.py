@@ -34,7 +34,7 @@ from typing import Any, Generic, Literal, TypeVar
 from freight._core._spec import BatchSpec, default_sizer
 from freight._errors import BatcherClosed, ConfigError, Skipped
 
-__all__ = ["BatchBuffer", "Flush", "FlushReason"]
+__all__ = ["BatchBuffer", "Flush", "FlushReason", "OpenBatch"]
 
 T = TypeVar("T")
 
@@ -61,6 +61,16 @@ class Flush(Generic[T]):
     reason: FlushReason
     opened_at: float
     tickets: list[Any] = field(default_factory=list, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenBatch(Generic[T]):
+    """A batch still open (for introspection): its key, items so far and times."""
+
+    key: Hashable
+    items: list[T]
+    opened_at: float
+    deadline: float | None
 
 
 class _Open:
@@ -142,6 +152,13 @@ class BatchBuffer(Generic[T]):
     def keys(self) -> list[Hashable]:
         """Keys that have an open batch."""
         return list(self._open)
+
+    def open_batches(self) -> list[OpenBatch[T]]:
+        """The open batches (key, items, opened_at, deadline), oldest first."""
+        return [
+            OpenBatch(key, list(batch.items), batch.opened_at, batch.deadline)
+            for key, batch in sorted(self._open.items(), key=lambda kv: kv[1].opened_at)
+        ]
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of an open batch, or ``None`` when none has one."""

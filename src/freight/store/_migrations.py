@@ -76,4 +76,41 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_by_job ON events (job_id, id);
     """,
+    # 2: the flow's durable board: artifacts, deliveries to consumers, dead letters
+    """
+    CREATE TABLE flow_artifacts (
+        flow            TEXT NOT NULL,
+        id              TEXT NOT NULL,
+        seq             BIGINT NOT NULL,
+        type            TEXT NOT NULL,
+        payload         TEXT NOT NULL,
+        producer        TEXT,
+        visibility      TEXT NOT NULL,
+        tenant          TEXT,
+        correlation_id  TEXT,
+        depth           INTEGER NOT NULL,
+        published_at    TEXT NOT NULL,
+        PRIMARY KEY (flow, id)
+    );
+    CREATE INDEX flow_artifacts_by_seq ON flow_artifacts (flow, seq);
+    CREATE TABLE flow_deliveries (
+        flow         TEXT NOT NULL,
+        consumer     TEXT NOT NULL,
+        artifact_id  TEXT NOT NULL,
+        seq          BIGINT NOT NULL,
+        arrived_at   TEXT NOT NULL,
+        status       TEXT NOT NULL,
+        PRIMARY KEY (flow, consumer, artifact_id)
+    );
+    CREATE INDEX flow_deliveries_open ON flow_deliveries (flow, status, seq);
+    CREATE TABLE flow_dead_letters (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        flow          TEXT NOT NULL,
+        consumer      TEXT NOT NULL,
+        reason        TEXT NOT NULL,
+        artifact_ids  TEXT NOT NULL,
+        error         TEXT,
+        created_at    TEXT NOT NULL
+    );
+    """,
 )

@@ -1,0 +1,160 @@
+"""The durable board: a flow's artifacts and deliveries in the job store's database.
+
+With ``Flow(store=...)`` every publish records the artifact and one *delivery* per
+consumer that accepted it, in one transaction, before any consumer sees it. When a
+consumer's handler has run for a batch, the batch's deliveries are marked done and
+what the handler published (with its own deliveries) is recorded, again in one
+transaction. After a crash, the deliveries not done are the open batches and joins
+and the work in flight: they are re-buffered with their original arrival times, so
+their deadlines hold. Each consumer's effect on the board is exactly once; a handler
+that was running at the crash runs again (its outside effects are at least once).
+
+The statements are the store's own dialect (SQLite, or PostgreSQL through the store's
+placeholder translation); values are always bound parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from freight._errors import ConfigError
+from freight.flow._artifacts import Envelope, dump, load
+from freight.flow._visibility import from_json
+
+__all__ = ["Board", "StoredDeadLetter"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDeadLetter:
+    """A dead letter as the board records it (artifact ids, not artifacts)."""
+
+    consumer: str
+    reason: str
+    artifact_ids: list[str]
+    error: str | None
+    created_at: datetime
+
+
+class Board:
+    """Reads and writes one flow's rows in ``store`` (a SqliteStore or PostgresStore)."""
+
+    def __init__(self, store: Any, flow: str) -> None:
+        if not hasattr(store, "_write") or not hasattr(store, "_read"):
+            raise ConfigError(
+                f"Flow(store=...) needs a freight store (SqliteStore, PostgresStore, a path "
+                f"or a URL), got {store!r}"
+            )
+        self.store = store
+        self.flow = flow
+
+    def next_seq(self) -> int:
+        rows = self.store._read(
+            "SELECT coalesce(max(seq), 0) AS seq FROM flow_artifacts WHERE flow = ?", (self.flow,)
+        )
+        return int(rows[0]["seq"]) + 1
+
+    def record(
+        self,
+        published: Sequence[tuple[Envelope, int, Sequence[str]]],
+        *,
+        done: tuple[str, Sequence[str]] | None = None,
+        dead: Sequence[tuple[str, str, Sequence[str], str | None]] = (),
+    ) -> None:
+        """One transaction: artifacts with their deliveries (``(envelope, seq,
+        consumers)``), deliveries done (``(consumer, artifact ids)``), dead letters
+        (``(consumer, reason, artifact ids, error)``)."""
+        now = datetime.now(UTC).isoformat()
+        with self.store._write() as db:
+            for envelope, seq, consumers in published:
+                db.execute(
+                    "INSERT INTO flow_artifacts (flow, id, seq, type, payload, producer,"
+                    " visibility, tenant, correlation_id, depth, published_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        self.flow, envelope.id, seq, envelope.type, dump(envelope.payload),
+                        envelope.producer, json.dumps(envelope.visibility.to_json()),
+                        envelope.tenant, envelope.correlation_id, envelope.depth,
+                        envelope.published_at.isoformat(),
+                    ),
+                )  # fmt: skip
+                db.executemany(
+                    "INSERT INTO flow_deliveries (flow, consumer, artifact_id, seq, arrived_at,"
+                    " status) VALUES (?, ?, ?, ?, ?, 'open')",
+                    [(self.flow, c, envelope.id, seq, now) for c in consumers],
+                )
+            if done is not None:
+                consumer, ids = done
+                db.executemany(
+                    "UPDATE flow_deliveries SET status = 'done'"
+                    " WHERE flow = ? AND consumer = ? AND artifact_id = ?",
+                    [(self.flow, consumer, i) for i in ids],
+                )
+            for consumer, reason, ids, error in dead:
+                db.execute(
+                    "INSERT INTO flow_dead_letters (flow, consumer, reason, artifact_ids,"
+                    " error, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (self.flow, consumer, reason, json.dumps(list(ids)), error, now),
+                )
+
+    def open_deliveries(self, types: dict[str, type]) -> list[tuple[str, Envelope, datetime]]:
+        """Deliveries not done, in publication order: ``(consumer, envelope, arrived_at)``."""
+        rows = self.store._read(
+            "SELECT d.consumer, d.arrived_at, a.* FROM flow_deliveries d"
+            " JOIN flow_artifacts a ON a.flow = d.flow AND a.id = d.artifact_id"
+            " WHERE d.flow = ? AND d.status = 'open' ORDER BY d.seq, d.consumer",
+            (self.flow,),
+        )
+        return [
+            (row["consumer"], self._envelope(row, types), _parse(row["arrived_at"])) for row in rows
+        ]
+
+    def artifacts(self, types: dict[str, type]) -> list[Envelope]:
+        """Every artifact of this flow, in publication order."""
+        rows = self.store._read(
+            "SELECT * FROM flow_artifacts WHERE flow = ? ORDER BY seq", (self.flow,)
+        )
+        return [self._envelope(row, types) for row in rows]
+
+    def dead_letters(self) -> list[StoredDeadLetter]:
+        rows = self.store._read(
+            "SELECT * FROM flow_dead_letters WHERE flow = ? ORDER BY id", (self.flow,)
+        )
+        return [
+            StoredDeadLetter(
+                row["consumer"],
+                row["reason"],
+                json.loads(row["artifact_ids"]),
+                row["error"],
+                _parse(row["created_at"]),
+            )
+            for row in rows
+        ]
+
+    def _envelope(self, row: Any, types: dict[str, type]) -> Envelope:
+        kind = types.get(row["type"])
+        if kind is None:
+            raise ConfigError(
+                f"the board holds artifacts of type {row['type']} that no consumer of this "
+                "flow consumes or publishes; declare it (or publish it) before the flow starts"
+            )
+        return Envelope(
+            id=row["id"],
+            type=row["type"],
+            payload=load(kind, row["payload"]),
+            producer=row["producer"],
+            created_at=0.0,
+            published_at=_parse(row["published_at"]),
+            visibility=from_json(json.loads(row["visibility"])),
+            tenant=row["tenant"],
+            correlation_id=row["correlation_id"],
+            depth=int(row["depth"]),
+        )
+
+
+def _parse(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

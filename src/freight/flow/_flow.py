@@ -1,0 +1,704 @@
+"""``Flow``: typed publish/subscribe pipelines on the core engine.
+
+Artifacts (pydantic models or dataclasses) are published to a board; consumers
+declare what they read (types, a ``where`` predicate, a ``BatchSpec``, a ``JoinSpec``)
+and what they publish. The flow routes each artifact to the consumers that may see it
+and want it, batches and joins with the core's pure buffers (exact deadlines from the
+flow's clock), runs handlers with the core's batch plan (per-item outcomes, retries,
+poison isolation), publishes what they return, and dead-letters what cannot be
+handled, with its reason. Nothing accepted is dropped silently.
+
+Driving it:
+
+- ``await flow.publish(artifact)`` routes at once; handlers run as tasks.
+- ``await flow.run_until_idle()`` returns when everything published so far, and what
+  it caused, has been handled, except open batches and joins waiting for their size
+  or deadline (``flow.pending()`` lists them; they flush when the clock reaches it).
+- ``await flow.close()`` drains: open batches flush with reason ``close``, open joins
+  go to their handler (``on_partial="emit"``) or to dead letters (``join_incomplete``).
+- ``async with flow:`` runs it as a service and drains on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import random
+import uuid
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from freight._core._clock import Clock
+from freight._core._join import JoinGroup
+from freight._core._plan import Call, Outcome, Reply, plan_batch
+from freight._drivers._clocks import LoopClock
+from freight._errors import BatcherClosed, ConfigError, HandlerContractError
+from freight.flow._artifacts import Envelope, check_artifact, is_artifact, type_name
+from freight.flow._board import Board
+from freight.flow._consumer import ConsumerBuilder, ConsumerSpec, Group
+from freight.flow._records import DeadLetter, PendingBatch, Runtime, Whole, Work
+from freight.flow._trace import DuckDBTracer, Span
+from freight.flow._visibility import Public, Tenant, Visibility, check_visibility, may_see
+
+__all__ = ["DeadLetter", "Flow", "PendingBatch"]
+
+_log = logging.getLogger("freight.flow")
+
+_HISTORY = 10_000  # artifacts and dead letters an in-memory flow keeps for inspection
+
+
+class Flow:
+    """A board of typed artifacts and the consumers that batch, join and publish them.
+
+    Args:
+        store: ``None`` (in memory), or a store (``SqliteStore``, ``PostgresStore``, a
+            path or a URL) for a durable board: a crash and restart resumes with
+            nothing lost, open batches keeping their deadlines.
+        clock: the flow's clock; :class:`freight.testing.FakeClock` in tests.
+        name: the flow's name in a shared store.
+        subscribers: callables receiving every :class:`~freight.flow.Span`.
+        trace: ``True`` or a path: also write spans to DuckDB (``.freight/traces.duckdb``).
+        allow_cycles: accept consumers that feed each other (refused by default).
+        max_depth: most consumer hops from an outside publish; deeper artifacts are
+            dead-lettered (``max_depth``): the bound on a cycle.
+    """
+
+    def __init__(
+        self,
+        store: Any = None,
+        clock: Clock | None = None,
+        *,
+        name: str = "default",
+        subscribers: Iterable[Callable[[Span], Any]] = (),
+        trace: bool | str | Path | None = None,
+        allow_cycles: bool = False,
+        max_depth: int = 32,
+    ) -> None:
+        if not isinstance(max_depth, int) or isinstance(max_depth, bool) or max_depth < 1:
+            raise ConfigError(f"Flow: max_depth must be an int >= 1, got {max_depth!r}")
+        self.name = name
+        self._clock_given = clock
+        self._clock: Clock | None = clock
+        self._board: Board | None = None
+        if store is not None:
+            from freight.store import open_store  # noqa: PLC0415 (the store is optional)
+
+            resolved = open_store(str(store)) if isinstance(store, str | Path) else store
+            self._board = Board(resolved, name)
+        self._subscribers: list[Callable[[Span], Any]] = list(subscribers)
+        if trace:
+            self._subscribers.append(DuckDBTracer() if trace is True else DuckDBTracer(trace))
+        self.allow_cycles = allow_cycles
+        self.max_depth = max_depth
+        self._consumers: dict[str, Runtime] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._history: deque[Envelope] = deque(maxlen=_HISTORY)
+        self._dead: deque[DeadLetter] = deque(maxlen=_HISTORY)
+        self._types: dict[str, type] = {}
+        self._seq = itertools.count(1)
+        self._started = False
+        self._closed = False
+        self._random = random.Random()
+
+    def __repr__(self) -> str:
+        durable = "durable" if self._board else "in memory"
+        return f"Flow({self.name!r}, {len(self._consumers)} consumers, {durable})"
+
+    # -- declaring ------------------------------------------------------------
+
+    def consumer(
+        self, name: str, *, tenant: str | None = None, labels: Iterable[str] = ()
+    ) -> ConsumerBuilder:
+        """Start declaring the consumer ``name``; finish with ``.does(handler)``.
+
+        Args:
+            tenant: limit it to one tenant's artifacts (and public ones).
+            labels: the labels it holds, for ``Labelled`` artifacts.
+        """
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"a consumer needs a non-empty name, got {name!r}")
+        builder = ConsumerBuilder(self, ConsumerSpec(name))
+        if tenant is not None:
+            builder.tenant(tenant)
+        builder.labels(labels)
+        return builder
+
+    def _register(self, spec: ConsumerSpec) -> None:
+        if self._started:
+            raise ConfigError(
+                f"consumer {spec.name!r}: declare consumers before the flow starts "
+                "(its first publish, run_until_idle or async with)"
+            )
+        if spec.name in self._consumers:
+            raise ConfigError(f"a consumer named {spec.name!r} is already declared")
+        self._consumers[spec.name] = Runtime(spec)
+
+    @property
+    def consumers(self) -> list[ConsumerSpec]:
+        """The declared consumers."""
+        return [rt.spec for rt in self._consumers.values()]
+
+    # -- running --------------------------------------------------------------
+
+    async def publish(
+        self,
+        artifact: Any,
+        *,
+        visibility: Visibility | None = None,
+        correlation_id: str | None = None,
+    ) -> Envelope:
+        """Publish ``artifact`` to the board; return its envelope (id, type, times…).
+
+        It is routed at once to every consumer that may see it and wants it (type and
+        ``where``); handlers run as tasks (``run_until_idle`` waits for them).
+        """
+        if self._closed:
+            raise BatcherClosed(f"the flow {self.name!r} is closed; it takes no more artifacts")
+        check_artifact(artifact, "Flow.publish")
+        visibility = check_visibility(visibility, "Flow.publish")
+        await self._start()
+        envelope = self._envelope(
+            artifact, producer=None, visibility=visibility or Public(), depth=0,
+            correlation_id=correlation_id,
+        )  # fmt: skip
+        self._route([envelope])
+        return envelope
+
+    async def run_until_idle(self) -> None:
+        """Return when every handler run caused so far has finished (open batches and
+        joins keep waiting for their size or deadline)."""
+        await self._start()
+        while True:
+            for _ in range(3):  # let callbacks scheduled by the last handlers run
+                await asyncio.sleep(0)
+            if not self._tasks:
+                break
+            await asyncio.wait(list(self._tasks))
+        self._flush_subscribers()
+
+    async def close(self) -> None:
+        """Drain and stop: open batches flush (reason ``close``), open joins go to their
+        handler (``on_partial="emit"``) or to dead letters (``join_incomplete``), and
+        what that publishes is handled too. Later publishes are refused."""
+        if self._closed:
+            return
+        await self._start()
+        while True:
+            await self.run_until_idle()
+            drained = False
+            for rt in self._consumers.values():
+                drained |= self._drain(rt)
+            if not drained and not self._tasks:
+                break
+        self._closed = True
+        for rt in self._consumers.values():
+            if rt.timer is not None:
+                rt.timer.cancel()
+        for subscriber in self._subscribers:
+            close = getattr(subscriber, "close", None)
+            if callable(close):
+                close()
+
+    async def __aenter__(self) -> Flow:
+        await self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- introspection --------------------------------------------------------
+
+    def pending(self) -> list[PendingBatch]:
+        """The open batches and join groups, oldest first."""
+        out: list[PendingBatch] = []
+        for name, rt in self._consumers.items():
+            if rt.joins is not None:
+                for group in rt.joins.open_groups():
+                    members = tuple(m.payload for m in group.members if m is not None)
+                    key = group.key[1] if isinstance(group.key, tuple) else group.key
+                    out.append(
+                        PendingBatch(name, "join", key, len(members), members,
+                                     group.opened_at, group.deadline)
+                    )  # fmt: skip
+            if rt.buffer is not None:
+                for batch in rt.buffer.open_batches():
+                    items = tuple(w.item for w in batch.items)
+                    out.append(
+                        PendingBatch(name, "batch", batch.key, len(items), items,
+                                     batch.opened_at, batch.deadline)
+                    )  # fmt: skip
+        return sorted(out, key=lambda p: p.opened_at)
+
+    def dead_letters(self, consumer: str | None = None) -> list[DeadLetter]:
+        """What did not make it, oldest first (of ``consumer`` alone, if given)."""
+        return [d for d in self._dead if consumer is None or d.consumer == consumer]
+
+    def artifacts(self, kind: type | None = None) -> list[Envelope]:
+        """The artifacts published (of type ``kind``, if given), oldest first.
+
+        A durable flow reads them from its store; an in-memory flow keeps the last
+        10,000.
+        """
+        if self._board is not None:
+            self._learn_types()
+            envelopes: Iterable[Envelope] = self._board.artifacts(self._types)
+        else:
+            envelopes = self._history
+        return [e for e in envelopes if kind is None or isinstance(e.payload, kind)]
+
+    # -- starting -------------------------------------------------------------
+
+    async def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        if self._clock is None:
+            self._clock = LoopClock(asyncio.get_running_loop())
+        self._check_graph()
+        self._learn_types()
+        if self._board is not None:
+            self._restore(self._board)
+
+    def _learn_types(self) -> None:
+        for rt in self._consumers.values():
+            for kind in (*rt.spec.types, *rt.spec.publishes):
+                self._types.setdefault(type_name(kind), kind)
+
+    def _check_graph(self) -> None:
+        """Refuse consumers that feed each other, unless cycles are allowed."""
+        feeds = {
+            name: [
+                other
+                for other, o in self._consumers.items()
+                if any(issubclass(p, t) for p in rt.spec.publishes for t in o.spec.types)
+            ]
+            for name, rt in self._consumers.items()
+        }
+        state: dict[str, int] = {}  # 1: on the path, 2: done
+
+        def visit(name: str, path: list[str]) -> list[str] | None:
+            state[name] = 1
+            for nxt in feeds[name]:
+                if state.get(nxt) == 1:
+                    return [*path[path.index(nxt) :], nxt] if nxt in path else [name, nxt]
+                if nxt not in state and (cycle := visit(nxt, [*path, nxt])):
+                    return cycle
+            state[name] = 2
+            return None
+
+        for name in feeds:
+            if name not in state and (cycle := visit(name, [name])) and not self.allow_cycles:
+                raise ConfigError(
+                    f"the consumers form a cycle: {' -> '.join(cycle)}; if it is meant, "
+                    f"pass Flow(allow_cycles=True, max_depth=N) to bound it"
+                )
+
+    def _restore(self, board: Board) -> None:
+        """Re-buffer the deliveries not done, with their original arrival times."""
+        self._seq = itertools.count(board.next_seq())
+        clock = self._clock
+        assert clock is not None
+        now, wall = clock.now(), datetime.now(UTC)
+        open_ = board.open_deliveries(self._types)
+        for consumer, envelope, arrived in open_:
+            rt = self._consumers.get(consumer)
+            if rt is None:
+                _log.warning(
+                    "%s: the board has open deliveries for consumer %r, which this flow does "
+                    "not declare; they stay open",
+                    self.name,
+                    consumer,
+                )
+                continue
+            at = now - max(0.0, (wall - arrived).total_seconds())
+            self._deliver(rt, dataclasses.replace(envelope, created_at=at), at)
+        for rt in self._consumers.values():
+            self._on_timer(rt)
+        if open_:
+            _log.info("%s: resumed %d open deliveries from the store", self.name, len(open_))
+
+    # -- routing --------------------------------------------------------------
+
+    def _envelope(
+        self,
+        artifact: Any,
+        *,
+        producer: str | None,
+        visibility: Visibility,
+        depth: int,
+        correlation_id: str | None,
+    ) -> Envelope:
+        if isinstance(visibility, Tenant):
+            visibility = visibility.resolve(artifact)
+        kind = type(artifact)
+        self._types.setdefault(type_name(kind), kind)
+        assert self._clock is not None
+        return Envelope(
+            id=uuid.uuid4().hex,
+            type=type_name(kind),
+            payload=artifact,
+            producer=producer,
+            created_at=self._clock.now(),
+            published_at=datetime.now(UTC),
+            visibility=visibility,
+            tenant=visibility.tenant_id if isinstance(visibility, Tenant) else None,
+            correlation_id=correlation_id,
+            depth=depth,
+        )
+
+    def _route(
+        self,
+        envelopes: Sequence[Envelope],
+        *,
+        done: tuple[str, Sequence[str]] | None = None,
+        dead: Sequence[DeadLetter] = (),
+    ) -> None:
+        """Record ``envelopes`` (and a handled batch's ``done``/``dead``) in one
+        transaction, then deliver them to the consumers that take them."""
+        assert self._clock is not None
+        now = self._clock.now()
+        routed: list[tuple[Envelope, int, list[Runtime]]] = []
+        refused: list[DeadLetter] = list(dead)
+        for envelope in envelopes:
+            takers = []
+            for rt in self._consumers.values():
+                verdict = self._takes(rt.spec, envelope)
+                if isinstance(verdict, BaseException):
+                    refused.append(
+                        self._dead_letter(rt.spec.name, "where_error", [envelope], verdict)
+                    )
+                elif verdict:
+                    takers.append(rt)
+            routed.append((envelope, next(self._seq), takers))
+        if self._board is not None:
+            self._board.record(
+                [(e, seq, [rt.spec.name for rt in takers]) for e, seq, takers in routed],
+                done=done,
+                dead=[(d.consumer, d.reason, [e.id for e in d.envelopes], _text(d.error))
+                      for d in refused],
+            )  # fmt: skip
+        for letter in refused:
+            self._dead.append(letter)
+            self._span("dead_letter", letter.consumer, now, 0.0, {
+                "reason": letter.reason, "batch_size": len(letter.envelopes),
+                "error": _text(letter.error),
+            })  # fmt: skip
+        for envelope, _, takers in routed:
+            self._history.append(envelope)
+            self._span("publish", envelope.producer, now, 0.0, {
+                "artifact_type": envelope.type, "consumers": len(takers),
+                "tenant": envelope.tenant, "depth": envelope.depth,
+            })  # fmt: skip
+            for rt in takers:
+                self._deliver(rt, envelope, now)
+
+    def _takes(self, spec: ConsumerSpec, envelope: Envelope) -> bool | BaseException:
+        if spec.slot_of(envelope.payload) is None:
+            return False
+        if not may_see(envelope.visibility, spec.name, spec.tenant, spec.labels):
+            return False
+        if spec.tenant is not None and envelope.tenant not in (None, spec.tenant):
+            return False
+        if spec.where is None:
+            return True
+        try:
+            return bool(spec.where(envelope.payload))
+        except Exception as exc:
+            return exc
+
+    def _deliver(self, rt: Runtime, envelope: Envelope, now: float) -> None:
+        spec = rt.spec
+        if rt.joins is not None and spec.join is not None:
+            self._expire(rt, now)
+            key = (envelope.tenant, spec.join.key_of(envelope.payload))
+            slot = spec.slot_of(envelope.payload)
+            assert slot is not None
+            group = rt.joins.add(key, slot, envelope, now)
+            if group is not None:
+                self._offer(rt, self._group_work(rt, group), now)
+        else:
+            self._offer(rt, Work(envelope.payload, (envelope,), envelope.tenant), now)
+        self._schedule(rt)
+
+    def _group_work(self, rt: Runtime, group: JoinGroup) -> Work:
+        joined: tuple[str | None, Hashable] = group.key  # type: ignore[assignment]
+        tenant, key = joined
+        members: tuple[Envelope | None, ...] = group.members
+        payloads = tuple(m.payload if m is not None else None for m in members)
+        envelopes = tuple(m for m in members if m is not None)
+        return Work(Group(key, payloads, rt.spec.types, group.complete), envelopes, tenant)
+
+    def _offer(self, rt: Runtime, work: Work, now: float) -> None:
+        if rt.buffer is None:
+            self._dispatch(rt, [work], "immediate", now, work.tenant)
+            return
+        for flush in rt.buffer.add(work, now):
+            self._dispatch(rt, flush.items, flush.reason, flush.opened_at, flush.key)
+
+    def _expire(self, rt: Runtime, now: float) -> None:
+        if rt.joins is None:
+            return
+        for group in rt.joins.tick(now):
+            self._partial(rt, group, "join_timeout", now)
+
+    def _partial(self, rt: Runtime, group: JoinGroup, reason: str, now: float) -> None:
+        if rt.spec.on_partial == "emit":
+            self._offer(rt, self._group_work(rt, group), now)
+            return
+        envelopes = [m for m in group.members if m is not None]
+        letter = self._dead_letter(rt.spec.name, reason, envelopes, None)
+        self._route([], done=(rt.spec.name, [e.id for e in envelopes]), dead=[letter])
+
+    def _schedule(self, rt: Runtime) -> None:
+        deadline = rt.next_deadline()
+        if deadline == rt.timer_at:
+            return
+        if rt.timer is not None:
+            rt.timer.cancel()
+        rt.timer, rt.timer_at = None, deadline
+        if deadline is not None:
+            assert self._clock is not None
+            rt.timer = self._clock.call_at(deadline, lambda: self._on_timer(rt))
+
+    def _on_timer(self, rt: Runtime) -> None:
+        rt.timer, rt.timer_at = None, None
+        assert self._clock is not None
+        now = self._clock.now()
+        self._expire(rt, now)
+        if rt.buffer is not None:
+            for flush in rt.buffer.tick(now):
+                self._dispatch(rt, flush.items, flush.reason, flush.opened_at, flush.key)
+        self._schedule(rt)
+
+    def _drain(self, rt: Runtime) -> bool:
+        """Flush everything open in ``rt`` (reason ``close``); True if anything was."""
+        assert self._clock is not None
+        now = self._clock.now()
+        drained = False
+        if rt.joins is not None:
+            for group in rt.joins.close():
+                self._partial(rt, group, "join_incomplete", now)
+                drained = True
+        if rt.buffer is not None:
+            for flush in rt.buffer.close():
+                self._dispatch(rt, flush.items, flush.reason, flush.opened_at, flush.key)
+                drained = True
+        rt.reset()  # fresh buffers for what the drained batches publish
+        self._schedule(rt)
+        return drained
+
+    # -- handling -------------------------------------------------------------
+
+    def _dispatch(
+        self, rt: Runtime, works: list[Work], reason: str, opened_at: float, key: Hashable
+    ) -> None:
+        assert self._clock is not None
+        now = self._clock.now()
+        spec = rt.spec
+        size = spec.batch.size if spec.batch is not None else 1
+        flush_id = self._span("flush", spec.name, opened_at, now - opened_at, {
+            "batch_size": len(works), "flush_reason": reason,
+            "efficiency": len(works) / size, "tenant": key,
+        })  # fmt: skip
+        task = asyncio.get_running_loop().create_task(self._handle(rt, works, flush_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, rt: Runtime, works: list[Work], flush_id: str | None) -> None:
+        spec = rt.spec
+        assert self._clock is not None
+        started = self._clock.now()
+        try:
+            outcome = await self._execute(spec, [w.item for w in works])
+            outputs, dead = self._outputs(spec, works, outcome.outcomes)
+        except Exception as exc:  # a bug of ours or a subscriber's: never lose the batch
+            _log.exception("%s: consumer %r failed unexpectedly", self.name, spec.name)
+            outcome = Outcome([exc] * len(works), 1)
+            outputs = []
+            dead = [self._dead_letter(spec.name, "handler_error", list(w.envelopes), exc)
+                    for w in works]  # fmt: skip
+        failed = sum(isinstance(o, BaseException) for o in outcome.outcomes)
+        self._span("handler", spec.name, started, self._clock.now() - started, {
+            "batch_size": len(works), "succeeded": len(works) - failed, "failed": failed,
+            "tries": outcome.tries, "published": len(outputs),
+        }, parent=flush_id)  # fmt: skip
+        done = [e.id for w in works for e in w.envelopes]
+        self._route(outputs, done=(spec.name, done), dead=dead)
+
+    async def _execute(self, spec: ConsumerSpec, items: list[Any]) -> Outcome:
+        """Run the core's batch plan: retries, backoff on the flow's clock, bisection."""
+        assert self._clock is not None
+        plan = plan_batch(items, spec.retry, self._random.random)
+        effect = next(plan)
+        while True:
+            if isinstance(effect, Call):
+                if spec.rate_limit is not None:
+                    cost = len(effect.items) if spec.rate_limit.unit == "items" else 1
+                    await spec.rate_limit.acquire(cost, clock=self._clock)
+                reply = await self._call(spec, effect.items)
+                try:
+                    effect = plan.send(reply)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+            else:
+                await self._clock.sleep(effect.seconds)
+                effect = next(plan)
+
+    async def _call(self, spec: ConsumerSpec, items: list[Any]) -> Reply:
+        handler = spec.handler
+        assert handler is not None
+        argument: Any = list(items) if spec.batch is not None else items[0]
+        try:
+            if spec.is_async:
+                result = await handler(argument)
+            else:
+                result = await asyncio.to_thread(handler, argument)
+        except Exception as exc:
+            return Reply(error=exc)
+        if spec.batch is None:
+            return Reply(value=[result])
+        if result is None or (isinstance(result, list) and len(result) == len(items)):
+            return Reply(value=result)
+        # One return for the whole batch (a report, or several artifacts): published once.
+        return Reply(value=[Whole(result)] + [None] * (len(items) - 1))
+
+    def _outputs(
+        self, spec: ConsumerSpec, works: list[Work], outcomes: list[Any]
+    ) -> tuple[list[Envelope], list[DeadLetter]]:
+        """The envelopes to publish from a handler's outcomes, and the dead letters."""
+        outputs: list[Envelope] = []
+        dead: list[DeadLetter] = []
+        for work, outcome in zip(works, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                dead.append(
+                    self._dead_letter(spec.name, "handler_error", list(work.envelopes), outcome)
+                )
+                continue
+            sources = (
+                [e for w in works for e in w.envelopes]
+                if isinstance(outcome, Whole)
+                else list(work.envelopes)
+            )
+            values = _values(outcome.value if isinstance(outcome, Whole) else outcome)
+            problem = self._check_outputs(spec, values)
+            depth = max(e.depth for e in sources) + 1
+            if problem is None and depth > self.max_depth:
+                too_deep = f"depth {depth} > max_depth {self.max_depth}"
+                dead.append(
+                    self._dead_letter(spec.name, "max_depth", list(work.envelopes), too_deep)
+                )
+                continue
+            if problem is not None:
+                dead.append(self._dead_letter(spec.name, "contract", list(work.envelopes), problem))
+                continue
+            for value in values:
+                outputs.append(self._output(spec, value, sources, depth))
+        return outputs, dead
+
+    def _check_outputs(self, spec: ConsumerSpec, values: list[Any]) -> HandlerContractError | None:
+        for value in values:
+            if not is_artifact(value):
+                return HandlerContractError(
+                    f"consumer {spec.name!r} returned {type(value).__name__}; a handler returns "
+                    "None, an artifact (pydantic model or dataclass) or a list of them"
+                )
+            if not any(isinstance(value, kind) for kind in spec.publishes):
+                declared = [k.__name__ for k in spec.publishes] or "nothing"
+                return HandlerContractError(
+                    f"consumer {spec.name!r} returned a {type(value).__name__} but declares "
+                    f".publishes({declared}); declare every type it publishes"
+                )
+        return None
+
+    def _output(
+        self, spec: ConsumerSpec, value: Any, sources: list[Envelope], depth: int
+    ) -> Envelope:
+        tenants = {e.tenant for e in sources}
+        visibility = spec.visibility
+        if visibility is None:  # what is made from one tenant's artifacts stays that tenant's
+            only = next(iter(tenants)) if len(tenants) == 1 else None
+            visibility = Tenant(only) if only is not None else Public()
+        correlations = {e.correlation_id for e in sources}
+        correlation = next(iter(correlations)) if len(correlations) == 1 else None
+        return self._envelope(
+            value, producer=spec.name, visibility=visibility, depth=depth,
+            correlation_id=correlation,
+        )  # fmt: skip
+
+    # -- records --------------------------------------------------------------
+
+    def _dead_letter(
+        self,
+        consumer: str,
+        reason: str,
+        envelopes: list[Envelope],
+        error: BaseException | str | None,
+    ) -> DeadLetter:
+        return DeadLetter(
+            consumer, reason, [e.payload for e in envelopes], envelopes, error, datetime.now(UTC)
+        )
+
+    def _span(
+        self,
+        name: Any,
+        consumer: str | None,
+        start: float,
+        duration: float,
+        attributes: dict[str, Any],
+        *,
+        parent: str | None = None,
+    ) -> str | None:
+        if not self._subscribers:
+            return None
+        assert self._clock is not None
+        lag = self._clock.now() - start
+        span = Span(
+            id=uuid.uuid4().hex,
+            name=name,
+            consumer=consumer,
+            started_at=datetime.now(UTC) - timedelta(seconds=max(0.0, lag)),
+            duration=max(0.0, duration),
+            attributes={k: v for k, v in attributes.items() if v is not None},
+            parent_id=parent,
+            flow=self.name,
+        )
+        for subscriber in self._subscribers:
+            try:
+                subscriber(span)
+            except Exception:
+                _log.exception("%s: span subscriber %r failed", self.name, subscriber)
+        return span.id
+
+    def _flush_subscribers(self) -> None:
+        for subscriber in self._subscribers:
+            flush = getattr(subscriber, "flush", None)
+            if callable(flush):
+                try:
+                    flush()
+                except Exception:
+                    _log.exception("%s: span subscriber %r failed", self.name, subscriber)
+
+
+def _values(outcome: Any) -> list[Any]:
+    if outcome is None:
+        return []
+    if isinstance(outcome, list | tuple):
+        return [v for v in outcome if v is not None]
+    return [outcome]
+
+
+def _text(error: BaseException | str | None) -> str | None:
+    if error is None or isinstance(error, str):
+        return error
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,116 @@
+"""What a flow reports and holds: dead letters, open batches, a consumer's buffers."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from freight._core._buffer import BatchBuffer
+from freight._core._clock import TimerHandle
+from freight._core._join import JoinBuffer
+from freight.flow._artifacts import Envelope
+from freight.flow._consumer import ConsumerSpec
+
+__all__ = ["DeadLetter", "PendingBatch"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """What did not make it through a consumer, and why.
+
+    Attributes:
+        consumer: the consumer.
+        reason: ``handler_error`` (the handler failed it, after retries),
+            ``join_timeout`` (a join group expired incomplete), ``join_incomplete``
+            (open at close), ``contract`` (the handler returned what the consumer does
+            not publish), ``where_error`` (its predicate raised), ``max_depth`` (a
+            cycle went deeper than allowed).
+        artifacts: the artifacts concerned (a partial group's members).
+        envelopes: the same, as the board holds them.
+        error: the exception, when there was one.
+        created_at: when, UTC.
+    """
+
+    consumer: str
+    reason: str
+    artifacts: list[Any]
+    envelopes: list[Envelope]
+    error: BaseException | str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBatch:
+    """An open batch or join group, waiting for its size or deadline.
+
+    Attributes:
+        consumer: the consumer.
+        kind: ``"batch"`` or ``"join"``.
+        key: the batch key (the tenant, or ``None``) or the join key.
+        items: how many artifacts (or groups, for a batch of groups) wait.
+        artifacts: those artifacts (or groups).
+        opened_at: the flow clock's time of the first.
+        deadline: when it flushes (or expires) if nothing else happens first.
+    """
+
+    consumer: str
+    kind: str
+    key: Hashable
+    items: int
+    artifacts: tuple[Any, ...]
+    opened_at: float
+    deadline: float | None
+
+
+@dataclass(slots=True)
+class Work:
+    """What a handler gets for one item: an artifact or a group, with its envelopes."""
+
+    item: Any
+    envelopes: tuple[Envelope, ...]
+    tenant: str | None
+
+
+class Whole:
+    """A batch handler's single return for the whole batch (published once)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class Runtime:
+    """A registered consumer and its buffers."""
+
+    def __init__(self, spec: ConsumerSpec) -> None:
+        self.spec = spec
+        self.buffer: BatchBuffer[Work] | None = None
+        self.joins: JoinBuffer | None = None
+        self.timer: TimerHandle | None = None
+        self.timer_at: float | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        spec = self.spec
+        if spec.batch is not None:
+            self.buffer = BatchBuffer(spec.batch, key=tenant_key)
+        if spec.join is not None:
+            self.joins = JoinBuffer(spec.join, len(spec.types))
+
+    def next_deadline(self) -> float | None:
+        deadlines = [
+            d
+            for d in (
+                self.buffer.next_deadline() if self.buffer else None,
+                self.joins.next_deadline() if self.joins else None,
+            )
+            if d is not None
+        ]
+        return min(deadlines, default=None)
+
+
+def tenant_key(work: Work) -> Hashable:
+    return work.tenant
