@@ -27,7 +27,7 @@ class Envelope:
 
     Attributes:
         id: unique id (a UUID hex string).
-        type: the artifact's type name (``module.QualName``).
+        type: the artifact's type name (its ``__qualname__``).
         payload: the artifact itself.
         producer: the consumer that published it, or ``None`` for ``flow.publish``.
         created_at: the flow clock's time of publication (monotonic seconds).
@@ -51,8 +51,10 @@ class Envelope:
 
 
 def type_name(kind: type) -> str:
-    """The name a type is stored under."""
-    return f"{kind.__module__}.{kind.__qualname__}"
+    """The name a type is stored under: its qualified name (``Transaction``), the same
+    whether its module runs as a script or is imported; a flow refuses two declared
+    types of one name."""
+    return kind.__qualname__
 
 
 def is_artifact(value: object) -> bool:

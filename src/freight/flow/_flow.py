@@ -273,7 +273,15 @@ class Flow:
     def _learn_types(self) -> None:
         for rt in self._consumers.values():
             for kind in (*rt.spec.types, *rt.spec.publishes):
-                self._types.setdefault(type_name(kind), kind)
+                self._learn(kind)
+
+    def _learn(self, kind: type) -> None:
+        known = self._types.setdefault(type_name(kind), kind)
+        if known is not kind:
+            raise ConfigError(
+                f"two artifact types are named {type_name(kind)} ({known.__module__} and "
+                f"{kind.__module__}); the board stores types by name: rename one"
+            )
 
     def _check_graph(self) -> None:
         """Refuse consumers that feed each other, unless cycles are allowed."""
@@ -342,7 +350,7 @@ class Flow:
         if isinstance(visibility, Tenant):
             visibility = visibility.resolve(artifact)
         kind = type(artifact)
-        self._types.setdefault(type_name(kind), kind)
+        self._learn(kind)
         assert self._clock is not None
         return Envelope(
             id=uuid.uuid4().hex,

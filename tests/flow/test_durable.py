@@ -1,0 +1,102 @@
+"""A durable board: killed with SIGKILL while batches are open, restarted, nothing lost."""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from freight import BatchSpec, Flow
+from freight.store import SqliteStore
+from freight.testing import FakeClock
+from tests.flow.crash_child import Done, Item, Seen, build
+
+
+def child(store: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.flow.crash_child", str(store), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigkill_with_open_batches_then_restart_processes_each_artifact_once(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "flow.db"
+    rng = random.Random(20261125)
+    published_before_kill = []
+    for run in range(10):
+        process = child(store, "publish", str(run * 1000), "50")
+        assert process.stdout is not None
+        wanted = rng.randint(1, 50)  # a random kill point: after this many publishes
+        lines = [process.stdout.readline() for _ in range(wanted)]
+        assert all(line.strip().isdigit() for line in lines), process.stderr
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        published_before_kill.append(wanted)
+    with sqlite3.connect(store) as db:
+        open_ = db.execute(
+            "SELECT count(*) FROM flow_deliveries WHERE status = 'open' AND consumer = 'batcher'"
+        ).fetchone()[0]
+    assert open_ > 0, "batches must be open at the kills"
+    final = child(store, "drain")
+    out, err = final.communicate(timeout=60)
+    assert final.returncode == 0, err
+    assert "drained" in out
+
+    import asyncio
+
+    async def count() -> tuple[list[int], Counter[int], Counter[int]]:
+        flow = build(str(store))
+        items = [e.payload.n for e in flow.artifacts(Item)]
+        done = Counter(e.payload.n for e in flow.artifacts(Done))
+        seen = Counter(e.payload.n for e in flow.artifacts(Seen))
+        return items, done, seen
+
+    items, done, seen = asyncio.run(count())
+    assert len(items) >= sum(published_before_kill)  # every acknowledged publish is stored
+    assert done == Counter(items)  # each Item batched and handled exactly once
+    assert seen == Counter(items)
+    assert set(done.values()) == {1}
+
+
+async def test_a_restart_keeps_the_deadline_of_an_open_batch(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "flow.db")
+
+    def declare(flow: Flow, handled: list[int]) -> None:
+        @flow.consumer("b").consumes(Item, batch=BatchSpec(size=10, timeout=30))
+        async def b(items: list[Item]) -> None:
+            handled.extend(i.n for i in items)
+
+    first: list[int] = []
+    flow = Flow(store=store, clock=FakeClock())
+    declare(flow, first)
+    for n in range(3):
+        await flow.publish(Item(n=n))
+    await flow.run_until_idle()
+    assert first == []  # the process "dies" here, its batch open
+    twenty_ago = (datetime.now(UTC) - timedelta(seconds=20)).isoformat()
+    with store._write() as db:  # the crash happened 20 s ago
+        db.execute("UPDATE flow_deliveries SET arrived_at = ?", (twenty_ago,))
+
+    clock = FakeClock(1000)
+    again: list[int] = []
+    restarted = Flow(store=store, clock=clock)
+    declare(restarted, again)
+    await restarted.run_until_idle()
+    [pending] = restarted.pending()
+    assert pending.items == 3
+    assert pending.deadline is not None
+    assert 1009 < pending.deadline <= 1010  # 30 s from the original arrival, not from now
+    await clock.advance(10)
+    await restarted.run_until_idle()
+    assert again == [0, 1, 2]
+    await restarted.close()
+    store.close()
