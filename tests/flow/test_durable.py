@@ -100,3 +100,32 @@ async def test_a_restart_keeps_the_deadline_of_an_open_batch(tmp_path: Path) -> 
     assert again == [0, 1, 2]
     await restarted.close()
     store.close()
+
+
+async def test_a_durable_board_in_postgresql_resumes_open_batches() -> None:
+    from tests.store.test_store_contract import postgres_store
+
+    stores = postgres_store()
+    store = next(stores)
+    try:
+        handled: list[int] = []
+
+        def declare(flow: Flow) -> None:
+            @flow.consumer("b").consumes(Item, batch=BatchSpec(size=4, timeout=30)).publishes(Done)
+            async def b(items: list[Item]) -> list[Done]:
+                handled.extend(i.n for i in items)
+                return [Done(n=i.n) for i in items]
+
+        first = Flow(store=store, clock=FakeClock(), name="pg")
+        declare(first)
+        for n in range(6):
+            await first.publish(Item(n=n))
+        await first.run_until_idle()
+        assert sorted(handled) == [0, 1, 2, 3]  # 4 and 5 wait in an open batch: "crash"
+        second = Flow(store=store, clock=FakeClock(), name="pg")
+        declare(second)
+        await second.close()
+        assert sorted(handled) == list(range(6))
+        assert sorted(e.payload.n for e in second.artifacts(Done)) == list(range(6))
+    finally:
+        next(stores, None)

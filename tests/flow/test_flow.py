@@ -403,3 +403,47 @@ async def test_a_failing_subscriber_never_breaks_the_flow(caplog: pytest.LogCapt
     await flow.close()
     assert seen == [1]
     assert "span subscriber" in caplog.text
+
+
+@given(
+    size=st.integers(1, 6),
+    timeout=st.sampled_from([None, 1.0, 5.0]),
+    steps=st.lists(st.one_of(st.integers(0, 50), st.floats(0.1, 3.0)), max_size=50),
+)
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_every_published_artifact_is_handled_exactly_once_per_consumer(
+    size: int, timeout: float | None, steps: list[int | float]
+) -> None:
+    """Integers publish, floats move the clock; after close every artifact reached each
+    consumer exactly once, and no batch was bigger than its size."""
+    import asyncio
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        flow = Flow(clock=clock)
+        batched: list[int] = []
+        single: list[int] = []
+        sizes: list[int] = []
+
+        @flow.consumer("batched").consumes(Ping, batch=BatchSpec(size=size, timeout=timeout))
+        async def b(items: list[Ping]) -> None:
+            sizes.append(len(items))
+            batched.extend(p.n for p in items)
+
+        @flow.consumer("single").consumes(Ping)
+        def s(p: Ping) -> None:
+            single.append(p.n)
+
+        published = []
+        for step in steps:
+            if isinstance(step, int):
+                published.append(step)
+                await flow.publish(Ping(step))
+            else:
+                await clock.advance(step)
+        await flow.close()
+        assert sorted(batched) == sorted(published)
+        assert sorted(single) == sorted(published)
+        assert all(1 <= n <= size for n in sizes)
+
+    asyncio.run(scenario())

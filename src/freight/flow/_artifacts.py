@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from freight._errors import ConfigError
 from freight.flow._visibility import Public, Visibility
 
 __all__ = ["Envelope", "check_artifact", "type_name"]
 
+_PUBLIC = Public()
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """One published artifact, as the board holds it.
+
+class Envelope(NamedTuple):
+    """One published artifact, as the board holds it (a tuple: cheap to make).
 
     Attributes:
         id: unique id (a UUID hex string).
@@ -44,7 +44,7 @@ class Envelope:
     producer: str | None
     created_at: float
     published_at: datetime
-    visibility: Visibility = dataclasses.field(default_factory=Public)
+    visibility: Visibility = _PUBLIC
     tenant: str | None = None
     correlation_id: str | None = None
     depth: int = 0

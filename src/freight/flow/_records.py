@@ -101,15 +101,11 @@ class Runtime:
             self.joins = JoinBuffer(spec.join, len(spec.types))
 
     def next_deadline(self) -> float | None:
-        deadlines = [
-            d
-            for d in (
-                self.buffer.next_deadline() if self.buffer else None,
-                self.joins.next_deadline() if self.joins else None,
-            )
-            if d is not None
-        ]
-        return min(deadlines, default=None)
+        batch = self.buffer.next_deadline() if self.buffer is not None else None
+        join = self.joins.next_deadline() if self.joins is not None else None
+        if batch is None or join is None:
+            return batch if join is None else join
+        return min(batch, join)
 
 
 def tenant_key(work: Work) -> Hashable:
