@@ -25,4 +25,5 @@ def test_documentation_example_runs(
     where: str, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # examples write their files and stores here
-    exec(compile(code, where, "exec"), {"__name__": "__docs__"})
+    # dont_inherit: the example runs as its own module, without this file's __future__ imports
+    exec(compile(code, where, "exec", dont_inherit=True), {"__name__": "__docs__"})
