@@ -447,3 +447,40 @@ def test_every_published_artifact_is_handled_exactly_once_per_consumer(
         assert all(1 <= n <= size for n in sizes)
 
     asyncio.run(scenario())
+
+
+async def test_consumer_shortcut_as_a_decorator_and_backpressure() -> None:
+    import asyncio
+
+    flow = Flow(clock=FakeClock(), max_in_flight=2)
+    running = 0
+    most = 0
+    gate = asyncio.Event()
+
+    @flow.consumer("slow", consumes=Ping, publishes=Pong)
+    async def slow(p: Ping) -> Pong:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await gate.wait()
+        running -= 1
+        return Pong(p.n)
+
+    publisher = asyncio.create_task(_publish_all(flow, 5))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not publisher.done()  # the third publish waits for a handler run to finish
+    gate.set()
+    await publisher
+    await flow.close()
+    assert most <= 2
+    assert sorted(e.payload.n for e in flow.artifacts(Pong)) == list(range(5))
+    with pytest.raises(ConfigError, match="need consumes=Type"):
+        Flow().consumer("x", batch=BatchSpec(size=2))
+    with pytest.raises(ConfigError, match="max_in_flight"):
+        Flow(max_in_flight=0)
+
+
+async def _publish_all(flow: Flow, count: int) -> None:
+    for n in range(count):
+        await flow.publish(Ping(n))

@@ -34,13 +34,16 @@ from types import TracebackType
 from typing import Any
 
 from freight._core._clock import Clock
-from freight._core._join import JoinGroup
+from freight._core._join import JoinGroup, JoinSpec
 from freight._core._plan import Call, Outcome, Reply, plan_batch
+from freight._core._retry import Retry
+from freight._core._spec import BatchSpec
 from freight._drivers._clocks import LoopClock
 from freight._errors import BatcherClosed, ConfigError, HandlerContractError
+from freight._ratelimit import RateLimiter
 from freight.flow._artifacts import Envelope, check_artifact, is_artifact, type_name
 from freight.flow._board import Board
-from freight.flow._consumer import ConsumerBuilder, ConsumerSpec, Group
+from freight.flow._consumer import ConsumerBuilder, ConsumerSpec, Group, OnPartial
 from freight.flow._records import DeadLetter, PendingBatch, Runtime, Whole, Work
 from freight.flow._trace import DuckDBTracer, Span
 from freight.flow._visibility import Public, Tenant, Visibility, check_visibility, may_see
@@ -67,6 +70,8 @@ class Flow:
         allow_cycles: accept consumers that feed each other (refused by default).
         max_depth: most consumer hops from an outside publish; deeper artifacts are
             dead-lettered (``max_depth``): the bound on a cycle.
+        max_in_flight: most handler runs at once; ``publish`` waits for one to finish
+            beyond it (backpressure: a fast publisher never outruns memory).
     """
 
     def __init__(
@@ -79,9 +84,12 @@ class Flow:
         trace: bool | str | Path | None = None,
         allow_cycles: bool = False,
         max_depth: int = 32,
+        max_in_flight: int = 1000,
     ) -> None:
-        if not isinstance(max_depth, int) or isinstance(max_depth, bool) or max_depth < 1:
-            raise ConfigError(f"Flow: max_depth must be an int >= 1, got {max_depth!r}")
+        for label, value in (("max_depth", max_depth), ("max_in_flight", max_in_flight)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"Flow: {label} must be an int >= 1, got {value!r}")
+        self.max_in_flight = max_in_flight
         self.name = name
         self._clock_given = clock
         self._clock: Clock | None = clock
@@ -119,13 +127,30 @@ class Flow:
     # -- declaring ------------------------------------------------------------
 
     def consumer(
-        self, name: str, *, tenant: str | None = None, labels: Iterable[str] = ()
+        self,
+        name: str,
+        *,
+        tenant: str | None = None,
+        labels: Iterable[str] = (),
+        consumes: type | tuple[type, ...] | None = None,
+        where: Callable[[Any], bool] | None = None,
+        batch: BatchSpec | None = None,
+        join: JoinSpec | None = None,
+        on_partial: OnPartial = "dead_letter",
+        retry: Retry | None = None,
+        rate_limit: RateLimiter | float | None = None,
+        publishes: type | tuple[type, ...] = (),
+        visibility: Visibility | None = None,
     ) -> ConsumerBuilder:
-        """Start declaring the consumer ``name``; finish with ``.does(handler)``.
+        """Start declaring the consumer ``name``; finish with ``.does(handler)``, or use
+        the result as a decorator.
 
         Args:
             tenant: limit it to one tenant's artifacts (and public ones).
             labels: the labels it holds, for ``Labelled`` artifacts.
+            consumes, where, batch, join, on_partial, retry, rate_limit: a shortcut for
+                ``.consumes(...)`` (``consumes`` is a type or a tuple of types).
+            publishes, visibility: a shortcut for ``.publishes(...)``.
         """
         if not isinstance(name, str) or not name:
             raise ConfigError(f"a consumer needs a non-empty name, got {name!r}")
@@ -133,6 +158,20 @@ class Flow:
         if tenant is not None:
             builder.tenant(tenant)
         builder.labels(labels)
+        if consumes is not None:
+            types = consumes if isinstance(consumes, tuple) else (consumes,)
+            builder.consumes(
+                *types, where=where, batch=batch, join=join, on_partial=on_partial,
+                retry=retry, rate_limit=rate_limit,
+            )  # fmt: skip
+        elif any(x is not None for x in (where, batch, join, retry, rate_limit)):
+            raise ConfigError(
+                f"consumer {name!r}: where/batch/join/retry/rate_limit need consumes=Type "
+                "(or declare them with .consumes(Type, ...))"
+            )
+        if publishes or visibility is not None:
+            kinds = publishes if isinstance(publishes, tuple) else (publishes,)
+            builder.publishes(*kinds, visibility=visibility)
         return builder
 
     def _register(self, spec: ConsumerSpec) -> None:
@@ -172,6 +211,8 @@ class Flow:
             visibility = check_visibility(visibility, "Flow.publish")
         if not self._started:
             await self._start()
+        if len(self._tasks) >= self.max_in_flight and asyncio.current_task() not in self._tasks:
+            await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
         envelope = self._envelope(
             artifact, producer=None, visibility=visibility or _PUBLIC, depth=0,
             correlation_id=correlation_id,

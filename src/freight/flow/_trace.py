@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS spans (
     parent_id VARCHAR,
     flow VARCHAR NOT NULL,
     name VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
     consumer VARCHAR,
     started_at TIMESTAMPTZ NOT NULL,
     ended_at TIMESTAMPTZ NOT NULL,
@@ -87,6 +88,12 @@ CREATE TABLE IF NOT EXISTS spans (
 
 class DuckDBTracer:
     """Writes spans to the table ``spans`` of a DuckDB file.
+
+    Columns: ``span_id``, ``parent_id``, ``flow``, ``name`` (and its alias ``kind``:
+    ``flush``, ``handler``, ``publish``, ``dead_letter``), ``consumer``, ``started_at``,
+    ``ended_at`` (UTC), ``duration`` (s), ``batch_size``, ``flush_reason``, ``efficiency``,
+    ``succeeded``, ``failed``, ``artifact_type``, ``reason``, ``tenant``, and
+    ``attributes`` (JSON, the rest).
 
     Spans are buffered and written in one statement per :meth:`flush` (the flow
     flushes its subscribers when it goes idle and when it closes, and this tracer
@@ -117,6 +124,7 @@ class DuckDBTracer:
             span.id,
             span.parent_id,
             span.flow,
+            span.name,
             span.name,
             span.consumer,
             span.started_at,
