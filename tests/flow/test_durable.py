@@ -129,3 +129,23 @@ async def test_a_durable_board_in_postgresql_resumes_open_batches() -> None:
         assert sorted(e.payload.n for e in second.artifacts(Done)) == list(range(6))
     finally:
         next(stores, None)
+
+
+async def test_a_durable_flow_lists_dead_letters_of_earlier_runs(tmp_path: Path) -> None:
+    def declare(flow: Flow) -> None:
+        @flow.consumer("picky").consumes(Item)
+        async def picky(item: Item) -> None:
+            if item.n == 2:
+                raise ValueError("two is bad")
+
+    first = Flow(store=tmp_path / "flow.db", clock=FakeClock())
+    declare(first)
+    for n in range(4):
+        await first.publish(Item(n=n))
+    await first.close()
+    second = Flow(store=tmp_path / "flow.db", clock=FakeClock())
+    declare(second)
+    [dead] = second.dead_letters()
+    assert (dead.consumer, dead.reason, dead.artifacts) == ("picky", "handler_error", [Item(n=2)])
+    assert dead.error == "ValueError: two is bad"
+    assert second.dead_letters("other") == []

@@ -119,20 +119,25 @@ class Board:
         )
         return [self._envelope(row, types) for row in rows]
 
-    def dead_letters(self) -> list[StoredDeadLetter]:
+    def dead_letters(self, types: dict[str, type]) -> list[tuple[StoredDeadLetter, list[Envelope]]]:
+        """The dead letters, oldest first, each with its artifacts."""
         rows = self.store._read(
             "SELECT * FROM flow_dead_letters WHERE flow = ? ORDER BY id", (self.flow,)
         )
-        return [
-            StoredDeadLetter(
-                row["consumer"],
-                row["reason"],
-                json.loads(row["artifact_ids"]),
-                row["error"],
-                _parse(row["created_at"]),
+        out = []
+        for row in rows:
+            ids = json.loads(row["artifact_ids"])
+            marks = ", ".join("?" for _ in ids)  # placeholders only; the ids are bound
+            found = self.store._read(
+                f"SELECT * FROM flow_artifacts WHERE flow = ? AND id IN ({marks})",  # noqa: S608
+                (self.flow, *ids),
+            ) if ids else []  # fmt: skip
+            by_id = {r["id"]: self._envelope(r, types) for r in found}
+            letter = StoredDeadLetter(
+                row["consumer"], row["reason"], ids, row["error"], _parse(row["created_at"])
             )
-            for row in rows
-        ]
+            out.append((letter, [by_id[i] for i in ids if i in by_id]))
+        return out
 
     def _envelope(self, row: Any, types: dict[str, type]) -> Envelope:
         kind = types.get(row["type"])

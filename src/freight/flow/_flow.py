@@ -291,8 +291,27 @@ class Flow:
         return sorted(out, key=lambda p: p.opened_at)
 
     def dead_letters(self, consumer: str | None = None) -> list[DeadLetter]:
-        """What did not make it, oldest first (of ``consumer`` alone, if given)."""
-        return [d for d in self._dead if consumer is None or d.consumer == consumer]
+        """What did not make it, oldest first (of ``consumer`` alone, if given).
+
+        A durable flow reads them from its store, earlier runs included (their ``error``
+        is then the text ``"Type: message"``); an in-memory flow keeps the last 10,000.
+        """
+        if self._board is not None:
+            self._learn_types()
+            letters: Iterable[DeadLetter] = [
+                DeadLetter(
+                    d.consumer,
+                    d.reason,
+                    [e.payload for e in envelopes],
+                    envelopes,
+                    d.error,
+                    d.created_at,
+                )
+                for d, envelopes in self._board.dead_letters(self._types)
+            ]
+        else:
+            letters = self._dead
+        return [d for d in letters if consumer is None or d.consumer == consumer]
 
     def artifacts(self, kind: type | None = None) -> list[Envelope]:
         """The artifacts published (of type ``kind``, if given), oldest first.
