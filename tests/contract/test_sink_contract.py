@@ -167,9 +167,18 @@ def test_huge_field(target: Target) -> None:
     assert target.read() == [(1, 1, huge)]
 
 
-def test_reconnect_after_the_server_drops_the_connection(target: Target) -> None:
-    if target.drop is None:
-        pytest.skip("this sink holds no server connection to drop")
+@pytest.fixture(params=sorted(t for t in TARGETS if t.startswith("postgres")))
+def server_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    """The targets that hold a connection to a server (the others have none to drop)."""
+    make, key, use_async = TARGETS[request.param]
+    made = make(tmp_path, key, use_async)
+    yield made
+    made.close()
+
+
+def test_reconnect_after_the_server_drops_the_connection(server_target: Target) -> None:
+    target = server_target
+    assert target.drop is not None
     assert target.write([{"id": 1, "amount": 1, "note": "before"}]) is None
     target.drop()
     items = [{"id": 2, "amount": 2, "note": "after"}]
