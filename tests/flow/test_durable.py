@@ -11,6 +11,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from freight import BatchSpec, Flow
 from freight.store import SqliteStore
 from freight.testing import FakeClock
@@ -32,6 +34,7 @@ def test_sigkill_with_open_batches_then_restart_processes_each_artifact_once(
     store = tmp_path / "flow.db"
     rng = random.Random(20261125)
     published_before_kill = []
+    open_at_kills: list[int] = []
     for run in range(10):
         process = child(store, "publish", str(run * 1000), "50")
         assert process.stdout is not None
@@ -41,11 +44,15 @@ def test_sigkill_with_open_batches_then_restart_processes_each_artifact_once(
         process.send_signal(signal.SIGKILL)
         process.communicate()
         published_before_kill.append(wanted)
-    with sqlite3.connect(store) as db:
-        open_ = db.execute(
-            "SELECT count(*) FROM flow_deliveries WHERE status = 'open' AND consumer = 'batcher'"
-        ).fetchone()[0]
-    assert open_ > 0, "batches must be open at the kills"
+        with sqlite3.connect(store) as db:
+            open_at_kills.append(
+                db.execute(
+                    "SELECT count(*) FROM flow_deliveries"
+                    " WHERE status = 'open' AND consumer = 'batcher'"
+                ).fetchone()[0]
+            )
+    # a batch of 7 is open at a kill unless the count happens to be a multiple of 7
+    assert sum(n > 0 for n in open_at_kills) >= 5, open_at_kills
     final = child(store, "drain")
     out, err = final.communicate(timeout=60)
     assert final.returncode == 0, err
@@ -149,3 +156,20 @@ async def test_a_durable_flow_lists_dead_letters_of_earlier_runs(tmp_path: Path)
     assert (dead.consumer, dead.reason, dead.artifacts) == ("picky", "handler_error", [Item(n=2)])
     assert dead.error == "ValueError: two is bad"
     assert second.dead_letters("other") == []
+
+
+async def test_publish_many_records_a_group_in_one_transaction(tmp_path: Path) -> None:
+    flow = Flow(store=tmp_path / "flow.db", clock=FakeClock())
+    got: list[int] = []
+
+    @flow.consumer("b").consumes(Item, batch=BatchSpec(size=5))
+    async def b(items: list[Item]) -> None:
+        got.extend(i.n for i in items)
+
+    envelopes = await flow.publish_many(Item(n=n) for n in range(12))
+    assert [e.payload.n for e in envelopes] == list(range(12))
+    assert len({e.id for e in envelopes}) == 12
+    await flow.close()
+    assert got == list(range(12))
+    with pytest.raises(Exception, match="closed"):
+        await flow.publish_many([Item(n=1)])

@@ -15,6 +15,7 @@ placeholder translation); values are always bound parameters.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any
 
 from freight._errors import ConfigError
 from freight.flow._artifacts import Envelope, dump, load
-from freight.flow._visibility import from_json
+from freight.flow._visibility import Visibility, from_json
 
 __all__ = ["Board", "StoredDeadLetter"]
 
@@ -68,23 +69,30 @@ class Board:
         consumers)``), deliveries done (``(consumer, artifact ids)``), dead letters
         (``(consumer, reason, artifact ids, error)``)."""
         now = datetime.now(UTC).isoformat()
+        artifacts = [
+            (
+                self.flow, e.id, seq, e.type, dump(e.payload), e.producer,
+                _visibility_json(e.visibility), e.tenant, e.correlation_id, e.depth,
+                e.published_at.isoformat(),
+            )
+            for e, seq, _ in published
+        ]  # fmt: skip
+        deliveries = [
+            (self.flow, c, e.id, seq, now) for e, seq, consumers in published for c in consumers
+        ]
         with self.store._write() as db:
-            for envelope, seq, consumers in published:
-                db.execute(
+            if artifacts:
+                db.executemany(
                     "INSERT INTO flow_artifacts (flow, id, seq, type, payload, producer,"
                     " visibility, tenant, correlation_id, depth, published_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        self.flow, envelope.id, seq, envelope.type, dump(envelope.payload),
-                        envelope.producer, json.dumps(envelope.visibility.to_json()),
-                        envelope.tenant, envelope.correlation_id, envelope.depth,
-                        envelope.published_at.isoformat(),
-                    ),
-                )  # fmt: skip
+                    artifacts,
+                )
+            if deliveries:
                 db.executemany(
                     "INSERT INTO flow_deliveries (flow, consumer, artifact_id, seq, arrived_at,"
                     " status) VALUES (?, ?, ?, ?, ?, 'open')",
-                    [(self.flow, c, envelope.id, seq, now) for c in consumers],
+                    deliveries,
                 )
             if done is not None:
                 consumer, ids = done
@@ -158,6 +166,11 @@ class Board:
             correlation_id=row["correlation_id"],
             depth=int(row["depth"]),
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _visibility_json(visibility: Visibility) -> str:
+    return json.dumps(visibility.to_json())
 
 
 def _parse(text: str) -> datetime:
