@@ -132,9 +132,10 @@ class IterableSource:
         items = iter(self._iterable())
         if skip:
             next(itertools.islice(items, skip, skip), None)  # consume what is done
-        # Records are built in C (no Python frame per item): this is the hot path.
+        # Records are built in C and returned as a map, not yielded: no Python frame per
+        # item on this hot path.
         make = functools.partial(tuple.__new__, Record)
-        yield from map(
+        return map(
             make,
             zip(
                 itertools.count(skip),
