@@ -203,22 +203,8 @@ class Flow:
         It is routed at once to every consumer that may see it and wants it (type and
         ``where``); handlers run as tasks (``run_until_idle`` waits for them).
         """
-        if self._closed:
-            raise BatcherClosed(f"the flow {self.name!r} is closed; it takes no more artifacts")
-        if type(artifact) not in self._known:
-            check_artifact(artifact, "Flow.publish")
-        if visibility is not None:
-            visibility = check_visibility(visibility, "Flow.publish")
-        if not self._started:
-            await self._start()
-        if len(self._tasks) >= self.max_in_flight and asyncio.current_task() not in self._tasks:
-            await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
-        envelope = self._envelope(
-            artifact, producer=None, visibility=visibility or _PUBLIC, depth=0,
-            correlation_id=correlation_id,
-        )  # fmt: skip
-        self._route([envelope])
-        return envelope
+        envelopes = await self._admit([artifact], visibility, correlation_id, "Flow.publish")
+        return envelopes[0]
 
     async def publish_many(
         self,
@@ -230,16 +216,24 @@ class Flow:
         """Publish several artifacts at once; return their envelopes, in order.
 
         The same as ``publish`` for each, but a durable board records them all in one
-        transaction (measured ~20x the throughput of one publish at a time on SQLite).
+        transaction (measured 2-4x the throughput of one publish at a time on SQLite).
         """
+        return await self._admit(list(artifacts), visibility, correlation_id, "Flow.publish_many")
+
+    async def _admit(
+        self,
+        artifacts: list[Any],
+        visibility: Visibility | None,
+        correlation_id: str | None,
+        where: str,
+    ) -> list[Envelope]:
+        """Check, wait for room (``max_in_flight``), wrap and route outside artifacts."""
         if self._closed:
             raise BatcherClosed(f"the flow {self.name!r} is closed; it takes no more artifacts")
-        artifacts = list(artifacts)
         for artifact in artifacts:
             if type(artifact) not in self._known:
-                check_artifact(artifact, "Flow.publish_many")
-        if visibility is not None:
-            visibility = check_visibility(visibility, "Flow.publish_many")
+                check_artifact(artifact, where)
+        chosen = check_visibility(visibility, where) or _PUBLIC
         if not self._started:
             await self._start()
         if len(self._tasks) >= self.max_in_flight and asyncio.current_task() not in self._tasks:
@@ -248,7 +242,7 @@ class Flow:
             self._envelope(
                 artifact,
                 producer=None,
-                visibility=visibility or _PUBLIC,
+                visibility=chosen,
                 depth=0,
                 correlation_id=correlation_id,
             )
