@@ -484,3 +484,27 @@ async def test_consumer_shortcut_as_a_decorator_and_backpressure() -> None:
 async def _publish_all(flow: Flow, count: int) -> None:
     for n in range(count):
         await flow.publish(Ping(n))
+
+
+async def test_a_retry_backoff_waits_on_the_flow_clock_without_blocking_idle() -> None:
+    clock = FakeClock()
+    flow = Flow(clock=clock)
+    tries: list[float] = []
+
+    @flow.consumer("flaky", consumes=Ping, retry=Retry(attempts=3, backoff=10, jitter=0))
+    async def flaky(p: Ping) -> None:
+        tries.append(clock.now())
+        if len(tries) < 3:
+            raise TimeoutError("the service is slow")  # transient: retried after a backoff
+
+    await flow.publish(Ping(1))
+    await flow.run_until_idle()  # returns: the only run waits for the clock
+    assert tries == [0]
+    await clock.advance(10)
+    await flow.run_until_idle()
+    assert tries == [0, 10]
+    await clock.advance(20)
+    await flow.run_until_idle()
+    assert tries == [0, 10, 30]
+    assert flow.dead_letters() == []
+    await flow.close()
