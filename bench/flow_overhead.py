@@ -41,7 +41,7 @@ class Priced:
 
 
 async def flow_run(count: int, store: str | None = None, group: int = 1) -> float:
-    flow = Flow(store=store)
+    flow = Flow(store=store, trace=False)
     shipped = 0
 
     @(

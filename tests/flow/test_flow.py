@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from freight import BatchSpec, ConfigError, Flow, JoinSpec, Retry
-from freight.flow import DeadLetter, Group, Labelled, Private, Public, Span, Tenant
+from freight.flow import DeadLetter, DuckDBTracer, Group, Labelled, Private, Public, Span, Tenant
 from freight.testing import FakeClock
 
 
@@ -114,7 +114,7 @@ def test_batches_never_mix_tenants_and_a_tenant_never_sees_another(
 
     async def scenario() -> None:
         clock = FakeClock()
-        flow = Flow(clock=clock)
+        flow = Flow(clock=clock, trace=False)  # hundreds of flows: tracing is tested apart
         batches: list[list[Event]] = []
         seen_by_a: list[Event] = []
         reports_seen_by_a: list[Report] = []
@@ -420,7 +420,7 @@ def test_every_published_artifact_is_handled_exactly_once_per_consumer(
 
     async def scenario() -> None:
         clock = FakeClock()
-        flow = Flow(clock=clock)
+        flow = Flow(clock=clock, trace=False)  # hundreds of flows: tracing is tested apart
         batched: list[int] = []
         single: list[int] = []
         sizes: list[int] = []
@@ -508,3 +508,45 @@ async def test_a_retry_backoff_waits_on_the_flow_clock_without_blocking_idle() -
     assert tries == [0, 10, 30]
     assert flow.dead_letters() == []
     await flow.close()
+
+
+async def test_spans_go_to_freight_traces_duckdb_by_default() -> None:
+    import duckdb
+
+    clock = FakeClock()
+    flow = Flow(clock=clock)  # duckdb is installed: the default writes .freight/traces.duckdb
+
+    @flow.consumer("payments", consumes=Ping, batch=BatchSpec(size=25, timeout=30))
+    async def pay(items: list[Ping]) -> None:
+        pass
+
+    for i in range(60):
+        await flow.publish(Ping(i))
+    await clock.advance(30)
+    await flow.run_until_idle()  # idle: the spans so far are written
+    with duckdb.connect(".freight/traces.duckdb", read_only=True) as db:
+        rows = db.execute(
+            "SELECT flush_reason, batch_size FROM spans WHERE kind = 'flush' ORDER BY batch_size"
+        ).fetchall()
+    assert rows == [("timeout", 10), ("size", 25), ("size", 25)]
+    await flow.close()
+    quiet = Flow(clock=clock, trace=False)
+    assert not any(isinstance(s, DuckDBTracer) for s in quiet._subscribers)
+
+
+def test_the_duckdb_tracer_keeps_spans_it_could_not_write(tmp_path: Path) -> None:
+    import duckdb
+
+    (tmp_path / "blocked").write_text("a file where the folder should be")
+    tracer = DuckDBTracer(tmp_path / "blocked" / "traces.duckdb")
+    span = Span("s1", "flush", "c", datetime.now(UTC), 0.5, {"batch_size": 3, "x": 1})
+    tracer(span)
+    with pytest.raises(FileExistsError):
+        tracer.flush()
+    tracer.path = tmp_path / "traces.duckdb"  # the disk is back
+    tracer.close()
+    with duckdb.connect(str(tracer.path), read_only=True) as db:
+        assert db.execute("SELECT span_id, batch_size, attributes FROM spans").fetchall() == [
+            ("s1", 3, '{"x": 1}')
+        ]
+    assert "traces.duckdb" in repr(tracer)

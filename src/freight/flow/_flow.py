@@ -22,6 +22,7 @@ Driving it:
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import itertools
 import logging
 import random
@@ -66,7 +67,9 @@ class Flow:
         clock: the flow's clock; :class:`freight.testing.FakeClock` in tests.
         name: the flow's name in a shared store.
         subscribers: callables receiving every :class:`~freight.flow.Span`.
-        trace: ``True`` or a path: also write spans to DuckDB (``.freight/traces.duckdb``).
+        trace: write spans to DuckDB: ``True`` (``.freight/traces.duckdb``), a path, or
+            ``False``. By default (``None``) they are written there when ``duckdb`` is
+            installed (extra ``freight[trace]``), and not otherwise.
         allow_cycles: accept consumers that feed each other (refused by default).
         max_depth: most consumer hops from an outside publish; deeper artifacts are
             dead-lettered (``max_depth``): the bound on a cycle.
@@ -100,6 +103,8 @@ class Flow:
             resolved = open_store(str(store)) if isinstance(store, str | Path) else store
             self._board = Board(resolved, name)
         self._subscribers: list[Callable[[Span], Any]] = list(subscribers)
+        if trace is None:
+            trace = importlib.util.find_spec("duckdb") is not None
         if trace:
             self._subscribers.append(DuckDBTracer() if trace is True else DuckDBTracer(trace))
         self.allow_cycles = allow_cycles

@@ -51,6 +51,8 @@ class Span:
         return self.started_at + timedelta(seconds=self.duration)
 
 
+_KEEP = 100_000  # spans kept while the file cannot be written
+
 _COLUMNS = (
     "batch_size",
     "flush_reason",
@@ -147,11 +149,17 @@ class DuckDBTracer:
             rows, self._rows = self._rows, []
             if not rows:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with duckdb.connect(str(self.path)) as db:
-                db.execute(_DDL)
-                marks = ", ".join("?" * len(rows[0]))
-                db.executemany(f"INSERT INTO spans VALUES ({marks})", rows)  # noqa: S608
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with duckdb.connect(str(self.path)) as db:
+                    db.execute(_DDL)
+                    marks = ", ".join("?" * len(rows[0]))
+                    db.executemany(f"INSERT INTO spans VALUES ({marks})", rows)  # noqa: S608
+            except (OSError, duckdb.Error):
+                # Another process holds the file, or the disk is full: keep the spans for
+                # the next flush (at most _KEEP of them), then let the caller log it.
+                self._rows = (rows + self._rows)[-_KEEP:]
+                raise
 
     def close(self) -> None:
         """Write what is buffered."""
