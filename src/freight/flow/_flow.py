@@ -36,15 +36,17 @@ from typing import Any
 
 from freight._core._clock import Clock
 from freight._core._join import JoinGroup, JoinSpec
-from freight._core._plan import Call, Outcome, Reply, plan_batch
+from freight._core._plan import Call, Outcome, plan_batch
 from freight._core._retry import Retry
 from freight._core._spec import BatchSpec
 from freight._drivers._clocks import LoopClock
-from freight._errors import BatcherClosed, ConfigError, HandlerContractError
+from freight._errors import BatcherClosed, ConfigError
 from freight._ratelimit import RateLimiter
-from freight.flow._artifacts import Envelope, check_artifact, is_artifact, type_name
+from freight.flow._artifacts import Envelope, check_artifact, type_name
 from freight.flow._board import Board
 from freight.flow._consumer import ConsumerBuilder, ConsumerSpec, Group, OnPartial
+from freight.flow._graph import find_cycle
+from freight.flow._handling import call, check_outputs, error_text, outputs_of
 from freight.flow._records import DeadLetter, PendingBatch, Runtime, Whole, Work
 from freight.flow._trace import DuckDBTracer, Span
 from freight.flow._visibility import Public, Tenant, Visibility, check_visibility, may_see
@@ -382,7 +384,12 @@ class Flow:
         self._started = True
         if self._clock is None:
             self._clock = LoopClock(asyncio.get_running_loop())
-        self._check_graph()
+        cycle = find_cycle(self.consumers)
+        if cycle is not None and not self.allow_cycles:
+            raise ConfigError(
+                f"the consumers form a cycle: {' -> '.join(cycle)}; if it is meant, "
+                f"pass Flow(allow_cycles=True, max_depth=N) to bound it"
+            )
         self._learn_types()
         if self._board is not None:
             self._restore(self._board)
@@ -400,35 +407,6 @@ class Flow:
                 f"two artifact types are named {type_name(kind)} ({known.__module__} and "
                 f"{kind.__module__}); the board stores types by name: rename one"
             )
-
-    def _check_graph(self) -> None:
-        """Refuse consumers that feed each other, unless cycles are allowed."""
-        feeds = {
-            name: [
-                other
-                for other, o in self._consumers.items()
-                if any(issubclass(p, t) for p in rt.spec.publishes for t in o.spec.types)
-            ]
-            for name, rt in self._consumers.items()
-        }
-        state: dict[str, int] = {}  # 1: on the path, 2: done
-
-        def visit(name: str, path: list[str]) -> list[str] | None:
-            state[name] = 1
-            for nxt in feeds[name]:
-                if state.get(nxt) == 1:
-                    return [*path[path.index(nxt) :], nxt] if nxt in path else [name, nxt]
-                if nxt not in state and (cycle := visit(nxt, [*path, nxt])):
-                    return cycle
-            state[name] = 2
-            return None
-
-        for name in feeds:
-            if name not in state and (cycle := visit(name, [name])) and not self.allow_cycles:
-                raise ConfigError(
-                    f"the consumers form a cycle: {' -> '.join(cycle)}; if it is meant, "
-                    f"pass Flow(allow_cycles=True, max_depth=N) to bound it"
-                )
 
     def _restore(self, board: Board) -> None:
         """Re-buffer the deliveries not done, with their original arrival times."""
@@ -512,14 +490,14 @@ class Flow:
             self._board.record(
                 [(e, seq, [rt.spec.name for rt in takers]) for e, seq, takers in routed],
                 done=done,
-                dead=[(d.consumer, d.reason, [e.id for e in d.envelopes], _text(d.error))
+                dead=[(d.consumer, d.reason, [e.id for e in d.envelopes], error_text(d.error))
                       for d in refused],
             )  # fmt: skip
         for letter in refused:
             self._dead.append(letter)
             self._span("dead_letter", letter.consumer, now, 0.0, {
                 "reason": letter.reason, "batch_size": len(letter.envelopes),
-                "error": _text(letter.error),
+                "error": error_text(letter.error),
             })  # fmt: skip
         traced = bool(self._subscribers)
         for envelope, _, takers in routed:
@@ -697,7 +675,7 @@ class Flow:
                 if spec.rate_limit is not None:
                     cost = len(effect.items) if spec.rate_limit.unit == "items" else 1
                     await self._on_clock(spec.rate_limit.acquire(cost, clock=self._clock))
-                reply = await self._call(spec, effect.items)
+                reply = await call(spec, effect.items)
                 try:
                     effect = plan.send(reply)
                 except StopIteration as stop:
@@ -705,24 +683,6 @@ class Flow:
             else:
                 await self._on_clock(self._clock.sleep(effect.seconds))
                 effect = next(plan)
-
-    async def _call(self, spec: ConsumerSpec, items: list[Any]) -> Reply:
-        handler = spec.handler
-        assert handler is not None
-        argument: Any = list(items) if spec.batch is not None else items[0]
-        try:
-            if spec.is_async:
-                result = await handler(argument)
-            else:
-                result = await asyncio.to_thread(handler, argument)
-        except Exception as exc:
-            return Reply(error=exc)
-        if spec.batch is None:
-            return Reply(value=[result])
-        if result is None or (isinstance(result, list) and len(result) == len(items)):
-            return Reply(value=result)
-        # One return for the whole batch (a report, or several artifacts): published once.
-        return Reply(value=[Whole(result)] + [None] * (len(items) - 1))
 
     def _outputs(
         self, spec: ConsumerSpec, works: list[Work], outcomes: list[Any]
@@ -738,12 +698,12 @@ class Flow:
                 continue
             if isinstance(outcome, Whole):
                 sources: Sequence[Envelope] = [e for w in works for e in w.envelopes]
-                values = _values(outcome.value)
+                values = outputs_of(outcome.value)
             else:
-                sources, values = work.envelopes, _values(outcome)
+                sources, values = work.envelopes, outputs_of(outcome)
             if not values:
                 continue
-            problem = self._check_outputs(spec, values)
+            problem = check_outputs(spec, values)
             depth = (sources[0].depth if len(sources) == 1 else max(e.depth for e in sources)) + 1
             if problem is None and depth > self.max_depth:
                 too_deep = f"depth {depth} > max_depth {self.max_depth}"
@@ -757,22 +717,6 @@ class Flow:
             for value in values:
                 outputs.append(self._output(spec, value, sources, depth))
         return outputs, dead
-
-    def _check_outputs(self, spec: ConsumerSpec, values: list[Any]) -> HandlerContractError | None:
-        for value in values:
-            if isinstance(value, spec.publishes):  # declared types are artifact types
-                continue
-            if not is_artifact(value):
-                return HandlerContractError(
-                    f"consumer {spec.name!r} returned {type(value).__name__}; a handler returns "
-                    "None, an artifact (pydantic model or dataclass) or a list of them"
-                )
-            declared = [k.__name__ for k in spec.publishes] or "nothing"
-            return HandlerContractError(
-                f"consumer {spec.name!r} returned a {type(value).__name__} but declares "
-                f".publishes({declared}); declare every type it publishes"
-            )
-        return None
 
     def _output(
         self, spec: ConsumerSpec, value: Any, sources: Sequence[Envelope], depth: int
@@ -844,17 +788,3 @@ class Flow:
                     flush()
                 except Exception:
                     _log.exception("%s: span subscriber %r failed", self.name, subscriber)
-
-
-def _values(outcome: Any) -> list[Any]:
-    if outcome is None:
-        return []
-    if isinstance(outcome, list | tuple):
-        return [v for v in outcome if v is not None]
-    return [outcome]
-
-
-def _text(error: BaseException | str | None) -> str | None:
-    if error is None or isinstance(error, str):
-        return error
-    return f"{type(error).__name__}: {error}"

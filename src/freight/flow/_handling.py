@@ -1,0 +1,73 @@
+"""Calling a consumer's handler, and checking what it returns.
+
+The flow drives the core's batch plan; these are its effects and checks: the call
+(async, or a plain function in a worker thread), the shape of a batch handler's return
+(one outcome per item, or one return for the whole batch), and the declared types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from freight._core._plan import Reply
+from freight._errors import HandlerContractError
+from freight.flow._artifacts import is_artifact
+from freight.flow._consumer import ConsumerSpec
+from freight.flow._records import Whole
+
+__all__ = ["call", "check_outputs", "error_text", "outputs_of"]
+
+
+async def call(spec: ConsumerSpec, items: list[Any]) -> Reply:
+    """Call ``spec``'s handler on ``items`` (one artifact or group without ``batch=``)."""
+    handler = spec.handler
+    assert handler is not None
+    argument: Any = list(items) if spec.batch is not None else items[0]
+    try:
+        if spec.is_async:
+            result = await handler(argument)
+        else:
+            result = await asyncio.to_thread(handler, argument)
+    except Exception as exc:
+        return Reply(error=exc)
+    if spec.batch is None:
+        return Reply(value=[result])
+    if result is None or (isinstance(result, list) and len(result) == len(items)):
+        return Reply(value=result)
+    # One return for the whole batch (a report, or several artifacts): published once.
+    return Reply(value=[Whole(result)] + [None] * (len(items) - 1))
+
+
+def check_outputs(spec: ConsumerSpec, values: list[Any]) -> HandlerContractError | None:
+    """Why ``values`` may not be published by ``spec`` (``None`` if they may)."""
+    for value in values:
+        if isinstance(value, spec.publishes):  # declared types are artifact types
+            continue
+        if not is_artifact(value):
+            return HandlerContractError(
+                f"consumer {spec.name!r} returned {type(value).__name__}; a handler returns "
+                "None, an artifact (pydantic model or dataclass) or a list of them"
+            )
+        declared = [k.__name__ for k in spec.publishes] or "nothing"
+        return HandlerContractError(
+            f"consumer {spec.name!r} returned a {type(value).__name__} but declares "
+            f".publishes({declared}); declare every type it publishes"
+        )
+    return None
+
+
+def outputs_of(outcome: Any) -> list[Any]:
+    """The artifacts in one outcome: none, one, or a list of them."""
+    if outcome is None:
+        return []
+    if isinstance(outcome, list | tuple):
+        return [v for v in outcome if v is not None]
+    return [outcome]
+
+
+def error_text(error: BaseException | str | None) -> str | None:
+    """An error as stored: ``"Type: message"``."""
+    if error is None or isinstance(error, str):
+        return error
+    return f"{type(error).__name__}: {error}"
