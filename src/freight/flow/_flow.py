@@ -769,7 +769,15 @@ class Flow:
             consumer=consumer,
             started_at=datetime.now(UTC) - timedelta(seconds=max(0.0, lag)),
             duration=max(0.0, duration),
-            attributes={k: v for k, v in attributes.items() if v is not None},
+            attributes={
+                k: v
+                for k, v in {
+                    "consumer": consumer,
+                    "duration": max(0.0, duration),
+                    **attributes,
+                }.items()
+                if v is not None
+            },
             parent_id=parent,
             flow=self.name,
         )

@@ -33,8 +33,9 @@ class Span:
         consumer: the consumer concerned (``None`` for an outside publish).
         started_at, ended_at: timezone-aware UTC.
         duration: seconds on the flow's clock.
-        attributes: ``batch_size``, ``flush_reason``, ``efficiency``, ``succeeded``,
-            ``failed``, ``artifact_type``, ``reason``, ``tenant``, ``key``… as they apply.
+        attributes: ``consumer`` and ``duration`` again, then ``batch_size``,
+            ``flush_reason``, ``efficiency``, ``succeeded``, ``failed``, ``artifact_type``,
+            ``reason``, ``tenant``… as they apply (``None`` values left out).
     """
 
     id: str
@@ -51,6 +52,7 @@ class Span:
         return self.started_at + timedelta(seconds=self.duration)
 
 
+_FIELDS = ("consumer", "duration")  # columns of their own, also in the attributes
 _KEEP = 100_000  # spans kept while the file cannot be written
 
 _COLUMNS = (
@@ -121,7 +123,7 @@ class DuckDBTracer:
         return f"DuckDBTracer({str(self.path)!r})"
 
     def __call__(self, span: Span) -> None:
-        extra = {k: v for k, v in span.attributes.items() if k not in _COLUMNS}
+        extra = {k: v for k, v in span.attributes.items() if k not in _COLUMNS and k not in _FIELDS}
         row = (
             span.id,
             span.parent_id,
