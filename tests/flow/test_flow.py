@@ -550,3 +550,19 @@ def test_the_duckdb_tracer_keeps_spans_it_could_not_write(tmp_path: Path) -> Non
             ("s1", 3, '{"x": 1}')
         ]
     assert "traces.duckdb" in repr(tracer)
+
+
+async def test_an_unreadable_join_key_is_a_dead_letter_not_a_crash() -> None:
+    flow = Flow(clock=FakeClock(), trace=False)
+
+    @flow.consumer("j", consumes=(Ping, Pong), join=JoinSpec(by=lambda x: 1 // x.n, within=5))
+    async def j(group: Group) -> None:
+        pass
+
+    await flow.publish(Ping(0))  # 1 // 0: the key cannot be computed
+    await flow.publish(Ping(1))
+    [dead] = flow.dead_letters()
+    assert (dead.reason, dead.artifacts) == ("join_key_error", [Ping(0)])
+    assert isinstance(dead.error, ZeroDivisionError)
+    assert [p.items for p in flow.pending()] == [1]
+    await flow.close()

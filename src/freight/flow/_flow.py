@@ -479,10 +479,9 @@ class Flow:
             takers = []
             for rt in self._candidates(type(envelope.payload)):
                 verdict = self._takes(rt.spec, envelope)
-                if isinstance(verdict, BaseException):
-                    refused.append(
-                        self._dead_letter(rt.spec.name, "where_error", [envelope], verdict)
-                    )
+                if isinstance(verdict, tuple):
+                    reason, error = verdict
+                    refused.append(self._dead_letter(rt.spec.name, reason, [envelope], error))
                 elif verdict:
                     takers.append(rt)
             routed.append((envelope, next(self._seq), takers))
@@ -521,17 +520,25 @@ class Flow:
             ]
         return found
 
-    def _takes(self, spec: ConsumerSpec, envelope: Envelope) -> bool | BaseException:
+    def _takes(self, spec: ConsumerSpec, envelope: Envelope) -> bool | tuple[str, BaseException]:
+        """Does ``spec`` take ``envelope``? (Or why it fails: a predicate or a join key
+        that raised, as ``(reason, error)``.)"""
         if not may_see(envelope.visibility, spec.name, spec.tenant, spec.labels):
             return False
         if spec.tenant is not None and envelope.tenant not in (None, spec.tenant):
             return False
-        if spec.where is None:
-            return True
-        try:
-            return bool(spec.where(envelope.payload))
-        except Exception as exc:
-            return exc
+        if spec.where is not None:
+            try:
+                if not spec.where(envelope.payload):
+                    return False
+            except Exception as exc:
+                return ("where_error", exc)
+        if spec.join is not None:
+            try:
+                hash(spec.join.key_of(envelope.payload))
+            except Exception as exc:
+                return ("join_key_error", exc)
+        return True
 
     def _deliver(self, rt: Runtime, envelope: Envelope, now: float) -> None:
         spec = rt.spec
