@@ -49,6 +49,7 @@ bench: $(STAMP)
 	-$(BIN)/python bench/job_overhead.py
 	-$(BIN)/python bench/job_memory.py
 	-$(BIN)/python bench/pg_load.py
+	-$(BIN)/python bench/flow_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage
