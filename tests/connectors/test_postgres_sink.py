@@ -153,3 +153,39 @@ def test_csv_format_copies_text_as_it_is(schema: str) -> None:
         PostgresSink(POSTGRES_URL, "t", format="csv")
     with pytest.raises(ConfigError, match="format must be"):
         PostgresSink(POSTGRES_URL, "t", format="xml")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["copy", "upsert"])
+def test_typed_rows_go_by_binary_copy_and_the_rest_by_text(schema: str, mode: Mode) -> None:
+    from datetime import UTC, date, datetime
+
+    create(
+        schema, "t",
+        "id bigint PRIMARY KEY, small int, amount numeric, at timestamptz, day date, ok boolean,"
+        " ratio double precision, note text, data jsonb",
+    )  # fmt: skip
+    typed = ["id", "small", "amount", "at", "day", "ok", "ratio", "note"]
+    sink = PostgresSink(POSTGRES_URL, "t", schema=schema, mode=mode,
+                        key="id" if mode == "upsert" else None, columns=typed)  # fmt: skip
+    at = datetime(2026, 11, 25, 10, 30, tzinfo=UTC)
+    good = [(1, 7, Decimal("1.25"), at, date(2026, 1, 2), True, 0.5, "é"),
+            (2, None, 3, None, None, False, None, None)]  # fmt: skip
+    assert sink.write(good) is None
+    assert sink.binary_for(typed, good) is not None  # every value fits: binary
+    # a string for the timestamp, an int past int4: text COPY, where the server decides
+    mixed = [(3, 1, Decimal(1), "2026-11-25T10:30:00+00:00", None, None, None, "x"),
+             (4, 2**40, Decimal(1), None, None, None, None, "too big")]  # fmt: skip
+    assert sink.binary_for(typed, mixed) is None
+    outcomes = sink.write(mixed)
+    assert outcomes is not None
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], psycopg.errors.NumericValueOutOfRange)
+    assert rows(schema, "t")[0][:8] == (1, 7, Decimal("1.25"), at, date(2026, 1, 2), True, 0.5, "é")
+    assert [r[0] for r in rows(schema, "t")] == [1, 2, 3]
+    assert rows(schema, "t")[2][3] == at
+    # a column type without a binary form here (jsonb): text COPY for every write
+    json_sink = PostgresSink(POSTGRES_URL, "t", schema=schema, columns=["id", "data"])
+    assert json_sink.write([(10, '{"a": 1}')]) is None
+    assert json_sink.binary_for(["id", "data"], [(11, "{}")]) is None
+    sink.close()
+    json_sink.close()

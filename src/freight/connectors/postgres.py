@@ -19,6 +19,7 @@ from typing import Any, Literal
 from freight._core._source import Record, SourceSize
 from freight._errors import ConfigError, PermanentError, TransientError
 from freight.connectors._isolate import aisolate, isolate
+from freight.connectors._pgbinary import TYPES_SQL, BinaryColumns, binary_columns, fits
 
 try:
     import psycopg
@@ -117,13 +118,15 @@ class PostgresSink:
         self._opened = False
         self._lock = threading.Lock()
         self._local = threading.local()
+        # Binary COPY types per written column list (None: text COPY), read once.
+        self._binary: dict[tuple[str, ...], BinaryColumns | None] = {}
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.table!r}, schema={self.schema!r}, mode={self.mode!r})"
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_pool", "_lock", "_opened", "_local"):
+        for name in ("_pool", "_lock", "_opened", "_local", "_binary"):
             del state[name]
         return state
 
@@ -209,14 +212,30 @@ class PostgresSink:
         for statement in plan.before:
             cur.execute(statement)
         assert plan.copy is not None
-        with cur.copy(plan.copy) as copy:
+        assert plan.copy_binary is not None
+        binary = None
+        if self.format == "rows":
+            key = tuple(columns)
+            if key not in self._binary:
+                found = cur.execute(TYPES_SQL, (self.table, self.schema)).fetchall()
+                self._binary[key] = binary_columns(found, columns)
+            binary = self.binary_for(columns, rows)
+        with cur.copy(plan.copy if binary is None else plan.copy_binary) as copy:
             if self.format == "csv":
                 copy.write("".join(rows))  # type: ignore[arg-type]
             else:
+                if binary is not None:
+                    copy.set_types(binary.names)
                 for row in rows:
                     copy.write_row(row)
         for statement in plan.after:
             cur.execute(statement)
+
+    def binary_for(self, columns: list[str], rows: list[Sequence[Any]]) -> BinaryColumns | None:
+        """The binary COPY types for these rows, or ``None``: text COPY (the types are
+        unknown, a column has no binary form, or a value does not fit its column)."""
+        binary = self._binary.get(tuple(columns))
+        return binary if binary is not None and fits(rows, binary) else None
 
     def _plan(self, columns: list[str]) -> _WritePlan:
         """The statements of one write of ``columns`` in this sink's mode (shared with the
@@ -227,9 +246,12 @@ class PostgresSink:
             insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(self._target, names, marks)
             return _WritePlan(insert=insert)
         options = sql.SQL(" (FORMAT csv)" if self.format == "csv" else "")
+        binary = sql.SQL(" (FORMAT BINARY)")
+        copy = sql.SQL("COPY {} ({}) FROM STDIN{}")
         if self.mode == "copy":
             return _WritePlan(
-                copy=sql.SQL("COPY {} ({}) FROM STDIN{}").format(self._target, names, options)
+                copy=copy.format(self._target, names, options),
+                copy_binary=copy.format(self._target, names, binary),
             )
         staging = sql.Identifier("freight_upsert")
         create = sql.SQL(
@@ -253,7 +275,8 @@ class PostgresSink:
         # The staging rows are deleted at once: several writes may share one transaction.
         return _WritePlan(
             before=[create],
-            copy=sql.SQL("COPY {} ({}) FROM STDIN{}").format(staging, names, options),
+            copy=copy.format(staging, names, options),
+            copy_binary=copy.format(staging, names, binary),
             after=[upsert, sql.SQL("DELETE FROM {}").format(staging)],
         )
 
@@ -265,6 +288,7 @@ class _WritePlan:
     insert: sql.Composed | None = None
     before: list[sql.Composed] = field(default_factory=list)
     copy: sql.Composed | None = None
+    copy_binary: sql.Composed | None = None  # the same COPY in binary format
     after: list[sql.Composed] = field(default_factory=list)
 
 
@@ -473,7 +497,15 @@ class AsyncPostgresSink:
             for statement in plan.before:
                 await cur.execute(statement)
             assert plan.copy is not None
-            async with cur.copy(plan.copy) as copy:
+            assert plan.copy_binary is not None
+            key = tuple(columns)
+            if key not in self._sync._binary:
+                await cur.execute(TYPES_SQL, (self.table, self._sync.schema))
+                self._sync._binary[key] = binary_columns(await cur.fetchall(), columns)
+            binary = self._sync.binary_for(columns, rows)
+            async with cur.copy(plan.copy if binary is None else plan.copy_binary) as copy:
+                if binary is not None:
+                    copy.set_types(binary.names)
                 for row in rows:
                     await copy.write_row(row)
             for statement in plan.after:
