@@ -231,7 +231,9 @@ class PostgresSink:
         for statement in plan.after:
             cur.execute(statement)
 
-    def binary_for(self, columns: list[str], rows: list[Sequence[Any]]) -> BinaryColumns | None:
+    def binary_for(
+        self, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> BinaryColumns | None:
         """The binary COPY types for these rows, or ``None``: text COPY (the types are
         unknown, a column has no binary form, or a value does not fit its column)."""
         binary = self._binary.get(tuple(columns))
