@@ -566,3 +566,24 @@ async def test_an_unreadable_join_key_is_a_dead_letter_not_a_crash() -> None:
     assert isinstance(dead.error, ZeroDivisionError)
     assert [p.items for p in flow.pending()] == [1]
     await flow.close()
+
+
+async def test_without_retry_a_poison_artifact_still_fails_alone() -> None:
+    flow = Flow(clock=FakeClock(), trace=False)
+    calls: list[int] = []
+
+    @flow.consumer("bulk", consumes=Ping, batch=BatchSpec(size=8), publishes=Pong)
+    async def bulk(items: list[Ping]) -> list[Pong]:
+        calls.append(len(items))
+        if any(p.n == 3 for p in items):
+            raise ValueError("poison")
+        return [Pong(p.n) for p in items]
+
+    for i in range(8):
+        await flow.publish(Ping(i))
+    await flow.close()
+    assert sorted(e.payload.n for e in flow.artifacts(Pong)) == [0, 1, 2, 4, 5, 6, 7]
+    [dead] = flow.dead_letters()
+    assert (dead.reason, dead.artifacts, str(dead.error)) == ("handler_error", [Ping(3)], "poison")
+    assert calls[0] == 8
+    assert len(calls) <= 1 + 2 * 3  # no retries: one call, then the bisection

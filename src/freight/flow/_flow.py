@@ -56,6 +56,9 @@ __all__ = ["DeadLetter", "Flow", "PendingBatch"]
 _log = logging.getLogger("freight.flow")
 
 _PUBLIC = Public()
+# Batch consumers without retry=: no retries, but a raising batch is bisected, so one
+# poison artifact fails alone instead of failing the whole batch as one error.
+_ISOLATE = Retry(attempts=1, backoff=0, jitter=0, isolate=True)
 _HISTORY = 10_000  # artifacts and dead letters an in-memory flow keeps for inspection
 
 
@@ -675,7 +678,8 @@ class Flow:
     async def _execute(self, spec: ConsumerSpec, items: list[Any]) -> Outcome:
         """Run the core's batch plan: retries, backoff on the flow's clock, bisection."""
         assert self._clock is not None
-        plan = plan_batch(items, spec.retry, self._random.random)
+        retry = spec.retry if spec.retry is not None or spec.batch is None else _ISOLATE
+        plan = plan_batch(items, retry, self._random.random)
         effect = next(plan)
         while True:
             if isinstance(effect, Call):
