@@ -587,3 +587,30 @@ async def test_without_retry_a_poison_artifact_still_fails_alone() -> None:
     assert (dead.reason, dead.artifacts, str(dead.error)) == ("handler_error", [Ping(3)], "poison")
     assert calls[0] == 8
     assert len(calls) <= 1 + 2 * 3  # no retries: one call, then the bisection
+
+
+async def test_max_concurrent_bounds_a_consumers_handler_calls() -> None:
+    import asyncio
+
+    flow = Flow(clock=FakeClock(), trace=False)
+    running = most = 0
+    gate = asyncio.Event()
+
+    @flow.consumer("llm", consumes=Ping, batch=BatchSpec(size=2), max_concurrent=2)
+    async def llm(items: list[Ping]) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await gate.wait()
+        running -= 1
+
+    for i in range(10):  # five batches at once
+        await flow.publish(Ping(i))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert running == 2
+    gate.set()
+    await flow.close()
+    assert most == 2
+    with pytest.raises(ConfigError, match="max_concurrent"):
+        flow.consumer("x").max_concurrent(0)

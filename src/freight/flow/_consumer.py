@@ -97,6 +97,7 @@ class ConsumerSpec:
     labels: frozenset[str] = field(default_factory=frozenset)
     handler: Callable[[Any], Any] | None = None
     is_async: bool = False
+    max_concurrent: int | None = None
 
     def slot_of(self, artifact: Any) -> int | None:
         """Which consumed type ``artifact`` is (its slot in a join), or ``None``."""
@@ -158,6 +159,15 @@ class ConsumerBuilder:
                 )
         self.spec.publishes += tuple(types)
         self.spec.visibility = check_visibility(visibility, f"consumer {self.spec.name!r}")
+        return self
+
+    def max_concurrent(self, limit: int) -> ConsumerBuilder:
+        """Run at most ``limit`` handler calls of this consumer at once (the others wait)."""
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ConfigError(
+                f"consumer {self.spec.name!r}: max_concurrent must be an int >= 1, got {limit!r}"
+            )
+        self.spec.max_concurrent = limit
         return self
 
     def tenant(self, tenant_id: str) -> ConsumerBuilder:

@@ -153,6 +153,7 @@ class Flow:
         rate_limit: RateLimiter | float | None = None,
         publishes: type | tuple[type, ...] = (),
         visibility: Visibility | None = None,
+        max_concurrent: int | None = None,
     ) -> ConsumerBuilder:
         """Start declaring the consumer ``name``; finish with ``.does(handler)``, or use
         the result as a decorator.
@@ -163,6 +164,7 @@ class Flow:
             consumes, where, batch, join, on_partial, retry, rate_limit: a shortcut for
                 ``.consumes(...)`` (``consumes`` is a type or a tuple of types).
             publishes, visibility: a shortcut for ``.publishes(...)``.
+            max_concurrent: at most this many handler calls at once (``.max_concurrent``).
         """
         if not isinstance(name, str) or not name:
             raise ConfigError(f"a consumer needs a non-empty name, got {name!r}")
@@ -181,6 +183,8 @@ class Flow:
                 f"consumer {name!r}: where/batch/join/retry/rate_limit need consumes=Type "
                 "(or declare them with .consumes(Type, ...))"
             )
+        if max_concurrent is not None:
+            builder.max_concurrent(max_concurrent)
         if publishes or visibility is not None:
             kinds = publishes if isinstance(publishes, tuple) else (publishes,)
             builder.publishes(*kinds, visibility=visibility)
@@ -642,6 +646,17 @@ class Flow:
         task.add_done_callback(self._task_done)
 
     async def _handle(self, rt: Runtime, works: list[Work], flush_id: str | None) -> None:
+        spec = rt.spec
+        assert self._clock is not None
+        if spec.max_concurrent is not None:
+            if rt.slots is None:
+                rt.slots = asyncio.Semaphore(spec.max_concurrent)
+            async with rt.slots:
+                await self._run(rt, works, flush_id)
+        else:
+            await self._run(rt, works, flush_id)
+
+    async def _run(self, rt: Runtime, works: list[Work], flush_id: str | None) -> None:
         spec = rt.spec
         assert self._clock is not None
         started = self._clock.now()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime
@@ -92,6 +93,7 @@ class Runtime:
         self.joins: JoinBuffer | None = None
         self.timer: TimerHandle | None = None
         self.timer_at: float | None = None
+        self.slots: asyncio.Semaphore | None = None  # max_concurrent, made on first use
         self.reset()
 
     def reset(self) -> None:
