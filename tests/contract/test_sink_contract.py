@@ -134,12 +134,16 @@ TARGETS = {
 }
 
 
+def made(name: str, tmp_path: Path) -> Iterator[Target]:
+    make, key, use_async = TARGETS[name]
+    target = make(tmp_path, key, use_async)
+    yield target
+    target.close()
+
+
 @pytest.fixture(params=sorted(TARGETS))
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
-    make, key, use_async = TARGETS[request.param]
-    made = make(tmp_path, key, use_async)
-    yield made
-    made.close()
+    yield from made(request.param, tmp_path)
 
 
 def test_round_trip(target: Target) -> None:
@@ -170,10 +174,7 @@ def test_huge_field(target: Target) -> None:
 @pytest.fixture(params=sorted(t for t in TARGETS if t.startswith("postgres")))
 def server_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     """The targets that hold a connection to a server (the others have none to drop)."""
-    make, key, use_async = TARGETS[request.param]
-    made = make(tmp_path, key, use_async)
-    yield made
-    made.close()
+    yield from made(request.param, tmp_path)
 
 
 def test_reconnect_after_the_server_drops_the_connection(server_target: Target) -> None:

@@ -50,7 +50,7 @@ async def main(store: str, mode: str, first: int = 0, count: int = 0) -> None:
         print(n, flush=True)
     await flow.run_until_idle()
     print("published", flush=True)
-    await asyncio.sleep(3600)  # keep batches open until killed
+    await asyncio.Event().wait()  # batches stay open: the parent kills this process
 
 
 if __name__ == "__main__":
