@@ -19,20 +19,17 @@ import asyncio
 import functools
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, Unpack, overload
 
-from freight._core._clock import Clock
-from freight._core._retry import Retry
 from freight._core._spec import BatchSpec
 from freight._drivers._asyncio import Batcher, is_async_callable
-from freight._drivers._engine import Overflow, Subscriber
+from freight._drivers._options import BatcherKwargs, options_from
 from freight._drivers._threads import ThreadBatcher
 from freight._errors import ConfigError
-from freight._ratelimit import RateLimiter
 
 __all__ = ["AsyncBatched", "BatchedDecorator", "SyncBatched", "batched"]
 
@@ -47,35 +44,18 @@ AsyncListFn = Callable[[list[T]], Awaitable[Sequence[R | BaseException] | None]]
 SyncListFn = Callable[[list[T]], Sequence[R | BaseException] | None]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True)
 class _Options:
-    spec: BatchSpec
-    key: Callable[[Any], Hashable] | None
-    where: Callable[[Any], bool] | None
-    max_concurrent_batches: int
-    max_pending: int
-    overflow: Overflow
-    ordered: bool
-    retry: Retry | None
-    rate_limit: RateLimiter | float | None
-    clock: Clock | None
-    name: str | None
-    subscribers: tuple[Subscriber, ...]
+    """What ``@batched(...)`` was given: the spec and the batcher options (validated)."""
 
-    def kwargs(self, fn: Callable[..., Any]) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "where": self.where,
-            "max_concurrent_batches": self.max_concurrent_batches,
-            "max_pending": self.max_pending,
-            "overflow": self.overflow,
-            "ordered": self.ordered,
-            "retry": self.retry,
-            "rate_limit": self.rate_limit,
-            "clock": self.clock,
-            "name": self.name or getattr(fn, "__qualname__", None),
-            "subscribers": self.subscribers,
-        }
+    spec: BatchSpec
+    options: BatcherKwargs[Any]
+
+    def kwargs(self, fn: Callable[..., Any]) -> BatcherKwargs[Any]:
+        options = self.options.copy()
+        if options.get("name") is None:
+            options["name"] = getattr(fn, "__qualname__", None)
+        return options
 
 
 class _PerInstance:
@@ -276,17 +256,7 @@ def batched(
     *,
     max_bytes: int | None = None,
     sizer: Callable[[Any], int] | None = None,
-    key: Callable[[Any], Hashable] | None = None,
-    where: Callable[[Any], bool] | None = None,
-    max_concurrent_batches: int = 1,
-    max_pending: int = 10_000,
-    overflow: Overflow = "block",
-    ordered: bool = False,
-    retry: Retry | None = None,
-    rate_limit: RateLimiter | float | None = None,
-    clock: Clock | None = None,
-    name: str | None = None,
-    subscribers: Iterable[Subscriber] = (),
+    **options: Unpack[BatcherKwargs[Any]],
 ) -> BatchedDecorator:
     """Turn ``f(items: list[T]) -> list[R]`` into ``f(item: T) -> R``, batched.
 
@@ -298,8 +268,8 @@ def batched(
 
     ``timeout`` defaults to 0.01 s (not ``None`` as in :class:`BatchSpec`): each
     caller waits for its result, so a lone caller must not wait forever for
-    company. Pass ``timeout=None`` to flush on size only. The other arguments are
-    those of :class:`Batcher`.
+    company. Pass ``timeout=None`` to flush on size only. The other keyword
+    arguments are the batcher options (:class:`~freight.Batcher`), checked here.
     """
     spec = BatchSpec(
         size,
@@ -307,19 +277,7 @@ def batched(
         max_bytes=max_bytes,
         sizer=sizer,
     )
-    return BatchedDecorator(
-        _Options(
-            spec=spec,
-            key=key,
-            where=where,
-            max_concurrent_batches=max_concurrent_batches,
-            max_pending=max_pending,
-            overflow=overflow,
-            ordered=ordered,
-            retry=retry,
-            rate_limit=rate_limit,
-            clock=clock,
-            name=name,
-            subscribers=tuple(subscribers),
-        )
-    )
+    options_from("@batched", dict(options))  # refuse bad options at decoration time
+    if "subscribers" in options:
+        options["subscribers"] = tuple(options["subscribers"])
+    return BatchedDecorator(_Options(spec, options))

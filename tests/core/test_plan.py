@@ -130,3 +130,53 @@ def test_the_plan_reports_whole_batch_tries() -> None:
     with pytest.raises(StopIteration) as stop:
         plan.send(Reply(value=[5]))
     assert (stop.value.value.outcomes, stop.value.value.tries) == ([5], 2)
+
+
+def run_to_end(plan: Any, replies: list[Reply]) -> Any:
+    """Feed ``replies`` to the plan's calls (sleeps resume it); return its outcome."""
+    effect = next(plan)
+    feed = iter(replies)
+    while True:
+        try:
+            effect = plan.send(next(feed)) if isinstance(effect, Call) else next(plan)
+        except StopIteration as stop:
+            return stop.value
+
+
+def test_an_item_failing_transiently_alone_comes_back_after_the_backoff() -> None:
+    retry = Retry(attempts=3, backoff=2, jitter=0)
+    error = TimeoutError("busy")
+    outcome = run_to_end(plan_batch([1, 2, 3], retry, lambda: 0.0), [Reply(value=[10, error, 30])])
+    assert outcome.outcomes == [10, error, 30]
+    assert (outcome.again, outcome.again_after, outcome.attempts) == ([1], 2.0, [1, 1, 1])
+
+
+def test_earlier_tries_count_toward_an_items_attempts() -> None:
+    retry = Retry(attempts=3, backoff=1, jitter=0)
+    error = TimeoutError("busy")
+    plan = plan_batch([1, 2], retry, lambda: 0.0, tried=[2, 1])
+    outcome = run_to_end(plan, [Reply(value=[error, error])])
+    assert outcome.attempts == [3, 2]
+    assert outcome.again == [1]  # item 1 used its three attempts; item 2 has one left
+    assert outcome.again_after == 2.0  # the backoff after its second attempt
+
+
+def test_permanent_and_exhausted_item_errors_are_final() -> None:
+    retry = Retry(attempts=2, jitter=0)
+    outcome = run_to_end(
+        plan_batch([1, 2], retry, lambda: 0.0),
+        [Reply(value=[ValueError("bad"), TimeoutError("slow")])],
+    )
+    assert outcome.again == [1]  # ValueError is permanent: final at once
+    whole = run_to_end(
+        plan_batch([1], retry, lambda: 0.0),
+        [Reply(error=TimeoutError("a")), Reply(error=TimeoutError("b"))],
+    )
+    assert (whole.again, whole.tries, whole.attempts) == ([], 2, [2])
+    fresh = run_to_end(plan_batch([1], None, lambda: 0.0, tried=[1]), [Reply(value=[5])])
+    assert (fresh.outcomes, fresh.attempts) == ([5], [2])
+
+
+def test_a_batch_that_succeeds_sends_nothing_back() -> None:
+    outcome = run_to_end(plan_batch([1, 2], Retry(attempts=3), lambda: 0.0), [Reply(value=None)])
+    assert (outcome.outcomes, outcome.again, outcome.attempts) == ([None, None], [], [1, 1])

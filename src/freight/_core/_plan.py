@@ -7,9 +7,9 @@ decisions. It yields:
 - :class:`Call` — "call the handler with these items, send me a :class:`Reply`";
 - :class:`Sleep` — "wait this many seconds, then resume me";
 
-and finally returns a :class:`Outcome`: one outcome per item (the item's result,
-or an exception instance when that item failed) and how many times the whole
-batch was tried.
+and finally returns an :class:`Outcome`: one outcome per item (the item's result,
+or an exception instance when that item failed), how many times the whole batch
+was tried, and which items come back for another try, after what wait.
 
 The handler contract:
 
@@ -29,12 +29,21 @@ results and failing halves are split again, so one poison item among *n* costs
 at most ``2·⌈log2 n⌉`` further calls. When *both* halves fail transiently the
 failure is not an item's (an outage looks like that): bisection stops there and
 every item keeps its half's error, so an outage costs two calls, not ``2n``.
+
+Per-item retries are decided here too, so every shape retries alike. An item whose
+final outcome is a transient error (:meth:`~freight.Retry.is_transient`) comes back
+for another try while its attempts (the tries of earlier batches it was in, handed
+in as ``tried``, plus this batch's whole-batch tries) stay below ``Retry.attempts``.
+The plan names those items (:attr:`Outcome.again`) and one wait for all of them
+(:attr:`Outcome.again_after`, the policy's backoff after the most attempts among
+them); the driver puts them back (into its buffer, or into its next call) after that
+wait. Every other outcome is final.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from freight._core._retry import Retry
@@ -67,10 +76,23 @@ class Reply:
 
 @dataclass(slots=True)
 class Outcome:
-    """What a plan returns: per-item outcomes and the whole-batch tries they took."""
+    """What a plan returns: per-item outcomes, and what comes back for another try.
+
+    Attributes:
+        outcomes: per item, its result or an exception instance. For an item in
+            :attr:`again` it is its latest (transient) error, final only if the
+            driver cannot try again (it is closing without draining).
+        tries: how many times the whole batch was tried (the first call included).
+        again: indices of the items to try again, in order.
+        again_after: seconds to wait before trying them again.
+        attempts: per item, its tries so far: earlier batches' and this one's.
+    """
 
     outcomes: list[Any]
     tries: int
+    again: list[int] = field(default_factory=list)
+    again_after: float = 0.0
+    attempts: list[int] = field(default_factory=list)
 
 
 Plan = Generator[Call | Sleep, Reply | None, Outcome]
@@ -96,27 +118,67 @@ def check_contract(value: Any, n: int) -> list[Any]:
     return [error] * n
 
 
-def plan_batch(items: list[Any], retry: Retry | None, random: Callable[[], float]) -> Plan:
-    """Plan the execution of one batch; see the module docstring for the protocol."""
+def plan_batch(
+    items: list[Any],
+    retry: Retry | None,
+    random: Callable[[], float],
+    tried: Sequence[int] | None = None,
+) -> Plan:
+    """Plan the execution of one batch; see the module docstring for the protocol.
+
+    ``tried`` gives, per item, the tries it already had in earlier batches (its
+    per-item retries so far); ``None`` means none.
+    """
     n = len(items)
     attempt = 1
     while True:
         reply = yield Call(items)
         assert reply is not None
         if reply.error is None:
-            return Outcome(check_contract(reply.value, n), attempt)
+            return _final(check_contract(reply.value, n), attempt, tried, retry, random)
         error = reply.error
         if retry is None:
-            return Outcome([error] * n, attempt)
+            return Outcome([error] * n, attempt, attempts=_attempts(n, attempt, tried))
         if attempt < retry.attempts and retry.is_transient(error):
             yield Sleep(retry.delay(attempt, random()))
             attempt += 1
             continue
         if not retry.isolate or n == 1:
-            return Outcome([error] * n, attempt)
+            return _final([error] * n, attempt, tried, retry, random)
         outcomes: list[Any] = [None] * n
         yield from _bisect(items, 0, n, outcomes, retry)
-        return Outcome(outcomes, attempt)
+        return _final(outcomes, attempt, tried, retry, random)
+
+
+def _attempts(n: int, tries: int, tried: Sequence[int] | None) -> list[int]:
+    if tried is None:
+        return [tries] * n
+    return [before + tries for before in tried]
+
+
+def _final(
+    outcomes: list[Any],
+    tries: int,
+    tried: Sequence[int] | None,
+    retry: Retry | None,
+    random: Callable[[], float],
+) -> Outcome:
+    """Decide which items come back for another try, and after what wait."""
+    attempts = _attempts(len(outcomes), tries, tried)
+    if retry is None or (tried is None and tries >= retry.attempts):
+        return Outcome(outcomes, tries, attempts=attempts)
+    limit = retry.attempts
+    again = [
+        i
+        for i, outcome in enumerate(outcomes)
+        if isinstance(outcome, BaseException)
+        and attempts[i] < limit
+        and retry.is_transient(outcome)
+    ]
+    if not again:
+        return Outcome(outcomes, tries, attempts=attempts)
+    most = max(attempts[i] for i in again)
+    return Outcome(outcomes, tries, again, retry.delay(most, random()), attempts)
 
 
 def _bisect(

@@ -10,19 +10,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, Unpack
 
 from freight._core._buffer import Flush
 from freight._core._clock import Clock, TimerHandle
-from freight._core._plan import Call, Outcome, Reply, plan_batch
-from freight._core._retry import Retry
+from freight._core._plan import Reply
 from freight._core._spec import BatchSpec
 from freight._drivers._clocks import LoopClock
-from freight._drivers._engine import EngineBase, Overflow, Subscriber
-from freight._errors import BatcherClosed, ConfigError
-from freight._ratelimit import RateLimiter
+from freight._drivers._engine import EngineBase
+from freight._drivers._options import BatcherKwargs, options_from
+from freight._drivers._runner import run_async
+from freight._errors import BatcherClosed
 
 __all__ = ["AsyncHandler", "Batcher", "SyncHandler"]
 
@@ -81,36 +81,10 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
         self,
         handler: AsyncHandler[T, R] | SyncHandler[T, R],
         spec: BatchSpec,
-        *,
-        key: Callable[[T], Hashable] | None = None,
-        where: Callable[[T], bool] | None = None,
-        max_concurrent_batches: int = 1,
-        max_pending: int = 10_000,
-        overflow: Overflow = "block",
-        ordered: bool = False,
-        retry: Retry | None = None,
-        rate_limit: RateLimiter | float | None = None,
-        clock: Clock | None = None,
-        name: str | None = None,
-        subscribers: Iterable[Subscriber] = (),
+        **options: Unpack[BatcherKwargs[T]],
     ) -> None:
-        super().__init__(
-            handler,
-            spec,
-            key=key,
-            where=where,
-            max_concurrent_batches=max_concurrent_batches,
-            max_pending=max_pending,
-            overflow=overflow,
-            ordered=ordered,
-            retry=retry,
-            rate_limit=rate_limit,
-            name=name,
-            subscribers=subscribers,
-        )
-        if clock is not None and not isinstance(clock, Clock):
-            raise ConfigError(f"clock must implement freight's Clock protocol, got {clock!r}")
-        self._clock: Clock | None = clock
+        super().__init__(handler, spec, options_from("Batcher", dict(options)))
+        self._clock: Clock | None = self.options.clock
         self._now: Callable[[], float] = _unbound_clock
         self._is_async = is_async_callable(handler)
         self._timeout = spec.timeout
@@ -308,7 +282,7 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
         self._stats.cancelled += dropped
         for f in futures:
             if f.done():
-                self._attempts.pop(f, None)
+                self._tried.pop(f, None)
         return [i for i, _ in kept], [f for _, f in kept]
 
     async def _execute(
@@ -317,25 +291,20 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
         clock = self._clock
         assert clock is not None
         started = clock.now()
-        plan = plan_batch(items, self._retry, self._random)
-        calls = 0
-        effect = next(plan)
-        while True:
-            if type(effect) is Call:
-                calls += 1
-                reply = await self._call(effect.items)
-                try:
-                    effect = plan.send(reply)
-                except StopIteration as stop:
-                    result: Outcome = stop.value
-                    break
-            else:
-                await clock.sleep(effect.seconds)  # type: ignore[union-attr]
-                effect = next(plan)
-        succeeded, failed, retry_items = self._settle(items, futures, result.outcomes, result.tries)
+        outcome, calls = await run_async(
+            items,
+            self._call,
+            self._retry,
+            random=self._random,
+            sleep=clock.sleep,
+            now=clock.now,
+            rate_limit=self._limiter,
+            tried=self._tried_of(futures),
+        )
+        succeeded, failed, retry_items = self._settle(items, futures, outcome)
         self._pending -= succeeded + failed
-        for item, future in retry_items:
-            self._schedule_retry(item, future)
+        if retry_items:
+            self._schedule_retry(retry_items, outcome.again_after)
         event = self._record(
             flush,
             size=len(items),
@@ -350,12 +319,6 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
             self._publish(event)
 
     async def _call(self, items: list[T]) -> Reply:
-        if self._limiter is not None:
-            assert self._clock is not None
-            cost = len(items) if self._limiter.unit == "items" else 1
-            delay = self._limiter.reserve(cost, now=self._clock.now())
-            if delay > 0:
-                await self._clock.sleep(delay)
         try:
             if self._is_async:
                 value = await self._handler(list(items))
@@ -417,23 +380,28 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
 
     # -- internals: per-item retries ----------------------------------------------
 
-    def _schedule_retry(self, item: T, future: asyncio.Future[Any]) -> None:
+    def _schedule_retry(
+        self, retry_items: list[tuple[T, asyncio.Future[Any]]], delay: float
+    ) -> None:
+        """Put the items the plan sent back into the buffer after ``delay``, together."""
         clock = self._clock
         assert clock is not None
-        delay = self._retry_delay(future)
-        handle = clock.call_at(clock.now() + delay, lambda: self._requeue(item, future))
-        self._retry_waiting[future] = (handle, item)
+        handle = clock.call_at(clock.now() + delay, lambda: self._requeue(retry_items))
+        for item, future in retry_items:
+            self._retry_waiting[future] = (handle, item)
 
-    def _requeue(self, item: T, future: asyncio.Future[Any]) -> None:
-        self._retry_waiting.pop(future, None)
-        if future.done():  # its caller gave up while it waited
-            self._attempts.pop(future, None)
-            self._pending -= 1
-            self._stats.cancelled += 1
-            self._after_settle()
-            return
+    def _requeue(self, retry_items: list[tuple[T, asyncio.Future[Any]]]) -> None:
         assert self._clock is not None
-        self._start(self._buffer.put(item, self._clock.now(), future))
+        now = self._clock.now()
+        for item, future in retry_items:
+            self._retry_waiting.pop(future, None)
+            if future.done():  # its caller gave up while it waited
+                self._tried.pop(future, None)
+                self._pending -= 1
+                self._stats.cancelled += 1
+                continue
+            self._start(self._buffer.put(item, now, future))
+        self._after_settle()
         if self._closed:
             self._start(self._buffer.close())
         if self._timer is None and self._timeout is not None:
@@ -448,7 +416,7 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
             self._unfinished.discard(id(flush))
         for future, (handle, _item) in list(self._retry_waiting.items()):
             handle.cancel()
-            self._attempts.pop(future, None)
+            self._tried.pop(future, None)
             self._fail([future], error)
         self._retry_waiting.clear()
         tasks = list(self._tasks)

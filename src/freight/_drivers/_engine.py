@@ -1,10 +1,11 @@
 """What the asyncio and thread batchers share: validation, settlement and events.
 
 A driver owns a :class:`~freight._core._buffer.BatchBuffer` (when a batch is due),
-a :class:`~freight._core._dispatch.DispatchQueue` (when it may start) and runs
-:func:`~freight._core._plan.plan_batch` (how it is executed). This base holds the
-bookkeeping both drivers do identically: counting pending items, settling each
-caller's future with its own outcome, deciding per-item retries, and emitting a
+a :class:`~freight._core._dispatch.DispatchQueue` (when it may start) and runs each
+batch's plan through a runner (:mod:`freight._drivers._runner`: how it is executed,
+which items come back and when). This base holds the bookkeeping both drivers do
+identically: counting pending items, settling each caller's future with its own
+outcome, remembering the tries of items sent back, and emitting a
 :class:`~freight.BatchEvent` per batch.
 """
 
@@ -14,94 +15,70 @@ import asyncio
 import concurrent.futures
 import logging
 import random
-from collections.abc import Callable, Hashable, Iterable
-from typing import Any, Generic, Literal, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from freight._core._buffer import BatchBuffer, Flush
 from freight._core._dispatch import DispatchQueue
-from freight._core._retry import Retry
+from freight._core._plan import Outcome
 from freight._core._spec import BatchSpec
 from freight._core._stats import BatcherStats, BatchEvent, StatsRecorder
-from freight._core._time import to_positive_int
+from freight._drivers._options import (
+    BatcherOptions,
+    Overflow,
+    Subscriber,
+    check_rate_limit,
+    check_retry,
+)
 from freight._errors import ConfigError, QueueFull, Skipped
-from freight._ratelimit import RateLimiter
 
-__all__ = ["EngineBase", "Overflow", "Subscriber", "check_rate_limit", "check_retry"]
+__all__ = ["EngineBase", "check_rate_limit", "check_retry"]  # the checks, for jobs
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-Overflow = Literal["block", "reject"]
-Subscriber = Callable[[BatchEvent], None]
 
 _log = logging.getLogger("freight")
 
 _INVALID_STATE = (asyncio.InvalidStateError, concurrent.futures.InvalidStateError)
 
 
-def check_retry(retry: object) -> Retry | None:
-    if retry is None or isinstance(retry, Retry):
-        return retry
-    raise ConfigError(f"retry must be a freight.Retry or None, got {retry!r}")
-
-
-def check_rate_limit(rate_limit: object) -> RateLimiter | None:
-    if rate_limit is None or isinstance(rate_limit, RateLimiter):
-        return rate_limit
-    if isinstance(rate_limit, int | float) and not isinstance(rate_limit, bool):
-        return RateLimiter(rate_limit)
-    raise ConfigError(
-        "rate_limit must be a freight.RateLimiter or a number of batches per second, "
-        f"got {rate_limit!r}"
-    )
-
-
 class EngineBase(Generic[T, R]):
     """State and bookkeeping shared by :class:`Batcher` and :class:`ThreadBatcher`."""
 
     def __init__(
-        self,
-        handler: Callable[..., Any],
-        spec: BatchSpec,
-        *,
-        key: Callable[[T], Hashable] | None,
-        where: Callable[[T], bool] | None,
-        max_concurrent_batches: int,
-        max_pending: int,
-        overflow: Overflow,
-        ordered: bool,
-        retry: Retry | None,
-        rate_limit: RateLimiter | float | None,
-        name: str | None,
-        subscribers: Iterable[Subscriber],
+        self, handler: Callable[..., Any], spec: BatchSpec, options: BatcherOptions
     ) -> None:
         if not callable(handler):
             raise ConfigError(f"handler must be callable (list of items -> list), got {handler!r}")
+        if not isinstance(spec, BatchSpec):
+            raise ConfigError(
+                f"spec must be a freight.BatchSpec (e.g. BatchSpec(size=100, timeout=0.05)), "
+                f"got {spec!r}"
+            )
         self._handler = handler
+        self.options = options
         # Drivers check where= on the caller's side (and raise Skipped there), then
         # use the buffer's check-free put() on their hot path.
-        self._buffer: BatchBuffer[T] = BatchBuffer(spec, key=key, where=where)
-        self._where = where
+        self._buffer: BatchBuffer[T] = BatchBuffer(spec, key=options.key, where=options.where)
+        self._where = options.where
         self.spec = spec
-        self._dispatch: DispatchQueue[T] = DispatchQueue(max_concurrent_batches, ordered=ordered)
-        self.max_concurrent_batches = max_concurrent_batches
-        self.max_pending = to_positive_int(max_pending, "max_pending")
-        if overflow not in ("block", "reject"):
-            raise ConfigError(f"overflow must be 'block' or 'reject', got {overflow!r}")
-        self.overflow: Overflow = overflow
-        if not isinstance(ordered, bool):
-            raise ConfigError(f"ordered must be True or False, got {ordered!r}")
-        self.ordered = ordered
-        self._retry = check_retry(retry)
-        self._limiter = check_rate_limit(rate_limit)
-        self.name = name if name is not None else getattr(handler, "__qualname__", "batcher")
-        if not isinstance(self.name, str):
-            raise ConfigError(f"name must be a string, got {name!r}")
-        self._subscribers: list[Subscriber] = []
-        for subscriber in subscribers:
-            self.subscribe(subscriber)
+        self._dispatch: DispatchQueue[T] = DispatchQueue(
+            options.max_concurrent_batches, ordered=options.ordered
+        )
+        self.max_concurrent_batches = options.max_concurrent_batches
+        self.max_pending = options.max_pending
+        self.overflow: Overflow = options.overflow
+        self.ordered = options.ordered
+        self._retry = options.retry
+        self._limiter = options.limiter
+        self.name: str = (
+            options.name
+            if options.name is not None
+            else str(getattr(handler, "__qualname__", "batcher"))
+        )
+        self._subscribers: list[Subscriber] = list(options.subscribers)
         self._stats = StatsRecorder(spec.size)
-        self._attempts: dict[Any, int] = {}
+        self._tried: dict[Any, int] = {}  # per-item tries so far, of items sent back
         self._pending = 0
         self._random = random.random
 
@@ -143,41 +120,44 @@ class EngineBase(Generic[T, R]):
         )
 
     def _settle(
-        self, items: list[T], tickets: list[Any], outcomes: list[Any], tries: int
+        self, items: list[T], tickets: list[Any], outcome: Outcome
     ) -> tuple[int, int, list[tuple[T, Any]]]:
-        """Deliver each outcome to its caller; return (succeeded, failed, items to retry).
-
-        An item's attempts add up over the batches it was in (``tries`` whole-batch
-        tries each); a transient error is final once they reach ``Retry.attempts``.
-        """
+        """Deliver each final outcome to its caller; return (succeeded, failed, items
+        the plan sends back for another try)."""
         succeeded = failed = 0
+        tried = self._tried
+        again = outcome.again
         retry_items: list[tuple[T, Any]] = []
-        retry = self._retry
-        attempts = self._attempts
-        for item, future, outcome in zip(items, tickets, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                if retry is not None and retry.is_transient(outcome):
-                    tried = attempts.get(future, 0) + tries
-                    if tried < retry.attempts:
-                        attempts[future] = tried
-                        retry_items.append((item, future))
-                        continue
-                failed += 1
-                if attempts:
-                    attempts.pop(future, None)
-                try:
-                    future.set_exception(outcome)
-                except _INVALID_STATE:
-                    pass
-            else:
-                succeeded += 1
-                if attempts:
-                    attempts.pop(future, None)
-                try:
-                    future.set_result(outcome)
-                except _INVALID_STATE:
-                    pass
+        if again:
+            kept = set(again)
+            attempts = outcome.attempts
+            for i in again:
+                tried[tickets[i]] = attempts[i]
+                retry_items.append((items[i], tickets[i]))
+        else:
+            kept = None
+        for i, (future, result) in enumerate(zip(tickets, outcome.outcomes, strict=True)):
+            if kept is not None and i in kept:
+                continue
+            if tried:
+                tried.pop(future, None)
+            try:
+                if isinstance(result, BaseException):
+                    failed += 1
+                    future.set_exception(result)
+                else:
+                    succeeded += 1
+                    future.set_result(result)
+            except _INVALID_STATE:
+                pass
         return succeeded, failed, retry_items
+
+    def _tried_of(self, tickets: list[Any]) -> list[int] | None:
+        """Per item, its tries in earlier batches (``None``: all fresh)."""
+        tried = self._tried
+        if not tried:
+            return None
+        return [tried.get(ticket, 0) for ticket in tickets]
 
     def _record(
         self,
@@ -216,7 +196,3 @@ class EngineBase(Generic[T, R]):
             except Exception:
                 # A broken metrics exporter must not fail the callers' items.
                 _log.exception("freight: subscriber %r failed on %r", subscriber, event)
-
-    def _retry_delay(self, future: Any) -> float:
-        assert self._retry is not None
-        return self._retry.delay(self._attempts.get(future, 1), self._random())

@@ -21,23 +21,22 @@ import contextlib
 import itertools
 import threading
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, Unpack
 
 from freight._core._buffer import Flush
 from freight._core._clock import Clock, TimerHandle
 from freight._core._plan import Reply
-from freight._core._retry import Retry
 from freight._core._spec import BatchSpec
 from freight._core._stats import BatcherStats
 from freight._drivers._asyncio import SyncHandler, is_async_callable
 from freight._drivers._clocks import ThreadClock
-from freight._drivers._engine import EngineBase, Overflow, Subscriber
-from freight._drivers._sync import call_handler, run_plan
+from freight._drivers._engine import EngineBase
+from freight._drivers._options import BatcherKwargs, options_from
+from freight._drivers._runner import call_sync, run_sync
 from freight._errors import BatcherClosed, ConfigError
-from freight._ratelimit import RateLimiter
 
 __all__ = ["ThreadBatcher"]
 
@@ -77,40 +76,15 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         self,
         handler: SyncHandler[T, R],
         spec: BatchSpec,
-        *,
-        key: Callable[[T], Hashable] | None = None,
-        where: Callable[[T], bool] | None = None,
-        max_concurrent_batches: int = 1,
-        max_pending: int = 10_000,
-        overflow: Overflow = "block",
-        ordered: bool = False,
-        retry: Retry | None = None,
-        rate_limit: RateLimiter | float | None = None,
-        clock: Clock | None = None,
-        name: str | None = None,
-        subscribers: Iterable[Subscriber] = (),
+        **options: Unpack[BatcherKwargs[T]],
     ) -> None:
-        super().__init__(
-            handler,
-            spec,
-            key=key,
-            where=where,
-            max_concurrent_batches=max_concurrent_batches,
-            max_pending=max_pending,
-            overflow=overflow,
-            ordered=ordered,
-            retry=retry,
-            rate_limit=rate_limit,
-            name=name,
-            subscribers=subscribers,
-        )
+        super().__init__(handler, spec, options_from("ThreadBatcher", dict(options)))
+        clock = self.options.clock
         if is_async_callable(handler):
             raise ConfigError(
                 "ThreadBatcher needs a plain (sync) handler; for an `async def` handler "
                 "use freight.Batcher"
             )
-        if clock is not None and not isinstance(clock, Clock):
-            raise ConfigError(f"clock must implement freight's Clock protocol, got {clock!r}")
         self._own_clock = clock is None
         self._clock: Clock = clock if clock is not None else ThreadClock(f"freight-{self.name}")
         self._timeout = spec.timeout
@@ -120,7 +94,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         self._tickets = itertools.count()
         self._released = 0  # tickets given back: settled, refused or withdrawn items
         self._executor = ThreadPoolExecutor(
-            max_workers=max_concurrent_batches, thread_name_prefix=f"freight-{self.name}"
+            max_workers=self.max_concurrent_batches, thread_name_prefix=f"freight-{self.name}"
         )
         self._timer: TimerHandle | None = None
         self._timer_at = 0.0
@@ -354,9 +328,9 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
 
     def _run(self, flush: Flush[T]) -> None:
         items, futures = flush.items, flush.tickets
-        attempts = self._attempts
+        tried = self._tried
         try:
-            live = [f in attempts or f.set_running_or_notify_cancel() for f in futures]
+            live = [f in tried or f.set_running_or_notify_cancel() for f in futures]
             if not all(live):
                 kept = [(i, f) for i, f, ok in zip(items, futures, live, strict=True) if ok]
                 dropped = len(items) - len(kept)
@@ -384,16 +358,24 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
     def _execute(self, flush: Flush[T], items: list[T], futures: list[Future[Any]]) -> None:
         clock = self._clock
         started = clock.now()
-        result, calls = run_plan(
-            items, self._call, self._retry, random=self._random, sleep=clock.sleep_sync
+        outcome, calls = run_sync(
+            items,
+            self._call,
+            self._retry,
+            random=self._random,
+            sleep=clock.sleep_sync,
+            now=clock.now,
+            rate_limit=self._limiter,
+            tried=self._tried_of(futures),
         )
-        succeeded, failed, retry_items = self._settle(items, futures, result.outcomes, result.tries)
+        # Callers' futures are settled outside the lock: a done-callback may submit.
+        succeeded, failed, retry_items = self._settle(items, futures, outcome)
         self._lock.acquire()
         try:
             self._pending -= succeeded + failed
             self._released += succeeded + failed
-            for item, future in retry_items:
-                self._schedule_retry(item, future)
+            if retry_items:
+                self._schedule_retry(retry_items, outcome.again_after)
             event = self._record(
                 flush,
                 size=len(items),
@@ -410,12 +392,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             self._publish(event)
 
     def _call(self, items: list[T]) -> Reply:
-        if self._limiter is not None:
-            cost = len(items) if self._limiter.unit == "items" else 1
-            delay = self._limiter.reserve(cost, now=self._clock.now())
-            if delay > 0:
-                self._clock.sleep_sync(delay)
-        return call_handler(self._handler, items)
+        return call_sync(self._handler, items)
 
     def _fail(self, futures: list[Future[Any]], error: BaseException) -> None:
         failed = 0
@@ -430,17 +407,21 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             self._released += failed
             self._stats.failed += failed
 
-    def _schedule_retry(self, item: T, future: Future[Any]) -> None:
-        delay = self._retry_delay(future)
-        handle = self._clock.call_at(self._clock.now() + delay, lambda: self._requeue(item, future))
-        self._retry_waiting[future] = (handle, item)
+    def _schedule_retry(self, retry_items: list[tuple[T, Future[Any]]], delay: float) -> None:
+        """Put the items the plan sent back into the buffer after ``delay``, together."""
+        clock = self._clock
+        handle = clock.call_at(clock.now() + delay, lambda: self._requeue(retry_items))
+        for item, future in retry_items:
+            self._retry_waiting[future] = (handle, item)
 
-    def _requeue(self, item: T, future: Future[Any]) -> None:
+    def _requeue(self, retry_items: list[tuple[T, Future[Any]]]) -> None:
         self._lock.acquire()
         try:
-            if self._retry_waiting.pop(future, None) is None:
-                return  # failed by close(drain=False) meanwhile
-            self._start(self._buffer.put(item, self._clock.now(), future))
+            now = self._clock.now()
+            for item, future in retry_items:
+                if self._retry_waiting.pop(future, None) is None:
+                    continue  # failed by close(drain=False) meanwhile
+                self._start(self._buffer.put(item, now, future))
             if self._closed:
                 self._start(self._buffer.close())
             if self._timer is None and self._timeout is not None:
@@ -461,7 +442,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             doomed.append(future)
         self._retry_waiting.clear()
         for future in doomed:
-            self._attempts.pop(future, None)
+            self._tried.pop(future, None)
             if future.running() or future.set_running_or_notify_cancel():
                 future.set_exception(error)
                 self._stats.failed += 1

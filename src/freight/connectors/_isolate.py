@@ -11,9 +11,9 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from freight._core._plan import Call, Reply, plan_batch
+from freight._core._plan import Reply
 from freight._core._retry import Retry
-from freight._drivers._sync import call_handler, run_plan
+from freight._drivers._runner import call_sync, run_async, run_sync
 
 __all__ = ["aisolate", "isolate"]
 
@@ -26,12 +26,12 @@ def isolate(
     classify: Callable[[BaseException], BaseException] = lambda error: error,
 ) -> list[Any]:
     """Write ``rows`` by bisection; return ``None`` or the (classified) error per row."""
-    outcome, _ = run_plan(
+    outcome, _ = run_sync(
         list(rows),
-        lambda part: call_handler(write, part),
+        lambda part: call_sync(write, part),
         _ONCE,
         random=random.random,
-        sleep=lambda seconds: None,
+        sleep=_never,
     )
     return [classify(o) if isinstance(o, BaseException) else None for o in outcome.outcomes]
 
@@ -42,17 +42,21 @@ async def aisolate(
     classify: Callable[[BaseException], BaseException] = lambda error: error,
 ) -> list[Any]:
     """:func:`isolate` for an ``async`` write: the same bisection plan, awaited."""
-    plan = plan_batch(list(rows), _ONCE, random.random)
-    effect = next(plan)
-    while True:
-        assert isinstance(effect, Call)  # one try per part: the plan never sleeps here
+
+    async def call(part: list[Any]) -> Reply:
         try:
-            await write(list(effect.items))
-            reply = Reply(value=None)
+            await write(list(part))
         except Exception as exc:
-            reply = Reply(error=exc)
-        try:
-            effect = plan.send(reply)
-        except StopIteration as stop:
-            outcomes = stop.value.outcomes
-            return [classify(o) if isinstance(o, BaseException) else None for o in outcomes]
+            return Reply(error=exc)
+        return Reply(value=None)
+
+    outcome, _ = await run_async(list(rows), call, _ONCE, random=random.random, sleep=_anever)
+    return [classify(o) if isinstance(o, BaseException) else None for o in outcome.outcomes]
+
+
+def _never(seconds: float) -> None:  # pragma: no cover - one try per part: no waits
+    raise AssertionError("isolation plans never sleep")
+
+
+async def _anever(seconds: float) -> None:  # pragma: no cover - one try per part: no waits
+    raise AssertionError("isolation plans never sleep")

@@ -1,9 +1,15 @@
 """Handling one chunk: process, write, retry per item, dead-letter what fails.
 
 A :class:`ChunkHandler` holds only what handling needs (sink, process functions,
-retry policy, key, rate limit), so it can be sent to worker processes
+retry policy, key, rate limit, clock), so it can be sent to worker processes
 (``executor="processes"``) as well as used from threads; the store is not here:
 the run commits each chunk's outcome.
+
+Each stage (``process``/``process_chunk``, then the sink) runs through the shared
+sync runner (:func:`~freight._drivers._runner.settle_sync`): the core's plan decides
+retries, bisection and which items come back, exactly as in a batcher; a chunk has
+no buffer, so the items that come back are tried again together after the plan's
+wait. What still fails becomes a dead letter.
 """
 
 from __future__ import annotations
@@ -16,13 +22,14 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from freight._core._clock import Clock
 from freight._core._retry import Retry
 from freight._drivers._asyncio import is_async_callable
-from freight._drivers._sync import call_handler, run_plan
-from freight._errors import HandlerContractError
+from freight._drivers._runner import call_sync, settle_sync
+from freight._errors import HandlerContractError, RecordError
 from freight._ratelimit import RateLimiter
 from freight.jobs._sink import Sink, WriteContext
-from freight.jobs._sources import BLANK, Record, RecordError
+from freight.jobs._sources import BLANK, Record
 from freight.store import DeadLetter
 
 __all__ = ["ChunkHandler", "handle_installed", "install"]
@@ -69,6 +76,7 @@ class ChunkHandler:
         retry: Retry | None,
         key: Callable[[Any], Hashable] | None,
         rate_limit: RateLimiter | None,
+        clock: Clock | None = None,
     ) -> None:
         self.id = job_id
         self.sink = sink
@@ -77,12 +85,14 @@ class ChunkHandler:
         self.retry = retry
         self.key = key
         self.rate_limit = rate_limit
+        self.clock = clock
         self.loop: asyncio.AbstractEventLoop | None = None
         self._random = random.Random().random
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["loop"] = None  # an event loop stays in its process
+        state["clock"] = None  # so does a clock (its timers); workers use real time
         del state["_random"]
         return state
 
@@ -127,7 +137,12 @@ class ChunkHandler:
         context = WriteContext(self.id, index, keys)
         sink = self.sink
         written, _ = self._stage(
-            index, records, items, lambda xs: self._write(sink, xs, context), dead
+            index,
+            records,
+            items,
+            lambda xs: sink.write(xs, context),
+            dead,
+            rate_limit=self.rate_limit,
         )
         return skipped, len(written)
 
@@ -145,12 +160,6 @@ class ChunkHandler:
 
         return run
 
-    def _write(self, sink: Any, items: list[Any], context: WriteContext) -> Any:
-        if self.rate_limit is not None:
-            cost = len(items) if self.rate_limit.unit == "items" else 1
-            self.rate_limit.acquire_sync(cost)
-        return sink.write(items, context)
-
     def _stage(
         self,
         index: int,
@@ -158,39 +167,33 @@ class ChunkHandler:
         items: list[Any],
         handler: Callable[[list[Any]], Any],
         dead: list[DeadLetter],
+        *,
+        rate_limit: RateLimiter | None = None,
     ) -> tuple[list[Record], list[Any]]:
         """Run one stage over ``items``; failures become dead letters; return the survivors."""
         if not items:
             return [], []
-        retry = self.retry
-        attempts = retry.attempts if retry else 1
-        tried = 0
-        pending = list(range(len(items)))
-        out: dict[int, Any] = {}
-        while pending:
-            result, _ = run_plan(
-                [items[i] for i in pending],
-                lambda xs: call_handler(self._on_loop(handler), xs),
-                retry,
-                random=self._random,
-                sleep=time.sleep,
-            )
-            tried += result.tries
-            again: list[int] = []
-            for i, outcome in zip(pending, result.outcomes, strict=True):
-                if not isinstance(outcome, BaseException):
-                    out[i] = outcome
-                elif retry is not None and retry.is_transient(outcome) and tried < attempts:
-                    again.append(i)
-                else:
-                    dead.append(
-                        _letter(records[i], outcome, _category(outcome, retry), tried, index)
-                    )
-            if again and retry is not None:
-                time.sleep(retry.delay(tried, self._random()))
-            pending = again
-        kept = sorted(out)
-        return [records[i] for i in kept], [out[i] for i in kept]
+        clock = self.clock
+        call = self._on_loop(handler)
+        outcomes, attempts = settle_sync(
+            items,
+            lambda xs: call_sync(call, xs),
+            self.retry,
+            random=self._random,
+            sleep=clock.sleep_sync if clock is not None else time.sleep,
+            now=clock.now if clock is not None else time.monotonic,
+            rate_limit=rate_limit,
+        )
+        kept_records: list[Record] = []
+        kept: list[Any] = []
+        for record, outcome, tries in zip(records, outcomes, attempts, strict=True):
+            if isinstance(outcome, BaseException):
+                category = _category(outcome, self.retry)
+                dead.append(_letter(record, outcome, category, tries, index))
+            else:
+                kept_records.append(record)
+                kept.append(outcome)
+        return kept_records, kept
 
 
 async def _awaited(awaitable: Any) -> Any:
