@@ -20,6 +20,7 @@ from freight._errors import (
     HandlerContractError,
     PermanentError,
     QueueFull,
+    RecordError,
     Skipped,
     TransientError,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "HandlerContractError",
     "PermanentError",
     "QueueFull",
+    "RecordError",
     "Skipped",
     "TransientError",
     # core

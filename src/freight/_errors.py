@@ -6,15 +6,22 @@ error inherits that builtin too::
 
     FreightError
     ├── ConfigError (ValueError)          bad configuration, raised at construction
+    │   └── StoreError                    a store that cannot be opened, or a newer schema
     ├── BatcherClosed (RuntimeError)      submit after close
     ├── QueueFull                         no room and overflow="reject" (or *_nowait)
     ├── Skipped                           the ``where=`` predicate rejected the item
     ├── HandlerContractError (TypeError)  the handler broke the list-in/list-out rule
     ├── TransientError                    worth retrying: raise or return it from a handler
-    └── PermanentError                    never retried, whatever ``retry_on`` says
+    ├── PermanentError                    never retried, whatever ``retry_on`` says
+    ├── RecordError (ValueError)          a source record that cannot be read or converted
+    ├── JobAlreadyRunning                 another live process holds the job's run
+    └── IllegalTransition                 a run's status change its lifecycle forbids
 
 ``TransientError`` is how a handler asks for a retry; there is deliberately no
 exception called ``Retry`` (in freight, :class:`~freight.Retry` is the policy).
+
+Every class is defined here and nowhere else; the subpackages re-export the ones their
+users meet (``freight.store.StoreError``, ``freight.jobs.RecordError``, …).
 """
 
 from __future__ import annotations
@@ -24,9 +31,13 @@ __all__ = [
     "ConfigError",
     "FreightError",
     "HandlerContractError",
+    "IllegalTransition",
+    "JobAlreadyRunning",
     "PermanentError",
     "QueueFull",
+    "RecordError",
     "Skipped",
+    "StoreError",
     "TransientError",
 ]
 
@@ -65,3 +76,20 @@ class TransientError(FreightError):
 
 class PermanentError(FreightError):
     """A failure that retrying cannot fix; never retried, even if ``retry_on`` matches."""
+
+
+class RecordError(FreightError, ValueError):
+    """A record that could not be read or converted (a dead letter of category validation)."""
+
+
+class StoreError(ConfigError):
+    """The store cannot be opened or is newer than this freight knows."""
+
+
+class JobAlreadyRunning(FreightError):
+    """Another live process is running this job; it is never run twice at once."""
+
+
+class IllegalTransition(FreightError):
+    """A job run was asked to change status in a way its lifecycle forbids
+    (``freight.store.TRANSITIONS``), such as running a completed run again."""

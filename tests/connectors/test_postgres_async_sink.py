@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from freight import Job
+from freight import Job, PermanentError
 from freight.connectors.postgres import AsyncPostgresSink, Mode
 from freight.store import SqliteStore
 from tests.services import POSTGRES_URL, require
@@ -48,7 +48,8 @@ async def test_every_mode_isolates_bad_rows(schema: str, mode: Mode) -> None:
     await sink.aclose()
     assert outcomes is not None
     assert [i for i, o in enumerate(outcomes) if o is not None] == [4]
-    assert isinstance(outcomes[4], psycopg.errors.NotNullViolation)
+    assert isinstance(outcomes[4], PermanentError)
+    assert isinstance(outcomes[4].__cause__, psycopg.errors.NotNullViolation)
     assert ids(schema) == [0, 1, 2, 3, 5, 6, 7]
 
 

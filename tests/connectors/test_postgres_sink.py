@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from freight import ConfigError, Job, Retry, TransientError
+from freight import ConfigError, Job, PermanentError, Retry, TransientError
 from freight.connectors.postgres import Mode, PostgresSink, classify
 from freight.store import SqliteStore
 from tests.services import POSTGRES_URL, require
@@ -70,7 +70,8 @@ def test_copy_with_3_bad_rows_among_10000_commits_the_rest(schema: str) -> None:
     assert outcomes is not None
     failed = {i for i, o in enumerate(outcomes) if isinstance(o, Exception)}
     assert failed == bad
-    assert isinstance(outcomes[17], psycopg.errors.NotNullViolation)
+    assert isinstance(outcomes[17], PermanentError)
+    assert isinstance(outcomes[17].__cause__, psycopg.errors.NotNullViolation)
     with psycopg.connect(POSTGRES_URL) as conn:
         count = conn.execute(
             sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "t"))
@@ -121,7 +122,8 @@ def test_huge_field_and_job_dead_letters(schema: str, tmp_path: Path) -> None:
     report = Job("pg-job", items, sink, store=SqliteStore(tmp_path / "s.db")).run()
     sink.close()
     assert [e["item"] for e in report["errors"]] == ["item 1"]
-    assert report["errors"][0]["error_type"] == "InvalidTextRepresentation"
+    assert report["errors"][0]["error_type"] == "PermanentError"
+    assert report["errors"][0]["message"].startswith("InvalidTextRepresentation: ")
     assert rows(schema, "t")[0][1] == "x" * 5_000_000
 
 
@@ -134,7 +136,12 @@ def test_configuration_and_error_mapping() -> None:
     assert isinstance(lost, TransientError)
     assert isinstance(lost.__cause__, psycopg.OperationalError)
     data = psycopg.errors.NotNullViolation("null")
-    assert classify(data) is data
+    refused = classify(data)
+    assert isinstance(refused, PermanentError)
+    assert refused.__cause__ is data
+    assert str(refused) == "NotNullViolation: null"
+    statement = psycopg.errors.UndefinedTable("no such table")
+    assert classify(statement) is statement  # the schema does not fit: not a row's fault
 
 
 def test_csv_format_copies_text_as_it_is(schema: str) -> None:
@@ -143,11 +150,8 @@ def test_csv_format_copies_text_as_it_is(schema: str) -> None:
     outcomes = sink.write(['1,"a, b"\n', "x,bad id\n", '2,"multi\nline"\n'])
     sink.close()
     assert outcomes is not None
-    assert [type(o).__name__ for o in outcomes] == [
-        "NoneType",
-        "InvalidTextRepresentation",
-        "NoneType",
-    ]
+    assert [type(o).__name__ for o in outcomes] == ["NoneType", "PermanentError", "NoneType"]
+    assert isinstance(outcomes[1].__cause__, psycopg.errors.InvalidTextRepresentation)
     assert rows(schema, "t") == [(1, "a, b"), (2, "multi\nline")]
     with pytest.raises(ConfigError, match="format='csv' needs columns="):
         PostgresSink(POSTGRES_URL, "t", format="csv")
@@ -179,7 +183,8 @@ def test_typed_rows_go_by_binary_copy_and_the_rest_by_text(schema: str, mode: Mo
     outcomes = sink.write(mixed)
     assert outcomes is not None
     assert outcomes[0] is None
-    assert isinstance(outcomes[1], psycopg.errors.NumericValueOutOfRange)
+    assert isinstance(outcomes[1], PermanentError)
+    assert isinstance(outcomes[1].__cause__, psycopg.errors.NumericValueOutOfRange)
     assert rows(schema, "t")[0][:8] == (1, 7, Decimal("1.25"), at, date(2026, 1, 2), True, 0.5, "é")
     assert [r[0] for r in rows(schema, "t")] == [1, 2, 3]
     assert rows(schema, "t")[2][3] == at

@@ -2,8 +2,9 @@
 
 - Identifiers are composed with ``psycopg.sql.Identifier``, never by string formatting.
 - A call that fails on a bad row (COPY aborts the whole statement) is bisected with the
-  core's poison isolation: the good rows are committed, each bad row gets its own error
-  (the original psycopg error), and the job dead-letters it.
+  core's poison isolation: the good rows are committed, each bad row gets its own
+  :class:`~freight.PermanentError` (the server's error as its ``__cause__``), and the job
+  dead-letters it.
 - Lost connections are transient (retried by the job's ``Retry``); the pool replaces
   broken connections. Errors are mapped to freight's classes in one place, :func:`classify`.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -48,17 +49,59 @@ Mode = Literal["copy", "insert", "upsert"]
 def classify(error: BaseException) -> BaseException:
     """Map a psycopg error to freight's transient or permanent class (original as cause).
 
-    Connection and server-availability problems are transient; data, integrity and
-    programming errors are permanent (retrying the same row cannot fix them).
+    - Connection and server-availability problems (``OperationalError``,
+      ``InterfaceError``: a dropped connection, a restart, a lock timeout, a deadlock)
+      are :class:`~freight.TransientError`: the job's ``Retry`` tries again.
+    - Data the server refuses (``DataError``, ``IntegrityError``: a value of the wrong
+      type or out of range, a null in a ``NOT NULL`` column, a unique or check
+      violation) is :class:`~freight.PermanentError`: retrying the same row cannot fix
+      it. The message starts with the server's error class and keeps its text, which
+      names the value and the column.
+    - Anything else (a freight error already, a statement the schema does not fit) is
+      returned as it is.
     """
+    mapped: BaseException
     if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
-        mapped: BaseException = TransientError(f"PostgreSQL unavailable: {error}")
-    elif isinstance(error, psycopg.Error):
-        return error  # data/integrity errors stay as they are: they name the bad value
+        mapped = TransientError(f"PostgreSQL unavailable: {error}")
+    elif isinstance(error, psycopg.DataError | psycopg.IntegrityError):
+        mapped = PermanentError(f"{type(error).__name__}: {error}")
     else:
         return error
     mapped.__cause__ = error
     return mapped
+
+
+def _classified(write: Callable[[list[Any]], None]) -> Callable[[list[Any]], None]:
+    """``write`` raising freight's classes, so that isolating bad rows stops bisecting
+    when both halves of a part meet an outage, and splits on to the bad row otherwise."""
+
+    def call(rows: list[Any]) -> None:
+        try:
+            write(rows)
+        except psycopg.Error as exc:
+            mapped = classify(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    return call
+
+
+def _aclassified(
+    write: Callable[[list[Any]], Awaitable[None]],
+) -> Callable[[list[Any]], Awaitable[None]]:
+    """:func:`_classified` for an ``async`` write."""
+
+    async def call(rows: list[Any]) -> None:
+        try:
+            await write(rows)
+        except psycopg.Error as exc:
+            mapped = classify(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    return call
 
 
 class PostgresSink:
@@ -171,7 +214,7 @@ class PostgresSink:
         else:
             return None
         # A bad row aborted the statement: find it (them) by bisection, keep the rest.
-        return isolate(rows, lambda part: self._write_rows(columns, part), classify)
+        return isolate(rows, _classified(lambda part: self._write_rows(columns, part)))
 
     def _rows(self, items: list[Any]) -> tuple[list[str], list[Any]]:
         """The columns written and the items as rows (CSV texts stay as they are)."""
@@ -511,7 +554,7 @@ class AsyncPostgresSink:
                 raise mapped from exc
         else:
             return None
-        return await aisolate(rows, lambda part: self._write_rows(columns, part), classify)
+        return await aisolate(rows, _aclassified(lambda part: self._write_rows(columns, part)))
 
     async def _write_rows(self, columns: list[str], rows: list[Sequence[Any]]) -> None:
         plan = self._sync._plan(columns)

@@ -1,5 +1,6 @@
 """Bulk jobs: large datasets processed in checkpointed, resumable chunks."""
 
+from freight._errors import RecordError
 from freight.jobs._job import Job, JobAlreadyRunning
 from freight.jobs._printer import ProgressPrinter
 from freight.jobs._progress import Progress
@@ -12,7 +13,6 @@ from freight.jobs._sources import (
     ParquetSource,
     Position,
     Record,
-    RecordError,
     Source,
     SourceSize,
     as_source,

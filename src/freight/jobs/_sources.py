@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from freight._core._source import Position, Record, RecordError, SourceSize
-from freight._errors import ConfigError
+from freight._core._source import Position, Record, SourceSize
+from freight._errors import ConfigError, RecordError
 
 __all__ = [
     "CsvSource",
