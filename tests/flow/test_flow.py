@@ -531,7 +531,7 @@ async def test_spans_go_to_freight_traces_duckdb_by_default() -> None:
     assert rows == [("timeout", 10), ("size", 25), ("size", 25)]
     await flow.close()
     quiet = Flow(clock=clock, trace=False)
-    assert not any(isinstance(s, DuckDBTracer) for s in quiet._subscribers)
+    assert not any(isinstance(s, DuckDBTracer) for s in quiet._tracing.subscribers)
 
 
 def test_the_duckdb_tracer_keeps_spans_it_could_not_write(tmp_path: Path) -> None:

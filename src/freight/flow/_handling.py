@@ -8,22 +8,33 @@ The flow drives the core's batch plan; these are its effects and checks: the cal
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from freight._core._plan import Reply
 from freight._errors import HandlerContractError
 from freight.flow._artifacts import is_artifact
 from freight.flow._consumer import ConsumerSpec
-from freight.flow._records import Whole
+from freight.flow._records import Work
 
-__all__ = ["call", "check_outputs", "error_text", "outputs_of"]
+__all__ = ["Whole", "call", "check_outputs", "error_text", "outputs_of"]
 
 
-async def call(spec: ConsumerSpec, items: list[Any]) -> Reply:
-    """Call ``spec``'s handler on ``items`` (one artifact or group without ``batch=``)."""
+@dataclass(frozen=True, slots=True)
+class Whole:
+    """A batch handler's single return for the whole batch (published once), placed at
+    the first item of the call that returned it, with the items it speaks for."""
+
+    value: Any
+    works: tuple[Work, ...]
+
+
+async def call(spec: ConsumerSpec, works: list[Work]) -> Reply:
+    """Call ``spec``'s handler on ``works`` (one artifact or group without ``batch=``)."""
     handler = spec.handler
     assert handler is not None
-    argument: Any = list(items) if spec.batch is not None else items[0]
+    batched = spec.batch is not None
+    argument: Any = [w.item for w in works] if batched else works[0].item
     try:
         if spec.is_async:
             result = await handler(argument)
@@ -31,12 +42,13 @@ async def call(spec: ConsumerSpec, items: list[Any]) -> Reply:
             result = await asyncio.to_thread(handler, argument)
     except Exception as exc:
         return Reply(error=exc)
-    if spec.batch is None:
+    if not batched:
         return Reply(value=[result])
-    if result is None or (isinstance(result, list) and len(result) == len(items)):
+    n = len(works)
+    if result is None or (isinstance(result, list) and len(result) == n):
         return Reply(value=result)
     # One return for the whole batch (a report, or several artifacts): published once.
-    return Reply(value=[Whole(result)] + [None] * (len(items) - 1))
+    return Reply(value=[Whole(result, tuple(works))] + [None] * (n - 1))
 
 
 def check_outputs(spec: ConsumerSpec, values: list[Any]) -> HandlerContractError | None:
@@ -61,6 +73,8 @@ def outputs_of(outcome: Any) -> list[Any]:
     """The artifacts in one outcome: none, one, or a list of them."""
     if outcome is None:
         return []
+    if isinstance(outcome, Whole):
+        return outputs_of(outcome.value)
     if isinstance(outcome, list | tuple):
         return [v for v in outcome if v is not None]
     return [outcome]

@@ -1,12 +1,12 @@
-"""What a flow reports and holds: dead letters, open batches, a consumer's buffers."""
+"""What a flow reports and holds: dead letters, open batches, a consumer's state."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Hashable
+from collections import deque
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from freight._core._buffer import BatchBuffer
 from freight._core._clock import TimerHandle
@@ -14,7 +14,7 @@ from freight._core._join import JoinBuffer
 from freight.flow._artifacts import Envelope
 from freight.flow._consumer import ConsumerSpec
 
-__all__ = ["DeadLetter", "PendingBatch"]
+__all__ = ["DeadLetter", "PendingBatch", "Route", "Runtime", "Work", "dead_letter"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,17 +75,11 @@ class Work:
     tenant: str | None
 
 
-class Whole:
-    """A batch handler's single return for the whole batch (published once)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
 class Runtime:
-    """A registered consumer and its buffers."""
+    """A registered consumer and its state: buffers and timer (scheduling), handler
+    runs started and waiting for a slot under ``max_concurrent`` (execution)."""
+
+    __slots__ = ("buffer", "joins", "running", "spec", "timer", "timer_at", "waiting")
 
     def __init__(self, spec: ConsumerSpec) -> None:
         self.spec = spec
@@ -93,10 +87,12 @@ class Runtime:
         self.joins: JoinBuffer | None = None
         self.timer: TimerHandle | None = None
         self.timer_at: float | None = None
-        self.slots: asyncio.Semaphore | None = None  # max_concurrent, made on first use
+        self.running = 0
+        self.waiting: deque[tuple[list[Work], str | None]] = deque()
         self.reset()
 
     def reset(self) -> None:
+        """Fresh buffers (after a drain: what the drained batches publish starts anew)."""
         spec = self.spec
         if spec.batch is not None:
             self.buffer = BatchBuffer(spec.batch, key=tenant_key)
@@ -104,6 +100,7 @@ class Runtime:
             self.joins = JoinBuffer(spec.join, len(spec.types))
 
     def next_deadline(self) -> float | None:
+        """The earliest deadline of an open batch or join group, if any."""
         batch = self.buffer.next_deadline() if self.buffer is not None else None
         join = self.joins.next_deadline() if self.joins is not None else None
         if batch is None or join is None:
@@ -112,4 +109,27 @@ class Runtime:
 
 
 def tenant_key(work: Work) -> Hashable:
+    """The batch key: batches never mix tenants."""
     return work.tenant
+
+
+def dead_letter(
+    consumer: str, reason: str, envelopes: Sequence[Envelope], error: BaseException | str | None
+) -> DeadLetter:
+    """A dead letter of ``envelopes`` for ``consumer``, dated now (UTC)."""
+    return DeadLetter(
+        consumer, reason, [e.payload for e in envelopes], list(envelopes), error, datetime.now(UTC)
+    )
+
+
+class Route(Protocol):
+    """Records and delivers what a step produced (``Router.route``): published
+    artifacts, a handled batch's deliveries done, dead letters, in one transaction."""
+
+    def __call__(
+        self,
+        envelopes: Sequence[Envelope],
+        *,
+        done: tuple[str, Sequence[str]] | None = None,
+        dead: Sequence[DeadLetter] = (),
+    ) -> None: ...

@@ -1,0 +1,280 @@
+"""Execution: running a consumer's batch, and what comes of it.
+
+Rules:
+
+1. A run is counted from the moment the scheduler hands it over until it ends. With
+   ``max_concurrent=n`` at most *n* runs of a consumer are started at once; the others
+   wait in order, and a run that ends hands its slot to the next at once (there is no
+   moment in between at which the flow looks idle).
+2. A run calls the handler through the core's batch plan (:func:`run_plan`): retries
+   after a backoff, bisection of a raising batch, the rate limit before each call, and
+   every wait on the flow's clock. A batch consumer without ``retry=`` still bisects
+   a raising batch (no retries): one poison artifact fails alone.
+3. Outcomes follow the handler contract (``_handling``): an ``Exception`` instance is
+   that item's dead letter (``handler_error``); a return for the whole batch is
+   published once, its sources being every item of the call that returned it; any
+   other value is published as the item's output, if its types are declared (else
+   ``contract``) and it stays within ``max_depth`` (else ``max_depth``).
+4. An output's tenant and correlation id are its sources' when they all share one;
+   its visibility is the declared one, else its tenant's (a tenant's report stays the
+   tenant's), else public; its depth is one more than its deepest source.
+5. What a run produced (its deliveries done, its outputs, its dead letters) is routed
+   at once, in one transaction on a durable board.
+6. A bug of ours (or a subscriber's) never loses a batch: each item is dead-lettered
+   ``handler_error`` with the error, which is logged.
+7. Idle accounting, for ``run_until_idle``: ``runs`` (handed over, not ended),
+   ``running`` (started) and ``sleeping`` (waiting for the flow's clock to reach a
+   time). On a virtual clock a run stops counting as sleeping inside the clock's
+   timer, the moment the clock reaches its time, so a run the clock woke is busy at
+   once. ``changed`` is set whenever a run ends or starts waiting for the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from freight._core._clock import Clock
+from freight._core._plan import Call, Outcome, Reply, plan_batch
+from freight._core._retry import Retry
+from freight._drivers._clocks import LoopClock, ThreadClock
+from freight._ratelimit import RateLimiter
+from freight.flow._artifacts import Envelope
+from freight.flow._consumer import ConsumerSpec
+from freight.flow._handling import Whole, call, check_outputs, outputs_of
+from freight.flow._records import DeadLetter, Runtime, Work, dead_letter
+from freight.flow._routing import PUBLIC, Router
+from freight.flow._tracing import Tracing
+from freight.flow._visibility import Tenant
+
+__all__ = ["Executor", "run_plan"]
+
+_log = logging.getLogger("freight.flow")
+
+# Batch consumers without retry=: no retries, but a raising batch is bisected, so one
+# poison artifact fails alone instead of failing the whole batch as one error.
+_ISOLATE = Retry(attempts=1, backoff=0, jitter=0, isolate=True)
+
+
+async def run_plan(
+    items: list[Any],
+    call: Callable[[list[Any]], Awaitable[Reply]],
+    retry: Retry | None,
+    *,
+    random: Callable[[], float],
+    sleep: Callable[[float], Awaitable[None]],
+    now: Callable[[], float] | None = None,
+    rate_limit: RateLimiter | None = None,
+) -> tuple[Outcome, int]:
+    """Carry out the core's batch plan for ``items``; return its outcome and the calls.
+
+    The plan decides (retries, backoffs, bisection); this only performs its effects:
+    a ``Call`` waits for ``rate_limit`` (paced on ``now``) then awaits ``call``; a
+    ``Sleep`` awaits ``sleep``. (The signature is the shared async runner's, so the
+    runner can take its place.)
+    """
+    plan = plan_batch(items, retry, random)
+    calls = 0
+    effect = next(plan)
+    while True:
+        if isinstance(effect, Call):
+            calls += 1
+            if rate_limit is not None:
+                assert now is not None
+                cost = len(effect.items) if rate_limit.unit == "items" else 1
+                delay = rate_limit.reserve(cost, now=now())
+                if delay > 0:
+                    await sleep(delay)
+            reply = await call(effect.items)
+            try:
+                effect = plan.send(reply)
+            except StopIteration as stop:
+                return stop.value, calls
+        else:
+            await sleep(effect.seconds)
+            effect = next(plan)
+
+
+class Executor:
+    """Runs a flow's batches as tasks and routes what they produce (module rules).
+
+    Args:
+        flow: the flow's name, for logs.
+        tracing: where ``handler`` spans go.
+        router: publishes outputs and records dead letters.
+        max_depth: most consumer hops (rule 3).
+    """
+
+    def __init__(self, flow: str, tracing: Tracing, router: Router, max_depth: int) -> None:
+        self.flow = flow
+        self.tracing = tracing
+        self.router = router
+        self.max_depth = max_depth
+        self.clock: Clock | None = None
+        self.virtual = False  # the clock moves only when told (a FakeClock)
+        self.random = random.Random()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.runs = 0
+        self.running = 0
+        self.sleeping = 0
+        self.changed = asyncio.Event()
+
+    def start(self, clock: Clock) -> None:
+        """Run on ``clock`` (known when the flow starts, inside the event loop)."""
+        self.clock = clock
+        self.virtual = not isinstance(clock, LoopClock | ThreadClock)
+
+    # -- runs (rule 1) ---------------------------------------------------------
+
+    def dispatch(self, rt: Runtime, works: list[Work], flush_id: str | None) -> None:
+        """Run ``works`` for ``rt`` now, or when one of its slots frees up."""
+        self.runs += 1
+        limit = rt.spec.max_concurrent
+        if limit is not None and rt.running >= limit:
+            rt.waiting.append((works, flush_id))
+            return
+        self._start(rt, works, flush_id)
+
+    def _start(self, rt: Runtime, works: list[Work], flush_id: str | None) -> None:
+        rt.running += 1
+        self.running += 1
+        task = asyncio.get_running_loop().create_task(self._run(rt, works, flush_id))
+        self.tasks.add(task)  # a strong reference: the loop keeps only weak ones
+        task.add_done_callback(self.tasks.discard)
+
+    def _ended(self, rt: Runtime) -> None:
+        rt.running -= 1
+        self.running -= 1
+        self.runs -= 1
+        if rt.waiting:
+            works, flush_id = rt.waiting.popleft()
+            self._start(rt, works, flush_id)
+        self.changed.set()
+
+    def idle(self) -> bool:
+        """No run left, or (virtual clock) every run left waits for the clock to move:
+        sleeping, or waiting for a slot that sleeping runs hold."""
+        return self.runs == 0 or (self.virtual and self.sleeping == self.running)
+
+    def quiet(self) -> bool:
+        """No run left at all."""
+        return self.runs == 0
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition()`` holds; it is checked each time ``changed`` is set."""
+        while not condition():
+            self.changed.clear()
+            await self.changed.wait()
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` on the flow's clock, counted as sleeping (rule 7)."""
+        clock = self.clock
+        assert clock is not None
+        if not self.virtual or seconds <= 0:
+            await clock.sleep(seconds)  # a real clock: run_until_idle waits for it anyway
+            return
+        woken = asyncio.get_running_loop().create_future()
+        fired = False
+
+        def wake() -> None:
+            nonlocal fired
+            fired = True
+            self.sleeping -= 1  # busy again from the moment the clock gets there
+            if not woken.done():
+                woken.set_result(None)
+
+        handle = clock.call_at(clock.now() + seconds, wake)
+        self.sleeping += 1
+        self.changed.set()
+        try:
+            await woken
+        finally:
+            if not fired:  # cancelled before the clock got there
+                handle.cancel()
+                self.sleeping -= 1
+
+    # -- one run (rules 2, 5, 6) ---------------------------------------------
+
+    async def _run(self, rt: Runtime, works: list[Work], flush_id: str | None) -> None:
+        spec = rt.spec
+        clock = self.clock
+        assert clock is not None
+        try:
+            started = clock.now()
+            try:
+                retry = spec.retry if spec.retry is not None or spec.batch is None else _ISOLATE
+                outcome, _ = await run_plan(
+                    works, functools.partial(call, spec), retry, random=self.random.random,
+                    sleep=self.sleep, now=clock.now, rate_limit=spec.rate_limit,
+                )  # fmt: skip
+                outputs, dead = self.outputs(spec, works, outcome.outcomes)
+            except Exception as exc:  # a bug of ours or a subscriber's: never lose the batch
+                _log.exception("%s: consumer %r failed unexpectedly", self.flow, spec.name)
+                outcome = Outcome([exc] * len(works), 1)
+                outputs = []
+                dead = [dead_letter(spec.name, "handler_error", w.envelopes, exc) for w in works]
+            if self.tracing.subscribers:
+                failed = sum(isinstance(o, BaseException) for o in outcome.outcomes)
+                self.tracing.span("handler", spec.name, started, clock.now(), {
+                    "batch_size": len(works), "succeeded": len(works) - failed, "failed": failed,
+                    "tries": outcome.tries, "published": len(outputs),
+                }, parent=flush_id)  # fmt: skip
+            done = [e.id for w in works for e in w.envelopes]
+            self.router.route(outputs, done=(spec.name, done), dead=dead)
+        finally:
+            self._ended(rt)
+
+    # -- outcomes (rules 3, 4) ------------------------------------------------
+
+    def outputs(
+        self, spec: ConsumerSpec, works: list[Work], outcomes: list[Any]
+    ) -> tuple[list[Envelope], list[DeadLetter]]:
+        """The envelopes to publish from a run's outcomes, and its dead letters."""
+        outputs: list[Envelope] = []
+        dead: list[DeadLetter] = []
+        for work, outcome in zip(works, outcomes, strict=True):
+            if outcome is None:
+                continue
+            if isinstance(outcome, BaseException):
+                dead.append(dead_letter(spec.name, "handler_error", work.envelopes, outcome))
+                continue
+            sources: Sequence[Envelope] = work.envelopes
+            if isinstance(outcome, Whole):
+                sources = [e for w in outcome.works for e in w.envelopes]
+            values = outputs_of(outcome)
+            if not values:
+                continue
+            problem = check_outputs(spec, values)
+            if problem is not None:
+                dead.append(dead_letter(spec.name, "contract", sources, problem))
+                continue
+            depth = (sources[0].depth if len(sources) == 1 else max(e.depth for e in sources)) + 1
+            if depth > self.max_depth:
+                too_deep = f"depth {depth} > max_depth {self.max_depth}"
+                dead.append(dead_letter(spec.name, "max_depth", sources, too_deep))
+                continue
+            for value in values:
+                outputs.append(self._output(spec, value, sources, depth))
+        return outputs, dead
+
+    def _output(
+        self, spec: ConsumerSpec, value: Any, sources: Sequence[Envelope], depth: int
+    ) -> Envelope:
+        if len(sources) == 1:
+            tenant, correlation = sources[0].tenant, sources[0].correlation_id
+        else:
+            tenants = {e.tenant for e in sources}
+            tenant = next(iter(tenants)) if len(tenants) == 1 else None
+            correlations = {e.correlation_id for e in sources}
+            correlation = next(iter(correlations)) if len(correlations) == 1 else None
+        visibility = spec.visibility
+        if visibility is None:  # what is made from one tenant's artifacts stays that tenant's
+            visibility = Tenant(tenant) if tenant is not None else PUBLIC
+        return self.router.envelope(
+            value, producer=spec.name, visibility=visibility, depth=depth,
+            correlation_id=correlation,
+        )  # fmt: skip
