@@ -106,7 +106,8 @@ def test_type_overrides_and_errors(schema: str, tmp_path: Path) -> None:
     assert kind == ("text",)
     down = runner.invoke(app, [*base[:3], "postgresql://nobody@127.0.0.1:1/x", *base[4:]])
     assert down.exit_code == 2
-    assert "cannot reach" in down.stderr
+    assert "cannot reach PostgreSQL at 127.0.0.1:1/x" in down.stderr
+    assert len(down.stderr.strip().splitlines()) == 1
 
 
 def test_sigkill_at_10_random_points_then_resume_loads_every_valid_row_once(

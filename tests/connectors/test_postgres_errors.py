@@ -15,8 +15,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from freight import Job, PermanentError, TransientError
-from freight.connectors.postgres import AsyncPostgresSink, PostgresSink
+from freight import ConfigError, Job, PermanentError, TransientError
+from freight.connectors.postgres import (
+    AsyncPostgresSink,
+    PostgresSink,
+    PostgresSource,
+    create_table,
+    table_types,
+)
 from freight.store import SqliteStore
 from tests.services import POSTGRES_URL, require
 
@@ -170,3 +176,33 @@ def test_a_statement_the_schema_does_not_fit_keeps_the_server_error(schema: str)
     sink.close()
     assert outcomes is not None
     assert isinstance(outcomes[0], psycopg.errors.UndefinedColumn)
+
+
+UNREACHABLE = "postgresql://nobody:s3cret@127.0.0.1:1/nowhere"
+
+
+def test_a_server_that_does_not_answer_is_transient_and_named_without_its_password() -> None:
+    with pytest.raises(TransientError, match=r"cannot reach PostgreSQL at 127\.0\.0\.1:1/nowhere"):
+        table_types(UNREACHABLE, "t")
+    with pytest.raises(TransientError) as caught:
+        create_table(UNREACHABLE, "t", {"id": "bigint"})
+    assert "s3cret" not in str(caught.value)
+    assert isinstance(caught.value.__cause__, psycopg.OperationalError)
+    source = PostgresSource(UNREACHABLE, "t", key="id")
+    with pytest.raises(TransientError, match="cannot reach PostgreSQL"):
+        source.size()
+    with pytest.raises(TransientError, match="cannot reach PostgreSQL"):
+        list(source.read())
+
+
+def test_a_connection_string_psycopg_cannot_read_is_a_config_error() -> None:
+    expected = 'bad PostgreSQL connection string: missing "="'
+    with pytest.raises(ConfigError, match=expected) as caught:
+        table_types("not a url", "t")
+    assert isinstance(caught.value.__cause__, psycopg.ProgrammingError)
+
+
+def test_a_database_that_does_not_exist_is_named(schema: str) -> None:
+    missing = POSTGRES_URL.rsplit("/", 1)[0] + f"/{schema}_none"
+    with pytest.raises(TransientError, match=rf'database "{schema}_none" does not exist'):
+        table_types(missing, "t")

@@ -1,4 +1,10 @@
-"""``freight`` commands. User errors print one line and exit 2, never a traceback."""
+"""``freight`` commands. User errors print one line and exit 2, never a traceback.
+
+The commands raise; one boundary, :class:`_Commands`, decides what the user sees: a
+usage mistake or a user error (a freight error, a file, a database, a missing extra)
+is one line on stderr and exit code 2. Exit 1 is a run that failed or was cancelled,
+130 a second Ctrl-C. Anything else is a bug in freight and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,15 @@ import importlib
 import itertools
 import logging
 import os
+import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 from freight._core._retry import Retry
 from freight._errors import FreightError
@@ -25,8 +33,77 @@ from freight.store._records import utcnow
 
 __all__ = ["app", "main"]
 
+# The extra that provides a module, for an ImportError that does not say it itself.
+_EXTRAS = {
+    "psycopg": "postgres",
+    "psycopg_pool": "postgres",
+    "pyarrow": "parquet",
+    "duckdb": "trace",
+    "prometheus_client": "prometheus",
+}
+
+
+class _Commands(TyperGroup):
+    """freight's commands with their one error boundary (see the module docstring).
+
+    It wraps ``main``, which both the console command and ``CliRunner`` call, so the
+    group's own usage errors ("No such command") pass through it as well.
+    """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except Exception as exc:
+            code = _exit_code(exc)
+            if code is None:
+                raise  # a bug: its traceback is what a report needs
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _exit_code(exc: Exception) -> int | None:
+    """Print the one line ``exc`` deserves and return the exit code; ``None`` for a bug."""
+    if isinstance(exc, typer.Abort):
+        typer.echo("freight: aborted", err=True)
+        return 1
+    # Typer's usage errors (its own copy of click's UsageError): duck-typed, since
+    # the class is not part of typer's public API.
+    if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            return 0
+        where = ctx.command_path if ctx is not None else "freight"
+        return _error(f"{exc.format_message()} (see `{where} --help`)")
+    message = _user_error(exc)
+    return None if message is None else _error(message)
+
+
+def _user_error(exc: Exception) -> str | None:
+    """The one line a user error prints, or ``None`` when ``exc`` is a bug."""
+    if isinstance(exc, ImportError) and exc.name in _EXTRAS:
+        return f"{exc}: pip install 'freight[{_EXTRAS[exc.name]}]'"
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        return f"{exc.strerror}: {str(exc.filename)!r}"
+    psycopg = sys.modules.get("psycopg")  # the database refused (imported if it was used)
+    refused = psycopg is not None and isinstance(exc, psycopg.Error)
+    if isinstance(exc, FreightError | ImportError | OSError | sqlite3.Error) or refused:
+        return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return None
+
+
 app = typer.Typer(
     name="freight",
+    cls=_Commands,
     help="Batch processing: run, load, watch and control bulk jobs.",
     no_args_is_help=True,
     add_completion=False,
@@ -44,16 +121,15 @@ StoreOption = Annotated[
 JobArgument = Annotated[str, typer.Argument(help="A run id, or a job name (its latest run).")]
 
 
-def _fail(message: str) -> NoReturn:
+def _error(message: str) -> int:
+    """Print a user error's one line; return its exit code, 2."""
     typer.echo(f"freight: error: {message}", err=True)
-    raise typer.Exit(2)
+    return 2
 
 
-def _open_store(url: str) -> Store:
-    try:
-        return open_store(url)
-    except (FreightError, ImportError) as exc:
-        _fail(str(exc))
+def _fail(message: str) -> NoReturn:
+    """End the command with a user error (one line, exit 2)."""
+    raise typer.Exit(_error(message))
 
 
 def _find(store: Store, job: str) -> JobRecord:
@@ -140,14 +216,10 @@ def load(
 
     Example: freight load users.csv --into sqlite:///app.db --table users --key id
     """
-    try:
-        job = _load_job(file, into, table, key, name, chunk_size, store, schema, types)
-        job.workers = workers
-        _collect_less()
-        report = _run_job(job, fresh)
-    except FreightError as exc:
-        _fail(str(exc))
-    _finish(report, as_json)
+    job = _load_job(file, into, table, key, name, chunk_size, store, schema, types)
+    job.workers = workers
+    _collect_less()
+    _finish(_run_job(job, fresh), as_json)
 
 
 def _collect_less() -> None:
@@ -194,7 +266,7 @@ def _load_job(
         sink,
         chunk_size=chunk_size,
         retry=Retry(attempts=3, backoff=0.05),
-        store=_open_store(store),
+        store=open_store(store),
         metadata={
             "command": "load", "file": str(file.resolve()), "into": into, "table": table,
             "key": key, "chunk_size": chunk_size, "schema": schema, "types": types,
@@ -208,20 +280,15 @@ def _postgres_sink(
 ) -> tuple[Any, Callable[[Any], Any]]:  # fmt: skip
     """Create the table if missing (types inferred, --types first); return the sink and
     the converter that types every record (a value that does not fit dead-letters it)."""
-    try:
-        from freight.connectors import pgtypes  # noqa: PLC0415 (extra freight[postgres])
-        from freight.connectors.postgres import (  # noqa: PLC0415
-            PostgresSink,
-            create_table,
-            table_types,
-        )
-    except ImportError as exc:
-        _fail(f"{exc}")
+    from freight.connectors import pgtypes  # noqa: PLC0415 (extra freight[postgres])
+    from freight.connectors.postgres import (  # noqa: PLC0415
+        PostgresSink,
+        create_table,
+        table_types,
+    )
+
     overrides = pgtypes.parse_types(types)
-    try:
-        existing = table_types(into, table, schema)
-    except Exception as exc:  # psycopg errors: bad URL, server down, no such database
-        _fail(f"cannot reach {into}: {str(exc).splitlines()[0]}")
+    existing = table_types(into, table, schema)
     if existing is None:
         sample = [r.item for r in itertools.islice(source.read(), 1000) if r.error is None]
         columns = list(sample[0]) if sample and isinstance(sample[0], dict) else []
@@ -293,12 +360,7 @@ def run(
 
     Example: freight run myproject.jobs:import_users
     """
-    job = _import_job(target)
-    try:
-        report = _run_job(job, fresh)
-    except FreightError as exc:
-        _fail(str(exc))
-    _finish(report, as_json)
+    _finish(_run_job(_import_job(target), fresh), as_json)
 
 
 @app.command("list")
@@ -307,7 +369,7 @@ def list_runs(store: StoreOption = str(DEFAULT_PATH)) -> None:
 
     Example: freight list
     """
-    for job in _open_store(store).list_jobs():
+    for job in open_store(store).list_jobs():
         typer.echo(f"{job.id}  {job.status:<22} {job.processed:>10,} items  {job.name}")
 
 
@@ -317,7 +379,7 @@ def status(job: JobArgument, store: StoreOption = str(DEFAULT_PATH)) -> None:
 
     Example: freight status "load users.csv into users"
     """
-    record = _find(_open_store(store), job)
+    record = _find(open_store(store), job)
     typer.echo(
         f"{record.name} ({record.id}): {record.status}; processed {record.processed:,}, "
         f"succeeded {record.succeeded:,}, failed {record.failed:,}, skipped {record.skipped:,}"
@@ -335,12 +397,12 @@ def report(
 
     Example: freight report import-users --json
     """
-    opened = _open_store(store)
+    opened = open_store(store)
     _render(load_report(opened, _find(opened, job).id), as_json)
 
 
 def _control(job: str, store: str, action: str) -> None:
-    opened = _open_store(store)
+    opened = open_store(store)
     record = _find(opened, job)
     if record.finished:
         _fail(f"run {record.id} of {record.name!r} is already {record.status}")
@@ -367,7 +429,7 @@ def resume(
 
     Example: freight resume import-users
     """
-    opened = _open_store(store)
+    opened = open_store(store)
     record = _find(opened, job)
     stale_before = utcnow() - timedelta(seconds=30)
     live = record.heartbeat_at is not None and record.heartbeat_at > stale_before
@@ -376,11 +438,7 @@ def resume(
         return
     if record.status in ("completed", "completed_with_errors"):
         _fail(f"run {record.id} of {record.name!r} is already {record.status}")
-    try:
-        report = _run_job(_rebuild(record, store), fresh=False)
-    except FreightError as exc:
-        _fail(str(exc))
-    _finish(report, as_json)
+    _finish(_run_job(_rebuild(record, store), fresh=False), as_json)
 
 
 @app.command("retry-failed")
@@ -393,12 +451,8 @@ def retry_failed(
 
     Example: freight retry-failed import-users
     """
-    record = _find(_open_store(store), job)
-    try:
-        report = _rebuild(record, store).retry_failed(record.id)
-    except FreightError as exc:
-        _fail(str(exc))
-    _finish(report, as_json)
+    record = _find(open_store(store), job)
+    _finish(_rebuild(record, store).retry_failed(record.id), as_json)
 
 
 @app.command()
@@ -411,23 +465,6 @@ def cancel(job: JobArgument, store: StoreOption = str(DEFAULT_PATH)) -> None:
 
 
 def main() -> None:
-    """Entry point of the ``freight`` command: usage errors in one line, exit code 2."""
+    """Entry point of the ``freight`` command (errors: see :class:`_Commands`)."""
     logging.basicConfig(level=logging.INFO, format="freight: %(message)s", stream=sys.stderr)
-    try:
-        code = app(standalone_mode=False)
-    except typer.Abort:
-        typer.echo("freight: aborted", err=True)
-        code = 1
-    except Exception as exc:
-        # Typer's usage errors (its own copy of click's UsageError): duck-typed, since
-        # the class is not part of typer's public API.
-        if getattr(exc, "exit_code", None) != 2 or not hasattr(exc, "format_message"):
-            raise
-        ctx = getattr(exc, "ctx", None)
-        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
-            typer.echo(ctx.get_help())
-            sys.exit(0)
-        where = ctx.command_path if ctx is not None else "freight"
-        typer.echo(f"freight: error: {exc.format_message()} (see `{where} --help`)", err=True)
-        code = 2
-    sys.exit(code if isinstance(code, int) else 0)
+    app()

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from freight._core._source import Record, SourceSize
 from freight._errors import ConfigError, PermanentError, TransientError
@@ -25,6 +25,7 @@ from freight.connectors._pgbinary import TYPES_SQL, BinaryColumns, binary_column
 
 try:
     import psycopg
+    import psycopg.conninfo
     import psycopg.rows
     from psycopg import sql
     from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -71,6 +72,37 @@ def classify(error: BaseException) -> BaseException:
     return mapped
 
 
+def _reraise(error: psycopg.Error) -> NoReturn:
+    """Raise ``error`` as freight's class (:func:`classify`), the original as its cause."""
+    mapped = classify(error)
+    if mapped is error:
+        raise error
+    raise mapped from error
+
+
+def _connect(conninfo: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """``psycopg.connect`` with freight's errors: a connection string psycopg cannot
+    parse is a :class:`~freight.ConfigError`, a server that does not answer (or refuses
+    the user or the database) a :class:`~freight.TransientError` naming where it is."""
+    try:
+        return psycopg.connect(conninfo, autocommit=autocommit)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(
+            f"bad PostgreSQL connection string: {str(exc).strip()}; "
+            "expected postgresql://USER@HOST:PORT/DB"
+        ) from exc
+    except psycopg.OperationalError as exc:
+        reason = " ".join(str(exc).split())
+        raise TransientError(f"cannot reach PostgreSQL at {_where(conninfo)}: {reason}") from exc
+
+
+def _where(conninfo: str) -> str:
+    """``host:port/db`` of a connection string that psycopg parsed (never the password)."""
+    parts = psycopg.conninfo.conninfo_to_dict(conninfo)
+    host, port, db = parts.get("host"), parts.get("port"), parts.get("dbname")
+    return f"{host or 'localhost'}:{port or 5432}/{db or '(default database)'}"
+
+
 def _classified(write: Callable[[list[Any]], None]) -> Callable[[list[Any]], None]:
     """``write`` raising freight's classes, so that isolating bad rows stops bisecting
     when both halves of a part meet an outage, and splits on to the bad row otherwise."""
@@ -79,10 +111,7 @@ def _classified(write: Callable[[list[Any]], None]) -> Callable[[list[Any]], Non
         try:
             write(rows)
         except psycopg.Error as exc:
-            mapped = classify(exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+            _reraise(exc)
 
     return call
 
@@ -96,10 +125,7 @@ def _aclassified(
         try:
             await write(rows)
         except psycopg.Error as exc:
-            mapped = classify(exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+            _reraise(exc)
 
     return call
 
@@ -183,7 +209,10 @@ class PostgresSink:
     def _ensure_open(self) -> None:
         with self._lock:
             if not self._opened:
-                self._pool.open(wait=True, timeout=30)
+                try:
+                    self._pool.open(wait=True, timeout=30)
+                except psycopg.Error as exc:  # PoolTimeout: no connection in 30 s
+                    _reraise(exc)
                 self._opened = True
 
     def close(self) -> None:
@@ -354,7 +383,7 @@ def _row(item: Any, columns: list[str]) -> Sequence[Any]:
 
 def table_types(conninfo: str, table: str, schema: str | None = None) -> dict[str, str] | None:
     """The columns of ``table`` and their types, or ``None`` when it does not exist."""
-    with psycopg.connect(conninfo) as conn:
+    with _connect(conninfo) as conn:
         rows = conn.execute(
             "SELECT column_name, data_type FROM information_schema.columns "
             "WHERE table_name = %s AND table_schema = coalesce(%s, current_schema()) "
@@ -382,7 +411,7 @@ def create_table(
         columns.append(
             sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key)))
         )
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with _connect(conninfo, autocommit=True) as conn:
         conn.execute(
             sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
                 target, sql.SQL(", ").join(columns)
@@ -460,7 +489,7 @@ class PostgresSource:
     def size(self) -> SourceSize:
         """The planner's row estimate (``pg_class.reltuples``, or the query plan's rows):
         cheap, approximate."""
-        with psycopg.connect(self.conninfo) as conn:
+        with _connect(self.conninfo) as conn:
             if self.query is not None:
                 plan = conn.execute(
                     sql.SQL("EXPLAIN (FORMAT JSON) SELECT * FROM {}").format(self._target), ()
@@ -484,7 +513,7 @@ class PostgresSource:
         )
         low = start[0] if start is not None else -(2**63)
         with (
-            psycopg.connect(self.conninfo) as conn,
+            _connect(self.conninfo) as conn,
             conn.transaction(),
             conn.cursor(name="freight_source", row_factory=psycopg.rows.dict_row) as cursor,
         ):
@@ -538,7 +567,10 @@ class AsyncPostgresSink:
             self._pool = AsyncConnectionPool(
                 self.conninfo, min_size=1, max_size=self._pool_size, open=False
             )
-            await self._pool.open(wait=True, timeout=30)
+            try:
+                await self._pool.open(wait=True, timeout=30)
+            except psycopg.Error as exc:  # PoolTimeout: no connection in 30 s
+                _reraise(exc)
         return self._pool
 
     async def write(self, items: list[Any], context: object = None) -> list[Any] | None:
