@@ -13,7 +13,7 @@ from datetime import timedelta
 from pydantic import BaseModel
 
 from freight import BatchSpec, Flow, JoinSpec
-from freight.flow import Group, Tenant
+from freight.flow import ForBatch, Group, Tenant
 
 
 class Temperature(BaseModel):
@@ -34,12 +34,14 @@ class SiteAnalysis(BaseModel):
     mean_celsius: float
 
 
-async def analyse(groups: list[Group]) -> SiteAnalysis:
+async def analyse(groups: list[Group]) -> ForBatch:
     temperatures = [g[Temperature] for g in groups]
-    return SiteAnalysis(
-        site=temperatures[0].site,
-        devices=sorted(t.device_id for t in temperatures),
-        mean_celsius=round(sum(t.celsius for t in temperatures) / len(temperatures), 2),
+    return ForBatch(  # one analysis for the five devices of the call
+        SiteAnalysis(
+            site=temperatures[0].site,
+            devices=sorted(t.device_id for t in temperatures),
+            mean_celsius=round(sum(t.celsius for t in temperatures) / len(temperatures), 2),
+        )
     )
 
 

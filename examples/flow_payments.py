@@ -11,7 +11,7 @@ from datetime import timedelta
 from pydantic import BaseModel
 
 from freight import BatchSpec, Flow
-from freight.flow import Span
+from freight.flow import ForBatch, Span
 
 
 class Transaction(BaseModel):
@@ -24,9 +24,12 @@ class PaymentBatchReport(BaseModel):
     total: float
 
 
-async def process_payments(batch: list[Transaction]) -> PaymentBatchReport:
+async def process_payments(batch: list[Transaction]) -> ForBatch:
     await asyncio.sleep(0.01)  # one call to the payment provider for the whole batch
-    return PaymentBatchReport(count=len(batch), total=round(sum(t.amount for t in batch), 2))
+    # one report for the batch as a whole (a plain list would mean one outcome per item)
+    return ForBatch(
+        PaymentBatchReport(count=len(batch), total=round(sum(t.amount for t in batch), 2))
+    )
 
 
 async def main() -> None:

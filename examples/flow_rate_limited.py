@@ -12,6 +12,7 @@ import time
 from pydantic import BaseModel
 
 from freight import BatchSpec, Flow, RateLimiter
+from freight.flow import ForBatch
 
 
 class Lookup(BaseModel):
@@ -23,9 +24,9 @@ class Profiles(BaseModel):
     sent_at: float
 
 
-async def fetch_profiles(batch: list[Lookup]) -> Profiles:
+async def fetch_profiles(batch: list[Lookup]) -> ForBatch:
     # one request carries 10 lookups: the API's limit counts requests, not lookups
-    return Profiles(user_ids=[b.user_id for b in batch], sent_at=time.monotonic())
+    return ForBatch(Profiles(user_ids=[b.user_id for b in batch], sent_at=time.monotonic()))
 
 
 async def main() -> None:

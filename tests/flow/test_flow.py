@@ -12,7 +12,17 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from freight import BatchSpec, ConfigError, Flow, JoinSpec, Retry
-from freight.flow import DeadLetter, DuckDBTracer, Group, Labelled, Private, Public, Span, Tenant
+from freight.flow import (
+    DeadLetter,
+    DuckDBTracer,
+    ForBatch,
+    Group,
+    Labelled,
+    Private,
+    Public,
+    Span,
+    Tenant,
+)
 from freight.testing import FakeClock
 
 
@@ -40,9 +50,9 @@ async def test_join_then_batch_counts_groups_and_dead_letters_what_never_matched
                     join=JoinSpec(by="device_id", within=timedelta(seconds=30)),
                     batch=BatchSpec(size=5, timeout=60))
           .publishes(Analysis))  # fmt: skip
-    async def analyse(groups: list[Group]) -> Analysis:
+    async def analyse(groups: list[Group]) -> ForBatch:
         calls.append(groups)
-        return Analysis(devices=[g.key for g in groups])
+        return ForBatch(Analysis(devices=[g.key for g in groups]))
 
     for d in range(5):
         await flow.publish(Temperature(device_id=f"d{d}", celsius=20 + d))
@@ -122,9 +132,9 @@ def test_batches_never_mix_tenants_and_a_tenant_never_sees_another(
         @(flow.consumer("per-tenant")
               .consumes(Event, batch=BatchSpec(size=3, timeout=10))
               .publishes(Report))  # fmt: skip
-        async def batch(items: list[Event]) -> Report:
+        async def batch(items: list[Event]) -> ForBatch:
             batches.append(items)
-            return Report(tenant=items[0].tenant, count=len(items))
+            return ForBatch(Report(tenant=items[0].tenant, count=len(items)))
 
         @flow.consumer("only-a", tenant="A").consumes(Event)
         async def only_a(event: Event) -> None:

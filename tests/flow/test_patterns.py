@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from freight import BatchSpec, Flow, RateLimiter
-from freight.flow import Span
+from freight.flow import ForBatch, Span
 from freight.testing import FakeClock
 
 
@@ -33,9 +33,9 @@ async def test_payments_25_per_call_or_30_seconds(clock: FakeClock) -> None:
     flow = Flow(clock=clock, subscribers=[spans.append])
     calls: list[list[int]] = []
 
-    async def process_payments(batch: list[Transaction]) -> PaymentBatchReport:
+    async def process_payments(batch: list[Transaction]) -> ForBatch:
         calls.append([t.id for t in batch])
-        return PaymentBatchReport(count=len(batch), total=sum(t.amount for t in batch))
+        return ForBatch(PaymentBatchReport(count=len(batch), total=sum(t.amount for t in batch)))
 
     (flow.consumer("payments")
          .consumes(Transaction, where=lambda t: t.amount > 0,
@@ -154,8 +154,8 @@ async def test_rate_limited_api_10_per_request_stays_under_the_limit(clock: Fake
     @(flow.consumer("api")
           .consumes(ApiRequest, batch=BatchSpec(size=10, timeout=1), rate_limit=limiter)
           .publishes(ApiResult))  # fmt: skip
-    async def call_api(batch: list[ApiRequest]) -> ApiResult:
-        return ApiResult(ids=[r.id for r in batch], at=clock.now())
+    async def call_api(batch: list[ApiRequest]) -> ForBatch:
+        return ForBatch(ApiResult(ids=[r.id for r in batch], at=clock.now()))
 
     for i in range(100):
         await flow.publish(ApiRequest(id=i))

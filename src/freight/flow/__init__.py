@@ -2,7 +2,7 @@
 tenant-scoped consumers, on the core engine.
 
     from freight import BatchSpec, Flow
-    from freight.flow import Public, Private, Tenant, Labelled
+    from freight.flow import ForBatch, Group, Public, Private, Tenant, Labelled
 
 See ``docs/flow.md``.
 """
@@ -11,6 +11,7 @@ from freight._core._join import JoinSpec
 from freight.flow._artifacts import Envelope
 from freight.flow._consumer import ConsumerBuilder, ConsumerSpec, Group
 from freight.flow._flow import DeadLetter, Flow, PendingBatch
+from freight.flow._handling import ForBatch
 from freight.flow._trace import DuckDBTracer, OpenTelemetryTracer, Span
 from freight.flow._visibility import Labelled, Private, Public, Tenant, Visibility
 
@@ -21,6 +22,7 @@ __all__ = [
     "DuckDBTracer",
     "Envelope",
     "Flow",
+    "ForBatch",
     "Group",
     "JoinSpec",
     "Labelled",

@@ -189,9 +189,11 @@ class ConsumerBuilder:
         """Register the consumer with ``handler``; return its declaration.
 
         The handler takes one artifact (or one group), or a list of them with ``batch=``;
-        it may be ``async``. It returns ``None``, an artifact, or a list of artifacts
-        (published); with ``batch=``, a list of the batch's length gives one outcome
-        per item, an ``Exception`` instance failing that item alone.
+        it may be ``async``. Without ``batch=`` it returns ``None``, an artifact, or a
+        list of artifacts (published). With ``batch=`` it returns ``None``, one outcome
+        per item (``None``, an artifact, a list of them, or an ``Exception`` instance
+        failing that item alone), or :class:`~freight.flow.ForBatch` to publish for
+        the batch as a whole; anything else is a ``contract`` dead letter.
         """
         if not callable(handler):
             raise ConfigError(f"consumer {self.spec.name!r}: does() needs a callable")

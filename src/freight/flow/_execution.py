@@ -11,10 +11,11 @@ Rules:
    every wait on the flow's clock. A batch consumer without ``retry=`` still bisects
    a raising batch (no retries): one poison artifact fails alone.
 3. Outcomes follow the handler contract (``_handling``): an ``Exception`` instance is
-   that item's dead letter (``handler_error``); a return for the whole batch is
-   published once, its sources being every item of the call that returned it; any
-   other value is published as the item's output, if its types are declared (else
-   ``contract``) and it stays within ``max_depth`` (else ``max_depth``).
+   that item's dead letter (``handler_error``; ``contract`` for a
+   ``HandlerContractError``); a ``ForBatch`` is published once, its sources being
+   every item of the call that returned it; any other value is published as the
+   item's output, if its types are declared (else ``contract``) and it stays within
+   ``max_depth`` (else ``max_depth``).
 4. An output's tenant and correlation id are its sources' when they all share one;
    its visibility is the declared one, else its tenant's (a tenant's report stays the
    tenant's), else public; its depth is one more than its deepest source.
@@ -42,10 +43,11 @@ from freight._core._clock import Clock
 from freight._core._plan import Call, Outcome, Reply, plan_batch
 from freight._core._retry import Retry
 from freight._drivers._clocks import LoopClock, ThreadClock
+from freight._errors import HandlerContractError
 from freight._ratelimit import RateLimiter
 from freight.flow._artifacts import Envelope
 from freight.flow._consumer import ConsumerSpec
-from freight.flow._handling import Whole, call, check_outputs, outputs_of
+from freight.flow._handling import BatchOutput, call, check_outputs, outputs_of
 from freight.flow._records import DeadLetter, Runtime, Work, dead_letter
 from freight.flow._routing import PUBLIC, Router
 from freight.flow._tracing import Tracing
@@ -240,10 +242,12 @@ class Executor:
             if outcome is None:
                 continue
             if isinstance(outcome, BaseException):
-                dead.append(dead_letter(spec.name, "handler_error", work.envelopes, outcome))
+                contract = isinstance(outcome, HandlerContractError)
+                reason = "contract" if contract else "handler_error"
+                dead.append(dead_letter(spec.name, reason, work.envelopes, outcome))
                 continue
             sources: Sequence[Envelope] = work.envelopes
-            if isinstance(outcome, Whole):
+            if isinstance(outcome, BatchOutput):
                 sources = [e for w in outcome.works for e in w.envelopes]
             values = outputs_of(outcome)
             if not values:

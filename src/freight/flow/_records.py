@@ -25,10 +25,11 @@ class DeadLetter:
         consumer: the consumer.
         reason: ``handler_error`` (the handler failed it, after retries),
             ``join_timeout`` (a join group expired incomplete), ``join_incomplete``
-            (open at close), ``contract`` (the handler returned what the consumer does
-            not publish), ``where_error`` (its predicate raised), ``join_key_error``
-            (its join key could not be read), ``max_depth`` (a cycle went deeper than
-            allowed).
+            (open at close), ``contract`` (the handler broke the handler contract:
+            a batch handler's return that is neither one outcome per item nor a
+            ``ForBatch``, or a type the consumer does not publish), ``where_error``
+            (its predicate raised), ``join_key_error`` (its join key could not be
+            read), ``max_depth`` (a cycle went deeper than allowed).
         artifacts: the artifacts concerned (a partial group's members).
         envelopes: the same, as the board holds them.
         error: the exception, when there was one.
