@@ -94,12 +94,12 @@ def test_control_commands_reach_the_store(tmp_path: Path) -> None:
     job = store.create_job(name="nightly", job_type="bulk", fingerprint="f", config={})
     now = utcnow()  # a live run elsewhere: a fresh heartbeat
     store.claim(job.id, host="elsewhere", pid=1, now=now, stale_before=now)
-    store.set_status(job.id, "running")
+    store.transition(job.id, "running")
     for action in ("pause", "resume", "cancel"):
         code, _, _ = invoke(action, "nightly", "--store", str(store_path))
         assert code == 0
         assert store.get_job(job.id).control == action  # type: ignore[union-attr]
-    store.set_status(job.id, "completed")
+    store.transition(job.id, "completed")
     code, _, err = invoke("cancel", job.id, "--store", str(store_path))
     assert code == 2
     assert "already completed" in err
@@ -159,7 +159,7 @@ def test_a_run_started_from_python_cannot_be_rebuilt_by_the_cli(tmp_path: Path) 
     store_path = tmp_path / "f.db"
     store = SqliteStore(store_path)
     job = store.create_job(name="py", job_type="bulk", fingerprint="f", config={})
-    store.set_status(job.id, "failed")
+    store.transition(job.id, "failed")
     code, _, err = invoke("resume", "py", "--store", str(store_path))
     assert code == 2
     assert "was started from Python" in err

@@ -110,6 +110,7 @@ def test_type_overrides_and_errors(schema: str, tmp_path: Path) -> None:
     assert len(down.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_sigkill_at_10_random_points_then_resume_loads_every_valid_row_once(
     schema: str, tmp_path: Path
 ) -> None:

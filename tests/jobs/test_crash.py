@@ -1,4 +1,7 @@
-"""Crash safety: `freight load` killed with SIGKILL at random points, then resumed."""
+"""Crash safety: `freight load` killed with SIGKILL at random points, then resumed.
+
+These run real processes in real time (marked ``slow``; CI runs them all).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
 
 ROWS = 600_000
 BAD = {777, 123_456, 599_999}  # rows with a wrong column count

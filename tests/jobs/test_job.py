@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ import pytest
 
 from freight import ConfigError, Job, Retry, TransientError
 from freight.jobs import CsvSource, JobAlreadyRunning, Progress, WriteContext
+from freight.jobs._run import PAUSE_POLL
 from freight.store import SqliteStore
 from freight.store._records import utcnow
+from freight.testing import FakeClock
 
 
 class Crash(BaseException):
@@ -255,8 +258,9 @@ def test_a_live_owner_is_never_run_twice_and_a_dead_one_is_taken_over(store: Sql
     store.claim(record.id, host=host, pid=os.getppid(), now=now, stale_before=now)  # alive
     with pytest.raises(JobAlreadyRunning, match="is running in process"):
         job.run()
-    dead_pid = 2**22 + 12345
-    store.update_job(record.id, owner_pid=dead_pid)
+    dead_pid = 2**22 + 12345  # its process died: the claim stays, the pid is gone
+    later = now + timedelta(seconds=1)
+    store.claim(record.id, host=host, pid=dead_pid, now=now, stale_before=later)
     report = job.run()
     assert report.job_id == record.id
     assert report.status == "completed"
@@ -293,7 +297,10 @@ class _Paused(logging.Handler):
 
 
 def test_pause_then_resume_from_another_process(store: SqliteStore) -> None:
+    """The paused run looks at the store every PAUSE_POLL seconds of its clock: the test
+    moves the clock instead of sleeping."""
     table = Table()
+    clock = FakeClock()
     listener = _Paused()
     jobs_log = logging.getLogger("freight.jobs")
     jobs_log.addHandler(listener)
@@ -309,13 +316,16 @@ def test_pause_then_resume_from_another_process(store: SqliteStore) -> None:
         job_id = other.latest_job("pause").id  # type: ignore[union-attr]
         assert other.get_job(job_id).status == "paused"  # type: ignore[union-attr]
         other.request(job_id, "resume")
+        assert PAUSE_POLL in clock.wait_for_timers(2)  # the pause poll and the heartbeat
+        clock.advance_sync(PAUSE_POLL)
 
     helper = threading.Thread(target=resume_once_paused)
     helper.start()
     try:
         report = Job(
-            "pause", items(30), table, chunk_size=10, store=store, on_progress=pause_once
-        ).run()
+            "pause", items(30), table, chunk_size=10, store=store, on_progress=pause_once,
+            clock=clock,
+        ).run()  # fmt: skip
     finally:
         helper.join()
         jobs_log.removeHandler(listener)

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from freight.store import ChunkCheckpoint, DeadLetter, SqliteStore, Store, StoreError
+from freight.store import (
+    ChunkCheckpoint,
+    DeadLetter,
+    IllegalTransition,
+    SqliteStore,
+    Store,
+    StoreError,
+)
 from freight.store._migrations import MIGRATIONS
 from freight.store._records import utcnow
 from tests.services import POSTGRES_URL, require
@@ -64,11 +71,53 @@ def test_jobs_round_trip(store: Store) -> None:
     assert job.created_at.tzinfo is not None
     assert store.get_job("missing") is None
     started = utcnow()
-    job = store.update_job(job_id, status="running", started_at=started)
-    assert (job.status, job.started_at) == ("running", started)
+    job = store.transition(job_id, "running", now=started)
+    assert (job.status, job.started_at, job.completed_at) == ("running", started, None)
     assert not job.finished
-    assert store.set_status(job_id, "failed", "too many failures").reason == "too many failures"
-    assert store.get_job(job_id).finished  # type: ignore[union-attr]
+    ended = started + timedelta(seconds=5)
+    job = store.transition(job_id, "failed", reason="too many failures", now=ended)
+    assert (job.reason, job.completed_at, job.finished) == ("too many failures", ended, True)
+
+
+def test_transitions_follow_the_lifecycle_and_write_what_each_move_writes(
+    store: Store,
+) -> None:
+    job_id = new_job(store)
+    t0 = utcnow()
+    store.request(job_id, "resume")
+    store.transition(job_id, "running", now=t0)
+    store.transition(job_id, "paused")
+    again = store.transition(job_id, "running", now=t0 + timedelta(seconds=9))
+    assert (again.started_at, again.control) == (t0, None)  # first start kept, ask consumed
+    done = store.transition(job_id, "completed_with_errors", now=t0 + timedelta(seconds=10))
+    assert done.completed_at == t0 + timedelta(seconds=10)
+    revised = store.transition(job_id, "completed", now=t0 + timedelta(seconds=99))
+    assert (revised.status, revised.completed_at) == ("completed", t0 + timedelta(seconds=10))
+    with pytest.raises(IllegalTransition, match="from completed to running: a done run never"):
+        store.transition(job_id, "running")
+    assert store.get_job(job_id).status == "completed"  # type: ignore[union-attr]
+
+
+def test_an_illegal_transition_changes_nothing_and_says_what_is_legal(store: Store) -> None:
+    job_id = new_job(store)
+    with pytest.raises(IllegalTransition, match=r"from pending to paused: .* running"):
+        store.transition(job_id, "paused")
+    with pytest.raises(IllegalTransition, match="'exploded' is not a job status"):
+        store.transition(job_id, "exploded")  # type: ignore[arg-type]
+    assert store.get_job(job_id).status == "pending"  # type: ignore[union-attr]
+    with pytest.raises(KeyError, match="no job"):
+        store.transition("missing", "running")
+
+
+def test_release_frees_a_run_for_any_claimer(store: Store) -> None:
+    job_id = new_job(store)
+    now = utcnow()
+    store.claim(job_id, host="a", pid=1, now=now, stale_before=now - timedelta(seconds=30))
+    store.release(job_id)
+    released = store.get_job(job_id)
+    assert released is not None
+    assert (released.owner_host, released.owner_pid) == (None, None)
+    assert store.claim(job_id, host="b", pid=2, now=now, stale_before=now) is not None
 
 
 def test_latest_job_is_the_newest_run_of_a_name(store: Store) -> None:
@@ -80,12 +129,9 @@ def test_latest_job_is_the_newest_run_of_a_name(store: Store) -> None:
     assert [j.id for j in store.list_jobs()][1:] == [second, first]
 
 
-def test_unknown_fields_are_refused(store: Store) -> None:
-    job_id = new_job(store)
-    with pytest.raises(ValueError, match="unknown job fields"):
-        store.update_job(job_id, **{"name = 'x' --": 1})
-    with pytest.raises(KeyError):
-        store.update_job("missing", status="running")
+def test_requests_to_an_unknown_run_are_refused(store: Store) -> None:
+    with pytest.raises(KeyError, match="no job"):
+        store.request("missing", "pause")
 
 
 def test_commit_chunk_stores_checkpoint_dead_letters_and_counts_together(store: Store) -> None:

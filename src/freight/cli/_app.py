@@ -28,7 +28,7 @@ from freight._errors import FreightError
 from freight.connectors.sqlite import SqliteSink, sqlite_path
 from freight.jobs import CsvSource, Job, JobReport, JsonlSource, ProgressPrinter
 from freight.jobs._report import load_report
-from freight.store import DEFAULT_PATH, JobRecord, Store, open_store
+from freight.store import DEFAULT_PATH, DONE, LIVE, STOPPED, JobRecord, Store, open_store
 from freight.store._records import utcnow
 
 __all__ = ["app", "main"]
@@ -109,6 +109,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+"""The ``freight`` command as a Typer app (``typer.testing.CliRunner`` invokes it)."""
 
 StoreOption = Annotated[
     str,
@@ -175,7 +176,7 @@ def _run_job(job: Job, fresh: bool) -> JobReport:
 
 def _finish(report: JobReport, as_json: bool) -> None:
     _render(report, as_json)
-    if report.status in ("failed", "cancelled"):
+    if report.status in STOPPED:  # ended early: exit 1
         raise typer.Exit(1)
 
 
@@ -433,10 +434,10 @@ def resume(
     record = _find(opened, job)
     stale_before = utcnow() - timedelta(seconds=30)
     live = record.heartbeat_at is not None and record.heartbeat_at > stale_before
-    if record.status in ("running", "paused") and live:
+    if record.status in LIVE and live:
         _control(job, store, "resume")
         return
-    if record.status in ("completed", "completed_with_errors"):
+    if record.status in DONE:
         _fail(f"run {record.id} of {record.name!r} is already {record.status}")
     _finish(_run_job(_rebuild(record, store), fresh=False), as_json)
 

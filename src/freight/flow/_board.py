@@ -9,8 +9,9 @@ and the work in flight: they are re-buffered with their original arrival times, 
 their deadlines hold. Each consumer's effect on the board is exactly once; a handler
 that was running at the crash runs again (its outside effects are at least once).
 
-The statements are the store's own dialect (SQLite, or PostgreSQL through the store's
-placeholder translation); values are always bound parameters.
+The board reaches the store through its :class:`~freight.store.BoardStore` port
+(``transaction()``, ``query()``); its statements are templates rendered once per SQL
+dialect (SQLite, PostgreSQL); values are always bound parameters.
 """
 
 from __future__ import annotations
@@ -20,13 +21,50 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from freight._errors import ConfigError
 from freight.flow._artifacts import Envelope, dump, load
 from freight.flow._visibility import Visibility, from_json
+from freight.store import BoardStore
+from freight.store._dialect import Dialect
 
 __all__ = ["Board", "StoredDeadLetter"]
+
+
+class _Statements(NamedTuple):
+    """The board's statements; the defaults are templates (``{p}``: a bound parameter)."""
+
+    next_seq: str = "SELECT coalesce(max(seq), 0) AS seq FROM flow_artifacts WHERE flow = {p}"
+    insert_artifact: str = (
+        "INSERT INTO flow_artifacts (flow, id, seq, type, payload, producer, visibility,"
+        " tenant, correlation_id, depth, published_at)"
+        " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
+    )
+    insert_delivery: str = (
+        "INSERT INTO flow_deliveries (flow, consumer, artifact_id, seq, arrived_at, status)"
+        " VALUES ({p}, {p}, {p}, {p}, {p}, 'open')"
+    )
+    delivered: str = (
+        "UPDATE flow_deliveries SET status = 'done'"
+        " WHERE flow = {p} AND consumer = {p} AND artifact_id = {p}"
+    )
+    insert_dead_letter: str = (
+        "INSERT INTO flow_dead_letters (flow, consumer, reason, artifact_ids, error,"
+        " created_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p})"
+    )
+    open_deliveries: str = (
+        "SELECT d.consumer, d.arrived_at, a.* FROM flow_deliveries d"
+        " JOIN flow_artifacts a ON a.flow = d.flow AND a.id = d.artifact_id"
+        " WHERE d.flow = {p} AND d.status = 'open' ORDER BY d.seq, d.consumer"
+    )
+    artifacts: str = "SELECT * FROM flow_artifacts WHERE flow = {p} ORDER BY seq"
+    dead_letters: str = "SELECT * FROM flow_dead_letters WHERE flow = {p} ORDER BY id"
+
+
+@functools.cache
+def _statements(dialect: Dialect) -> _Statements:
+    return _Statements._make(dialect.render(template) for template in _Statements())
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,19 +81,18 @@ class StoredDeadLetter:
 class Board:
     """Reads and writes one flow's rows in ``store`` (a SqliteStore or PostgresStore)."""
 
-    def __init__(self, store: Any, flow: str) -> None:
-        if not hasattr(store, "_write") or not hasattr(store, "_read"):
+    def __init__(self, store: object, flow: str) -> None:
+        if not isinstance(store, BoardStore):
             raise ConfigError(
                 f"Flow(store=...) needs a freight store (SqliteStore, PostgresStore, a path "
                 f"or a URL), got {store!r}"
             )
-        self.store = store
+        self.store: BoardStore = store
         self.flow = flow
+        self._sql = _statements(store.dialect)
 
     def next_seq(self) -> int:
-        rows = self.store._read(
-            "SELECT coalesce(max(seq), 0) AS seq FROM flow_artifacts WHERE flow = ?", (self.flow,)
-        )
+        rows = self.store.query(self._sql.next_seq, (self.flow,))
         return int(rows[0]["seq"]) + 1
 
     def record(
@@ -80,64 +117,44 @@ class Board:
         deliveries = [
             (self.flow, c, e.id, seq, now) for e, seq, consumers in published for c in consumers
         ]
-        with self.store._write() as db:
+        sql = self._sql
+        with self.store.transaction() as db:
             if artifacts:
-                db.executemany(
-                    "INSERT INTO flow_artifacts (flow, id, seq, type, payload, producer,"
-                    " visibility, tenant, correlation_id, depth, published_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    artifacts,
-                )
+                db.executemany(sql.insert_artifact, artifacts)
             if deliveries:
-                db.executemany(
-                    "INSERT INTO flow_deliveries (flow, consumer, artifact_id, seq, arrived_at,"
-                    " status) VALUES (?, ?, ?, ?, ?, 'open')",
-                    deliveries,
-                )
+                db.executemany(sql.insert_delivery, deliveries)
             if done is not None:
                 consumer, ids = done
-                db.executemany(
-                    "UPDATE flow_deliveries SET status = 'done'"
-                    " WHERE flow = ? AND consumer = ? AND artifact_id = ?",
-                    [(self.flow, consumer, i) for i in ids],
-                )
+                db.executemany(sql.delivered, [(self.flow, consumer, i) for i in ids])
             for consumer, reason, ids, error in dead:
                 db.execute(
-                    "INSERT INTO flow_dead_letters (flow, consumer, reason, artifact_ids,"
-                    " error, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    sql.insert_dead_letter,
                     (self.flow, consumer, reason, json.dumps(list(ids)), error, now),
                 )
 
     def open_deliveries(self, types: dict[str, type]) -> list[tuple[str, Envelope, datetime]]:
         """Deliveries not done, in publication order: ``(consumer, envelope, arrived_at)``."""
-        rows = self.store._read(
-            "SELECT d.consumer, d.arrived_at, a.* FROM flow_deliveries d"
-            " JOIN flow_artifacts a ON a.flow = d.flow AND a.id = d.artifact_id"
-            " WHERE d.flow = ? AND d.status = 'open' ORDER BY d.seq, d.consumer",
-            (self.flow,),
-        )
+        rows = self.store.query(self._sql.open_deliveries, (self.flow,))
         return [
             (row["consumer"], self._envelope(row, types), _parse(row["arrived_at"])) for row in rows
         ]
 
     def artifacts(self, types: dict[str, type]) -> list[Envelope]:
         """Every artifact of this flow, in publication order."""
-        rows = self.store._read(
-            "SELECT * FROM flow_artifacts WHERE flow = ? ORDER BY seq", (self.flow,)
-        )
+        rows = self.store.query(self._sql.artifacts, (self.flow,))
         return [self._envelope(row, types) for row in rows]
 
     def dead_letters(self, types: dict[str, type]) -> list[tuple[StoredDeadLetter, list[Envelope]]]:
         """The dead letters, oldest first, each with its artifacts."""
-        rows = self.store._read(
-            "SELECT * FROM flow_dead_letters WHERE flow = ? ORDER BY id", (self.flow,)
-        )
+        rows = self.store.query(self._sql.dead_letters, (self.flow,))
+        dialect = self.store.dialect
         out = []
         for row in rows:
             ids = json.loads(row["artifact_ids"])
-            marks = ", ".join("?" for _ in ids)  # placeholders only; the ids are bound
-            found = self.store._read(
-                f"SELECT * FROM flow_artifacts WHERE flow = ? AND id IN ({marks})",  # noqa: S608
+            # placeholders only; the ids are bound
+            marks, p = dialect.placeholders(len(ids)), dialect.placeholder
+            found = self.store.query(
+                f"SELECT * FROM flow_artifacts WHERE flow = {p} AND id IN ({marks})",  # noqa: S608
                 (self.flow, *ids),
             ) if ids else []  # fmt: skip
             by_id = {r["id"]: self._envelope(r, types) for r in found}

@@ -13,6 +13,12 @@ How a run goes (the guarantees are in ``docs/jobs.md``):
    through ``process`` and the sink under the ``retry`` policy; then the chunk's
    checkpoint, its dead letters and the run's counters commit in one transaction.
    Items are delivered at least once; an idempotent sink makes that exactly once.
+5. The run ends in a status of the lifecycle table (``freight.store.TRANSITIONS``):
+   every status change is a checked transition in the store.
+
+All waiting and timing (heartbeats, the stale-owner check, the pause poll, progress,
+retry backoff, rate limits) runs on the job's :class:`~freight.Clock`, so tests drive
+it with a :class:`~freight.testing.FakeClock` instead of sleeping.
 """
 
 from __future__ import annotations
@@ -22,29 +28,27 @@ import os
 import pickle
 import socket
 from collections.abc import Callable, Hashable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from freight._core._clock import Clock
 from freight._core._retry import Retry
 from freight._core._time import to_positive_int, to_seconds
 from freight._drivers._asyncio import is_async_callable
+from freight._drivers._clocks import ThreadClock
 from freight._drivers._engine import check_rate_limit, check_retry
-from freight._errors import ConfigError, FreightError
+from freight._errors import ConfigError, JobAlreadyRunning
 from freight._ratelimit import RateLimiter
 from freight.jobs._progress import Progress
 from freight.jobs._report import JobReport, load_report
-from freight.jobs._run import DONE, Run
+from freight.jobs._run import Run
 from freight.jobs._sink import as_sink
 from freight.jobs._sources import as_source
-from freight.store import JobRecord, SqliteStore, Store, open_store
+from freight.store import DONE, JobRecord, SqliteStore, Store, open_store
 from freight.store._records import utcnow
 
 __all__ = ["Job", "JobAlreadyRunning"]
-
-
-class JobAlreadyRunning(FreightError):
-    """Another live process is running this job; it is never run twice at once."""
 
 
 class Job:
@@ -85,6 +89,12 @@ class Job:
         stale_after: seconds without a heartbeat after which a run's owner is dead.
         metadata: JSON-compatible values kept with each run (the CLI records how to
             rebuild the job, for ``freight resume`` and ``freight retry-failed``).
+        clock: the :class:`~freight.Clock` every timer of the job runs on (heartbeats,
+            the pause poll, progress and ETA, retry backoff, rate limits); default the
+            real monotonic clock. With a clock given (a
+            :class:`~freight.testing.FakeClock` in tests), the UTC times the job records
+            (claims, heartbeats, start and end) are measured on it too, from the real
+            time when the job was made, so staleness moves with it.
     """
 
     def __init__(
@@ -110,6 +120,7 @@ class Job:
         chunk_seconds: float | timedelta = 1.0,
         min_chunk_size: int = 100,
         max_chunk_size: int = 100_000,
+        clock: Clock | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"Job name must be a non-empty string, got {name!r}")
@@ -148,6 +159,12 @@ class Job:
         self.on_progress = on_progress
         self.stale_after = to_seconds(stale_after, "stale_after", allow_zero=False)
         self.metadata = dict(metadata or {})
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigError(
+                f"clock must be a freight Clock (now, call_at, sleep, sleep_sync), got {clock!r}"
+            )
+        self.clock: Clock = clock if clock is not None else _REAL_CLOCK
+        self.utcnow: Callable[[], datetime] = utcnow if clock is None else _utc_on(clock)
 
     def __repr__(self) -> str:
         return f"Job({self.name!r}, chunk_size={self.chunk_size}, workers={self.workers})"
@@ -235,7 +252,7 @@ class Job:
 
     def _claim(self, job: JobRecord) -> JobRecord:
         store, host, pid = self.store, socket.gethostname(), os.getpid()
-        now = utcnow()
+        now = self.utcnow()
         claimed = store.claim(
             job.id,
             host=host,
@@ -260,6 +277,15 @@ class Job:
 
 
 Executor = Literal["threads", "async", "processes"]
+
+# The real monotonic clock jobs share: one timer thread per process, started on first use.
+_REAL_CLOCK = ThreadClock("freight-job-timer")
+
+
+def _utc_on(clock: Clock) -> Callable[[], datetime]:
+    """UTC now, measured on ``clock`` from the real UTC time of this call."""
+    start, started = utcnow(), clock.now()
+    return lambda: start + timedelta(seconds=clock.now() - started)
 
 
 def _check_executor(executor: str, sink: Any, *functions: Any) -> Executor:

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -33,7 +32,8 @@ def _has_rich() -> bool:
 
 class ProgressPrinter:
     """An ``on_progress`` callback: a rich progress bar on a terminal, else one log
-    line per milestone (25/50/75/100 %) and one every ``every`` seconds.
+    line per milestone (25/50/75/100 %) and one every ``every`` seconds (of the run's
+    elapsed time, so on the job's clock).
 
     Use it as a context manager around ``job.run()`` so the bar is drawn and closed::
 
@@ -50,7 +50,7 @@ class ProgressPrinter:
         self._bar: Any = None
         self._task: Any = None
         self._next_milestone = 0
-        self._last_line = time.monotonic()
+        self._last_line = 0.0  # the elapsed seconds of the last line printed
         if self.stream.isatty() and _has_rich():
             from rich.progress import (
                 BarColumn,
@@ -103,7 +103,7 @@ class ProgressPrinter:
             f"{progress.failed:,}, skipped {progress.skipped:,}), "
             f"{progress.items_per_second:,.0f} items/s"
         )
-        now = time.monotonic()
+        now = progress.elapsed_seconds
         milestone = None
         while (
             progress.fraction is not None
@@ -115,6 +115,6 @@ class ProgressPrinter:
         if milestone is not None:
             print(f"{milestone:.0%}: {line}, {_eta(progress.eta_seconds)}", file=self.stream)
             self._last_line = now
-        elif now - self._last_line >= self.every:
+        elif abs(now - self._last_line) >= self.every:  # a new run starts again at 0
             print(line, file=self.stream)
             self._last_line = now

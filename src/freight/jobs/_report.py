@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 from freight._errors import ConfigError
-from freight.store import ChunkCheckpoint, DeadLetter, JobRecord, Store
+from freight.store import STOPPED, ChunkCheckpoint, DeadLetter, JobRecord, Store
 
 __all__ = ["JobReport", "build_report", "load_report"]
 
@@ -32,7 +32,9 @@ class JobReport(dict[str, Any]):
 
     @property
     def status(self) -> str:
-        """``completed``, ``completed_with_errors``, ``failed`` or ``cancelled``."""
+        """Where the run stands: after ``job.run()`` one of the ending statuses
+        (``completed``, ``completed_with_errors``, ``failed``, ``cancelled``; see
+        :data:`~freight.store.TERMINAL`)."""
         return str(self["status"])
 
     @property
@@ -56,7 +58,7 @@ def _remediation(status: str, failed: int) -> dict[str, Any]:
             "strategy": "fix the causes listed in errors (all of them: `freight report JOB "
             "--json`), then run the job again with fresh=True (CLI: --fresh)",
         }
-    if status in ("failed", "cancelled"):
+    if status in STOPPED:  # ended early: the lifecycle lets it start again
         return {"can_retry": True, "strategy": "run the job again: it resumes from its checkpoints"}
     return {"can_retry": False, "strategy": None}
 

@@ -1,4 +1,9 @@
-"""One execution of a job run: claim to final status (see :mod:`freight.jobs._job`)."""
+"""One execution of a job run: claim to final status (see :mod:`freight.jobs._job`).
+
+Every status change is a transition the store checks against the lifecycle table
+(``freight.store.TRANSITIONS``); every wait (the heartbeat, the pause poll) and every
+duration (progress, ETA) is on the job's clock.
+"""
 
 from __future__ import annotations
 
@@ -14,24 +19,41 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from freight.jobs._chunk import ChunkHandler, handle_installed, install
 from freight.jobs._chunking import Chunk, ChunkSizer, fixed_boundaries, started_chunks
 from freight.jobs._progress import Progress
 from freight.jobs._report import JobReport
 from freight.jobs._sources import Position
-from freight.store import ChunkCheckpoint, DeadLetter, JobRecord
-from freight.store._records import utcnow
+from freight.store import (
+    DONE,
+    ChunkCheckpoint,
+    DeadLetter,
+    IllegalTransition,
+    JobRecord,
+    JobStatus,
+    SharedTransactionStore,
+    TransactionalSink,
+)
 
 if TYPE_CHECKING:
     from freight.jobs._job import Job
 
-__all__ = ["DONE", "Run"]
+__all__ = ["Run"]
 
 _log = logging.getLogger("freight.jobs")
 
-DONE = frozenset({"completed", "completed_with_errors"})  # a run of these is not redone
+PAUSE_POLL = 0.2  # seconds between looks at the store while paused (on the job's clock)
+
+
+@runtime_checkable
+class AsyncClosing(Protocol):
+    """A sink holding asyncio resources (``AsyncPostgresSink``): closed on the job's loop."""
+
+    async def aclose(self) -> None:
+        """Free the resources bound to the running event loop."""
+        ...
 
 
 class Run:
@@ -49,12 +71,15 @@ class Run:
             retry=job.retry,
             key=job.key,
             rate_limit=job.rate_limit,
+            clock=job.clock,
         )
+        self._clock = job.clock
         self._stop_reason: str | None = None
-        self._status_on_stop = "failed"
-        self._started = time.monotonic()
+        self._status_on_stop: JobStatus = "failed"
+        self._started = self._clock.now()
         self._chunks_done = 0
-        self._heartbeat_stop = threading.Event()
+        self._heartbeat_stop = False
+        self._heartbeat_wake = threading.Event()
         self._signals = 0
         self._sizer = ChunkSizer(
             None if job.chunk_size == "auto" else job.chunk_size,
@@ -64,30 +89,13 @@ class Run:
         )
         self._fraction: float | None = None
         self._initial = (0, 0.0)  # processed and fraction when this execution started
-        same_database = getattr(self.store, "same_database", None)
-        conninfo = getattr(job.sink, "conninfo", None)
-        self._shared_transaction = bool(
-            job.executor != "processes"
-            and same_database is not None
-            and isinstance(conninfo, str)
-            and hasattr(job.sink, "transaction")
-            and same_database(conninfo)
-        )
+        self._shared = _shared_transaction(job)
 
     # -- the main loop ---------------------------------------------------------------
 
     def execute(self) -> JobReport:
         store, job = self.store, self.job
-        record = store.get_job(self.id)
-        assert record is not None
-        store.update_job(
-            self.id,
-            status="running",
-            reason=None,
-            control=None,
-            started_at=record.started_at or utcnow(),
-            completed_at=None,
-        )
+        record = store.transition(self.id, "running", now=job.utcnow())
         store.add_event(self.id, "resumed" if record.processed else "started", {"pid": os.getpid()})
         self._initial = (record.processed, 0.0)
         beat = threading.Thread(
@@ -105,37 +113,42 @@ class Run:
             with self._pool() as pool:
                 self._drive(pool)
         except BaseException as exc:
-            store.update_job(
-                self.id,
-                status="failed",
-                reason=f"{type(exc).__name__}: {exc}",
-                completed_at=utcnow(),
-            )
+            self._fail(exc)
             raise
         finally:
             if loop is not None:
-                aclose = getattr(job.sink, "aclose", None)
-                if aclose is not None:  # async resources belong to this loop: free them here
-                    asyncio.run_coroutine_threadsafe(aclose(), loop).result()
+                if isinstance(job.sink, AsyncClosing):  # its resources belong to this loop
+                    asyncio.run_coroutine_threadsafe(job.sink.aclose(), loop).result()
                 loop.call_soon_threadsafe(loop.stop)
                 loop_thread.join()
                 loop.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            self._heartbeat_stop.set()
+            self._heartbeat_stop = True
+            self._heartbeat_wake.set()
             beat.join()
-            store.update_job(self.id, owner_host=None, owner_pid=None)  # free to claim again
+            store.release(self.id)  # free to claim again
         final = store.get_job(self.id)
         assert final is not None
+        status: JobStatus
         if self._stop_reason is not None:
             status = self._status_on_stop
         elif final.failed:
             status = "completed_with_errors"
         else:
             status = "completed"
-        store.update_job(self.id, status=status, reason=self._stop_reason, completed_at=utcnow())
+        store.transition(self.id, status, reason=self._stop_reason, now=job.utcnow())
         store.add_event(self.id, status, {"reason": self._stop_reason})
         return job.report(self.id)
+
+    def _fail(self, exc: BaseException) -> None:
+        """End the run ``failed`` because ``exc`` escaped (the caller re-raises it)."""
+        try:
+            self.store.transition(
+                self.id, "failed", reason=f"{type(exc).__name__}: {exc}", now=self.job.utcnow()
+            )
+        except IllegalTransition as illegal:  # another owner ended it meanwhile: keep its end
+            _log.warning("%s: %s (while failing on %r)", self.job.name, illegal, exc)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         """First SIGINT/SIGTERM: stop after the chunks in flight; second: stop now."""
@@ -173,14 +186,15 @@ class Run:
         return pool.submit(self._handle_and_commit, chunk)  # committed by the worker
 
     def _handle_and_commit(self, chunk: Chunk) -> JobRecord:
-        if not self._shared_transaction:
+        if self._shared is None:
             return self._commit(chunk, *self._handler.handle(chunk.index, chunk.records))
         # The sink writes into the store's own database: rows and checkpoint in one
         # transaction, so a crash leaves both or neither (exactly once, no key needed).
-        with self.job.sink.transaction() as conn:  # type: ignore[attr-defined]
+        sink, store = self._shared
+        with sink.transaction() as conn:
             skipped, written, dead = self._handler.handle(chunk.index, chunk.records)
             checkpoint = self._checkpoint(chunk, skipped, written, dead)
-            self.store.commit_chunk_on(conn, self.id, checkpoint, dead)  # type: ignore[attr-defined]
+            store.commit_chunk_on(conn, self.id, checkpoint, dead)
         record = self.store.get_job(self.id)
         assert record is not None
         return record
@@ -272,27 +286,32 @@ class Run:
 
     def _may_continue(self) -> bool:
         """Honour pause / resume / cancel requests made through the store (between chunks)."""
+        store = self.store
         while True:
-            record = self.store.get_job(self.id)
+            record = store.get_job(self.id)
             assert record is not None
             if record.control == "cancel":
                 self._stop("cancelled", "cancel requested")
                 return False
             if record.control == "resume":
-                self.store.update_job(self.id, status="running", control=None)
                 if record.status == "paused":
-                    self.store.add_event(self.id, "resumed")
+                    store.transition(self.id, "running", now=self.job.utcnow())  # clears it
+                    store.add_event(self.id, "resumed")
                     _log.info("%s: resumed", self.job.name)
+                else:
+                    store.request(self.id, None)  # not paused: nothing to resume
                 continue
             if record.control != "pause":
                 return self._stop_reason is None
             if record.status != "paused":
-                self.store.update_job(self.id, status="paused")
-                self.store.add_event(self.id, "paused")
+                store.transition(self.id, "paused")
+                store.add_event(self.id, "paused")
                 _log.info("%s: paused; `freight resume` or `freight cancel` goes on", self.job.name)
-            time.sleep(0.2)  # real time: waiting for a person or another process
+            if self._stop_reason is not None:  # a signal while paused: stop there
+                return False
+            self._clock.sleep_sync(PAUSE_POLL)  # waiting for a person or another process
 
-    def _stop(self, status: str, reason: str) -> None:
+    def _stop(self, status: JobStatus, reason: str) -> None:
         if self._stop_reason is None:
             self._stop_reason, self._status_on_stop = reason, status
 
@@ -323,7 +342,7 @@ class Run:
             job.on_progress(self._progress(record))
 
     def _progress(self, record: JobRecord) -> Progress:
-        elapsed = time.monotonic() - self._started
+        elapsed = self._clock.now() - self._started
         done_here = record.processed - self._initial[0]
         rate = done_here / elapsed if elapsed > 0 else 0.0
         fraction = self._fraction
@@ -352,9 +371,21 @@ class Run:
         )
 
     def _heartbeat(self) -> None:
+        """Beat every ``stale_after / 3`` on the job's clock until the run ends.
+
+        The clock's timer only sets an event (timers must be short); the store write
+        happens here, on this thread.
+        """
+        clock, wake = self._clock, self._heartbeat_wake
         interval = max(0.05, self.job.stale_after / 3)
-        while not self._heartbeat_stop.wait(interval):
-            self.store.heartbeat(self.id, now=utcnow())
+        while True:
+            timer = clock.call_at(clock.now() + interval, wake.set)
+            wake.wait()
+            timer.cancel()
+            wake.clear()  # before looking at the flag: a stop after this wakes the next wait
+            if self._heartbeat_stop:
+                return
+            self.store.heartbeat(self.id, now=self.job.utcnow())
 
     # -- one chunk (on a worker thread) ---------------------------------------------
 
@@ -382,11 +413,26 @@ class Run:
                 ))  # fmt: skip
         final = store.commit_replay(self.id, replayed, dead, succeeded)
         if final.status in DONE:  # an unfinished run stays resumable as it was
-            store.update_job(
-                self.id, status="completed_with_errors" if final.failed else "completed"
-            )
+            revised: JobStatus = "completed_with_errors" if final.failed else "completed"
+            if revised != final.status:
+                store.transition(self.id, revised)
         store.add_event(
             self.id, "retried_failed", {"replayed": len(replayed), "succeeded": succeeded}
         )
-        store.update_job(self.id, owner_host=None, owner_pid=None)
+        store.release(self.id)
         return self.job.report(self.id)
+
+
+def _shared_transaction(job: Job) -> tuple[TransactionalSink, SharedTransactionStore] | None:
+    """The sink and store, when a chunk's rows and checkpoint can share a transaction:
+    the sink writes in transactions it opens on a database, and the store lives in that
+    same database (not with worker processes: the rows are written there)."""
+    sink, store = job.sink, job.store
+    if (
+        job.executor != "processes"
+        and isinstance(sink, TransactionalSink)
+        and isinstance(store, SharedTransactionStore)
+        and store.same_database(sink.conninfo)
+    ):
+        return sink, store
+    return None

@@ -1,10 +1,31 @@
 """Persistent state of bulk jobs: runs, chunk checkpoints, dead letters, events.
 
-``SqliteStore`` (``.freight/freight.db``, WAL mode) is the embedded default; the
-``Store`` protocol is what a PostgreSQL store implements for many workers.
+``SqliteStore`` (``.freight/freight.db``, WAL mode) is the embedded default;
+``PostgresStore`` (extra ``freight[postgres]``) holds the same schema for runners on
+many machines. Both implement the ``Store`` port (and ``BoardStore``, for the flow
+board's tables) over the same SQL logic. A run's status moves only along the lifecycle
+table, ``TRANSITIONS``.
+
+``PostgresStore`` is imported on first use, so this package imports without psycopg.
 """
 
-from freight.store._base import Store
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from freight._errors import IllegalTransition, StoreError
+from freight.store._base import BoardStore, SharedTransactionStore, Store, TransactionalSink
+from freight.store._lifecycle import (
+    DONE,
+    LIVE,
+    RESUMABLE,
+    STATUSES,
+    STOPPED,
+    TERMINAL,
+    TRANSITIONS,
+    JobStatus,
+    Move,
+)
 from freight.store._records import (
     ChunkCheckpoint,
     ChunkStatus,
@@ -12,9 +33,20 @@ from freight.store._records import (
     DeadLetter,
     Event,
     JobRecord,
-    JobStatus,
 )
-from freight.store._sqlite import DEFAULT_PATH, SqliteStore, StoreError
+from freight.store._sqlite import DEFAULT_PATH, SqliteStore
+
+if TYPE_CHECKING:
+    from freight.store._postgres import PostgresStore
+
+
+def __getattr__(name: str) -> Any:
+    """``PostgresStore``, imported when first asked for (it needs psycopg)."""
+    if name == "PostgresStore":
+        from freight.store._postgres import PostgresStore  # noqa: PLC0415 (optional extra)
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_store(url: str) -> Store:
@@ -29,17 +61,31 @@ def open_store(url: str) -> Store:
 
 __all__ = [
     "DEFAULT_PATH",
+    "DONE",
+    "LIVE",
+    "RESUMABLE",
+    "STATUSES",
+    "STOPPED",
+    "TERMINAL",
+    "TRANSITIONS",
+    "BoardStore",
     "ChunkCheckpoint",
     "ChunkStatus",
     "Control",
     "DeadLetter",
     "Event",
+    "IllegalTransition",
     "JobRecord",
     "JobStatus",
+    "Move",
+    "PostgresStore",
+    "SharedTransactionStore",
     "SqliteStore",
     "Store",
     "StoreError",
+    "TransactionalSink",
     "open_store",
 ]
 
 _: type[Store] = SqliteStore  # SqliteStore implements the Store port
+_board: type[BoardStore] = SqliteStore  # and the flow board's

@@ -1,27 +1,40 @@
-"""The ``Store`` port: what the job engine needs from persistent storage.
+"""The store's ports: what the job engine, the flow board and exactly-once commits need.
 
-SQLite (embedded default) implements it here; PostgreSQL will implement the same
-port with the same schema. Every method is one transaction; ``commit_chunk``
-records a chunk's checkpoint, its dead letters and the job's counters together,
-so a crash leaves either all of them or none.
+- :class:`Store`: runs, chunk checkpoints, dead letters and events of bulk jobs. Every
+  method is one transaction; ``commit_chunk`` records a chunk's checkpoint, its dead
+  letters and the run's counters together, so a crash leaves all of them or none.
+  Status changes are :meth:`Store.transition` calls, checked against the lifecycle
+  table (:data:`~freight.store.TRANSITIONS`).
+- :class:`BoardStore`: transactions of the store's own database, for the flow board's
+  tables (statements in the store's :class:`~freight.store._dialect.Dialect`).
+- :class:`TransactionalSink` and :class:`SharedTransactionStore`: the two halves of
+  exactly-once chunk commits. A sink that writes inside a transaction it opens on a
+  database it names, and a store that can record a chunk inside that transaction when
+  it lives in the same database: then rows and checkpoint commit together.
+
+``SqliteStore`` and ``PostgresStore`` implement ``Store`` and ``BoardStore``;
+``PostgresStore`` is also a ``SharedTransactionStore``, ``PostgresSink`` a
+``TransactionalSink``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from freight.store._dialect import Dialect, Row, Transaction
+from freight.store._lifecycle import JobStatus
 from freight.store._records import (
     ChunkCheckpoint,
     Control,
     DeadLetter,
     Event,
     JobRecord,
-    JobStatus,
 )
 
-__all__ = ["Store"]
+__all__ = ["BoardStore", "SharedTransactionStore", "Store", "TransactionalSink"]
 
 
 @runtime_checkable
@@ -53,8 +66,23 @@ class Store(Protocol):
         """The most recent runs, newest first."""
         ...
 
-    def update_job(self, job_id: str, **fields: Any) -> JobRecord:
-        """Set fields of a run (status, reason, totals, timestamps, owner...)."""
+    def transition(
+        self,
+        job_id: str,
+        to: JobStatus,
+        *,
+        reason: str | None = None,
+        now: datetime | None = None,
+    ) -> JobRecord:
+        """Move a run to status ``to`` and return it.
+
+        The move is checked against the lifecycle table in the transaction that makes
+        it (:class:`~freight.IllegalTransition` if it is not legal; ``KeyError`` for an
+        unknown run) and writes what that move writes: starting stamps ``started_at``
+        (unless set) and clears the reason and any control request; ending stamps
+        ``completed_at`` (``now``, default: the current UTC time) and records
+        ``reason``.
+        """
         ...
 
     def claim(
@@ -69,6 +97,14 @@ class Store(Protocol):
 
     def heartbeat(self, job_id: str, *, now: datetime) -> None:
         """Record that the owner of the run is alive."""
+        ...
+
+    def release(self, job_id: str) -> None:
+        """Drop the run's owner: any runner may claim it at once."""
+        ...
+
+    def request(self, job_id: str, control: Control | None) -> None:
+        """Ask the running owner of a run to pause, resume or cancel (or clear the ask)."""
         ...
 
     def chunks(self, job_id: str) -> list[ChunkCheckpoint]:
@@ -114,14 +150,67 @@ class Store(Protocol):
         """A run's events, oldest first."""
         ...
 
-    def request(self, job_id: str, control: Control | None) -> None:
-        """Ask the running owner of a run to pause, resume or cancel (or clear the ask)."""
-        ...
-
-    def set_status(self, job_id: str, status: JobStatus, reason: str | None = None) -> JobRecord:
-        """Set a run's status (and the reason, for failures)."""
-        ...
-
     def close(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class BoardStore(Protocol):
+    """A store whose database other freight parts keep their own tables in (the flow board).
+
+    Statements are written in :attr:`dialect` (render templates once with
+    ``store.dialect.render(...)``); values are always bound parameters.
+    """
+
+    @property
+    def dialect(self) -> Dialect:
+        """The SQL dialect of the store's statements."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run one query outside any transaction of the caller's; return its rows."""
+        ...
+
+
+@runtime_checkable
+class TransactionalSink(Protocol):
+    """A sink that can hold every write of the current thread in one transaction.
+
+    ``transaction()`` opens it on the database ``conninfo`` names and yields the
+    connection; writes made in the block join it, and it commits when the block ends.
+    """
+
+    @property
+    def conninfo(self) -> str:
+        """The libpq connection string of the database the sink writes to."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """Hold one transaction for this thread's writes; yield its connection."""
+        ...
+
+
+@runtime_checkable
+class SharedTransactionStore(Protocol):
+    """A store that can record a chunk inside a transaction a sink opened on its database."""
+
+    def same_database(self, conninfo: str) -> bool:
+        """True if ``conninfo`` reaches this store's own tables (then they may share a
+        transaction)."""
+        ...
+
+    def commit_chunk_on(
+        self,
+        conn: Any,
+        job_id: str,
+        checkpoint: ChunkCheckpoint,
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> None:
+        """:meth:`Store.commit_chunk` on ``conn``, the connection of a
+        :class:`TransactionalSink`'s open transaction (committed with it)."""
         ...

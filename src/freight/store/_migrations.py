@@ -1,7 +1,10 @@
 """Versioned schema of the store. Append a migration; never edit a released one.
 
-The version lives in SQLite's ``PRAGMA user_version``; each migration runs in the
-transaction that bumps it, so a crash mid-migration leaves the old version intact.
+Each migration is a template in the store's :class:`~freight.store._dialect.Dialect`
+(``{identity}``: an auto-numbered key; SQLite renders exactly the text it was released
+with). The version lives in SQLite's ``PRAGMA user_version``, in PostgreSQL's
+``freight_schema`` table; each migration runs in the transaction that bumps it, so a
+crash mid-migration leaves the old version intact.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (job_id, idx)
     );
     CREATE TABLE dead_letters (
-        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        id           {identity},
         job_id       TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
         chunk_idx    INTEGER,
         record_id    TEXT NOT NULL,
@@ -68,7 +71,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX dead_letters_by_job ON dead_letters (job_id, id);
     CREATE TABLE events (
-        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        id          {identity},
         job_id      TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
         kind        TEXT NOT NULL,
         data        TEXT NOT NULL,
@@ -104,7 +107,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX flow_deliveries_open ON flow_deliveries (flow, status, seq);
     CREATE TABLE flow_dead_letters (
-        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        id            {identity},
         flow          TEXT NOT NULL,
         consumer      TEXT NOT NULL,
         reason        TEXT NOT NULL,

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from freight.store._lifecycle import TERMINAL, JobStatus
+
 __all__ = [
     "ChunkCheckpoint",
     "ChunkStatus",
@@ -22,13 +24,8 @@ __all__ = [
     "utcnow",
 ]
 
-JobStatus = Literal[
-    "pending", "running", "paused", "completed", "completed_with_errors", "failed", "cancelled"
-]
 ChunkStatus = Literal["running", "done", "failed"]
 Control = Literal["pause", "resume", "cancel"]
-
-FINISHED: frozenset[str] = frozenset({"completed", "completed_with_errors", "failed", "cancelled"})
 
 
 def utcnow() -> datetime:
@@ -63,8 +60,8 @@ class JobRecord:
 
     @property
     def finished(self) -> bool:
-        """True once the run reached a final status."""
-        return self.status in FINISHED
+        """True once an execution ended the run (see :data:`~freight.store.TERMINAL`)."""
+        return self.status in TERMINAL
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

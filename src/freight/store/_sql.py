@@ -1,0 +1,441 @@
+"""The store's logic in SQL, shared by every backend: statements, rules, record mapping.
+
+:class:`SqlStore` implements the :class:`~freight.store.Store` port once, against two
+primitives each backend provides (:meth:`SqlStore.transaction` and
+:meth:`SqlStore.query`) and its :class:`~freight.store._dialect.Dialect`. The statements
+are written once, below, as templates; each backend class renders them when it is
+defined (:func:`statements`). Timestamps are stored as ISO 8601 text in UTC.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, NamedTuple
+
+from freight._errors import StoreError
+from freight.store._dialect import Dialect, Row, Transaction
+from freight.store._lifecycle import JobStatus, Move, check_transition
+from freight.store._migrations import MIGRATIONS
+from freight.store._records import (
+    ChunkCheckpoint,
+    Control,
+    DeadLetter,
+    Event,
+    JobRecord,
+    utcnow,
+)
+
+__all__ = ["SqlStore", "Statements", "statements"]
+
+_CONTROLS = (None, "pause", "resume", "cancel")
+
+
+class Statements(NamedTuple):
+    """Every statement of the store; the defaults are the templates (see ``_dialect``)."""
+
+    insert_job: str = (
+        "INSERT INTO jobs (id, name, job_type, fingerprint, status, config, total_items,"
+        " total_bytes, created_at) VALUES ({p}, {p}, {p}, {p}, 'pending', {p}, {p}, {p}, {p})"
+    )
+    get_job: str = "SELECT * FROM jobs WHERE id = {p}"
+    latest_job: str = "SELECT * FROM jobs WHERE name = {p} ORDER BY created_at DESC LIMIT 1"
+    list_jobs: str = "SELECT * FROM jobs ORDER BY created_at DESC LIMIT {p}"
+    job_status: str = "SELECT status FROM jobs WHERE id = {p}{lock}"
+    start: str = (
+        "UPDATE jobs SET status = {p}, started_at = coalesce(started_at, {p}),"
+        " completed_at = NULL, reason = NULL, control = NULL WHERE id = {p}"
+    )
+    end: str = "UPDATE jobs SET status = {p}, reason = {p}, completed_at = {p} WHERE id = {p}"
+    set_status: str = "UPDATE jobs SET status = {p} WHERE id = {p}"
+    owner: str = "SELECT owner_host, owner_pid, heartbeat_at FROM jobs WHERE id = {p}{skip_locked}"
+    claim: str = (
+        "UPDATE jobs SET owner_host = {p}, owner_pid = {p}, heartbeat_at = {p} WHERE id = {p}"
+    )
+    heartbeat: str = "UPDATE jobs SET heartbeat_at = {p} WHERE id = {p}"
+    release: str = "UPDATE jobs SET owner_host = NULL, owner_pid = NULL WHERE id = {p}"
+    request: str = "UPDATE jobs SET control = {p} WHERE id = {p}"
+    chunks: str = "SELECT * FROM chunks WHERE job_id = {p} ORDER BY idx"
+    start_chunk: str = (
+        "INSERT INTO chunks (job_id, idx, start_offset, start_ordinal, status, attempts,"
+        " updated_at) VALUES ({p}, {p}, {p}, {p}, 'running', 1, {p})"
+        " ON CONFLICT (job_id, idx) DO UPDATE SET status = 'running',"
+        " attempts = chunks.attempts + 1, updated_at = excluded.updated_at"
+    )
+    chunk_status: str = "SELECT status FROM chunks WHERE job_id = {p} AND idx = {p}{lock}"
+    commit_chunk: str = (
+        "INSERT INTO chunks (job_id, idx, start_offset, start_ordinal, end_offset,"
+        " end_ordinal, status, attempts, items, succeeded, failed, skipped, checksum,"
+        " updated_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p},"
+        " {p}, {p}) ON CONFLICT (job_id, idx) DO UPDATE SET end_offset = excluded.end_offset,"
+        " end_ordinal = excluded.end_ordinal, status = excluded.status,"
+        " items = excluded.items, succeeded = excluded.succeeded,"
+        " failed = excluded.failed, skipped = excluded.skipped,"
+        " checksum = excluded.checksum, updated_at = excluded.updated_at"
+    )
+    count_chunk: str = (
+        "UPDATE jobs SET processed = processed + {p}, succeeded = succeeded + {p},"
+        " failed = failed + {p}, skipped = skipped + {p}, heartbeat_at = {p} WHERE id = {p}"
+    )
+    insert_dead_letter: str = (
+        "INSERT INTO dead_letters (job_id, chunk_idx, record_id, position_offset,"
+        " position_ordinal, payload, error_type, message, category, attempts, created_at)"
+        " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
+    )
+    dead_letters: str = "SELECT * FROM dead_letters WHERE job_id = {p} ORDER BY id"
+    open_dead_letters: str = (
+        "SELECT * FROM dead_letters WHERE job_id = {p} AND replayed_at IS NULL ORDER BY id"
+    )
+    mark_replayed: str = "UPDATE dead_letters SET replayed_at = {p} WHERE job_id = {p} AND id = {p}"
+    count_replay: str = (
+        "UPDATE jobs SET succeeded = succeeded + {p}, failed = failed - {p} + {p} WHERE id = {p}"
+    )
+    insert_event: str = (
+        "INSERT INTO events (job_id, kind, data, created_at) VALUES ({p}, {p}, {p}, {p})"
+    )
+    events: str = "SELECT * FROM events WHERE job_id = {p} ORDER BY id"
+
+
+def statements(dialect: Dialect) -> Statements:
+    """Every statement of the store in ``dialect`` (rendered once per backend class)."""
+    return Statements._make(dialect.render(template) for template in Statements())
+
+
+_LAST_CREATED = [datetime.min.replace(tzinfo=UTC)]
+_CREATED_LOCK = threading.Lock()
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+class SqlStore(ABC):
+    """The store's logic on a SQL database; a backend gives the connection primitives.
+
+    A subclass sets :attr:`dialect` and :attr:`sql` (``statements(dialect)``) and
+    implements :meth:`transaction`, :meth:`query`, :meth:`close` and its schema
+    versioning (:meth:`_migrate`, calling :meth:`_apply_migrations`).
+    """
+
+    dialect: ClassVar[Dialect]
+    sql: ClassVar[Statements]
+
+    # -- what a backend provides ---------------------------------------------------
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """One transaction on the store's database (the :class:`BoardStore` port)."""
+
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """One query, on its own (the :class:`BoardStore` port)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+    def _write(self) -> AbstractContextManager[Transaction]:
+        # Kept for tests written before transaction() was public; use transaction().
+        return self.transaction()
+
+    def _apply_migrations(
+        self, tx: Transaction, version: int, bump: Callable[[Transaction, int], None]
+    ) -> None:
+        """Run the migrations after ``version`` in ``tx``, each followed by ``bump``."""
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"the store {self!r} has schema version {version}, newer than this "
+                f"freight knows ({len(MIGRATIONS)}); upgrade freight"
+            )
+        for number, template in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in filter(str.strip, self.dialect.render(template).split(";")):
+                tx.execute(statement)
+            bump(tx, number)
+
+    # -- jobs ------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        *,
+        name: str,
+        job_type: str,
+        fingerprint: str,
+        config: dict[str, Any],
+        total_items: int | None = None,
+        total_bytes: int | None = None,
+    ) -> JobRecord:
+        """Record a new run (status ``pending``) and return it."""
+        job_id = uuid.uuid4().hex
+        with _CREATED_LOCK:
+            # Strictly increasing creation times within a process, so "latest" is exact.
+            created = max(utcnow(), _LAST_CREATED[0] + timedelta(microseconds=1))
+            _LAST_CREATED[0] = created
+        with self.transaction() as tx:
+            tx.execute(
+                self.sql.insert_job,
+                (job_id, name, job_type, fingerprint, json.dumps(config), total_items,
+                 total_bytes, _ts(created)),
+            )  # fmt: skip
+        return self._job(job_id)
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """The run with this id, or ``None``."""
+        rows = self.query(self.sql.get_job, (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def _job(self, job_id: str) -> JobRecord:
+        job = self.get_job(job_id)
+        if job is None:
+            raise KeyError(f"no job with id {job_id!r}")
+        return job
+
+    def latest_job(self, name: str) -> JobRecord | None:
+        """The most recent run of the job called ``name``, or ``None``."""
+        rows = self.query(self.sql.latest_job, (name,))
+        return _job(rows[0]) if rows else None
+
+    def list_jobs(self, limit: int = 50) -> list[JobRecord]:
+        """The most recent runs, newest first."""
+        return [_job(row) for row in self.query(self.sql.list_jobs, (limit,))]
+
+    def transition(
+        self,
+        job_id: str,
+        to: JobStatus,
+        *,
+        reason: str | None = None,
+        now: datetime | None = None,
+    ) -> JobRecord:
+        """Move a run to status ``to``, checked against the lifecycle table (see the
+        :class:`~freight.store.Store` port)."""
+        stamp = _ts(now or utcnow())
+        with self.transaction() as tx:
+            rows = tx.query(self.sql.job_status, (job_id,))
+            if not rows:
+                raise KeyError(f"no job with id {job_id!r}")
+            move = check_transition(rows[0]["status"], to, run=f"run {job_id}")
+            if move is Move.START:
+                tx.execute(self.sql.start, (to, stamp, job_id))
+            elif move is Move.END:
+                tx.execute(self.sql.end, (to, reason, stamp, job_id))
+            else:  # PAUSE, REVISE: the status alone
+                tx.execute(self.sql.set_status, (to, job_id))
+        return self._job(job_id)
+
+    def claim(
+        self, job_id: str, *, host: str, pid: int, now: datetime, stale_before: datetime
+    ) -> JobRecord | None:
+        """Make ``(host, pid)`` the owner of a run, unless a live owner holds it."""
+        with self.transaction() as tx:
+            rows = tx.query(self.sql.owner, (job_id,))
+            if not rows:
+                if self.get_job(job_id) is not None:
+                    return None  # locked by a runner claiming it right now (SKIP LOCKED)
+                raise KeyError(f"no job with id {job_id!r}")
+            row = rows[0]
+            heartbeat = _dt(row["heartbeat_at"])
+            mine = (row["owner_host"], row["owner_pid"]) == (host, pid)
+            owned = row["owner_host"] is not None
+            if owned and not mine and heartbeat is not None and heartbeat > stale_before:
+                return None
+            tx.execute(self.sql.claim, (host, pid, _ts(now), job_id))
+        return self.get_job(job_id)
+
+    def heartbeat(self, job_id: str, *, now: datetime) -> None:
+        """Record that the owner of the run is alive."""
+        with self.transaction() as tx:
+            tx.execute(self.sql.heartbeat, (_ts(now), job_id))
+
+    def release(self, job_id: str) -> None:
+        """Drop the run's owner: any runner may claim it at once."""
+        with self.transaction() as tx:
+            tx.execute(self.sql.release, (job_id,))
+
+    def request(self, job_id: str, control: Control | None) -> None:
+        """Ask the running owner of a run to pause, resume or cancel (or clear the ask)."""
+        if control not in _CONTROLS:
+            raise ValueError(
+                f"control must be 'pause', 'resume', 'cancel' or None, got {control!r}"
+            )
+        with self.transaction() as tx:
+            if not tx.execute(self.sql.request, (control, job_id)):
+                raise KeyError(f"no job with id {job_id!r}")
+
+    # -- chunks ----------------------------------------------------------------------
+
+    def chunks(self, job_id: str) -> list[ChunkCheckpoint]:
+        """Every chunk checkpoint of a run, by index."""
+        return [_chunk(row) for row in self.query(self.sql.chunks, (job_id,))]
+
+    def start_chunk(self, job_id: str, checkpoint: ChunkCheckpoint) -> None:
+        """Record that a chunk is being processed (status ``running``, attempts counted)."""
+        with self.transaction() as tx:
+            tx.execute(
+                self.sql.start_chunk,
+                (job_id, checkpoint.index, *checkpoint.start, _ts(utcnow())),
+            )
+
+    def commit_chunk(
+        self,
+        job_id: str,
+        checkpoint: ChunkCheckpoint,
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> JobRecord:
+        """Atomically: store the finished chunk, its dead letters, and add its counts."""
+        with self.transaction() as tx:
+            self._commit_chunk_in(tx, job_id, checkpoint, dead_letters)
+        return self._job(job_id)
+
+    def _commit_chunk_in(
+        self,
+        tx: Transaction,
+        job_id: str,
+        checkpoint: ChunkCheckpoint,
+        dead_letters: Sequence[DeadLetter],
+    ) -> None:
+        """The statements of :meth:`commit_chunk`, in the open transaction ``tx``."""
+        now = _ts(utcnow())
+        end = checkpoint.end or (None, None)
+        previous = tx.query(self.sql.chunk_status, (job_id, checkpoint.index))
+        if previous and previous[0]["status"] == "done":
+            raise ValueError(f"chunk {checkpoint.index} of job {job_id} is already done")
+        tx.execute(
+            self.sql.commit_chunk,
+            (job_id, checkpoint.index, *checkpoint.start, *end, checkpoint.status,
+             checkpoint.attempts, checkpoint.items, checkpoint.succeeded, checkpoint.failed,
+             checkpoint.skipped, checkpoint.checksum, now),
+        )  # fmt: skip
+        self._insert_dead_letters(tx, job_id, checkpoint.index, dead_letters, now)
+        tx.execute(
+            self.sql.count_chunk,
+            (checkpoint.items, checkpoint.succeeded, checkpoint.failed, checkpoint.skipped,
+             now, job_id),
+        )  # fmt: skip
+
+    # -- dead letters and events -------------------------------------------------------
+
+    def _insert_dead_letters(
+        self,
+        tx: Transaction,
+        job_id: str,
+        chunk_index: int | None,
+        dead_letters: Sequence[DeadLetter],
+        now: str | None,
+    ) -> None:
+        tx.executemany(
+            self.sql.insert_dead_letter,
+            [
+                (job_id, d.chunk_index if chunk_index is None else chunk_index, d.record_id,
+                 *(d.position or (None, None)), d.payload, d.error_type, d.message, d.category,
+                 d.attempts, _ts(d.created_at) or now)
+                for d in dead_letters
+            ],
+        )  # fmt: skip
+
+    def dead_letters(self, job_id: str, *, include_replayed: bool = False) -> list[DeadLetter]:
+        """The dead letters of a run, oldest first."""
+        sql = self.sql.dead_letters if include_replayed else self.sql.open_dead_letters
+        return [_dead_letter(row) for row in self.query(sql, (job_id,))]
+
+    def mark_replayed(self, job_id: str, ids: Sequence[int]) -> None:
+        """Mark dead letters as replayed (by ``retry-failed``)."""
+        now = _ts(utcnow())
+        with self.transaction() as tx:
+            tx.executemany(self.sql.mark_replayed, [(now, job_id, i) for i in ids])
+
+    def commit_replay(
+        self,
+        job_id: str,
+        replayed: Sequence[int],
+        dead_letters: Sequence[DeadLetter],
+        succeeded: int,
+    ) -> JobRecord:
+        """Atomically: mark dead letters replayed, record the new failures, fix counters."""
+        now = _ts(utcnow())
+        with self.transaction() as tx:
+            tx.executemany(self.sql.mark_replayed, [(now, job_id, i) for i in replayed])
+            self._insert_dead_letters(tx, job_id, None, dead_letters, now)
+            tx.execute(self.sql.count_replay, (succeeded, len(replayed), len(dead_letters), job_id))
+        return self._job(job_id)
+
+    def add_event(self, job_id: str, kind: str, data: dict[str, Any] | None = None) -> None:
+        """Append an event to a run's history."""
+        with self.transaction() as tx:
+            tx.execute(self.sql.insert_event, (job_id, kind, json.dumps(data or {}), _ts(utcnow())))
+
+    def events(self, job_id: str) -> list[Event]:
+        """A run's events, oldest first."""
+        return [
+            Event(kind=row["kind"], data=json.loads(row["data"]), created_at=_dt(row["created_at"]))
+            for row in self.query(self.sql.events, (job_id,))
+        ]
+
+
+# -- record mapping --------------------------------------------------------------------
+
+
+def _job(row: Row) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        name=row["name"],
+        job_type=row["job_type"],
+        fingerprint=row["fingerprint"],
+        status=row["status"],
+        reason=row["reason"],
+        config=json.loads(row["config"]),
+        total_items=row["total_items"],
+        total_bytes=row["total_bytes"],
+        processed=row["processed"],
+        succeeded=row["succeeded"],
+        failed=row["failed"],
+        skipped=row["skipped"],
+        created_at=_dt(row["created_at"]),  # type: ignore[arg-type]
+        started_at=_dt(row["started_at"]),
+        completed_at=_dt(row["completed_at"]),
+        owner_host=row["owner_host"],
+        owner_pid=row["owner_pid"],
+        heartbeat_at=_dt(row["heartbeat_at"]),
+        control=row["control"],
+    )
+
+
+def _chunk(row: Row) -> ChunkCheckpoint:
+    end = None if row["end_offset"] is None else (row["end_offset"], row["end_ordinal"])
+    return ChunkCheckpoint(
+        index=row["idx"],
+        start=(row["start_offset"], row["start_ordinal"]),
+        end=end,
+        status=row["status"],
+        attempts=row["attempts"],
+        items=row["items"],
+        succeeded=row["succeeded"],
+        failed=row["failed"],
+        skipped=row["skipped"],
+        checksum=row["checksum"],
+        updated_at=_dt(row["updated_at"]),
+    )
+
+
+def _dead_letter(row: Row) -> DeadLetter:
+    offset, ordinal = row["position_offset"], row["position_ordinal"]
+    return DeadLetter(
+        id=row["id"],
+        chunk_index=row["chunk_idx"],
+        position=None if offset is None else (offset, ordinal),
+        record_id=row["record_id"],
+        payload=row["payload"],
+        error_type=row["error_type"],
+        message=row["message"],
+        category=row["category"],
+        attempts=row["attempts"],
+        created_at=_dt(row["created_at"]),
+    )
