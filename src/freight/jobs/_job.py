@@ -43,7 +43,7 @@ from freight._ratelimit import RateLimiter
 from freight.jobs._progress import Progress
 from freight.jobs._report import JobReport, load_report
 from freight.jobs._run import Run
-from freight.jobs._sink import as_sink
+from freight.jobs._sink import Sink, as_sink
 from freight.jobs._sources import as_source
 from freight.store import DONE, JobRecord, SqliteStore, Store, open_store
 from freight.store._records import utcnow
@@ -288,13 +288,13 @@ def _utc_on(clock: Clock) -> Callable[[], datetime]:
     return lambda: start + timedelta(seconds=clock.now() - started)
 
 
-def _check_executor(executor: str, sink: Any, *functions: Any) -> Executor:
+def _check_executor(executor: str, sink: Sink, *functions: Any) -> Executor:
     if executor not in ("threads", "async", "processes"):
         raise ConfigError(f"executor must be 'threads', 'async' or 'processes', got {executor!r}")
     asynchronous = [
         name
         for name, fn in (
-            ("sink.write", getattr(sink, "write", None)),
+            ("sink.write", sink.write),
             *zip(("process", "process_chunk"), functions, strict=True),
         )
         if fn is not None and is_async_callable(fn)
