@@ -18,10 +18,13 @@ from freight._errors import (
     ConfigError,
     FreightError,
     HandlerContractError,
+    IllegalTransition,
+    JobAlreadyRunning,
     PermanentError,
     QueueFull,
     RecordError,
     Skipped,
+    StoreError,
     TransientError,
 )
 from freight._ratelimit import RateLimiter
@@ -37,10 +40,13 @@ __all__ = [
     "ConfigError",
     "FreightError",
     "HandlerContractError",
+    "IllegalTransition",
+    "JobAlreadyRunning",
     "PermanentError",
     "QueueFull",
     "RecordError",
     "Skipped",
+    "StoreError",
     "TransientError",
     # core
     "BatchBuffer",

@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 Mode = Literal["copy", "insert", "upsert"]
+"""How :class:`PostgresSink` writes: ``COPY``, an ``INSERT`` per row (pipelined), or
+``COPY`` into a staging table then ``INSERT … ON CONFLICT`` (an upsert on ``key``)."""
 
 
 def classify(error: BaseException) -> BaseException:

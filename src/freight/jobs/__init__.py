@@ -1,7 +1,7 @@
 """Bulk jobs: large datasets processed in checkpointed, resumable chunks."""
 
-from freight._errors import RecordError
-from freight.jobs._job import Job, JobAlreadyRunning
+from freight._errors import JobAlreadyRunning, RecordError
+from freight.jobs._job import Job
 from freight.jobs._printer import ProgressPrinter
 from freight.jobs._progress import Progress
 from freight.jobs._report import JobReport
