@@ -6,10 +6,15 @@ Rules:
    ``max_concurrent=n`` at most *n* runs of a consumer are started at once; the others
    wait in order, and a run that ends hands its slot to the next at once (there is no
    moment in between at which the flow looks idle).
-2. A run calls the handler through the core's batch plan (:func:`run_plan`): retries
-   after a backoff, bisection of a raising batch, the rate limit before each call, and
-   every wait on the flow's clock. A batch consumer without ``retry=`` still bisects
-   a raising batch (no retries): one poison artifact fails alone.
+2. A run calls the handler through the core's batch plan, carried out by the shared
+   async runner (:func:`~freight._drivers._runner.run_async`, the asyncio
+   ``Batcher``'s too): retries after a backoff, bisection of a raising batch, the rate
+   limit before each call, and every wait on the flow's clock. A batch consumer
+   without ``retry=`` still bisects a raising batch (no retries): one poison artifact
+   fails alone. An item the plan sends back for another try (it failed transiently
+   alone, attempts remain) is not done: after the plan's wait it is offered to the
+   consumer's buffer again, with its tries so far, exactly as a ``Batcher`` re-buffers
+   it; its delivery stays open on a durable board until it ends.
 3. Outcomes follow the handler contract (``_handling``): an ``Exception`` instance is
    that item's dead letter (``handler_error``; ``contract`` for a
    ``HandlerContractError``); a ``ForBatch`` is published once, its sources being
@@ -36,15 +41,15 @@ import asyncio
 import functools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from freight._core._clock import Clock
-from freight._core._plan import Call, Outcome, Reply, plan_batch
+from freight._core._plan import Outcome
 from freight._core._retry import Retry
 from freight._drivers._clocks import LoopClock, ThreadClock
+from freight._drivers._runner import run_async
 from freight._errors import HandlerContractError
-from freight._ratelimit import RateLimiter
 from freight.flow._artifacts import Envelope
 from freight.flow._consumer import ConsumerSpec
 from freight.flow._handling import BatchOutput, call, check_outputs, outputs_of
@@ -53,52 +58,13 @@ from freight.flow._routing import PUBLIC, Router
 from freight.flow._tracing import Tracing
 from freight.flow._visibility import Tenant
 
-__all__ = ["Executor", "run_plan"]
+__all__ = ["Executor"]
 
 _log = logging.getLogger("freight.flow")
 
 # Batch consumers without retry=: no retries, but a raising batch is bisected, so one
 # poison artifact fails alone instead of failing the whole batch as one error.
 _ISOLATE = Retry(attempts=1, backoff=0, jitter=0, isolate=True)
-
-
-async def run_plan(
-    items: list[Any],
-    call: Callable[[list[Any]], Awaitable[Reply]],
-    retry: Retry | None,
-    *,
-    random: Callable[[], float],
-    sleep: Callable[[float], Awaitable[None]],
-    now: Callable[[], float] | None = None,
-    rate_limit: RateLimiter | None = None,
-) -> tuple[Outcome, int]:
-    """Carry out the core's batch plan for ``items``; return its outcome and the calls.
-
-    The plan decides (retries, backoffs, bisection); this only performs its effects:
-    a ``Call`` waits for ``rate_limit`` (paced on ``now``) then awaits ``call``; a
-    ``Sleep`` awaits ``sleep``. (The signature is the shared async runner's, so the
-    runner can take its place.)
-    """
-    plan = plan_batch(items, retry, random)
-    calls = 0
-    effect = next(plan)
-    while True:
-        if isinstance(effect, Call):
-            calls += 1
-            if rate_limit is not None:
-                assert now is not None
-                cost = len(effect.items) if rate_limit.unit == "items" else 1
-                delay = rate_limit.reserve(cost, now=now())
-                if delay > 0:
-                    await sleep(delay)
-            reply = await call(effect.items)
-            try:
-                effect = plan.send(reply)
-            except StopIteration as stop:
-                return stop.value, calls
-        else:
-            await sleep(effect.seconds)
-            effect = next(plan)
 
 
 class Executor:
@@ -124,6 +90,8 @@ class Executor:
         self.running = 0
         self.sleeping = 0
         self.changed = asyncio.Event()
+        # Set by the flow: hands items sent back for another try to the scheduler.
+        self.offer_again: Callable[[Runtime, list[Work]], None] = _unwired
 
     def start(self, clock: Clock) -> None:
         """Run on ``clock`` (known when the flow starts, inside the event loop)."""
@@ -207,28 +175,55 @@ class Executor:
         assert clock is not None
         try:
             started = clock.now()
+            again: list[Work] = []
             try:
                 retry = spec.retry if spec.retry is not None or spec.batch is None else _ISOLATE
-                outcome, _ = await run_plan(
+                tried = [w.tried for w in works] if any(w.tried for w in works) else None
+                outcome, _ = await run_async(
                     works, functools.partial(call, spec), retry, random=self.random.random,
-                    sleep=self.sleep, now=clock.now, rate_limit=spec.rate_limit,
+                    sleep=self.sleep, now=clock.now, rate_limit=spec.rate_limit, tried=tried,
                 )  # fmt: skip
-                outputs, dead = self.outputs(spec, works, outcome.outcomes)
+                finished, results = works, outcome.outcomes
+                if outcome.again:
+                    finished, results, again = _split_again(works, outcome)
+                outputs, dead = self.outputs(spec, finished, results)
             except Exception as exc:  # a bug of ours or a subscriber's: never lose the batch
                 _log.exception("%s: consumer %r failed unexpectedly", self.flow, spec.name)
                 outcome = Outcome([exc] * len(works), 1)
-                outputs = []
+                finished, results, again, outputs = works, outcome.outcomes, [], []
                 dead = [dead_letter(spec.name, "handler_error", w.envelopes, exc) for w in works]
             if self.tracing.subscribers:
-                failed = sum(isinstance(o, BaseException) for o in outcome.outcomes)
+                failed = sum(isinstance(o, BaseException) for o in results)
                 self.tracing.span("handler", spec.name, started, clock.now(), {
-                    "batch_size": len(works), "succeeded": len(works) - failed, "failed": failed,
-                    "tries": outcome.tries, "published": len(outputs),
+                    "batch_size": len(works), "succeeded": len(finished) - failed,
+                    "failed": failed,
+                    "tries": outcome.tries, "published": len(outputs), "retried": len(again),
                 }, parent=flush_id)  # fmt: skip
-            done = [e.id for w in works for e in w.envelopes]
+            done = [e.id for w in finished for e in w.envelopes]
             self.router.route(outputs, done=(spec.name, done), dead=dead)
+            if again:
+                self._retry_later(rt, again, outcome.again_after)
         finally:
             self._ended(rt)
+
+    def _retry_later(self, rt: Runtime, works: list[Work], delay: float) -> None:
+        """Offer ``works`` to ``rt`` again after ``delay`` on the flow's clock; counted
+        as a run (sleeping) until then, so ``close`` and ``run_until_idle`` wait for it."""
+        self.runs += 1
+        self.running += 1
+
+        async def later() -> None:
+            try:
+                await self.sleep(delay)
+                self.offer_again(rt, works)
+            finally:
+                self.runs -= 1
+                self.running -= 1
+                self.changed.set()
+
+        task = asyncio.get_running_loop().create_task(later())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     # -- outcomes (rules 3, 4) ------------------------------------------------
 
@@ -282,3 +277,19 @@ class Executor:
             value, producer=spec.name, visibility=visibility, depth=depth,
             correlation_id=correlation,
         )  # fmt: skip
+
+
+def _split_again(works: list[Work], outcome: Outcome) -> tuple[list[Work], list[Any], list[Work]]:
+    """(works that ended, their outcomes, works sent back with their tries so far)."""
+    back = set(outcome.again)
+    finished = [w for i, w in enumerate(works) if i not in back]
+    results = [o for i, o in enumerate(outcome.outcomes) if i not in back]
+    again = [
+        Work(works[i].item, works[i].envelopes, works[i].tenant, outcome.attempts[i])
+        for i in outcome.again
+    ]
+    return finished, results, again
+
+
+def _unwired(rt: Runtime, works: list[Work]) -> None:  # pragma: no cover - wired by Flow
+    raise RuntimeError("the executor is not wired to a scheduler")

@@ -109,6 +109,7 @@ class Flow:
         self._executor = Executor(name, self._tracing, self._router, max_depth)
         self._scheduler = Scheduler(self._tracing, self._router.route, self._executor.dispatch)
         self._router.deliver = self._scheduler.deliver  # the one edge back: route -> buffers
+        self._executor.offer_again = self._scheduler.offer_again  # and retries -> buffers
         self._started = False
         self._closed = False
 

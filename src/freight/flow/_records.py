@@ -74,6 +74,7 @@ class Work:
     item: Any
     envelopes: tuple[Envelope, ...]
     tenant: str | None
+    tried: int = 0  # tries in earlier batches, for an item sent back by the plan
 
 
 class Runtime:

@@ -70,6 +70,16 @@ class Scheduler:
             self._offer(rt, Work(envelope.payload, (envelope,), envelope.tenant), now)
         self.schedule(rt)
 
+    def offer_again(self, rt: Runtime, works: list[Work]) -> None:
+        """``works`` come back for another try (their backoff has passed): buffer them
+        as they arrive, in one batch where the spec allows."""
+        clock = self.clock
+        assert clock is not None
+        now = clock.now()
+        for work in works:
+            self._offer(rt, work, now)
+        self.schedule(rt)
+
     def _offer(self, rt: Runtime, work: Work, now: float) -> None:
         if rt.buffer is None:
             self._run(rt, [work], "immediate", now, work.tenant)
