@@ -15,7 +15,7 @@ import asyncio
 import concurrent.futures
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from freight._core._buffer import BatchBuffer, Flush
@@ -32,14 +32,29 @@ from freight._drivers._options import (
 )
 from freight._errors import ConfigError, QueueFull, Skipped
 
-__all__ = ["EngineBase", "check_rate_limit", "check_retry"]  # the checks, for jobs
+__all__ = ["EngineBase", "check_rate_limit", "check_retry", "fan_out"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+E = TypeVar("E")
 
 _log = logging.getLogger("freight")
 
 _INVALID_STATE = (asyncio.InvalidStateError, concurrent.futures.InvalidStateError)
+
+
+def fan_out(subscribers: Iterable[Callable[[E], object]], event: E, owner: str) -> None:
+    """Hand ``event`` to every subscriber; a failing subscriber is logged, not raised.
+
+    Every shape's observers (a batcher's :class:`~freight.BatchEvent` subscribers, a
+    Flow's span subscribers) are called here: a broken metrics exporter or tracer must
+    never fail the items it observes.
+    """
+    for subscriber in subscribers:
+        try:
+            subscriber(event)
+        except Exception:
+            _log.exception("freight: %s: subscriber %r failed on %r", owner, subscriber, event)
 
 
 class EngineBase(Generic[T, R]):
@@ -189,10 +204,5 @@ class EngineBase(Generic[T, R]):
         return event
 
     def _publish(self, event: BatchEvent) -> None:
-        """Hand ``event`` to every subscriber; a failing subscriber is logged, not raised."""
-        for subscriber in self._subscribers:
-            try:
-                subscriber(event)
-            except Exception:
-                # A broken metrics exporter must not fail the callers' items.
-                _log.exception("freight: subscriber %r failed on %r", subscriber, event)
+        """Hand ``event`` to every subscriber (see :func:`fan_out`)."""
+        fan_out(self._subscribers, event, self.name)

@@ -3,9 +3,11 @@
 Rules:
 
 1. A run is counted from the moment the scheduler hands it over until it ends. With
-   ``max_concurrent=n`` at most *n* runs of a consumer are started at once; the others
-   wait in order, and a run that ends hands its slot to the next at once (there is no
-   moment in between at which the flow looks idle).
+   ``max_concurrent=n`` at most *n* runs of a consumer are started at once, admitted by
+   the core's :class:`~freight._core._dispatch.DispatchQueue` (a Batcher's
+   ``max_concurrent_batches`` rule); the others wait in order, and a run that ends
+   hands its slot to the next at once (there is no moment in between at which the
+   flow looks idle).
 2. A run calls the handler through the core's batch plan, carried out by the shared
    async runner (:func:`~freight._drivers._runner.run_async`, the asyncio
    ``Batcher``'s too): retries after a backoff, bisection of a raising batch, the rate
@@ -44,6 +46,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from freight._core._buffer import Flush
 from freight._core._clock import Clock
 from freight._core._plan import Outcome
 from freight._core._retry import Retry
@@ -101,28 +104,31 @@ class Executor:
     # -- runs (rule 1) ---------------------------------------------------------
 
     def dispatch(self, rt: Runtime, works: list[Work], flush_id: str | None) -> None:
-        """Run ``works`` for ``rt`` now, or when one of its slots frees up."""
+        """Run ``works`` for ``rt`` now, or when the dispatch queue admits it."""
         self.runs += 1
-        limit = rt.spec.max_concurrent
-        if limit is not None and rt.running >= limit:
-            rt.waiting.append((works, flush_id))
+        queue = rt.queue
+        if queue is None:
+            self._start(rt, works, flush_id, None)
             return
-        self._start(rt, works, flush_id)
+        assert self.clock is not None
+        run = Flush(works[0].tenant, works, "manual", self.clock.now(), [flush_id])
+        for ready in queue.push(run):
+            self._start(rt, ready.items, ready.tickets[0], ready)
 
-    def _start(self, rt: Runtime, works: list[Work], flush_id: str | None) -> None:
-        rt.running += 1
+    def _start(
+        self, rt: Runtime, works: list[Work], flush_id: str | None, run: Flush[Work] | None
+    ) -> None:
         self.running += 1
-        task = asyncio.get_running_loop().create_task(self._run(rt, works, flush_id))
+        task = asyncio.get_running_loop().create_task(self._run(rt, works, flush_id, run))
         self.tasks.add(task)  # a strong reference: the loop keeps only weak ones
         task.add_done_callback(self.tasks.discard)
 
-    def _ended(self, rt: Runtime) -> None:
-        rt.running -= 1
+    def _ended(self, rt: Runtime, run: Flush[Work] | None) -> None:
         self.running -= 1
         self.runs -= 1
-        if rt.waiting:
-            works, flush_id = rt.waiting.popleft()
-            self._start(rt, works, flush_id)
+        if rt.queue is not None and run is not None:
+            for ready in rt.queue.done(run):
+                self._start(rt, ready.items, ready.tickets[0], ready)
         self.changed.set()
 
     def idle(self) -> bool:
@@ -169,7 +175,9 @@ class Executor:
 
     # -- one run (rules 2, 5, 6) ---------------------------------------------
 
-    async def _run(self, rt: Runtime, works: list[Work], flush_id: str | None) -> None:
+    async def _run(
+        self, rt: Runtime, works: list[Work], flush_id: str | None, run: Flush[Work] | None
+    ) -> None:
         spec = rt.spec
         clock = self.clock
         assert clock is not None
@@ -204,7 +212,7 @@ class Executor:
             if again:
                 self._retry_later(rt, again, outcome.again_after)
         finally:
-            self._ended(rt)
+            self._ended(rt, run)
 
     def _retry_later(self, rt: Runtime, works: list[Work], delay: float) -> None:
         """Offer ``works`` to ``rt`` again after ``delay`` on the flow's clock; counted

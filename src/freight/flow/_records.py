@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,6 +9,7 @@ from typing import Any, Protocol
 
 from freight._core._buffer import BatchBuffer
 from freight._core._clock import TimerHandle
+from freight._core._dispatch import DispatchQueue
 from freight._core._join import JoinBuffer
 from freight.flow._artifacts import Envelope
 from freight.flow._consumer import ConsumerSpec
@@ -79,9 +79,9 @@ class Work:
 
 class Runtime:
     """A registered consumer and its state: buffers and timer (scheduling), handler
-    runs started and waiting for a slot under ``max_concurrent`` (execution)."""
+    runs admitted under ``max_concurrent`` by the core's dispatch queue (execution)."""
 
-    __slots__ = ("buffer", "joins", "running", "spec", "timer", "timer_at", "waiting")
+    __slots__ = ("buffer", "joins", "queue", "spec", "timer", "timer_at")
 
     def __init__(self, spec: ConsumerSpec) -> None:
         self.spec = spec
@@ -89,8 +89,10 @@ class Runtime:
         self.joins: JoinBuffer | None = None
         self.timer: TimerHandle | None = None
         self.timer_at: float | None = None
-        self.running = 0
-        self.waiting: deque[tuple[list[Work], str | None]] = deque()
+        # The core's concurrency rule, as in a Batcher (None: no limit declared).
+        self.queue: DispatchQueue[Work] | None = (
+            DispatchQueue(spec.max_concurrent) if spec.max_concurrent is not None else None
+        )
         self.reset()
 
     def reset(self) -> None:

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from freight._drivers._engine import fan_out
 from freight.flow._trace import DuckDBTracer, Span, SpanKind
 
 __all__ = ["Tracing"]
@@ -83,11 +84,7 @@ class Tracing:
             parent_id=parent,
             flow=self.flow,
         )
-        for subscriber in self.subscribers:
-            try:
-                subscriber(span)
-            except Exception:
-                _log.exception("%s: span subscriber %r failed", self.flow, subscriber)
+        fan_out(self.subscribers, span, f"flow {self.flow}: span")
         return span.id
 
     def flush(self) -> None:
