@@ -54,7 +54,7 @@ def fan_out(subscribers: Iterable[Callable[[E], object]], event: E, owner: str) 
         try:
             subscriber(event)
         except Exception:
-            _log.exception("freight: %s: subscriber %r failed on %r", owner, subscriber, event)
+            _log.exception("freight: %s subscriber %r failed on %r", owner, subscriber, event)
 
 
 class EngineBase(Generic[T, R]):
@@ -205,4 +205,4 @@ class EngineBase(Generic[T, R]):
 
     def _publish(self, event: BatchEvent) -> None:
         """Hand ``event`` to every subscriber (see :func:`fan_out`)."""
-        fan_out(self._subscribers, event, self.name)
+        fan_out(self._subscribers, event, f"batcher {self.name!r}:")
