@@ -2,6 +2,7 @@
 
 from freight._errors import JobAlreadyRunning, RecordError
 from freight.jobs._job import Job
+from freight.jobs._parquet import ParquetSource
 from freight.jobs._printer import ProgressPrinter
 from freight.jobs._progress import Progress
 from freight.jobs._report import JobReport
@@ -10,7 +11,6 @@ from freight.jobs._sources import (
     CsvSource,
     IterableSource,
     JsonlSource,
-    ParquetSource,
     Position,
     Record,
     Source,

@@ -31,7 +31,6 @@ __all__ = [
     "CsvSource",
     "IterableSource",
     "JsonlSource",
-    "ParquetSource",
     "Position",
     "Record",
     "RecordError",
@@ -474,89 +473,6 @@ class JsonlSource:
         return Record(*position, value, None, excerpt)
 
 
-class ParquetSource:
-    """A Parquet file (extra ``freight[parquet]``), streamed batch by batch.
-
-    Positions are row indexes; a resume starts at the row group holding the row,
-    so it reads at most one row group again, never the file.
-
-    Args:
-        path: the file.
-        columns: the columns to read (default: all).
-        batch_size: rows decoded at a time.
-        convert: ``dict -> item`` or a pydantic model class.
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        columns: Sequence[str] | None = None,
-        batch_size: int = 10_000,
-        convert: Any = None,
-    ) -> None:
-        try:
-            import pyarrow.parquet as pq  # noqa: PLC0415  (optional extra)
-        except ImportError as exc:  # pragma: no cover - only without the extra
-            raise ConfigError(
-                "ParquetSource needs pyarrow: pip install 'freight[parquet]'"
-            ) from exc
-        self.path = _existing_file(path, "ParquetSource")
-        self._pq = pq
-        try:
-            meta = pq.ParquetFile(self.path).metadata
-        except Exception as exc:
-            raise ConfigError(
-                f"ParquetSource: {str(self.path)!r} is not a Parquet file: {exc}"
-            ) from exc
-        names = set(meta.schema.names)
-        missing = [c for c in columns or () if c not in names]
-        if missing:
-            raise ConfigError(
-                f"ParquetSource: no column(s) {missing} in {self.path.name}; it has {sorted(names)}"
-            )
-        self.columns = list(columns) if columns is not None else None
-        self.batch_size = batch_size
-        self._rows = meta.num_rows
-        self._group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        self._convert = _converter(convert)
-
-    def fingerprint(self) -> str:
-        return _file_fingerprint(self.path)
-
-    def size(self) -> SourceSize:
-        return SourceSize(items=self._rows)
-
-    def read(self, start: Position | None = None) -> Iterator[Record]:
-        first = 0 if start is None else start[0]
-        group, row = 0, 0
-        while group < len(self._group_rows) and row + self._group_rows[group] <= first:
-            row += self._group_rows[group]
-            group += 1
-        if group == len(self._group_rows):
-            return
-        parquet = self._pq.ParquetFile(self.path)
-        batches = parquet.iter_batches(
-            batch_size=self.batch_size,
-            row_groups=list(range(group, len(self._group_rows))),
-            columns=self.columns,
-        )
-        convert = self._convert
-        for batch in batches:
-            for value in batch.to_pylist():
-                if row >= first:
-                    if convert is None:
-                        yield Record(row, row, value, None, "", "row")
-                    else:
-                        try:
-                            yield Record(row, row, convert(value), None, "", "row")
-                        except Exception as exc:
-                            yield Record(
-                                row, row, None, _validation(exc), repr(value)[:_EXCERPT], "row"
-                            )
-                row += 1
-
-
 class _Blank:
     """Marker item of a skipped blank line."""
 
@@ -601,6 +517,8 @@ def as_source(source: Any) -> Source:
         if suffix in (".jsonl", ".ndjson"):
             return JsonlSource(source)
         if suffix == ".parquet":
+            from freight.jobs._parquet import ParquetSource  # noqa: PLC0415 (it imports this)
+
             return ParquetSource(source)
         raise ConfigError(
             f"cannot tell the format of {str(source)!r} from its suffix; use CsvSource or "
