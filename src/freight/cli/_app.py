@@ -164,14 +164,18 @@ def _render(report: JobReport, as_json: bool) -> None:
 
 def _run_job(job: Job, fresh: bool) -> JobReport:
     """Run with a progress display; a second Ctrl-C ends the command with one line."""
+    shown = job.on_progress is None
     try:
         with ProgressPrinter() as printer:
-            if job.on_progress is None:
+            if shown:
                 job.on_progress = printer
             return job.run(fresh=fresh)
     except KeyboardInterrupt:
         typer.echo("freight: stopped at once; run the same command again to resume", err=True)
         raise typer.Exit(130) from None
+    finally:
+        if shown:  # the printer's stream is this command's: never leave it on the job
+            job.on_progress = None
 
 
 def _finish(report: JobReport, as_json: bool) -> None:
