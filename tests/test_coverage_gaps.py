@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from freight import BatchSpec, ConfigError, Flow, JoinSpec, RateLimiter, batched
+from freight.testing import FakeClock
 
 
 @dataclass
@@ -96,3 +97,10 @@ def test_batched_keeps_the_name_it_is_given_and_defaults_to_the_function_name() 
     finally:
         named.close()
         anonymous.close()
+
+
+async def test_a_fake_clock_refuses_to_go_back_with_a_config_error() -> None:
+    clock = FakeClock()
+    with pytest.raises(ConfigError, match=r"got advance\(-1\): pass seconds >= 0"):
+        await clock.advance(-1)
+    assert clock.now() == 0

@@ -153,7 +153,7 @@ POSTGRES = {
 
 PGTYPES = {"TYPES", "converter", "infer_types", "parse_types"}
 
-SQLITE = {"AsyncSqliteSink", "SqliteSink", "quote_identifier", "sqlite_path"}
+SQLITE = {"AsyncSqliteSink", "SqliteSink", "classify", "quote_identifier", "sqlite_path"}
 
 METRICS = {"PrometheusSubscriber"}
 

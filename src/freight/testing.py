@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from freight._core._clock import Clock, TimerHandle
+from freight._errors import ConfigError
 
 __all__ = ["Clock", "FakeClock", "MemorySink"]
 
@@ -118,7 +119,9 @@ class FakeClock:
 
     def _target(self, seconds: float) -> float:
         if seconds < 0:
-            raise ValueError(f"a clock only moves forward; got advance({seconds})")
+            raise ConfigError(
+                f"a clock only moves forward; got advance({seconds}): pass seconds >= 0"
+            )
         # Whole nanoseconds, so that advance(29.999) then advance(0.001) lands on
         # the deadline exactly instead of a float rounding error before it.
         return round(self._now + seconds, 9)

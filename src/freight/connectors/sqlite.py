@@ -3,7 +3,8 @@
 Identifiers (table and column names) are quoted, whatever characters they hold;
 values are always bound parameters, never formatted into SQL. One transaction per
 write call: a failing call rolls back, and the job's retry policy bisects the
-chunk to isolate the bad rows.
+chunk to isolate the bad rows. Errors are mapped to freight's classes in one place,
+:func:`classify`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,33 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from freight._errors import ConfigError
+from freight._errors import ConfigError, PermanentError, TransientError
 from freight.connectors._isolate import isolate
 
-__all__ = ["AsyncSqliteSink", "SqliteSink", "quote_identifier", "sqlite_path"]
+__all__ = ["AsyncSqliteSink", "SqliteSink", "classify", "quote_identifier", "sqlite_path"]
+
+_BUSY = {"SQLITE_BUSY", "SQLITE_LOCKED"}
+
+
+def classify(error: BaseException) -> BaseException:
+    """Map a ``sqlite3`` error to freight's transient or permanent class (original as cause).
+
+    - A database another connection holds past the busy timeout (``SQLITE_BUSY``,
+      ``SQLITE_LOCKED``) is :class:`~freight.TransientError`: the job's ``Retry`` tries again.
+    - A row the database refuses (``sqlite3.IntegrityError``: a null in a ``NOT NULL``
+      column, a unique or check violation) is :class:`~freight.PermanentError`.
+    - Anything else (a freight error already, a broken statement) is returned as it is.
+    """
+    mapped: BaseException
+    # sqlite_errorname is set on the errors sqlite3 raises, not on one made by hand
+    if isinstance(error, sqlite3.Error) and getattr(error, "sqlite_errorname", None) in _BUSY:
+        mapped = TransientError(f"SQLite database busy: {error}")
+    elif isinstance(error, sqlite3.IntegrityError):
+        mapped = PermanentError(f"IntegrityError: {error}")
+    else:
+        return error
+    mapped.__cause__ = error
+    return mapped
 
 
 def quote_identifier(name: str) -> str:
@@ -148,24 +172,34 @@ class SqliteSink:
             columns = self._ensure_table(items[0])
             try:
                 self._write_items(columns, items)
-            except (sqlite3.IntegrityError, ValueError):
+            except PermanentError:  # a bad row: find it (them) by bisection, keep the rest
                 return isolate(items, lambda part: self._write_items(columns, part))
             return None
 
     def _write_items(self, columns: list[str], items: list[Mapping[str, Any]]) -> None:
+        """One transaction; raises freight's classes (:func:`classify`)."""
         rows = []
         for item in items:
             unknown = set(item) - set(columns)
             if unknown:
-                raise ValueError(f"fields {sorted(unknown)} are not columns of {self.table!r}")
+                raise PermanentError(
+                    f"fields {sorted(unknown)} are not columns of {self.table!r} "
+                    f"(its columns: {columns}); drop them from the item or add the columns"
+                )
             rows.append([item.get(c) for c in columns])
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany(self._statement(columns), rows)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(self._statement(columns), rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            mapped = classify(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
 
     def close(self) -> None:
         """Close the connection."""
