@@ -64,6 +64,11 @@ def test_options_of_the_wrong_kind_are_refused_with_the_kind_expected(
         flow.consumer("audit").consumes(Order, **{option: value})  # type: ignore[arg-type]
 
 
+def test_where_must_be_a_predicate(flow: Flow) -> None:
+    with pytest.raises(ConfigError, match=r"where must be a callable \(artifact -> bool\)"):
+        flow.consumer("audit").consumes(Order, where="id > 3")  # type: ignore[arg-type]
+
+
 def test_a_join_must_be_a_join_spec(flow: Flow) -> None:
     with pytest.raises(ConfigError, match=r"join must be a freight\.JoinSpec, got 'id'"):
         flow.consumer("match").consumes(Order, Payment, join="id")  # type: ignore[arg-type]
