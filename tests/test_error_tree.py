@@ -73,6 +73,4 @@ def test_no_error_class_is_defined_outside_the_tree() -> None:
                 for base in node.bases
             ):
                 elsewhere.append(f"{path.relative_to(src)}:{node.lineno} {node.name}")
-    # The core's RecordError is a leftover twin of freight.RecordError (nothing raises it);
-    # the core's owner removes it.
-    assert elsewhere == ["_core/_source.py:52 RecordError"]
+    assert elsewhere == []

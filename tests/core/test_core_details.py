@@ -124,7 +124,8 @@ def test_raising_handler_without_policy_fails_every_item() -> None:
 
 
 def test_records_know_their_position_and_name() -> None:
-    from freight._core._source import Record, RecordError, SourceSize
+    from freight._core._source import Record, SourceSize
+    from freight._errors import RecordError
 
     record = Record(120, 7, {"a": 1})
     assert (record.position, record.id, record.error, record.raw) == ((120, 7), "line 7", None, "")

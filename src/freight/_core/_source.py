@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-__all__ = ["Position", "Record", "RecordError", "SourceSize"]
+__all__ = ["Position", "Record", "SourceSize"]
 
 Position = tuple[int, int]
 """``(offset, ordinal)``: where reading restarts, and the record number there."""
@@ -47,7 +47,3 @@ class SourceSize:
 
     items: int | None = None
     bytes: int | None = None
-
-
-class RecordError(ValueError):
-    """A record that could not be read or converted (a dead letter of category validation)."""

@@ -11,17 +11,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
-from freight._core._source import Record, SourceSize
 from freight._errors import ConfigError, PermanentError, TransientError
 from freight.connectors._isolate import aisolate, isolate
 from freight.connectors._pgbinary import TYPES_SQL, BinaryColumns, binary_columns, fits
+from freight.connectors._pgerrors import _connect, _reraise, classify
+from freight.connectors._pgsource import PostgresSource
 
 try:
     import psycopg
@@ -47,62 +47,6 @@ __all__ = [
 Mode = Literal["copy", "insert", "upsert"]
 """How :class:`PostgresSink` writes: ``COPY``, an ``INSERT`` per row (pipelined), or
 ``COPY`` into a staging table then ``INSERT … ON CONFLICT`` (an upsert on ``key``)."""
-
-
-def classify(error: BaseException) -> BaseException:
-    """Map a psycopg error to freight's transient or permanent class (original as cause).
-
-    - Connection and server-availability problems (``OperationalError``,
-      ``InterfaceError``: a dropped connection, a restart, a lock timeout, a deadlock)
-      are :class:`~freight.TransientError`: the job's ``Retry`` tries again.
-    - Data the server refuses (``DataError``, ``IntegrityError``: a value of the wrong
-      type or out of range, a null in a ``NOT NULL`` column, a unique or check
-      violation) is :class:`~freight.PermanentError`: retrying the same row cannot fix
-      it. The message starts with the server's error class and keeps its text, which
-      names the value and the column.
-    - Anything else (a freight error already, a statement the schema does not fit) is
-      returned as it is.
-    """
-    mapped: BaseException
-    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
-        mapped = TransientError(f"PostgreSQL unavailable: {error}")
-    elif isinstance(error, psycopg.DataError | psycopg.IntegrityError):
-        mapped = PermanentError(f"{type(error).__name__}: {error}")
-    else:
-        return error
-    mapped.__cause__ = error
-    return mapped
-
-
-def _reraise(error: psycopg.Error) -> NoReturn:
-    """Raise ``error`` as freight's class (:func:`classify`), the original as its cause."""
-    mapped = classify(error)
-    if mapped is error:
-        raise error
-    raise mapped from error
-
-
-def _connect(conninfo: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-    """``psycopg.connect`` with freight's errors: a connection string psycopg cannot
-    parse is a :class:`~freight.ConfigError`, a server that does not answer (or refuses
-    the user or the database) a :class:`~freight.TransientError` naming where it is."""
-    try:
-        return psycopg.connect(conninfo, autocommit=autocommit)
-    except psycopg.ProgrammingError as exc:
-        raise ConfigError(
-            f"bad PostgreSQL connection string: {str(exc).strip()}; "
-            "expected postgresql://USER@HOST:PORT/DB"
-        ) from exc
-    except psycopg.OperationalError as exc:
-        reason = " ".join(str(exc).split())
-        raise TransientError(f"cannot reach PostgreSQL at {_where(conninfo)}: {reason}") from exc
-
-
-def _where(conninfo: str) -> str:
-    """``host:port/db`` of a connection string that psycopg parsed (never the password)."""
-    parts = psycopg.conninfo.conninfo_to_dict(conninfo)
-    host, port, db = parts.get("host"), parts.get("port"), parts.get("dbname")
-    return f"{host or 'localhost'}:{port or 5432}/{db or '(default database)'}"
 
 
 def _classified(write: Callable[[list[Any]], None]) -> Callable[[list[Any]], None]:
@@ -429,101 +373,6 @@ _DDL_TYPES = {
     "timestamptz": "timestamptz",
     "text": "text",
 }
-
-
-class PostgresSource:
-    """Rows of a PostgreSQL table or query, streamed by a server-side cursor in key order.
-
-    Reading is keyset-paginated on ``key`` (an integer column, unique and indexed):
-    a record's position is its key, so a resumed job asks the server for
-    ``key >= position`` instead of reading what is done again.
-
-    Args:
-        conninfo: a libpq connection string or URL.
-        table: the table, taken literally (quoted).
-        key: the integer key column to order and resume by.
-        schema: the table's schema (default: the search path).
-        columns: the columns to read (default: all).
-        batch_size: rows fetched from the server at a time.
-        query: instead of ``table``, a ``SELECT`` whose rows include ``key``; it is
-            wrapped as ``SELECT * FROM (query) WHERE key >= %s ORDER BY key``. It is
-            code, like the argument of ``cursor.execute``: never build it from end-user
-            text (pass values as a view's or the query's own literals you control).
-    """
-
-    def __init__(
-        self,
-        conninfo: str,
-        table: str | None = None,
-        *,
-        key: str,
-        schema: str | None = None,
-        columns: Sequence[str] | None = None,
-        batch_size: int = 10_000,
-        query: str | None = None,
-    ) -> None:
-        if (table is None) == (query is None) or not (table or query):
-            raise ConfigError("PostgresSource needs a table or a query= (one of them)")
-        if not key:
-            raise ConfigError("PostgresSource needs a key column (key=...) to order and resume by")
-        self.conninfo = conninfo
-        self.table = table
-        self.query = query
-        self.key = key
-        self.schema = schema
-        self.columns = list(columns) if columns is not None else None
-        self.batch_size = batch_size
-        if query is not None:
-            # Taken as it is: a '%' in it is SQL (modulo, LIKE), not a placeholder.
-            text = query.strip().rstrip(";").replace("%", "%%")
-            self._target: sql.Composable = sql.SQL("({}) AS freight_source").format(sql.SQL(text))
-        else:
-            assert table is not None
-            self._target = sql.Identifier(schema, table) if schema else sql.Identifier(table)
-
-    def fingerprint(self) -> str:
-        """The source's identity (table or query, and key): rows change, identity does not."""
-        if self.query is not None:
-            digest = hashlib.sha256(self.query.encode()).hexdigest()[:16]
-            return f"postgres-query:{digest}:{self.key}"
-        return f"postgres:{self.schema or ''}.{self.table}:{self.key}"
-
-    def size(self) -> SourceSize:
-        """The planner's row estimate (``pg_class.reltuples``, or the query plan's rows):
-        cheap, approximate."""
-        with _connect(self.conninfo) as conn:
-            if self.query is not None:
-                plan = conn.execute(
-                    sql.SQL("EXPLAIN (FORMAT JSON) SELECT * FROM {}").format(self._target), ()
-                ).fetchone()
-                rows = plan[0][0]["Plan"]["Plan Rows"] if plan else None
-                return SourceSize(items=int(rows) if rows is not None else None)
-            row = conn.execute(
-                "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)",
-                (self._target.as_string(conn),),
-            ).fetchone()
-        estimate = row[0] if row and row[0] is not None and row[0] >= 0 else None
-        return SourceSize(items=estimate)
-
-    def read(self, start: tuple[int, int] | None = None) -> Iterator[Record]:
-        """Records in key order from ``start`` (a key) to the end."""
-        names = (
-            sql.SQL(", ").join(map(sql.Identifier, self.columns)) if self.columns else sql.SQL("*")
-        )
-        query = sql.SQL("SELECT {} FROM {} WHERE {} >= %s ORDER BY {}").format(
-            names, self._target, sql.Identifier(self.key), sql.Identifier(self.key)
-        )
-        low = start[0] if start is not None else -(2**63)
-        with (
-            _connect(self.conninfo) as conn,
-            conn.transaction(),
-            conn.cursor(name="freight_source", row_factory=psycopg.rows.dict_row) as cursor,
-        ):
-            cursor.itersize = self.batch_size
-            cursor.execute(query, (low,))
-            for row in cursor:
-                value = row[self.key]
-                yield Record(value, value, row, None, "", self.key)
 
 
 class AsyncPostgresSink:
