@@ -26,6 +26,7 @@ from freight._errors import (
     Skipped,
     StoreError,
     TransientError,
+    UnknownJob,
 )
 from freight._ratelimit import RateLimiter
 from freight.flow import Flow
@@ -41,6 +42,7 @@ __all__ = [
     "FreightError",
     "HandlerContractError",
     "IllegalTransition",
+    "UnknownJob",
     "JobAlreadyRunning",
     "PermanentError",
     "QueueFull",

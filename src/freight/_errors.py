@@ -15,6 +15,7 @@ error inherits that builtin too::
     ├── PermanentError                    never retried, whatever ``retry_on`` says
     ├── RecordError (ValueError)          a source record that cannot be read or converted
     ├── JobAlreadyRunning                 another live process holds the job's run
+    ├── UnknownJob (KeyError)             no run with that id in the store
     └── IllegalTransition                 a run's status change its lifecycle forbids
 
 ``TransientError`` is how a handler asks for a retry; there is deliberately no
@@ -39,6 +40,7 @@ __all__ = [
     "Skipped",
     "StoreError",
     "TransientError",
+    "UnknownJob",
 ]
 
 
@@ -93,3 +95,9 @@ class JobAlreadyRunning(FreightError):
 class IllegalTransition(FreightError):
     """A job run was asked to change status in a way its lifecycle forbids
     (``freight.store.TRANSITIONS``), such as running a completed run again."""
+
+
+class UnknownJob(FreightError, KeyError):
+    """The store holds no run with this id (check the id: ``freight list`` shows them)."""
+
+    __str__ = Exception.__str__  # the message as written, not KeyError's quoted repr

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from freight._errors import IllegalTransition, StoreError
+from freight._errors import IllegalTransition, StoreError, UnknownJob
 from freight.store._base import BoardStore, SharedTransactionStore, Store, TransactionalSink
 from freight.store._lifecycle import (
     DONE,
@@ -75,6 +75,7 @@ __all__ = [
     "DeadLetter",
     "Event",
     "IllegalTransition",
+    "UnknownJob",
     "JobRecord",
     "JobStatus",
     "Move",

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, NamedTuple
 
-from freight._errors import StoreError
+from freight._errors import ConfigError, StoreError, UnknownJob
 from freight.store._dialect import Dialect, Row, Transaction
 from freight.store._lifecycle import JobStatus, Move, check_transition
 from freight.store._migrations import MIGRATIONS
@@ -195,7 +195,7 @@ class SqlStore(ABC):
     def _job(self, job_id: str) -> JobRecord:
         job = self.get_job(job_id)
         if job is None:
-            raise KeyError(f"no job with id {job_id!r}")
+            raise UnknownJob(f"no job with id {job_id!r}; `freight list` shows the runs")
         return job
 
     def latest_job(self, name: str) -> JobRecord | None:
@@ -221,7 +221,7 @@ class SqlStore(ABC):
         with self.transaction() as tx:
             rows = tx.query(self.sql.job_status, (job_id,))
             if not rows:
-                raise KeyError(f"no job with id {job_id!r}")
+                raise UnknownJob(f"no job with id {job_id!r}; `freight list` shows the runs")
             move = check_transition(rows[0]["status"], to, run=f"run {job_id}")
             if move is Move.START:
                 tx.execute(self.sql.start, (to, stamp, job_id))
@@ -240,7 +240,7 @@ class SqlStore(ABC):
             if not rows:
                 if self.get_job(job_id) is not None:
                     return None  # locked by a runner claiming it right now (SKIP LOCKED)
-                raise KeyError(f"no job with id {job_id!r}")
+                raise UnknownJob(f"no job with id {job_id!r}; `freight list` shows the runs")
             row = rows[0]
             heartbeat = _dt(row["heartbeat_at"])
             mine = (row["owner_host"], row["owner_pid"]) == (host, pid)
@@ -263,12 +263,12 @@ class SqlStore(ABC):
     def request(self, job_id: str, control: Control | None) -> None:
         """Ask the running owner of a run to pause, resume or cancel (or clear the ask)."""
         if control not in _CONTROLS:
-            raise ValueError(
+            raise ConfigError(
                 f"control must be 'pause', 'resume', 'cancel' or None, got {control!r}"
             )
         with self.transaction() as tx:
             if not tx.execute(self.sql.request, (control, job_id)):
-                raise KeyError(f"no job with id {job_id!r}")
+                raise UnknownJob(f"no job with id {job_id!r}; `freight list` shows the runs")
 
     # -- chunks ----------------------------------------------------------------------
 
