@@ -277,7 +277,7 @@ def batched(
         max_bytes=max_bytes,
         sizer=sizer,
     )
-    options_from("@batched", dict(options))  # refuse bad options at decoration time
-    if "subscribers" in options:
+    if "subscribers" in options:  # an iterator is read once: keep what it held
         options["subscribers"] = tuple(options["subscribers"])
+    options_from("@batched", dict(options))  # refuse bad options at decoration time
     return BatchedDecorator(_Options(spec, options))

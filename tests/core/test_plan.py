@@ -180,3 +180,12 @@ def test_permanent_and_exhausted_item_errors_are_final() -> None:
 def test_a_batch_that_succeeds_sends_nothing_back() -> None:
     outcome = run_to_end(plan_batch([1, 2], Retry(attempts=3), lambda: 0.0), [Reply(value=None)])
     assert (outcome.outcomes, outcome.again, outcome.attempts) == ([None, None], [], [1, 1])
+
+
+def test_an_item_sent_back_never_gets_more_than_its_attempts_from_an_outage() -> None:
+    retry = Retry(attempts=3, jitter=0)
+    outage = [Reply(error=ConnectionError("down"))] * 5
+    outcome = run_to_end(plan_batch([1, 2], retry, lambda: 0.0, tried=[2, 0]), outage)
+    assert outcome.tries == 1  # item 1 had 2 of its 3 attempts: no whole-batch retry
+    assert outcome.attempts == [3, 1]
+    assert outcome.again == [1]  # item 2 still has two attempts: it comes back alone

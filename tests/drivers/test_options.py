@@ -53,3 +53,15 @@ def test_bad_options_are_refused_at_decoration_with_the_rule(
 def test_a_spec_that_is_not_a_batchspec_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"spec must be a freight\.BatchSpec"):
         Batcher(lambda xs: xs, 10)  # type: ignore[arg-type]
+
+
+def test_batched_keeps_subscribers_given_as_an_iterator() -> None:
+    events: list[Any] = []
+
+    @batched(1, timeout=None, subscribers=iter([events.append]))
+    def double(items: list[int]) -> list[int]:
+        return [i * 2 for i in items]
+
+    assert double(2) == 4
+    double.close()
+    assert len(events) == 1

@@ -131,6 +131,9 @@ def plan_batch(
     """
     n = len(items)
     attempt = 1
+    # An item's attempts count its earlier batches too: the whole batch is tried again
+    # only while the most-tried item has attempts left (the others come back alone).
+    limit = retry.attempts - max(tried, default=0) if retry is not None and tried else None
     while True:
         reply = yield Call(items)
         assert reply is not None
@@ -139,7 +142,7 @@ def plan_batch(
         error = reply.error
         if retry is None:
             return Outcome([error] * n, attempt, attempts=_attempts(n, attempt, tried))
-        if attempt < retry.attempts and retry.is_transient(error):
+        if attempt < (retry.attempts if limit is None else limit) and retry.is_transient(error):
             yield Sleep(retry.delay(attempt, random()))
             attempt += 1
             continue

@@ -152,6 +152,7 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
             return await future
         except asyncio.CancelledError:
             if self._buffer.discard(item, future):
+                self._tried.pop(future, None)
                 self._pending -= 1
                 self._stats.cancelled += 1
                 self._after_settle()
@@ -411,13 +412,19 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
         error = BatcherClosed(
             f"batcher {self.name!r} was closed with drain=False before this item was handled"
         )
+        doomed: list[asyncio.Future[Any]] = []
         for flush in self._buffer.close() + self._dispatch.take_all():
-            self._fail(flush.tickets, error)
+            doomed.extend(flush.tickets)
             self._unfinished.discard(id(flush))
         for future, (handle, _item) in list(self._retry_waiting.items()):
             handle.cancel()
+            doomed.append(future)
+        gone = [f for f in doomed if f.done()]  # their callers gave up: only uncount them
+        self._pending -= len(gone)
+        self._stats.cancelled += len(gone)
+        for future in doomed:
             self._tried.pop(future, None)
-            self._fail([future], error)
+        self._fail([f for f in doomed if not f.done()], error)
         self._retry_waiting.clear()
         tasks = list(self._tasks)
         for task in tasks:
