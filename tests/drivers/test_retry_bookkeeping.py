@@ -40,3 +40,31 @@ async def test_a_cancelled_caller_of_a_requeued_item_leaves_no_retry_record() ->
     await asyncio.gather(task, return_exceptions=True)
     assert len(batcher._tried) == 1  # only item 2's record is left
     await batcher.close(drain=False)
+
+
+def test_thread_batcher_closed_without_draining_does_not_retry_a_running_batchs_items() -> None:
+    import threading
+
+    from freight import BatcherClosed, ThreadBatcher
+
+    started, release = threading.Event(), threading.Event()
+    calls: list[list[int]] = []
+
+    def slow_busy(items: list[int]) -> list[object]:
+        calls.append(items)
+        started.set()
+        release.wait(5)
+        return [TransientError("busy") for _ in items]
+
+    clock = FakeClock()
+    batcher = ThreadBatcher(slow_busy, BatchSpec(1), retry=Retry(attempts=3), clock=clock)
+    future = batcher.submit(1)
+    assert started.wait(5)
+    closer = threading.Thread(target=batcher.close, kwargs={"drain": False})
+    closer.start()
+    release.set()  # the running batch ends after the abort: its item must not come back
+    closer.join(5)
+    assert not closer.is_alive()
+    assert isinstance(future.exception(timeout=5), BatcherClosed)
+    assert calls == [[1]]
+    assert batcher.pending == 0

@@ -99,6 +99,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         self._timer: TimerHandle | None = None
         self._timer_at = 0.0
         self._closed = False
+        self._aborted = False  # closed with drain=False: nothing is tried again
         self._unfinished: set[int] = set()
         self._retry_waiting: dict[Future[Any], tuple[TimerHandle, T]] = {}
 
@@ -370,8 +371,14 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         )
         # Callers' futures are settled outside the lock: a done-callback may submit.
         succeeded, failed, retry_items = self._settle(items, futures, outcome)
+        late: list[tuple[T, Future[Any]]] = []
         self._lock.acquire()
         try:
+            if retry_items and self._aborted:  # close(drain=False) ran meanwhile
+                late, retry_items = retry_items, []
+                for _, future in late:
+                    self._tried.pop(future, None)
+                failed += len(late)
             self._pending -= succeeded + failed
             self._released += succeeded + failed
             if retry_items:
@@ -388,6 +395,10 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             )
         finally:
             self._unlock()
+        for _, future in late:
+            future.set_exception(
+                BatcherClosed(f"batcher {self.name!r} was closed with drain=False before a retry")
+            )
         if self._subscribers:
             self._publish(event)
 
@@ -430,6 +441,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             self._unlock()
 
     def _abort_locked(self) -> None:
+        self._aborted = True
         error = BatcherClosed(
             f"batcher {self.name!r} was closed with drain=False before this item was handled"
         )
