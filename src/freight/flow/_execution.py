@@ -92,6 +92,7 @@ class Executor:
         self.runs = 0
         self.running = 0
         self.sleeping = 0
+        self.retrying = 0  # of the runs, waits before a retry (no handler runs in them)
         self.changed = asyncio.Event()
         # Set by the flow: hands items sent back for another try to the scheduler.
         self.offer_again: Callable[[Runtime, list[Work]], None] = _unwired
@@ -219,6 +220,7 @@ class Executor:
         as a run (sleeping) until then, so ``close`` and ``run_until_idle`` wait for it."""
         self.runs += 1
         self.running += 1
+        self.retrying += 1
 
         async def later() -> None:
             try:
@@ -227,6 +229,7 @@ class Executor:
             finally:
                 self.runs -= 1
                 self.running -= 1
+                self.retrying -= 1
                 self.changed.set()
 
         task = asyncio.get_running_loop().create_task(later())

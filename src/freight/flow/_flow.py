@@ -253,7 +253,8 @@ class Flow:
         return envelopes
 
     def _has_room(self) -> bool:
-        return self._executor.runs < self.max_in_flight
+        # A wait before a retry runs no handler: it holds no max_in_flight slot.
+        return self._executor.runs - self._executor.retrying < self.max_in_flight
 
     async def run_until_idle(self) -> None:
         """Return when every handler run caused so far has finished (open batches and
