@@ -10,7 +10,6 @@ each item handled the same number of times.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import math
 import threading
 from collections import Counter
@@ -96,15 +95,23 @@ async def on_batcher(script: Script, tmp_path: Path) -> Result:
     return ended(outcomes, script)
 
 
+class JumpingClock(FakeClock):
+    """Virtual time that jumps ahead when a thread sleeps on it (trio's autojump clock):
+    a worker thread's backoff passes at once, with the clock moved by exactly that much."""
+
+    def sleep_sync(self, seconds: float) -> None:
+        self.advance_sync(max(0.0, seconds))
+
+
 async def on_thread_batcher(script: Script, tmp_path: Path) -> Result:
-    clock = FakeClock()
+    clock = JumpingClock()
     batcher = ThreadBatcher(script, BatchSpec(N, timeout=1.0), retry=RETRY, clock=clock)
     futures = [batcher.submit(i) for i in range(N)]
-    for _ in range(200):
-        done, _ = concurrent.futures.wait(futures, timeout=0.02)
-        if len(done) == N:
+    for _ in range(20):
+        batcher.flush()  # blocks until the running batches are handled (no polling)
+        if all(f.done() for f in futures):
             break
-        clock.advance_sync(0.5)  # wakes a backoff or a retried item's timer
+        clock.advance_sync(1.5)  # a sent-back item's 0.5 s wait, then its batch's 1 s timeout
     batcher.close()
     outcomes = {i: f.exception() or f.result() for i, f in enumerate(futures)}
     return ended(outcomes, script)
@@ -112,16 +119,12 @@ async def on_thread_batcher(script: Script, tmp_path: Path) -> Result:
 
 async def on_job(script: Script, tmp_path: Path) -> Result:
     store = SqliteStore(tmp_path / "freight.db")
-    clock = FakeClock()
+    clock = JumpingClock()  # the job's backoffs are sleeps on its clock
     job = Job(
         "contract", list(range(N)), sink=script, chunk_size=N, retry=RETRY, store=store,
         clock=clock,
     )  # fmt: skip
-    run = asyncio.get_running_loop().run_in_executor(None, job.run)
-    while not run.done():  # the job's waits (backoffs, heartbeats) are timers on the clock
-        await asyncio.sleep(0.005)
-        clock.advance_sync(0.5)
-    report = await run
+    report = await asyncio.to_thread(job.run)
     failed = {int(d.payload): d.error_type for d in store.dead_letters(report.job_id)}
     store.close()
     kinds = {i: failed.get(i, "ok") for i in range(N)}

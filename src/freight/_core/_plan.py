@@ -168,14 +168,13 @@ def _final(
 ) -> Outcome:
     """Decide which items come back for another try, and after what wait."""
     attempts = _attempts(len(outcomes), tries, tried)
-    if retry is None or (tried is None and tries >= retry.attempts):
+    if retry is None:
         return Outcome(outcomes, tries, attempts=attempts)
-    limit = retry.attempts
     again = [
         i
         for i, outcome in enumerate(outcomes)
         if isinstance(outcome, BaseException)
-        and attempts[i] < limit
+        and attempts[i] < retry.attempts
         and retry.is_transient(outcome)
     ]
     if not again:

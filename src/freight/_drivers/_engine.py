@@ -23,16 +23,10 @@ from freight._core._dispatch import DispatchQueue
 from freight._core._plan import Outcome
 from freight._core._spec import BatchSpec
 from freight._core._stats import BatcherStats, BatchEvent, StatsRecorder
-from freight._drivers._options import (
-    BatcherOptions,
-    Overflow,
-    Subscriber,
-    check_rate_limit,
-    check_retry,
-)
+from freight._drivers._options import BatcherOptions, Overflow, Subscriber
 from freight._errors import ConfigError, QueueFull, Skipped
 
-__all__ = ["EngineBase", "check_rate_limit", "check_retry", "fan_out"]
+__all__ = ["EngineBase", "fan_out"]
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -7,7 +7,9 @@ each bad row gets its own error. One try per half; outages are the job's ``Retry
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -31,7 +33,7 @@ def isolate(
         lambda part: call_sync(write, part),
         _ONCE,
         random=random.random,
-        sleep=_never,
+        sleep=time.sleep,  # one try per part: the plan never waits here
     )
     return [classify(o) if isinstance(o, BaseException) else None for o in outcome.outcomes]
 
@@ -50,13 +52,5 @@ async def aisolate(
             return Reply(error=exc)
         return Reply(value=None)
 
-    outcome, _ = await run_async(list(rows), call, _ONCE, random=random.random, sleep=_anever)
+    outcome, _ = await run_async(list(rows), call, _ONCE, random=random.random, sleep=asyncio.sleep)
     return [classify(o) if isinstance(o, BaseException) else None for o in outcome.outcomes]
-
-
-def _never(seconds: float) -> None:  # pragma: no cover - one try per part: no waits
-    raise AssertionError("isolation plans never sleep")
-
-
-async def _anever(seconds: float) -> None:  # pragma: no cover - one try per part: no waits
-    raise AssertionError("isolation plans never sleep")

@@ -37,7 +37,7 @@ from freight._core._retry import Retry
 from freight._core._time import to_positive_int, to_seconds
 from freight._drivers._asyncio import is_async_callable
 from freight._drivers._clocks import ThreadClock
-from freight._drivers._engine import check_rate_limit, check_retry
+from freight._drivers._options import check_rate_limit, check_retry
 from freight._errors import ConfigError, JobAlreadyRunning
 from freight._ratelimit import RateLimiter
 from freight.jobs._progress import Progress
