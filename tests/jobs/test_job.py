@@ -579,3 +579,34 @@ def test_store_may_be_given_as_a_path_or_url(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="store must be"):
         Job("x", [1], lambda batch: None, store=42)  # type: ignore[arg-type]
     assert freight.CsvSource is CsvSource
+
+
+def test_a_run_whose_owner_was_killed_and_not_yet_reaped_is_taken_over(
+    store: SqliteStore,
+) -> None:
+    """A process killed with SIGKILL stays a zombie (state Z) until its parent reaps it;
+    ``kill(pid, 0)`` still succeeds on it, yet it will never beat again: it is dead."""
+    import signal
+    import subprocess
+    import sys
+
+    from freight.jobs._job import _alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(child.pid, signal.SIGKILL)
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, left unreaped
+        assert not _alive(child.pid)
+        job = Job("zombie", items(5), Table(), store=store)
+        record = store.create_job(
+            name="zombie", job_type="bulk", fingerprint=job.source.fingerprint(), config={}
+        )
+        now = utcnow()
+        store.claim(record.id, host=socket.gethostname(), pid=child.pid, now=now, stale_before=now)
+        report = job.run()  # the heartbeat is fresh, but its process is a zombie
+        assert (report.job_id, report.status) == (record.id, "completed")
+        assert "taken_over" in [e.kind for e in store.events(record.id)]
+    finally:
+        child.wait()
+    assert _alive(os.getpid())
+    assert not _alive(None)

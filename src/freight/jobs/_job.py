@@ -347,8 +347,27 @@ def _check_thresholds(
 
 
 def _alive(pid: int | None) -> bool:
+    """True while process ``pid`` of this host runs (may still beat for its run).
+
+    A process killed with SIGKILL stays a zombie (state ``Z``) until its parent reaps
+    it: ``kill(pid, 0)`` still succeeds, yet it will never run again. On Linux its state
+    is read from ``/proc/<pid>/stat``, so a zombie counts as dead and a restart right
+    after ``kill -9`` takes its run over instead of being refused.
+    """
     if pid is None:
         return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        if _PROC.is_dir():  # Linux, and no such process
+            return False
+    except OSError:
+        pass  # unreadable: ask the kernel below
+    else:
+        # "pid (comm) state ...": comm may hold spaces and parentheses, so the state is
+        # the first field after the last ")".
+        state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+        return state not in (b"Z", b"X", b"x")
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -356,3 +375,6 @@ def _alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+_PROC = Path("/proc/self")
