@@ -6,7 +6,9 @@ How a run goes (the guarantees are in ``docs/jobs.md``):
    fingerprint resume the latest unfinished run; a finished run is reported, not
    redone; a changed source is refused unless ``fresh=True``.
 2. The run is claimed: a live owner elsewhere makes this runner refuse; an owner
-   whose heartbeat is stale, or whose pid is gone on this host, is taken over.
+   whose heartbeat is stale, or whose pid is gone (or a zombie) on this host, is taken
+   over. A new run is created already claimed, in one step of the store, so two
+   processes starting the same new job at once never both run it.
 3. Reading restarts at the first chunk not done (its recorded start position);
    later chunks already done are read past, not processed again.
 4. Each chunk: bad records and failing items become dead letters; the rest go
@@ -24,6 +26,7 @@ it with a :class:`~freight.testing.FakeClock` instead of sleeping.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import pickle
 import socket
@@ -225,30 +228,61 @@ class Job:
     # -- finding and claiming the run ----------------------------------------------
 
     def _prepare(self, fresh: bool) -> JobRecord:
+        """The run to execute, claimed: the latest unfinished run of this job, or a new one.
+
+        A new run is created already owned, in one step of the store
+        (:meth:`~freight.store.Store.claim_new`): of two processes starting the same new
+        job at the same instant, one gets the run and the other joins it like any later
+        runner (refused while it runs, given its report once it is done).
+        """
         store = self.store
         fingerprint = self.source.fingerprint()
-        latest = store.latest_job(self.name)
-        if latest is not None and not fresh:
-            if latest.fingerprint != fingerprint:
-                raise ConfigError(
-                    f"job {self.name!r} was run on different data (source fingerprint "
-                    f"{latest.fingerprint[:12]}…, now {fingerprint[:12]}…); run it with "
-                    "fresh=True (CLI: --fresh) to start over, or give the job another name"
-                )
-            if latest.status in DONE:
-                return latest
-            job = latest
-        else:
-            size = self.source.size()
-            job = store.create_job(
-                name=self.name,
-                job_type="bulk",
-                fingerprint=fingerprint,
-                config=self.config(),
-                total_items=size.items,
-                total_bytes=size.bytes,
-            )
-        return self._claim(job)
+        for _ in range(3):  # a lost race is settled on the next look
+            latest = store.latest_job(self.name)
+            if latest is not None and not fresh:
+                if latest.fingerprint != fingerprint:
+                    raise ConfigError(
+                        f"job {self.name!r} was run on different data (source fingerprint "
+                        f"{latest.fingerprint[:12]}…, now {fingerprint[:12]}…); run it with "
+                        "fresh=True (CLI: --fresh) to start over, or give the job another name"
+                    )
+                if latest.status in DONE:
+                    return latest
+                return self._claim(latest)
+            created = self._claim_new(latest, fingerprint)
+            if created is not None:
+                return created
+            current = store.latest_job(self.name)
+            if current is not None and latest is not None and current.id == latest.id:
+                raise _already_running(self.name, current)  # a live owner holds it
+            fresh = False  # another runner created a run of this job first: join it
+        raise JobAlreadyRunning(
+            f"job {self.name!r} is being started by other processes; try again"
+        )  # pragma: no cover - three lost races in a row
+
+    def _claim_new(self, latest: JobRecord | None, fingerprint: str) -> JobRecord | None:
+        """A new run of this job owned by this process, or ``None`` if another was first."""
+        size = self.source.size()
+        host, pid, now = socket.gethostname(), os.getpid(), self.utcnow()
+        new = functools.partial(
+            self.store.claim_new,
+            name=self.name,
+            job_type="bulk",
+            fingerprint=fingerprint,
+            config=self.config(),
+            total_items=size.items,
+            total_bytes=size.bytes,
+            replacing=None if latest is None else latest.id,
+            host=host,
+            pid=pid,
+            now=now,
+        )
+        created = new(stale_before=now - timedelta(seconds=self.stale_after))
+        if created is None and latest is not None:
+            current = self.store.get_job(latest.id)
+            if current is not None and current.owner_host == host and not _alive(current.owner_pid):
+                created = new(stale_before=now)  # its owner died on this host: not live
+        return created
 
     def _claim(self, job: JobRecord) -> JobRecord:
         store, host, pid = self.store, socket.gethostname(), os.getpid()
@@ -266,14 +300,18 @@ class Job:
             if current.owner_host == host and not _alive(current.owner_pid):
                 claimed = store.claim(job.id, host=host, pid=pid, now=now, stale_before=now)
             if claimed is None:
-                raise JobAlreadyRunning(
-                    f"job {self.name!r} (run {job.id}) is running in process {current.owner_pid} "
-                    f"on {current.owner_host} (heartbeat {current.heartbeat_at}); wait for it, "
-                    "or cancel it with `freight cancel`"
-                )
+                raise _already_running(self.name, current)
             store.add_event(job.id, "taken_over", {"from_pid": current.owner_pid})
         assert claimed is not None
         return claimed
+
+
+def _already_running(name: str, current: JobRecord) -> JobAlreadyRunning:
+    return JobAlreadyRunning(
+        f"job {name!r} (run {current.id}) is running in process {current.owner_pid} "
+        f"on {current.owner_host} (heartbeat {current.heartbeat_at}); wait for it, "
+        "or cancel it with `freight cancel`"
+    )
 
 
 Executor = Literal["threads", "async", "processes"]

@@ -54,6 +54,31 @@ class Store(Protocol):
         """Record a new run (status ``pending``) and return it."""
         ...
 
+    def claim_new(
+        self,
+        *,
+        name: str,
+        job_type: str,
+        fingerprint: str,
+        config: dict[str, Any],
+        total_items: int | None = None,
+        total_bytes: int | None = None,
+        replacing: str | None,
+        host: str,
+        pid: int,
+        now: datetime,
+        stale_before: datetime,
+    ) -> JobRecord | None:
+        """Atomically create a run of ``name`` (status ``pending``) owned by ``(host, pid)``.
+
+        Refused (``None``) when another runner was first: the latest run of ``name`` is
+        no longer ``replacing`` (the id of the latest run the caller saw, ``None`` for
+        none), or another owner holds it with a heartbeat newer than ``stale_before``.
+        Reading the latest run and creating the new one are one step, so of two runners
+        starting the same job at the same instant exactly one gets a run.
+        """
+        ...
+
     def get_job(self, job_id: str) -> JobRecord | None:
         """The run with this id, or ``None``."""
         ...

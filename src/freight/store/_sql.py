@@ -43,6 +43,11 @@ class Statements(NamedTuple):
         "INSERT INTO jobs (id, name, job_type, fingerprint, status, config, total_items,"
         " total_bytes, created_at) VALUES ({p}, {p}, {p}, {p}, 'pending', {p}, {p}, {p}, {p})"
     )
+    insert_claimed_job: str = (
+        "INSERT INTO jobs (id, name, job_type, fingerprint, status, config, total_items,"
+        " total_bytes, created_at, owner_host, owner_pid, heartbeat_at)"
+        " VALUES ({p}, {p}, {p}, {p}, 'pending', {p}, {p}, {p}, {p}, {p}, {p}, {p})"
+    )
     get_job: str = "SELECT * FROM jobs WHERE id = {p}"
     latest_job: str = "SELECT * FROM jobs WHERE name = {p} ORDER BY created_at DESC LIMIT 1"
     list_jobs: str = "SELECT * FROM jobs ORDER BY created_at DESC LIMIT {p}"
@@ -110,6 +115,22 @@ _LAST_CREATED = [datetime.min.replace(tzinfo=UTC)]
 _CREATED_LOCK = threading.Lock()
 
 
+def _next_created() -> datetime:
+    """Now, strictly after every creation time given before in this process (so that
+    "the latest run of a name" is exact)."""
+    with _CREATED_LOCK:
+        created = max(utcnow(), _LAST_CREATED[0] + timedelta(microseconds=1))
+        _LAST_CREATED[0] = created
+    return created
+
+
+def _held(job: JobRecord, host: str, pid: int, stale_before: datetime) -> bool:
+    """True when another owner than ``(host, pid)`` holds ``job`` with a fresh heartbeat."""
+    if job.owner_host is None or (job.owner_host, job.owner_pid) == (host, pid):
+        return False
+    return job.heartbeat_at is not None and job.heartbeat_at > stale_before
+
+
 def _ts(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
@@ -175,15 +196,52 @@ class SqlStore(ABC):
     ) -> JobRecord:
         """Record a new run (status ``pending``) and return it."""
         job_id = uuid.uuid4().hex
-        with _CREATED_LOCK:
-            # Strictly increasing creation times within a process, so "latest" is exact.
-            created = max(utcnow(), _LAST_CREATED[0] + timedelta(microseconds=1))
-            _LAST_CREATED[0] = created
+        created = _next_created()
         with self.transaction() as tx:
             tx.execute(
                 self.sql.insert_job,
                 (job_id, name, job_type, fingerprint, json.dumps(config), total_items,
                  total_bytes, _ts(created)),
+            )  # fmt: skip
+        return self._job(job_id)
+
+    def claim_new(
+        self,
+        *,
+        name: str,
+        job_type: str,
+        fingerprint: str,
+        config: dict[str, Any],
+        total_items: int | None = None,
+        total_bytes: int | None = None,
+        replacing: str | None,
+        host: str,
+        pid: int,
+        now: datetime,
+        stale_before: datetime,
+    ) -> JobRecord | None:
+        """Create a run of ``name`` owned by ``(host, pid)``, unless another runner was first
+        (see the :class:`~freight.store.Store` port).
+
+        One write transaction holding the name's lock (:attr:`Dialect.name_lock`) reads
+        the latest run of the name and inserts the new, owned one: two runners starting
+        the same job at the same instant are serialised there, and the second is refused.
+        """
+        job_id = uuid.uuid4().hex
+        with self.transaction() as tx:
+            tx.execute(self.dialect.name_lock, (name,))
+            rows = tx.query(self.sql.latest_job, (name,))
+            created = _next_created()
+            if rows:
+                latest = _job(rows[0])
+                if latest.id != replacing or _held(latest, host, pid, stale_before):
+                    return None
+                # Strictly after it, whatever the clocks of the two runners' machines say.
+                created = max(created, latest.created_at + timedelta(microseconds=1))
+            tx.execute(
+                self.sql.insert_claimed_job,
+                (job_id, name, job_type, fingerprint, json.dumps(config), total_items,
+                 total_bytes, _ts(created), host, pid, _ts(now)),
             )  # fmt: skip
         return self._job(job_id)
 
