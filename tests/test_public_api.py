@@ -38,6 +38,7 @@ FREIGHT = {
     "RecordError",
     "Skipped",
     "StoreError",
+    "TargetError",
     "TransientError",
     # core
     "BatchBuffer",

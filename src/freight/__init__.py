@@ -25,6 +25,7 @@ from freight._errors import (
     RecordError,
     Skipped,
     StoreError,
+    TargetError,
     TransientError,
     UnknownJob,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "RecordError",
     "Skipped",
     "StoreError",
+    "TargetError",
     "TransientError",
     # core
     "BatchBuffer",

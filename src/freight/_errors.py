@@ -13,6 +13,7 @@ error inherits that builtin too::
     ├── HandlerContractError (TypeError)  the handler broke the list-in/list-out rule
     ├── TransientError                    worth retrying: raise or return it from a handler
     ├── PermanentError                    never retried, whatever ``retry_on`` says
+    │   └── TargetError                   the target refuses every row: the job stops
     ├── RecordError (ValueError)          a source record that cannot be read or converted
     ├── JobAlreadyRunning                 another live process holds the job's run
     ├── UnknownJob (KeyError)             no run with that id in the store
@@ -39,6 +40,7 @@ __all__ = [
     "RecordError",
     "Skipped",
     "StoreError",
+    "TargetError",
     "TransientError",
     "UnknownJob",
 ]
@@ -78,6 +80,15 @@ class TransientError(FreightError):
 
 class PermanentError(FreightError):
     """A failure that retrying cannot fix; never retried, even if ``retry_on`` matches."""
+
+
+class TargetError(PermanentError):
+    """The target refuses the whole write, whatever its rows hold: a missing table,
+    schema or column, no privilege, a read-only database, more columns than it allows.
+
+    No row can land until someone fixes the target, so a job stops with this one
+    reason instead of dead-lettering every row with it.
+    """
 
 
 class RecordError(FreightError, ValueError):
