@@ -156,7 +156,16 @@ POSTGRES = {
 
 PGTYPES = {"TYPES", "converter", "infer_types", "parse_types"}
 
-SQLITE = {"AsyncSqliteSink", "SqliteSink", "classify", "quote_identifier", "sqlite_path"}
+SQLITE = {
+    "SQLITE_MAX_COLUMN",
+    "AsyncSqliteSink",
+    "SqliteSink",
+    "classify",
+    "create_table",
+    "quote_identifier",
+    "sqlite_path",
+    "table_types",
+}
 
 METRICS = {"PrometheusSubscriber"}
 

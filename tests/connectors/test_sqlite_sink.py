@@ -75,7 +75,7 @@ def test_a_failing_write_rolls_back_and_the_job_isolates_the_bad_row(tmp_path: P
 def test_bad_configuration(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs key"):
         SqliteSink(tmp_path / "d.db", "t", mode="upsert")
-    with pytest.raises(ConfigError, match="identifier"):
+    with pytest.raises(ConfigError, match="table name must not be empty"):
         SqliteSink(tmp_path / "d.db", "")
     with pytest.raises(ConfigError, match="mode"):
         SqliteSink(tmp_path / "d.db", "t", mode="merge")  # type: ignore[arg-type]

@@ -2,26 +2,112 @@
 
 Identifiers (table and column names) are quoted, whatever characters they hold;
 values are always bound parameters, never formatted into SQL. One transaction per
-write call: a failing call rolls back, and the job's retry policy bisects the
-chunk to isolate the bad rows. Errors are mapped to freight's classes in one place,
-:func:`classify`.
+write call: a failing call rolls back, and the bad rows are isolated by bisection.
+Errors are mapped to freight's classes in one place, :func:`classify`.
+
+**Typed tables.** ``freight load`` infers PostgreSQL column types
+(:func:`freight.connectors.pgtypes.infer_types`); a SQLite target gets the same types
+(:func:`create_table`, ``SqliteSink(types=…)``), declared so that SQLite's own column
+affinity keeps every value as it was converted:
+
+============================  ===============  ==========================================
+freight type                  declared as      stored
+============================  ===============  ==========================================
+bigint (integer, smallint)    ``BIGINT``       INTEGER (``BIGINT``, not ``INTEGER``: a
+                                               lone ``INTEGER PRIMARY KEY`` would be the
+                                               rowid, and NULL would become a new id)
+numeric                       ``NUMERIC``      INTEGER or REAL, exactly (see below)
+double precision, real        ``REAL``         REAL
+boolean                       ``BOOLEAN``      INTEGER 0/1
+timestamptz                   ``TIMESTAMPTZ``  TEXT, ISO 8601 with its UTC offset
+date                          ``DATE``         TEXT, ISO 8601
+text, jsonb, json             ``TEXT``         TEXT
+============================  ===============  ==========================================
+
+**Nothing is altered silently.** What SQLite would change on the way in is refused,
+so the row is dead-lettered with the reason instead: ``NaN`` (SQLite stores it as
+NULL), a NUL byte in text (PostgreSQL refuses it, and the targets must agree), an
+integer beyond 64 bits, and a ``numeric`` with more significant digits than a REAL
+keeps (SQLite's ``NUMERIC`` affinity would round ``12345678901234567.89``).
+
+**Locks.** A database another connection holds is waited for (``busy_timeout``); past
+that it is a :class:`~freight.TransientError`, retried by the job's ``Retry`` and never
+a dead letter of a row.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
+import math
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
+from datetime import date, datetime, time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
+from freight._core._time import to_seconds
 from freight._errors import ConfigError, PermanentError, TransientError
+from freight.connectors import pgtypes
 from freight.connectors._isolate import isolate
 
-__all__ = ["AsyncSqliteSink", "SqliteSink", "classify", "quote_identifier", "sqlite_path"]
+__all__ = [
+    "SQLITE_MAX_COLUMN",
+    "AsyncSqliteSink",
+    "SqliteSink",
+    "classify",
+    "create_table",
+    "quote_identifier",
+    "sqlite_path",
+    "table_types",
+]
+
+SQLITE_MAX_COLUMN = 2000
+"""SQLite's default limit on the columns of a table (``SQLITE_MAX_COLUMN``); the limit
+actually checked is the one the linked SQLite library reports."""
 
 _BUSY = {"SQLITE_BUSY", "SQLITE_LOCKED"}
+_INT64 = (-(2**63), 2**63 - 1)
+
+# freight (PostgreSQL) type -> SQLite declared type: a fixed allow-list, never user text.
+_DDL_TYPES = {
+    "bigint": "BIGINT",
+    "integer": "BIGINT",
+    "smallint": "BIGINT",
+    "numeric": "NUMERIC",
+    "double precision": "REAL",
+    "real": "REAL",
+    "boolean": "BOOLEAN",
+    "timestamptz": "TIMESTAMPTZ",
+    "date": "DATE",
+    "text": "TEXT",
+    "jsonb": "TEXT",
+    "json": "TEXT",
+}
+
+# SQLite declared type -> freight type (what table_types reports back).
+_KINDS = {
+    "BIGINT": "bigint",
+    "INTEGER": "bigint",
+    "INT": "bigint",
+    "NUMERIC": "numeric",
+    "DECIMAL": "numeric",
+    "REAL": "double precision",
+    "DOUBLE": "double precision",
+    "DOUBLE PRECISION": "double precision",
+    "FLOAT": "double precision",
+    "BOOLEAN": "boolean",
+    "BOOL": "boolean",
+    "TIMESTAMPTZ": "timestamptz",
+    "DATE": "date",
+}
+
+# A type pgtypes does not (yet) know falls back to the nearest one it does.
+_FALLBACK = {"double precision": "numeric", "date": "text"}
 
 
 def classify(error: BaseException) -> BaseException:
@@ -59,14 +145,248 @@ def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
-def _affinity(value: Any) -> str:
-    if isinstance(value, bool | int):
-        return "INTEGER"
-    if isinstance(value, float):
-        return "REAL"
-    if isinstance(value, bytes):
-        return "BLOB"
-    return "TEXT"
+# -- tables: names, limits, types --------------------------------------------------------
+
+
+def _check_table(table: str) -> None:
+    """Refuse a table name SQLite cannot take: empty, or reserved (``sqlite_…``)."""
+    if not isinstance(table, str) or not table.strip():
+        raise ConfigError(f"the SQLite table name must not be empty, got {table!r}")
+    if table.lower().startswith("sqlite_"):
+        raise ConfigError(
+            f"the table name {table!r} is reserved by SQLite (names starting with "
+            "'sqlite_' are its own); choose another table name"
+        )
+    quote_identifier(table)  # no NUL
+
+
+@functools.cache
+def _column_limit() -> int:
+    """The most columns a table may have in the linked SQLite (``SQLITE_MAX_COLUMN``)."""
+    with closing(sqlite3.connect(":memory:")) as db:
+        return int(db.getlimit(sqlite3.SQLITE_LIMIT_COLUMN))
+
+
+def _check_columns(table: str, columns: Sequence[str], key: Sequence[str]) -> None:
+    """Refuse, before anything is created, columns a SQLite table cannot have."""
+    if not columns:
+        raise ConfigError(f"table {table!r} needs at least one column")
+    for position, column in enumerate(columns, start=1):
+        if not isinstance(column, str) or not column:
+            raise ConfigError(f"column {position} of table {table!r} has an empty name")
+        quote_identifier(column)
+    limit = _column_limit()
+    if len(columns) > limit:
+        raise ConfigError(
+            f"table {table!r} would have {len(columns):,} columns, more than SQLite allows "
+            f"({limit:,}, SQLITE_MAX_COLUMN); load fewer columns"
+        )
+    missing = [k for k in key if k not in columns]
+    if missing:
+        raise ConfigError(f"key column(s) {missing} are not among the columns of {table!r}")
+
+
+def _canonical_types(types: Mapping[str, str]) -> dict[str, str]:
+    """``types`` with each type named as :mod:`~freight.connectors.pgtypes` names it, and
+    known to have a SQLite column type; a :class:`ConfigError` otherwise."""
+    out = {}
+    for column, type_name in types.items():
+        kind = pgtypes.canonical(type_name)
+        if kind not in _DDL_TYPES:
+            raise ConfigError(
+                f"column {column!r}: type {type_name!r} has no SQLite column type in freight; "
+                f"use one of {', '.join(sorted(set(_DDL_TYPES) & set(pgtypes.TYPES)))}"
+            )
+        out[column] = kind
+    return out
+
+
+def _kind(declared: str) -> str:
+    """The freight type of a column SQLite declares as ``declared`` (SQLite's rules:
+    any name with ``INT`` holds integers; what freight does not know is text)."""
+    upper = " ".join(declared.upper().split())
+    kind = _KINDS.get(upper) or ("bigint" if "INT" in upper else "text")
+    if kind not in pgtypes.TYPES:
+        kind = _FALLBACK.get(kind, "text")
+    return kind
+
+
+_PYTHON_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (bool, "BOOLEAN"),  # before int: a bool is an int
+    (int, "BIGINT"),
+    (float, "REAL"),
+    (Decimal, "NUMERIC"),
+    (datetime, "TIMESTAMPTZ"),  # before date: a datetime is a date
+    (date, "DATE"),
+    (bytes, "BLOB"),
+)
+
+
+def _python_kind(value: Any) -> str:
+    """The declared type of a column created from a first item's ``value``."""
+    return next((kind for cls, kind in _PYTHON_KINDS if isinstance(value, cls)), "TEXT")
+
+
+def _create(
+    db: sqlite3.Connection, table: str, declared: Mapping[str, str], key: Sequence[str]
+) -> None:
+    """``CREATE TABLE IF NOT EXISTS`` with these declared types; key columns NOT NULL
+    (SQLite would otherwise accept NULL in a primary key, and an upsert never matches it)."""
+    body = ", ".join(
+        f"{quote_identifier(c)} {kind}" + (" NOT NULL" if c in key else "")
+        for c, kind in declared.items()
+    )
+    if key:
+        body += f", PRIMARY KEY ({', '.join(map(quote_identifier, key))})"
+    _run(db, f"CREATE TABLE IF NOT EXISTS {quote_identifier(table)} ({body})")
+
+
+def _run(db: sqlite3.Connection, statement: str) -> list[Any]:
+    """One statement, sqlite3's errors mapped (:func:`classify`)."""
+    try:
+        return db.execute(statement).fetchall()
+    except sqlite3.Error as exc:
+        mapped = classify(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+
+
+def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+    try:
+        _run(db, "PRAGMA journal_mode=WAL")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _declared_types(db: sqlite3.Connection, table: str) -> dict[str, str] | None:
+    rows = _run(db, f"PRAGMA table_info({quote_identifier(table)})")
+    return {row[1]: row[2] for row in rows} or None
+
+
+def create_table(
+    path: str | Path,
+    table: str,
+    types: Mapping[str, str],
+    *,
+    key: Sequence[str] = (),
+    busy_timeout: float = 30.0,
+) -> None:
+    """Create ``table`` (if missing) with these column types and ``key`` as primary key.
+
+    ``types`` are freight's (PostgreSQL) type names, as
+    :func:`~freight.connectors.pgtypes.infer_types` gives them; each becomes the SQLite
+    type of the module's table. The name (empty, reserved ``sqlite_…``), the columns
+    (empty names, more than SQLite allows) and the key are checked before anything is
+    created: a :class:`~freight.ConfigError` names what is wrong.
+    """
+    _check_table(table)
+    kinds = _canonical_types(types)
+    _check_columns(table, list(kinds), key)
+    target = _file(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with closing(_connect(target, to_seconds(busy_timeout, "busy_timeout"))) as db:
+        _create(db, table, {c: _DDL_TYPES[k] for c, k in kinds.items()}, key)
+
+
+def table_types(path: str | Path, table: str) -> dict[str, str] | None:
+    """The columns of ``table`` and their freight types, or ``None`` when it does not exist
+    (nor the file). A column SQLite declares with a type freight does not know is text."""
+    _check_table(table)
+    target = _file(path)
+    if not target.exists():
+        return None
+    with closing(sqlite3.connect(target, timeout=30)) as db:
+        declared = _declared_types(db, table)
+    return None if declared is None else {c: _kind(d) for c, d in declared.items()}
+
+
+def _file(path: str | Path) -> Path:
+    return sqlite_path(path) if isinstance(path, str) and "://" in path else Path(path)
+
+
+# -- values: what SQLite stores exactly, or a reason ----------------------------------------
+
+
+def _nul(column: str) -> PermanentError:
+    return PermanentError(f"column {column!r}: text fields cannot contain NUL (0x00) bytes")
+
+
+def _not_finite(column: str, value: float | Decimal) -> PermanentError:
+    text = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return PermanentError(f"column {column!r}: {text} is not a finite number")
+
+
+def _decimal(value: Decimal, column: str) -> int | float:
+    """``value`` as the INTEGER or REAL that holds it exactly, or a PermanentError."""
+    if not value.is_finite():
+        raise _not_finite(column, value)
+    if value == value.to_integral_value() and _INT64[0] <= value <= _INT64[1]:
+        return int(value)
+    as_float = float(value)
+    if math.isfinite(as_float) and Decimal(repr(as_float)) == value:
+        return as_float  # its shortest repr reads back as the same number
+    raise PermanentError(
+        f"column {column!r}: {value} has more significant digits than SQLite keeps in a "
+        "number (about 15); load this column as text to keep it exact"
+    )
+
+
+def _text(value: str, column: str) -> str:
+    if "\x00" in value:
+        raise _nul(column)
+    return value
+
+
+def _integer(value: int, column: str) -> int:
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise PermanentError(
+            f"column {column!r}: {value} is out of range for SQLite's 64-bit integers"
+        )
+    return value
+
+
+def _float(value: float, column: str) -> float:
+    if math.isnan(value):  # sqlite3 would bind NaN as NULL
+        raise _not_finite(column, value)
+    return value
+
+
+def _iso(value: date | time, column: str) -> str:
+    return value.isoformat()
+
+
+def _json(value: dict[str, Any] | list[Any], column: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+_ADAPTERS: tuple[tuple[type | tuple[type, ...], Callable[[Any, str], Any]], ...] = (
+    (bool, lambda value, column: value),  # before int: a bool is an int (bound as 0/1)
+    (int, _integer),
+    (float, _float),
+    (str, _text),  # a subclass (a str enum) is bound as its text
+    (Decimal, _decimal),
+    ((datetime, date, time), _iso),
+    ((dict, list), _json),
+)
+
+
+def _bind(value: Any, column: str) -> Any:
+    """``value`` as SQLite stores it without altering it, or a PermanentError saying why not."""
+    if type(value) is str:  # the common case first: a CSV load binds text
+        return _text(value, column)
+    if value is None:
+        return None
+    for cls, adapt in _ADAPTERS:
+        if isinstance(value, cls):
+            return adapt(value, column)
+    return value  # bytes are a BLOB; anything else sqlite3 refuses by itself
+
+
+# -- the sinks -------------------------------------------------------------------------------
 
 
 class SqliteSink:
@@ -74,12 +394,21 @@ class SqliteSink:
 
     Args:
         path: the database file (or a ``sqlite:///`` URL).
-        table: the table, taken literally (quoted); created if missing, with the
-            columns of the first item (types from its values).
+        table: the table, taken literally (quoted); created if missing. A name SQLite
+            reserves (``sqlite_…``) or an empty one is a :class:`~freight.ConfigError`.
         key: column(s) identifying a row; with ``mode="upsert"`` (the default when
-            a key is given) a row with the same key is updated, which makes a
-            replayed chunk harmless: exactly-once in effect.
+            a key is given) a row with the same key is updated (the last one written
+            wins), which makes a replayed chunk harmless: exactly-once in effect.
         mode: ``"insert"`` or ``"upsert"``.
+        types: freight's (PostgreSQL) type of each column, as
+            :func:`~freight.connectors.pgtypes.infer_types` gives them. A missing table
+            is created with them (:func:`create_table`) when the sink is made, and each
+            item is converted with :func:`~freight.connectors.pgtypes.converter`: a value
+            that does not fit its column fails that row alone (a dead letter with the
+            reason), as on PostgreSQL. Without ``types``, values are written as they are
+            and a missing table takes the columns and types of the first item.
+        busy_timeout: seconds a write waits for another connection's transaction
+            before it fails with a :class:`~freight.TransientError` (retried by the job).
     """
 
     def __init__(
@@ -89,8 +418,11 @@ class SqliteSink:
         *,
         key: str | Sequence[str] | None = None,
         mode: Literal["insert", "upsert"] | None = None,
+        types: Mapping[str, str] | None = None,
+        busy_timeout: float = 30.0,
     ) -> None:
-        self.path = sqlite_path(path) if isinstance(path, str) and "://" in path else Path(path)
+        self.path = _file(path)
+        _check_table(table)
         self.table = table
         self._table = quote_identifier(table)
         self.key = [key] if isinstance(key, str) else list(key or [])
@@ -102,10 +434,39 @@ class SqliteSink:
         if mode == "upsert" and not self.key:
             raise ConfigError("mode='upsert' needs key= (the column(s) that identify a row)")
         self.mode = mode
+        self.types = None if types is None else _canonical_types(types)
+        if self.types is not None:
+            _check_columns(table, list(self.types), self.key)
+        self.busy_timeout = to_seconds(busy_timeout, "busy_timeout")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = self._connect()
+        self._open()
+        if self.types is not None:
+            self._typed_table(self.types)
+
+    def _open(self) -> None:
+        self._db = _connect(self.path, self.busy_timeout)
         self._lock = threading.Lock()
-        self._columns: list[str] | None = self._existing_columns()
+        self._convert: Callable[[Mapping[str, Any]], dict[str, Any]] | None = (
+            None if self.types is None else pgtypes.converter(self.types)
+        )
+        self._statements: dict[tuple[str, ...], str] = {}
+        self._columns: list[str] | None = None
+        declared = _declared_types(self._db, self.table)
+        if declared is not None:
+            self._columns = list(declared)
+
+    def _typed_table(self, types: dict[str, str]) -> None:
+        """Create the table with ``types`` if missing; else check that it has their columns."""
+        if self._columns is None:
+            _create(self._db, self.table, {c: _DDL_TYPES[k] for c, k in types.items()}, self.key)
+            self._columns = list(types)
+            return
+        missing = [c for c in types if c not in self._columns]
+        if missing:
+            raise ConfigError(
+                f"types= names column(s) {missing} that table {self.table!r} lacks "
+                f"(its columns: {self._columns})"
+            )
 
     def __repr__(self) -> str:
         return f"SqliteSink({str(self.path)!r}, {self.table!r}, key={self.key!r})"
@@ -113,38 +474,32 @@ class SqliteSink:
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (for worker processes): the connection is reopened on arrival."""
         state = self.__dict__.copy()
-        del state["_db"], state["_lock"]
+        for name in ("_db", "_lock", "_convert", "_statements", "_columns"):
+            del state[name]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._db = self._connect()
-        self._lock = threading.Lock()
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
-
-    def _existing_columns(self) -> list[str] | None:
-        rows = self._db.execute(f"PRAGMA table_info({self._table})").fetchall()
-        return [row[1] for row in rows] or None
+        self._open()
 
     def _ensure_table(self, first: Mapping[str, Any]) -> list[str]:
         if self._columns is not None:
             return self._columns
+        if not isinstance(first, Mapping):
+            raise PermanentError(f"SqliteSink needs mappings, got {type(first).__name__}")
         columns = list(first)
         missing = [k for k in self.key if k not in columns]
         if missing:
             raise ConfigError(f"key column(s) {missing} are not among the item's fields {columns}")
-        body = ", ".join(f"{quote_identifier(c)} {_affinity(first[c])}" for c in columns)
-        if self.key:
-            body += f", PRIMARY KEY ({', '.join(map(quote_identifier, self.key))})"
-        self._db.execute(f"CREATE TABLE IF NOT EXISTS {self._table} ({body})")
-        self._columns = self._existing_columns() or columns
+        _check_columns(self.table, columns, self.key)
+        _create(self._db, self.table, {c: _python_kind(first[c]) for c in columns}, self.key)
+        self._columns = list(_declared_types(self._db, self.table) or columns)
         return self._columns
 
     def _statement(self, columns: list[str]) -> str:
+        cached = self._statements.get(tuple(columns))
+        if cached is not None:
+            return cached
         names = ", ".join(map(quote_identifier, columns))
         marks = ", ".join("?" for _ in columns)
         sql = f"INSERT INTO {self._table} ({names}) VALUES ({marks})"  # noqa: S608 (quoted)
@@ -158,43 +513,71 @@ class SqliteSink:
             sql += f" ON CONFLICT ({target}) " + (
                 f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
             )
+        self._statements[tuple(columns)] = sql
         return sql
 
     def write(self, items: list[Mapping[str, Any]], context: object = None) -> list[Any] | None:
         """Write ``items`` in one transaction; return ``None``, or one outcome per item.
 
-        When some rows fail (a constraint, an unknown field), the call is bisected: the
-        good rows are committed and each bad row gets its own error.
+        A row that cannot be stored as it is (a value that does not fit its column, a
+        field the table lacks, a constraint) gets its own
+        :class:`~freight.PermanentError`; the other rows are committed. A database
+        locked past ``busy_timeout`` raises :class:`~freight.TransientError`: the whole
+        call is retried, no row fails for it.
         """
         if not items:
             return None
         with self._lock:
             columns = self._ensure_table(items[0])
-            try:
-                self._write_items(columns, items)
-            except PermanentError:  # a bad row: find it (them) by bisection, keep the rest
-                return isolate(items, lambda part: self._write_items(columns, part))
-            return None
+            statement = self._statement(columns)
+            outcomes: list[Any] = [None] * len(items)
+            rows: list[list[Any]] = []
+            places: list[int] = []
+            for place, item in enumerate(items):
+                try:
+                    rows.append(self._row(item, columns))
+                except PermanentError as refused:
+                    outcomes[place] = refused
+                else:
+                    places.append(place)
+            if rows:
+                try:
+                    self._write_rows(statement, rows)
+                except PermanentError:  # a refused row: find it (them) by bisection
+                    found = isolate(rows, lambda part: self._write_rows(statement, part))
+                    for place, outcome in zip(places, found, strict=True):
+                        outcomes[place] = outcome
+            return None if all(o is None for o in outcomes) else outcomes
 
-    def _write_items(self, columns: list[str], items: list[Mapping[str, Any]]) -> None:
-        """One transaction; raises freight's classes (:func:`classify`)."""
-        rows = []
-        for item in items:
-            unknown = set(item) - set(columns)
-            if unknown:
-                raise PermanentError(
-                    f"fields {sorted(unknown)} are not columns of {self.table!r} "
-                    f"(its columns: {columns}); drop them from the item or add the columns"
-                )
-            rows.append([item.get(c) for c in columns])
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
+    def _row(self, item: Mapping[str, Any], columns: list[str]) -> list[Any]:
+        """``item`` as the bound values of ``columns``, or a PermanentError saying why not."""
+        if not isinstance(item, Mapping):
+            raise PermanentError(f"SqliteSink needs mappings, got {type(item).__name__}")
+        unknown = [f for f in item if f not in columns]
+        if unknown:
+            raise PermanentError(
+                f"fields {sorted(unknown)} are not columns of {self.table!r} "
+                f"(its columns: {columns}); drop them from the item or add the columns"
+            )
+        if self._convert is not None:
             try:
-                self._db.executemany(self._statement(columns), rows)
+                item = self._convert(item)
+            except ValueError as exc:  # "column 'amount': 'abc' is not a number"
+                raise PermanentError(str(exc)) from exc
+        return [_bind(item.get(c), c) for c in columns]
+
+    def _write_rows(self, statement: str, rows: list[list[Any]]) -> None:
+        """One transaction; raises freight's classes (:func:`classify`)."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(statement, rows)
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back already
+                    db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
             mapped = classify(exc)
             if mapped is exc:
@@ -221,9 +604,13 @@ class AsyncSqliteSink:
         *,
         key: str | Sequence[str] | None = None,
         mode: Literal["insert", "upsert"] | None = None,
+        types: Mapping[str, str] | None = None,
+        busy_timeout: float = 30.0,
     ) -> None:
-        self._args = (path, table, key, mode)
-        self._sync: SqliteSink | None = SqliteSink(path, table, key=key, mode=mode)
+        self._make = functools.partial(
+            SqliteSink, path, table, key=key, mode=mode, types=types, busy_timeout=busy_timeout
+        )
+        self._sync: SqliteSink | None = self._make()
         self.path, self.table, self.key, self.mode = (
             self._sync.path,
             table,
@@ -241,8 +628,7 @@ class AsyncSqliteSink:
         if not items:
             return None
         if self._sync is None:  # closed by aclose(): open again
-            path, table, key, mode = self._args
-            self._sync = SqliteSink(path, table, key=key, mode=mode)
+            self._sync = self._make()
         return await asyncio.to_thread(self._sync.write, items, context)
 
     async def aclose(self) -> None:
