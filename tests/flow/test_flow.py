@@ -86,7 +86,7 @@ async def test_partial_groups_can_be_emitted_to_the_handler() -> None:
     seen: list[Group] = []
 
     @flow.consumer("p").consumes(
-        Temperature, Pressure, join=JoinSpec(by="device_id", within=5), on_partial="emit"
+        Temperature, Pressure, join=JoinSpec(by="device_id", within=5.0), on_partial="emit"
     )
     async def handle(group: Group) -> None:
         seen.append(group)
@@ -247,7 +247,7 @@ async def test_close_drains_batches_with_reason_close_and_what_they_publish() ->
     def b(items: list[Pong]) -> None:  # a sync handler runs in a thread
         totals.append(len(items))
 
-    @flow.consumer("j").consumes(Ping, Pong, join=JoinSpec(by=lambda x: -x.n, within=10))
+    @flow.consumer("j").consumes(Ping, Pong, join=JoinSpec(by=lambda x: -x.n, within=10.0))
     async def j(group: Group) -> None:
         pass
 
@@ -312,7 +312,7 @@ async def test_configuration_errors_say_what_to_fix() -> None:
     with pytest.raises(ConfigError, match="not an artifact type"):
         flow.consumer("x").consumes(int)
     with pytest.raises(ConfigError, match="at least two types"):
-        flow.consumer("x").consumes(Ping, join=JoinSpec(by="n", within=1))
+        flow.consumer("x").consumes(Ping, join=JoinSpec(by="n", within=1.0))
     with pytest.raises(ConfigError, match=r"batch must be a freight\.BatchSpec"):
         flow.consumer("x").consumes(Ping, batch=25)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="on_partial applies to joins"):
@@ -565,7 +565,7 @@ def test_the_duckdb_tracer_keeps_spans_it_could_not_write(tmp_path: Path) -> Non
 async def test_an_unreadable_join_key_is_a_dead_letter_not_a_crash() -> None:
     flow = Flow(clock=FakeClock(), trace=False)
 
-    @flow.consumer("j", consumes=(Ping, Pong), join=JoinSpec(by=lambda x: 1 // x.n, within=5))
+    @flow.consumer("j", consumes=(Ping, Pong), join=JoinSpec(by=lambda x: 1 // x.n, within=5.0))
     async def j(group: Group) -> None:
         pass
 

@@ -34,8 +34,16 @@ class BatchSpec:
     (plus the handler's own time). ``timeout=0`` flushes at the driver's next turn,
     which batches whatever arrived in the same event-loop iteration.
 
+    ``BatchSpec(timeout=30)`` without a size is a *time-only* batch (Flock's meaning):
+    whatever arrives within 30 s of the first item is one batch. Only a Flow consumer
+    takes one (``time_only`` is then true): a ``Batcher``, ``ThreadBatcher`` or
+    ``@batched`` sizes its batches and statistics by ``size``, and reading ``size``
+    of a time-only spec raises a :class:`~freight.ConfigError` saying so, the moment
+    one is built with it.
+
     Args:
-        size: most items in one batch (``int`` ≥ 1).
+        size: most items in one batch (``int`` ≥ 1); omitted (``None``) for a
+            time-only batch, which then needs a ``timeout``.
         timeout: seconds (``float`` or ``timedelta``) a batch may stay open; ``None``
             waits for ``size``/``max_bytes`` or an explicit flush.
         max_bytes: most bytes in one batch, measured by ``sizer``. A single item
@@ -46,21 +54,28 @@ class BatchSpec:
         ConfigError: a value is out of range; the message names it and the rule.
     """
 
-    __slots__ = ("max_bytes", "size", "sizer", "timeout")
+    __slots__ = ("_size", "max_bytes", "sizer", "timeout")
 
-    size: int
+    _size: int | None
     timeout: float | None
     max_bytes: int | None
     sizer: Callable[[Any], int] | None
 
     def __init__(
         self,
-        size: int,
+        size: int | None = None,
         timeout: float | timedelta | None = None,
         max_bytes: int | None = None,
         sizer: Callable[[Any], int] | None = None,
     ) -> None:
-        object.__setattr__(self, "size", to_positive_int(size, "BatchSpec.size"))
+        if size is None and timeout is None:
+            raise ConfigError(
+                "BatchSpec needs a size, a timeout, or both: BatchSpec(size=25), "
+                "BatchSpec(timeout=30) (a time-only batch) or BatchSpec(size=25, timeout=30)"
+            )
+        if size is not None:
+            size = to_positive_int(size, "BatchSpec.size")
+        object.__setattr__(self, "_size", size)
         object.__setattr__(
             self,
             "timeout",
@@ -77,6 +92,25 @@ class BatchSpec:
             )
         object.__setattr__(self, "sizer", sizer)
 
+    @property
+    def size(self) -> int:
+        """Most items in one batch.
+
+        Raises:
+            ConfigError: a time-only spec has none; only a Flow consumer takes one.
+        """
+        if self._size is None:
+            raise ConfigError(
+                f"{self!r} has no size: a time-only batch, which only a Flow consumer "
+                "takes; a Batcher, ThreadBatcher or @batched needs BatchSpec(size=<int>, ...)"
+            )
+        return self._size
+
+    @property
+    def time_only(self) -> bool:
+        """No ``size``: the batch is due at its ``timeout`` (or ``max_bytes``)."""
+        return self._size is None
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"BatchSpec is immutable; build a new one instead of setting {name}")
 
@@ -84,7 +118,7 @@ class BatchSpec:
         raise AttributeError(f"BatchSpec is immutable; cannot delete {name}")
 
     def __repr__(self) -> str:
-        parts = [f"size={self.size}"]
+        parts = [] if self._size is None else [f"size={self._size}"]
         if self.timeout is not None:
             parts.append(f"timeout={self.timeout}")
         if self.max_bytes is not None:
@@ -94,7 +128,7 @@ class BatchSpec:
         return f"BatchSpec({', '.join(parts)})"
 
     def _astuple(self) -> tuple[object, ...]:
-        return (self.size, self.timeout, self.max_bytes, self.sizer)
+        return (self._size, self.timeout, self.max_bytes, self.sizer)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, BatchSpec):
