@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from freight import ConfigError, Job, PermanentError, Retry
+from freight import ConfigError, Job, PermanentError, Retry, TargetError
 from freight.connectors import pgtypes
 from freight.connectors.sqlite import (
     SQLITE_MAX_COLUMN,
@@ -329,12 +329,15 @@ def test_more_columns_than_sqlite_allows_are_refused_before_anything_is_created(
     assert len(declared(path, "widest")) == SQLITE_MAX_COLUMN
 
 
-def test_an_untyped_sink_checks_the_limit_before_creating_the_table(tmp_path: Path) -> None:
+def test_an_untyped_sink_refuses_every_row_of_a_table_past_the_limit(tmp_path: Path) -> None:
     path = tmp_path / "d.db"
     sink = SqliteSink(path, "wide")
-    with pytest.raises(ConfigError, match="SQLITE_MAX_COLUMN"):
-        sink.write([{f"c{i}": i for i in range(SQLITE_MAX_COLUMN + 1)}])
+    wide = {f"c{i}": i for i in range(SQLITE_MAX_COLUMN + 1)}
+    outcomes = sink.write([wide, wide])
     sink.close()
+    assert outcomes is not None
+    assert all(isinstance(o, TargetError) for o in outcomes)  # the table's, not a row's
+    assert "SQLITE_MAX_COLUMN" in str(outcomes[0])
     assert select(path, "SELECT name FROM sqlite_master") == []
 
 

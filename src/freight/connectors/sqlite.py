@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from freight._core._time import to_seconds
-from freight._errors import ConfigError, PermanentError, TransientError
+from freight._errors import ConfigError, PermanentError, TargetError, TransientError
 from freight.connectors import pgtypes
 from freight.connectors._isolate import isolate
 
@@ -71,6 +71,11 @@ SQLITE_MAX_COLUMN = 2000
 actually checked is the one the linked SQLite library reports."""
 
 _BUSY = {"SQLITE_BUSY", "SQLITE_LOCKED"}
+# Error codes (and their extended forms) that refuse the statement, not a row.
+_TARGET = (
+    "SQLITE_ERROR", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_CORRUPT", "SQLITE_NOTADB",
+    "SQLITE_FULL", "SQLITE_PERM", "SQLITE_AUTH", "SQLITE_IOERR",
+)  # fmt: skip
 _INT64 = (-(2**63), 2**63 - 1)
 
 # freight (PostgreSQL) type -> SQLite declared type: a fixed allow-list, never user text.
@@ -115,16 +120,28 @@ def classify(error: BaseException) -> BaseException:
 
     - A database another connection holds past the busy timeout (``SQLITE_BUSY``,
       ``SQLITE_LOCKED``) is :class:`~freight.TransientError`: the job's ``Retry`` tries again.
+    - A statement the database refuses whatever the rows hold (no such table or column,
+      an upsert key the table has no unique index for: ``SQLITE_ERROR``; a read-only,
+      corrupt, full or unopenable file) is a :class:`~freight.TargetError`: not any
+      row's fault, so it is never bisected into one dead letter per row.
     - A row the database refuses (``sqlite3.IntegrityError``: a null in a ``NOT NULL``
-      column, a unique or check violation) is :class:`~freight.PermanentError`.
-    - Anything else (a freight error already, a broken statement) is returned as it is.
+      column, a unique or check violation, a datatype mismatch; a value too big, or
+      one sqlite3 cannot bind) is :class:`~freight.PermanentError`.
+    - Anything else (a freight error already, a closed connection) is returned as it is.
     """
     mapped: BaseException
     # sqlite_errorname is set on the errors sqlite3 raises, not on one made by hand
-    if isinstance(error, sqlite3.Error) and getattr(error, "sqlite_errorname", None) in _BUSY:
+    name = getattr(error, "sqlite_errorname", None) or ""
+    if isinstance(error, sqlite3.Error) and name in _BUSY:
         mapped = TransientError(f"SQLite database busy: {error}")
+    elif isinstance(error, sqlite3.OperationalError) and name.startswith(_TARGET):
+        mapped = TargetError(f"the target refuses the write: {error}")
     elif isinstance(error, sqlite3.IntegrityError):
         mapped = PermanentError(f"IntegrityError: {error}")
+    elif name == "SQLITE_TOOBIG" or (
+        isinstance(error, sqlite3.ProgrammingError) and str(error).startswith("Error binding")
+    ):
+        mapped = PermanentError(str(error))
     else:
         return error
     mapped.__cause__ = error
@@ -386,6 +403,15 @@ def _bind(value: Any, column: str) -> Any:
     return value  # bytes are a BLOB; anything else sqlite3 refuses by itself
 
 
+def _target_error(error: ConfigError | TargetError) -> TargetError:
+    """A table-level refusal met while writing, as the TargetError every row gets."""
+    if isinstance(error, TargetError):
+        return error
+    refused = TargetError(str(error))
+    refused.__cause__ = error
+    return refused
+
+
 # -- the sinks -------------------------------------------------------------------------------
 
 
@@ -521,14 +547,19 @@ class SqliteSink:
 
         A row that cannot be stored as it is (a value that does not fit its column, a
         field the table lacks, a constraint) gets its own
-        :class:`~freight.PermanentError`; the other rows are committed. A database
-        locked past ``busy_timeout`` raises :class:`~freight.TransientError`: the whole
-        call is retried, no row fails for it.
+        :class:`~freight.PermanentError`; the other rows are committed. A table that
+        refuses every row (gone, read-only, too many columns, no key the upsert can
+        use) is a :class:`~freight.TargetError`, every item's outcome, never bisected.
+        A database locked past ``busy_timeout`` raises :class:`~freight.TransientError`:
+        the whole call is retried, no row fails for it.
         """
         if not items:
             return None
         with self._lock:
-            columns = self._ensure_table(items[0])
+            try:
+                columns = self._ensure_table(items[0])
+            except (ConfigError, TargetError) as exc:  # the table, not a row
+                return [_target_error(exc)] * len(items)
             statement = self._statement(columns)
             outcomes: list[Any] = [None] * len(items)
             rows: list[list[Any]] = []
@@ -543,6 +574,8 @@ class SqliteSink:
             if rows:
                 try:
                     self._write_rows(statement, rows)
+                except TargetError as refused:  # every row: the job stops with this reason
+                    return [refused] * len(items)
                 except PermanentError:  # a refused row: find it (them) by bisection
                     found = isolate(rows, lambda part: self._write_rows(statement, part))
                     for place, outcome in zip(places, found, strict=True):
