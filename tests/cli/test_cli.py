@@ -36,7 +36,7 @@ def test_load_then_report_list_and_status(data: Path, tmp_path: Path) -> None:
         "load", str(data), "--into", f"sqlite:///{db}", "--table", "users", "--key", "id",
         "--name", "users", "--chunk-size", "10", "--store", store,
     )  # fmt: skip
-    assert code == 0, out
+    assert code == 3, out  # finished, but a row was dead-lettered
     assert "completed_with_errors" in out
     assert "line 27: RecordError (validation): expected 2 columns, got 3" in out
     with sqlite3.connect(db) as conn:
@@ -146,7 +146,7 @@ def test_retry_failed_and_resume_rebuild_a_load_from_the_store(data: Path, tmp_p
         "--name", "users", "--store", store,
     )  # fmt: skip
     code, out, _ = invoke("retry-failed", "users", "--json", "--store", store)
-    assert code == 0
+    assert code == 3  # the row still fails: still dead-lettered
     report = json.loads(out)
     assert report["summary"]["failed"] == 1  # a malformed line fails again: its file is unchanged
     assert report["errors"][-1]["retry_attempts"] == 0

@@ -44,7 +44,7 @@ def users(tmp_path: Path) -> Path:
 
 def test_a_store_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
     line = one_line_error(["list", "--store", str(tmp_path)])  # a directory, not a file
-    assert f"cannot open the store at {tmp_path}" in line
+    assert str(tmp_path) in line  # named
 
 
 def test_a_target_database_that_cannot_be_opened_is_one_line(users: Path, tmp_path: Path) -> None:

@@ -2,8 +2,11 @@
 
 The commands raise; one boundary, :class:`_Commands`, decides what the user sees: a
 usage mistake or a user error (a freight error, a file, a database, a missing extra)
-is one line on stderr and exit code 2. Exit 1 is a run that failed or was cancelled,
-130 a second Ctrl-C. Anything else is a bug in freight and keeps its traceback.
+is one line on stderr and exit code 2. A command that runs a job exits with what the
+run came to (:func:`_exit_code_of`): 0 every item landed, 1 failed or stopped early,
+3 finished with dead letters, 130 a second Ctrl-C (:data:`EXIT_CODES` is the table
+the help and ``docs/guide.md`` show). Anything else is a bug in freight and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ import importlib
 import itertools
 import logging
 import os
+import socket
 import sqlite3
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -24,11 +30,23 @@ import typer
 from typer.core import TyperGroup
 
 from freight._core._retry import Retry
-from freight._errors import FreightError
+from freight._errors import FreightError, StoreError, TargetError
+from freight.connectors import pgtypes
 from freight.connectors.sqlite import SqliteSink, sqlite_path
+from freight.connectors.sqlite import table_types as sqlite_table_types
 from freight.jobs import CsvSource, Job, JobReport, JsonlSource, ProgressPrinter
+from freight.jobs._job import _alive
 from freight.jobs._report import load_report
-from freight.store import DEFAULT_PATH, DONE, LIVE, STOPPED, JobRecord, Store, open_store
+from freight.store import (
+    DEFAULT_PATH,
+    DONE,
+    LIVE,
+    STOPPED,
+    Control,
+    JobRecord,
+    Store,
+    open_store,
+)
 from freight.store._records import utcnow
 
 __all__ = ["app", "main"]
@@ -41,6 +59,40 @@ _EXTRAS = {
     "duckdb": "trace",
     "prometheus_client": "prometheus",
 }
+
+# What a command that runs a job (load, run, resume, retry-failed) exits with.
+EXIT_LANDED = 0
+"""Every item landed (or the command did what it was asked)."""
+EXIT_STOPPED = 1
+"""The run failed, was cancelled or stopped early (over --max-failures): run it again."""
+EXIT_USER_ERROR = 2
+"""A user error: one line on stderr says what was wrong and how to fix it."""
+EXIT_DEAD_LETTERS = 3
+"""The run finished, but some items were dead-lettered (``freight report`` lists them)."""
+EXIT_INTERRUPTED = 130
+"""A second Ctrl-C stopped the run at once: the same command again resumes it."""
+
+EXIT_CODES = f"""\b
+Exit codes (load, run, resume, retry-failed):
+  {EXIT_LANDED}    every item landed
+  {EXIT_STOPPED}    the run failed, was cancelled or stopped early (--max-failures,
+       --max-failure-rate): run the same command again to resume it
+  {EXIT_USER_ERROR}    a user error: one line on stderr says what to fix
+  {EXIT_DEAD_LETTERS}    finished, but some rows were dead-lettered: see the report
+       (freight report JOB), fix them, then freight retry-failed JOB
+  {EXIT_INTERRUPTED}  stopped at once by a second Ctrl-C: run the same command again"""
+"""The exit codes, as ``freight --help`` and ``freight load --help`` show them."""
+
+# The most columns a table may have: PostgreSQL's fixed limit (MaxHeapAttributeNumber),
+# and SQLite's as compiled into the library this Python uses (2000 by default).
+POSTGRES_MAX_COLUMNS = 1600
+with closing(sqlite3.connect(":memory:")) as _db:
+    SQLITE_MAX_COLUMNS = _db.getlimit(sqlite3.SQLITE_LIMIT_COLUMN)
+# PostgreSQL cuts longer names to 63 bytes (NAMEDATALEN - 1) without an error.
+POSTGRES_MAX_NAME_BYTES = 63
+
+# Seconds without a heartbeat after which a run's owner is dead (Job's stale_after default).
+STALE_AFTER = 30.0
 
 
 class _Commands(TyperGroup):
@@ -97,7 +149,7 @@ def _user_error(exc: Exception) -> str | None:
     psycopg = sys.modules.get("psycopg")  # the database refused (imported if it was used)
     refused = psycopg is not None and isinstance(exc, psycopg.Error)
     if isinstance(exc, FreightError | ImportError | OSError | sqlite3.Error) or refused:
-        return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        return _one_line(exc)
     return None
 
 
@@ -105,6 +157,7 @@ app = typer.Typer(
     name="freight",
     cls=_Commands,
     help="Batch processing: run, load, watch and control bulk jobs.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -131,6 +184,24 @@ def _error(message: str) -> int:
 def _fail(message: str) -> NoReturn:
     """End the command with a user error (one line, exit 2)."""
     raise typer.Exit(_error(message))
+
+
+def _open(store: str) -> Store:
+    """The store at ``store``, opened and read once, so that a corrupt, truncated or
+    read-only store (or one in a folder it cannot be made in) is one line naming it,
+    before the command does anything else."""
+    try:
+        opened = open_store(store)
+        opened.list_jobs(limit=1)
+    except StoreError:
+        raise  # it names the store itself
+    except (sqlite3.Error, OSError) as exc:  # a SQLite store: never a password in its name
+        _fail(f"cannot use the store at {store}: {_one_line(exc)}")
+    return opened
+
+
+def _one_line(exc: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def _find(store: Store, job: str) -> JobRecord:
@@ -166,25 +237,50 @@ def _run_job(job: Job, fresh: bool) -> JobReport:
     """Run with a progress display; a second Ctrl-C ends the command with one line."""
     shown = job.on_progress is None
     try:
-        with ProgressPrinter() as printer:
+        with ProgressPrinter() as printer, _writing(job.store):
             if shown:
                 job.on_progress = printer
             return job.run(fresh=fresh)
     except KeyboardInterrupt:
         typer.echo("freight: stopped at once; run the same command again to resume", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         if shown:  # the printer's stream is this command's: never leave it on the job
             job.on_progress = None
 
 
+@contextmanager
+def _writing(store: Store) -> Iterator[None]:
+    """Where a command writes to ``store``: a SQLite error that escapes is the store's
+    (a read-only or damaged file), said in one line naming it. A run's sink never lets
+    one escape: its errors become the dead letters of the rows it could not write."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        _fail(f"the store {store!r} failed: {_one_line(exc)}")
+
+
 def _finish(report: JobReport, as_json: bool) -> None:
+    """Show the report; end the command with the exit code of what the run came to."""
     _render(report, as_json)
-    if report.status in STOPPED:  # ended early: exit 1
-        raise typer.Exit(1)
+    code = _exit_code_of(report.status)
+    if code != EXIT_LANDED:
+        raise typer.Exit(code)
 
 
-@app.command()
+def _exit_code_of(status: str) -> int:
+    """The exit code of a run that ended in ``status`` (see :data:`EXIT_CODES`).
+
+    Dead letters are not success: a script that checks only the exit code must notice
+    that rows did not land."""
+    if status in STOPPED:
+        return EXIT_STOPPED
+    if status == "completed_with_errors":
+        return EXIT_DEAD_LETTERS
+    return EXIT_LANDED
+
+
+@app.command(epilog=EXIT_CODES)
 def load(
     file: Annotated[Path, typer.Argument(help="A .csv or .jsonl file.")],
     into: Annotated[
@@ -201,12 +297,29 @@ def load(
     types: Annotated[
         str | None,
         typer.Option(
-            "--types", help="PostgreSQL column types, e.g. amount=numeric,seen=timestamptz."
+            "--types",
+            help="Column types of a new table, e.g. amount=numeric,seen=timestamptz "
+            "(else inferred from the first rows, the same on SQLite and PostgreSQL).",
         ),
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Job name (resume key).")] = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1)] = 10_000,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Chunks written at once.")] = 1,
+    max_failures: Annotated[
+        int | None,
+        typer.Option(
+            "--max-failures", min=0, help="Stop the run (exit 1) once more rows than this failed."
+        ),
+    ] = None,
+    max_failure_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--max-failure-rate",
+            min=0.0,
+            max=1.0,
+            help="Stop the run (exit 1) once the failed fraction of rows exceeds this.",
+        ),
+    ] = None,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Start over, ignoring checkpoints.")
     ] = False,
@@ -215,13 +328,20 @@ def load(
 ) -> None:
     """Load a CSV or JSONL file into a SQLite or PostgreSQL table, checkpointed and resumable.
 
-    The table is created if missing (for PostgreSQL with column types inferred from the
-    first rows, --types overriding); rows are upserted on --key. Running it again with
-    the same --name on the same file resumes.
+    The table is created if missing, with column types inferred from the first rows
+    (--types overriding), the same on SQLite and PostgreSQL; rows are upserted on
+    --key. Running it again with the same --name on the same file resumes. A header
+    the target cannot take (a duplicate or empty column name, too many columns) is
+    refused before anything is created. Rows that cannot be loaded are dead-lettered
+    with their line: exit 3.
 
     Example: freight load users.csv --into sqlite:///app.db --table users --key id
     """
-    job = _load_job(file, into, table, key, name, chunk_size, store, schema, types)
+    spec = _Load(
+        file=file, into=into, table=table, key=key, schema=schema, types=types,
+        chunk_size=chunk_size, max_failures=max_failures, max_failure_rate=max_failure_rate,
+    )  # fmt: skip
+    job = _load_job(spec, name, store)
     job.workers = workers
     _collect_less()
     _finish(_run_job(job, fresh), as_json)
@@ -235,89 +355,234 @@ def _collect_less() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
-def _load_job(
-    file: Path, into: str, table: str, key: str | None, name: str | None, chunk_size: int,
-    store: str, schema: str | None = None, types: str | None = None,
-) -> Job:  # fmt: skip
-    """The job behind ``freight load`` (also rebuilt by ``resume`` and ``retry-failed``)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Load:
+    """What ``freight load`` was asked; recorded with the run (:meth:`metadata`), so that
+    ``resume`` and ``retry-failed`` rebuild the same job (:meth:`from_metadata`)."""
+
+    file: Path
+    into: str
+    table: str
+    key: str | None = None
+    schema: str | None = None
+    types: str | None = None
+    chunk_size: int = 10_000
+    max_failures: int | None = None
+    max_failure_rate: float | None = None
+
+    @property
+    def postgres(self) -> bool:
+        """Whether the target is a PostgreSQL database (else a SQLite file)."""
+        return self.into.startswith(("postgresql://", "postgres://"))
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "command": "load", "file": str(self.file.resolve()), "into": self.into,
+            "table": self.table, "key": self.key, "chunk_size": self.chunk_size,
+            "schema": self.schema, "types": self.types, "max_failures": self.max_failures,
+            "max_failure_rate": self.max_failure_rate,
+        }  # fmt: skip
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> _Load:
+        return cls(
+            file=Path(meta["file"]), into=meta["into"], table=meta["table"],
+            key=meta.get("key"), schema=meta.get("schema"), types=meta.get("types"),
+            chunk_size=int(meta["chunk_size"]), max_failures=meta.get("max_failures"),
+            max_failure_rate=meta.get("max_failure_rate"),
+        )  # fmt: skip
+
+
+def _load_job(spec: _Load, name: str | None, store: str) -> Job:
+    """The job behind ``freight load`` (also rebuilt by ``resume`` and ``retry-failed``).
+
+    Everything is checked first (the table's name, the file's columns, --key, --types,
+    the table when it exists, the store); only then is the table created: a refused
+    load leaves no table and no run behind.
+    """
+    file = spec.file
     if not file.is_file():
         _fail(f"no such file {str(file)!r}")
-    postgres = into.startswith(("postgresql://", "postgres://"))
-    if not postgres:
-        sqlite_path(into)  # a clear error for anything that is neither
-    if (schema or types) and not postgres:
-        _fail("--schema and --types apply to PostgreSQL targets (postgresql://…)")
+    if not spec.postgres:
+        sqlite_path(spec.into)  # a clear error for anything that is neither
+        if spec.schema is not None:
+            _fail("--schema applies to PostgreSQL targets (postgresql://…)")
+    _check_table(spec)
     suffix = file.suffix.lower()
     source: CsvSource | JsonlSource
     if suffix == ".csv":
-        csv_source = source = CsvSource(file)
-        columns = csv_source.columns() or []
-        if key is not None and key not in columns:
-            _fail(f"--key {key!r} is not a column of {file.name} (columns: {', '.join(columns)})")
+        source = CsvSource(file)
+        columns = source.columns() or []
     elif suffix in (".jsonl", ".ndjson"):
         source = JsonlSource(file)
+        columns = _first_columns(source)
     else:
         _fail(f"cannot load {file.name}: give a .csv or .jsonl file")
-    if postgres:
-        csv_text = suffix == ".csv"
-        sink, convert = _postgres_sink(source, into, table, schema, key, types, csv_text)
-        # CSV goes to COPY as it is (the server types it); JSONL is typed here.
-        source = CsvSource(file, raw=True) if csv_text else JsonlSource(file, convert=convert)
-    else:
-        sink = SqliteSink(sqlite_path(into), table, key=key)
+    _check_columns(columns, file, spec.postgres)
+    # (JSONL into PostgreSQL: --key is checked against the table, which may exist)
+    checked = suffix == ".csv" or not spec.postgres
+    if spec.key is not None and checked and columns and spec.key not in columns:
+        _fail(f"--key {spec.key!r} is not a column of {file.name} (columns: {', '.join(columns)})")
+    column_types, exists = _table_types(source, spec, columns)
+    opened = _open(store)
+    sink: Any
+    if spec.postgres:
+        if not exists:
+            _create_postgres_table(spec, column_types)
+        sink, source = _postgres_sink(spec, column_types)
+    else:  # the sink creates a missing table with these types, and types every row
+        sink = SqliteSink(sqlite_path(spec.into), spec.table, key=spec.key, types=column_types)
     return Job(
-        name or f"load {file.name} into {table}",
+        name or f"load {file.name} into {spec.table}",
         source,
         sink,
-        chunk_size=chunk_size,
+        chunk_size=spec.chunk_size,
         retry=Retry(attempts=3, backoff=0.05),
-        store=open_store(store),
-        metadata={
-            "command": "load", "file": str(file.resolve()), "into": into, "table": table,
-            "key": key, "chunk_size": chunk_size, "schema": schema, "types": types,
-        },
-    )  # fmt: skip
-
-
-def _postgres_sink(
-    source: CsvSource | JsonlSource, into: str, table: str, schema: str | None,
-    key: str | None, types: str | None, csv_text: bool,
-) -> tuple[Any, Callable[[Any], Any]]:  # fmt: skip
-    """Create the table if missing (types inferred, --types first); return the sink and
-    the converter that types every record (a value that does not fit dead-letters it)."""
-    from freight.connectors import pgtypes  # noqa: PLC0415 (extra freight[postgres])
-    from freight.connectors.postgres import (  # noqa: PLC0415
-        PostgresSink,
-        create_table,
-        table_types,
+        max_failures=spec.max_failures,
+        max_failure_rate=spec.max_failure_rate,
+        store=opened,
+        metadata=spec.metadata(),
     )
 
-    overrides = pgtypes.parse_types(types)
-    existing = table_types(into, table, schema)
-    if existing is None:
-        sample = [r.item for r in itertools.islice(source.read(), 1000) if r.error is None]
-        columns = list(sample[0]) if sample and isinstance(sample[0], dict) else []
-        if not columns:
-            _fail("cannot infer the columns: the file has no readable record")
+
+def _check_table(spec: _Load) -> None:
+    """Refuse a table name (or schema) the target would refuse or alter."""
+    if not spec.table.strip():
+        _fail("--table is empty: give the name of the target table")
+    if spec.schema is not None and not spec.schema.strip():
+        _fail("--schema is empty: give a schema's name, or leave --schema out")
+    if not spec.postgres:
+        return  # SQLite's reserved names: table_types refuses them (one line)
+    for option, value in (("--table", spec.table), ("--schema", spec.schema)):
+        if value is not None and len(value.encode()) > POSTGRES_MAX_NAME_BYTES:
+            _fail(
+                f"{option} {value!r} is {len(value.encode())} bytes long; PostgreSQL "
+                f"names are at most {POSTGRES_MAX_NAME_BYTES} (it would cut it): "
+                "choose a shorter name"
+            )
+
+
+def _first_columns(source: JsonlSource) -> list[str]:
+    """The fields of a JSONL file's first readable record (the table's columns)."""
+    first = next((r.item for r in source.read() if r.error is None), None)
+    return [str(name) for name in first] if isinstance(first, dict) else []
+
+
+def _check_columns(columns: Sequence[str], file: Path, postgres: bool) -> None:
+    """Refuse a header the target cannot take (a table-level error, which would
+    otherwise fail every row): an empty or duplicate name, too many columns, and for
+    PostgreSQL a name it would cut to 63 bytes."""
+    target, limit = (
+        ("PostgreSQL", POSTGRES_MAX_COLUMNS) if postgres else ("SQLite", SQLITE_MAX_COLUMNS)
+    )
+    if len(columns) > limit:
+        _fail(
+            f"{file.name} has {len(columns):,} columns; a {target} table has at most "
+            f"{limit:,}: split the file, or load fewer columns"
+        )
+    seen: dict[str, str] = {}
+    for number, column in enumerate(columns, 1):
+        if not column.strip():
+            _fail(f"column {number} of {file.name} has an empty name: name it in the header")
+        if postgres and len(column.encode()) > POSTGRES_MAX_NAME_BYTES:
+            _fail(
+                f"column {column!r} of {file.name} is {len(column.encode())} bytes long; "
+                f"PostgreSQL names are at most {POSTGRES_MAX_NAME_BYTES}: rename it"
+            )
+        # SQLite compares column names without ASCII case; PostgreSQL (quoted) exactly
+        same = column if postgres else column.translate(_ASCII_LOWER)
+        if same in seen:
+            _fail(
+                f"column {column!r} of {file.name} appears twice in its header "
+                f"(columns {list(seen).index(same) + 1} and {number}): rename one"
+            )
+        seen[same] = column
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _table_types(
+    source: CsvSource | JsonlSource, spec: _Load, columns: list[str]
+) -> tuple[dict[str, str], bool]:
+    """The column types of the target table and whether it exists: its own, or inferred
+    from the file's first rows (--types first). Checked against the file; nothing is
+    created. The same types on SQLite and PostgreSQL (:mod:`~freight.connectors.pgtypes`)."""
+    overrides = pgtypes.parse_types(spec.types)
+    if spec.postgres:
+        from freight.connectors.postgres import table_types  # noqa: PLC0415 (extra)
+
+        existing = table_types(spec.into, spec.table, spec.schema)
     else:
-        columns = list(existing)
-    unknown = set(overrides) - set(columns)
+        existing = sqlite_table_types(sqlite_path(spec.into), spec.table)
+    if existing is None and not columns:  # a JSONL file without a readable record
+        _fail("cannot infer the columns: the file has no readable record")
+    unknown = set(overrides) - set(columns if existing is None else existing)
     if unknown:
         _fail(f"--types names unknown column(s) {sorted(unknown)}")
     if existing is None:
+        sample = [r.item for r in itertools.islice(source.read(), 1000) if r.error is None]
         column_types = {**pgtypes.infer_types(columns, sample), **overrides}
-        create_table(into, table, column_types, schema=schema, key=[key] if key else [])
     else:
         column_types = {c: pgtypes.canonical(t) for c, t in existing.items()}
-    if key is not None and key not in column_types:
-        _fail(f"--key {key!r} is not a column of the table {table!r}")
-    if csv_text and list(column_types) != list(source.columns() or []):  # type: ignore[union-attr]
-        _fail(f"the columns of {table!r} are not the file's, in its order: {list(column_types)}")
+    if spec.key is not None and spec.key not in column_types:
+        _fail(f"--key {spec.key!r} is not a column of the table {spec.table!r}")
+    if existing is not None:
+        _check_fit(list(column_types), columns, spec, csv_text=isinstance(source, CsvSource))
+    return column_types, existing is not None
+
+
+def _check_fit(table: list[str], columns: list[str], spec: _Load, *, csv_text: bool) -> None:
+    """Refuse a file whose columns the existing table does not have, once, rather than
+    failing every row (COPY, which takes the file's lines as they are, needs the
+    table's columns in the file's order)."""
+    if spec.postgres and csv_text:
+        if table != columns:
+            _fail(f"the columns of {spec.table!r} are not the file's, in its order: {table}")
+        return
+    extra = [c for c in columns if c not in table]
+    if extra:
+        _fail(
+            f"column(s) {extra} of {spec.file.name} are not columns of the table "
+            f"{spec.table!r} (its columns: {table}): add them, or load another table"
+        )
+
+
+def _postgres_sink(spec: _Load, column_types: dict[str, str]) -> tuple[Any, Any]:
+    """The sink into the PostgreSQL table and the source that feeds it: a CSV file's
+    lines go to COPY as they are (the server types them); JSONL records are typed here
+    (a value that does not fit dead-letters its record)."""
+    from freight.connectors.postgres import PostgresSink  # noqa: PLC0415 (extra)
+
+    csv_text = spec.file.suffix.lower() == ".csv"
     sink = PostgresSink(
-        into, table, schema=schema, key=key, columns=list(column_types),
+        spec.into, spec.table, schema=spec.schema, key=spec.key, columns=list(column_types),
         format="csv" if csv_text else "rows",
     )  # fmt: skip
-    return sink, pgtypes.converter(column_types)
+    if csv_text:
+        return sink, CsvSource(spec.file, raw=True)
+    return sink, JsonlSource(spec.file, convert=pgtypes.converter(column_types))
+
+
+def _create_postgres_table(spec: _Load, column_types: dict[str, str]) -> None:
+    """Create the table, with a schema that does not exist said in one line naming it."""
+    import psycopg  # noqa: PLC0415 (extra freight[postgres])
+
+    from freight.connectors.postgres import create_table  # noqa: PLC0415
+
+    try:
+        create_table(
+            spec.into, spec.table, column_types, schema=spec.schema,
+            key=[spec.key] if spec.key else [],
+        )  # fmt: skip
+    except (psycopg.Error, TargetError) as exc:  # the server's error, or freight's for it
+        missing = psycopg.errors.InvalidSchemaName
+        if not isinstance(exc, missing) and not isinstance(exc.__cause__, missing):
+            raise
+        _fail(
+            f"--schema {spec.schema!r} does not exist in the target database: create it "
+            "(CREATE SCHEMA …) or leave --schema out"
+        )
 
 
 def _import_job(target: str) -> Job:
@@ -341,10 +606,7 @@ def _rebuild(record: JobRecord, store: str) -> Job:
     """The job of a stored run, rebuilt from what the CLI recorded when it started it."""
     meta = record.config.get("metadata") or {}
     if meta.get("command") == "load":
-        return _load_job(
-            Path(meta["file"]), meta["into"], meta["table"], meta.get("key"), record.name,
-            int(meta["chunk_size"]), store, meta.get("schema"), meta.get("types"),
-        )  # fmt: skip
+        return _load_job(_Load.from_metadata(meta), record.name, store)
     if meta.get("command") == "run":
         return _import_job(str(meta["target"]))
     _fail(
@@ -353,7 +615,7 @@ def _rebuild(record: JobRecord, store: str) -> Job:
     )
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def run(
     target: Annotated[str, typer.Argument(help="MODULE:JOB, a freight.Job defined in Python.")],
     fresh: Annotated[
@@ -374,7 +636,7 @@ def list_runs(store: StoreOption = str(DEFAULT_PATH)) -> None:
 
     Example: freight list
     """
-    for job in open_store(store).list_jobs():
+    for job in _open(store).list_jobs():
         typer.echo(f"{job.id}  {job.status:<22} {job.processed:>10,} items  {job.name}")
 
 
@@ -384,7 +646,7 @@ def status(job: JobArgument, store: StoreOption = str(DEFAULT_PATH)) -> None:
 
     Example: freight status "load users.csv into users"
     """
-    record = _find(open_store(store), job)
+    record = _find(_open(store), job)
     typer.echo(
         f"{record.name} ({record.id}): {record.status}; processed {record.processed:,}, "
         f"succeeded {record.succeeded:,}, failed {record.failed:,}, skipped {record.skipped:,}"
@@ -402,16 +664,21 @@ def report(
 
     Example: freight report import-users --json
     """
-    opened = open_store(store)
+    opened = _open(store)
     _render(load_report(opened, _find(opened, job).id), as_json)
 
 
-def _control(job: str, store: str, action: str) -> None:
-    opened = open_store(store)
+def _control(job: str, store: str, action: Control) -> None:
+    opened = _open(store)
     record = _find(opened, job)
     if record.finished:
         _fail(f"run {record.id} of {record.name!r} is already {record.status}")
-    opened.request(record.id, action)  # type: ignore[arg-type]
+    _ask(opened, record, action)
+
+
+def _ask(store: Store, record: JobRecord, action: Control) -> None:
+    with _writing(store):
+        store.request(record.id, action)
     typer.echo(f"asked run {record.id} of {record.name!r} to {action}")
 
 
@@ -424,7 +691,7 @@ def pause(job: JobArgument, store: StoreOption = str(DEFAULT_PATH)) -> None:
     _control(job, store, "pause")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def resume(
     job: JobArgument,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report alone.")] = False,
@@ -432,21 +699,44 @@ def resume(
 ) -> None:
     """Let a paused job go on, or continue a stopped or crashed run from its checkpoints.
 
+    A run whose process is gone (killed while it ran or while it was paused) is
+    continued here, from its checkpoints, to its end.
+
     Example: freight resume import-users
     """
-    opened = open_store(store)
+    opened = _open(store)
     record = _find(opened, job)
-    stale_before = utcnow() - timedelta(seconds=30)
-    live = record.heartbeat_at is not None and record.heartbeat_at > stale_before
-    if record.status in LIVE and live:
-        _control(job, store, "resume")
-        return
     if record.status in DONE:
         _fail(f"run {record.id} of {record.name!r} is already {record.status}")
+    if record.status in LIVE and _owner_alive(record):
+        if record.status == "paused" or record.control == "pause":
+            _ask(opened, record, "resume")  # its owner goes on
+        else:
+            typer.echo(
+                f"run {record.id} of {record.name!r} is running in process {record.owner_pid} "
+                f"on {record.owner_host}: nothing to resume"
+            )
+        return
+    if record.control is not None:
+        # asked of an owner that is gone: a pause would stop the continued run at once
+        with _writing(opened):
+            opened.request(record.id, None)
     _finish(_run_job(_rebuild(record, store), fresh=False), as_json)
 
 
-@app.command("retry-failed")
+def _owner_alive(record: JobRecord) -> bool:
+    """Whether the run's owner still holds it: its heartbeat is fresh and, when it runs
+    on this host, its process exists (a process killed a moment ago left a fresh
+    heartbeat behind, and resuming it must not just ask a dead process to go on)."""
+    stale_before = utcnow() - timedelta(seconds=STALE_AFTER)
+    if record.owner_host is None or record.heartbeat_at is None:
+        return False
+    if record.heartbeat_at <= stale_before:
+        return False
+    return record.owner_host != socket.gethostname() or _alive(record.owner_pid)
+
+
+@app.command("retry-failed", epilog=EXIT_CODES)
 def retry_failed(
     job: JobArgument,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report alone.")] = False,
@@ -456,8 +746,11 @@ def retry_failed(
 
     Example: freight retry-failed import-users
     """
-    record = _find(open_store(store), job)
-    _finish(_rebuild(record, store).retry_failed(record.id), as_json)
+    record = _find(_open(store), job)
+    rebuilt = _rebuild(record, store)
+    with _writing(rebuilt.store):
+        replayed = rebuilt.retry_failed(record.id)
+    _finish(replayed, as_json)
 
 
 @app.command()
