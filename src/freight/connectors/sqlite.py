@@ -412,6 +412,34 @@ def _target_error(error: ConfigError | TargetError) -> TargetError:
     return refused
 
 
+def _same(value: Any, column: str) -> Any:
+    return value
+
+
+def _numeric(value: Decimal | None, column: str) -> int | float | None:
+    return None if value is None else _decimal(value, column)
+
+
+def _iso_or_none(value: date | None, column: str) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+Binder = Callable[[Any, str], Any]
+"""Binds one value of a column, or raises the row's PermanentError."""
+
+# What pgtypes.converter gives a typed column is of its type (or None), its range checked
+# (bigint): bound without asking the value's type again.
+_TYPED_BINDERS: dict[str, Binder] = {
+    "bigint": _same,
+    "integer": _same,
+    "smallint": _same,
+    "boolean": _same,
+    "numeric": _numeric,
+    "timestamptz": _iso_or_none,
+    "date": _iso_or_none,
+}
+
+
 # -- the sinks -------------------------------------------------------------------------------
 
 
@@ -477,6 +505,7 @@ class SqliteSink:
         )
         self._statements: dict[tuple[str, ...], str] = {}
         self._columns: list[str] | None = None
+        self._binders: tuple[list[str], set[str], list[tuple[str, Binder]]] | None = None
         declared = _declared_types(self._db, self.table)
         if declared is not None:
             self._columns = list(declared)
@@ -500,7 +529,7 @@ class SqliteSink:
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (for worker processes): the connection is reopened on arrival."""
         state = self.__dict__.copy()
-        for name in ("_db", "_lock", "_convert", "_statements", "_columns"):
+        for name in ("_db", "_lock", "_convert", "_statements", "_columns", "_binders"):
             del state[name]
         return state
 
@@ -586,8 +615,11 @@ class SqliteSink:
         """``item`` as the bound values of ``columns``, or a PermanentError saying why not."""
         if not isinstance(item, Mapping):
             raise PermanentError(f"SqliteSink needs mappings, got {type(item).__name__}")
-        unknown = [f for f in item if f not in columns]
-        if unknown:
+        binders = self._binders
+        if binders is None or binders[0] is not columns:
+            binders = self._binders = (columns, set(columns), self._column_binders(columns))
+        if not binders[1].issuperset(item):
+            unknown = [f for f in item if f not in binders[1]]
             raise PermanentError(
                 f"fields {sorted(unknown)} are not columns of {self.table!r} "
                 f"(its columns: {columns}); drop them from the item or add the columns"
@@ -597,7 +629,13 @@ class SqliteSink:
                 item = self._convert(item)
             except ValueError as exc:  # "column 'amount': 'abc' is not a number"
                 raise PermanentError(str(exc)) from exc
-        return [_bind(item.get(c), c) for c in columns]
+        return [bind(item.get(c), c) for c, bind in binders[2]]
+
+    def _column_binders(self, columns: list[str]) -> list[tuple[str, Binder]]:
+        """How each column's value is bound: by its type when ``types`` converts it (the
+        converter's value is of that type or None), else by the value's own type."""
+        types = self.types or {}
+        return [(c, _TYPED_BINDERS.get(types.get(c, ""), _bind)) for c in columns]
 
     def _write_rows(self, statement: str, rows: list[list[Any]]) -> None:
         """One transaction; raises freight's classes (:func:`classify`)."""
