@@ -71,6 +71,7 @@ FREIGHT = {
 }
 
 FLOW = {
+    "After",
     "ConsumerBuilder",
     "ConsumerSpec",
     "DeadLetter",

@@ -92,11 +92,13 @@ async def test_for_batch_publishes_once_with_every_batch_member_as_a_source() ->
     flow = _flow()
     seen_by_other: list[Report] = []
 
-    @flow.consumer("echo", consumes=Pong, publishes=Ping)
+    # consumers without a tenant see no tenant's artifacts: these serve all tenants
+    @flow.consumer("echo", all_tenants=True, consumes=Pong, publishes=Ping)
     async def echo(p: Pong) -> Ping:
         return Ping(p.n)  # depth 0 in, depth 1 out
 
-    @flow.consumer("summary", consumes=Ping, batch=BatchSpec(size=3), publishes=Report)
+    @(flow.consumer("summary", consumes=Ping, batch=BatchSpec(size=3), publishes=Report)
+          .all_tenants())  # fmt: skip
     async def summary(items: list[Ping]) -> ForBatch:
         return ForBatch(Report(sorted(p.n for p in items)), Report([]))
 

@@ -2,7 +2,7 @@
 tenant-scoped consumers, on the core engine.
 
     from freight import BatchSpec, Flow
-    from freight.flow import ForBatch, Group, Public, Private, Tenant, Labelled
+    from freight.flow import ForBatch, Group, Public, Private, Tenant, Labelled, After
 
 See ``docs/flow.md``.
 """
@@ -13,9 +13,10 @@ from freight.flow._consumer import ConsumerBuilder, ConsumerSpec, Group
 from freight.flow._flow import DeadLetter, Flow, PendingBatch
 from freight.flow._handling import ForBatch
 from freight.flow._trace import DuckDBTracer, OpenTelemetryTracer, Span
-from freight.flow._visibility import Labelled, Private, Public, Tenant, Visibility
+from freight.flow._visibility import After, Labelled, Private, Public, Tenant, Visibility
 
 __all__ = [
+    "After",
     "ConsumerBuilder",
     "ConsumerSpec",
     "DeadLetter",

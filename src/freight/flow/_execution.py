@@ -209,7 +209,8 @@ class Executor:
                     "tries": outcome.tries, "published": len(outputs), "retried": len(again),
                 }, parent=flush_id)  # fmt: skip
             done = [e.id for w in finished for e in w.envelopes]
-            self.router.route(outputs, done=(spec.name, done), dead=dead)
+            lane = spec.delivery_name(works[0].lane)  # a run is one subscription's
+            self.router.route(outputs, done=(lane, done), dead=dead)
             if again:
                 self._retry_later(rt, again, outcome.again_after)
         finally:
@@ -296,7 +297,7 @@ def _split_again(works: list[Work], outcome: Outcome) -> tuple[list[Work], list[
     finished = [w for i, w in enumerate(works) if i not in back]
     results = [o for i, o in enumerate(outcome.outcomes) if i not in back]
     again = [
-        Work(works[i].item, works[i].envelopes, works[i].tenant, outcome.attempts[i])
+        Work(works[i].item, works[i].envelopes, works[i].tenant, outcome.attempts[i], works[i].lane)
         for i in outcome.again
     ]
     return finished, results, again

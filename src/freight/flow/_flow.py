@@ -29,7 +29,7 @@ Driving it:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -45,7 +45,7 @@ from freight.flow._artifacts import Envelope, check_artifact
 from freight.flow._board import Board
 from freight.flow._consumer import ConsumerBuilder, ConsumerSpec, OnPartial
 from freight.flow._execution import Executor
-from freight.flow._graph import find_cycle
+from freight.flow._graph import check_producers, find_cycle
 from freight.flow._records import DeadLetter, PendingBatch, Runtime
 from freight.flow._restore import restore
 from freight.flow._routing import PUBLIC, Router
@@ -124,9 +124,10 @@ class Flow:
         name: str,
         *,
         tenant: str | None = None,
+        all_tenants: bool = False,
         labels: Iterable[str] = (),
         consumes: type | tuple[type, ...] | None = None,
-        where: Callable[[Any], bool] | None = None,
+        where: Callable[[Any], bool] | Sequence[Callable[[Any], bool]] | None = None,
         batch: BatchSpec | None = None,
         join: JoinSpec | None = None,
         on_partial: OnPartial = "dead_letter",
@@ -135,15 +136,18 @@ class Flow:
         publishes: type | tuple[type, ...] = (),
         visibility: Visibility | None = None,
         max_concurrent: int | None = None,
+        from_: str | Iterable[str] | None = None,
     ) -> ConsumerBuilder:
         """Start declaring the consumer ``name``; finish with ``.does(handler)``, or use
         the result as a decorator.
 
         Args:
-            tenant: limit it to one tenant's artifacts (and public ones).
+            tenant: limit it to one tenant's artifacts (and those of no tenant).
+            all_tenants: let it see every tenant's artifacts (``.all_tenants()``).
             labels: the labels it holds, for ``Labelled`` artifacts.
-            consumes, where, batch, join, on_partial, retry, rate_limit: a shortcut for
-                ``.consumes(...)`` (``consumes`` is a type or a tuple of types).
+            consumes, where, batch, join, on_partial, retry, rate_limit, from_: a
+                shortcut for ``.consumes(...)`` (``consumes`` is a type or a tuple of
+                types).
             publishes, visibility: a shortcut for ``.publishes(...)``.
             max_concurrent: at most this many handler calls at once (``.max_concurrent``).
         """
@@ -152,16 +156,18 @@ class Flow:
         builder = ConsumerBuilder(self, ConsumerSpec(name))
         if tenant is not None:
             builder.tenant(tenant)
+        if all_tenants:
+            builder.all_tenants()
         builder.labels(labels)
         if consumes is not None:
             types = consumes if isinstance(consumes, tuple) else (consumes,)
             builder.consumes(
                 *types, where=where, batch=batch, join=join, on_partial=on_partial,
-                retry=retry, rate_limit=rate_limit,
+                retry=retry, rate_limit=rate_limit, from_=from_,
             )  # fmt: skip
-        elif any(x is not None for x in (where, batch, join, retry, rate_limit)):
+        elif any(x is not None for x in (where, batch, join, retry, rate_limit, from_)):
             raise ConfigError(
-                f"consumer {name!r}: where/batch/join/retry/rate_limit need consumes=Type "
+                f"consumer {name!r}: where/batch/join/retry/rate_limit/from_ need consumes=Type "
                 "(or declare them with .consumes(Type, ...))"
             )
         if max_concurrent is not None:
@@ -355,6 +361,7 @@ class Flow:
         self._started = True
         if self._clock is None:
             self._clock = LoopClock(asyncio.get_running_loop())
+        check_producers(self.consumers)
         cycle = find_cycle(self.consumers)
         if cycle is not None and not self.allow_cycles:
             raise ConfigError(

@@ -15,8 +15,8 @@ One rule for every shape (the one of ``freight``'s core batch plan):
    another type) is never guessed at: each item of the call fails with a
    :class:`~freight.HandlerContractError` saying what came back and how to write it,
    and the flow dead-letters it with reason ``contract``.
-4. **Without** ``batch=`` the handler takes one artifact (or one join group) and
-   returns ``None``, an artifact, or a list of artifacts.
+4. **Without** ``batch=`` the handler takes one artifact (or one group of an AND
+   gate or join) and returns ``None``, an artifact, or a list of artifacts.
 5. Raising fails the call (the batch plan retries, or bisects, from there).
 
 What is published must be declared with ``.publishes(...)``; an undeclared type is a
@@ -76,7 +76,7 @@ async def call(spec: ConsumerSpec, works: list[Work]) -> Reply:
     """
     handler = spec.handler
     assert handler is not None
-    batched = spec.batch is not None
+    batched = spec.subscriptions[works[0].lane].batch is not None  # a run is one lane's
     argument: Any = [w.item for w in works] if batched else works[0].item
     try:
         if spec.is_async:

@@ -7,10 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from freight._core._buffer import BatchBuffer
 from freight._core._clock import TimerHandle
 from freight._core._dispatch import DispatchQueue
-from freight._core._join import JoinBuffer
 from freight.flow._artifacts import Envelope
 from freight.flow._consumer import ConsumerSpec
 
@@ -75,46 +73,25 @@ class Work:
     envelopes: tuple[Envelope, ...]
     tenant: str | None
     tried: int = 0  # tries in earlier batches, for an item sent back by the plan
+    lane: int = 0  # the consumer's subscription it came through (ConsumerSpec.subscriptions)
 
 
 class Runtime:
-    """A registered consumer and its state: buffers and timer (scheduling), handler
-    runs admitted under ``max_concurrent`` by the core's dispatch queue (execution)."""
+    """A registered consumer and its state: one lane of buffers per subscription and a
+    timer (scheduling: ``_scheduling.Lane``), handler runs admitted under
+    ``max_concurrent`` by the core's dispatch queue (execution)."""
 
-    __slots__ = ("buffer", "joins", "queue", "spec", "timer", "timer_at")
+    __slots__ = ("lanes", "queue", "spec", "timer", "timer_at")
 
     def __init__(self, spec: ConsumerSpec) -> None:
         self.spec = spec
-        self.buffer: BatchBuffer[Work] | None = None
-        self.joins: JoinBuffer | None = None
+        self.lanes: list[Any] = []  # built by the scheduler (``_scheduling.Lane``)
         self.timer: TimerHandle | None = None
         self.timer_at: float | None = None
         # The core's concurrency rule, as in a Batcher (None: no limit declared).
         self.queue: DispatchQueue[Work] | None = (
             DispatchQueue(spec.max_concurrent) if spec.max_concurrent is not None else None
         )
-        self.reset()
-
-    def reset(self) -> None:
-        """Fresh buffers (after a drain: what the drained batches publish starts anew)."""
-        spec = self.spec
-        if spec.batch is not None:
-            self.buffer = BatchBuffer(spec.batch, key=tenant_key)
-        if spec.join is not None:
-            self.joins = JoinBuffer(spec.join, len(spec.types))
-
-    def next_deadline(self) -> float | None:
-        """The earliest deadline of an open batch or join group, if any."""
-        batch = self.buffer.next_deadline() if self.buffer is not None else None
-        join = self.joins.next_deadline() if self.joins is not None else None
-        if batch is None or join is None:
-            return batch if join is None else join
-        return min(batch, join)
-
-
-def tenant_key(work: Work) -> Hashable:
-    """The batch key: batches never mix tenants."""
-    return work.tenant
 
 
 def dead_letter(

@@ -2,14 +2,17 @@
 
 Rules:
 
-1. A delivery not marked done is an artifact its consumer has not handled: it was in
-   an open batch or join, or in a run the crash interrupted. Each is re-delivered to
-   its consumer, in publication order, exactly once.
+1. A delivery not marked done is an artifact a consumer's subscription has not
+   handled: it was in an open batch or join, under an ``After`` embargo, or in a run
+   the crash interrupted. Each is re-delivered to that subscription (the board names
+   it ``ConsumerSpec.delivery_name``), in publication order, exactly once.
 2. It arrives with its original arrival time, moved onto the new clock (``now`` minus
    its age on the wall clock), so an open batch keeps its deadline across the
-   restart; what is already due flushes at once.
-3. Deliveries for a consumer this flow does not declare stay open on the board (a
-   warning says so): they are not lost, and a flow that declares it again gets them.
+   restart (and an embargo its end); what is already due flushes at once. A count
+   window counts the re-delivered artifacts again, from the restart.
+3. Deliveries for a consumer (or subscription) this flow does not declare stay open
+   on the board (a warning says so): they are not lost, and a flow that declares it
+   again gets them.
 4. Sequence numbers continue after the board's last one.
 """
 
@@ -32,11 +35,17 @@ _log = logging.getLogger("freight.flow")
 def restore(board: Board, router: Router, scheduler: Scheduler, clock: Clock) -> int:
     """Re-buffer the deliveries ``board`` holds open (module rules); return how many."""
     router.seq = itertools.count(board.next_seq())
+    scheduler.durable = True  # embargoed artifacts stay on the board at close
     now, wall = clock.now(), datetime.now(UTC)
+    lanes = {
+        rt.spec.delivery_name(sub.index): (rt, sub.index)
+        for rt in router.consumers.values()
+        for sub in rt.spec.subscriptions
+    }
     open_ = board.open_deliveries(router.types)
     for consumer, envelope, arrived in open_:
-        rt = router.consumers.get(consumer)
-        if rt is None:
+        found = lanes.get(consumer)
+        if found is None:
             _log.warning(
                 "%s: the board has open deliveries for consumer %r, which this flow does "
                 "not declare; they stay open",
@@ -44,8 +53,9 @@ def restore(board: Board, router: Router, scheduler: Scheduler, clock: Clock) ->
                 consumer,
             )
             continue
+        rt, lane = found
         at = now - max(0.0, (wall - arrived).total_seconds())
-        scheduler.deliver(rt, envelope._replace(created_at=at), at)
+        scheduler.arrive(rt, lane, envelope._replace(created_at=at), at)
     for rt in router.consumers.values():
         scheduler.on_timer(rt)  # what is already due flushes now; the rest gets its timer
     if open_:

@@ -5,17 +5,21 @@ Rules:
 1. Every artifact gets an :class:`~freight.flow.Envelope` when it is published: an id
    unique across restarts, its type's name, the flow clock's time, its visibility
    (a ``Tenant`` extractor is resolved now) and tenant, correlation id and depth.
-2. The candidates for an artifact are the consumers of its type or a base of it
+2. The candidates for an artifact are the subscriptions of its type or a base of it
    (cached per type: the consumers are fixed once the flow starts).
-3. A candidate takes the artifact only if it may see it (visibility, then its
-   tenant: a tenant's consumer never gets another tenant's artifact), its ``where``
-   accepts it, and, for a join, its join key can be read. A ``where`` or a join key
-   that raises is that consumer's dead letter (``where_error``, ``join_key_error``),
-   never a failed publish.
+3. A subscription takes the artifact only if its consumer may see it (visibility,
+   then tenant: a consumer without a tenant sees no tenant's artifacts unless it
+   declared ``.all_tenants()``, a tenant's consumer never another tenant's), it was
+   published by one of the subscription's ``from_`` consumers (if given), every
+   ``where`` accepts it, and, for a join, its join key can be read. A ``where`` or a
+   join key that raises is that consumer's dead letter (``where_error``,
+   ``join_key_error``), never a failed publish. Every subscription that takes it gets
+   it: one consumer's two subscriptions are two deliveries.
 4. A route is recorded before any consumer sees it: on a durable board, the artifacts
-   with one delivery per taker, a handled batch's deliveries done and its dead
-   letters, in one transaction. Only then are the artifacts delivered (to the
-   scheduler), in order.
+   with one delivery per taking subscription, a handled batch's deliveries done and
+   its dead letters, in one transaction. Only then are the artifacts delivered (to
+   the scheduler, which holds back an ``After`` artifact until its delay passed), in
+   order.
 5. Types are known by name: two declared types of one name are refused (the board
    stores types by name and reads back only declared ones).
 """
@@ -33,18 +37,18 @@ from freight._core._clock import Clock
 from freight._errors import ConfigError
 from freight.flow._artifacts import Envelope, type_name
 from freight.flow._board import Board
-from freight.flow._consumer import ConsumerSpec
+from freight.flow._consumer import ConsumerSpec, Subscription
 from freight.flow._handling import error_text
 from freight.flow._records import DeadLetter, Runtime, dead_letter
 from freight.flow._tracing import Tracing
-from freight.flow._visibility import Public, Tenant, Visibility, may_see
+from freight.flow._visibility import Public, Tenant, Visibility, may_see, resolve, tenant_of
 
 __all__ = ["PUBLIC", "Router"]
 
 PUBLIC = Public()
 _HISTORY = 10_000  # artifacts and dead letters an in-memory flow keeps for inspection
 
-Deliver = Callable[[Runtime, Envelope, float], None]
+Deliver = Callable[[Runtime, int, Envelope, float], None]
 
 
 class Router:
@@ -71,7 +75,7 @@ class Router:
         # restarts of a durable flow, ~20x cheaper than a uuid4 per artifact).
         self._id_prefix = uuid.uuid4().hex[:16] + "-"
         self._ids = itertools.count(1)
-        self._routes: dict[type, list[Runtime]] = {}
+        self._routes: dict[type, list[tuple[Runtime, Subscription]]] = {}
 
     # -- types (rule 5) -------------------------------------------------------
 
@@ -103,8 +107,8 @@ class Router:
         correlation_id: str | None,
     ) -> Envelope:
         """Wrap ``artifact`` for the board."""
-        if isinstance(visibility, Tenant):
-            visibility = visibility.resolve(artifact)
+        if type(visibility) is not Public:
+            visibility = resolve(visibility, artifact)
         kind = type(artifact)
         if kind not in self.known:
             self.learn(kind)
@@ -117,7 +121,7 @@ class Router:
             created_at=self.clock.now(),
             published_at=datetime.now(UTC),
             visibility=visibility,
-            tenant=visibility.tenant_id if isinstance(visibility, Tenant) else None,
+            tenant=visibility.tenant_id if type(visibility) is Tenant else tenant_of(visibility),
             correlation_id=correlation_id,
             depth=depth,
         )
@@ -136,21 +140,22 @@ class Router:
         assert self.clock is not None
         assert self.deliver is not None
         now = self.clock.now()
-        routed: list[tuple[Envelope, int, list[Runtime]]] = []
+        routed: list[tuple[Envelope, int, list[tuple[Runtime, Subscription]]]] = []
         refused: list[DeadLetter] = list(dead)
         for envelope in envelopes:
             takers = []
-            for rt in self.candidates(type(envelope.payload)):
-                verdict = takes(rt.spec, envelope)
-                if isinstance(verdict, tuple):
+            for rt, sub in self.candidates(type(envelope.payload)):
+                verdict = takes(rt.spec, sub, envelope)
+                if verdict is True:
+                    takers.append((rt, sub))
+                elif verdict:
                     reason, error = verdict
                     refused.append(dead_letter(rt.spec.name, reason, [envelope], error))
-                elif verdict:
-                    takers.append(rt)
             routed.append((envelope, next(self.seq), takers))
         if self.board is not None:
             self.board.record(
-                [(e, seq, [rt.spec.name for rt in takers]) for e, seq, takers in routed],
+                [(e, seq, [rt.spec.delivery_name(sub.index) for rt, sub in takers])
+                 for e, seq, takers in routed],
                 done=done,
                 dead=[(d.consumer, d.reason, [e.id for e in d.envelopes], error_text(d.error))
                       for d in refused],
@@ -171,37 +176,52 @@ class Router:
                     "artifact_type": envelope.type, "consumers": len(takers),
                     "tenant": envelope.tenant, "depth": envelope.depth,
                 })  # fmt: skip
-            for rt in takers:
-                deliver(rt, envelope, now)
+            for rt, sub in takers:
+                deliver(rt, sub.index, envelope, now)
 
-    def candidates(self, kind: type) -> list[Runtime]:
-        """The consumers that consume artifacts of type ``kind`` (cached per type)."""
+    def candidates(self, kind: type) -> list[tuple[Runtime, Subscription]]:
+        """The subscriptions that consume artifacts of type ``kind``, with their
+        consumers (cached per type)."""
         found = self._routes.get(kind)
         if found is None:
             found = self._routes[kind] = [
-                rt
+                (rt, sub)
                 for rt in self.consumers.values()
-                if any(issubclass(kind, t) for t in rt.spec.types)
+                for sub in rt.spec.subscriptions
+                if any(issubclass(kind, t) for t in sub.types)
             ]
         return found
 
 
-def takes(spec: ConsumerSpec, envelope: Envelope) -> bool | tuple[str, BaseException]:
-    """Does ``spec`` take ``envelope`` (rule 3)? Or why it fails: a predicate or a join
-    key that raised, as ``(reason, error)``."""
-    if not may_see(envelope.visibility, spec.name, spec.tenant, spec.labels):
+def sees(spec: ConsumerSpec, envelope: Envelope) -> bool:
+    """May consumer ``spec`` see ``envelope`` (its visibility, then its tenant)?"""
+    visibility = envelope.visibility
+    if type(visibility) is not Public and not may_see(
+        visibility, spec.name, spec.tenant, spec.labels, spec.all_tenants
+    ):
         return False
-    if spec.tenant is not None and envelope.tenant not in (None, spec.tenant):
+    # never another tenant's (whatever the visibility says)
+    return envelope.tenant is None or spec.all_tenants or envelope.tenant == spec.tenant
+
+
+def takes(
+    spec: ConsumerSpec, sub: Subscription, envelope: Envelope
+) -> bool | tuple[str, BaseException]:
+    """Does subscription ``sub`` of ``spec`` take ``envelope`` (rule 3)? Or why it
+    fails: a predicate or a join key that raised, as ``(reason, error)``."""
+    if not sees(spec, envelope):
         return False
-    if spec.where is not None:
+    if sub.producers is not None and envelope.producer not in sub.producers:
+        return False
+    for predicate in sub.where:
         try:
-            if not spec.where(envelope.payload):
+            if not predicate(envelope.payload):
                 return False
         except Exception as exc:
             return ("where_error", exc)
-    if spec.join is not None:
+    if sub.join is not None:
         try:
-            hash(spec.join.key_of(envelope.payload))
+            hash(sub.join.key_of(envelope.payload))
         except Exception as exc:
             return ("join_key_error", exc)
     return True
