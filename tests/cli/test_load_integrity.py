@@ -403,9 +403,9 @@ def test_more_columns_than_the_target_allows_are_refused_naming_the_limit(
     line = one_line_error(
         "load", str(data), *target.args("wide"), "--store", str(tmp_path / "f.db")
     )
-    limit = "1,600" if target.kind == "postgres" else f"{_sqlite_column_limit():,}"
-    assert "5,000 columns" in line
-    assert f"at most {limit}" in line
+    limit = 1600 if target.kind == "postgres" else _sqlite_column_limit()
+    assert "5000 columns" in line
+    assert f"at most {limit} columns" in line
     assert_nothing_created(target, "wide", tmp_path)
 
 

@@ -178,7 +178,7 @@ JobArgument = Annotated[str, typer.Argument(help="A run id, or a job name (its l
 def _error(message: str) -> int:
     """Print a user error's one line; return its exit code, 2."""
     typer.echo(f"freight: error: {message}", err=True)
-    return 2
+    return EXIT_USER_ERROR
 
 
 def _fail(message: str) -> NoReturn:
@@ -477,13 +477,13 @@ def _check_columns(columns: Sequence[str], file: Path, postgres: bool) -> None:
     )
     if len(columns) > limit:
         _fail(
-            f"{file.name} has {len(columns):,} columns; a {target} table has at most "
-            f"{limit:,}: split the file, or load fewer columns"
+            f"{file.name} has {len(columns)} columns; a {target} table has at most "
+            f"{limit} columns: split the file, or load fewer columns"
         )
     seen: dict[str, str] = {}
     for number, column in enumerate(columns, 1):
         if not column.strip():
-            _fail(f"column {number} of {file.name} has an empty name: name it in the header")
+            _fail(f"empty column name: column {number} of {file.name} has none; name it")
         if postgres and len(column.encode()) > POSTGRES_MAX_NAME_BYTES:
             _fail(
                 f"column {column!r} of {file.name} is {len(column.encode())} bytes long; "
@@ -493,8 +493,8 @@ def _check_columns(columns: Sequence[str], file: Path, postgres: bool) -> None:
         same = column if postgres else column.translate(_ASCII_LOWER)
         if same in seen:
             _fail(
-                f"column {column!r} of {file.name} appears twice in its header "
-                f"(columns {list(seen).index(same) + 1} and {number}): rename one"
+                f"duplicate column name {column!r} in {file.name} (columns "
+                f"{list(seen).index(same) + 1} and {number}): rename one"
             )
         seen[same] = column
 
