@@ -227,7 +227,43 @@ def test_dead_letters_can_be_marked_replayed(store: Store) -> None:
     ids = [d.id for d in store.dead_letters(job_id)]
     store.mark_replayed(job_id, [i for i in ids[:2] if i is not None])
     assert [d.record_id for d in store.dead_letters(job_id)] == ["r2"]
-    assert len(store.dead_letters(job_id, include_replayed=True)) == 3
+    every = store.dead_letters(job_id, include_replayed=True)
+    assert [d.replayed_at is not None for d in every] == [True, True, False]
+    assert every[0].replayed_at is not None
+    assert every[0].replayed_at.tzinfo is not None
+
+
+def test_the_error_summary_counts_current_errors_and_records_a_replay_resolved(
+    store: Store,
+) -> None:
+    job_id = new_job(store)
+    letters = [
+        DeadLetter(
+            record_id=f"line {i}", position=(i * 10, i), payload="x", error_type="E",
+            message=f"m{i}", category="permanent" if i % 2 else "validation",
+        )
+        for i in range(6)
+    ]  # fmt: skip
+    store.commit_chunk(job_id, ChunkCheckpoint(index=0, start=(0, 0), status="done"), letters)
+    ids = [d.id for d in store.dead_letters(job_id) if d.id is not None]
+    again = DeadLetter(
+        record_id="line 3", position=(30, 3), payload="x", error_type="E",
+        message="m3 again", category="permanent", attempts=2,
+    )  # fmt: skip
+    store.commit_replay(job_id, ids[:4], [again], succeeded=3)  # lines 0-3; 3 failed again
+    summary = store.error_summary(job_id, sample=2)
+    assert [d.record_id for d in summary.current] == ["line 4", "line 5"]  # oldest first
+    assert summary.categories == {"validation": 1, "permanent": 2}
+    assert [d.record_id for d in summary.resolved] == ["line 0", "line 1"]
+    assert summary.resolved_count == 3  # line 3 is not resolved: it failed again
+    assert all(d.replayed_at is not None for d in summary.resolved)
+    targets = store.replay_targets(job_id)
+    assert [t.position for t in targets] == [(30, 3), (40, 4), (50, 5)]
+    assert [t.attempts for t in targets] == [2, 1, 1]
+    empty = store.error_summary(new_job(store, "clean"))
+    assert (empty.current, empty.categories, empty.resolved, empty.resolved_count) == (
+        [], {}, [], 0,
+    )  # fmt: skip
 
 
 def test_schema_is_versioned_and_a_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from typing import Any
 
 from freight._errors import ConfigError
 from freight.store import STOPPED, ChunkCheckpoint, DeadLetter, JobRecord, Store
+from freight.store._records import ErrorSummary
 
 __all__ = ["JobReport", "build_report", "load_report"]
 
@@ -18,11 +18,13 @@ class JobReport(dict[str, Any]):
     """The result of a run: a plain ``dict`` in the documented shape, JSON-ready.
 
     Keys: job_id, job_type, started_at, completed_at, status, summary (total_items,
-    processed, succeeded, failed, skipped, duration_seconds, items_per_second),
-    errors (a bounded sample: item_id, error_type, message, timestamp, chunk_index,
-    retry_attempts, category), error_categories, last_checkpoint, metadata
-    (chunk_size, num_chunks, workers, retry_attempts) and remediation
-    (can_retry, strategy). The properties are shortcuts for the common keys.
+    processed, succeeded, failed, skipped, resolved, duration_seconds,
+    items_per_second), errors (the current errors, a bounded sample: item_id,
+    error_type, message, timestamp, chunk_index, retry_attempts, category),
+    error_categories (of the current errors), resolved (items that failed and then
+    succeeded on a replay, a bounded sample: the same keys and resolved_at),
+    last_checkpoint, metadata (chunk_size, num_chunks, workers, retry_attempts) and
+    remediation (can_retry, strategy). The properties are shortcuts for the common keys.
     """
 
     @property
@@ -66,11 +68,12 @@ def _remediation(status: str, failed: int) -> dict[str, Any]:
 def build_report(
     job: JobRecord,
     chunks: list[ChunkCheckpoint],
-    dead_letters: list[DeadLetter],
+    errors: ErrorSummary,
     *,
     retry_attempts: int,
 ) -> JobReport:
-    """Assemble the report of ``job`` from what the store holds."""
+    """Assemble the report of ``job`` from what the store holds (``errors``: its
+    :meth:`~freight.store.Store.error_summary`)."""
     started, completed = job.started_at, job.completed_at
     duration = (completed - started).total_seconds() if started and completed else None
     done = [c for c in chunks if c.status == "done"]
@@ -89,23 +92,16 @@ def build_report(
             "succeeded": job.succeeded,
             "failed": job.failed,
             "skipped": job.skipped,
+            "resolved": errors.resolved_count,
             "duration_seconds": duration,
             "items_per_second": (job.processed / duration) if duration else None,
         },
-        "errors": [
-            {
-                "item_id": d.record_id,
-                "item": d.record_id,
-                "error_type": d.error_type,
-                "message": d.message,
-                "category": d.category,
-                "timestamp": d.created_at.isoformat() if d.created_at else None,
-                "chunk_index": d.chunk_index,
-                "retry_attempts": d.attempts,
-            }
-            for d in dead_letters[:ERROR_SAMPLE]
+        "errors": [_error(d) for d in errors.current],
+        "error_categories": dict(errors.categories),
+        "resolved": [
+            {**_error(d), "resolved_at": d.replayed_at.isoformat() if d.replayed_at else None}
+            for d in errors.resolved
         ],
-        "error_categories": dict(Counter(d.category for d in dead_letters)),
         "last_checkpoint": None
         if last is None
         else {"chunk_index": last.index, "position": list(last.end or last.start)},
@@ -120,6 +116,19 @@ def build_report(
     return JobReport(data)
 
 
+def _error(d: DeadLetter) -> dict[str, Any]:
+    return {
+        "item_id": d.record_id,
+        "item": d.record_id,
+        "error_type": d.error_type,
+        "message": d.message,
+        "category": d.category,
+        "timestamp": d.created_at.isoformat() if d.created_at else None,
+        "chunk_index": d.chunk_index,
+        "retry_attempts": d.attempts,
+    }
+
+
 def load_report(store: Store, job_id: str) -> JobReport:
     """The report of run ``job_id`` as the store holds it now."""
     job = store.get_job(job_id)
@@ -128,6 +137,6 @@ def load_report(store: Store, job_id: str) -> JobReport:
     return build_report(
         job,
         store.chunks(job_id),
-        store.dead_letters(job_id, include_replayed=True),
+        store.error_summary(job_id, sample=ERROR_SAMPLE),
         retry_attempts=int(job.config.get("retry_attempts", 1)),
     )

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from freight.jobs._chunk import ChunkHandler, handle_installed, install
 from freight.jobs._chunking import Chunk, ChunkSizer, fixed_boundaries, started_chunks
 from freight.jobs._progress import Progress
+from freight.jobs._replay import Replay
 from freight.jobs._report import JobReport
 from freight.jobs._sources import Position
 from freight.store import (
-    DONE,
     ChunkCheckpoint,
     DeadLetter,
     IllegalTransition,
@@ -387,40 +387,40 @@ class Run:
                 return
             self.store.heartbeat(self.id, now=self.job.utcnow())
 
-    # -- one chunk (on a worker thread) ---------------------------------------------
+    # -- replaying dead letters -------------------------------------------------------
 
     def replay(self) -> JobReport:
-        """Run the dead letters of this run again (see :meth:`Job.retry_failed`)."""
-        store = self.store
-        letters = [d for d in store.dead_letters(self.id) if d.position is not None]
-        replayed: list[int] = []
-        dead: list[DeadLetter] = []
-        succeeded = 0
-        for letter in letters:
-            assert letter.position is not None
-            assert letter.id is not None
-            record = next(iter(self.job.source.read(letter.position)), None)
-            if record is None or record.position != letter.position:
-                continue
-            _, written, failed = self._handler.handle(letter.chunk_index or 0, [record])
-            succeeded += written
-            replayed.append(letter.id)
-            for d in failed:
-                dead.append(DeadLetter(
-                    record_id=d.record_id, position=d.position, payload=d.payload,
-                    error_type=d.error_type, message=d.message, category=d.category,
-                    attempts=d.attempts + letter.attempts, chunk_index=letter.chunk_index,
-                ))  # fmt: skip
-        final = store.commit_replay(self.id, replayed, dead, succeeded)
-        if final.status in DONE:  # an unfinished run stays resumable as it was
-            revised: JobStatus = "completed_with_errors" if final.failed else "completed"
-            if revised != final.status:
-                store.transition(self.id, revised)
-        store.add_event(
-            self.id, "retried_failed", {"replayed": len(replayed), "succeeded": succeeded}
-        )
-        store.release(self.id)
-        return self.job.report(self.id)
+        """Run the dead letters of this run again (see :meth:`Job.retry_failed` and
+        :mod:`freight.jobs._replay` for the guarantees); the run is released at the end."""
+        store, job = self.store, self.job
+        try:
+            outcome = Replay(
+                job_id=self.id,
+                store=store,
+                source=job.source,
+                handler=self._handler,
+                shared=self._shared,
+                batch_size=self._sizer.size,
+                heartbeat=lambda: store.heartbeat(self.id, now=job.utcnow()),
+            ).run()
+            final = store.get_job(self.id)
+            assert final is not None
+            # A done run is re-judged; an unfinished one stays resumable as it was.
+            if final.status == "completed_with_errors" and not final.failed:
+                store.transition(self.id, "completed")
+            store.add_event(
+                self.id,
+                "retried_failed",
+                {
+                    "replayed": outcome.replayed,
+                    "succeeded": outcome.succeeded,
+                    "failed": outcome.failed,
+                    "unread": outcome.unread,
+                },
+            )
+        finally:
+            store.release(self.id)
+        return job.report(self.id)
 
 
 def _shared_transaction(job: Job) -> tuple[TransactionalSink, SharedTransactionStore] | None:

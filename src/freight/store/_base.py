@@ -10,7 +10,8 @@
 - :class:`TransactionalSink` and :class:`SharedTransactionStore`: the two halves of
   exactly-once chunk commits. A sink that writes inside a transaction it opens on a
   database it names, and a store that can record a chunk inside that transaction when
-  it lives in the same database: then rows and checkpoint commit together.
+  it lives in the same database: then rows and checkpoint (or, for a replay, rows and
+  the marking of their dead letters) commit together.
 
 ``SqliteStore`` and ``PostgresStore`` implement ``Store`` and ``BoardStore``;
 ``PostgresStore`` is also a ``SharedTransactionStore``, ``PostgresSink`` a
@@ -30,8 +31,10 @@ from freight.store._records import (
     ChunkCheckpoint,
     Control,
     DeadLetter,
+    ErrorSummary,
     Event,
     JobRecord,
+    ReplayTarget,
 )
 
 __all__ = ["BoardStore", "SharedTransactionStore", "Store", "TransactionalSink"]
@@ -153,6 +156,17 @@ class Store(Protocol):
         """The dead letters of a run, oldest first."""
         ...
 
+    def error_summary(self, job_id: str, *, sample: int = 50) -> ErrorSummary:
+        """What a run's report shows of its dead letters: the first ``sample`` current
+        errors, the current errors per category, and the records a replay resolved
+        (the first ``sample`` of them, and how many)."""
+        ...
+
+    def replay_targets(self, job_id: str) -> list[ReplayTarget]:
+        """The open dead letters of a run that have a position, in position order: what
+        ``retry-failed`` reads again."""
+        ...
+
     def mark_replayed(self, job_id: str, ids: Sequence[int]) -> None:
         """Mark dead letters as replayed (by ``retry-failed``)."""
         ...
@@ -238,4 +252,17 @@ class SharedTransactionStore(Protocol):
     ) -> None:
         """:meth:`Store.commit_chunk` on ``conn``, the connection of a
         :class:`TransactionalSink`'s open transaction (committed with it)."""
+        ...
+
+    def commit_replay_on(
+        self,
+        conn: Any,
+        job_id: str,
+        replayed: Sequence[int],
+        dead_letters: Sequence[DeadLetter],
+        succeeded: int,
+    ) -> None:
+        """:meth:`Store.commit_replay` on ``conn``, the connection of a
+        :class:`TransactionalSink`'s open transaction (committed with it): rows replayed
+        by ``retry-failed`` and the marking of their dead letters commit together."""
         ...

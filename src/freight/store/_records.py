@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from freight.store._lifecycle import TERMINAL, JobStatus
 
@@ -18,9 +18,11 @@ __all__ = [
     "ChunkStatus",
     "Control",
     "DeadLetter",
+    "ErrorSummary",
     "Event",
     "JobRecord",
     "JobStatus",
+    "ReplayTarget",
     "utcnow",
 ]
 
@@ -83,7 +85,11 @@ class ChunkCheckpoint:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeadLetter:
-    """An item that did not make it, with why."""
+    """An item that did not make it, with why.
+
+    ``replayed_at`` is set once ``retry-failed`` replayed it: it is no longer a current
+    error (it succeeded, or failed again as a new dead letter).
+    """
 
     record_id: str
     payload: str
@@ -95,6 +101,36 @@ class DeadLetter:
     position: tuple[int, int] | None = None
     created_at: datetime | None = None
     id: int | None = None
+    replayed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorSummary:
+    """A run's dead letters as its report shows them, counted by the store.
+
+    Attributes:
+        current: the first current errors (open dead letters), oldest first.
+        categories: how many current errors each category has.
+        resolved: records that failed and then succeeded on a replay (every dead letter
+            of the record replayed), first ones first: each record's first dead letter,
+            with ``replayed_at`` the time of the replay that resolved it.
+        resolved_count: how many records a replay resolved.
+    """
+
+    current: list[DeadLetter] = field(default_factory=list)
+    categories: dict[str, int] = field(default_factory=dict)
+    resolved: list[DeadLetter] = field(default_factory=list)
+    resolved_count: int = 0
+
+
+class ReplayTarget(NamedTuple):
+    """What ``retry-failed`` needs of an open dead letter (a tuple: a replay reads tens of
+    thousands): its id, where its record is, its chunk and the attempts it cost."""
+
+    id: int
+    position: tuple[int, int]
+    chunk_index: int | None
+    attempts: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,7 +13,7 @@ import json
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, NamedTuple
@@ -26,8 +26,10 @@ from freight.store._records import (
     ChunkCheckpoint,
     Control,
     DeadLetter,
+    ErrorSummary,
     Event,
     JobRecord,
+    ReplayTarget,
     utcnow,
 )
 
@@ -95,6 +97,29 @@ class Statements(NamedTuple):
     dead_letters: str = "SELECT * FROM dead_letters WHERE job_id = {p} ORDER BY id"
     open_dead_letters: str = (
         "SELECT * FROM dead_letters WHERE job_id = {p} AND replayed_at IS NULL ORDER BY id"
+    )
+    current_errors: str = (
+        "SELECT * FROM dead_letters WHERE job_id = {p} AND replayed_at IS NULL"
+        " ORDER BY id LIMIT {p}"
+    )
+    error_categories: str = (
+        "SELECT category, count(*) AS n FROM dead_letters WHERE job_id = {p}"
+        " AND replayed_at IS NULL GROUP BY category ORDER BY min(id)"
+    )
+    # A record is resolved when a replay marked every dead letter it has; "resolved"
+    # counts them all (a window: computed before the LIMIT).
+    resolved_errors: str = (
+        "SELECT d.id, d.chunk_idx, d.record_id, d.position_offset, d.position_ordinal,"
+        " d.payload, d.error_type, d.message, d.category, d.attempts, d.created_at,"
+        " r.resolved_at AS replayed_at, count(*) OVER () AS resolved FROM dead_letters d"
+        " JOIN (SELECT min(id) AS first, max(replayed_at) AS resolved_at FROM dead_letters"
+        " WHERE job_id = {p} GROUP BY record_id HAVING count(replayed_at) = count(*)) r"
+        " ON d.id = r.first ORDER BY d.id LIMIT {p}"
+    )
+    replay_targets: str = (
+        "SELECT id, position_offset, position_ordinal, chunk_idx, attempts FROM dead_letters"
+        " WHERE job_id = {p} AND replayed_at IS NULL AND position_offset IS NOT NULL"
+        " ORDER BY position_offset, position_ordinal, id"
     )
     mark_replayed: str = "UPDATE dead_letters SET replayed_at = {p} WHERE job_id = {p} AND id = {p}"
     count_replay: str = (
@@ -404,6 +429,28 @@ class SqlStore(ABC):
         sql = self.sql.dead_letters if include_replayed else self.sql.open_dead_letters
         return [_dead_letter(row) for row in self.query(sql, (job_id,))]
 
+    def error_summary(self, job_id: str, *, sample: int = 50) -> ErrorSummary:
+        """A run's current errors and what replays resolved, counted here (a report
+        costs the same for ten dead letters or a million)."""
+        sql = self.sql
+        resolved = self.query(sql.resolved_errors, (job_id, max(1, sample)))
+        return ErrorSummary(
+            current=[_dead_letter(r) for r in self.query(sql.current_errors, (job_id, sample))],
+            categories={
+                r["category"]: int(r["n"]) for r in self.query(sql.error_categories, (job_id,))
+            },
+            resolved=[_dead_letter(r) for r in resolved[:sample]],
+            resolved_count=int(resolved[0]["resolved"]) if resolved else 0,
+        )
+
+    def replay_targets(self, job_id: str) -> list[ReplayTarget]:
+        """The open dead letters of a run that have a position, in position order."""
+        return [
+            ReplayTarget(row["id"], (row["position_offset"], row["position_ordinal"]),
+                         row["chunk_idx"], row["attempts"])
+            for row in self.query(self.sql.replay_targets, (job_id,))
+        ]  # fmt: skip
+
     def mark_replayed(self, job_id: str, ids: Sequence[int]) -> None:
         """Mark dead letters as replayed (by ``retry-failed``)."""
         now = _ts(utcnow())
@@ -418,12 +465,43 @@ class SqlStore(ABC):
         succeeded: int,
     ) -> JobRecord:
         """Atomically: mark dead letters replayed, record the new failures, fix counters."""
-        now = _ts(utcnow())
         with self.transaction() as tx:
-            tx.executemany(self.sql.mark_replayed, [(now, job_id, i) for i in replayed])
-            self._insert_dead_letters(tx, job_id, None, dead_letters, now)
-            tx.execute(self.sql.count_replay, (succeeded, len(replayed), len(dead_letters), job_id))
+            self._commit_replay_in(tx, job_id, replayed, dead_letters, succeeded)
         return self._job(job_id)
+
+    def commit_replay_on(
+        self,
+        conn: Any,
+        job_id: str,
+        replayed: Sequence[int],
+        dead_letters: Sequence[DeadLetter],
+        succeeded: int,
+    ) -> None:
+        """:meth:`commit_replay` on ``conn``, the connection of a transaction a sink opened
+        on this store's database (committed with it): the replayed rows and the marking
+        of their dead letters commit together (the
+        :class:`~freight.store.SharedTransactionStore` port)."""
+        tx = self._transaction_on(conn)
+        self._commit_replay_in(tx, job_id, replayed, dead_letters, succeeded)
+
+    def _commit_replay_in(
+        self,
+        tx: Transaction,
+        job_id: str,
+        replayed: Sequence[int],
+        dead_letters: Sequence[DeadLetter],
+        succeeded: int,
+    ) -> None:
+        """The statements of :meth:`commit_replay`, in the open transaction ``tx``."""
+        now = _ts(utcnow())
+        tx.executemany(self.sql.mark_replayed, [(now, job_id, i) for i in replayed])
+        self._insert_dead_letters(tx, job_id, None, dead_letters, now)
+        tx.execute(self.sql.count_replay, (succeeded, len(replayed), len(dead_letters), job_id))
+
+    def _transaction_on(self, conn: Any) -> Transaction:
+        """The :class:`Transaction` primitive on another component's DB-API connection
+        (a backend may give its own)."""
+        return _DbApiTransaction(conn)
 
     def add_event(self, job_id: str, kind: str, data: dict[str, Any] | None = None) -> None:
         """Append an event to a run's history."""
@@ -436,6 +514,42 @@ class SqlStore(ABC):
             Event(kind=row["kind"], data=json.loads(row["data"]), created_at=_dt(row["created_at"]))
             for row in self.query(self.sql.events, (job_id,))
         ]
+
+
+class _DbApiTransaction:
+    """The :class:`Transaction` primitive on a DB-API 2 connection whose transaction its
+    opener commits (a :class:`~freight.store.TransactionalSink`'s); rows come back as dicts."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cur = self._conn.cursor()
+        try:
+            cur.execute(sql, params)
+            return int(cur.rowcount)
+        finally:
+            cur.close()
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = list(rows)
+        if rows:  # some drivers refuse an empty executemany
+            cur = self._conn.cursor()
+            try:
+                cur.executemany(sql, rows)
+            finally:
+                cur.close()
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        cur = self._conn.cursor()
+        try:
+            cur.execute(sql, params)
+            names = [column[0] for column in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        finally:
+            cur.close()
 
 
 # -- record mapping --------------------------------------------------------------------
@@ -496,4 +610,5 @@ def _dead_letter(row: Row) -> DeadLetter:
         category=row["category"],
         attempts=row["attempts"],
         created_at=_dt(row["created_at"]),
+        replayed_at=_dt(row["replayed_at"]),
     )
