@@ -194,13 +194,25 @@ def _check_file(path: Path) -> None:
     if len(header) < 100:
         raise StoreError(f"the store {path} is truncated ({size} bytes, not even its header)")
     pages = _expected_pages(header)
-    wal = path.with_name(path.name + "-wal")
     page_size = int.from_bytes(header[16:18], "big") or 65536
-    if pages and size < pages * page_size and not (wal.exists() and wal.stat().st_size):
+    if pages and size < pages * page_size and not _journaled(path):
         raise StoreError(
             f"the store {path} is truncated: {size:,} bytes where its header says "
             f"{pages * page_size:,}; restore it from a backup or move it away"
         )
+
+
+def _journaled(path: Path) -> bool:
+    """Whether a WAL or rollback journal next to ``path`` may still hold pages the file
+    lacks (a checkpoint under way writes the header before the pages after it)."""
+    for suffix in ("-wal", "-journal"):
+        journal = path.with_name(path.name + suffix)
+        try:
+            if journal.stat().st_size:
+                return True
+        except FileNotFoundError:
+            continue
+    return False
 
 
 def _expected_pages(header: bytes) -> int:
