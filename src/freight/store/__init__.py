@@ -51,7 +51,12 @@ def __getattr__(name: str) -> Any:
 
 def open_store(url: str) -> Store:
     """A store from a URL: ``postgresql://…`` (extra ``freight[postgres]``),
-    ``sqlite:///path`` or a plain path."""
+    ``sqlite:///path`` or a plain path.
+
+    Raises :class:`StoreError` naming the store when it cannot serve: a SQLite file that
+    is not a database, truncated, corrupt or read-only, a folder where SQLite cannot
+    create its WAL files, a schema newer than this freight.
+    """
     if url.startswith(("postgresql://", "postgres://")):
         from freight.store._postgres import PostgresStore  # noqa: PLC0415 (optional extra)
 
