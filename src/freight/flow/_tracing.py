@@ -5,12 +5,19 @@ Rules:
 1. A span is built only when someone listens: without subscribers :meth:`Tracing.span`
    returns ``None`` at once (the hot path of a flow with ``trace=False`` pays one
    attribute test).
-2. Durations are on the flow's clock (a fake clock gives exact ones); ``started_at``
+2. A :class:`DuckDBTracer` gets the span as one queued tuple (``DuckDBTracer.record``):
+   no :class:`Span` object, no timestamp conversion, no copy of the attributes on the
+   flow's path; its writer thread does that work in bulk. A publish span (one per
+   artifact, most of a flow's spans) is queued as the envelope's fields
+   (:meth:`Tracing.published`; its id is the artifact's). Other subscribers get a
+   :class:`Span`, built once for all of them.
+3. Durations are on the flow's clock (a fake clock gives exact ones); ``started_at``
    is the wall clock (UTC) minus the span's age on the flow's clock.
-3. A subscriber never breaks the flow: its exceptions are logged, and the next
+4. A subscriber never breaks the flow: its exceptions are logged, and the next
    subscriber still gets the span.
-4. Subscribers that buffer (``DuckDBTracer``) are flushed when the flow goes idle and
-   closed when it closes, if they have ``flush`` / ``close``.
+5. When the flow goes idle, DuckDB tracers write what they hold (at most once per
+   their ``interval``) and other subscribers with a ``flush`` are flushed; when it
+   closes, the subscribers with a ``close`` are closed (a DuckDB tracer writes then).
 
 The tracers themselves (DuckDB, OpenTelemetry) are in ``_trace.py``.
 """
@@ -19,14 +26,16 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from freight._drivers._engine import fan_out
-from freight.flow._trace import DuckDBTracer, Span, SpanKind
+from freight.flow._artifacts import Envelope
+from freight.flow._trace import DuckDBTracer, Span, SpanIds, SpanKind
 
 __all__ = ["Tracing"]
 
@@ -43,7 +52,7 @@ class Tracing:
             installed); see ``Flow``.
     """
 
-    __slots__ = ("flow", "subscribers")
+    __slots__ = ("_ids", "_others", "_tracers", "flow", "subscribers")
 
     def __init__(
         self,
@@ -57,6 +66,9 @@ class Tracing:
             trace = importlib.util.find_spec("duckdb") is not None
         if trace:
             self.subscribers.append(DuckDBTracer() if trace is True else DuckDBTracer(trace))
+        self._tracers = [s for s in self.subscribers if isinstance(s, DuckDBTracer)]
+        self._others = [s for s in self.subscribers if not isinstance(s, DuckDBTracer)]
+        self._ids = SpanIds(uuid.uuid4().hex[:12] + "-")
 
     def span(
         self,
@@ -69,40 +81,99 @@ class Tracing:
         parent: str | None = None,
     ) -> str | None:
         """Hand a span from ``start`` to ``now`` (flow clock) to every subscriber;
-        return its id (``None`` without subscribers)."""
+        return its id (``None`` without subscribers).
+
+        ``attributes`` is the caller's fresh dict: a DuckDB tracer keeps it as it is
+        until its writer thread writes it (rule 2)."""
         if not self.subscribers:
             return None
-        duration = max(0.0, now - start)
-        attributes = {"consumer": consumer, "duration": duration, **attributes}
+        span_id = self._ids.next()
+        duration = now - start if now > start else 0.0
+        ended = time.time()
+        if self._tracers:
+            row = (span_id, parent, self.flow, name, consumer, ended, duration, attributes)
+            for tracer in self._tracers:
+                tracer.record(row)
+        if self._others:
+            started = datetime.fromtimestamp(ended - duration, UTC)
+            self._fan_out(
+                span_id, name, consumer, started=started, duration=duration,
+                attributes=attributes, parent=parent,
+            )  # fmt: skip
+        return span_id
+
+    def published(self, envelope: Envelope, consumers: int) -> None:
+        """The ``publish`` span of ``envelope``, which ``consumers`` consumers took
+        (rule 2); nothing without subscribers."""
+        if not self.subscribers:
+            return
+        for tracer in self._tracers:
+            tracer.record_publish((
+                self.flow, envelope.id, envelope.type, envelope.producer,
+                envelope.published_at, envelope.tenant, envelope.depth, consumers,
+            ))  # fmt: skip
+        if self._others:
+            attributes = {
+                "artifact_type": envelope.type,
+                "consumers": consumers,
+                "tenant": envelope.tenant,
+                "depth": envelope.depth,
+            }
+            self._fan_out(
+                envelope.id, "publish", envelope.producer, started=envelope.published_at,
+                duration=0.0, attributes=attributes, parent=None,
+            )  # fmt: skip
+
+    def _fan_out(
+        self,
+        span_id: str,
+        name: SpanKind,
+        consumer: str | None,
+        *,
+        started: datetime,
+        duration: float,
+        attributes: dict[str, Any],
+        parent: str | None,
+    ) -> None:
+        """Build the :class:`Span` once and hand it to the other subscribers."""
+        given = {k: v for k, v in attributes.items() if v is not None}
+        head = (
+            {"duration": duration}
+            if consumer is None
+            else {"consumer": consumer, "duration": duration}
+        )
         span = Span(
-            id=uuid.uuid4().hex,
+            id=span_id,
             name=name,
             consumer=consumer,
-            started_at=datetime.now(UTC) - timedelta(seconds=duration),
+            started_at=started,
             duration=duration,
-            attributes={k: v for k, v in attributes.items() if v is not None},
+            attributes={**head, **given},
             parent_id=parent,
             flow=self.flow,
         )
-        fan_out(self.subscribers, span, f"flow {self.flow}: span")
-        return span.id
+        fan_out(self._others, span, f"flow {self.flow}: span")
 
     def flush(self) -> None:
-        """Let buffering subscribers write what they hold (the flow is idle)."""
-        self._each("flush")
+        """The flow is idle: DuckDB tracers write (at most once per interval), other
+        buffering subscribers flush (rule 5)."""
+        for tracer in self._tracers:
+            self._guard(tracer.idle, tracer, "flush")
+        self._each(self._others, "flush")
 
     def close(self) -> None:
         """Close the subscribers that can be closed (the flow is closed)."""
-        self._each("close")
+        self._each(self.subscribers, "close")
 
-    def _each(self, method: str) -> None:
-        for subscriber in self.subscribers:
-            # A subscriber is any callable; flush/close are optional (rule 4).
+    def _each(self, subscribers: list[Callable[[Span], Any]], method: str) -> None:
+        for subscriber in subscribers:
+            # A subscriber is any callable; flush/close are optional (rule 5).
             action = getattr(subscriber, method, None)
             if callable(action):
-                try:
-                    action()
-                except Exception:
-                    _log.exception(
-                        "%s: span subscriber %r failed (%s)", self.flow, subscriber, method
-                    )
+                self._guard(action, subscriber, method)
+
+    def _guard(self, action: Callable[[], Any], subscriber: object, method: str) -> None:
+        try:
+            action()
+        except Exception:
+            _log.exception("%s: span subscriber %r failed (%s)", self.flow, subscriber, method)

@@ -1,0 +1,150 @@
+"""Default tracing costs little: spans are queued on the flow's path and written in bulk
+by a writer thread, and a traced flow writes its file when it closes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from freight import BatchSpec, Flow
+from freight.flow import DuckDBTracer, Span
+from freight.testing import FakeClock
+
+
+@dataclass
+class Tx:
+    n: int
+
+
+@dataclass
+class Report:
+    count: int
+
+
+def declare(flow: Flow) -> None:
+    @flow.consumer("pay").consumes(Tx, batch=BatchSpec(size=25, timeout=30)).publishes(Report)
+    async def pay(batch: list[Tx]) -> list[Report]:
+        return [Report(len(batch))] * len(batch)
+
+
+def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    with duckdb.connect(str(path), read_only=True) as db:
+        return db.execute(sql).fetchall()
+
+
+async def test_publishing_writes_nothing_until_the_flow_closes(tmp_path: Path) -> None:
+    path = tmp_path / "traces.duckdb"
+    tracer = DuckDBTracer(path, buffer=10_000, interval=3600)
+    flow = Flow(clock=FakeClock(), trace=False, subscribers=[tracer])
+    declare(flow)
+    for n in range(100):
+        await flow.publish(Tx(n))
+    assert not path.exists()  # publish queued its span; no file was touched
+    await flow.close()
+    counts = rows(path, "SELECT name, count(*) FROM spans GROUP BY name ORDER BY name")
+    assert counts == [("flush", 4), ("handler", 4), ("publish", 200)]
+
+
+async def test_a_traced_flow_writes_its_default_file_when_it_closes() -> None:
+    flow = Flow(clock=FakeClock())  # duckdb is installed: traced by default
+    declare(flow)
+    for n in range(30):
+        await flow.publish(Tx(n))
+    await flow.close()
+    [(flushes, reasons)] = rows(
+        Path(".freight/traces.duckdb"),
+        "SELECT count(*), string_agg(DISTINCT flush_reason, ',') FROM spans WHERE name = 'flush'",
+    )
+    assert (flushes, reasons) == (2, "close,size") or (flushes, reasons) == (2, "size,close")
+
+
+async def test_publish_spans_carry_the_artifact_and_its_consumers(tmp_path: Path) -> None:
+    path = tmp_path / "traces.duckdb"
+    flow = Flow(clock=FakeClock(), trace=path, name="payments")
+    declare(flow)
+    envelope = await flow.publish(Tx(1))
+    await flow.close()
+    [row] = rows(
+        path,
+        "SELECT span_id, flow, consumer, artifact_type, tenant, attributes, kind FROM spans"
+        " WHERE name = 'publish' AND consumer IS NULL",
+    )
+    assert row == (
+        envelope.id,
+        "payments",
+        None,
+        "Tx",
+        None,
+        '{"consumers": 1, "depth": 0}',
+        "publish",
+    )
+    [(producer, depth)] = rows(
+        path, "SELECT consumer, attributes->>'depth' FROM spans WHERE artifact_type = 'Report'"
+    )
+    assert (producer, depth) == ("pay", "1")
+
+
+def test_the_writer_thread_writes_every_buffer_spans(tmp_path: Path) -> None:
+    path = tmp_path / "traces.duckdb"
+    tracer = DuckDBTracer(path, buffer=50, interval=3600)
+    now = datetime.now(UTC)
+    for i in range(120):
+        tracer(Span(f"s{i}", "flush", "c", now, 0.1, {"batch_size": i}))
+    tracer.close()  # joins the writer thread, then writes the rest
+    assert rows(path, "SELECT count(*), sum(batch_size) FROM spans") == [(120, sum(range(120)))]
+
+
+def test_attributes_of_mixed_kinds_are_still_written(tmp_path: Path) -> None:
+    """A tenant key that is a number for one span and text for another cannot make one
+    typed column: those spans take the slow path, and none is lost."""
+    path = tmp_path / "traces.duckdb"
+    tracer = DuckDBTracer(path)
+    now = datetime.now(UTC)
+    tracer(Span("a", "flush", "c", now, 0.0, {"tenant": 7, "note": "x"}))
+    tracer(Span("b", "flush", "c", now, 0.0, {"tenant": "t", "note": 2}))
+    tracer.close()
+    assert rows(path, "SELECT span_id, tenant, attributes FROM spans ORDER BY span_id") == [
+        ("a", "7", '{"note": "x"}'),
+        ("b", "t", '{"note": 2}'),
+    ]
+
+
+def test_a_failed_write_keeps_at_most_max_spans(tmp_path: Path) -> None:
+    (tmp_path / "blocked").write_text("a file where the folder should be")
+    tracer = DuckDBTracer(tmp_path / "blocked" / "t.duckdb", buffer=10, max_spans=10)
+    now = datetime.now(UTC)
+    for i in range(10):
+        tracer(Span(f"s{i}", "flush", "c", now, 0.0, {}))
+    with pytest.raises(FileExistsError):
+        tracer.flush()
+    for i in range(10, 15):
+        tracer(Span(f"s{i}", "flush", "c", now, 0.0, {}))
+    tracer.path = tmp_path / "t.duckdb"
+    tracer.close()
+    kept = [r[0] for r in rows(tracer.path, "SELECT span_id FROM spans")]
+    assert len(kept) <= 15
+    assert {f"s{i}" for i in range(10, 15)} <= set(kept)  # the newest are never dropped
+
+
+def test_default_tracing_costs_a_fraction_of_the_flow() -> None:
+    """A guard against the old cost (a row written per span inside publish: ~100x);
+    bench/flow_overhead.py measures the 1.3x target itself."""
+
+    async def run(trace: bool) -> float:
+        flow = Flow(trace=trace)
+        declare(flow)
+        started = time.process_time()
+        async with flow:
+            for n in range(3000):
+                await flow.publish(Tx(n))
+        return time.process_time() - started
+
+    untraced = min(asyncio.run(run(False)) for _ in range(3))
+    traced = min(asyncio.run(run(True)) for _ in range(3))
+    assert traced < 3 * untraced + 0.05, (traced, untraced)
