@@ -266,6 +266,20 @@ def test_an_existing_table_keeps_its_columns_and_types_must_name_them(tmp_path: 
         SqliteSink(path, "t", types={"id": "money"})
 
 
+def test_columns_that_types_leaves_out_keep_their_values(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    with sqlite3.connect(path) as db:
+        db.execute('CREATE TABLE "t" (id BIGINT, note TEXT, extra TEXT)')
+    db.close()
+    sink = SqliteSink(path, "t", types={"id": "bigint"})
+    assert sink.write([{"id": "1", "note": "kept", "extra": "too"}, {"id": "2"}]) is None
+    sink.close()
+    assert select(path, "SELECT id, note, extra FROM t ORDER BY id") == [
+        (1, "kept", "too"),
+        (2, None, None),
+    ]
+
+
 def test_a_typed_sink_survives_pickling_for_worker_processes(tmp_path: Path) -> None:
     sink = SqliteSink(tmp_path / "d.db", "t", types={"id": "bigint"})
     copy = pickle.loads(pickle.dumps(sink))

@@ -626,9 +626,11 @@ class SqliteSink:
             )
         if self._convert is not None:
             try:
-                item = self._convert(item)
+                converted = self._convert(item)
             except ValueError as exc:  # "column 'amount': 'abc' is not a number"
                 raise PermanentError(str(exc)) from exc
+            # The converter gives the typed columns only: the others keep their values.
+            item = converted if len(converted) == len(columns) else {**item, **converted}
         return [bind(item.get(c), c) for c, bind in binders[2]]
 
     def _column_binders(self, columns: list[str]) -> list[tuple[str, Binder]]:
