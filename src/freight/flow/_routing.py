@@ -172,10 +172,7 @@ class Router:
         for envelope, _, takers in routed:
             self.history.append(envelope)
             if traced:
-                span("publish", envelope.producer, now, now, {
-                    "artifact_type": envelope.type, "consumers": len(takers),
-                    "tenant": envelope.tenant, "depth": envelope.depth,
-                })  # fmt: skip
+                self.tracing.published(envelope, len(takers))
             for rt, sub in takers:
                 deliver(rt, sub.index, envelope, now)
 
