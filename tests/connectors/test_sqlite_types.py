@@ -140,7 +140,8 @@ def test_nan_never_becomes_null(tmp_path: Path) -> None:
     sink = SqliteSink(path, "m")
     outcomes = sink.write([
         {"k": 1, "x": 1.5}, {"k": 2, "x": math.nan}, {"k": 3, "x": math.inf},
-        {"k": 4, "x": Decimal("NaN")},
+        {"k": 4, "x": Decimal("NaN")}, {"k": 5, "x": Decimal("sNaN")},
+        {"k": 6, "x": Decimal("-Infinity")},
     ])  # fmt: skip
     sink.close()
     assert outcomes is not None
@@ -149,6 +150,8 @@ def test_nan_never_becomes_null(tmp_path: Path) -> None:
         "column 'x': NaN is not a finite number",
         None,  # SQLite stores infinity as it is (so does PostgreSQL's double precision)
         "column 'x': NaN is not a finite number",
+        "column 'x': NaN is not a finite number",
+        "column 'x': -Infinity is not a finite number",
     ]
     assert select(path, "SELECT k, x FROM m ORDER BY k") == [(1, 1.5), (3, math.inf)]
 

@@ -333,7 +333,8 @@ def _nul(column: str) -> PermanentError:
 
 
 def _not_finite(column: str, value: float | Decimal) -> PermanentError:
-    text = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    nan = value.is_nan() if isinstance(value, Decimal) else math.isnan(value)  # sNaN too
+    text = "NaN" if nan else ("Infinity" if value > 0 else "-Infinity")
     return PermanentError(f"column {column!r}: {text} is not a finite number")
 
 
