@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -610,3 +611,80 @@ def test_a_run_whose_owner_was_killed_and_not_yet_reaped_is_taken_over(
         child.wait()
     assert _alive(os.getpid())
     assert not _alive(None)
+
+
+def hold_back_even_chunks(chunks: int) -> Callable[[list[dict[str, int]]], Any]:
+    """A ``process_chunk`` holding each even chunk of 10 until the next one is processed:
+    the odd chunk reaches the sink first (with workers > 1)."""
+    processed = {index: threading.Event() for index in range(chunks)}
+
+    def hold_back(chunk: list[dict[str, int]]) -> list[dict[str, int]]:
+        index = chunk[0]["seq"] // 10
+        if index % 2 == 0 and index + 1 < chunks:
+            processed[index + 1].wait()  # the odd chunk after it runs meanwhile
+        processed[index].set()
+        return chunk
+
+    return hold_back
+
+
+def test_with_ordered_writes_the_last_value_of_a_key_wins_across_concurrent_chunks(
+    store: SqliteStore,
+) -> None:
+    """Each even chunk is held back until the next chunk is processed, so the odd chunk
+    reaches the sink first; with ordered writes it waits for its turn all the same."""
+    table = Table()
+    # 200 items in chunks of 10; every key comes back in each chunk: the last value wins
+    rows = [{"id": seq % 10, "seq": seq} for seq in range(200)]
+    job = Job("last-wins", rows, table, chunk_size=10, workers=4, ordered_writes=True,
+              process_chunk=hold_back_even_chunks(20), store=store)  # fmt: skip
+    assert job.run().status == "completed"
+    assert [c.chunk_index for c in table.contexts] == list(range(20))  # written in order
+    assert {k: v["seq"] for k, v in table.rows.items()} == {k: 190 + k for k in range(10)}
+
+
+def test_ordered_writes_are_refused_with_worker_processes() -> None:
+    with pytest.raises(ConfigError, match="ordered_writes"):
+        Job("x", [1], lambda batch: None, executor="processes", ordered_writes=True)
+
+
+def test_ordered_writes_in_a_shared_postgres_transaction_keep_the_last_value(
+    tmp_path: Path,
+) -> None:
+    """Upserts into the store's own database (rows and checkpoint in one transaction)
+    with more workers than the sink's pool has connections: a chunk waiting for its
+    turn holds no connection, so the one whose turn it is always gets one."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    from freight.connectors.postgres import PostgresSink
+    from freight.store._postgres import PostgresStore
+    from tests.services import POSTGRES_URL, require
+
+    require("127.0.0.1", 5432, "PostgreSQL")
+    schema = f"freight_order_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, seq bigint)").format(
+                sql.Identifier(schema, "t")
+            )
+        )
+    conninfo = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    try:
+        store = PostgresStore(conninfo)
+        sink = PostgresSink(conninfo, "t", key="id", columns=["id", "seq"], pool_size=2)
+        rows = [{"id": seq % 10, "seq": seq} for seq in range(400)]
+        job = Job("pg-last-wins", rows, sink, chunk_size=10, workers=4, ordered_writes=True,
+                  process_chunk=hold_back_even_chunks(40), store=store)  # fmt: skip
+        assert job.run().status == "completed"
+        with psycopg.connect(conninfo) as conn:
+            kept: dict[int, int] = dict(conn.execute("SELECT id, seq FROM t").fetchall())
+        assert kept == {k: 390 + k for k in range(10)}
+        sink.close()
+        store.close()
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))

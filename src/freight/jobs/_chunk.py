@@ -18,8 +18,10 @@ import asyncio
 import functools
 import inspect
 import random
+import threading
 import time
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 from freight._core._clock import Clock
@@ -32,7 +34,7 @@ from freight.jobs._sink import Sink, WriteContext
 from freight.jobs._sources import BLANK, Record
 from freight.store import DeadLetter
 
-__all__ = ["ChunkHandler", "handle_installed", "install"]
+__all__ = ["ChunkHandler", "Prepared", "WriteOrder", "handle_installed", "install"]
 
 _EXCERPT = 200
 
@@ -61,6 +63,55 @@ def _letter(
         attempts=attempts,
         chunk_index=index,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A chunk ready for the sink (:meth:`ChunkHandler.prepare`): the records left, their
+    processed items, the write's context, and what was skipped or failed so far."""
+
+    context: WriteContext
+    records: list[Record]
+    items: list[Any]
+    skipped: int
+    dead: list[DeadLetter]
+
+
+class WriteOrder:
+    """Sink writes of concurrent chunks, one chunk after the other, in the order the
+    chunks were handed out (``Job(ordered_writes=True)``).
+
+    The driver gives each chunk a ticket (0, 1, 2, ...) as it submits it; the chunk's
+    writes start once the chunk before it is :meth:`done` (its rows committed), so with
+    an upsert on a key the source's last value of a key is the one that stays, however
+    the workers' timing falls. Processing before the writes still runs in parallel.
+    Worker threads only (a process pool cannot share it).
+    """
+
+    def __init__(self) -> None:
+        self._turn = threading.Condition()
+        self._next = 0  # the ticket whose writes may run now
+        self._issued = 0
+
+    def ticket(self) -> int:
+        """The next chunk's ticket (called in submission order)."""
+        with self._turn:
+            ticket, self._issued = self._issued, self._issued + 1
+            return ticket
+
+    def wait(self, ticket: int) -> None:
+        """Block until the chunks before ``ticket`` are done."""
+        with self._turn:
+            self._turn.wait_for(lambda: self._next >= ticket)
+
+    def done(self, ticket: int) -> None:
+        """The chunk of ``ticket`` wrote (or gave up): pass the turn on, in order; a
+        second call does nothing."""
+        with self._turn:
+            self._turn.wait_for(lambda: self._next >= ticket)
+            if self._next == ticket:
+                self._next += 1
+                self._turn.notify_all()
 
 
 class ChunkHandler:
@@ -102,16 +153,13 @@ class ChunkHandler:
 
     def handle(self, index: int, records: list[Record]) -> tuple[int, int, list[DeadLetter]]:
         """Process and write ``records``; return (skipped, written, dead letters)."""
-        dead: list[DeadLetter] = []
-        skipped, written = self._handle(index, records, dead)
-        return skipped, written, dead
+        return self.write(self.prepare(index, records))
 
-    def _handle(self, index: int, records: list[Record], dead: list[DeadLetter]) -> tuple[int, int]:
-        """Process and write ``records``; add the failures to ``dead``.
-
-        Returns (skipped, written).
-        """
+    def prepare(self, index: int, records: list[Record]) -> Prepared:
+        """Everything before the sink: bad and blank records sorted out, ``process``
+        applied (its failures dead-lettered), keys computed."""
         skipped = 0
+        dead: list[DeadLetter] = []
         if any(r.error is not None or r.item is BLANK for r in records):
             kept = []
             for record in records:
@@ -134,17 +182,20 @@ class ChunkHandler:
         elif self.process_chunk is not None:
             records, items = self._stage(index, records, items, self.process_chunk, dead)
         keys = [self.key(i) for i in items] if self.key else None
-        context = WriteContext(self.id, index, keys)
-        sink = self.sink
+        return Prepared(WriteContext(self.id, index, keys), records, items, skipped, dead)
+
+    def write(self, prepared: Prepared) -> tuple[int, int, list[DeadLetter]]:
+        """The sink stage of a prepared chunk; return (skipped, written, dead letters)."""
+        sink, context, dead = self.sink, prepared.context, list(prepared.dead)
         written, _ = self._stage(
-            index,
-            records,
-            items,
+            context.chunk_index,
+            prepared.records,
+            prepared.items,
             lambda xs: sink.write(xs, context),
             dead,
             rate_limit=self.rate_limit,
         )
-        return skipped, len(written)
+        return prepared.skipped, len(written), dead
 
     def _on_loop(self, handler: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
         """With executor="async": awaitable results are awaited on the job's event loop."""

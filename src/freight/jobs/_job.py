@@ -92,6 +92,11 @@ class Job:
         stale_after: seconds without a heartbeat after which a run's owner is dead.
         metadata: JSON-compatible values kept with each run (the CLI records how to
             rebuild the job, for ``freight resume`` and ``freight retry-failed``).
+        ordered_writes: write the chunks into the sink in source order, even with
+            several ``workers``: a chunk's writes start once the chunk before it has
+            committed, so with an upsert on a key the source's last value of a key is
+            the one that stays (``freight load --key`` sets it). Processing still runs
+            in parallel. Not with ``executor="processes"``.
         clock: the :class:`~freight.Clock` every timer of the job runs on (heartbeats,
             the pause poll, progress and ETA, retry backoff, rate limits); default the
             real monotonic clock. With a clock given (a
@@ -123,6 +128,7 @@ class Job:
         chunk_seconds: float | timedelta = 1.0,
         min_chunk_size: int = 100,
         max_chunk_size: int = 100_000,
+        ordered_writes: bool = False,
         clock: Clock | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
@@ -155,6 +161,12 @@ class Job:
         if key is not None and not callable(key):
             raise ConfigError(f"key must be callable (item -> hashable), got {key!r}")
         self.key = key
+        if ordered_writes and self.executor == "processes":
+            raise ConfigError(
+                "ordered_writes=True needs executor='threads' or 'async': worker "
+                "processes write their chunks on their own"
+            )
+        self.ordered_writes = bool(ordered_writes)
         if self.executor == "processes":
             _check_picklable(rate_limit=self.rate_limit, sink=self.sink, process=process,
                              process_chunk=process_chunk, key=key)  # fmt: skip

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from freight.jobs._chunk import ChunkHandler, handle_installed, install
+from freight.jobs._chunk import ChunkHandler, WriteOrder, handle_installed, install
 from freight.jobs._chunking import Chunk, ChunkSizer, fixed_boundaries, started_chunks
 from freight.jobs._progress import Progress
 from freight.jobs._replay import Replay
@@ -90,6 +90,8 @@ class Run:
         self._fraction: float | None = None
         self._initial = (0, 0.0)  # processed and fraction when this execution started
         self._shared = _shared_transaction(job)
+        # Chunks written in order only matters when several are written at once.
+        self._order = WriteOrder() if job.ordered_writes and job.workers > 1 else None
 
     # -- the main loop ---------------------------------------------------------------
 
@@ -183,18 +185,31 @@ class Run:
     def _submit(self, pool: Executor, chunk: Chunk) -> Future[Any]:
         if self.job.executor == "processes":  # handled there, committed here
             return pool.submit(handle_installed, chunk.index, chunk.records)
-        return pool.submit(self._handle_and_commit, chunk)  # committed by the worker
+        ticket = None if self._order is None else self._order.ticket()
+        return pool.submit(self._handle_and_commit, chunk, ticket)  # committed by the worker
 
-    def _handle_and_commit(self, chunk: Chunk) -> JobRecord:
-        if self._shared is None:
-            return self._commit(chunk, *self._handler.handle(chunk.index, chunk.records))
-        # The sink writes into the store's own database: rows and checkpoint in one
-        # transaction, so a crash leaves both or neither (exactly once, no key needed).
-        sink, store = self._shared
-        with sink.transaction() as conn:
-            skipped, written, dead = self._handler.handle(chunk.index, chunk.records)
-            checkpoint = self._checkpoint(chunk, skipped, written, dead)
-            store.commit_chunk_on(conn, self.id, checkpoint, dead)
+    def _handle_and_commit(self, chunk: Chunk, ticket: int | None = None) -> JobRecord:
+        handler, order = self._handler, self._order
+        try:
+            prepared = handler.prepare(chunk.index, chunk.records)
+            if order is not None and ticket is not None:
+                order.wait(ticket)  # written in source order: after the chunk before
+            if self._shared is None:
+                outcome = handler.write(prepared)
+                if order is not None and ticket is not None:
+                    order.done(ticket)  # the sink committed the rows: the next may write
+                return self._commit(chunk, *outcome)
+            # The sink writes into the store's own database: rows and checkpoint in one
+            # transaction, so a crash leaves both or neither (exactly once, no key needed).
+            # It opens after the turn came: a chunk waiting holds no connection.
+            sink, store = self._shared
+            with sink.transaction() as conn:
+                skipped, written, dead = handler.write(prepared)
+                checkpoint = self._checkpoint(chunk, skipped, written, dead)
+                store.commit_chunk_on(conn, self.id, checkpoint, dead)
+        finally:
+            if order is not None and ticket is not None:
+                order.done(ticket)  # committed, or given up: never keeps the next waiting
         record = self.store.get_job(self.id)
         assert record is not None
         return record
