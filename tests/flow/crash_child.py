@@ -1,10 +1,13 @@
 """A durable flow for the crash test: ``python -m tests.flow.crash_child STORE publish FIRST N``
-publishes Items FIRST..FIRST+N-1 (printing each n once published);
+publishes Items FIRST..FIRST+N-1 (printing each n once its publish returned);
+``... publish FIRST N CONCURRENT`` publishes them from up to CONCURRENT publishers at
+once (group commit: the publishes of a turn share one transaction);
 ``... STORE drain`` restarts the flow and drains it."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 
 from pydantic import BaseModel
@@ -38,16 +41,24 @@ def build(store: str) -> Flow:
     return flow
 
 
-async def main(store: str, mode: str, first: int = 0, count: int = 0) -> None:
+async def main(store: str, mode: str, first: int = 0, count: int = 0, concurrent: int = 1) -> None:
     flow = build(store)
     if mode == "drain":
         await flow.close()
         print("drained", flush=True)
         return
-    for n in range(first, first + count):
+
+    async def publish(n: int) -> None:
         await flow.publish(Item(n=n))
+        print(n, flush=True)  # acknowledged: it must be on the board after any kill
+
+    numbers = list(range(first, first + count))
+    rng = random.Random(first)
+    while numbers:
+        at_once = rng.randint(1, concurrent)  # groups of varying size
+        group, numbers = numbers[:at_once], numbers[at_once:]
+        await asyncio.gather(*(publish(n) for n in group))
         await asyncio.sleep(0)  # let handlers run between publishes
-        print(n, flush=True)
     await flow.run_until_idle()
     print("published", flush=True)
     await asyncio.Event().wait()  # batches stay open: the parent kills this process

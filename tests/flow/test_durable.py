@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -9,13 +10,16 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from freight import BatchSpec, Flow
+from freight import BatchSpec, Flow, StoreError
 from freight.store import SqliteStore
+from freight.store._dialect import Transaction
 from freight.testing import FakeClock
 from tests.flow.crash_child import Done, Item, Seen, build
 
@@ -33,24 +37,29 @@ def child(store: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("concurrent", [1, 8], ids=["one-publisher", "group-commit"])
 def test_sigkill_with_open_batches_then_restart_processes_each_artifact_once(
-    tmp_path: Path,
+    tmp_path: Path, concurrent: int
 ) -> None:
+    """Killed at 10 random points (with 8 publishers, while groups of concurrent
+    publishes share their transactions): every acknowledged publish is on the board,
+    and every artifact is handled exactly once by each consumer after the restart."""
     store = tmp_path / "flow.db"
-    rng = random.Random(20261125)
-    published_before_kill = []
+    rng = random.Random(20261125 + concurrent)
+    acknowledged: set[int] = set()
     open_at_kills: list[int] = []
     for run in range(10):
-        process = child(store, "publish", str(run * 1000), "50")
+        process = child(store, "publish", str(run * 1000), "50", str(concurrent))
         assert process.stdout is not None
-        wanted = rng.randint(1, 50)  # a random kill point: after this many publishes
+        wanted = rng.randint(1, 50)  # a random kill point: after this many acknowledgements
         lines = [process.stdout.readline() for _ in range(wanted)]
         if not all(line.strip().isdigit() for line in lines):
             process.kill()
             pytest.fail(f"the child failed: {lines[-1:]} {process.communicate()[1][-2000:]}")
         process.send_signal(signal.SIGKILL)
         process.communicate()
-        published_before_kill.append(wanted)
+        acknowledged.update(int(line) for line in lines)
         with sqlite3.connect(store) as db:
             open_at_kills.append(
                 db.execute(
@@ -75,10 +84,78 @@ def test_sigkill_with_open_batches_then_restart_processes_each_artifact_once(
         return items, done, seen
 
     items, done, seen = asyncio.run(count())
-    assert len(items) >= sum(published_before_kill)  # every acknowledged publish is stored
+    assert acknowledged <= set(items)  # every acknowledged publish was durable
+    assert len(items) == len(set(items))  # and recorded once
     assert done == Counter(items)  # each Item batched and handled exactly once
     assert seen == Counter(items)
     assert set(done.values()) == {1}
+
+
+class CountingStore(SqliteStore):
+    """A SqliteStore that counts its write transactions (and can be made to refuse)."""
+
+    transactions = 0
+    refuse = False
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        self.transactions += 1
+        if self.refuse:
+            raise StoreError("the disk is full (refused by the test)")
+        with super().transaction() as tx:
+            yield tx
+
+
+async def test_concurrent_publishes_share_one_transaction(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "flow.db")
+    flow = Flow(store=store, clock=FakeClock())
+
+    @flow.consumer("b").consumes(Item, batch=BatchSpec(size=1000, timeout=30))
+    async def b(items: list[Item]) -> None:
+        pass
+
+    await flow.publish(Item(n=-1))  # starts the flow (and restores the empty board)
+    before = store.transactions
+    with sqlite3.connect(tmp_path / "flow.db") as reader:
+
+        async def publish(n: int) -> bool:
+            envelope = await flow.publish(Item(n=n))
+            row = reader.execute(
+                "SELECT count(*) FROM flow_artifacts WHERE id = ?", (envelope.id,)
+            ).fetchone()
+            return bool(row[0] == 1)  # durable when publish returned, seen by another reader
+
+        durable = await asyncio.gather(*(publish(n) for n in range(50)))
+    assert all(durable)
+    assert store.transactions - before == 1  # 50 publishes, one group, one commit
+    await flow.close()
+    store.close()
+
+
+async def test_a_group_that_cannot_commit_fails_each_publish_and_delivers_nothing(
+    tmp_path: Path,
+) -> None:
+    store = CountingStore(tmp_path / "flow.db")
+    flow = Flow(store=store, clock=FakeClock())
+    got: list[int] = []
+
+    @flow.consumer("c").consumes(Item)
+    async def c(item: Item) -> None:
+        got.append(item.n)
+
+    await flow.publish(Item(n=0))
+    await flow.run_until_idle()
+    store.refuse = True
+    results = await asyncio.gather(
+        *(flow.publish(Item(n=n)) for n in range(1, 6)), return_exceptions=True
+    )
+    assert all(isinstance(r, StoreError) for r in results), results
+    store.refuse = False
+    await flow.run_until_idle()
+    assert got == [0]  # nothing of the failed group reached the consumer
+    assert [e.payload.n for e in flow.artifacts(Item)] == [0]
+    await flow.close()
+    store.close()
 
 
 async def test_a_restart_keeps_the_deadline_of_an_open_batch(tmp_path: Path) -> None:

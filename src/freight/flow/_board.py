@@ -9,6 +9,14 @@ and the work in flight: they are re-buffered with their original arrival times, 
 their deadlines hold. Each consumer's effect on the board is exactly once; a handler
 that was running at the crash runs again (its outside effects are at least once).
 
+Outside publishes are *group-committed* (:class:`GroupCommit`): the publishes that
+arrive in one turn of the event loop (many concurrent publishers, or one
+``publish_many``) are routed together, so they share one transaction, and each returns
+only once that transaction has committed. A handled batch's deliveries are marked done
+with one ``UPDATE ... IN (...)`` per few hundred ids rather than a statement per id.
+Measured on SQLite (``bench/flow_overhead.py``, two durable stages): 50 concurrent
+publishers went from one transaction per publish to one per turn.
+
 The board reaches the store through its :class:`~freight.store.BoardStore` port
 (``transaction()``, ``query()``); its statements are templates rendered once per SQL
 dialect (SQLite, PostgreSQL); values are always bound parameters.
@@ -16,20 +24,24 @@ dialect (SQLite, PostgreSQL); values are always bound parameters.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from freight._errors import ConfigError
-from freight.flow._artifacts import Envelope, dump, load
+from freight.flow._artifacts import Envelope, load
 from freight.flow._visibility import Visibility, from_json
 from freight.store import BoardStore
 from freight.store._dialect import Dialect
 
-__all__ = ["Board", "StoredDeadLetter"]
+__all__ = ["Board", "GroupCommit", "StoredDeadLetter"]
+
+_IDS_PER_UPDATE = 500  # ids per "UPDATE ... IN (...)": under every dialect's parameter limit
 
 
 class _Statements(NamedTuple):
@@ -47,7 +59,7 @@ class _Statements(NamedTuple):
     )
     delivered: str = (
         "UPDATE flow_deliveries SET status = 'done'"
-        " WHERE flow = {p} AND consumer = {p} AND artifact_id = {p}"
+        " WHERE flow = {p} AND consumer = {p} AND artifact_id IN ({ids})"
     )
     insert_dead_letter: str = (
         "INSERT INTO flow_dead_letters (flow, consumer, reason, artifact_ids, error,"
@@ -64,7 +76,9 @@ class _Statements(NamedTuple):
 
 @functools.cache
 def _statements(dialect: Dialect) -> _Statements:
-    return _Statements._make(dialect.render(template) for template in _Statements())
+    return _Statements._make(
+        dialect.render(template.replace("{ids}", "{{ids}}")) for template in _Statements()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,16 +120,17 @@ class Board:
         consumers)``), deliveries done (``(consumer, artifact ids)``), dead letters
         (``(consumer, reason, artifact ids, error)``)."""
         now = datetime.now(UTC).isoformat()
+        flow = self.flow
         artifacts = [
             (
-                self.flow, e.id, seq, e.type, dump(e.payload), e.producer,
+                flow, e.id, seq, e.type, _dump(e.payload), e.producer,
                 _visibility_json(e.visibility), e.tenant, e.correlation_id, e.depth,
                 e.published_at.isoformat(),
             )
             for e, seq, _ in published
         ]  # fmt: skip
         deliveries = [
-            (self.flow, c, e.id, seq, now) for e, seq, consumers in published for c in consumers
+            (flow, c, e.id, seq, now) for e, seq, consumers in published for c in consumers
         ]
         sql = self._sql
         with self.store.transaction() as db:
@@ -125,7 +140,10 @@ class Board:
                 db.executemany(sql.insert_delivery, deliveries)
             if done is not None:
                 consumer, ids = done
-                db.executemany(sql.delivered, [(self.flow, consumer, i) for i in ids])
+                for first in range(0, len(ids), _IDS_PER_UPDATE):
+                    chunk = ids[first : first + _IDS_PER_UPDATE]
+                    marks = self.store.dialect.placeholders(len(chunk))
+                    db.execute(sql.delivered.format(ids=marks), (flow, consumer, *chunk))
             for consumer, reason, ids, error in dead:
                 db.execute(
                     sql.insert_dead_letter,
@@ -183,6 +201,74 @@ class Board:
             correlation_id=row["correlation_id"],
             depth=int(row["depth"]),
         )
+
+
+class GroupCommit:
+    """Routes the outside publishes that arrive together as one (one transaction).
+
+    A publish stages its envelopes and waits; the first of a group asks the event loop
+    to commit on its next turn, so every publisher that runs in this turn joins the
+    group. The commit routes the group's envelopes in the order they were staged (one
+    ``Board.record``, then delivery to the consumers) and then wakes every publisher of
+    the group: a publish returns only once its artifacts are durable. A failed commit
+    raises in each of them (none of their artifacts was recorded).
+
+    Args:
+        route: ``Router.route`` (records, then delivers).
+    """
+
+    __slots__ = ("_done", "_pending", "_route")
+
+    def __init__(self, route: Callable[[list[Envelope]], None]) -> None:
+        self._route = route
+        self._pending: list[Envelope] = []
+        self._done: asyncio.Future[None] | None = None
+
+    async def route(self, envelopes: list[Envelope]) -> None:
+        """Route ``envelopes`` with the group of this turn; return once committed."""
+        done = self._done
+        if done is None:
+            loop = asyncio.get_running_loop()
+            done = self._done = loop.create_future()
+            loop.call_soon(self._commit)
+        self._pending.extend(envelopes)
+        # shield: a publisher cancelled while it waits must not cancel the others' commit
+        await asyncio.shield(done)
+
+    def _commit(self) -> None:
+        envelopes, self._pending = self._pending, []
+        done, self._done = self._done, None
+        assert done is not None
+        try:
+            self._route(envelopes)
+        except Exception as exc:
+            done.set_exception(exc)
+            done.exception()  # retrieved: each waiting publisher raises it, if any is left
+        else:
+            done.set_result(None)
+
+
+def _dump(value: Any) -> str:
+    """The artifact as JSON text: ``model_dump_json`` for a pydantic model; for a
+    dataclass the JSON of ``dataclasses.asdict`` (the same text), without its deep copy
+    of every value (a third of a durable publish's time)."""
+    if dataclasses.is_dataclass(value):
+        return _json_dataclass(value)
+    return str(value.model_dump_json())
+
+
+def _as_dict(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {name: getattr(value, name) for name in _field_names(type(value))}
+    return str(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(kind))
+
+
+_json_dataclass = json.JSONEncoder(default=_as_dict).encode
 
 
 @functools.lru_cache(maxsize=256)

@@ -42,7 +42,7 @@ from freight._drivers._clocks import LoopClock
 from freight._errors import BatcherClosed, ConfigError
 from freight._ratelimit import RateLimiter
 from freight.flow._artifacts import Envelope, check_artifact
-from freight.flow._board import Board
+from freight.flow._board import Board, GroupCommit
 from freight.flow._consumer import ConsumerBuilder, ConsumerSpec, OnPartial
 from freight.flow._execution import Executor
 from freight.flow._graph import check_producers, find_cycle
@@ -106,6 +106,8 @@ class Flow:
         self._consumers: dict[str, Runtime] = {}
         self._tracing = Tracing(name, subscribers, trace)
         self._router = Router(self._consumers, self._board, self._tracing)
+        # A durable board commits the publishes that arrive together in one transaction.
+        self._group = GroupCommit(self._router.route) if self._board is not None else None
         self._executor = Executor(name, self._tracing, self._router, max_depth)
         self._scheduler = Scheduler(self._tracing, self._router.route, self._executor.dispatch)
         self._router.deliver = self._scheduler.arrive  # the one edge back: route -> lanes
@@ -255,7 +257,10 @@ class Flow:
             )
             for artifact in artifacts
         ]
-        router.route(envelopes)
+        if self._group is not None:
+            await self._group.route(envelopes)  # returns once they are durable
+        else:
+            router.route(envelopes)
         return envelopes
 
     def _has_room(self) -> bool:
