@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from freight import ConfigError, Job, PermanentError, TransientError
+from freight import ConfigError, Job, PermanentError, TargetError, TransientError
 from freight.connectors.postgres import (
     AsyncPostgresSink,
     PostgresSink,
@@ -145,7 +145,7 @@ def writes(schema: str) -> int:
     return int(row[0])
 
 
-def test_an_outage_while_isolating_stops_the_bisection_after_two_calls(schema: str) -> None:
+def test_an_outage_while_isolating_stops_the_bisection_after_the_two_halves(schema: str) -> None:
     outage_on_partial_writes(schema, rows=64)
     sink = PostgresSink(POSTGRES_URL, "t", schema=schema)
     outcomes = sink.write([{"id": i, "amount": i} for i in range(64)])
@@ -153,9 +153,10 @@ def test_an_outage_while_isolating_stops_the_bisection_after_two_calls(schema: s
     assert outcomes is not None
     assert all(isinstance(o, TransientError) for o in outcomes)  # the job retries them all
     assert all(isinstance(o.__cause__, psycopg.errors.LockNotAvailable) for o in outcomes)
-    # The whole write (refused as data), the isolation's first call of the whole, then
-    # one call per half: both halves meet the outage, so no half is split (not 2 * 64).
-    assert writes(schema) == 4
+    # The whole write (refused as data, no line named: bisected), then one call per
+    # half: both halves meet the outage, so no half is split (not 2 * 64). The whole
+    # is not written a second time: its failure is known.
+    assert writes(schema) == 3
     assert stored_ids(schema) == []
 
 
@@ -170,12 +171,16 @@ def test_a_server_that_refuses_every_write_transiently_fails_the_whole_write(
     assert isinstance(caught.value.__cause__, psycopg.errors.LockNotAvailable)
 
 
-def test_a_statement_the_schema_does_not_fit_keeps_the_server_error(schema: str) -> None:
+def test_a_statement_the_schema_does_not_fit_is_a_target_error_with_the_server_error(
+    schema: str,
+) -> None:
     sink = PostgresSink(POSTGRES_URL, "t", schema=schema)
-    outcomes = sink.write([{"id": 1, "nope": 1}])
+    outcomes = sink.write([{"id": 1, "nope": 1}, {"id": 2, "nope": 2}])
     sink.close()
     assert outcomes is not None
-    assert isinstance(outcomes[0], psycopg.errors.UndefinedColumn)
+    assert all(isinstance(o, TargetError) for o in outcomes)
+    assert isinstance(outcomes[0].__cause__, psycopg.errors.UndefinedColumn)
+    assert 'column "nope" of relation "t" does not exist' in str(outcomes[0])
 
 
 UNREACHABLE = "postgresql://nobody:s3cret@127.0.0.1:1/nowhere"

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from freight import ConfigError, Job, PermanentError, Retry, TransientError
+from freight import ConfigError, Job, PermanentError, Retry, TargetError, TransientError
 from freight.connectors.postgres import Mode, PostgresSink, classify
 from freight.store import SqliteStore
 from tests.services import POSTGRES_URL, require
@@ -141,7 +141,11 @@ def test_configuration_and_error_mapping() -> None:
     assert refused.__cause__ is data
     assert str(refused) == "NotNullViolation: null"
     statement = psycopg.errors.UndefinedTable("no such table")
-    assert classify(statement) is statement  # the schema does not fit: not a row's fault
+    refusal = classify(statement)  # the schema does not fit: not a row's fault
+    assert isinstance(refusal, TargetError)
+    assert refusal.__cause__ is statement
+    client_side = psycopg.ProgrammingError("cannot adapt type 'object'")
+    assert classify(client_side) is client_side
 
 
 def test_csv_format_copies_text_as_it_is(schema: str) -> None:

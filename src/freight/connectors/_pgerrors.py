@@ -1,11 +1,13 @@
 """How the PostgreSQL connector meets its server: errors mapped to freight's classes in
-one place (:func:`classify`), and connections opened with freight's errors."""
+one place (:func:`classify`), the row a COPY failed on (:func:`copy_line`), and
+connections opened with freight's errors."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, NoReturn
 
-from freight._errors import ConfigError, PermanentError, TransientError
+from freight._errors import ConfigError, PermanentError, TargetError, TransientError
 
 try:
     import psycopg
@@ -15,32 +17,115 @@ except ImportError as exc:  # pragma: no cover - only without the extra
         "freight.connectors.postgres needs psycopg 3: pip install 'freight[postgres]'"
     ) from exc
 
-__all__ = ["_connect", "_reraise", "_where", "classify"]
+__all__ = ["_connect", "_reraise", "_where", "classify", "copy_line", "copy_shown", "reason"]
+
+# SQLSTATEs that refuse the statement, not a row: whatever the rows hold, none can land.
+# Class 42 is "syntax error or access rule violation" (no such table or column, no
+# privilege, no unique index for ON CONFLICT, ...).
+_TARGET_CLASSES = ("42",)
+_TARGET_STATES = frozenset({
+    "3F000",  # invalid_schema_name: no such schema
+    "25006",  # read_only_sql_transaction: a read-only database or standby
+    "54011",  # too_many_columns: more than the 1,600 a table may have
+    "54023",  # too_many_arguments
+})  # fmt: skip
 
 
 def classify(error: BaseException) -> BaseException:
-    """Map a psycopg error to freight's transient or permanent class (original as cause).
+    """Map a psycopg error to freight's classes (the original as ``__cause__``).
 
+    - A statement the target refuses whatever the rows hold (a missing table, schema
+      or column, no privilege, a read-only database, too many columns: SQLSTATE class
+      42, 3F000, 25006, 54011, 54023) is a :class:`~freight.TargetError`: not any
+      row's fault, so it is never bisected into one dead letter per row.
     - Connection and server-availability problems (``OperationalError``,
       ``InterfaceError``: a dropped connection, a restart, a lock timeout, a deadlock)
-      are :class:`~freight.TransientError`: the job's ``Retry`` tries again.
+      are :class:`~freight.TransientError`: the job's ``Retry`` tries again; but a
+      program limit a row exceeds (54000: an index row or a row too big) is that row's.
     - Data the server refuses (``DataError``, ``IntegrityError``: a value of the wrong
       type or out of range, a null in a ``NOT NULL`` column, a unique or check
       violation) is :class:`~freight.PermanentError`: retrying the same row cannot fix
-      it. The message starts with the server's error class and keeps its text, which
-      names the value and the column.
-    - Anything else (a freight error already, a statement the schema does not fit) is
-      returned as it is.
+      it. Its message is :func:`reason`: the server's error class and text, which names
+      the value and the column, without the COPY's context (the line it names is the
+      line in one write, not in the file: a job's dead letter has the file's line).
+    - Anything else (a freight error already, a client-side error) is returned as is.
     """
     mapped: BaseException
-    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
+    state = getattr(error, "sqlstate", None) or ""
+    if isinstance(error, psycopg.Error) and (
+        state in _TARGET_STATES or state.startswith(_TARGET_CLASSES)
+    ):
+        mapped = TargetError(f"the target refuses the write: {reason(error)}")
+    elif isinstance(error, psycopg.errors.ProgramLimitExceeded) and state == "54000":
+        mapped = PermanentError(reason(error))
+    elif isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
         mapped = TransientError(f"PostgreSQL unavailable: {error}")
     elif isinstance(error, psycopg.DataError | psycopg.IntegrityError):
-        mapped = PermanentError(f"{type(error).__name__}: {error}")
+        mapped = PermanentError(reason(error))
     else:
         return error
     mapped.__cause__ = error
     return mapped
+
+
+def reason(error: psycopg.Error) -> str:
+    """``Class: message (column c); detail`` from the server's fields, on one line.
+
+    The server's ``CONTEXT`` (``COPY t, line 37, column amount: "x"``) is left out but
+    for the column it names: its line counts lines of one write, which misleads once
+    the write is a part of a chunk; where a row came from is the job's to say.
+    """
+    diag = error.diag
+    primary = diag.message_primary
+    if not primary:  # raised by psycopg itself, or built by hand
+        return f"{type(error).__name__}: {' '.join(str(error).split())}"
+    text = primary
+    column = _COPY_COLUMN.search(diag.context or "")
+    if column is not None:
+        text += f" (column {column.group(1)})"
+    if diag.message_detail:
+        text += f"; {diag.message_detail}"
+    return f"{type(error).__name__}: {' '.join(text.split())}"
+
+
+_COPY_COLUMN = re.compile(r"^COPY .*?, line \d+, column (.+?)(?:: .*)?$", re.MULTILINE)
+
+
+def copy_line(error: psycopg.Error, relation: str) -> int | None:
+    """The line of the COPY data the server failed on, or ``None`` when it does not say.
+
+    PostgreSQL names it in the error's context, ``COPY <relation>, line <n>…`` (the
+    entry of the COPY: inner entries, such as a trigger's, come before it). For a CSV
+    record spanning several lines (a quoted newline) it is a line of that record.
+    """
+    context = error.diag.context or ""
+    prefix = f"COPY {relation}, line "
+    if context.startswith(prefix):
+        start = len(prefix)
+    else:
+        found = context.find("\n" + prefix)
+        if found < 0:
+            return None
+        start = found + 1 + len(prefix)
+    digits = re.match(r"\d+", context[start:])
+    return int(digits.group()) if digits is not None else None
+
+
+def copy_shown(error: psycopg.Error) -> str | None:
+    """What the COPY's context quotes of the failed row (the field's value, or the
+    line), without the ``...`` of a long one cut short; ``None`` when it quotes none.
+
+    A check that a row found by counting lines is the one the server meant.
+    """
+    context = error.diag.context or ""
+    found = re.search(r'(?:^|\n)COPY .*?, line \d+(?:, column .*?)?: "', context)
+    if found is None:
+        return None
+    shown = context[found.end() :]
+    if not shown.endswith('"'):
+        return None
+    shown = shown[:-1]
+    return shown.removesuffix("...")
 
 
 def _reraise(error: psycopg.Error) -> NoReturn:

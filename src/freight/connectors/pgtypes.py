@@ -9,6 +9,7 @@ its line number): it is never loaded as text and never aborts the load.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -36,8 +37,17 @@ def _numeric(text: str) -> Decimal:
     except InvalidOperation:
         raise ValueError(f"{text!r} is not a number") from None
     if not value.is_finite():
-        raise ValueError(f"{text!r} is not a finite number")
+        raise ValueError(f"{non_finite_name(value)} is not a finite number")
     return value
+
+
+def non_finite_name(value: Decimal | float) -> str:
+    """``NaN``, ``Infinity`` or ``-Infinity``: how a refused non-finite value is named,
+    whatever its spelling in the file (``nan``, ``inf``, ``-INFINITY``, ``sNaN``), so
+    that every target gives the same reason for it."""
+    if value.is_nan() if isinstance(value, Decimal) else math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
 
 
 def _boolean(text: str) -> bool:

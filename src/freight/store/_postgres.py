@@ -11,16 +11,23 @@ a run, and a claimer never queues behind another one: it is told "owned" at once
 
 It is a :class:`~freight.store.SharedTransactionStore`: a ``PostgresSink`` writing into
 this same database commits each chunk's rows and checkpoint in one transaction.
+
+A lost connection (the server restarted, the backend was terminated, the network
+dropped it) is transient, as for the sink: the next transaction or query reconnects
+and goes on. A connection found dead when a transaction begins or a query runs is
+replaced and the statement sent again (it never ran); one lost in the middle of a
+transaction raises :class:`~freight.TransientError` (the server rolled it back) and
+the next call reconnects.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from freight._errors import StoreError
+from freight._errors import StoreError, TransientError
 from freight.store._dialect import POSTGRES, Row, Transaction
 from freight.store._records import ChunkCheckpoint, DeadLetter
 from freight.store._sql import SqlStore, statements
@@ -80,7 +87,24 @@ class PostgresStore(SqlStore):
             raise StoreError(f"cannot open the store at {conninfo}: {exc}") from exc
         self._tx = _PgTransaction(self._pg)
         self._lock = threading.RLock()
+        self._depth = 0  # transactions open in this thread (nested ones are savepoints)
         self._migrate()
+
+    def _reconnect(self) -> None:
+        """Replace a lost connection (the caller holds the lock)."""
+        self._pg.close()
+        try:
+            self._pg = psycopg.connect(self.path, autocommit=True)
+        except psycopg.OperationalError as exc:
+            reason = " ".join(str(exc).split())
+            raise TransientError(f"the PostgreSQL store is unreachable: {reason}") from exc
+        self._tx = _PgTransaction(self._pg)
+
+    def _live(self) -> psycopg.Connection[Any]:
+        """The connection, replaced first if it is known to be lost."""
+        if self._pg.broken or self._pg.closed:
+            self._reconnect()
+        return self._pg
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.path!r})"
@@ -105,13 +129,47 @@ class PostgresStore(SqlStore):
     def transaction(self) -> Iterator[Transaction]:
         """One transaction: committed when the block ends, rolled back if it raises.
         Statements use ``%s`` placeholders."""
-        with self._lock, self._pg.transaction():
-            yield self._tx
+        with self._lock, ExitStack() as stack:
+            if self._depth:  # a savepoint of the transaction in progress
+                stack.enter_context(self._pg.transaction())
+            else:
+                self._begin(stack)
+            self._depth += 1
+            try:
+                yield self._tx
+            except psycopg.OperationalError as exc:
+                if not self._pg.broken:
+                    raise
+                raise TransientError(
+                    f"lost the PostgreSQL store's connection in a transaction (rolled "
+                    f"back; the next call reconnects): {' '.join(str(exc).split())}"
+                ) from exc
+            finally:
+                self._depth -= 1
+
+    def _begin(self, stack: ExitStack) -> None:
+        """Begin a transaction; a connection found lost by ``BEGIN`` is replaced (the
+        block has not run yet, so nothing is sent twice)."""
+        try:
+            stack.enter_context(self._live().transaction())
+        except psycopg.OperationalError:
+            if not self._pg.broken:
+                raise
+            self._reconnect()
+            stack.enter_context(self._pg.transaction())
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        """Run one query; return its rows (dicts, columns by name)."""
+        """Run one query; return its rows (dicts, columns by name). A query is a read:
+        one that met a lost connection is sent again on a new one."""
         with self._lock:
-            return self._tx.query(sql, params)
+            live = self._live()
+            try:
+                return self._tx.query(sql, params)
+            except psycopg.OperationalError:
+                if self._depth or not live.broken:
+                    raise
+                self._reconnect()
+                return self._tx.query(sql, params)
 
     def commit_chunk_on(
         self,
