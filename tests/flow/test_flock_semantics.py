@@ -27,7 +27,7 @@ import pytest
 from pydantic import BaseModel
 
 from freight import BatchSpec, ConfigError, Flow, JoinSpec
-from freight.flow import After, ForBatch, Group, Labelled, Private, Public, Tenant
+from freight.flow import After, ForBatch, Group, Labelled, Private, Public, Tenant, Visibility
 from freight.store import SqliteStore
 from freight.testing import FakeClock
 
@@ -1243,3 +1243,57 @@ async def test_a_durable_flow_records_one_delivery_per_subscription(tmp_path: Pa
         ("either", "done"), ("either[1]", "done"), ("either", "done"),
     ]  # fmt: skip
     store.close()
+
+
+async def test_every_visibility_survives_the_board(tmp_path: Path) -> None:
+    """A durable board stores each artifact's visibility and reads it back as it was."""
+    kinds: list[Visibility] = [
+        Public(),
+        Private(agents={"a", "b"}),
+        Tenant("acme"),
+        Tenant(None),
+        Labelled("pii"),
+        After(30, then=Tenant(extractor=lambda e: f"t{e.id}")),
+        After(timedelta(minutes=1), then=Labelled({"x", "y"})),
+    ]
+    first = Flow(store=tmp_path / "flow.db", clock=FakeClock(), trace=False)
+    first.consumer("sink").consumes(Event).does(print)
+    published = [await first.publish(Event(id=i), visibility=v) for i, v in enumerate(kinds)]
+    assert published[5].visibility == After(30, then=Tenant("t5"))  # the extractor ran
+    assert published[5].tenant == "t5"
+    again = Flow(store=tmp_path / "flow.db", clock=FakeClock(), trace=False)
+    again.consumer("sink").consumes(Event).does(print)
+    stored = again.artifacts(Event)
+    assert [e.visibility for e in stored] == [e.visibility for e in published]
+    assert [e.tenant for e in stored] == [None, None, "acme", None, None, "t5", None]
+
+
+async def test_an_after_without_delay_left_delivers_at_once(flow: Flow) -> None:
+    seen: list[int] = []
+    flow.consumer("agent").consumes(Event).does(lambda e: seen.append(e.id))
+    await flow.publish(Event(id=1), visibility=After(0))
+    await flow.run_until_idle()
+    assert seen == [1]
+    await flow.close()
+
+
+def test_a_consumer_spec_lists_its_subscriptions(flow: Flow) -> None:
+    """The first subscription's options stay readable as the consumer's, as before."""
+    join = JoinSpec(by="correlation_id", within=5)
+    spec = (
+        flow.consumer("c", labels="one")
+        .consumes(SignalA, SignalB, join=join, where=lambda s: True, on_partial="emit")
+        .consumes(SignalC, from_="c")
+        .does(print)
+    )
+    assert [s.types for s in spec.subscriptions] == [(SignalA, SignalB), (SignalC,)]
+    assert spec.types == (SignalA, SignalB, SignalC)
+    assert (spec.join, spec.on_partial, spec.batch) == (join, "emit", None)
+    assert spec.where is not None
+    assert spec.subscriptions[1].producers == frozenset({"c"})
+    assert spec.labels == frozenset({"one"})
+    assert [spec.delivery_name(i) for i in range(3)] == ["c", "c[1]", "c[2]"]
+    bare = flow.consumer("bare").spec
+    assert (bare.join, bare.where, bare.on_partial, bare.types) == (None, None, "dead_letter", ())
+    with pytest.raises(ConfigError, match="non-empty string"):
+        flow.consumer("t").tenant("")

@@ -207,8 +207,6 @@ def may_see(
 ) -> bool:
     """May the consumer ``consumer`` (of ``tenant``, or serving ``all_tenants``,
     holding ``labels``) see it (once an ``After`` delay has passed)?"""
-    if isinstance(visibility, Public):
-        return True
     if isinstance(visibility, After):
         visibility = visibility.then
     if isinstance(visibility, Private):
@@ -217,7 +215,7 @@ def may_see(
         return visibility.tenant_id is None or all_tenants or tenant == visibility.tenant_id
     if isinstance(visibility, Labelled):
         return visibility.labels <= labels
-    return True  # After(then=Public())
+    return True  # Public
 
 
 def from_json(data: dict[str, Any]) -> Visibility:
