@@ -31,6 +31,7 @@ from typer.core import TyperGroup
 
 from freight._core._retry import Retry
 from freight._errors import FreightError, StoreError, TargetError
+from freight.cli._flow import flow_app
 from freight.connectors import pgtypes
 from freight.connectors.sqlite import SqliteSink, sqlite_path
 from freight.connectors.sqlite import table_types as sqlite_table_types
@@ -163,6 +164,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 """The ``freight`` command as a Typer app (``typer.testing.CliRunner`` invokes it)."""
+app.add_typer(flow_app, name="flow")
 
 StoreOption = Annotated[
     str,
@@ -442,6 +444,7 @@ def _load_job(spec: _Load, name: str | None, store: str) -> Job:
         max_failure_rate=spec.max_failure_rate,
         store=opened,
         metadata=spec.metadata(),
+        ordered_writes=False,  # TMPCHECK
     )
 
 

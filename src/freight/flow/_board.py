@@ -17,6 +17,12 @@ with one ``UPDATE ... IN (...)`` per few hundred ids rather than a statement per
 Measured on SQLite (``bench/flow_overhead.py``, two durable stages): 50 concurrent
 publishers went from one transaction per publish to one per turn.
 
+When the flow starts, the board also records what its consumers declare (types,
+batches, joins, tenant: ``flow_consumers``), so ``freight flow status`` can tell the
+deadlines of the open batches and joins from the store alone; :meth:`Board.summary`,
+:meth:`Board.raw_artifacts` and :meth:`Board.raw_dead_letters` read the board without
+the artifact types (the payloads stay JSON), for the command line.
+
 The board reaches the store through its :class:`~freight.store.BoardStore` port
 (``transaction()``, ``query()``); its statements are templates rendered once per SQL
 dialect (SQLite, PostgreSQL); values are always bound parameters.
@@ -39,7 +45,7 @@ from freight.flow._visibility import Visibility, from_json
 from freight.store import BoardStore
 from freight.store._dialect import Dialect
 
-__all__ = ["Board", "GroupCommit", "StoredDeadLetter"]
+__all__ = ["Board", "BoardSummary", "GroupCommit", "StoredDeadLetter", "describe"]
 
 _IDS_PER_UPDATE = 500  # ids per "UPDATE ... IN (...)": under every dialect's parameter limit
 
@@ -72,6 +78,39 @@ class _Statements(NamedTuple):
     )
     artifacts: str = "SELECT * FROM flow_artifacts WHERE flow = {p} ORDER BY seq"
     dead_letters: str = "SELECT * FROM flow_dead_letters WHERE flow = {p} ORDER BY id"
+    # The consumers' declarations: a table the board keeps itself (created if missing).
+    create_consumers: str = (
+        "CREATE TABLE IF NOT EXISTS flow_consumers (flow TEXT NOT NULL, name TEXT NOT NULL,"
+        " declaration TEXT NOT NULL, declared_at TEXT NOT NULL, PRIMARY KEY (flow, name))"
+    )
+    forget_consumers: str = "DELETE FROM flow_consumers WHERE flow = {p}"
+    insert_consumer: str = (
+        "INSERT INTO flow_consumers (flow, name, declaration, declared_at)"
+        " VALUES ({p}, {p}, {p}, {p})"
+    )
+    consumers: str = "SELECT * FROM flow_consumers WHERE flow = {p} ORDER BY name"
+    flows: str = (
+        "SELECT DISTINCT flow FROM flow_artifacts UNION SELECT DISTINCT flow FROM flow_consumers"
+    )
+    delivery_counts: str = (
+        "SELECT consumer, status, count(*) AS n FROM flow_deliveries WHERE flow = {p}"
+        " GROUP BY consumer, status"
+    )
+    open_raw: str = (
+        "SELECT d.consumer, d.arrived_at, a.id, a.type, a.tenant FROM flow_deliveries d"
+        " JOIN flow_artifacts a ON a.flow = d.flow AND a.id = d.artifact_id"
+        " WHERE d.flow = {p} AND d.status = 'open' ORDER BY d.seq"
+    )
+    type_counts: str = (
+        "SELECT type, count(*) AS n FROM flow_artifacts WHERE flow = {p} GROUP BY type"
+    )
+    dead_counts: str = (
+        "SELECT consumer, reason, count(*) AS n FROM flow_dead_letters WHERE flow = {p}"
+        " GROUP BY consumer, reason"
+    )
+    artifacts_of: str = (
+        "SELECT * FROM flow_artifacts WHERE flow = {p} AND type = {p} ORDER BY seq DESC LIMIT {p}"
+    )
 
 
 @functools.cache
@@ -90,6 +129,28 @@ class StoredDeadLetter:
     artifact_ids: list[str]
     error: str | None
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BoardSummary:
+    """What a durable flow's store says about it (``freight flow status``).
+
+    Attributes:
+        consumers: each consumer's declaration as :func:`describe` wrote it when the
+            flow last started (empty for a flow that never started).
+        deliveries: per delivery name (a consumer, ``name[i]`` for its other
+            subscriptions), the number of ``open`` and ``done`` deliveries.
+        open: the open deliveries, oldest first: ``(delivery name, arrived_at,
+            artifact id, type, tenant)``.
+        types: artifacts per type name.
+        dead: dead letters per ``(consumer, reason)``.
+    """
+
+    consumers: list[dict[str, Any]]
+    deliveries: dict[str, dict[str, int]]
+    open: list[tuple[str, datetime, str, str, str | None]]
+    types: dict[str, int]
+    dead: dict[tuple[str, str], int]
 
 
 class Board:
@@ -150,6 +211,83 @@ class Board:
                     (self.flow, consumer, reason, json.dumps(list(ids)), error, now),
                 )
 
+    # -- the consumers' declarations and reads without types (the command line) --------
+
+    def declare(self, consumers: Sequence[Any]) -> None:
+        """Record what ``consumers`` (``ConsumerSpec`` s) declare, replacing what an
+        earlier start of this flow recorded."""
+        sql = self._sql
+        now = datetime.now(UTC).isoformat()
+        rows = [(self.flow, c.name, json.dumps(describe(c)), now) for c in consumers]
+        with self.store.transaction() as db:
+            db.execute(sql.create_consumers)
+            db.execute(sql.forget_consumers, (self.flow,))
+            if rows:
+                db.executemany(sql.insert_consumer, rows)
+
+    def flows(self) -> list[str]:
+        """The names of the flows this store holds."""
+        return sorted(row["flow"] for row in self._read(self._sql.flows, ()))
+
+    def summary(self) -> BoardSummary:
+        """Consumers, delivery counts, open deliveries, artifact and dead-letter counts."""
+        sql, flow = self._sql, (self.flow,)
+        deliveries: dict[str, dict[str, int]] = {}
+        for row in self.store.query(sql.delivery_counts, flow):
+            deliveries.setdefault(row["consumer"], {"open": 0, "done": 0})[row["status"]] = int(
+                row["n"]
+            )
+        return BoardSummary(
+            consumers=[json.loads(r["declaration"]) for r in self._read(sql.consumers, flow)],
+            deliveries=deliveries,
+            open=[
+                (r["consumer"], _parse(r["arrived_at"]), r["id"], r["type"], r["tenant"])
+                for r in self.store.query(sql.open_raw, flow)
+            ],
+            types={r["type"]: int(r["n"]) for r in self.store.query(sql.type_counts, flow)},
+            dead={
+                (r["consumer"], r["reason"]): int(r["n"])
+                for r in self.store.query(sql.dead_counts, flow)
+            },
+        )
+
+    def raw_artifacts(self, kind: str, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` artifacts of the type named ``kind``, oldest first, as
+        stored (the payload parsed from its JSON)."""
+        rows = self.store.query(self._sql.artifacts_of, (self.flow, kind, limit))
+        return [_raw_artifact(row) for row in reversed(rows)]
+
+    def raw_dead_letters(self) -> list[dict[str, Any]]:
+        """The dead letters, oldest first, each with its artifacts as stored."""
+        out = []
+        for row in self.store.query(self._sql.dead_letters, (self.flow,)):
+            ids = json.loads(row["artifact_ids"])
+            found = {r["id"]: _raw_artifact(r) for r in self._by_ids(ids)}
+            out.append({
+                "consumer": row["consumer"],
+                "reason": row["reason"],
+                "error": row["error"],
+                "created_at": _parse(row["created_at"]).isoformat(),
+                "artifacts": [found.get(i, {"id": i}) for i in ids],
+            })  # fmt: skip
+        return out
+
+    def _by_ids(self, ids: Sequence[str]) -> list[Any]:
+        if not ids:
+            return []
+        dialect = self.store.dialect
+        marks, p = dialect.placeholders(len(ids)), dialect.placeholder
+        return self.store.query(
+            f"SELECT * FROM flow_artifacts WHERE flow = {p} AND id IN ({marks})",  # noqa: S608
+            (self.flow, *ids),
+        )  # placeholders only; the ids are bound
+
+    def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """A read of the board's own table, which a store no flow started in lacks."""
+        with self.store.transaction() as db:
+            db.execute(self._sql.create_consumers)
+        return self.store.query(sql, params)
+
     def open_deliveries(self, types: dict[str, type]) -> list[tuple[str, Envelope, datetime]]:
         """Deliveries not done, in publication order: ``(consumer, envelope, arrived_at)``."""
         rows = self.store.query(self._sql.open_deliveries, (self.flow,))
@@ -165,16 +303,10 @@ class Board:
     def dead_letters(self, types: dict[str, type]) -> list[tuple[StoredDeadLetter, list[Envelope]]]:
         """The dead letters, oldest first, each with its artifacts."""
         rows = self.store.query(self._sql.dead_letters, (self.flow,))
-        dialect = self.store.dialect
         out = []
         for row in rows:
             ids = json.loads(row["artifact_ids"])
-            # placeholders only; the ids are bound
-            marks, p = dialect.placeholders(len(ids)), dialect.placeholder
-            found = self.store.query(
-                f"SELECT * FROM flow_artifacts WHERE flow = {p} AND id IN ({marks})",  # noqa: S608
-                (self.flow, *ids),
-            ) if ids else []  # fmt: skip
+            found = self._by_ids(ids)
             by_id = {r["id"]: self._envelope(r, types) for r in found}
             letter = StoredDeadLetter(
                 row["consumer"], row["reason"], ids, row["error"], _parse(row["created_at"])
@@ -201,6 +333,45 @@ class Board:
             correlation_id=row["correlation_id"],
             depth=int(row["depth"]),
         )
+
+
+def describe(spec: Any) -> dict[str, Any]:
+    """What a consumer (a ``ConsumerSpec``) declares, as JSON-ready values: its
+    subscriptions (delivery name, types, batch, join), tenant and what it publishes."""
+    subscriptions = []
+    for sub in spec.subscriptions:
+        batch = sub.batch
+        join = sub.join
+        subscriptions.append({
+            "delivery": spec.delivery_name(sub.index),
+            "types": [t.__qualname__ for t in sub.types],
+            "batch": None if batch is None else {
+                "size": None if batch.time_only else batch.size, "timeout": batch.timeout,
+            },
+            "join": None if join is None else {"seconds": join.seconds, "count": join.count},
+            "gate": len(sub.types) > 1,
+            "on_partial": sub.on_partial,
+        })  # fmt: skip
+    return {
+        "name": spec.name,
+        "subscriptions": subscriptions,
+        "tenant": spec.tenant,
+        "all_tenants": spec.all_tenants,
+        "publishes": [t.__qualname__ for t in spec.publishes],
+    }
+
+
+def _raw_artifact(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "type": row["type"],
+        "producer": row["producer"],
+        "tenant": row["tenant"],
+        "correlation_id": row["correlation_id"],
+        "depth": int(row["depth"]),
+        "published_at": _parse(row["published_at"]).isoformat(),
+        "payload": json.loads(row["payload"]),
+    }
 
 
 class GroupCommit:

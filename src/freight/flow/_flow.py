@@ -378,3 +378,4 @@ class Flow:
         self._executor.start(self._clock)
         if self._board is not None:
             restore(self._board, self._router, self._scheduler, self._clock)
+            self._board.declare(self.consumers)  # for `freight flow status`
