@@ -444,7 +444,6 @@ def _load_job(spec: _Load, name: str | None, store: str) -> Job:
         max_failure_rate=spec.max_failure_rate,
         store=opened,
         metadata=spec.metadata(),
-        ordered_writes=False,  # TMPCHECK
     )
 
 
