@@ -63,3 +63,42 @@ def test_subscribers_of_one_registry_share_its_metrics() -> None:
     registry = CollectorRegistry()
     first, second = PrometheusSubscriber(registry), PrometheusSubscriber(registry)
     assert first.flushes is second.flushes
+
+
+async def test_flow_spans_reach_the_prometheus_subscriber() -> None:
+    """Batch sizes, flush reasons, handler time and dead letters, per flow consumer."""
+    from dataclasses import dataclass
+
+    from freight import Flow
+    from freight.testing import FakeClock
+
+    @dataclass
+    class Payment:
+        amount: float
+
+    registry = CollectorRegistry()
+    clock = FakeClock()
+    flow = Flow(clock=clock, trace=False, subscribers=[PrometheusSubscriber(registry)])
+
+    @flow.consumer("pay").consumes(Payment, batch=BatchSpec(size=2, timeout=30))
+    async def pay(batch: list[Payment]) -> list[Exception | None]:
+        return [ValueError("negative") if p.amount < 0 else None for p in batch]
+
+    for amount in (1.0, -1.0, 2.0):
+        await flow.publish(Payment(amount))
+    await flow.run_until_idle()
+    await clock.advance(30)  # the third waits for its timeout
+    await flow.close()
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"batcher": "pay", **labels})
+
+    assert value("freight_flushes_total", reason="size") == 1
+    assert value("freight_flushes_total", reason="timeout") == 1
+    assert value("freight_batch_size_sum") == 3
+    assert value("freight_batch_size_count") == 2
+    assert value("freight_items_total", outcome="succeeded") == 2
+    assert value("freight_items_total", outcome="failed") == 1
+    assert value("freight_batch_duration_seconds_count") == 2  # handler time, flow clock
+    assert value("freight_item_wait_seconds_sum") == 30  # the timeout batch's first waited 30 s
+    assert value("freight_dead_letters_total", reason="handler_error") == 1

@@ -1,19 +1,28 @@
-"""Prometheus export of batch events (extra ``freight[prometheus]``).
+"""Prometheus export of batch events and flow spans (extra ``freight[prometheus]``).
 
 ::
 
     from freight.metrics import PrometheusSubscriber
 
-    batcher = Batcher(handler, spec, name="embed", subscribers=[PrometheusSubscriber()])
+    metrics = PrometheusSubscriber()
+    batcher = Batcher(handler, spec, name="embed", subscribers=[metrics])
+    flow = Flow(subscribers=[metrics])  # a flow's consumers report as batchers too
 
-Exported, each labelled by ``batcher`` (the batcher's name):
+Exported, each labelled by ``batcher`` (a batcher's name, or a flow consumer's):
 
 - ``freight_batch_size`` (histogram): items per batch;
 - ``freight_flushes_total{reason}``: batches by flush reason;
 - ``freight_items_total{outcome}``: items by outcome (``succeeded``, ``failed``, ``retried``);
 - ``freight_batch_duration_seconds`` (histogram): handler time per batch, retries included;
 - ``freight_item_wait_seconds`` (histogram): how long the oldest item of a batch waited;
-- ``freight_queue_depth`` (gauge): items pending after the latest batch.
+- ``freight_queue_depth`` (gauge): items pending after the latest batch (batchers);
+- ``freight_dead_letters_total{reason}``: a flow consumer's dead letters, by reason.
+
+A flow's spans map onto the same metrics: a ``flush`` span is a batch (its size, its
+reason, and its duration, from the batch's first artifact to the flush, is the oldest
+item's wait); a ``handler`` span is the handler's time and its items' outcomes; a
+``dead_letter`` span counts one dead letter. ``publish`` spans (one per artifact) are
+not counted.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from freight._core._stats import BatchEvent
+from freight.flow._trace import Span
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -87,10 +97,19 @@ class PrometheusSubscriber:
         self.queue_depth = prom.Gauge(
             "queue_depth", "Items pending in the batcher.", ["batcher"], **common
         )
+        self.dead_letters = prom.Counter(
+            "dead_letters",
+            "Dead letters of a flow consumer, by reason.",
+            ["batcher", "reason"],
+            **common,
+        )
         _CREATED[(id(registry), namespace)] = self
 
-    def __call__(self, event: BatchEvent) -> None:
-        """Record one batch event."""
+    def __call__(self, event: BatchEvent | Span) -> None:
+        """Record one batch event, or one span of a flow."""
+        if isinstance(event, Span):
+            self._span(event)
+            return
         name = event.batcher
         self.batch_size.labels(name).observe(event.size)
         self.flushes.labels(name, event.reason).inc()
@@ -103,3 +122,21 @@ class PrometheusSubscriber:
         self.duration.labels(name).observe(event.duration)
         self.wait.labels(name).observe(event.wait)
         self.queue_depth.labels(name).set(event.queue_depth)
+
+    def _span(self, span: Span) -> None:
+        """A flow's span, as the module docstring maps it."""
+        name = span.consumer
+        if name is None:
+            return  # an outside publish
+        attributes = span.attributes
+        if span.name == "flush":
+            self.batch_size.labels(name).observe(attributes.get("batch_size", 0))
+            self.flushes.labels(name, attributes.get("flush_reason", "unknown")).inc()
+            self.wait.labels(name).observe(span.duration)
+        elif span.name == "handler":
+            self.duration.labels(name).observe(span.duration)
+            for outcome in ("succeeded", "failed", "retried"):
+                if attributes.get(outcome):
+                    self.items.labels(name, outcome).inc(attributes[outcome])
+        elif span.name == "dead_letter":
+            self.dead_letters.labels(name, attributes.get("reason", "unknown")).inc()
