@@ -349,6 +349,22 @@ def test_a_file_column_an_existing_table_lacks_is_refused_once(tmp_path: Path) -
     assert not (tmp_path / "f.db").exists()  # not one dead letter per row: no run at all
 
 
+# -- item 3 (the CLI's part): with --key, the file's last value of a key wins ------------------
+
+
+def test_with_a_key_the_last_value_in_the_file_wins_with_several_workers(
+    target: Target, tmp_path: Path
+) -> None:
+    rows = [f"{i % 10},v{i}" for i in range(400)]  # each key 40 times, across 100 chunks
+    data = csv_file(tmp_path / "dups.csv", "id,value", rows)
+    code, out, _ = invoke(
+        "load", str(data), *target.args("dups"), "--key", "id", "--chunk-size", "4",
+        "--workers", "6", "--store", str(tmp_path / "f.db"), "--json",
+    )  # fmt: skip
+    assert code == 0, out
+    assert target.rows("dups") == sorted((str(k), f"v{390 + k}") for k in range(10))
+
+
 # -- item 4: a header the target cannot take is refused before anything is created -----------
 
 

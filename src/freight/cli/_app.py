@@ -444,6 +444,7 @@ def _load_job(spec: _Load, name: str | None, store: str) -> Job:
         max_failure_rate=spec.max_failure_rate,
         store=opened,
         metadata=spec.metadata(),
+        ordered_writes=spec.key is not None,  # the file's last value of a key wins
     )
 
 
