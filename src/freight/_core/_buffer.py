@@ -14,7 +14,9 @@ Rules (every driver, job and flow in freight obeys exactly these):
 4. ``tick(now)`` flushes every batch whose deadline is ``<= now`` (``"timeout"``),
    oldest deadline first.
 5. ``flush()`` flushes every open batch (``"manual"``); ``close()`` does the same
-   with ``"close"`` and refuses further ``add`` calls.
+   with ``"close"`` and refuses further ``add`` calls. A driver whose ``max_pending``
+   items are all accepted calls ``flush("pending")``: no further item can arrive
+   until some leave, so waiting for ``size`` (or the timeout) would stall it.
 6. Items rejected by ``where(item)`` are never buffered: ``add`` raises
    :class:`~freight.Skipped`, so the caller always learns what happened.
 7. Within a key, items leave in the order they arrived. Every added item leaves
@@ -38,7 +40,7 @@ __all__ = ["BatchBuffer", "Flush", "FlushReason", "OpenBatch"]
 
 T = TypeVar("T")
 
-FlushReason = Literal["size", "bytes", "timeout", "manual", "close"]
+FlushReason = Literal["size", "bytes", "timeout", "manual", "pending", "close"]
 
 _NO_FLUSHES: tuple[()] = ()
 
@@ -50,7 +52,8 @@ class Flush(Generic[T]):
     Attributes:
         key: the partition key (``None`` without ``key=``).
         items: the items, in arrival order.
-        reason: why it left: ``"size"``, ``"bytes"``, ``"timeout"``, ``"manual"``, ``"close"``.
+        reason: why it left: ``"size"``, ``"bytes"``, ``"timeout"``, ``"manual"``,
+            ``"pending"`` (the driver held ``max_pending`` items), ``"close"``.
         opened_at: the ``now`` at which its first item arrived.
         tickets: opaque values added beside each item (drivers keep callers' futures
             here); ``None`` entries when ``add`` was called without a ticket.
@@ -239,9 +242,13 @@ class BatchBuffer(Generic[T]):
                 out.append(self._emit(key, batch, "timeout"))
         return out
 
-    def flush(self) -> list[Flush[T]]:
-        """Flush every open batch now (reason ``"manual"``), oldest first."""
-        return self._emit_all("manual")
+    def flush(self, reason: Literal["manual", "pending"] = "manual") -> list[Flush[T]]:
+        """Flush every open batch now, oldest first.
+
+        ``reason`` is ``"manual"`` (an explicit flush) or ``"pending"`` (the driver
+        holds ``max_pending`` items, rule 5).
+        """
+        return self._emit_all(reason)
 
     def close(self) -> list[Flush[T]]:
         """Flush every open batch (reason ``"close"``) and refuse further ``add``."""

@@ -21,7 +21,7 @@ from freight._core._spec import BatchSpec
 from freight._drivers._clocks import LoopClock
 from freight._drivers._engine import EngineBase
 from freight._drivers._options import BatcherKwargs, options_from
-from freight._drivers._runner import run_async
+from freight._drivers._runner import EXITS, call_handler, handler_raised, run_async, stopped_by
 from freight._errors import BatcherClosed
 
 __all__ = ["AsyncHandler", "Batcher", "SyncHandler"]
@@ -61,13 +61,17 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
         handler: ``list[T] -> list[R]`` (``async def`` or plain ``def``, which runs in
             a worker thread). Element *i* of the result is item *i*'s result, or an
             ``Exception`` instance that fails item *i* alone; raising fails the batch;
-            returning ``None`` gives every item the result ``None``.
+            returning ``None`` gives every item the result ``None``. A ``BaseException``
+            other than ``KeyboardInterrupt``, ``SystemExit`` and cancellation fails the
+            batch as a :class:`~freight.HandlerContractError` naming it.
         spec: when a batch is due (:class:`BatchSpec`).
         key: ``item -> hashable``; each key is batched separately with its own timer.
         where: ``item -> bool``; rejected items raise :class:`~freight.Skipped`.
         max_concurrent_batches: handler calls running at once.
         max_pending: items accepted and not yet settled; beyond it ``submit`` waits
             (``overflow="block"``) or raises :class:`~freight.QueueFull` (``"reject"``).
+            Once ``max_pending`` items are pending, the open batches flush at once
+            (reason ``"pending"``), even below ``size``: nothing more can join them.
         ordered: a key's next batch starts only after its previous batch finished.
         retry: a :class:`Retry` policy (attempts, backoff, poison isolation); ``None``
             delivers a raising handler's error to every item of the batch.
@@ -130,6 +134,8 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
         future: asyncio.Future[R] = loop.create_future()
         flushes = self._buffer.put(item, self._now(), future)
         self._pending += 1
+        if self._pending >= self.max_pending:
+            flushes = [*flushes, *self._full_flushes()]
         if flushes:
             self._start(flushes)
         elif self._timer is None and self._timeout is not None:
@@ -260,14 +266,15 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
                 items, futures = self._drop_cancelled(items, futures)
             if items:
                 await self._execute(flush, items, futures)
-        except BaseException as exc:  # cancelled by close(drain=False), or a bug
-            error = (
-                exc
-                if isinstance(exc, Exception)
-                else BatcherClosed(
+        except BaseException as exc:  # close(drain=False), KeyboardInterrupt/SystemExit, a bug
+            if isinstance(exc, Exception):
+                error: BaseException = exc
+            elif isinstance(exc, asyncio.CancelledError):
+                error = BatcherClosed(
                     f"batcher {self.name!r} was closed without draining while this batch ran"
                 )
-            )
+            else:
+                error = stopped_by(self.name, exc)
             self._fail(futures, error)
             if not isinstance(exc, asyncio.CancelledError | Exception):
                 raise
@@ -320,14 +327,17 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
             self._publish(event)
 
     async def _call(self, items: list[T]) -> Reply:
+        if not self._is_async:
+            assert self._loop is not None
+            return await self._loop.run_in_executor(None, call_handler, self._handler, items)
         try:
-            if self._is_async:
-                value = await self._handler(list(items))
-            else:
-                assert self._loop is not None
-                value = await self._loop.run_in_executor(None, self._handler, list(items))
+            value = await self._handler(list(items))
         except Exception as exc:
             return Reply(error=exc)
+        except EXITS:
+            raise
+        except BaseException as exc:  # not a request to stop: the batch fails, we go on
+            return Reply(error=handler_raised(exc))
         return Reply(value=value)
 
     def _fail(self, futures: list[asyncio.Future[Any]], error: BaseException) -> None:
@@ -402,6 +412,7 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
                 self._stats.cancelled += 1
                 continue
             self._start(self._buffer.put(item, now, future))
+        self._start(self._full_flushes())
         self._after_settle()
         if self._closed:
             self._start(self._buffer.close())

@@ -133,33 +133,67 @@ class EngineBase(Generic[T, R]):
     ) -> tuple[int, int, list[tuple[T, Any]]]:
         """Deliver each final outcome to its caller; return (succeeded, failed, items
         the plan sends back for another try)."""
-        succeeded = failed = 0
+        counted = self._sort_out(items, tickets, outcome)
+        self._deliver(tickets, outcome)
+        return counted
+
+    def _sort_out(
+        self, items: list[T], tickets: list[Any], outcome: Outcome
+    ) -> tuple[int, int, list[tuple[T, Any]]]:
+        """The first half of :meth:`_settle`, delivering nothing: count the final
+        outcomes and keep the tries of the items sent back (forget the others').
+
+        A driver whose callers' done-callbacks run in its own thread gives back the
+        settled items' room between the halves, so a callback that submits finds it.
+        """
         tried = self._tried
+        outcomes = outcome.outcomes
         again = outcome.again
         retry_items: list[tuple[T, Any]] = []
+        kept: set[int] | tuple[()] = ()
         if again:
             kept = set(again)
             attempts = outcome.attempts
             for i in again:
                 tried[tickets[i]] = attempts[i]
                 retry_items.append((items[i], tickets[i]))
-        else:
-            kept = None
+        failed = 0
+        for i, result in enumerate(outcomes):
+            if i in kept:
+                continue
+            if tried:
+                tried.pop(tickets[i], None)
+            if isinstance(result, BaseException):
+                failed += 1
+        return len(outcomes) - len(kept) - failed, failed, retry_items
+
+    @staticmethod
+    def _deliver(tickets: list[Any], outcome: Outcome) -> None:
+        """The second half of :meth:`_settle`: set each final outcome on its future
+        (a future its caller already gave up is left as it is)."""
+        kept = set(outcome.again) if outcome.again else None
         for i, (future, result) in enumerate(zip(tickets, outcome.outcomes, strict=True)):
             if kept is not None and i in kept:
                 continue
-            if tried:
-                tried.pop(future, None)
             try:
                 if isinstance(result, BaseException):
-                    failed += 1
                     future.set_exception(result)
                 else:
-                    succeeded += 1
                     future.set_result(result)
             except _INVALID_STATE:
                 pass
-        return succeeded, failed, retry_items
+
+    def _full_flushes(self) -> list[Flush[T]]:
+        """What the buffer holds, flushed now if ``max_pending`` items are pending.
+
+        No item can join those batches until some pending ones settle, so waiting
+        for their ``size`` (or ``max_bytes``) would wait for the timeout, or forever
+        without one (rule 5 of the buffer, reason ``"pending"``). Call it after every
+        change that puts items in the buffer.
+        """
+        if self._pending >= self.max_pending and len(self._buffer):
+            return self._buffer.flush("pending")
+        return []
 
     def _tried_of(self, tickets: list[Any]) -> list[int] | None:
         """Per item, its tries in earlier batches (``None``: all fresh)."""

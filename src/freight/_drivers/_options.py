@@ -82,6 +82,8 @@ class BatcherOptions:
         max_concurrent_batches: handler calls running at once.
         max_pending: items accepted and not yet settled; beyond it ``submit`` waits
             (``overflow="block"``) or raises :class:`~freight.QueueFull` (``"reject"``).
+            Once ``max_pending`` items are pending, the open batches flush at once
+            (reason ``"pending"``), even below ``size``: nothing more can join them.
         overflow: ``"block"`` or ``"reject"``.
         ordered: a key's next batch starts only after its previous batch finished.
         retry: a :class:`~freight.Retry` policy (attempts, backoff, poison isolation);

@@ -19,14 +19,28 @@ calls :func:`settle_sync` to try them again in follow-up calls.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from freight._core._plan import Call, Outcome, Reply, plan_batch
 from freight._core._retry import Retry
+from freight._errors import BatcherClosed, HandlerContractError
 from freight._ratelimit import RateLimiter
 
-__all__ = ["call_sync", "run_async", "run_sync", "settle_sync"]
+__all__ = [
+    "EXITS",
+    "call_handler",
+    "call_sync",
+    "handler_raised",
+    "run_async",
+    "run_sync",
+    "settle_sync",
+    "stopped_by",
+]
+
+EXITS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
+"""What a batcher lets a handler's ``BaseException`` through as: a request to stop."""
 
 
 def call_sync(handler: Callable[[list[Any]], Any], items: list[Any]) -> Reply:
@@ -35,6 +49,51 @@ def call_sync(handler: Callable[[list[Any]], Any], items: list[Any]) -> Reply:
         return Reply(value=handler(list(items)))
     except Exception as exc:
         return Reply(error=exc)
+
+
+def handler_raised(exc: BaseException) -> HandlerContractError:
+    """The error a batcher's callers get when its handler raised ``exc``, a
+    ``BaseException`` that is neither an ``Exception`` nor one of :data:`EXITS`.
+
+    Such an exception (``class Boom(BaseException)``, a stray ``GeneratorExit``) is
+    not a request to stop the program, so it fails the batch like any raising
+    handler, and the batcher goes on with its next batch; it is named in the message
+    and kept as ``__cause__``.
+    """
+    detail = f": {exc}"[:202] if str(exc) else ""
+    error = HandlerContractError(
+        f"the batch handler raised {type(exc).__qualname__} (a BaseException, not an "
+        f"Exception){detail}; the whole batch failed with it. Raise an Exception subclass "
+        "to fail a batch: only KeyboardInterrupt, SystemExit and cancellation stop a batcher"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def stopped_by(name: str, exc: BaseException) -> BatcherClosed:
+    """What the callers of a batch get when its handler raised one of :data:`EXITS`
+    (which itself goes on propagating): their items were not handled."""
+    return BatcherClosed(
+        f"batcher {name!r} stopped this batch: its handler raised {type(exc).__qualname__}, "
+        "a request to stop; this item was not handled"
+    )
+
+
+def call_handler(handler: Callable[[list[Any]], Any], items: list[Any]) -> Reply:
+    """:func:`call_sync` for the batchers: a ``BaseException`` other than :data:`EXITS`
+    also becomes the reply's error (:func:`handler_raised`).
+
+    Jobs and connectors keep :func:`call_sync`: for them a ``BaseException`` stands
+    for the process going away and must unwind the run.
+    """
+    try:
+        return Reply(value=handler(list(items)))
+    except Exception as exc:
+        return Reply(error=exc)
+    except EXITS:
+        raise
+    except BaseException as exc:
+        return Reply(error=handler_raised(exc))
 
 
 def _cost(rate_limit: RateLimiter, items: list[Any]) -> int:

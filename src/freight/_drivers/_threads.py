@@ -35,7 +35,7 @@ from freight._drivers._asyncio import SyncHandler, is_async_callable
 from freight._drivers._clocks import ThreadClock
 from freight._drivers._engine import EngineBase
 from freight._drivers._options import BatcherKwargs, options_from
-from freight._drivers._runner import call_sync, run_sync
+from freight._drivers._runner import call_handler, run_sync, stopped_by
 from freight._errors import BatcherClosed, ConfigError
 
 __all__ = ["ThreadBatcher"]
@@ -91,6 +91,8 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._inbox: deque[_Ticket[Any]] = deque()
+        # Errors of inboxed items the buffer refused, set once the lock is released.
+        self._refused: deque[tuple[Future[Any], BaseException]] = deque()
         self._tickets = itertools.count()
         self._released = 0  # tickets given back: settled, refused or withdrawn items
         self._executor = ThreadPoolExecutor(
@@ -162,7 +164,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         if self._lock.acquire(False):
             self._drain_locked()
             self._lock.release()
-            if self._inbox:
+            if self._inbox or self._refused:
                 self._unlock_drained()
         return future
 
@@ -214,6 +216,13 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         while self._inbox and self._lock.acquire(False):
             self._drain_locked()
             self._lock.release()
+        refused = self._refused
+        while refused:  # set outside the lock: a done-callback may submit
+            try:
+                future, error = refused.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            future.set_exception(error)
 
     def _drain_locked(self) -> None:
         inbox = self._inbox
@@ -230,9 +239,10 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
                 self._released += 1
                 self._stats.failed += 1
                 if future.set_running_or_notify_cancel():
-                    future.set_exception(exc)
+                    self._refused.append((future, exc))
                 continue
             self._pending += 1
+        flushes += self._full_flushes()
         if self._closed:
             flushes += self._buffer.close()
         if flushes:
@@ -262,15 +272,23 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         started with :class:`~freight.BatcherClosed`; batches already running in a
         thread finish (threads cannot be interrupted). ``timeout`` bounds the wait.
         """
-        self._lock.acquire()
-        try:
+        doomed: list[Future[Any]] = []
+        with self._locked():
             self._closed = True
             self._drain_locked()
             if drain:
                 self._start(self._buffer.close())
             else:
-                self._abort_locked()
+                doomed = self._abort_locked()
             self._changed.notify_all()
+        if doomed:  # failed outside the lock: a done-callback may call submit (and be refused)
+            error = BatcherClosed(
+                f"batcher {self.name!r} was closed with drain=False before this item was handled"
+            )
+            for future in doomed:
+                future.set_exception(error)
+        self._lock.acquire()
+        try:
             done = self._changed.wait_for(self._idle_locked, timeout)
             if self._timer is not None:
                 self._timer.cancel()
@@ -342,8 +360,8 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
                     self._stats.cancelled += dropped
             if items:
                 self._execute(flush, items, futures)
-        except BaseException as exc:
-            self._fail(futures, exc if isinstance(exc, Exception) else BatcherClosed(str(exc)))
+        except BaseException as exc:  # a bug, or KeyboardInterrupt / SystemExit from the handler
+            self._fail(futures, exc if isinstance(exc, Exception) else stopped_by(self.name, exc))
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -369,8 +387,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             rate_limit=self._limiter,
             tried=self._tried_of(futures),
         )
-        # Callers' futures are settled outside the lock: a done-callback may submit.
-        succeeded, failed, retry_items = self._settle(items, futures, outcome)
+        succeeded, failed, retry_items = self._sort_out(items, futures, outcome)
         late: list[tuple[T, Future[Any]]] = []
         self._lock.acquire()
         try:
@@ -381,6 +398,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
                 failed += len(late)
             self._pending -= succeeded + failed
             self._released += succeeded + failed
+            self._changed.notify_all()  # room for the submitters waiting in _admit_slowly
             if retry_items:
                 self._schedule_retry(retry_items, outcome.again_after)
             event = self._record(
@@ -395,6 +413,9 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             )
         finally:
             self._unlock()
+        # Callers' futures are settled outside the lock and after their room was given
+        # back: a done-callback may submit, even at max_pending, without a deadlock.
+        self._deliver(futures, outcome)
         for _, future in late:
             future.set_exception(
                 BatcherClosed(f"batcher {self.name!r} was closed with drain=False before a retry")
@@ -403,20 +424,21 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             self._publish(event)
 
     def _call(self, items: list[T]) -> Reply:
-        return call_sync(self._handler, items)
+        return call_handler(self._handler, items)
 
     def _fail(self, futures: list[Future[Any]], error: BaseException) -> None:
-        failed = 0
-        for future in futures:
-            if future.done():
-                continue
-            if future.running() or future.set_running_or_notify_cancel():
-                future.set_exception(error)
-                failed += 1
+        failing = [
+            future
+            for future in futures
+            if not future.done() and (future.running() or future.set_running_or_notify_cancel())
+        ]
         with self._locked():
-            self._pending -= failed
-            self._released += failed
-            self._stats.failed += failed
+            self._pending -= len(failing)
+            self._released += len(failing)
+            self._stats.failed += len(failing)
+            self._changed.notify_all()
+        for future in failing:  # outside the lock, after the room was given back
+            future.set_exception(error)
 
     def _schedule_retry(self, retry_items: list[tuple[T, Future[Any]]], delay: float) -> None:
         """Put the items the plan sent back into the buffer after ``delay``, together."""
@@ -433,6 +455,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
                 if self._retry_waiting.pop(future, None) is None:
                     continue  # failed by close(drain=False) meanwhile
                 self._start(self._buffer.put(item, now, future))
+            self._start(self._full_flushes())
             if self._closed:
                 self._start(self._buffer.close())
             if self._timer is None and self._timeout is not None:
@@ -440,12 +463,11 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         finally:
             self._unlock()
 
-    def _abort_locked(self) -> None:
+    def _abort_locked(self) -> list[Future[Any]]:
+        """Uncount every item that has not started; return the futures to fail."""
         self._aborted = True
-        error = BatcherClosed(
-            f"batcher {self.name!r} was closed with drain=False before this item was handled"
-        )
         doomed: list[Future[Any]] = []
+        failing: list[Future[Any]] = []
         for flush in self._buffer.close() + self._dispatch.take_all():
             doomed.extend(flush.tickets)
             self._unfinished.discard(id(flush))
@@ -456,9 +478,10 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         for future in doomed:
             self._tried.pop(future, None)
             if future.running() or future.set_running_or_notify_cancel():
-                future.set_exception(error)
+                failing.append(future)
                 self._stats.failed += 1
             else:
                 self._stats.cancelled += 1
             self._pending -= 1
             self._released += 1
+        return failing
