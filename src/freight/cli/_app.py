@@ -19,8 +19,8 @@ import os
 import socket
 import sqlite3
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -30,7 +30,7 @@ import typer
 from typer.core import TyperGroup
 
 from freight._core._retry import Retry
-from freight._errors import FreightError, StoreError, TargetError
+from freight._errors import FreightError, TargetError
 from freight.cli._flow import flow_app
 from freight.connectors import pgtypes
 from freight.connectors.sqlite import SqliteSink, sqlite_path
@@ -189,16 +189,11 @@ def _fail(message: str) -> NoReturn:
 
 
 def _open(store: str) -> Store:
-    """The store at ``store``, opened and read once, so that a corrupt, truncated or
-    read-only store (or one in a folder it cannot be made in) is one line naming it,
-    before the command does anything else."""
-    try:
-        opened = open_store(store)
-        opened.list_jobs(limit=1)
-    except StoreError:
-        raise  # it names the store itself
-    except (sqlite3.Error, OSError) as exc:  # a SQLite store: never a password in its name
-        _fail(f"cannot use the store at {store}: {_one_line(exc)}")
+    """The store at ``store``, opened and read once before the command does anything
+    else: a corrupt, truncated or read-only store (or one in a folder it cannot be made
+    in) is a :class:`~freight.StoreError` naming it, one line (see :func:`_user_error`)."""
+    opened = open_store(store)
+    opened.list_jobs(limit=1)
     return opened
 
 
@@ -239,7 +234,7 @@ def _run_job(job: Job, fresh: bool) -> JobReport:
     """Run with a progress display; a second Ctrl-C ends the command with one line."""
     shown = job.on_progress is None
     try:
-        with ProgressPrinter() as printer, _writing(job.store):
+        with ProgressPrinter() as printer:
             if shown:
                 job.on_progress = printer
             return job.run(fresh=fresh)
@@ -249,17 +244,6 @@ def _run_job(job: Job, fresh: bool) -> JobReport:
     finally:
         if shown:  # the printer's stream is this command's: never leave it on the job
             job.on_progress = None
-
-
-@contextmanager
-def _writing(store: Store) -> Iterator[None]:
-    """Where a command writes to ``store``: a SQLite error that escapes is the store's
-    (a read-only or damaged file), said in one line naming it. A run's sink never lets
-    one escape: its errors become the dead letters of the rows it could not write."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        _fail(f"the store {store!r} failed: {_one_line(exc)}")
 
 
 def _finish(report: JobReport, as_json: bool) -> None:
@@ -680,8 +664,7 @@ def _control(job: str, store: str, action: Control) -> None:
 
 
 def _ask(store: Store, record: JobRecord, action: Control) -> None:
-    with _writing(store):
-        store.request(record.id, action)
+    store.request(record.id, action)
     typer.echo(f"asked run {record.id} of {record.name!r} to {action}")
 
 
@@ -722,8 +705,7 @@ def resume(
         return
     if record.control is not None:
         # asked of an owner that is gone: a pause would stop the continued run at once
-        with _writing(opened):
-            opened.request(record.id, None)
+        opened.request(record.id, None)
     _finish(_run_job(_rebuild(record, store), fresh=False), as_json)
 
 
@@ -750,10 +732,7 @@ def retry_failed(
     Example: freight retry-failed import-users
     """
     record = _find(_open(store), job)
-    rebuilt = _rebuild(record, store)
-    with _writing(rebuilt.store):
-        replayed = rebuilt.retry_failed(record.id)
-    _finish(replayed, as_json)
+    _finish(_rebuild(record, store).retry_failed(record.id), as_json)
 
 
 @app.command()
