@@ -206,8 +206,8 @@ def takes(
 ) -> bool | tuple[str, BaseException]:
     """Does subscription ``sub`` of ``spec`` take ``envelope`` (rule 3)? Or why it
     fails: a predicate or a join key that raised, as ``(reason, error)``."""
-    if not sees(spec, envelope):
-        return False
+    if type(envelope.visibility) is not Public and not sees(spec, envelope):
+        return False  # (a public artifact has no tenant: every consumer sees it)
     if sub.producers is not None and envelope.producer not in sub.producers:
         return False
     for predicate in sub.where:

@@ -94,16 +94,17 @@ class Lane:
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of its open batches, groups and embargoes."""
-        found = [
-            d
-            for d in (
-                self.buffer.next_deadline() if self.buffer is not None else None,
-                self.gate.next_deadline() if self.gate is not None else None,
-                self.embargo[0][0] if self.embargo else None,
-            )
-            if d is not None
-        ]
-        return min(found, default=None)
+        # on every delivery: comparisons, no list (measured ~10% of a publish otherwise)
+        best = self.buffer.next_deadline() if self.buffer is not None else None
+        if self.gate is not None:
+            found = self.gate.next_deadline()
+            if found is not None and (best is None or found < best):
+                best = found
+        if self.embargo:
+            found = self.embargo[0][0]
+            if best is None or found < best:
+                best = found
+        return best
 
 
 class Scheduler:
@@ -149,7 +150,7 @@ class Scheduler:
 
     def deliver(self, rt: Runtime, lane: int, envelope: Envelope, now: float) -> None:
         """``envelope`` reached lane ``lane`` of ``rt`` at ``now`` (rules 1-3)."""
-        state = self.lanes(rt)[lane]
+        state = (rt.lanes or self.lanes(rt))[lane]
         gate = state.gate
         if gate is not None:
             sub = state.sub
@@ -204,8 +205,12 @@ class Scheduler:
 
     def schedule(self, rt: Runtime) -> None:
         """Arm ``rt``'s timer at its earliest deadline, if that changed (rule 6)."""
-        deadlines = [d for lane in rt.lanes if (d := lane.next_deadline()) is not None]
-        deadline = min(deadlines, default=None)
+        lanes = rt.lanes
+        if len(lanes) == 1:
+            deadline = lanes[0].next_deadline()
+        else:
+            found = [d for lane in lanes if (d := lane.next_deadline()) is not None]
+            deadline = min(found, default=None)
         if deadline == rt.timer_at:
             return
         if rt.timer is not None:
