@@ -709,7 +709,7 @@ def wait_for(condition: str, check: object, deadline: float) -> None:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_of_a_paused_load_loads_every_row_once(tmp_path: Path) -> None:
-    rows = 200_000
+    rows = 60_000
     data = tmp_path / "big.csv"
     data.write_text("id,name\n" + "".join(f"{i},user{i}\n" for i in range(rows)))
     db, store_path = tmp_path / "app.db", tmp_path / "f.db"
