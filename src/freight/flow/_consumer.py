@@ -77,10 +77,13 @@ _LANE = re.compile(r".*\[\d+\]\Z")
 
 
 class Group:
-    """One correlated group of a join: one artifact per consumed type, in declared order.
+    """One group of an AND gate or a join: one artifact per consumed type, in declared
+    order (``.consumes(A, A, B)``: two ``A`` s, then a ``B``).
 
-    ``group[Temperature]`` or ``group[0]`` gives a member; a partial group (handed over
-    with ``on_partial="emit"``) has ``None`` where a type is missing.
+    ``group[Temperature]`` (the first of that type) or ``group[0]`` gives a member, and
+    iterating gives them all; ``group.key`` is the join key (``None`` for a gate without
+    ``join=``). A partial group (handed over with ``on_partial="emit"``) has ``None``
+    where a type is missing.
     """
 
     __slots__ = ("_types", "artifacts", "complete", "key")
