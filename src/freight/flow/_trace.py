@@ -407,8 +407,7 @@ def _append_publishes(db: Any, rows: list[PublishRow]) -> None:
             "producer": pa.array(producers, pa.string()),
             "published_at": pa.array(published, pa.timestamp("us", tz="UTC")),
             "tenant": pa.array(tenants, pa.string()),
-            "depth": pa.array(depths, pa.int64()),
-            "consumers": pa.array(consumers, pa.int64()),
+            "attributes": pa.array(list(map(_publish_json, consumers, depths)), pa.string()),
         })  # fmt: skip
     if table is None:  # pragma: no cover - pyarrow is in the dev extras
         _append(db, [_publish_span(row) for row in rows], Exception)
@@ -428,10 +427,16 @@ def _publish_span(row: PublishRow) -> SpanRow:
 
 _INSERT_PUBLISHES = """
 INSERT INTO spans SELECT id, NULL, flow, 'publish', 'publish', producer, published_at,
-    published_at, 0.0, NULL, NULL, NULL, NULL, NULL, type, NULL, tenant,
-    '{"consumers": ' || consumers || ', "depth": ' || depth || '}'
+    published_at, 0.0, NULL, NULL, NULL, NULL, NULL, type, NULL, tenant, attributes
 FROM freight_publish_batch
 """
+
+
+@functools.lru_cache(maxsize=1024)
+def _publish_json(consumers: int, depth: int) -> str:
+    """A publish span's other attributes (few distinct values: made once each; the
+    same JSON text as the other spans')."""
+    return _json({"consumers": consumers, "depth": depth})
 
 
 def _arrow(rows: list[SpanRow]) -> tuple[Any, str] | None:
