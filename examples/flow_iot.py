@@ -47,7 +47,7 @@ async def analyse(groups: list[Group]) -> ForBatch:
 
 async def main() -> None:
     flow = Flow()
-    (flow.consumer("iot")
+    (flow.consumer("iot", all_tenants=True)
          .consumes(Temperature, Pressure,
                    join=JoinSpec(by="device_id", within=timedelta(seconds=30)),
                    batch=BatchSpec(size=5, timeout=60))
