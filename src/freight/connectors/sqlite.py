@@ -454,6 +454,9 @@ class SqliteSink:
         key: column(s) identifying a row; with ``mode="upsert"`` (the default when
             a key is given) a row with the same key is updated (the last one written
             wins), which makes a replayed chunk harmless: exactly-once in effect.
+            Only the columns an item carries are set: an item (a file) with fewer
+            columns than the table leaves the others of an existing row as they are,
+            and a new row gets their defaults (never a silent NULL).
         mode: ``"insert"`` or ``"upsert"``.
         types: freight's (PostgreSQL) type of each column, as
             :func:`~freight.connectors.pgtypes.infer_types` gives them. A missing table
@@ -506,7 +509,7 @@ class SqliteSink:
         )
         self._statements: dict[tuple[str, ...], str] = {}
         self._columns: list[str] | None = None
-        self._binders: tuple[list[str], set[str], list[tuple[str, Binder]]] | None = None
+        self._binders: _Binders | None = None
         declared = _declared_types(self._db, self.table)
         if declared is not None:
             self._columns = list(declared)
@@ -552,10 +555,16 @@ class SqliteSink:
         self._columns = list(_declared_types(self._db, self.table) or columns)
         return self._columns
 
-    def _statement(self, columns: list[str]) -> str:
+    def _statement(self, columns: Sequence[str]) -> str:
+        """The INSERT (or upsert) of these columns: only they are set, so a row keeps
+        (or, when new, gets the defaults of) the columns an item does not carry."""
         cached = self._statements.get(tuple(columns))
         if cached is not None:
             return cached
+        if not columns:  # an empty item: a row of defaults (no key, so never a conflict)
+            sql = f"INSERT INTO {self._table} DEFAULT VALUES"
+            self._statements[()] = sql
+            return sql
         names = ", ".join(map(quote_identifier, columns))
         marks = ", ".join("?" for _ in columns)
         sql = f"INSERT INTO {self._table} ({names}) VALUES ({marks})"  # noqa: S608 (quoted)
@@ -590,41 +599,48 @@ class SqliteSink:
                 columns = self._ensure_table(items[0])
             except (ConfigError, TargetError) as exc:  # the table, not a row
                 return [_target_error(exc)] * len(items)
-            statement = self._statement(columns)
             outcomes: list[Any] = [None] * len(items)
+            statements: list[str] = []
             rows: list[list[Any]] = []
             places: list[int] = []
             for place, item in enumerate(items):
                 try:
-                    rows.append(self._row(item, columns))
+                    statement, row = self._row(item, columns)
                 except PermanentError as refused:
                     outcomes[place] = refused
                 else:
+                    statements.append(statement)
+                    rows.append(row)
                     places.append(place)
             if rows:
                 try:
-                    self._write_rows(statement, rows)
+                    self._write_rows(_runs(statements, rows))
                 except TargetError as refused:  # every row: the job stops with this reason
                     return [refused] * len(items)
                 except PermanentError:  # a refused row: find it (them) by bisection
-                    found = isolate(rows, lambda part: self._write_rows(statement, part))
+                    found = isolate(list(zip(statements, rows, strict=True)), self._write_pairs)
                     for place, outcome in zip(places, found, strict=True):
                         outcomes[place] = outcome
             return None if all(o is None for o in outcomes) else outcomes
 
-    def _row(self, item: Mapping[str, Any], columns: list[str]) -> list[Any]:
-        """``item`` as the bound values of ``columns``, or a PermanentError saying why not."""
+    def _row(self, item: Mapping[str, Any], columns: list[str]) -> tuple[str, list[Any]]:
+        """The statement that writes ``item`` (the columns it carries) and its bound
+        values, or a PermanentError saying why it cannot be written."""
         if not isinstance(item, Mapping):
             raise PermanentError(f"SqliteSink needs mappings, got {type(item).__name__}")
         binders = self._binders
-        if binders is None or binders[0] is not columns:
-            binders = self._binders = (columns, set(columns), self._column_binders(columns))
-        if not binders[1].issuperset(item):
-            unknown = [f for f in item if f not in binders[1]]
+        if binders is None or binders.columns is not columns:
+            binders = self._binders = _Binders(
+                columns, self._column_binders(columns), self._statement
+            )
+        if not binders.names.issuperset(item):
+            unknown = [f for f in item if f not in binders.names]
             raise PermanentError(
                 f"fields {sorted(unknown)} are not columns of {self.table!r} "
                 f"(its columns: {columns}); drop them from the item or add the columns"
             )
+        # An item with every column (the rule) or some: only its own columns are written.
+        shape = binders.every if len(item) == len(columns) else binders.shape(item)
         if self._convert is not None:
             try:
                 converted = self._convert(item)
@@ -632,7 +648,7 @@ class SqliteSink:
                 raise PermanentError(str(exc)) from exc
             # The converter gives the typed columns only: the others keep their values.
             item = converted if len(converted) == len(columns) else {**item, **converted}
-        return [bind(item.get(c), c) for c, bind in binders[2]]
+        return shape[0], [bind(item.get(c), c) for c, bind in shape[1]]
 
     def _column_binders(self, columns: list[str]) -> list[tuple[str, Binder]]:
         """How each column's value is bound: by its type when ``types`` converts it (the
@@ -640,13 +656,20 @@ class SqliteSink:
         types = self.types or {}
         return [(c, _TYPED_BINDERS.get(types.get(c, ""), _bind)) for c in columns]
 
-    def _write_rows(self, statement: str, rows: list[list[Any]]) -> None:
-        """One transaction; raises freight's classes (:func:`classify`)."""
+    def _write_pairs(self, pairs: list[tuple[str, list[Any]]]) -> None:
+        """:meth:`_write_rows` of (statement, row) pairs, in their order (bisection)."""
+        statements = [statement for statement, _ in pairs]
+        self._write_rows(_runs(statements, [row for _, row in pairs]))
+
+    def _write_rows(self, runs: list[tuple[str, list[list[Any]]]]) -> None:
+        """Each run's statement over its rows, in order, in one transaction; raises
+        freight's classes (:func:`classify`)."""
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany(statement, rows)
+                for statement, rows in runs:
+                    db.executemany(statement, rows)
             except BaseException:
                 if db.in_transaction:  # SQLite may have rolled back already
                     db.execute("ROLLBACK")
@@ -662,6 +685,52 @@ class SqliteSink:
         """Close the connection."""
         with self._lock:
             self._db.close()
+
+
+_Shape = tuple[str, list[tuple[str, Binder]]]
+"""How an item carrying these columns is written: the statement, each column's binder."""
+
+
+class _Binders:
+    """The binders of a table's ``columns`` and the :data:`_Shape` of an item carrying
+    all of them (:attr:`every`) or some (:meth:`shape`: the same few over a load)."""
+
+    __slots__ = ("_shapes", "_statement", "columns", "every", "names")
+
+    def __init__(
+        self,
+        columns: list[str],
+        binders: list[tuple[str, Binder]],
+        statement: Callable[[Sequence[str]], str],
+    ) -> None:
+        self.columns = columns
+        self.names = set(columns)
+        self.every: _Shape = (statement(columns), binders)
+        self._statement = statement
+        self._shapes: dict[tuple[str, ...], _Shape] = {}
+
+    def shape(self, item: Mapping[str, Any]) -> _Shape:
+        """The shape of an item whose fields are some of the columns, in table order."""
+        fields = tuple(item)
+        found = self._shapes.get(fields)
+        if found is None:
+            binders = [(c, bind) for c, bind in self.every[1] if c in item]
+            found = self._shapes[fields] = (self._statement([c for c, _ in binders]), binders)
+        return found
+
+
+def _runs(statements: list[str], rows: list[list[Any]]) -> list[tuple[str, list[list[Any]]]]:
+    """``rows`` cut where the statement changes: one ``executemany`` per run, in order
+    (so the last value of a key's column wins, whichever columns the items carry)."""
+    if statements.count(statements[0]) == len(statements):  # one statement (the rule)
+        return [(statements[0], rows)]
+    runs: list[tuple[str, list[list[Any]]]] = []
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or statements[end] != statements[start]:
+            runs.append((statements[start], rows[start:end]))
+            start = end
+    return runs
 
 
 class AsyncSqliteSink:
