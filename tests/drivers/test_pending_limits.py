@@ -374,3 +374,24 @@ def test_thread_batcher_flushes_every_submitted_item_exactly_once(
     b.close(timeout=GUARD)
     assert [f.result(0) for f in futures] == [n + 1 for n in range(len(futures))]
     assert handled == Counter(range(len(futures)))
+
+
+def test_thread_batcher_a_submitter_waiting_for_room_drains_the_item_that_filled_it(
+    clock: FakeClock,
+) -> None:
+    """Flat combining: an item inboxed while another thread held the lock is drained
+    by that thread; one about to wait for room must drain it first (its wait releases
+    the lock without draining), or the item that fills the batcher is never flushed."""
+    b = ThreadBatcher(plus_one, BatchSpec(size=10), max_pending=2, clock=clock)
+    first = b.submit(0)
+    b._lock.acquire()  # stands for another submitter holding the lock a moment
+    second = b.submit(1)  # inboxed: the lock is taken, so its drain is left to the holder
+    third: list[Future[int]] = []
+    waiter = threading.Thread(target=lambda: third.append(b.submit(2)), daemon=True)
+    waiter.start()  # no room (two pending): it queues for the lock, then waits for room
+    b._lock.release()
+    waiter.join(GUARD)
+    assert not waiter.is_alive()
+    assert [first.result(GUARD), second.result(GUARD)] == [1, 2]
+    b.close(timeout=GUARD)
+    assert third[0].result(0) == 3

@@ -182,7 +182,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
                 self._released += 1
                 if not block:
                     raise self._queue_full()
-                self._changed.wait()
+                self._wait_locked()
         finally:
             self._unlock()
 
@@ -224,6 +224,13 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
                 return
             future.set_exception(error)
 
+    def _wait_locked(self) -> None:
+        """Wait for a change, draining the inbox first: the wait releases the lock, and
+        an item inboxed while we held it (its submitter found the lock taken) may be
+        the one that fills the batcher and must flush it; nobody else would drain it."""
+        self._drain_locked()
+        self._changed.wait()
+
     def _drain_locked(self) -> None:
         inbox = self._inbox
         if not inbox:
@@ -260,7 +267,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             self._start(self._buffer.flush())
             targets = set(self._unfinished)
             while targets & self._unfinished:
-                self._changed.wait()
+                self._wait_locked()
         finally:
             self._unlock()
 
