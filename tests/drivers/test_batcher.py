@@ -289,7 +289,7 @@ async def test_drain_settles_1000_items_over_10_keys_within_limits(clock: FakeCl
     assert b.pending == 0
     stats = b.stats()
     assert stats.succeeded == 1000
-    assert stats.flushes["close"] == 10
+    assert stats.flushes == {"size": 10, "pending": 10}
 
 
 async def test_ordered_keeps_order_per_key() -> None:
@@ -531,11 +531,20 @@ async def test_waiting_for_room_can_be_cancelled(clock: FakeClock) -> None:
 
 
 async def test_close_wakes_callers_waiting_for_room(clock: FakeClock) -> None:
-    b = Batcher(Recorder(), BatchSpec(size=10, timeout=5), max_pending=1, clock=clock)
-    first = b.submit_nowait(1)
+    gate = asyncio.Event()
+
+    async def held(items: list[int]) -> list[int]:
+        await gate.wait()
+        return [i * 2 for i in items]
+
+    b = Batcher(held, BatchSpec(size=10, timeout=5), max_pending=1, clock=clock)
+    first = b.submit_nowait(1)  # max_pending reached: flushed at once, held in the handler
     waiting = asyncio.ensure_future(b.submit(2))
     await asyncio.sleep(0)
-    await b.close()
+    closing = asyncio.ensure_future(b.close())
+    await asyncio.sleep(0)
+    gate.set()
+    await closing
     assert first.result() == 2
     with pytest.raises(BatcherClosed):
         await waiting

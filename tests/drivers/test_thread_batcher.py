@@ -93,20 +93,27 @@ def test_errors_per_item_and_where(clock: FakeClock) -> None:
 
 
 def test_reject_and_block_overflow(clock: FakeClock) -> None:
+    gate = threading.Event()
+
+    def held(items: list[int]) -> list[int]:
+        gate.wait(5)
+        return double(items)
+
     with ThreadBatcher(
-        double, BatchSpec(size=10, timeout=1), max_pending=2, overflow="reject", clock=clock
+        held, BatchSpec(size=10, timeout=1), max_pending=2, overflow="reject", clock=clock
     ) as b:
         b.submit(1)
-        b.submit(2)
+        b.submit(2)  # max_pending reached: flushed at once, held in the handler
         with pytest.raises(QueueFull):
             b.submit(3)
         with pytest.raises(QueueFull):
             b.submit_nowait(3)
-        clock.advance_sync(1)
+        gate.set()
         b.flush()
         assert b.submit(3) is not None  # room again
 
-    with ThreadBatcher(double, BatchSpec(size=10, timeout=1), max_pending=2, clock=clock) as b:
+    gate.clear()
+    with ThreadBatcher(held, BatchSpec(size=10, timeout=1), max_pending=2, clock=clock) as b:
         b.submit(1)
         b.submit(2)
         started = threading.Event()
@@ -122,7 +129,7 @@ def test_reject_and_block_overflow(clock: FakeClock) -> None:
         t.join(0.05)
         assert t.is_alive()  # waiting for room
         assert b.pending == 2
-        clock.advance_sync(1)
+        gate.set()
         t.join(5)
         assert not t.is_alive()
         b.flush()
@@ -328,8 +335,14 @@ def test_close_without_drain_fails_items_waiting_for_retry(clock: FakeClock) -> 
 
 
 def test_closed_batcher_refuses_blocked_and_new_submitters(clock: FakeClock) -> None:
-    b = ThreadBatcher(double, BatchSpec(size=10, timeout=5), max_pending=1, clock=clock)
-    first = b.submit(1)
+    gate = threading.Event()
+
+    def held(items: list[int]) -> list[int]:
+        gate.wait(5)
+        return double(items)
+
+    b = ThreadBatcher(held, BatchSpec(size=10, timeout=5), max_pending=1, clock=clock)
+    first = b.submit(1)  # max_pending reached: flushed at once, held in the handler
     refused: list[BaseException] = []
 
     def blocked() -> None:
@@ -341,10 +354,13 @@ def test_closed_batcher_refuses_blocked_and_new_submitters(clock: FakeClock) -> 
     t = threading.Thread(target=blocked)
     t.start()
     t.join(0.05)
-    b.close()
-    t.join(5)
-    assert first.result(timeout=5) == 2
+    closing = threading.Thread(target=b.close)
+    closing.start()
+    t.join(5)  # close() refused the blocked submitter while the batch still ran
     assert len(refused) == 1
+    gate.set()
+    closing.join(5)
+    assert first.result(timeout=5) == 2
 
 
 def test_whole_batch_transient_failure_backs_off_on_the_fake_clock(clock: FakeClock) -> None:
