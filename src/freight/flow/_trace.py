@@ -82,7 +82,7 @@ artifact id (the span's id), type, producer, published_at, tenant, depth, consum
 that took it)``. One per artifact: the bulk of a flow's spans, so the narrowest."""
 
 _FIELDS = frozenset({"consumer", "duration"})  # columns of their own, also in the attributes
-_KEEP = 100_000  # spans a failed write keeps for the next one (the oldest beyond are dropped)
+_KEEP = 200_000  # spans held at most: queued, or kept by a failed write for the next one
 
 _NAMES = (
     "batch_size",
@@ -154,8 +154,8 @@ class DuckDBTracer:
         self,
         path: str | Path = ".freight/traces.duckdb",
         *,
-        buffer: int = 10_000,
-        interval: float = 1.0,
+        buffer: int = 50_000,
+        interval: float = 5.0,
         max_spans: int = _KEEP,
     ) -> None:
         try:
