@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 
 from freight import ConfigError, Job, PermanentError, Retry, TargetError
 from freight.connectors import pgtypes
+from freight.connectors._sqltypes import bind
 from freight.connectors.sqlite import (
     SQLITE_MAX_COLUMN,
     AsyncSqliteSink,
     SqliteSink,
-    _bind,
     create_table,
     quote_identifier,
     table_types,
@@ -220,7 +220,7 @@ def test_a_stored_numeric_reads_back_as_the_same_number(value: Decimal) -> None:
 def _bound(value: Decimal) -> Any:
     """The sink's binding of ``value``, or ``None`` when it refuses it."""
     try:
-        return _bind(value, "x")
+        return bind(value, "x")
     except PermanentError:
         return None
 

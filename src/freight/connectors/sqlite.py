@@ -8,7 +8,8 @@ Errors are mapped to freight's classes in one place, :func:`classify`.
 **Typed tables.** ``freight load`` infers PostgreSQL column types
 (:func:`freight.connectors.pgtypes.infer_types`); a SQLite target gets the same types
 (:func:`create_table`, ``SqliteSink(types=…)``), declared so that SQLite's own column
-affinity keeps every value as it was converted:
+affinity keeps every value as it was converted (the mapping and the value checks live
+in ``freight.connectors._sqltypes``):
 
 ============================  ===============  ==========================================
 freight type                  declared as      stored
@@ -39,14 +40,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
-import math
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
-from datetime import date, datetime, time
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +51,15 @@ from freight._core._time import to_seconds
 from freight._errors import ConfigError, PermanentError, TargetError, TransientError
 from freight.connectors import pgtypes
 from freight.connectors._isolate import isolate
+from freight.connectors._sqltypes import (
+    DDL_TYPES,
+    TYPED_BINDERS,
+    Binder,
+    canonical_types,
+    declared_type,
+    freight_type,
+)
+from freight.connectors._sqltypes import bind as _bind
 
 __all__ = [
     "SQLITE_MAX_COLUMN",
@@ -76,43 +82,6 @@ _TARGET = (
     "SQLITE_ERROR", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_CORRUPT", "SQLITE_NOTADB",
     "SQLITE_FULL", "SQLITE_PERM", "SQLITE_AUTH", "SQLITE_IOERR",
 )  # fmt: skip
-_INT64 = (-(2**63), 2**63 - 1)
-
-# freight (PostgreSQL) type -> SQLite declared type: a fixed allow-list, never user text.
-_DDL_TYPES = {
-    "bigint": "BIGINT",
-    "integer": "BIGINT",
-    "smallint": "BIGINT",
-    "numeric": "NUMERIC",
-    "double precision": "REAL",
-    "real": "REAL",
-    "boolean": "BOOLEAN",
-    "timestamptz": "TIMESTAMPTZ",
-    "date": "DATE",
-    "text": "TEXT",
-    "jsonb": "TEXT",
-    "json": "TEXT",
-}
-
-# SQLite declared type -> freight type (what table_types reports back).
-_KINDS = {
-    "BIGINT": "bigint",
-    "INTEGER": "bigint",
-    "INT": "bigint",
-    "NUMERIC": "numeric",
-    "DECIMAL": "numeric",
-    "REAL": "double precision",
-    "DOUBLE": "double precision",
-    "DOUBLE PRECISION": "double precision",
-    "FLOAT": "double precision",
-    "BOOLEAN": "boolean",
-    "BOOL": "boolean",
-    "TIMESTAMPTZ": "timestamptz",
-    "DATE": "date",
-}
-
-# A type pgtypes does not (yet) know falls back to the nearest one it does.
-_FALLBACK = {"double precision": "numeric", "date": "text"}
 
 
 def classify(error: BaseException) -> BaseException:
@@ -162,7 +131,7 @@ def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
-# -- tables: names, limits, types --------------------------------------------------------
+# -- tables: names, limits, creation -----------------------------------------------------
 
 
 def _check_table(table: str) -> None:
@@ -201,47 +170,6 @@ def _check_columns(table: str, columns: Sequence[str], key: Sequence[str]) -> No
     missing = [k for k in key if k not in columns]
     if missing:
         raise ConfigError(f"key column(s) {missing} are not among the columns of {table!r}")
-
-
-def _canonical_types(types: Mapping[str, str]) -> dict[str, str]:
-    """``types`` with each type named as :mod:`~freight.connectors.pgtypes` names it, and
-    known to have a SQLite column type; a :class:`ConfigError` otherwise."""
-    out = {}
-    for column, type_name in types.items():
-        kind = pgtypes.canonical(type_name)
-        if kind not in _DDL_TYPES:
-            raise ConfigError(
-                f"column {column!r}: type {type_name!r} has no SQLite column type in freight; "
-                f"use one of {', '.join(sorted(set(_DDL_TYPES) & set(pgtypes.TYPES)))}"
-            )
-        out[column] = kind
-    return out
-
-
-def _kind(declared: str) -> str:
-    """The freight type of a column SQLite declares as ``declared`` (SQLite's rules:
-    any name with ``INT`` holds integers; what freight does not know is text)."""
-    upper = " ".join(declared.upper().split())
-    kind = _KINDS.get(upper) or ("bigint" if "INT" in upper else "text")
-    if kind not in pgtypes.TYPES:
-        kind = _FALLBACK.get(kind, "text")
-    return kind
-
-
-_PYTHON_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
-    (bool, "BOOLEAN"),  # before int: a bool is an int
-    (int, "BIGINT"),
-    (float, "REAL"),
-    (Decimal, "NUMERIC"),
-    (datetime, "TIMESTAMPTZ"),  # before date: a datetime is a date
-    (date, "DATE"),
-    (bytes, "BLOB"),
-)
-
-
-def _python_kind(value: Any) -> str:
-    """The declared type of a column created from a first item's ``value``."""
-    return next((kind for cls, kind in _PYTHON_KINDS if isinstance(value, cls)), "TEXT")
 
 
 def _create(
@@ -301,12 +229,12 @@ def create_table(
     created: a :class:`~freight.ConfigError` names what is wrong.
     """
     _check_table(table)
-    kinds = _canonical_types(types)
+    kinds = canonical_types(types)
     _check_columns(table, list(kinds), key)
     target = _file(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     with closing(_connect(target, to_seconds(busy_timeout, "busy_timeout"))) as db:
-        _create(db, table, {c: _DDL_TYPES[k] for c, k in kinds.items()}, key)
+        _create(db, table, {c: DDL_TYPES[k] for c, k in kinds.items()}, key)
 
 
 def table_types(path: str | Path, table: str) -> dict[str, str] | None:
@@ -318,90 +246,11 @@ def table_types(path: str | Path, table: str) -> dict[str, str] | None:
         return None
     with closing(sqlite3.connect(target, timeout=30)) as db:
         declared = _declared_types(db, table)
-    return None if declared is None else {c: _kind(d) for c, d in declared.items()}
+    return None if declared is None else {c: freight_type(d) for c, d in declared.items()}
 
 
 def _file(path: str | Path) -> Path:
     return sqlite_path(path) if isinstance(path, str) and "://" in path else Path(path)
-
-
-# -- values: what SQLite stores exactly, or a reason ----------------------------------------
-
-
-def _nul(column: str) -> PermanentError:
-    return PermanentError(f"column {column!r}: text fields cannot contain NUL (0x00) bytes")
-
-
-def _not_finite(column: str, value: float | Decimal) -> PermanentError:
-    nan = value.is_nan() if isinstance(value, Decimal) else math.isnan(value)  # sNaN too
-    text = "NaN" if nan else ("Infinity" if value > 0 else "-Infinity")
-    return PermanentError(f"column {column!r}: {text} is not a finite number")
-
-
-def _decimal(value: Decimal, column: str) -> int | float:
-    """``value`` as the INTEGER or REAL that holds it exactly, or a PermanentError."""
-    if not value.is_finite():
-        raise _not_finite(column, value)
-    if value == value.to_integral_value() and _INT64[0] <= value <= _INT64[1]:
-        return int(value)
-    as_float = float(value)
-    if math.isfinite(as_float) and Decimal(repr(as_float)) == value:
-        return as_float  # its shortest repr reads back as the same number
-    raise PermanentError(
-        f"column {column!r}: {value} has more significant digits than SQLite keeps in a "
-        "number (about 15); load this column as text to keep it exact"
-    )
-
-
-def _text(value: str, column: str) -> str:
-    if "\x00" in value:
-        raise _nul(column)
-    return value
-
-
-def _integer(value: int, column: str) -> int:
-    if not _INT64[0] <= value <= _INT64[1]:
-        raise PermanentError(
-            f"column {column!r}: {value} is out of range for SQLite's 64-bit integers"
-        )
-    return value
-
-
-def _float(value: float, column: str) -> float:
-    if math.isnan(value):  # sqlite3 would bind NaN as NULL
-        raise _not_finite(column, value)
-    return value
-
-
-def _iso(value: date | time, column: str) -> str:
-    return value.isoformat()
-
-
-def _json(value: dict[str, Any] | list[Any], column: str) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-_ADAPTERS: tuple[tuple[type | tuple[type, ...], Callable[[Any, str], Any]], ...] = (
-    (bool, lambda value, column: value),  # before int: a bool is an int (bound as 0/1)
-    (int, _integer),
-    (float, _float),
-    (str, _text),  # a subclass (a str enum) is bound as its text
-    (Decimal, _decimal),
-    ((datetime, date, time), _iso),
-    ((dict, list), _json),
-)
-
-
-def _bind(value: Any, column: str) -> Any:
-    """``value`` as SQLite stores it without altering it, or a PermanentError saying why not."""
-    if type(value) is str:  # the common case first: a CSV load binds text
-        return _text(value, column)
-    if value is None:
-        return None
-    for cls, adapt in _ADAPTERS:
-        if isinstance(value, cls):
-            return adapt(value, column)
-    return value  # bytes are a BLOB; anything else sqlite3 refuses by itself
 
 
 def _target_error(error: ConfigError | TargetError) -> TargetError:
@@ -411,34 +260,6 @@ def _target_error(error: ConfigError | TargetError) -> TargetError:
     refused = TargetError(str(error))
     refused.__cause__ = error
     return refused
-
-
-def _same(value: Any, column: str) -> Any:
-    return value
-
-
-def _numeric(value: Decimal | None, column: str) -> int | float | None:
-    return None if value is None else _decimal(value, column)
-
-
-def _iso_or_none(value: date | None, column: str) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-Binder = Callable[[Any, str], Any]
-"""Binds one value of a column, or raises the row's PermanentError."""
-
-# What pgtypes.converter gives a typed column is of its type (or None), its range checked
-# (bigint): bound without asking the value's type again.
-_TYPED_BINDERS: dict[str, Binder] = {
-    "bigint": _same,
-    "integer": _same,
-    "smallint": _same,
-    "boolean": _same,
-    "numeric": _numeric,
-    "timestamptz": _iso_or_none,
-    "date": _iso_or_none,
-}
 
 
 # -- the sinks -------------------------------------------------------------------------------
@@ -492,7 +313,7 @@ class SqliteSink:
         if mode == "upsert" and not self.key:
             raise ConfigError("mode='upsert' needs key= (the column(s) that identify a row)")
         self.mode = mode
-        self.types = None if types is None else _canonical_types(types)
+        self.types = None if types is None else canonical_types(types)
         if self.types is not None:
             _check_columns(table, list(self.types), self.key)
         self.busy_timeout = to_seconds(busy_timeout, "busy_timeout")
@@ -517,7 +338,7 @@ class SqliteSink:
     def _typed_table(self, types: dict[str, str]) -> None:
         """Create the table with ``types`` if missing; else check that it has their columns."""
         if self._columns is None:
-            _create(self._db, self.table, {c: _DDL_TYPES[k] for c, k in types.items()}, self.key)
+            _create(self._db, self.table, {c: DDL_TYPES[k] for c, k in types.items()}, self.key)
             self._columns = list(types)
             return
         missing = [c for c in types if c not in self._columns]
@@ -551,7 +372,7 @@ class SqliteSink:
         if missing:
             raise ConfigError(f"key column(s) {missing} are not among the item's fields {columns}")
         _check_columns(self.table, columns, self.key)
-        _create(self._db, self.table, {c: _python_kind(first[c]) for c in columns}, self.key)
+        _create(self._db, self.table, {c: declared_type(first[c]) for c in columns}, self.key)
         self._columns = list(_declared_types(self._db, self.table) or columns)
         return self._columns
 
@@ -654,7 +475,7 @@ class SqliteSink:
         """How each column's value is bound: by its type when ``types`` converts it (the
         converter's value is of that type or None), else by the value's own type."""
         types = self.types or {}
-        return [(c, _TYPED_BINDERS.get(types.get(c, ""), _bind)) for c in columns]
+        return [(c, TYPED_BINDERS.get(types.get(c, ""), _bind)) for c in columns]
 
     def _write_pairs(self, pairs: list[tuple[str, list[Any]]]) -> None:
         """:meth:`_write_rows` of (statement, row) pairs, in their order (bisection)."""
