@@ -259,3 +259,22 @@ async def test_publish_many_records_a_group_in_one_transaction(tmp_path: Path) -
     assert got == list(range(12))
     with pytest.raises(Exception, match="closed"):
         await flow.publish_many([Item(n=1)])
+
+
+async def test_run_until_idle_waits_for_publishes_staged_for_the_next_commit(
+    tmp_path: Path,
+) -> None:
+    flow = Flow(store=tmp_path / "flow.db", clock=FakeClock())
+    got: list[int] = []
+
+    @flow.consumer("c").consumes(Item)
+    async def c(item: Item) -> None:
+        got.append(item.n)
+
+    await flow.run_until_idle()
+    publishing = [asyncio.create_task(flow.publish(Item(n=n))) for n in range(3)]
+    await asyncio.sleep(0)  # the three are staged; their commit is the loop's next turn
+    await flow.run_until_idle()
+    assert sorted(got) == [0, 1, 2]
+    assert all(p.done() for p in publishing)
+    await flow.close()

@@ -148,3 +148,20 @@ def test_default_tracing_costs_a_fraction_of_the_flow() -> None:
     untraced = min(asyncio.run(run(False)) for _ in range(3))
     traced = min(asyncio.run(run(True)) for _ in range(3))
     assert traced < 3 * untraced + 0.05, (traced, untraced)
+
+
+async def test_a_tracer_shared_by_two_flows_outlives_the_first_close(tmp_path: Path) -> None:
+    path = tmp_path / "traces.duckdb"
+    tracer = DuckDBTracer(path)
+    first = Flow(clock=FakeClock(), trace=False, subscribers=[tracer], name="first")
+    second = Flow(clock=FakeClock(), trace=False, subscribers=[tracer], name="second")
+    for flow in (first, second):
+        declare(flow)
+    await first.publish(Tx(1))
+    await first.close()  # closes the tracer: written, its thread ended
+    await second.publish(Tx(2))
+    await second.close()  # spans after the first close start a new writer thread
+    assert rows(path, "SELECT flow, count(*) FROM spans GROUP BY flow ORDER BY flow") == [
+        ("first", 4),
+        ("second", 4),
+    ]

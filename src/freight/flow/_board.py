@@ -406,6 +406,13 @@ class GroupCommit:
         # shield: a publisher cancelled while it waits must not cancel the others' commit
         await asyncio.shield(done)
 
+    async def settle(self) -> None:
+        """Return once the group staged so far (if any) has committed and been routed
+        (``run_until_idle`` and ``close`` wait for it; its error is its publishers')."""
+        done = self._done
+        if done is not None:
+            await asyncio.wait([done])
+
     def _commit(self) -> None:
         envelopes, self._pending = self._pending, []
         done, self._done = self._done, None

@@ -278,6 +278,8 @@ class Flow:
         move (a retry backoff, a rate limit): advance it, then call this again.
         """
         await self._start()
+        if self._group is not None:
+            await self._group.settle()  # publishes staged for the next commit are routed
         await self._executor.wait_until(self._executor.idle)
         self._tracing.flush()
 

@@ -233,7 +233,7 @@ class _Writer:
         self.wake = threading.Event()
         self.room = threading.Event()
         self.thread: threading.Thread | None = None
-        self.stopped = False
+        self.stopping = threading.Event()  # the running thread's: set to end it
         self.last_write = float("-inf")
 
     def record(self, row: SpanRow) -> None:
@@ -254,11 +254,15 @@ class _Writer:
         return len(self.queue) + len(self.publishes)
 
     def _kick(self) -> None:
-        if self.thread is None and not self.stopped:
+        if self.thread is None:
             with self.starting:
-                if self.thread is None:
+                if self.thread is None:  # the first span, or the first after a close
+                    self.stopping = threading.Event()
                     self.thread = threading.Thread(
-                        target=self._run, name=f"freight-trace {self.path}", daemon=True
+                        target=self._run,
+                        args=(self.stopping,),
+                        name=f"freight-trace {self.path}",
+                        daemon=True,
                     )
                     self.thread.start()
         if self._queued() < self.buffer:
@@ -273,9 +277,9 @@ class _Writer:
 
     def _alive(self) -> bool:
         thread = self.thread
-        return thread is not None and thread.is_alive() and not self.stopped
+        return thread is not None and thread.is_alive()
 
-    def _run(self) -> None:
+    def _run(self, stopping: threading.Event) -> None:
         # Pay the first write's setup (~0.1 s: the in-memory DuckDB, pyarrow's import)
         # now, beside the flow, rather than in the write its close waits for.
         with _SESSION.lock:
@@ -285,7 +289,7 @@ class _Writer:
         while True:
             self.wake.wait(self.interval)
             self.wake.clear()
-            if self.stopped:
+            if stopping.is_set():
                 break
             try:
                 self.write()
@@ -321,10 +325,12 @@ class _Writer:
                 self.last_write = time.monotonic()
 
     def stop(self, *, quiet: bool = False) -> None:
-        """Stop the thread, then write what is left (``quiet``: log a failure)."""
-        self.stopped = True
-        self.wake.set()
-        thread = self.thread
+        """Stop the thread, then write what is left (``quiet``: log a failure). A span
+        recorded later starts a new thread (a tracer shared by flows outlives one)."""
+        with self.starting:
+            thread, self.thread = self.thread, None
+            self.stopping.set()
+            self.wake.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join()
         try:
