@@ -1,0 +1,275 @@
+"""The job behind ``freight load`` (also rebuilt by ``resume`` and ``retry-failed``).
+
+What the command was asked (:class:`Load`, recorded with the run), the checks that
+refuse a file or a target before anything is created (a header the target cannot take,
+a table name it reserves or would cut, a --key or --types the file lacks, a file that
+does not fit the existing table), and the sink and source of each target. A refusal is
+a :class:`~freight.ConfigError` with the one line the user sees; the commands and their
+error boundary are in :mod:`freight.cli._app`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import Callable, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from freight._core._retry import Retry
+from freight._errors import ConfigError, TargetError
+from freight.connectors import pgtypes
+from freight.connectors.sqlite import SqliteSink, sqlite_path
+from freight.connectors.sqlite import table_types as sqlite_table_types
+from freight.jobs import CsvSource, Job, JsonlSource
+from freight.store import Store
+
+__all__ = ["Load", "load_job"]
+
+# The most columns a table may have: PostgreSQL's fixed limit (MaxHeapAttributeNumber),
+# and SQLite's as compiled into the library this Python uses (2000 by default).
+POSTGRES_MAX_COLUMNS = 1600
+with closing(sqlite3.connect(":memory:")) as _db:
+    SQLITE_MAX_COLUMNS = _db.getlimit(sqlite3.SQLITE_LIMIT_COLUMN)
+# PostgreSQL cuts longer names to 63 bytes (NAMEDATALEN - 1) without an error.
+POSTGRES_MAX_NAME_BYTES = 63
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Load:
+    """What ``freight load`` was asked; recorded with the run (:meth:`metadata`), so that
+    ``resume`` and ``retry-failed`` rebuild the same job (:meth:`from_metadata`)."""
+
+    file: Path
+    into: str
+    table: str
+    key: str | None = None
+    schema: str | None = None
+    types: str | None = None
+    chunk_size: int = 10_000
+    max_failures: int | None = None
+    max_failure_rate: float | None = None
+
+    @property
+    def postgres(self) -> bool:
+        """Whether the target is a PostgreSQL database (else a SQLite file)."""
+        return self.into.startswith(("postgresql://", "postgres://"))
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "command": "load", "file": str(self.file.resolve()), "into": self.into,
+            "table": self.table, "key": self.key, "chunk_size": self.chunk_size,
+            "schema": self.schema, "types": self.types, "max_failures": self.max_failures,
+            "max_failure_rate": self.max_failure_rate,
+        }  # fmt: skip
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> Load:
+        return cls(
+            file=Path(meta["file"]), into=meta["into"], table=meta["table"],
+            key=meta.get("key"), schema=meta.get("schema"), types=meta.get("types"),
+            chunk_size=int(meta["chunk_size"]), max_failures=meta.get("max_failures"),
+            max_failure_rate=meta.get("max_failure_rate"),
+        )  # fmt: skip
+
+
+def load_job(spec: Load, name: str | None, open_store: Callable[[], Store]) -> Job:
+    """The job behind ``freight load`` (also rebuilt by ``resume`` and ``retry-failed``).
+
+    Everything is checked first (the table's name, the file's columns, --key, --types,
+    the table when it exists, then the store ``open_store`` opens); only then is the
+    table created: a refused load leaves no table and no run behind. A user error is a
+    :class:`~freight.ConfigError` (one line, exit 2 at the CLI's error boundary).
+    """
+    file = spec.file
+    if not file.is_file():
+        raise ConfigError(f"no such file {str(file)!r}")
+    if not spec.postgres:
+        sqlite_path(spec.into)  # a clear error for anything that is neither
+        if spec.schema is not None:
+            raise ConfigError("--schema applies to PostgreSQL targets (postgresql://…)")
+    _check_table(spec)
+    suffix = file.suffix.lower()
+    source: CsvSource | JsonlSource
+    if suffix == ".csv":
+        source = CsvSource(file)
+        columns = source.columns() or []
+    elif suffix in (".jsonl", ".ndjson"):
+        source = JsonlSource(file)
+        columns = _first_columns(source)
+    else:
+        raise ConfigError(f"cannot load {file.name}: give a .csv or .jsonl file")
+    _check_columns(columns, file, spec.postgres)
+    # (JSONL into PostgreSQL: --key is checked against the table, which may exist)
+    checked = suffix == ".csv" or not spec.postgres
+    if spec.key is not None and checked and columns and spec.key not in columns:
+        raise ConfigError(
+            f"--key {spec.key!r} is not a column of {file.name} (columns: {', '.join(columns)})"
+        )
+    column_types, exists = _table_types(source, spec, columns)
+    opened = open_store()
+    sink: Any
+    if spec.postgres:
+        if not exists:
+            _create_postgres_table(spec, column_types)
+        sink, source = _postgres_sink(spec, column_types)
+    else:  # the sink creates a missing table with these types, and types every row
+        sink = SqliteSink(sqlite_path(spec.into), spec.table, key=spec.key, types=column_types)
+    return Job(
+        name or f"load {file.name} into {spec.table}",
+        source,
+        sink,
+        chunk_size=spec.chunk_size,
+        retry=Retry(attempts=3, backoff=0.05),
+        max_failures=spec.max_failures,
+        max_failure_rate=spec.max_failure_rate,
+        store=opened,
+        metadata=spec.metadata(),
+        ordered_writes=spec.key is not None,  # the file's last value of a key wins
+    )
+
+
+def _check_table(spec: Load) -> None:
+    """Refuse a table name (or schema) the target would refuse or alter."""
+    if not spec.table.strip():
+        raise ConfigError("--table is empty: give the name of the target table")
+    if spec.schema is not None and not spec.schema.strip():
+        raise ConfigError("--schema is empty: give a schema's name, or leave --schema out")
+    if not spec.postgres:
+        return  # SQLite's reserved names: table_types refuses them (one line)
+    for option, value in (("--table", spec.table), ("--schema", spec.schema)):
+        if value is not None and len(value.encode()) > POSTGRES_MAX_NAME_BYTES:
+            raise ConfigError(
+                f"{option} {value!r} is {len(value.encode())} bytes long; PostgreSQL "
+                f"names are at most {POSTGRES_MAX_NAME_BYTES} (it would cut it): "
+                "choose a shorter name"
+            )
+
+
+def _first_columns(source: JsonlSource) -> list[str]:
+    """The fields of a JSONL file's first readable record (the table's columns)."""
+    first = next((r.item for r in source.read() if r.error is None), None)
+    return [str(name) for name in first] if isinstance(first, dict) else []
+
+
+def _check_columns(columns: Sequence[str], file: Path, postgres: bool) -> None:
+    """Refuse a header the target cannot take (a table-level error, which would
+    otherwise fail every row): an empty or duplicate name, too many columns, and for
+    PostgreSQL a name it would cut to 63 bytes."""
+    target, limit = (
+        ("PostgreSQL", POSTGRES_MAX_COLUMNS) if postgres else ("SQLite", SQLITE_MAX_COLUMNS)
+    )
+    if len(columns) > limit:
+        raise ConfigError(
+            f"{file.name} has {len(columns)} columns; a {target} table has at most "
+            f"{limit} columns: split the file, or load fewer columns"
+        )
+    seen: dict[str, str] = {}
+    for number, column in enumerate(columns, 1):
+        if not column.strip():
+            raise ConfigError(
+                f"empty column name: column {number} of {file.name} has none; name it"
+            )
+        if postgres and len(column.encode()) > POSTGRES_MAX_NAME_BYTES:
+            raise ConfigError(
+                f"column {column!r} of {file.name} is {len(column.encode())} bytes long; "
+                f"PostgreSQL names are at most {POSTGRES_MAX_NAME_BYTES}: rename it"
+            )
+        # SQLite compares column names without ASCII case; PostgreSQL (quoted) exactly
+        same = column if postgres else column.translate(_ASCII_LOWER)
+        if same in seen:
+            raise ConfigError(
+                f"duplicate column name {column!r} in {file.name} (columns "
+                f"{list(seen).index(same) + 1} and {number}): rename one"
+            )
+        seen[same] = column
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _table_types(
+    source: CsvSource | JsonlSource, spec: Load, columns: list[str]
+) -> tuple[dict[str, str], bool]:
+    """The column types of the target table and whether it exists: its own, or inferred
+    from the file's first rows (--types first). Checked against the file; nothing is
+    created. The same types on SQLite and PostgreSQL (:mod:`~freight.connectors.pgtypes`)."""
+    overrides = pgtypes.parse_types(spec.types)
+    if spec.postgres:
+        from freight.connectors.postgres import table_types  # noqa: PLC0415 (extra)
+
+        existing = table_types(spec.into, spec.table, spec.schema)
+    else:
+        existing = sqlite_table_types(sqlite_path(spec.into), spec.table)
+    if existing is None and not columns:  # a JSONL file without a readable record
+        raise ConfigError("cannot infer the columns: the file has no readable record")
+    unknown = set(overrides) - set(columns if existing is None else existing)
+    if unknown:
+        raise ConfigError(f"--types names unknown column(s) {sorted(unknown)}")
+    if existing is None:
+        sample = [r.item for r in itertools.islice(source.read(), 1000) if r.error is None]
+        column_types = {**pgtypes.infer_types(columns, sample), **overrides}
+    else:
+        column_types = {c: pgtypes.canonical(t) for c, t in existing.items()}
+    if spec.key is not None and spec.key not in column_types:
+        raise ConfigError(f"--key {spec.key!r} is not a column of the table {spec.table!r}")
+    if existing is not None:
+        _check_fit(list(column_types), columns, spec, csv_text=isinstance(source, CsvSource))
+    return column_types, existing is not None
+
+
+def _check_fit(table: list[str], columns: list[str], spec: Load, *, csv_text: bool) -> None:
+    """Refuse a file whose columns the existing table does not have, once, rather than
+    failing every row (COPY, which takes the file's lines as they are, needs the
+    table's columns in the file's order)."""
+    if spec.postgres and csv_text:
+        if table != columns:
+            raise ConfigError(
+                f"the columns of {spec.table!r} are not the file's, in its order: {table}"
+            )
+        return
+    extra = [c for c in columns if c not in table]
+    if extra:
+        raise ConfigError(
+            f"column(s) {extra} of {spec.file.name} are not columns of the table "
+            f"{spec.table!r} (its columns: {table}): add them, or load another table"
+        )
+
+
+def _postgres_sink(spec: Load, column_types: dict[str, str]) -> tuple[Any, Any]:
+    """The sink into the PostgreSQL table and the source that feeds it: a CSV file's
+    lines go to COPY as they are (the server types them); JSONL records are typed here
+    (a value that does not fit dead-letters its record)."""
+    from freight.connectors.postgres import PostgresSink  # noqa: PLC0415 (extra)
+
+    csv_text = spec.file.suffix.lower() == ".csv"
+    sink = PostgresSink(
+        spec.into, spec.table, schema=spec.schema, key=spec.key, columns=list(column_types),
+        format="csv" if csv_text else "rows",
+    )  # fmt: skip
+    if csv_text:
+        return sink, CsvSource(spec.file, raw=True)
+    return sink, JsonlSource(spec.file, convert=pgtypes.converter(column_types))
+
+
+def _create_postgres_table(spec: Load, column_types: dict[str, str]) -> None:
+    """Create the table, with a schema that does not exist said in one line naming it."""
+    import psycopg  # noqa: PLC0415 (extra freight[postgres])
+
+    from freight.connectors.postgres import create_table  # noqa: PLC0415
+
+    try:
+        create_table(
+            spec.into, spec.table, column_types, schema=spec.schema,
+            key=[spec.key] if spec.key else [],
+        )  # fmt: skip
+    except (psycopg.Error, TargetError) as exc:  # the server's error, or freight's for it
+        missing = psycopg.errors.InvalidSchemaName
+        if not isinstance(exc, missing) and not isinstance(exc.__cause__, missing):
+            raise
+        raise ConfigError(
+            f"--schema {spec.schema!r} does not exist in the target database: create it "
+            "(CREATE SCHEMA …) or leave --schema out"
+        ) from exc
