@@ -34,6 +34,7 @@ import asyncio
 import dataclasses
 import functools
 import json
+import json.encoder
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -446,7 +447,22 @@ def _field_names(kind: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(kind))
 
 
-_json_dataclass = json.JSONEncoder(default=_as_dict).encode
+def _encoder() -> Callable[[Any], str]:
+    """``json.dumps(x, default=_as_dict)``; with the C encoder made once, not per call
+    as ``json.dumps`` does (a third of its time for a small artifact)."""
+    make = getattr(json.encoder, "c_make_encoder", None)  # CPython's, untyped in typeshed
+    if make is None:  # pragma: no cover - CPython has the C encoder
+        return json.JSONEncoder(default=_as_dict).encode
+    encode = make(None, _as_dict, json.encoder.encode_basestring_ascii, None, ": ", ", ",
+                  False, False, True)  # fmt: skip
+
+    def dumps(value: Any) -> str:
+        return "".join(encode(value, 0))
+
+    return dumps
+
+
+_json_dataclass = _encoder()
 
 
 @functools.lru_cache(maxsize=256)
