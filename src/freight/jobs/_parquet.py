@@ -7,7 +7,9 @@ cannot be converted is yielded with its error so the job dead-letters it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import bisect
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from freight.jobs._sources import (
     _existing_file,
     _file_fingerprint,
     _validation,
+    _wanted,
 )
 
 __all__ = ["ParquetSource"]
@@ -91,17 +94,39 @@ class ParquetSource:
             row_groups=list(range(group, len(self._group_rows))),
             columns=self.columns,
         )
-        convert = self._convert
         for batch in batches:
             for value in batch.to_pylist():
                 if row >= first:
-                    if convert is None:
-                        yield Record(row, row, value, None, "", "row")
-                    else:
-                        try:
-                            yield Record(row, row, convert(value), None, "", "row")
-                        except Exception as exc:
-                            yield Record(
-                                row, row, None, _validation(exc), repr(value)[:_EXCERPT], "row"
-                            )
+                    yield self._record(row, value)
                 row += 1
+
+    def read_at(self, positions: Iterable[Position]) -> Iterator[Record]:
+        """The rows at ``positions`` (``(row, row)``), in order, in one pass that decodes
+        only the row groups holding one of them."""
+        wanted = [row for row, ordinal in _wanted(positions) if 0 <= row == ordinal < self._rows]
+        if not wanted:
+            return
+        starts = list(itertools.accumulate(self._group_rows, initial=0))
+        groups = sorted({bisect.bisect_right(starts, row) - 1 for row in wanted})
+        parquet = self._pq.ParquetFile(self.path)
+        targets = iter(wanted)
+        target = next(targets)
+        for group in groups:
+            row = starts[group]
+            batches = parquet.iter_batches(
+                batch_size=self.batch_size, row_groups=[group], columns=self.columns
+            )
+            for batch in batches:
+                for value in batch.to_pylist():
+                    if row == target:
+                        yield self._record(row, value)
+                        target = next(targets, -1)
+                    row += 1
+
+    def _record(self, row: int, value: Any) -> Record:
+        if self._convert is None:
+            return Record(row, row, value, None, "", "row")
+        try:
+            return Record(row, row, self._convert(value), None, "", "row")
+        except Exception as exc:
+            return Record(row, row, None, _validation(exc), repr(value)[:_EXCERPT], "row")
