@@ -204,3 +204,17 @@ async def _traced(path: Path) -> None:
     flow.consumer("c").consumes(Payment).does(lambda p: None)
     await flow.publish(Payment(id=1, amount=1.0))
     await flow.close()
+
+
+def test_a_stores_only_flow_needs_no_flow_option(tmp_path: Path) -> None:
+    path = tmp_path / "named.db"
+
+    async def run() -> None:
+        flow = Flow(store=SqliteStore(path), clock=FakeClock(), trace=False, name="payments")
+        declare(flow)
+        await flow.publish(Payment(id=1, amount=5.0))
+        await flow.close()
+
+    asyncio.run(run())
+    assert invoke("status", "--store", str(path)).startswith("flow 'payments'")
+    assert "no dead letters in flow 'payments'" in invoke("dead-letters", "--store", str(path))

@@ -55,43 +55,53 @@ StoreOption = Annotated[
         help="The flow's store: a path, sqlite:///PATH or postgresql://….",
     ),
 ]
-FlowOption = Annotated[str, typer.Option("--flow", help="The flow's name (Flow(name=...)).")]
+FlowOption = Annotated[
+    str | None,
+    typer.Option(
+        "--flow", help="The flow's name (Flow(name=...)); default: 'default', or the only one."
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON alone, for scripts.")]
 
 
-def _board(store: str, flow: str) -> Board:
-    """The board of ``flow`` in ``store``, which must exist and hold that flow."""
+def _board(store: str, flow: str | None) -> Board:
+    """The board of ``flow`` in ``store``, which must exist and hold that flow; without
+    a name, the store's flow ``default``, or its only flow."""
     if "://" not in store and not Path(store).exists():
         raise StoreError(f"no store at {store}; pass the flow's store with --store PATH or URL")
-    board = Board(open_store(store), flow)
-    flows = board.flows()
-    if flow not in flows:
+    opened = open_store(store)
+    flows = Board(opened, flow or "default").flows()
+    if flow is None and "default" not in flows and len(flows) == 1:
+        flow = flows[0]
+    name = flow or "default"
+    if name not in flows:
         known = ", ".join(repr(f) for f in flows) or "none"
         raise ConfigError(
-            f"no flow named {flow!r} in the store at {store} (flows there: {known}); "
+            f"no flow named {name!r} in the store at {store} (flows there: {known}); "
             "pick one with --flow NAME"
         )
-    return board
+    return Board(opened, name)
 
 
 @flow_app.command()
 def status(
     store: StoreOption = str(DEFAULT_PATH),
-    flow: FlowOption = "default",
+    flow: FlowOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Consumers, open batches and joins with their deadlines, and counts.
 
     Example: freight flow status --store .freight/freight.db
     """
-    summary = _board(store, flow).summary()
+    board = _board(store, flow)
+    summary = board.summary()
     report = _status(summary)
     if as_json:
-        typer.echo(json.dumps({"flow": flow, "store": store, **report}, indent=2))
+        typer.echo(json.dumps({"flow": board.flow, "store": store, **report}, indent=2))
         return
     consumers, waiting = report["consumers"], report["open"]
     typer.echo(
-        f"flow {flow!r} in {store}: {len(consumers)} consumers, "
+        f"flow {board.flow!r} in {store}: {len(consumers)} consumers, "
         f"{sum(summary.types.values()):,} artifacts, {report['dead_letters']:,} dead letters"
     )
     typer.echo("consumers:")
@@ -215,7 +225,7 @@ def _open_groups(
 @flow_app.command("dead-letters")
 def dead_letters(
     store: StoreOption = str(DEFAULT_PATH),
-    flow: FlowOption = "default",
+    flow: FlowOption = None,
     consumer: Annotated[
         str | None, typer.Option("--consumer", help="Only this consumer's.")
     ] = None,
@@ -225,16 +235,13 @@ def dead_letters(
 
     Example: freight flow dead-letters --json
     """
-    letters = [
-        d
-        for d in _board(store, flow).raw_dead_letters()
-        if consumer is None or d["consumer"] == consumer
-    ]
+    board = _board(store, flow)
+    letters = [d for d in board.raw_dead_letters() if consumer is None or d["consumer"] == consumer]
     if as_json:
         typer.echo(json.dumps(letters, indent=2))
         return
     if not letters:
-        typer.echo(f"no dead letters in flow {flow!r}")
+        typer.echo(f"no dead letters in flow {board.flow!r}")
     for d in letters:
         error = f": {d['error']}" if d["error"] else ""
         typer.echo(f"{d['created_at']}  {d['consumer']}  {d['reason']}{error}")
@@ -247,7 +254,7 @@ def dead_letters(
 def artifacts(
     kind: Annotated[str, typer.Argument(metavar="TYPE", help="The artifact type's name.")],
     store: StoreOption = str(DEFAULT_PATH),
-    flow: FlowOption = "default",
+    flow: FlowOption = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Show the latest N.")] = 50,
     as_json: JsonOption = False,
 ) -> None:
@@ -262,7 +269,7 @@ def artifacts(
         if kind not in types:
             known = ", ".join(sorted(types)) or "none"
             raise ConfigError(
-                f"no artifacts of type {kind!r} in flow {flow!r} (types there: {known})"
+                f"no artifacts of type {kind!r} in flow {board.flow!r} (types there: {known})"
             )
     if as_json:
         typer.echo(json.dumps(found, indent=2))
