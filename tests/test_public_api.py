@@ -31,6 +31,7 @@ FREIGHT = {
     "FreightError",
     "HandlerContractError",
     "IllegalTransition",
+    "ItemTooLarge",
     "UnknownJob",
     "JobAlreadyRunning",
     "PermanentError",

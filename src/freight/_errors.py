@@ -10,6 +10,7 @@ error inherits that builtin too::
     ├── BatcherClosed (RuntimeError)      submit after close
     ├── QueueFull                         no room and overflow="reject" (or *_nowait)
     ├── Skipped                           the ``where=`` predicate rejected the item
+    ├── ItemTooLarge (ValueError)         an item whose cost alone is over ``max_cost``
     ├── HandlerContractError (TypeError)  the handler broke the list-in/list-out rule
     ├── TransientError                    worth retrying: raise or return it from a handler
     ├── PermanentError                    never retried, whatever ``retry_on`` says
@@ -34,6 +35,7 @@ __all__ = [
     "FreightError",
     "HandlerContractError",
     "IllegalTransition",
+    "ItemTooLarge",
     "JobAlreadyRunning",
     "PermanentError",
     "QueueFull",
@@ -64,6 +66,15 @@ class QueueFull(FreightError):
 
 class Skipped(FreightError):
     """The batcher's ``where=`` predicate rejected this item; it was never buffered."""
+
+
+class ItemTooLarge(FreightError, ValueError):
+    """An item whose cost alone is over the batch's ``max_cost``: no batch can take it.
+
+    Raised at submit, so the caller learns at once; the message names the item's
+    cost and ``max_cost``. (A byte size over ``max_bytes`` is not refused: such an
+    item is flushed alone.)
+    """
 
 
 class HandlerContractError(FreightError, TypeError):
