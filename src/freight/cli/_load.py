@@ -114,7 +114,7 @@ def load_job(spec: Load, name: str | None, open_store: Callable[[], Store]) -> J
     if spec.postgres:
         if not exists:
             _create_postgres_table(spec, column_types)
-        sink, source = _postgres_sink(spec, column_types)
+        sink, source = _postgres_sink(spec, column_types, columns)
     else:  # the sink creates a missing table with these types, and types every row
         sink = SqliteSink(sqlite_path(spec.into), spec.table, key=spec.key, types=column_types)
     return Job(
@@ -238,20 +238,54 @@ def _check_fit(table: list[str], columns: list[str], spec: Load, *, csv_text: bo
         )
 
 
-def _postgres_sink(spec: Load, column_types: dict[str, str]) -> tuple[Any, Any]:
-    """The sink into the PostgreSQL table and the source that feeds it: a CSV file's
-    lines go to COPY as they are (the server types them); JSONL records are typed here
-    (a value that does not fit dead-letters its record)."""
+def _postgres_sink(spec: Load, column_types: dict[str, str], columns: list[str]) -> tuple[Any, Any]:
+    """The sink into the PostgreSQL table and the source that feeds it.
+
+    A CSV file's lines go to COPY as they are (the server types them; the file has the
+    table's columns, :func:`_check_fit`). JSONL records are typed here (a value that
+    does not fit dead-letters its record), and only the table's columns the file
+    carries (its first record's fields) are written: an upsert leaves the others of a
+    row as they are and a new row gets their defaults, as on SQLite, instead of NULL.
+    """
     from freight.connectors.postgres import PostgresSink  # noqa: PLC0415 (extra)
 
     csv_text = spec.file.suffix.lower() == ".csv"
+    written = column_types
+    if not csv_text and columns:
+        written = {c: kind for c, kind in column_types.items() if c in columns}
     sink = PostgresSink(
-        spec.into, spec.table, schema=spec.schema, key=spec.key, columns=list(column_types),
+        spec.into, spec.table, schema=spec.schema, key=spec.key, columns=list(written),
         format="csv" if csv_text else "rows",
     )  # fmt: skip
     if csv_text:
         return sink, CsvSource(spec.file, raw=True)
-    return sink, JsonlSource(spec.file, convert=pgtypes.converter(column_types))
+    return sink, JsonlSource(spec.file, convert=_typed_record(spec.table, column_types, written))
+
+
+def _typed_record(
+    table: str, column_types: dict[str, str], written: dict[str, str]
+) -> Callable[[Any], dict[str, Any]]:
+    """A JSONL record as the typed values of the ``written`` columns, or a ValueError
+    (its dead letter) for a field outside them, which PostgreSQL would silently drop
+    (a field the table lacks is refused on SQLite as well)."""
+    convert = pgtypes.converter(written)
+    allowed = set(written)
+
+    def typed(record: Any) -> dict[str, Any]:
+        if isinstance(record, dict) and not allowed.issuperset(record):
+            unknown = sorted(f for f in record if f not in allowed)
+            if any(f not in column_types for f in unknown):
+                raise ValueError(
+                    f"fields {unknown} are not columns of {table!r} (its columns: "
+                    f"{list(column_types)}); drop them from the record or add the columns"
+                )
+            raise ValueError(
+                f"fields {unknown} are not among the file's first record's fields "
+                f"{list(written)}, the columns this load writes; load such records apart"
+            )
+        return convert(record)
+
+    return typed
 
 
 def _create_postgres_table(spec: Load, column_types: dict[str, str]) -> None:
