@@ -122,3 +122,22 @@ async def test_close_waits_for_runs_sleeping_on_the_clock() -> None:
     await clock.advance(1)
     await closing
     assert tries == [0, 1]
+
+
+async def test_a_publisher_that_never_waits_lets_handler_runs_go_past_eight_in_flight() -> None:
+    """Runs do not pile up to max_in_flight behind a publisher that never awaits anything
+    else: past 8 in flight, a publish gives the loop one turn (they run) first."""
+    flow = Flow(clock=FakeClock(), trace=False)
+    handled: list[int] = []
+    in_flight: list[int] = []
+
+    @flow.consumer("each", consumes=Hop)
+    async def each(h: Hop) -> None:
+        handled.append(h.n)
+
+    for n in range(200):
+        await flow.publish(Hop(n, 0))
+        in_flight.append(n + 1 - len(handled))
+    assert max(in_flight) <= 9
+    await flow.run_until_idle()
+    assert handled == list(range(200))
