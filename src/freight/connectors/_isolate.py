@@ -110,7 +110,7 @@ def locate(n: int, refused: Mapping[int, BaseException] | None = None) -> Plan:
     outcomes: list[Any] = [None] * n
     for index, error in (refused or {}).items():
         outcomes[index] = error
-    todo = [i for i in range(n) if outcomes[i] is None]
+    todo = [i for i in range(n) if outcomes[i] is None] if refused else list(range(n))
     cursor = 0  # todo[cursor:] were never sent
     good: list[int] = []  # proven good by a failed write, not written yet
     window = len(todo)
