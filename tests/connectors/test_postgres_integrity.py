@@ -482,3 +482,23 @@ def test_a_job_goes_on_when_its_postgres_store_connection_is_terminated(schema: 
     assert terminate(name) == 1  # it reconnected, and is connected now
     assert store.get_job(report.job_id) is not None  # a query after the loss reconnects
     store.close()
+
+
+@pytest.mark.parametrize("key", [None, "id"])
+def test_bad_rows_are_located_inside_the_jobs_shared_transaction(
+    schema: str, key: str | None
+) -> None:
+    """The store in the sink's database: each chunk's rows and checkpoint commit in one
+    transaction; locating bad rows runs in savepoints inside it."""
+    create(schema, "t", "id bigint PRIMARY KEY, amount numeric NOT NULL, note text")
+    conninfo = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    store = PostgresStore(conninfo)
+    sink = PostgresSink(conninfo, "t", columns=COLUMNS, key=key)
+    items = [(i, None if i % 7 == 3 else i, "n") for i in range(100)]
+    report = Job("pg-shared", items, sink, chunk_size=30, store=store).run()
+    sink.close()
+    store.close()
+    bad = [i for i in range(100) if i % 7 == 3]
+    assert report.summary["failed"] == len(bad)
+    assert [e["item"] for e in report["errors"]] == [f"item {i}" for i in bad]
+    assert [r[0] for r in rows(schema)] == [i for i in range(100) if i % 7 != 3]
