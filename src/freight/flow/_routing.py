@@ -113,17 +113,20 @@ class Router:
         if kind not in self.known:
             self.learn(kind)
         assert self.clock is not None
+        # Positional, in the field order (id, type, payload, producer, created_at,
+        # published_at, visibility, tenant, correlation_id, depth): a NamedTuple made with
+        # keywords costs twice as much (0.6 against 0.3 us), once per artifact.
         return Envelope(
-            id=f"{self._id_prefix}{next(self._ids):x}",
-            type=type_name(kind),
-            payload=artifact,
-            producer=producer,
-            created_at=self.clock.now(),
-            published_at=datetime.now(UTC),
-            visibility=visibility,
-            tenant=visibility.tenant_id if type(visibility) is Tenant else tenant_of(visibility),
-            correlation_id=correlation_id,
-            depth=depth,
+            f"{self._id_prefix}{next(self._ids):x}",
+            type_name(kind),
+            artifact,
+            producer,
+            self.clock.now(),
+            datetime.now(UTC),
+            visibility,
+            visibility.tenant_id if type(visibility) is Tenant else tenant_of(visibility),
+            correlation_id,
+            depth,
         )
 
     # -- routing (rules 2-4) --------------------------------------------------
