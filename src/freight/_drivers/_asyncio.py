@@ -91,7 +91,7 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
         self._clock: Clock | None = self.options.clock
         self._now: Callable[[], float] = _unbound_clock
         self._is_async = is_async_callable(handler)
-        self._timeout = spec.timeout
+        self._timeout = self._buffer.timeout  # spec.timeout, or the tuner's wait
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: TimerHandle | None = None
         self._timer_at = 0.0
