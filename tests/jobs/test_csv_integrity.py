@@ -265,6 +265,37 @@ def test_the_plain_fast_path_handles_crlf_groups(tmp_path: Path) -> None:
     assert [r.position for r in raw] == line_starts(body)
 
 
+def test_a_few_bad_lines_leave_their_neighbours_on_the_fast_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = [f"{i},n{i}" for i in range(1000)]
+    lines[100] = "100"  # a wrong column count
+    lines[127] = '127,"two\nlines"'  # a record across the end of a piece of 64 lines
+    lines[600] = "600,\x00"
+    body = ("id,name\n" + "\n".join(lines) + "\n").encode()
+    path = write(tmp_path, body)
+    parses = 0
+    parse = sources._Reader.parse
+
+    def counted(reader: sources._Reader, start: tuple[int, int]) -> Any:
+        nonlocal parses
+        parses += 1
+        return parse(reader, start)
+
+    monkeypatch.setattr(sources._Reader, "parse", counted)
+    parsed, raw = both(path)
+    assert parses <= 2 * 3 * 64 + 2  # the header; 3 pieces of 64 lines read one by one
+    assert len(parsed) == 1000
+    assert errors(raw) == {
+        "line 102": "expected 2 columns, got 1",
+        "line 603": "NUL byte in field 2 ('name'): databases' text cannot hold it",
+    }
+    assert raw[127].item == '127,"two\nlines"\n'
+    assert raw[128].position == (raw[127].offset + len(b'127,"two\nlines"\n'), 131)
+    starts = line_starts(body)
+    assert [r.position for r in raw] == starts[:128] + starts[129:]
+
+
 def test_empty_and_header_only_files(tmp_path: Path) -> None:
     empty = write(tmp_path, b"", "empty.csv")
     for raw in (False, True):

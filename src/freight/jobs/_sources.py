@@ -39,7 +39,7 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -382,6 +382,9 @@ class _Reader:
     def _reader(self, lines: Iterable[str]) -> Iterator[list[str]]:
         return csv.reader(lines, delimiter=self._delimiter, quotechar=self._quote, strict=True)
 
+    def seek(self, offset: int) -> None:
+        self._f.seek(offset)
+
     def parse(self, start: Position) -> _Parsed | None:
         """The record at ``start`` (where the file is), leaving the file where the next
         starts; ``None`` at the end of the file."""
@@ -629,43 +632,63 @@ class CsvSource:
     def _groups(self, start: Position | None) -> Iterator[Iterable[Record]]:
         """Records in groups of about 1 MB of lines. A group of plain lines (no quote, no
         NUL, the expected delimiters, one kind of line ending, valid text) becomes records
-        with no parsing per line (the hot path of COPY loads). Any other group is taken
-        in pieces of 64 lines, plain pieces the same way, the others record by record
-        (so that a few bad lines do not slow their neighbours down)."""
-        _, expected, (offset, line) = self._start(start)
+        with no parsing per line (the hot path of COPY loads); any other group is taken
+        in pieces (:meth:`_pieces`)."""
+        _, expected, position = self._start(start)
         cols = self.delimiter.encode(self._codec) * (expected - 1)
-        fast = expected >= 2 and self._drop is not None  # else no cheap check of a line
-        careful = self._raw_record if self.raw else self._record
         plain = self._raw_plain if self.raw else self._plain_records
         with self.path.open("rb") as f:
-            f.seek(offset)
+            f.seek(position[0])
             reader = _Reader(self, f, expected)
-            while group := f.readlines(_GROUP_BYTES) if fast else [b""]:
-                texts = self._plain(group, cols) if fast else None
-                if texts is not None:
-                    yield plain(offset, line, group, texts)
-                    offset, line = f.tell(), line + len(group)
-                    continue
-                starts = list(itertools.accumulate(map(len, group), initial=offset))
-                stop = starts[-1] if fast else offset + _GROUP_BYTES
-                while offset < stop:
-                    i = bisect.bisect_left(starts, offset)  # a record may end past a piece
-                    piece = group[i : i + _PIECE] if fast else []
-                    texts = self._plain(piece, cols) if piece else None
-                    if texts is not None:
-                        yield plain(offset, line, piece, texts)
-                        offset, line = starts[i + len(piece)], line + len(piece)
-                        continue
-                    until = starts[i + len(piece)] if piece else stop
-                    f.seek(offset)
-                    records: list[Record] = []
-                    while offset < until and (parsed := reader.parse((offset, line))):
-                        records.append(careful(parsed))
-                        offset, line = parsed.end
+            if expected < 2 or self._drop is None:  # no cheap check of a line: read each
+                while True:
+                    until = position[0] + _GROUP_BYTES
+                    records, position = self._careful(reader, position, until)
                     if not records:
                         return
                     yield records
-                f.seek(offset)
+            while group := f.readlines(_GROUP_BYTES):
+                texts = self._plain(group, cols)
+                if texts is None:
+                    position = yield from self._pieces(reader, group, position, cols)
+                    f.seek(position[0])
+                else:
+                    yield plain(*position, group, texts)
+                    position = (f.tell(), position[1] + len(group))
+
+    def _pieces(
+        self, reader: _Reader, group: list[bytes], position: Position, cols: bytes
+    ) -> Generator[Iterable[Record], None, Position]:
+        """Records of a group with a line that is not plain, taken in pieces of 64 lines:
+        plain pieces as plain groups, the others record by record (so that a few bad
+        lines do not slow their neighbours down). Returns where the next record starts
+        (a record may end past the group)."""
+        plain = self._raw_plain if self.raw else self._plain_records
+        starts = list(itertools.accumulate(map(len, group), initial=position[0]))
+        while position[0] < starts[-1]:
+            first = bisect.bisect_left(starts, position[0])  # a record may end past a piece
+            piece = group[first : first + _PIECE]
+            texts = self._plain(piece, cols)
+            if texts is None:
+                records, position = self._careful(reader, position, starts[first + len(piece)])
+                yield records
+            else:
+                yield plain(*position, piece, texts)
+                position = (starts[first + len(piece)], position[1] + len(piece))
+        return position
+
+    def _careful(
+        self, reader: _Reader, position: Position, until: int
+    ) -> tuple[list[Record], Position]:
+        """The records read one by one from ``position`` to offset ``until``, and where
+        the next one starts."""
+        reader.seek(position[0])
+        make = self._raw_record if self.raw else self._record
+        records: list[Record] = []
+        while position[0] < until and (parsed := reader.parse(position)):
+            records.append(make(parsed))
+            position = parsed.end
+        return records, position
 
     def _raw_plain(self, offset: int, line: int, group: list[bytes], texts: list[str]) -> Any:
         """Raw records of plain lines, made in C (a map of ``tuple.__new__``)."""
