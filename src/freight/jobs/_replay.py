@@ -27,28 +27,20 @@ The rules:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 from freight.jobs._chunk import ChunkHandler
-from freight.jobs._sources import Position, Record, Source
+from freight.jobs._sources import Position, ReadAtSource, Record, Source
 from freight.store import DeadLetter, SharedTransactionStore, Store, TransactionalSink
 from freight.store._records import ReplayTarget
 
 __all__ = ["ReadsAt", "Replay", "ReplayOutcome", "records_at"]
 
 
-@runtime_checkable
-class ReadsAt(Protocol):
-    """A source that reads records at given positions in one pass (a file read once)."""
-
-    def read_at(self, positions: Iterable[Position]) -> Iterator[Record]:
-        """The records at ``positions`` (ascending), in that order, reading the data once.
-
-        A position that no longer starts a record yields nothing.
-        """
-        ...
+ReadsAt = ReadAtSource
+"""A source that reads the records at many positions in one pass (``read_at``): the
+sources' own optional port, :class:`~freight.jobs._sources.ReadAtSource`."""
 
 
 def records_at(source: Source, positions: Sequence[Position]) -> Iterator[Record]:
