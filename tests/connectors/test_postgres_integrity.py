@@ -181,9 +181,7 @@ def test_ten_bad_rows_in_10000_cost_a_few_statements_each_not_a_bisection(schema
     error = outcomes[999]
     assert isinstance(error, PermanentError)
     assert isinstance(error.__cause__, psycopg.errors.InvalidTextRepresentation)
-    assert str(error) == (
-        'InvalidTextRepresentation: invalid input syntax for type numeric: "x" (column amount)'
-    )
+    assert str(error) == "column 'amount': 'x' is not a number"  # as SQLite says it
 
 
 def test_a_failed_write_is_not_sent_twice_before_its_bad_row_is_found(schema: str) -> None:
@@ -278,7 +276,7 @@ def write_csv(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def test_each_dead_letter_cites_the_file_line_and_the_server_reason(
+def test_each_dead_letter_cites_the_file_line_and_the_typed_reason(
     schema: str, tmp_path: Path
 ) -> None:
     create(schema, "t", "id bigint PRIMARY KEY, amount numeric NOT NULL, note text")
@@ -294,10 +292,44 @@ def test_each_dead_letter_cites_the_file_line_and_the_server_reason(
     assert report.summary["succeeded"] == 1_000 - len(bad)
     assert [e["item"] for e in report["errors"]] == [f"line {i + 2}" for i in bad]
     for error in report["errors"]:
-        assert error["message"] == (
-            'InvalidTextRepresentation: invalid input syntax for type numeric: "x" (column amount)'
-        )
-        assert "COPY" not in error["message"]
+        assert error["message"] == "column 'amount': 'x' is not a number"
+        assert error["category"] == "permanent"
+
+
+def test_a_row_a_constraint_refuses_keeps_the_server_reason_without_the_copy_context(
+    schema: str,
+) -> None:
+    create(schema, "t", "id bigint PRIMARY KEY, amount numeric CHECK (amount < 100), note text")
+    sink = PostgresSink(POSTGRES_URL, "t", schema=schema, columns=COLUMNS, format="csv")
+    outcomes = sink.write(["1,1,a\n", "2,500,too much\n", "1,2,again\n", "3,3,c\n"])
+    sink.close()
+    assert outcomes is not None
+    assert [None if o is None else str(o) for o in outcomes] == [
+        None,
+        'CheckViolation: new row for relation "t" violates check constraint "t_amount_check"; '
+        "Failing row contains (2, 500, too much).",
+        'UniqueViolation: duplicate key value violates unique constraint "t_pkey"; '
+        "Key (id)=(1) already exists.",
+        None,
+    ]
+
+
+def test_the_typed_parsers_refuse_what_postgresql_refuses() -> None:
+    for text in ("1_000", "\u0661\u0662", "1.0", "x"):
+        with pytest.raises(ValueError, match="invalid literal for int"):
+            pgtypes.TYPES["bigint"](text)
+    assert pgtypes.TYPES["bigint"](" -12 ") == -12
+    for text in ("1_0.5", "1,5", "\u0661"):
+        with pytest.raises(ValueError, match="is not a number"):
+            pgtypes.TYPES["numeric"](text)
+    assert [pgtypes.TYPES["numeric"](t) for t in (".5", "5.", "1e3", " 2 ")] == [
+        Decimal("0.5"), Decimal(5), Decimal(1000), Decimal(2),
+    ]  # fmt: skip
+    assert [pgtypes.TYPES["boolean"](t) for t in ("on", "OFF", "1", "0", "tru", "n")] == [
+        True, False, True, False, True, False,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="is not a boolean"):
+        pgtypes.TYPES["boolean"]("o")  # on or off: PostgreSQL refuses it too
 
 
 # -- item 4: a table-level refusal is one error, not a dead letter per row -------------

@@ -10,6 +10,7 @@ its line number): it is never loaded as text and never aborts the load.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -20,25 +21,34 @@ from freight._errors import ConfigError
 __all__ = ["TYPES", "converter", "infer_types", "parse_types"]
 
 _BIGINT = (-(2**63), 2**63 - 1)
-_TRUE = {"true", "t", "yes", "y"}
-_FALSE = {"false", "f", "no", "n"}
+# What PostgreSQL's input functions take, so that a value is refused on every target
+# alike: ASCII digits only (Python's int() and Decimal() also take "1_000" and other
+# scripts' digits), and the spellings of booleans the server accepts.
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+_NUMBER = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*")
+_TRUE = {"t", "tr", "tru", "true", "y", "ye", "yes", "on", "1"}
+_FALSE = {"f", "fa", "fal", "fals", "false", "n", "no", "of", "off", "0"}
 
 
 def _bigint(text: str) -> int:
+    if _INTEGER.fullmatch(text) is None:  # int()'s own words, as before the check
+        raise ValueError(f"invalid literal for int() with base 10: {text!r}")
     value = int(text)
     if not _BIGINT[0] <= value <= _BIGINT[1]:
-        raise ValueError(f"{text} is out of range for bigint")
+        raise ValueError(f"{text.strip()} is out of range for bigint")
     return value
 
 
 def _numeric(text: str) -> Decimal:
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise ValueError(f"{text!r} is not a number") from None
-    if not value.is_finite():
-        raise ValueError(f"{non_finite_name(value)} is not a finite number")
-    return value
+    if _NUMBER.fullmatch(text) is None:
+        try:
+            value = Decimal(text)
+        except InvalidOperation:
+            value = Decimal(0)
+        if not value.is_finite():
+            raise ValueError(f"{non_finite_name(value)} is not a finite number")
+        raise ValueError(f"{text!r} is not a number")
+    return Decimal(text)
 
 
 def non_finite_name(value: Decimal | float) -> str:

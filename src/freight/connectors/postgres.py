@@ -27,6 +27,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from freight._errors import ConfigError, PermanentError, TargetError, TransientError
+from freight.connectors import pgtypes
 from freight.connectors._isolate import (
     Refused,
     aisolate,
@@ -298,7 +299,11 @@ class PostgresSink:
                 error = self._try(cur, plan, columns, part, sent)
                 if error is None:
                     return None
-                return Refused(classify(error), self._located(error, part, sent[0]))
+                at = self._located(error, part, sent[0])
+                refusal = classify(error)
+                if at is not None and self.format == "csv":
+                    refusal = _typed_refusal(columns, self._types[key], part[at], refusal)
+                return Refused(refusal, at)
 
             def run(part: list[Any]) -> None:
                 error = self._try(cur, plan, columns, part, [0])
@@ -542,6 +547,35 @@ def _record_at(texts: list[str], line: int) -> int | None:
         if line <= end:
             return index
     return None
+
+
+def _typed_refusal(
+    columns: list[str], types: list[str], text: str, refusal: BaseException
+) -> BaseException:
+    """The reason a typed load into SQLite gives for this CSV record
+    (:func:`freight.connectors.pgtypes.converter`'s: ``column 'amount': 'x' is not a
+    number``), where it refuses the record too; else the server's ``refusal``.
+
+    A file must give the same dead letters on every target; the server's error stays
+    the reason's ``__cause__``.
+    """
+    if not isinstance(refusal.__cause__, psycopg.DataError):
+        return refusal  # a constraint, a trigger: the server's reason is the one
+    fields = next(csv.reader(io.StringIO(text)), [])
+    for column, kind, value in zip(columns, types, fields, strict=False):
+        try:
+            parse = pgtypes.TYPES[pgtypes.canonical(kind)]
+        except ConfigError:
+            continue  # a type the converter does not know
+        if value == "":
+            continue  # NULL
+        try:
+            parse(value)
+        except ValueError as exc:
+            typed = PermanentError(f"column {column!r}: {exc}")
+            typed.__cause__ = refusal.__cause__
+            return typed
+    return refusal
 
 
 _FLOATING = frozenset({"double precision", "real"})
