@@ -165,3 +165,32 @@ async def test_a_tracer_shared_by_two_flows_outlives_the_first_close(tmp_path: P
         ("first", 4),
         ("second", 4),
     ]
+
+
+async def test_the_trace_file_is_written_off_the_event_loop_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle and close write the file in a worker thread, which the flow awaits."""
+    import threading
+
+    import freight.flow._trace as trace
+
+    writers: list[str] = []
+    insert = trace._insert
+
+    def spy(path: Path, rows: list[trace.SpanRow], publishes: list[trace.PublishRow]) -> None:
+        writers.append(threading.current_thread().name)
+        insert(path, rows, publishes)
+
+    monkeypatch.setattr(trace, "_insert", spy)
+    path = tmp_path / "traces.duckdb"
+    flow = Flow(clock=FakeClock(), trace=path)
+    declare(flow)
+    for n in range(30):
+        await flow.publish(Tx(n))
+    await flow.run_until_idle()  # the first idle writes what is queued
+    assert rows(path, "SELECT count(*) FROM spans WHERE name = 'publish'") == [(30 + 25,)]
+    await flow.close()
+    assert writers
+    assert threading.main_thread().name not in writers
+    assert rows(path, "SELECT count(*) FROM spans WHERE name = 'publish'") == [(60,)]

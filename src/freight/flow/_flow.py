@@ -292,7 +292,8 @@ class Flow:
         if self._group is not None:
             await self._group.settle()  # publishes staged for the next commit are routed
         await self._executor.wait_until(self._executor.idle)
-        self._tracing.flush()
+        await self._tracing.aflush()  # the trace file's writes leave the loop free...
+        await self._executor.wait_until(self._executor.idle)  # ...so it may have run
 
     async def close(self) -> None:
         """Drain and stop: open batches flush (reason ``close``), open joins go to their
@@ -314,7 +315,7 @@ class Flow:
             await self._executor.wait_until(self._executor.quiet)  # runs waiting on the clock
         self._closed = True
         self._scheduler.stop(runtimes)
-        self._tracing.close()
+        await self._tracing.aclose()
 
     async def __aenter__(self) -> Flow:
         await self._start()

@@ -204,12 +204,17 @@ class DuckDBTracer:
         the spans are then kept for the next write)."""
         self._writer.write()
 
-    def idle(self) -> None:
-        """The flow went idle: write now unless a write happened in the last
-        ``interval`` seconds (the writer thread gets to those spans anyway)."""
+    def due(self) -> bool:
+        """Spans are queued and no write happened in the last ``interval`` seconds."""
         writer = self._writer
-        if time.monotonic() - writer.last_write >= writer.interval:
-            writer.write()
+        queued = writer.queue or writer.publishes or writer.kept or writer.kept_publishes
+        return bool(queued) and time.monotonic() - writer.last_write >= writer.interval
+
+    def idle(self) -> None:
+        """The flow went idle: write now if :meth:`due` (else the writer thread gets
+        to those spans within ``interval``)."""
+        if self.due():
+            self._writer.write()
 
     def close(self) -> None:
         """Stop the writer thread and write what is queued."""

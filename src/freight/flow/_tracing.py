@@ -18,12 +18,15 @@ Rules:
 5. When the flow goes idle, DuckDB tracers write what they hold (at most once per
    their ``interval``) and other subscribers with a ``flush`` are flushed; when it
    closes, the subscribers with a ``close`` are closed (a DuckDB tracer writes then).
+   The flow awaits those DuckDB writes in a worker thread (``aflush``, ``aclose``):
+   its event loop never blocks on the trace file.
 
 The tracers themselves (DuckDB, OpenTelemetry) are in ``_trace.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import time
@@ -154,16 +157,24 @@ class Tracing:
         )
         fan_out(self._others, span, f"flow {self.flow}: span")
 
-    def flush(self) -> None:
-        """The flow is idle: DuckDB tracers write (at most once per interval), other
-        buffering subscribers flush (rule 5)."""
+    async def aflush(self) -> None:
+        """The flow is idle: DuckDB tracers write (at most once per interval, in a
+        worker thread: the event loop goes on meanwhile), other buffering subscribers
+        flush (rule 5)."""
         for tracer in self._tracers:
-            self._guard(tracer.idle, tracer, "flush")
+            if tracer.due():
+                await asyncio.to_thread(self._guard, tracer.idle, tracer, "flush")
         self._each(self._others, "flush")
 
     def close(self) -> None:
         """Close the subscribers that can be closed (the flow is closed)."""
         self._each(self.subscribers, "close")
+
+    async def aclose(self) -> None:
+        """:meth:`close`, the DuckDB tracers' last writes in a worker thread."""
+        for tracer in self._tracers:
+            await asyncio.to_thread(self._guard, tracer.close, tracer, "close")
+        self._each(self._others, "close")
 
     def _each(self, subscribers: list[Callable[[Span], Any]], method: str) -> None:
         for subscriber in subscribers:
