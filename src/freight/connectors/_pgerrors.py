@@ -1,13 +1,19 @@
 """How the PostgreSQL connector meets its server: errors mapped to freight's classes in
-one place (:func:`classify`), the row a COPY failed on (:func:`copy_line`), and
-connections opened with freight's errors."""
+one place (:func:`classify`), the row a COPY failed on (:func:`copy_line`,
+:func:`record_at`), the rows refused before they are sent (:func:`non_finite`) and the
+reasons given for refused rows (:func:`typed_refusal`), and connections opened with
+freight's errors."""
 
 from __future__ import annotations
 
+import csv
+import io
 import re
+from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
 
 from freight._errors import ConfigError, PermanentError, TargetError, TransientError
+from freight.connectors import pgtypes
 
 try:
     import psycopg
@@ -17,7 +23,18 @@ except ImportError as exc:  # pragma: no cover - only without the extra
         "freight.connectors.postgres needs psycopg 3: pip install 'freight[postgres]'"
     ) from exc
 
-__all__ = ["_connect", "_reraise", "_where", "classify", "copy_line", "copy_shown", "reason"]
+__all__ = [
+    "_connect",
+    "_reraise",
+    "_where",
+    "classify",
+    "copy_line",
+    "copy_shown",
+    "non_finite",
+    "reason",
+    "record_at",
+    "typed_refusal",
+]
 
 # SQLSTATEs that refuse the statement, not a row: whatever the rows hold, none can land.
 # Class 42 is "syntax error or access rule violation" (no such table or column, no
@@ -126,6 +143,89 @@ def copy_shown(error: psycopg.Error) -> str | None:
         return None
     shown = shown[:-1]
     return shown.removesuffix("...")
+
+
+def record_at(texts: list[str], line: int) -> int | None:
+    """The index of the CSV record holding ``line`` (1-based) of ``"".join(texts)``:
+    lines are counted as the server counts them, a quoted newline included."""
+    end = 0
+    for index, text in enumerate(texts):
+        end += text.count("\n")
+        if line <= end:
+            return index
+    return None
+
+
+def typed_refusal(
+    columns: list[str], types: list[str], text: str, refusal: BaseException
+) -> BaseException:
+    """The reason a typed load into SQLite gives for this CSV record
+    (:func:`freight.connectors.pgtypes.converter`'s: ``column 'amount': 'x' is not a
+    number``), where it refuses the record too; else the server's ``refusal``.
+
+    A file must give the same dead letters on every target; the server's error stays
+    the reason's ``__cause__``.
+    """
+    if not isinstance(refusal.__cause__, psycopg.DataError):
+        return refusal  # a constraint, a trigger: the server's reason is the one
+    fields = next(csv.reader(io.StringIO(text)), [])
+    for column, kind, value in zip(columns, types, fields, strict=False):
+        try:
+            parse = pgtypes.TYPES[pgtypes.canonical(kind)]
+        except ConfigError:
+            continue  # a type the converter does not know
+        if value == "":
+            continue  # NULL
+        try:
+            parse(value)
+        except ValueError as exc:
+            typed = PermanentError(f"column {column!r}: {exc}")
+            typed.__cause__ = refusal.__cause__
+            return typed
+    return refusal
+
+
+_FLOATING = frozenset({"double precision", "real"})
+
+
+def non_finite(columns: list[str], texts: list[str], types: list[str]) -> dict[int, PermanentError]:
+    """The CSV records holding ``NaN`` (any spelling) in a numeric or floating-point
+    column, or an infinity in a numeric one, each with its reason.
+
+    PostgreSQL would store them (``numeric`` and ``double precision`` take ``'NaN'``);
+    a SQLite REAL cannot hold a NaN, and a load must give the same rows on every
+    target, so both refuse them, with the same reason. A float column keeps
+    ``Infinity``, which both can hold. Only records whose text holds ``nan`` or
+    ``inf`` are parsed: the common file costs one pass over its text (~4 ms per
+    50,000 records).
+    """
+    kinds = {i: t for i, t in enumerate(types) if t == "numeric" or t in _FLOATING}
+    if not kinds:
+        return {}
+    lowered = "".join(texts).lower()
+    if "nan" not in lowered and "inf" not in lowered:
+        return {}
+    refused: dict[int, PermanentError] = {}
+    for index, text in enumerate(texts):
+        low = text.lower()
+        if "nan" not in low and "inf" not in low:
+            continue
+        fields = next(csv.reader(io.StringIO(text)), [])
+        for column, kind in kinds.items():
+            if column >= len(fields):
+                continue
+            try:
+                value = Decimal(fields[column].strip())
+            except InvalidOperation:
+                continue
+            if value.is_finite() or (kind in _FLOATING and value.is_infinite()):
+                continue
+            name = columns[column]
+            refused[index] = PermanentError(
+                f"column {name!r}: {pgtypes.non_finite_name(value)} is not a finite number"
+            )
+            break
+    return refused
 
 
 def _reraise(error: psycopg.Error) -> NoReturn:

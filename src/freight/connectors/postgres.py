@@ -16,18 +16,14 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import operator
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from freight._errors import ConfigError, PermanentError, TargetError, TransientError
-from freight.connectors import pgtypes
 from freight.connectors._isolate import (
     Refused,
     aisolate,
@@ -37,9 +33,17 @@ from freight.connectors._isolate import (
     run_located,
 )
 from freight.connectors._pgbinary import TYPES_SQL, BinaryColumns, binary_columns, fits
-from freight.connectors._pgerrors import _connect, _reraise, classify, copy_line, copy_shown
+from freight.connectors._pgerrors import (
+    _connect,
+    _reraise,
+    classify,
+    copy_line,
+    copy_shown,
+    non_finite,
+    record_at,
+    typed_refusal,
+)
 from freight.connectors._pgsource import PostgresSource
-from freight.connectors.pgtypes import non_finite_name
 
 try:
     import psycopg
@@ -291,7 +295,7 @@ class PostgresSink:
                 found = cur.execute(TYPES_SQL, (self.table, self.schema)).fetchall()
                 self._remember_types(key, found)
             cur.execute(plan.start)
-            refused = _non_finite(columns, rows, self._types[key]) if self.format == "csv" else {}
+            refused = non_finite(columns, rows, self._types[key]) if self.format == "csv" else {}
 
             def write(indices: list[int]) -> Refused | None:
                 part = rows if len(indices) == len(rows) else [rows[i] for i in indices]
@@ -302,7 +306,7 @@ class PostgresSink:
                 at = self._located(error, part, sent[0])
                 refusal = classify(error)
                 if at is not None and self.format == "csv":
-                    refusal = _typed_refusal(columns, self._types[key], part[at], refusal)
+                    refusal = typed_refusal(columns, self._types[key], part[at], refusal)
                 return Refused(refusal, at)
 
             def run(part: list[Any]) -> None:
@@ -388,7 +392,7 @@ class PostgresSink:
             return None
         if self.format == "rows":  # one line per row: values' newlines are escaped
             return line - 1 if 1 <= line <= len(rows) else None
-        index = _record_at(rows, line)
+        index = record_at(rows, line)
         if index is None:
             return None
         shown = copy_shown(error)  # the value or line the server quotes, if any
@@ -536,91 +540,6 @@ def _row(item: Any, columns: list[str]) -> Sequence[Any]:
     if isinstance(item, Mapping):
         return [item.get(c) for c in columns]
     return item  # type: ignore[no-any-return]
-
-
-def _record_at(texts: list[str], line: int) -> int | None:
-    """The index of the CSV record holding ``line`` (1-based) of ``"".join(texts)``:
-    lines are counted as the server counts them, a quoted newline included."""
-    end = 0
-    for index, text in enumerate(texts):
-        end += text.count("\n")
-        if line <= end:
-            return index
-    return None
-
-
-def _typed_refusal(
-    columns: list[str], types: list[str], text: str, refusal: BaseException
-) -> BaseException:
-    """The reason a typed load into SQLite gives for this CSV record
-    (:func:`freight.connectors.pgtypes.converter`'s: ``column 'amount': 'x' is not a
-    number``), where it refuses the record too; else the server's ``refusal``.
-
-    A file must give the same dead letters on every target; the server's error stays
-    the reason's ``__cause__``.
-    """
-    if not isinstance(refusal.__cause__, psycopg.DataError):
-        return refusal  # a constraint, a trigger: the server's reason is the one
-    fields = next(csv.reader(io.StringIO(text)), [])
-    for column, kind, value in zip(columns, types, fields, strict=False):
-        try:
-            parse = pgtypes.TYPES[pgtypes.canonical(kind)]
-        except ConfigError:
-            continue  # a type the converter does not know
-        if value == "":
-            continue  # NULL
-        try:
-            parse(value)
-        except ValueError as exc:
-            typed = PermanentError(f"column {column!r}: {exc}")
-            typed.__cause__ = refusal.__cause__
-            return typed
-    return refusal
-
-
-_FLOATING = frozenset({"double precision", "real"})
-
-
-def _non_finite(
-    columns: list[str], texts: list[str], types: list[str]
-) -> dict[int, PermanentError]:
-    """The CSV records holding ``NaN`` (any spelling) in a numeric or floating-point
-    column, or an infinity in a numeric one, each with its reason.
-
-    PostgreSQL would store them (``numeric`` and ``double precision`` take ``'NaN'``);
-    a SQLite REAL cannot hold a NaN, and a load must give the same rows on every
-    target, so both refuse them, with the same reason. A float column keeps
-    ``Infinity``, which both can hold. Only records whose text holds ``nan`` or
-    ``inf`` are parsed: the common file costs one pass over its text (~4 ms per
-    50,000 records).
-    """
-    kinds = {i: t for i, t in enumerate(types) if t == "numeric" or t in _FLOATING}
-    if not kinds:
-        return {}
-    lowered = "".join(texts).lower()
-    if "nan" not in lowered and "inf" not in lowered:
-        return {}
-    refused: dict[int, PermanentError] = {}
-    for index, text in enumerate(texts):
-        low = text.lower()
-        if "nan" not in low and "inf" not in low:
-            continue
-        fields = next(csv.reader(io.StringIO(text)), [])
-        for column, kind in kinds.items():
-            if column >= len(fields):
-                continue
-            try:
-                value = Decimal(fields[column].strip())
-            except InvalidOperation:
-                continue
-            if value.is_finite() or (kind in _FLOATING and value.is_infinite()):
-                continue
-            name = columns[column]
-            refused[index] = PermanentError(
-                f"column {name!r}: {non_finite_name(value)} is not a finite number"
-            )
-            break
-    return refused
 
 
 def table_types(conninfo: str, table: str, schema: str | None = None) -> dict[str, str] | None:
