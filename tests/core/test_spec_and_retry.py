@@ -40,7 +40,7 @@ def test_bad_spec_names_parameter_value_and_rule(kwargs: dict[str, object], frag
 def test_spec_is_immutable_and_hashable() -> None:
     spec = BatchSpec(3, timeout=1)
     with pytest.raises(AttributeError):
-        spec.size = 4
+        spec.size = 4  # type: ignore[misc]
     assert {spec: 1}[BatchSpec(3, 1)] == 1
     assert repr(spec) == "BatchSpec(size=3, timeout=1.0)"
 

@@ -35,6 +35,9 @@ class BatchEvent:
         retried: items sent back to the buffer for a later attempt.
         calls: handler calls made for this batch (1 without retries or isolation).
         queue_depth: items pending in the batcher after this batch settled.
+        current_size: the batch size the batcher flushes at after this batch (moved
+            by ``reconfigure`` and, with ``size="auto"``, by the tuner); ``None``
+            when the emitter has none.
     """
 
     batcher: str
@@ -48,6 +51,7 @@ class BatchEvent:
     retried: int = 0
     calls: int = 1
     queue_depth: int = 0
+    current_size: int | None = None
 
     @property
     def wait_time(self) -> float:
@@ -74,8 +78,11 @@ class Percentiles:
 class BatcherStats:
     """A snapshot of a batcher's counters (see :meth:`Batcher.stats`).
 
-    ``efficiency`` is the mean batch size divided by the configured ``size``: 1.0
-    means every batch was full; low values mean timeouts are doing the flushing.
+    ``efficiency`` is the mean batch size divided by the configured ``size`` (the
+    current one, after a ``reconfigure`` or the tuner's last step): 1.0 means every
+    batch was full; low values mean timeouts are doing the flushing.
+    ``current_size`` and ``current_timeout`` are the limits batches are flushed at
+    now: the spec's, a ``reconfigure``'s, or with ``size="auto"`` the tuner's.
     ``latency`` is, per batch, the oldest item's wait plus the handler duration.
     ``submitted`` counts accepted items (``skipped`` ones were refused, not accepted).
     """
@@ -92,6 +99,13 @@ class BatcherStats:
     efficiency: float
     handler_calls: int
     latency: Percentiles
+    current_size: int
+    current_timeout: float | None = None
+
+    @property
+    def size(self) -> int:
+        """Alias of :attr:`current_size`: the batch size used now."""
+        return self.current_size
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -108,6 +122,7 @@ class StatsRecorder:
         "batches",
         "calls",
         "cancelled",
+        "current_timeout",
         "failed",
         "flushes",
         "items",
@@ -117,8 +132,9 @@ class StatsRecorder:
         "succeeded",
     )
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, size: int, timeout: float | None = None) -> None:
+        self.size = size  # the current size: the spec's, reconfigured or tuned
+        self.current_timeout = timeout
         self.skipped = 0
         self.cancelled = 0
         self.succeeded = 0
@@ -155,6 +171,8 @@ class StatsRecorder:
             mean_batch_size=mean,
             efficiency=mean / self.size,
             handler_calls=self.calls,
+            current_size=self.size,
+            current_timeout=self.current_timeout,
             latency=Percentiles(
                 p50=_percentile(ordered, 0.50),
                 p90=_percentile(ordered, 0.90),

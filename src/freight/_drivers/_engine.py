@@ -5,20 +5,27 @@ a :class:`~freight._core._dispatch.DispatchQueue` (when it may start) and runs e
 batch's plan through a runner (:mod:`freight._drivers._runner`: how it is executed,
 which items come back and when). This base holds the bookkeeping both drivers do
 identically: counting pending items, settling each caller's future with its own
-outcome, remembering the tries of items sent back, and emitting a
-:class:`~freight.BatchEvent` per batch.
+outcome, remembering the tries of items sent back, emitting a
+:class:`~freight.BatchEvent` per batch, changing the limits at runtime
+(:meth:`EngineBase.reconfigure`) and, with ``size="auto"``, feeding the core's
+:class:`~freight._core._adaptive.SizeTuner` and applying its size and wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from datetime import timedelta
+from typing import Any, Generic, Literal, TypeVar
 
+from freight._core._adaptive import Observation, SizeTuner
 from freight._core._buffer import BatchBuffer, Flush
+from freight._core._clock import Clock, TimerHandle
 from freight._core._dispatch import DispatchQueue
 from freight._core._plan import Outcome
 from freight._core._spec import BatchSpec
@@ -35,6 +42,8 @@ E = TypeVar("E")
 _log = logging.getLogger("freight")
 
 _INVALID_STATE = (asyncio.InvalidStateError, concurrent.futures.InvalidStateError)
+
+_KEEP: Any = object()
 
 
 def fan_out(subscribers: Iterable[Callable[[E], object]], event: E, owner: str) -> None:
@@ -53,6 +62,12 @@ def fan_out(subscribers: Iterable[Callable[[E], object]], event: E, owner: str) 
 
 class EngineBase(Generic[T, R]):
     """State and bookkeeping shared by :class:`Batcher` and :class:`ThreadBatcher`."""
+
+    # Set by each driver: its clock (a Batcher's is None until bound to a loop), its
+    # timer and the buffer's current timeout, which it reads on its hot path.
+    _clock: Clock | None
+    _timer: TimerHandle | None
+    _timeout: float | None
 
     def __init__(
         self, handler: Callable[..., Any], spec: BatchSpec, options: BatcherOptions
@@ -86,7 +101,11 @@ class EngineBase(Generic[T, R]):
             else str(getattr(handler, "__qualname__", "batcher"))
         )
         self._subscribers: list[Subscriber] = list(options.subscribers)
-        self._stats = StatsRecorder(spec.size)
+        self._tuner: SizeTuner | None = None
+        if spec.auto:
+            self._tuner = self._new_tuner(spec)
+            self._buffer.retune(self._tuner.size, self._tuner.wait, 0.0)  # empty: no flush
+        self._stats = StatsRecorder(self._buffer.size, self._buffer.timeout)
         self._tried: dict[Any, int] = {}  # per-item tries so far, of items sent back
         self._pending = 0
         self._random = random.random
@@ -116,7 +135,115 @@ class EngineBase(Generic[T, R]):
         """Items accepted and not yet settled (buffered, queued, running or awaiting retry)."""
         return self._pending
 
+    def reconfigure(
+        self,
+        *,
+        size: int | Literal["auto"] = _KEEP,
+        timeout: float | timedelta | None = _KEEP,
+        max_bytes: int | None = _KEEP,
+        max_cost: float | None = _KEEP,
+        latency_target: float | timedelta | None = _KEEP,
+        max_size: int = _KEEP,
+    ) -> None:
+        """Change when batches are due, from now on; the arguments not given are kept.
+
+        The new values are checked exactly as :class:`BatchSpec` checks them (the same
+        :class:`~freight.ConfigError`), and nothing changes if one is refused. Batches
+        already flushed keep the rule they were made by; the open batch is judged by the
+        new one at once, and flushed if it is now due (its size, bytes or cost
+        reached, or its first item older than the new ``timeout``). ``max_bytes=None``
+        or ``max_cost=None`` removes that limit; ``size="auto"`` (with a
+        ``latency_target``) hands the size and wait to the tuner, a number takes them
+        back. ``batcher.spec`` is the spec now in force. A :class:`Batcher` is
+        reconfigured from its event loop's thread; a :class:`ThreadBatcher` from any.
+        """
+        given: dict[str, Any] = {
+            "size": size,
+            "timeout": timeout,
+            "max_bytes": max_bytes,
+            "max_cost": max_cost,
+            "latency_target": latency_target,
+            "max_size": max_size,
+        }
+        spec = self.spec.replace(**{k: v for k, v in given.items() if v is not _KEEP})
+        spec.size  # noqa: B018  (a time-only spec raises ConfigError here, changing nothing)
+        with self._guard():
+            self.spec = spec
+            now = self._clock_now()
+            flushes = self._buffer.reconfigure(spec, now)
+            tuner = self._tuner
+            if not spec.auto:
+                self._tuner = tuner = None
+            elif tuner is None:
+                self._tuner = tuner = self._new_tuner(spec)
+            else:  # keep what it learnt of the handler; the next batch re-plans
+                assert spec.latency_target is not None
+                tuner.latency_target = spec.latency_target
+                tuner.max_size, tuner.max_wait = spec.size, spec.timeout
+                tuner.size = min(tuner.size, spec.size)
+                tuner.wait = tuner.wait if spec.timeout is None else min(tuner.wait, spec.timeout)
+            if tuner is not None:
+                flushes += self._buffer.retune(tuner.size, tuner.wait, now)
+            self._limits_changed(flushes)
+
     # -- shared internals ------------------------------------------------------
+
+    def _start(self, flushes: Sequence[Flush[T]]) -> None:
+        """Hand due batches to the dispatch queue (each driver runs them its way)."""
+        raise NotImplementedError
+
+    def _arm(self) -> None:
+        """Set the driver's timer for the buffer's next deadline, if it has one."""
+        raise NotImplementedError
+
+    def _guard(self) -> AbstractContextManager[object]:
+        """What makes a change of limits atomic: nothing on one event loop; the
+        :class:`ThreadBatcher` takes its lock."""
+        return contextlib.nullcontext()
+
+    def _clock_now(self) -> float:
+        # A Batcher not yet bound to a loop has no clock, and then no buffered item.
+        return 0.0 if self._clock is None else self._clock.now()
+
+    def _new_tuner(self, spec: BatchSpec) -> SizeTuner:
+        assert spec.latency_target is not None
+        return SizeTuner(
+            spec.latency_target,
+            max_size=spec.size,
+            max_wait=spec.timeout,
+            concurrency=self.max_concurrent_batches,
+        )
+
+    def _limits_changed(self, flushes: Sequence[Flush[T]]) -> None:
+        """The buffer's size or timeout moved: start what fell due, re-arm the timer
+        (the next deadline may now be earlier or gone), report the new limits."""
+        self._timeout = self._buffer.timeout
+        self._stats.size = self._buffer.size
+        self._stats.current_timeout = self._buffer.timeout
+        self._start(flushes)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._timeout is not None:
+            self._arm()
+
+    def _tune(self, size: int, wait: float, duration: float, calls: int, retried: int) -> None:
+        """Feed one handled batch to the tuner; apply the size and wait it answers."""
+        tuner = self._tuner
+        assert tuner is not None
+        now = self._clock_now()
+        observation = Observation(
+            size=size,
+            latency=wait + duration,
+            duration=duration if calls == 1 and not retried else None,
+            accepted=self._stats.succeeded
+            + self._stats.failed
+            + self._stats.cancelled
+            + self.pending,
+            now=now,
+        )
+        if tuner.observe(observation):
+            self._limits_changed(self._buffer.retune(tuner.size, tuner.wait, now))
 
     def _skip(self, item: T) -> Skipped:
         self._stats.skipped += 1
@@ -188,7 +315,7 @@ class EngineBase(Generic[T, R]):
 
         No item can join those batches until some pending ones settle, so waiting
         for their ``size`` (or ``max_bytes``) would wait for the timeout, or forever
-        without one (rule 5 of the buffer, reason ``"pending"``). Call it after every
+        without one (rule 6 of the buffer, reason ``"pending"``). Call it after every
         change that puts items in the buffer.
         """
         if self._pending >= self.max_pending and len(self._buffer):
@@ -214,7 +341,13 @@ class EngineBase(Generic[T, R]):
         retried: int,
         calls: int,
     ) -> BatchEvent:
-        """Fold one batch into the stats and return its event (call :meth:`_publish` next)."""
+        """Fold one batch into the stats and return its event (call :meth:`_publish` next).
+
+        With ``size="auto"`` the batch also feeds the tuner first, so the event and
+        the stats carry the size it chose.
+        """
+        if self._tuner is not None:
+            self._tune(size, wait, duration, calls, retried)
         event = BatchEvent(
             batcher=self.name,
             key=flush.key,
@@ -227,6 +360,7 @@ class EngineBase(Generic[T, R]):
             retried=retried,
             calls=calls,
             queue_depth=self._pending,
+            current_size=self._buffer.size,
         )
         self._stats.record(event)
         return event

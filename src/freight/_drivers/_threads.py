@@ -87,7 +87,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             )
         self._own_clock = clock is None
         self._clock: Clock = clock if clock is not None else ThreadClock(f"freight-{self.name}")
-        self._timeout = spec.timeout
+        self._timeout = self._buffer.timeout  # spec.timeout, or the tuner's wait
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._inbox: deque[_Ticket[Any]] = deque()
@@ -134,6 +134,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         Raises:
             QueueFull: full and ``overflow="reject"``.
             Skipped: the ``where=`` predicate rejected the item.
+            ItemTooLarge: the item alone costs over the spec's ``max_cost``.
             BatcherClosed: the batcher is closed.
         """
         return self._submit(item, self.overflow == "block")
@@ -153,6 +154,8 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         if self._where is not None and not self._where(item):
             with self._locked():
                 raise self._skip(item)
+        if self.spec.cost is not None:  # refused here, in the caller's thread (rule 4)
+            self._buffer.check(item)
         future: _Ticket[R] = _Ticket()
         future.freight_item = item
         if next(self._tickets) - self._released < self.max_pending:
@@ -198,6 +201,15 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         raise BatcherClosed(f"batcher {self.name!r} is closed; it accepts no new items")
 
     # -- the lock and the inbox ----------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """A change of limits (``reconfigure``, the tuner) happens under the lock, after
+        the inbox was drained: the items accepted before it are buffered under the old
+        limits and judged again by the new ones."""
+        with self._locked():
+            self._drain_locked()
+            yield
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -461,7 +473,14 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             for item, future in retry_items:
                 if self._retry_waiting.pop(future, None) is None:
                     continue  # failed by close(drain=False) meanwhile
-                self._start(self._buffer.put(item, now, future))
+                try:
+                    self._start(self._buffer.put(item, now, future))
+                except Exception as exc:  # a reconfigure made it ItemTooLarge meanwhile
+                    self._tried.pop(future, None)
+                    self._pending -= 1
+                    self._released += 1
+                    self._stats.failed += 1
+                    self._refused.append((future, exc))  # set once the lock is released
             self._start(self._full_flushes())
             if self._closed:
                 self._start(self._buffer.close())
