@@ -194,3 +194,43 @@ async def test_the_trace_file_is_written_off_the_event_loop_thread(
     assert writers
     assert threading.main_thread().name not in writers
     assert rows(path, "SELECT count(*) FROM spans WHERE name = 'publish'") == [(60,)]
+
+
+async def test_each_idle_writes_the_spans_recorded_since_the_last(tmp_path: Path) -> None:
+    path = tmp_path / "traces.duckdb"
+    clock = FakeClock()
+    flow = Flow(clock=clock, trace=path)
+    declare(flow)
+    for n in range(25):
+        await flow.publish(Tx(n))
+    await flow.run_until_idle()
+    assert rows(path, "SELECT count(*) FROM spans WHERE name = 'handler'") == [(1,)]
+    for n in range(5):
+        await flow.publish(Tx(n))
+    await clock.advance(30)  # the second batch's timeout
+    await flow.run_until_idle()
+    assert rows(path, "SELECT count(*) FROM spans WHERE name = 'handler'") == [(2,)]
+    await flow.close()
+
+
+def test_a_failed_write_with_no_room_left_keeps_no_publish_span(tmp_path: Path) -> None:
+    """max_spans generic spans kept leave no room: the publish spans of that write are
+    dropped (logged), not all kept."""
+    from freight.flow._artifacts import Envelope
+    from freight.flow._tracing import Tracing
+
+    (tmp_path / "blocked").write_text("a file where the folder should be")
+    tracer = DuckDBTracer(tmp_path / "blocked" / "t.duckdb", buffer=10, max_spans=10)
+    tracing = Tracing("f", [tracer], False)
+    now = datetime.now(UTC)
+    for i in range(10):
+        tracer(Span(f"s{i}", "flush", "c", now, 0.0, {}))
+    for i in range(3):
+        tracing.published(Envelope(f"e{i}", "Tx", Tx(i), None, 0.0, now), 1)
+    with pytest.raises(FileExistsError):
+        tracer.flush()
+    tracer.path = tmp_path / "t.duckdb"
+    tracer.close()
+    assert rows(tracer.path, "SELECT count(*), count(*) FILTER (name = 'publish') FROM spans") == [
+        (10, 0)
+    ]

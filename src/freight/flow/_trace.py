@@ -27,7 +27,6 @@ import itertools
 import json
 import logging
 import threading
-import time
 import weakref
 from collections import deque
 from collections.abc import Mapping
@@ -138,8 +137,8 @@ class DuckDBTracer:
     Spans are queued in memory and written in bulk, one statement per write, by a
     writer thread: every ``buffer`` spans and every ``interval`` seconds, never on the
     caller's path. :meth:`flush` and :meth:`close` write what is queued at once (a flow
-    closes its tracers when it closes; when it goes idle it writes too, at most once per
-    ``interval``). Memory is bounded: past ``max_spans`` queued spans, recording waits
+    closes its tracers when it closes; when it goes idle it writes what is queued too).
+    Memory is bounded: past ``max_spans`` queued spans, recording waits
     for the writer; a write that fails (another process holds the file, the disk is
     full) is logged and keeps at most ``max_spans`` spans for the next one. The file is
     opened only while writing, so other processes can query it between writes.
@@ -206,14 +205,12 @@ class DuckDBTracer:
         self._writer.write()
 
     def due(self) -> bool:
-        """Spans are queued and no write happened in the last ``interval`` seconds."""
+        """Spans are queued (or kept by a failed write): :meth:`idle` would write."""
         writer = self._writer
-        queued = writer.queue or writer.publishes or writer.kept or writer.kept_publishes
-        return bool(queued) and time.monotonic() - writer.last_write >= writer.interval
+        return bool(writer.queue or writer.publishes or writer.kept or writer.kept_publishes)
 
     def idle(self) -> None:
-        """The flow went idle: write now if :meth:`due` (else the writer thread gets
-        to those spans within ``interval``)."""
+        """The flow went idle: write what is queued, if anything."""
         if self.due():
             self._writer.write()
 
@@ -240,7 +237,6 @@ class _Writer:
         self.room = threading.Event()
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()  # the running thread's: set to end it
-        self.last_write = float("-inf")
 
     def record(self, row: SpanRow) -> None:
         """Queue one span; wake the writer every ``buffer`` spans (the hot path)."""
@@ -325,10 +321,9 @@ class _Writer:
                         str(self.path), dropped,
                     )  # fmt: skip
                 self.kept = rows[-self.max_spans :]
-                self.kept_publishes = publishes[-max(0, self.max_spans - len(self.kept)) :]
+                room = self.max_spans - len(self.kept)  # the newest publishes, if room is left
+                self.kept_publishes = publishes[len(publishes) - room :] if room > 0 else []
                 raise
-            finally:
-                self.last_write = time.monotonic()
 
     def stop(self, *, quiet: bool = False) -> None:
         """Stop the thread, then write what is left (``quiet``: log a failure). A span

@@ -15,8 +15,8 @@ Rules:
    is the wall clock (UTC) minus the span's age on the flow's clock.
 4. A subscriber never breaks the flow: its exceptions are logged, and the next
    subscriber still gets the span.
-5. When the flow goes idle, DuckDB tracers write what they hold (at most once per
-   their ``interval``) and other subscribers with a ``flush`` are flushed; when it
+5. When the flow goes idle, DuckDB tracers write what they hold and other subscribers
+   with a ``flush`` are flushed; when it
    closes, the subscribers with a ``close`` are closed (a DuckDB tracer writes then).
    The flow awaits those DuckDB writes in a worker thread (``aflush``, ``aclose``):
    its event loop never blocks on the trace file.
@@ -158,9 +158,8 @@ class Tracing:
         fan_out(self._others, span, f"flow {self.flow}: span")
 
     async def aflush(self) -> None:
-        """The flow is idle: DuckDB tracers write (at most once per interval, in a
-        worker thread: the event loop goes on meanwhile), other buffering subscribers
-        flush (rule 5)."""
+        """The flow is idle: DuckDB tracers write what they hold (in a worker thread:
+        the event loop goes on meanwhile), other buffering subscribers flush (rule 5)."""
         for tracer in self._tracers:
             if tracer.due():
                 await asyncio.to_thread(self._guard, tracer.idle, tracer, "flush")
