@@ -64,8 +64,10 @@ FREIGHT = {
     # flow
     "Flow",
     # drivers
+    "END",
     "AsyncBatched",
     "Batcher",
+    "StreamBatched",
     "SyncBatched",
     "ThreadBatcher",
     "batched",

@@ -4,7 +4,7 @@ Single calls from many callers grouped into batches by size, bytes or timeout,
 each caller getting its own result or error; on one sans-I/O engine.
 """
 
-from freight._batched import AsyncBatched, SyncBatched, batched
+from freight._batched import AsyncBatched, StreamBatched, SyncBatched, batched
 from freight._core._buffer import BatchBuffer, Flush, FlushReason
 from freight._core._clock import Clock
 from freight._core._join import JoinSpec
@@ -12,6 +12,7 @@ from freight._core._retry import Retry
 from freight._core._spec import BatchSpec
 from freight._core._stats import BatcherStats, BatchEvent, Percentiles
 from freight._drivers._asyncio import Batcher
+from freight._drivers._runner import END
 from freight._drivers._threads import ThreadBatcher
 from freight._errors import (
     BatcherClosed,
@@ -77,8 +78,10 @@ __all__ = [
     # flow
     "Flow",
     # drivers
+    "END",
     "AsyncBatched",
     "Batcher",
+    "StreamBatched",
     "SyncBatched",
     "ThreadBatcher",
     "batched",

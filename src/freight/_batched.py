@@ -8,40 +8,180 @@
     vector = await embed("hello")          # one item in, its own result out
     vectors = await embed.batch(["a", "b"])  # the list form, called directly
 
-Module functions get one batcher (per event loop for ``async def``); methods get
-one batcher per instance. A plain ``def`` is driven by a :class:`ThreadBatcher`
-and called from threads; an ``async def`` by a :class:`Batcher`.
+``@freight.batched`` alone takes Ray Serve's defaults (``size=10``, ``timeout=0.01``).
+Module functions get one batcher (per event loop for ``async def``); methods get one
+batcher per instance, and a pending call keeps its instance alive (``await
+Model().predict(x)`` works). A plain ``def`` is driven by a :class:`ThreadBatcher` and
+called from threads; an ``async def`` by a :class:`Batcher`; an ``async def`` with
+``yield`` streams (:class:`StreamBatched`: each call returns an async iterator).
+
+A function of several lists, ``f(texts: list[str], langs: list[str])``, is called with
+one value per parameter, ``f("hi", lang="en")`` or positionally: the handler gets one
+list per parameter, and calls naming different parameters are batched apart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar, Unpack, overload
 
 from freight._core._spec import BatchSpec
-from freight._drivers._asyncio import Batcher, is_async_callable
+from freight._drivers._asyncio import (
+    Batcher,
+    BatchStream,
+    StreamHandler,
+    is_async_callable,
+    is_stream_callable,
+)
 from freight._drivers._options import BatcherKwargs, options_from
+from freight._drivers._runner import _End
 from freight._drivers._threads import ThreadBatcher
 from freight._errors import ConfigError
 
-__all__ = ["AsyncBatched", "BatchedDecorator", "SyncBatched", "batched"]
+__all__ = ["AsyncBatched", "BatchedDecorator", "StreamBatched", "SyncBatched", "batched"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 S = TypeVar("S")
+
+DEFAULT_SIZE = 10
+"""Items in a decorated function's batch when no ``size`` is given (Ray Serve's default)."""
 
 DEFAULT_TIMEOUT = 0.01
 """Seconds a decorated function's partial batch waits for company (see :func:`batched`)."""
 
 AsyncListFn = Callable[[list[T]], Awaitable[Sequence[R | BaseException] | None]]
 SyncListFn = Callable[[list[T]], Sequence[R | BaseException] | None]
+StreamListFn = StreamHandler[T, R]
+
+_KIND = inspect.Parameter
+
+
+# -- how calls map to the handler's lists ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Params:
+    """A handler of several lists: its parameters (after ``self``), to bind calls to.
+
+    A call becomes a ``dict`` of its arguments (parameter name -> value), in signature
+    order: the item the batcher holds (and ``key``, ``where``, ``sizer`` see). Calls
+    naming the same parameters share batches; the handler gets one list per parameter.
+    """
+
+    signature: inspect.Signature
+    positional_only: frozenset[str]
+
+    def item(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        return self.signature.bind(*args, **kwargs).arguments
+
+    def lists(self, calls: list[dict[str, Any]]) -> tuple[list[Any], dict[str, list[Any]]]:
+        """The handler's arguments for ``calls`` (all naming the same parameters)."""
+        args: list[list[Any]] = []
+        kwargs: dict[str, list[Any]] = {}
+        for name in calls[0]:
+            values = [call[name] for call in calls]
+            if name in self.positional_only:
+                args.append(values)
+            else:
+                kwargs[name] = values
+        return args, kwargs
+
+
+def _params_of(fn: Callable[..., Any], method: bool) -> _Params | None:
+    """``None`` for a handler of one list (the fast path), else how to bind its calls."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a callable we cannot read: it takes the list
+        return None
+    params = list(signature.parameters.values())[1 if method else 0 :]
+    for param in params:
+        if param.kind in (_KIND.VAR_POSITIONAL, _KIND.VAR_KEYWORD):
+            raise ConfigError(
+                f"@batched {getattr(fn, '__qualname__', fn)!r} takes *{param.name}: a batched "
+                "function names its parameters, each receiving one list (one value per call)"
+            )
+    if len(params) == 1 and params[0].kind != _KIND.KEYWORD_ONLY:
+        return None
+    return _Params(
+        signature.replace(parameters=params),
+        frozenset(p.name for p in params if p.kind == _KIND.POSITIONAL_ONLY),
+    )
+
+
+def _shape(call: dict[str, Any]) -> Hashable:
+    return tuple(call)
+
+
+def _keyed(user_key: Callable[[Any], Hashable] | None) -> Callable[[Any], Hashable]:
+    """The batcher's key for calls of several lists: their parameters (and the user's key)."""
+    if user_key is None:
+        return _shape
+    return lambda call: (tuple(call), user_key(call))
+
+
+def _many_async(
+    fn: Callable[..., Any], prefix: tuple[Any, ...], params: _Params
+) -> Callable[[list[dict[str, Any]]], Awaitable[Any]]:
+    async def handler(calls: list[dict[str, Any]]) -> Any:
+        args, kwargs = params.lists(calls)
+        return await fn(*prefix, *args, **kwargs)
+
+    return functools.update_wrapper(handler, fn)
+
+
+def _many_sync(
+    fn: Callable[..., Any], prefix: tuple[Any, ...], params: _Params
+) -> Callable[[list[dict[str, Any]]], Any]:
+    def handler(calls: list[dict[str, Any]]) -> Any:
+        args, kwargs = params.lists(calls)
+        return fn(*prefix, *args, **kwargs)
+
+    return functools.update_wrapper(handler, fn)
+
+
+def _many_stream(
+    fn: Callable[..., Any], prefix: tuple[Any, ...], params: _Params
+) -> Callable[[list[dict[str, Any]]], AsyncIterator[Any]]:
+    async def handler(calls: list[dict[str, Any]]) -> AsyncIterator[Any]:
+        # ``calls`` is the runner's live list: between steps it drops the calls of
+        # callers that left. Mirror that in the per-parameter lists the handler holds.
+        args, kwargs = params.lists(calls)
+        lists = [*args, *kwargs.values()]
+        known = list(calls)
+        steps = fn(*prefix, *args, **kwargs)
+        try:
+            async for step in steps:
+                yield step
+                if len(calls) != len(known):
+                    _follow(known, calls, lists)
+        finally:
+            await steps.aclose()
+
+    return functools.update_wrapper(handler, fn)
+
+
+def _follow(known: list[Any], calls: list[Any], lists: list[list[Any]]) -> None:
+    """Delete from ``lists`` the positions of ``known`` no longer in ``calls`` (same order)."""
+    j = 0
+    for i in range(len(known) - 1, -1, -1):
+        if j < len(calls) and known[i] is calls[len(calls) - 1 - j]:
+            j += 1
+            continue
+        del known[i]
+        for values in lists:
+            del values[i]
+
+
+# -- the decorated forms ---------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,90 +191,187 @@ class _Options:
     spec: BatchSpec
     options: BatcherKwargs[Any]
 
-    def kwargs(self, fn: Callable[..., Any]) -> BatcherKwargs[Any]:
+    def kwargs(self, fn: Callable[..., Any], params: _Params | None) -> BatcherKwargs[Any]:
         options = self.options.copy()
         if options.get("name") is None:
             options["name"] = getattr(fn, "__qualname__", None)
+        if params is not None:
+            options["key"] = _keyed(options.get("key"))
         return options
 
 
-class _PerInstance:
-    """Descriptor half shared by both forms: one bound object per instance."""
+class _Binding:
+    """What a bound batched method leaves in its instance's ``__dict__``.
+
+    The instance holds its bound form (and so its batcher) and the bound form holds
+    the instance: a pending call keeps the instance alive, and the pair is collected
+    together once neither is in use. A copy or a pickle of the instance gets an empty
+    binding, so the copy binds its own batcher on first use.
+    """
+
+    __slots__ = ("bound", "owner", "source")
+
+    def __init__(self, owner: Any = None, source: Any = None, bound: Any = None) -> None:
+        self.owner = owner
+        self.source = source
+        self.bound = bound
+
+    def __reduce__(self) -> tuple[type[_Binding], tuple[()]]:
+        return (_Binding, ())
+
+
+class _Batched:
+    """What the three forms share: the options, the binding to instances, the call's item."""
 
     _fn: Callable[..., Any]
     _options: _Options
+    _instance: Any
+    _params: _Params | None
+    _known: bool  # _params was worked out (on first use: a method only knows it then)
+    _attr: str
+    _bind_lock = threading.Lock()  # guards the first binding only; shared is fine
 
-    _bound: weakref.WeakKeyDictionary[Any, Any]
-    _bound_lock = threading.Lock()  # guards the first binding only; shared is fine
-
-    def _bind_to(self, obj: Any, factory: Callable[[Callable[..., Any]], Any]) -> Any:
-        with self._bound_lock:
-            bound_map = self.__dict__.get("_bound")
-            if bound_map is None:
-                bound_map = self._bound = weakref.WeakKeyDictionary()
-            bound = bound_map.get(obj)
-            if bound is None:
-                bound = factory(_weak_method(self._fn, weakref.ref(obj)))
-                bound_map[obj] = bound
-            return bound
-
-
-def _weak_method(fn: Callable[..., Any], ref: weakref.ref[Any]) -> Callable[..., Any]:
-    """``fn`` bound to the object behind ``ref`` without keeping that object alive."""
-    if is_async_callable(fn):
-
-        async def async_bound(items: list[Any]) -> Any:
-            return await fn(_deref(ref), items)
-
-        return functools.update_wrapper(async_bound, fn)
-
-    def bound(items: list[Any]) -> Any:
-        return fn(_deref(ref), items)
-
-    return functools.update_wrapper(bound, fn)
-
-
-def _deref(ref: weakref.ref[Any]) -> Any:
-    obj = ref()
-    if obj is None:  # pragma: no cover - the batcher dies with its instance
-        raise ReferenceError("the instance of this batched method no longer exists")
-    return obj
-
-
-class AsyncBatched(_PerInstance, Generic[T, R]):
-    """An ``async def`` list function called one item at a time (see :func:`batched`)."""
-
-    def __init__(self, fn: Callable[..., Any], options: _Options) -> None:
+    def _setup(self, fn: Callable[..., Any], options: _Options, instance: Any) -> None:
         self._fn = fn
         self._options = options
+        self._instance = instance
+        self._params = None
+        self._known = False
+        self._attr = f"_freight_batched_{getattr(fn, '__name__', 'fn')}_{id(self):x}"
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def _item(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The item a call stands for: its one argument, or its arguments by name."""
+        if not self._known:
+            self._learn()
+        params = self._params
+        if params is None:
+            if len(args) == 1 and not kwargs:
+                return args[0]
+            fn = self._fn
+            signature = inspect.signature(fn)
+            if self._instance is not None:
+                signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+            (value,) = signature.bind(*args, **kwargs).arguments.values()
+            return value
+        return params.item(args, kwargs)
+
+    def _learn(self) -> None:
+        self._params = _params_of(self._fn, self._instance is not None)
+        self._known = True
+
+    def _handler(self, kind: str) -> Callable[..., Any]:
+        """The list function the batcher calls (bound to the instance for a method)."""
+        if not self._known:
+            self._learn()
+        fn, params = self._fn, self._params
+        prefix = () if self._instance is None else (self._instance,)
+        if params is None:
+            return fn if not prefix else functools.partial(fn, *prefix)
+        make = {"async": _many_async, "sync": _many_sync, "stream": _many_stream}[kind]
+        return make(fn, prefix, params)
+
+    def _batcher_kwargs(self) -> BatcherKwargs[Any]:
+        if not self._known:
+            self._learn()
+        return self._options.kwargs(self._fn, self._params)
+
+    def _bind(self, obj: Any) -> Any:
+        """This batched method bound to ``obj`` (made once per instance)."""
+        try:
+            state = obj.__dict__
+        except AttributeError:
+            return self._bind_weakly(obj)
+        binding = state.get(self._attr)
+        if type(binding) is _Binding and binding.owner is obj and binding.source is self:
+            return binding.bound
+        with self._bind_lock:
+            binding = state.get(self._attr)
+            if type(binding) is _Binding and binding.owner is obj and binding.source is self:
+                return binding.bound
+            bound = self._bound_form(obj)
+            state[self._attr] = _Binding(obj, self, bound)
+            return bound
+
+    def _bind_weakly(self, obj: Any) -> Any:
+        """For an instance without ``__dict__`` (``__slots__``): one bound form per
+        instance in a weak map; such an instance must outlive its pending calls."""
+        with self._bind_lock:
+            bound_map: weakref.WeakKeyDictionary[Any, Any] | None = self.__dict__.get("_weak")
+            if bound_map is None:
+                bound_map = self.__dict__["_weak"] = weakref.WeakKeyDictionary()
+            bound = bound_map.get(obj)
+            if bound is None:
+                bound = bound_map[obj] = self._bound_form(weakref.proxy(obj))
+            return bound
+
+    def _bound_form(self, obj: Any) -> Any:
+        raise NotImplementedError
+
+
+class AsyncBatched(_Batched, Generic[T, R]):
+    """An ``async def`` list function called one item at a time (see :func:`batched`)."""
+
+    def __init__(self, fn: Callable[..., Any], options: _Options, instance: Any = None) -> None:
+        self._setup(fn, options, instance)
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Batcher[T, R]] = (
             weakref.WeakKeyDictionary()
         )
-        functools.update_wrapper(self, fn)
+        # The batcher of the loop used last: a call compares loops instead of looking
+        # the weak map up (which builds a weak reference per call).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last: Batcher[T, R] | None = None
 
     def batcher(self) -> Batcher[T, R]:
         """The :class:`Batcher` serving the running event loop (created on first use)."""
         loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            assert self._last is not None
+            return self._last
         batcher = self._batchers.get(loop)
         if batcher is None:
-            batcher = Batcher(self._fn, self._options.spec, **self._options.kwargs(self._fn))
+            batcher = Batcher(self._handler("async"), self._options.spec, **self._batcher_kwargs())
             self._batchers[loop] = batcher
+        self._loop, self._last = loop, batcher
         return batcher
 
-    async def __call__(self, item: T) -> R:
-        """Submit one item and wait for its own result (or raise its own error)."""
+    @overload
+    def __call__(self, item: T, /) -> Coroutine[Any, Any, R]: ...
+    @overload
+    def __call__(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        """Submit one item (or one value per parameter) and wait for its own result."""
+        if kwargs or len(args) != 1 or self._params is not None or not self._known:
+            item = self._item(args, kwargs)
+        else:
+            item = args[0]
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a coroutine made before the loop runs: asyncio.run(f(x))
+            return self._submit_later(item)
+        batcher = self._last if loop is self._loop else self.batcher()
+        assert batcher is not None
+        return batcher.submit(item)
+
+    async def _submit_later(self, item: Any) -> R:
         return await self.batcher().submit(item)
 
-    async def batch(self, items: list[T]) -> Sequence[R | BaseException] | None:
+    async def batch(self, items: list[T], *more: Any, **kwargs: Any) -> Any:
         """Call the undecorated list function directly, bypassing the batcher."""
-        result: Sequence[R | BaseException] | None = await self._fn(items)
-        return result
+        prefix = () if self._instance is None else (self._instance,)
+        return await self._fn(*prefix, items, *more, **kwargs)
 
     async def close(self) -> None:
         """Drain and close the batcher of the running event loop."""
-        batcher = self._batchers.pop(asyncio.get_running_loop(), None)
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.pop(loop, None)
+        if loop is self._loop:
+            self._loop = self._last = None
         if batcher is not None:
             await batcher.close()
+
+    def _bound_form(self, obj: Any) -> AsyncBatched[Any, Any]:
+        return AsyncBatched(self._fn, self._options, obj)
 
     @overload
     def __get__(self, obj: None, owner: type | None = None) -> AsyncBatched[T, R]: ...
@@ -143,42 +380,112 @@ class AsyncBatched(_PerInstance, Generic[T, R]):
     def __get__(self, obj: object | None, owner: type | None = None) -> AsyncBatched[Any, Any]:
         if obj is None:
             return self
-        return self._bind_to(  # type: ignore[no-any-return]
-            obj, lambda fn: AsyncBatched(fn, self._options)
+        return self._bind(obj)  # type: ignore[no-any-return]
+
+
+class StreamBatched(_Batched, Generic[T, R]):
+    """An ``async def`` list function with ``yield`` (a streaming batch) called one item
+    at a time: each call returns an async iterator of that item's outputs.
+
+    ::
+
+        @freight.batched(size=16, timeout=0.005)
+        async def generate(prompts: list[str]):
+            for step in range(20):
+                yield [f"{p}:{step}" for p in prompts]   # one entry per prompt
+
+        async for token in generate("hello"):
+            ...
+
+    See :meth:`Batcher.stream` for the step contract (values, ``Exception`` instances,
+    :data:`freight.END`) and what happens when a caller stops reading.
+    """
+
+    def __init__(self, fn: Callable[..., Any], options: _Options, instance: Any = None) -> None:
+        self._setup(fn, options, instance)
+        self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Batcher[T, R]] = (
+            weakref.WeakKeyDictionary()
         )
 
+    def batcher(self) -> Batcher[T, R]:
+        """The streaming :class:`Batcher` of the running event loop (created on first use)."""
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(loop)
+        if batcher is None:
+            batcher = Batcher(self._handler("stream"), self._options.spec, **self._batcher_kwargs())
+            self._batchers[loop] = batcher
+        return batcher
 
-class SyncBatched(_PerInstance, Generic[T, R]):
+    @overload
+    def __call__(self, item: T, /) -> BatchStream[R]: ...
+    @overload
+    def __call__(self, *args: Any, **kwargs: Any) -> BatchStream[Any]: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> BatchStream[Any]:
+        """Queue one item (now: call it inside the running loop); iterate its outputs."""
+        return self.batcher().stream(self._item(args, kwargs))
+
+    def batch(self, items: list[T], *more: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """Call the undecorated generator directly (its steps, one list each)."""
+        prefix = () if self._instance is None else (self._instance,)
+        result: AsyncIterator[Any] = self._fn(*prefix, items, *more, **kwargs)
+        return result
+
+    async def close(self) -> None:
+        """Drain (every stream finishes) and close the batcher of the running event loop."""
+        batcher = self._batchers.pop(asyncio.get_running_loop(), None)
+        if batcher is not None:
+            await batcher.close()
+
+    def _bound_form(self, obj: Any) -> StreamBatched[Any, Any]:
+        return StreamBatched(self._fn, self._options, obj)
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> StreamBatched[T, R]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> StreamBatched[Any, Any]: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> StreamBatched[Any, Any]:
+        if obj is None:
+            return self
+        return self._bind(obj)  # type: ignore[no-any-return]
+
+
+class SyncBatched(_Batched, Generic[T, R]):
     """A plain list function called one item at a time, from threads (see :func:`batched`)."""
 
-    def __init__(self, fn: Callable[..., Any], options: _Options) -> None:
-        self._fn = fn
-        self._options = options
+    def __init__(self, fn: Callable[..., Any], options: _Options, instance: Any = None) -> None:
+        self._setup(fn, options, instance)
         self._batcher: ThreadBatcher[T, R] | None = None
         self._lock = threading.Lock()
-        functools.update_wrapper(self, fn)
 
     def batcher(self) -> ThreadBatcher[T, R]:
         """The :class:`ThreadBatcher` behind this function (created on first use)."""
         with self._lock:
             if self._batcher is None or self._batcher.closed:
                 self._batcher = ThreadBatcher(
-                    self._fn, self._options.spec, **self._options.kwargs(self._fn)
+                    self._handler("sync"), self._options.spec, **self._batcher_kwargs()
                 )
             return self._batcher
 
-    def __call__(self, item: T) -> R:
+    @overload
+    def __call__(self, item: T, /) -> R: ...
+    @overload
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Submit one item and block until its own result (or raise its own error)."""
-        return self.batcher().call(item)
+        return self.batcher().call(self._item(args, kwargs))
 
-    def submit(self, item: T) -> Future[R]:
+    @overload
+    def submit(self, item: T, /) -> Future[R]: ...
+    @overload
+    def submit(self, *args: Any, **kwargs: Any) -> Future[Any]: ...
+    def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
         """Submit one item; return the future of its outcome."""
-        return self.batcher().submit(item)
+        return self.batcher().submit(self._item(args, kwargs))
 
-    def batch(self, items: list[T]) -> Sequence[R | BaseException] | None:
+    def batch(self, items: list[T], *more: Any, **kwargs: Any) -> Any:
         """Call the undecorated list function directly, bypassing the batcher."""
-        result: Sequence[R | BaseException] | None = self._fn(items)
-        return result
+        prefix = () if self._instance is None else (self._instance,)
+        return self._fn(*prefix, items, *more, **kwargs)
 
     def close(self) -> None:
         """Drain and close the batcher (a later call starts a new one)."""
@@ -187,6 +494,9 @@ class SyncBatched(_PerInstance, Generic[T, R]):
         if batcher is not None:
             batcher.close()
 
+    def _bound_form(self, obj: Any) -> SyncBatched[Any, Any]:
+        return SyncBatched(self._fn, self._options, obj)
+
     @overload
     def __get__(self, obj: None, owner: type | None = None) -> SyncBatched[T, R]: ...
     @overload
@@ -194,9 +504,7 @@ class SyncBatched(_PerInstance, Generic[T, R]):
     def __get__(self, obj: object | None, owner: type | None = None) -> SyncBatched[Any, Any]:
         if obj is None:
             return self
-        return self._bind_to(  # type: ignore[no-any-return]
-            obj, lambda fn: SyncBatched(fn, self._options)
-        )
+        return self._bind(obj)  # type: ignore[no-any-return]
 
 
 class AsyncBatchedMethod(AsyncBatched[T, R], Generic[S, T, R]):
@@ -208,6 +516,17 @@ class AsyncBatchedMethod(AsyncBatched[T, R], Generic[S, T, R]):
     def __get__(self, obj: S, owner: type | None = None) -> AsyncBatched[T, R]: ...
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         return AsyncBatched.__get__(self, obj, owner)
+
+
+class StreamBatchedMethod(StreamBatched[T, R], Generic[S, T, R]):
+    """Typing view of :class:`StreamBatched` on a method: access binds it per instance."""
+
+    @overload  # type: ignore[override]
+    def __get__(self, obj: None, owner: type | None = None) -> StreamBatchedMethod[S, T, R]: ...
+    @overload
+    def __get__(self, obj: S, owner: type | None = None) -> StreamBatched[T, R]: ...
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return StreamBatched.__get__(self, obj, owner)
 
 
 class SyncBatchedMethod(SyncBatched[T, R], Generic[S, T, R]):
@@ -228,6 +547,12 @@ class BatchedDecorator:
         self._options = options
 
     @overload
+    def __call__(self, fn: StreamListFn[T, R]) -> StreamBatched[T, R]: ...
+    @overload
+    def __call__(
+        self, fn: Callable[[S, list[T]], AsyncIterator[Sequence[R | BaseException | _End] | None]]
+    ) -> StreamBatchedMethod[S, T, R]: ...
+    @overload
     def __call__(self, fn: AsyncListFn[T, R]) -> AsyncBatched[T, R]: ...
     @overload
     def __call__(
@@ -242,22 +567,56 @@ class BatchedDecorator:
     def __call__(self, fn: Callable[..., Any]) -> Any:
         if not callable(fn):
             raise ConfigError(f"@batched decorates a function over a list, got {fn!r}")
+        if is_stream_callable(fn):
+            return StreamBatchedMethod(fn, self._options)
         if is_async_callable(fn):
             return AsyncBatchedMethod(fn, self._options)
+        if inspect.isgeneratorfunction(fn):
+            raise ConfigError(
+                f"@batched {getattr(fn, '__qualname__', fn)!r} is a generator function: "
+                "streaming batches are `async def` functions that `yield` their steps"
+            )
         return SyncBatchedMethod(fn, self._options)
 
 
 _UNSET: Any = object()
 
 
+@overload
+def batched(size: StreamListFn[T, R], /) -> StreamBatched[T, R]: ...
+@overload
 def batched(
-    size: int,
+    size: Callable[[S, list[T]], AsyncIterator[Sequence[R | BaseException | _End] | None]], /
+) -> StreamBatchedMethod[S, T, R]: ...
+@overload
+def batched(size: AsyncListFn[T, R], /) -> AsyncBatched[T, R]: ...
+@overload
+def batched(
+    size: Callable[[S, list[T]], Awaitable[Sequence[R | BaseException] | None]], /
+) -> AsyncBatchedMethod[S, T, R]: ...
+@overload
+def batched(size: SyncListFn[T, R], /) -> SyncBatched[T, R]: ...
+@overload
+def batched(
+    size: Callable[[S, list[T]], Sequence[R | BaseException] | None], /
+) -> SyncBatchedMethod[S, T, R]: ...
+@overload
+def batched(
+    size: int = DEFAULT_SIZE,
+    timeout: float | timedelta | None = ...,
+    *,
+    max_bytes: int | None = None,
+    sizer: Callable[[Any], int] | None = None,
+    **options: Unpack[BatcherKwargs[Any]],
+) -> BatchedDecorator: ...
+def batched(
+    size: Any = DEFAULT_SIZE,
     timeout: float | timedelta | None = _UNSET,
     *,
     max_bytes: int | None = None,
     sizer: Callable[[Any], int] | None = None,
     **options: Unpack[BatcherKwargs[Any]],
-) -> BatchedDecorator:
+) -> Any:
     """Turn ``f(items: list[T]) -> list[R]`` into ``f(item: T) -> R``, batched.
 
     Callers call the decorated function with ONE item and get that item's result;
@@ -266,11 +625,21 @@ def batched(
     ``Exception`` at position *i* fails item *i* alone). The list form stays
     reachable as ``f.batch(items)``.
 
-    ``timeout`` defaults to 0.01 s (not ``None`` as in :class:`BatchSpec`): each
-    caller waits for its result, so a lone caller must not wait forever for
-    company. Pass ``timeout=None`` to flush on size only. The other keyword
-    arguments are the batcher options (:class:`~freight.Batcher`), checked here.
+    ``@batched`` without arguments (or ``@batched()``) uses ``size=10`` and
+    ``timeout=0.01``, Ray Serve's ``@serve.batch`` defaults. ``timeout`` defaults to
+    0.01 s (not ``None`` as in :class:`BatchSpec`): each caller waits for its result,
+    so a lone caller must not wait forever for company. Pass ``timeout=None`` to flush
+    on size only. The other keyword arguments are the batcher options
+    (:class:`~freight.Batcher`), checked here.
+
+    A function of several lists (``f(texts, langs)``) is called with one value per
+    parameter, by position or by name; the handler gets one list per parameter, and
+    calls naming different parameters are batched apart. ``key``, ``where`` and
+    ``sizer`` then see a call as a ``dict`` of its arguments. An ``async def`` with
+    ``yield`` streams: see :class:`StreamBatched`.
     """
+    if callable(size) and not isinstance(size, int):
+        return batched()(size)
     spec = BatchSpec(
         size,
         DEFAULT_TIMEOUT if timeout is _UNSET else timeout,

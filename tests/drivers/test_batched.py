@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import gc
+import pickle
 import threading
-from typing import assert_type
+import weakref
+from typing import Any, assert_type
 
 import pytest
 
@@ -131,3 +135,180 @@ async def test_each_event_loop_gets_its_own_batcher() -> None:
     t.start()
     t.join()
     assert result[0] is not first
+
+
+# -- defaults, several arguments, instances kept alive (issue 13, items 4 and 5) --------
+
+
+@freight.batched
+async def lower(words: list[str]) -> list[str]:
+    return [w.lower() for w in words]
+
+
+async def test_bare_decorator_takes_rays_defaults_size_10_timeout_10_ms() -> None:
+    batcher = lower.batcher()
+    assert (batcher.spec.size, batcher.spec.timeout) == (10, 0.01)
+    assert await lower("HI") == "hi"
+    assert await asyncio.gather(*(lower(w) for w in "ABCDEFGHIJ")) == list("abcdefghij")
+    assert batcher.stats().flushes["size"] == 1
+    empty_parens = freight.batched()(shout.__wrapped__)  # type: ignore[attr-defined]
+    assert empty_parens.batcher().spec == freight.BatchSpec(size=10, timeout=0.01)
+
+
+def test_bare_decorator_on_a_plain_function_and_a_method() -> None:
+    @freight.batched
+    def double(numbers: list[int]) -> list[int]:
+        return [2 * n for n in numbers]
+
+    class Doubler:
+        @freight.batched
+        def double(self, numbers: list[int]) -> list[int]:
+            return [2 * n for n in numbers]
+
+    assert double(4) == 8
+    assert Doubler().double(5) == 10
+    assert double.batcher().spec.size == 10
+    double.close()
+
+
+async def test_a_method_on_a_temporary_instance_keeps_it_alive_until_its_result() -> None:
+    class Model:
+        @freight.batched(size=2, timeout=0.001)
+        async def predict(self, xs: list[int]) -> list[int]:
+            await asyncio.sleep(0)
+            gc.collect()  # the instance has no other reference while its batch runs
+            return [x + 1 for x in xs]
+
+    assert await Model().predict(1) == 2
+    assert list(await asyncio.gather(Model().predict(1), Model().predict(2))) == [2, 3]
+
+
+def test_a_sync_method_on_a_temporary_instance_keeps_it_alive() -> None:
+    class Model:
+        @freight.batched(size=1)
+        def predict(self, xs: list[int]) -> list[int]:
+            gc.collect()
+            return [x * 3 for x in xs]
+
+    assert Model().predict(2) == 6
+
+
+async def test_an_instance_is_collected_once_its_calls_are_done() -> None:
+    class Model:
+        @freight.batched(size=1)
+        async def predict(self, xs: list[int]) -> list[int]:
+            return xs
+
+    model = Model()
+    assert await model.predict(1) == 1
+    await model.predict.close()
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None
+
+
+async def test_a_copy_or_a_pickle_of_an_instance_binds_its_own_batcher() -> None:
+    model = Pickled(3)
+    assert await model.scale(2) == 6
+    twin = copy.copy(model)
+    twin.factor = 5
+    assert await twin.scale(2) == 10
+    assert twin.scale is not model.scale
+    revived = pickle.loads(pickle.dumps(model))
+    assert await revived.scale(2) == 6
+
+
+class Pickled:
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    @freight.batched(size=1)
+    async def scale(self, xs: list[int]) -> list[int]:
+        return [x * self.factor for x in xs]
+
+
+async def test_an_instance_with_slots_gets_one_batcher_too() -> None:
+    class Slotted:
+        __slots__ = ("__weakref__", "n")
+
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        @freight.batched(size=2, timeout=0.001)
+        async def add(self, xs: list[int]) -> list[int]:
+            return [x + self.n for x in xs]
+
+    s = Slotted(10)
+    assert list(await asyncio.gather(s.add(1), s.add(2))) == [11, 12]
+    assert s.add is s.add
+
+
+def test_a_coroutine_made_before_the_loop_runs_is_submitted_when_awaited() -> None:
+    coroutine = lower("LATE")  # no event loop runs yet: asyncio.run(f(x)) must work
+    assert asyncio.run(coroutine) == "late"
+
+
+async def test_several_arguments_each_get_a_list_and_calls_naming_others_batch_apart() -> None:
+    calls: list[tuple[list[str], Any]] = []
+
+    @freight.batched(size=2, timeout=0.001)
+    async def greet(names: list[str], greetings: Any = "hello") -> list[str]:
+        calls.append((list(names), greetings))
+        if isinstance(greetings, str):
+            return [f"{greetings} {n}" for n in names]
+        return [f"{g} {n}" for n, g in zip(names, greetings, strict=True)]
+
+    got = await asyncio.gather(
+        greet("ann"), greet("bob", "hi"), greet("cy"), greet(greetings="yo", names="dee")
+    )
+    assert list(got) == ["hello ann", "hi bob", "hello cy", "yo dee"]
+    assert sorted(calls, key=str) == sorted(
+        [(["ann", "cy"], "hello"), (["bob", "dee"], ["hi", "yo"])], key=str
+    )
+    with pytest.raises(TypeError, match="argument"):
+        await greet("a", "b", "c")
+    with pytest.raises(TypeError, match="names"):
+        await greet(greetings="x")
+
+
+def test_several_arguments_from_threads_with_a_positional_only_parameter() -> None:
+    @freight.batched(size=4, timeout=0.001)
+    def join(left: list[str], /, right: list[str]) -> list[str]:
+        return [a + b for a, b in zip(left, right, strict=True)]
+
+    assert join("a", "b") == "ab"
+    assert join("c", right="d") == "cd"
+    assert join.submit("e", "f").result(timeout=5) == "ef"
+    join.close()
+
+
+async def test_key_and_where_see_a_call_as_a_dict_of_its_arguments() -> None:
+    seen: list[list[str]] = []
+
+    @freight.batched(
+        size=2,
+        timeout=0.001,
+        key=lambda call: call["lang"],
+        where=lambda call: call["text"] != "",
+    )
+    async def translate(text: list[str], lang: list[str]) -> list[str]:
+        seen.append(list(text))
+        return [f"{t}:{lang[0]}" for t in text]
+
+    got = await asyncio.gather(
+        translate("a", "fr"), translate("b", "de"), translate("c", "fr"), translate("d", "de")
+    )
+    assert list(got) == ["a:fr", "b:de", "c:fr", "d:de"]
+    assert sorted(seen) == [["a", "c"], ["b", "d"]]
+    with pytest.raises(freight.Skipped):
+        await translate("", "fr")
+
+
+def test_var_arguments_are_refused_with_the_rule() -> None:
+    @freight.batched(size=2)
+    async def loose(*items: Any) -> list[Any]:
+        return list(items)
+
+    with pytest.raises(ConfigError, match="names its parameters"):
+        loose(1)

@@ -3,14 +3,19 @@
 It owns the event loop's timers and tasks and decides nothing itself: the
 :class:`~freight.BatchBuffer` says when a batch is due, the dispatch queue says
 when it may start, and the batch plan says how it runs (retries, isolation).
+
+A streaming batcher (its handler an async generator: one step per ``yield``) takes
+items with :meth:`Batcher.stream`, which returns the caller's outputs as an async
+iterator; the runner (:mod:`freight._drivers._runner`) drives the steps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar, Unpack
 
@@ -21,18 +26,38 @@ from freight._core._spec import BatchSpec
 from freight._drivers._clocks import LoopClock
 from freight._drivers._engine import EngineBase
 from freight._drivers._options import BatcherKwargs, options_from
-from freight._drivers._runner import EXITS, call_handler, handler_raised, run_async, stopped_by
-from freight._errors import BatcherClosed
+from freight._drivers._runner import (
+    EXITS,
+    Started,
+    StreamCaller,
+    _End,
+    call_handler,
+    drive_streams,
+    handler_raised,
+    run_async,
+    start_streams,
+    stopped_by,
+)
+from freight._errors import BatcherClosed, ConfigError
 
-__all__ = ["AsyncHandler", "Batcher", "SyncHandler"]
+__all__ = [
+    "AsyncHandler",
+    "BatchStream",
+    "Batcher",
+    "StreamHandler",
+    "SyncHandler",
+    "is_stream_callable",
+]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 AsyncHandler = Callable[[list[T]], Awaitable[Sequence[R | BaseException] | None]]
 SyncHandler = Callable[[list[T]], Sequence[R | BaseException] | None]
+StreamHandler = Callable[[list[T]], AsyncIterator[Sequence[R | BaseException | _End] | None]]
 
 _is_done = asyncio.Future.done
+_log = logging.getLogger("freight")
 
 
 def _unbound_clock() -> float:
@@ -47,6 +72,15 @@ def is_async_callable(fn: object) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+def is_stream_callable(fn: object) -> bool:
+    """True for async generator functions (``async def`` with ``yield``), partials of them
+    and objects whose ``__call__`` is one: the handlers of streaming batches."""
+    if inspect.isasyncgenfunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004  (we want the method, not callable())
+    return call is not None and inspect.isasyncgenfunction(call)
+
+
 class Batcher(EngineBase[T, R], Generic[T, R]):
     """Group single items from many asyncio callers into batches; each caller gets its own outcome.
 
@@ -57,13 +91,17 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
         async with Batcher(embed, BatchSpec(size=64, timeout=0.01)) as batcher:
             vector = await batcher.submit("hello")
 
+    A handler that is an async generator makes a *streaming* batcher: callers use
+    :meth:`stream` instead of :meth:`submit` and read their outputs one step at a time.
+
     Args:
         handler: ``list[T] -> list[R]`` (``async def`` or plain ``def``, which runs in
             a worker thread). Element *i* of the result is item *i*'s result, or an
             ``Exception`` instance that fails item *i* alone; raising fails the batch;
             returning ``None`` gives every item the result ``None``. A ``BaseException``
             other than ``KeyboardInterrupt``, ``SystemExit`` and cancellation fails the
-            batch as a :class:`~freight.HandlerContractError` naming it.
+            batch as a :class:`~freight.HandlerContractError` naming it. Or an async
+            generator over the list, each ``yield`` one step (see :meth:`stream`).
         spec: when a batch is due (:class:`BatchSpec`).
         key: ``item -> hashable``; each key is batched separately with its own timer.
         where: ``item -> bool``; rejected items raise :class:`~freight.Skipped`.
@@ -83,7 +121,7 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
 
     def __init__(
         self,
-        handler: AsyncHandler[T, R] | SyncHandler[T, R],
+        handler: AsyncHandler[T, R] | SyncHandler[T, R] | StreamHandler[T, R],
         spec: BatchSpec,
         **options: Unpack[BatcherKwargs[T]],
     ) -> None:
@@ -91,6 +129,7 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
         self._clock: Clock | None = self.options.clock
         self._now: Callable[[], float] = _unbound_clock
         self._is_async = is_async_callable(handler)
+        self._is_stream = is_stream_callable(handler)
         self._timeout = self._buffer.timeout  # spec.timeout, or the tuner's wait
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: TimerHandle | None = None
@@ -122,8 +161,8 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
             Skipped: the ``where=`` predicate rejected the item.
             BatcherClosed: the batcher is closed.
         """
-        if self._closed:
-            raise BatcherClosed(f"batcher {self.name!r} is closed; it accepts no new items")
+        if self._closed or self._is_stream:
+            self._refuse()
         if self._pending >= self.max_pending:
             raise self._queue_full()
         if self._where is not None and not self._where(item):
@@ -132,15 +171,48 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
         # loop awaited from another loop fails in asyncio itself ("different loop").
         loop = self._loop or self._bind()
         future: asyncio.Future[R] = loop.create_future()
-        flushes = self._buffer.put(item, self._now(), future)
-        self._pending += 1
-        if self._pending >= self.max_pending:
-            flushes = [*flushes, *self._full_flushes()]
-        if flushes:
-            self._start(flushes)
-        elif self._timer is None and self._timeout is not None:
-            self._arm()
+        self._accept(item, future)
         return future
+
+    def stream(self, item: T) -> BatchStream[R]:
+        """Accept ``item`` in a streaming batch; return an async iterator of its outputs.
+
+        The item is queued now (call this inside the running event loop). The handler
+        is an async generator over the batch; each ``yield`` is one step: a list with
+        one entry per item, a value (this caller's next output), an ``Exception``
+        instance (ends this caller's stream with that error) or :data:`freight.END`
+        (ends it early). The others go on. When the handler returns, every stream
+        ends; when it raises, every stream still open ends with that error.
+
+        A caller that stops reading (``break``, ``aclose()``, cancelled while waiting,
+        its iterator dropped) leaves the batch: its item is removed from the handler's
+        list before the next step (the list shrinks between steps, never during one),
+        so no later step is computed for it. A caller the handler ended keeps its
+        place. A step may also have one entry per item of the original batch, as Ray's
+        ``@serve.batch`` handlers yield; those of callers that left are ignored.
+
+        The steps are taken back to back from the moment the batch starts, with one
+        turn of the event loop between two of them, in which the callers the last step
+        woke read their output (or leave). An output not read yet waits for its caller.
+
+        Raises:
+            ConfigError: the handler is not an async generator (use :meth:`submit`).
+            QueueFull: ``max_pending`` items are pending and ``overflow="reject"``
+                (with ``"block"`` the first read waits for room instead).
+            Skipped: the ``where=`` predicate rejected the item.
+            BatcherClosed: the batcher is closed.
+        """
+        if self._closed or not self._is_stream:
+            self._refuse(stream=True)
+        if self._where is not None and not self._where(item):
+            raise self._skip(item)
+        caller = StreamCaller(self._loop or self._bind())
+        queued = self._pending < self.max_pending
+        if queued:
+            self._accept(item, caller)
+        elif self.overflow == "reject":
+            raise self._queue_full()
+        return BatchStream(self, item, caller, queued)
 
     async def submit(self, item: T) -> R:
         """Submit ``item`` and wait for its own result (or raise its own error).
@@ -157,12 +229,40 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
         try:
             return await future
         except asyncio.CancelledError:
-            if self._buffer.discard(item, future):
-                self._tried.pop(future, None)
-                self._pending -= 1
-                self._stats.cancelled += 1
-                self._after_settle()
+            self._withdraw(item, future)
             raise
+
+    def _refuse(self, *, stream: bool = False) -> None:
+        if self._closed:
+            raise BatcherClosed(f"batcher {self.name!r} is closed; it accepts no new items")
+        if stream:
+            raise ConfigError(
+                f"batcher {self.name!r} has a handler that returns its results (not an async "
+                "generator): use submit(item), or make the handler an async generator to stream"
+            )
+        raise ConfigError(
+            f"batcher {self.name!r} streams (its handler is an async generator): use "
+            "stream(item) and iterate over its outputs, not submit(item)"
+        )
+
+    def _accept(self, item: T, ticket: asyncio.Future[Any]) -> None:
+        """Put ``item`` in the buffer; start what is due, or arm the timer."""
+        flushes = self._buffer.put(item, self._now(), ticket)
+        self._pending += 1
+        if self._pending >= self.max_pending:
+            flushes = [*flushes, *self._full_flushes()]
+        if flushes:
+            self._start(flushes)
+        elif self._timer is None and self._timeout is not None:
+            self._arm()
+
+    def _withdraw(self, item: T, ticket: asyncio.Future[Any]) -> None:
+        """Remove a still-buffered item whose caller gave up (nothing if it left the buffer)."""
+        if self._buffer.discard(item, ticket):
+            self._tried.pop(ticket, None)
+            self._pending -= 1
+            self._stats.cancelled += 1
+            self._after_settle()
 
     async def flush(self) -> None:
         """Hand every open batch to the handler now, and wait until those are handled.
@@ -265,7 +365,10 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
             if any(map(_is_done, futures)):
                 items, futures = self._drop_cancelled(items, futures)
             if items:
-                await self._execute(flush, items, futures)
+                if self._is_stream:
+                    await self._execute_stream(flush, items, futures)
+                else:
+                    await self._execute(flush, items, futures)
         except BaseException as exc:  # close(drain=False), KeyboardInterrupt/SystemExit, a bug
             if isinstance(exc, Exception):
                 error: BaseException = exc
@@ -275,6 +378,8 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
                 )
             else:
                 error = stopped_by(self.name, exc)
+            if self._retry_waiting:  # items sent back for another try are not this batch's
+                futures = [f for f in futures if f not in self._retry_waiting]
             self._fail(futures, error)
             if not isinstance(exc, asyncio.CancelledError | Exception):
                 raise
@@ -325,6 +430,55 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
         )
         if self._subscribers:
             self._publish(event)
+
+    async def _execute_stream(
+        self, flush: Flush[T], items: list[T], callers: list[StreamCaller]
+    ) -> None:
+        """Start a streaming batch through the plan, bind its callers, drive its steps."""
+        clock = self._clock
+        assert clock is not None
+        started = clock.now()
+        outcome, calls, runs = await start_streams(
+            items,
+            self._handler,
+            self._retry,
+            random=self._random,
+            sleep=clock.sleep,
+            now=clock.now,
+            rate_limit=self._limiter,
+            tried=self._tried_of(callers),
+        )
+        _, _, retry_items = self._sort_out(items, callers, outcome)
+        again = set(outcome.again)
+        for i, (caller, result) in enumerate(zip(callers, outcome.outcomes, strict=True)):
+            if type(result) is Started:
+                result.run.bind(result.index, caller, result.entry)
+            elif i not in again:  # its error, or END: the handler yielded nothing
+                caller.end(result if isinstance(result, BaseException) else None)
+        if retry_items:
+            self._schedule_retry(retry_items, outcome.again_after)
+        try:
+            await drive_streams(runs)
+        finally:
+            # The callers whose stream is over are settled here; a batch stopped by
+            # close(drain=False) or an exit fails the others in _run.
+            settled = [c for i, c in enumerate(callers) if i not in again and c.done()]
+            left = sum(c.cancelled() for c in settled)
+            failed = sum(not c.cancelled() and c.exception() is not None for c in settled)
+            self._pending -= len(settled)
+            self._stats.cancelled += left
+            event = self._record(
+                flush,
+                size=len(items),
+                wait=started - flush.opened_at,
+                duration=clock.now() - started,
+                succeeded=len(settled) - left - failed,
+                failed=failed,
+                retried=len(retry_items),
+                calls=calls,
+            )
+            if self._subscribers:
+                self._publish(event)
 
     async def _call(self, items: list[T]) -> Reply:
         if not self._is_async:
@@ -442,3 +596,90 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._after_settle()
+
+
+class BatchStream(AsyncIterator[R]):
+    """One caller's outputs in a streaming batch (what :meth:`Batcher.stream` returns).
+
+    Iterate with ``async for``; ``aclose()``, ``break`` (once the iterator is dropped)
+    or cancelling the task that waits in it leaves the batch without stopping the
+    others. An error that ends this stream is raised once; the next read stops.
+    """
+
+    __slots__ = ("_batcher", "_caller", "_finished", "_item", "_queued")
+
+    def __init__(self, batcher: Batcher[Any, R], item: Any, caller: StreamCaller, queued: bool):
+        self._batcher = batcher
+        self._item = item
+        self._caller = caller
+        self._queued = queued
+        self._finished = False
+
+    def __aiter__(self) -> BatchStream[R]:
+        return self
+
+    async def __anext__(self) -> R:
+        caller = self._caller
+        outputs = caller.outputs
+        if outputs:
+            return outputs.popleft()  # type: ignore[no-any-return]
+        if not self._queued:
+            await self._enter()
+        while not caller.done():
+            try:
+                await caller.wait()
+            except asyncio.CancelledError:
+                self._leave()
+                raise
+            if outputs:
+                return outputs.popleft()  # type: ignore[no-any-return]
+        if self._finished or caller.cancelled():
+            self._finished = True
+            raise StopAsyncIteration
+        self._finished = True
+        error = caller.exception()
+        if error is not None:
+            raise error
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop reading: leave the batch (a step already running still finishes)."""
+        self._leave()
+        self._finished = True
+
+    async def _enter(self) -> None:
+        """Queue the item once the batcher has room (it was full when stream() was called)."""
+        batcher = self._batcher
+        try:
+            while batcher.pending >= batcher.max_pending and not batcher.closed:
+                await batcher._wait_for_room()
+        except asyncio.CancelledError:
+            self._caller.leave()
+            raise
+        if batcher.closed:
+            self._caller.leave()
+            self._finished = True
+            raise BatcherClosed(f"batcher {batcher.name!r} is closed; it accepts no new items")
+        self._queued = True
+        batcher._accept(self._item, self._caller)
+
+    def _leave(self) -> None:
+        caller = self._caller
+        if caller.done():
+            if not caller.cancelled() and not self._finished:
+                caller.exception()  # its caller gave the error up: mark it retrieved
+            return
+        if self._queued:
+            self._batcher._withdraw(self._item, caller)
+        caller.leave()
+
+    def __del__(self) -> None:
+        caller = self._caller
+        if caller.done() and (self._finished or caller.cancelled()):
+            return
+        if caller.get_loop().is_closed():
+            return
+        try:
+            self._leave()
+        except Exception:  # pragma: no cover - never raise from a finalizer
+            _log.exception("freight: dropping a stream of batcher %r failed", self._batcher.name)

@@ -10,18 +10,24 @@ only performs what the plan asks, on the clock it is given:
 
 There is one sync runner (:func:`run_sync`, for threads, jobs and connectors) and one
 async runner (:func:`run_async`, for the asyncio :class:`~freight.Batcher` and Flow
-consumers). Every shape runs its batches through one of them, so the same
-:class:`~freight.Retry` means the same thing everywhere. What a shape does with the
-items that come back (:attr:`Outcome.again`) is the shape's: a batcher or a Flow
-consumer puts them back in its buffer; a job or a connector, which has no buffer,
-calls :func:`settle_sync` to try them again in follow-up calls.
+consumers). A streaming batch (an async generator handler, one step per ``yield``) starts
+through :func:`run_async` too (:func:`start_streams`: its first step is the plan's call),
+then its later steps are driven by :class:`StreamRun`. Every shape runs its batches
+through one of them, so the same :class:`~freight.Retry` means the same thing
+everywhere. What a shape does with the items that come back (:attr:`Outcome.again`) is
+the shape's: a batcher or a Flow consumer puts them back in its buffer; a job or a
+connector, which has no buffer, calls :func:`settle_sync` to try them again in
+follow-up calls.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+import logging
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
 from freight._core._plan import Call, Outcome, Reply, plan_batch
 from freight._core._retry import Retry
@@ -29,15 +35,24 @@ from freight._errors import BatcherClosed, HandlerContractError
 from freight._ratelimit import RateLimiter
 
 __all__ = [
+    "END",
     "EXITS",
+    "Started",
+    "StreamCaller",
+    "StreamRun",
     "call_handler",
     "call_sync",
+    "close_stream",
+    "drive_streams",
     "handler_raised",
     "run_async",
     "run_sync",
     "settle_sync",
+    "start_streams",
     "stopped_by",
 ]
+
+_log = logging.getLogger("freight")
 
 EXITS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
 """What a batcher lets a handler's ``BaseException`` through as: a request to stop."""
@@ -209,3 +224,304 @@ def settle_sync(
         pending = [pending[j] for j in outcome.again]
         tried = [attempts[i] for i in pending]
     return outcomes, attempts
+
+
+# -- streaming batches -------------------------------------------------------------
+#
+# A streaming handler is an async generator over the batch: each ``yield`` is one step,
+# a list with one entry per item (a value for that caller, an Exception instance that
+# ends that caller with it, or END). Its first step goes through the batch plan like any
+# handler call (rate limit, retries of a whole batch that fails before yielding, poison
+# isolation, per-item retries of a transient error in the first step): until then
+# nothing was delivered, so a stream is retried exactly as a batch is. Later steps are
+# driven here, back to back, with one turn of the event loop between two steps: the
+# callers an output woke read it first, and one that stops listening then (breaks, is
+# cancelled, drops its iterator) is out of the next step and every later one. Outputs
+# not read yet wait in their caller's queue, so a slow reader holds no one up.
+
+
+class _End:
+    """The type of :data:`END` (one instance, compared by identity)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "freight.END"
+
+    def __reduce__(self) -> str:
+        return "END"
+
+
+END: Final = _End()
+"""A streaming handler's entry that ends its caller's stream early (its iterator stops);
+the batch's other callers go on. Ray's stop tokens (``StopAsyncIteration`` and
+``StopIteration``, the classes or instances) mean the same."""
+
+
+_STOPS = (StopIteration, StopAsyncIteration)
+
+
+def _ends(entry: object) -> bool:
+    return (
+        entry is END
+        or entry is StopAsyncIteration
+        or entry is StopIteration
+        or isinstance(entry, _STOPS)
+    )
+
+
+class StreamCaller(asyncio.Future[None]):
+    """One caller of a streaming batch: its outputs not yet read, and how its stream ended.
+
+    The future itself is the caller's ticket in the batcher, so the batcher's usual
+    bookkeeping (cancelled callers dropped before a batch starts, callers failed by
+    ``close(drain=False)``) applies unchanged. It is done once the stream is over: result
+    ``None`` when it ended, an exception when it failed, cancelled when its caller left.
+    Setting it wakes the caller, as an output does.
+    """
+
+    __slots__ = ("outputs", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self.outputs: deque[Any] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def put(self, value: Any) -> None:
+        """Hand the caller its next output."""
+        self.outputs.append(value)
+        self._wake()
+
+    def end(self, error: BaseException | None = None) -> None:
+        """End the stream (with ``error``), unless it is over already."""
+        if not self.done():
+            if error is None:
+                self.set_result(None)
+            else:
+                self.set_exception(error)
+
+    def set_result(self, result: None, /) -> None:
+        super().set_result(result)
+        self._wake()
+
+    def set_exception(self, exception: type | BaseException, /) -> None:
+        super().set_exception(exception)
+        self._wake()
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future set when an output arrives or the stream ends."""
+        waiter: asyncio.Future[None] = self.get_loop().create_future()
+        self.waiter = waiter
+        return waiter
+
+    def leave(self) -> None:
+        """The caller stopped listening: drop it from every step that starts from now on."""
+        self.cancel()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+@dataclass(slots=True)
+class Started:
+    """A first-step outcome of a streaming batch (see :func:`start_streams`): the item at
+    ``index`` of ``run``'s batch got ``entry`` (a value or :data:`END`) in the first step."""
+
+    run: StreamRun
+    index: int
+    entry: Any
+
+
+class StreamRun:
+    """One call of a streaming handler and the callers it serves.
+
+    ``view`` is the list the handler was called with. Between steps (never during one)
+    the items of callers that left are removed from it, so the handler sees the
+    shrinking set; a caller the handler itself ended (with :data:`END` or an
+    ``Exception``) keeps its place, and its later entries are ignored. A step has one
+    entry per item of ``view`` as it is during that step, or, Ray's way, one per item
+    of the original batch (the entries of callers that left are then ignored).
+    """
+
+    __slots__ = ("callers", "gen", "present", "view")
+
+    def __init__(self, gen: AsyncGenerator[Any, None], view: list[Any]) -> None:
+        self.gen = gen
+        self.view = view
+        # By original position; None: not served by this run (ended at its first step,
+        # sent back for another try, or not bound yet).
+        self.callers: list[StreamCaller | None] = [None] * len(view)
+        self.present = list(range(len(view)))  # original positions still in the view
+
+    def bind(self, index: int, caller: StreamCaller, entry: Any) -> None:
+        """Make ``caller`` the caller of item ``index``; hand it its first-step ``entry``."""
+        if _ends(entry):
+            caller.end()
+        else:
+            self.callers[index] = caller
+            caller.put(entry)
+
+    def entries(self, value: Any) -> tuple[list[Any], Sequence[int]] | HandlerContractError:
+        """A step's entries and the original positions they go to, or the contract error."""
+        present = len(self.present)
+        if value is None:
+            return [None] * present, self.present
+        if isinstance(value, list | tuple):
+            if len(value) == present:
+                return list(value), self.present
+            if len(value) == len(self.callers):
+                return list(value), range(len(self.callers))
+            return HandlerContractError(
+                f"the streaming batch handler yielded {len(value)} entries for {present} "
+                "items; each step must be a list with one entry (a value, an Exception "
+                "instance or freight.END) per item of the batch it holds, or None"
+            )
+        return HandlerContractError(
+            f"the streaming batch handler yielded {type(value).__name__}; each step must "
+            f"be a list with one entry (a value, an Exception instance or freight.END) per "
+            f"item of the batch, {present} here, or None"
+        )
+
+    async def drive(self) -> None:
+        """Take steps until every caller ended or left, or the handler is done."""
+        try:
+            while True:
+                await asyncio.sleep(0)  # the callers the last step woke read, or leave
+                self._prune()
+                if not any(c is not None and not c.done() for c in self.callers):
+                    return
+                try:
+                    value = await self.gen.__anext__()
+                except StopAsyncIteration:
+                    self._end_all(None)
+                except Exception as exc:
+                    self._end_all(exc)
+                except EXITS:
+                    raise
+                except BaseException as exc:
+                    self._end_all(handler_raised(exc))
+                else:
+                    self._deliver(value)
+        finally:
+            await close_stream(self.gen)
+
+    def _prune(self) -> None:
+        callers, present, view = self.callers, self.present, self.view
+        for k in range(len(present) - 1, -1, -1):
+            caller = callers[present[k]]
+            if caller is not None and caller.cancelled():
+                del present[k]
+                del view[k]
+
+    def _deliver(self, value: Any) -> None:
+        found = self.entries(value)
+        if isinstance(found, HandlerContractError):
+            self._end_all(found)
+            return
+        callers = self.callers
+        for i, entry in zip(found[1], found[0], strict=True):
+            caller = callers[i]
+            if caller is None or caller.done():
+                continue
+            if _ends(entry):
+                caller.end()
+            elif isinstance(entry, BaseException):
+                caller.end(entry)
+            else:
+                caller.put(entry)
+
+    def _end_all(self, error: BaseException | None) -> None:
+        for caller in self.callers:
+            if caller is not None:
+                caller.end(error)
+
+
+async def close_stream(gen: AsyncGenerator[Any, None]) -> None:
+    """Close a streaming handler's generator; an error its cleanup raises is logged."""
+    try:
+        await gen.aclose()
+    except Exception:
+        _log.exception("freight: closing a streaming batch handler failed")
+
+
+async def start_streams(
+    items: list[Any],
+    handler: Callable[[list[Any]], AsyncGenerator[Any, None]],
+    retry: Retry | None,
+    *,
+    random: Callable[[], float],
+    sleep: Callable[[float], Awaitable[None]],
+    now: Callable[[], float] | None = None,
+    rate_limit: RateLimiter | None = None,
+    tried: Sequence[int] | None = None,
+) -> tuple[Outcome, int, list[StreamRun]]:
+    """Start a streaming batch: call ``handler`` and take its first step, through the plan.
+
+    Returns the plan's outcome, the calls made and the runs started. An item's outcome is
+    a :class:`Started` (its first-step entry and the run serving it: the driver binds its
+    caller with :meth:`StreamRun.bind`) or the item's error, which the plan may send back
+    for another try (:attr:`Outcome.again`), as for any batch. Drive the runs with
+    :func:`drive_streams` once their callers are bound.
+    """
+    runs: list[StreamRun] = []
+
+    async def call(batch: list[Any]) -> Reply:
+        view = list(batch)
+        try:
+            gen = handler(view)
+            value = await gen.__anext__()
+        except StopAsyncIteration:
+            return Reply(value=[END] * len(batch))
+        except Exception as exc:
+            return Reply(error=exc)
+        except EXITS:
+            raise
+        except BaseException as exc:
+            return Reply(error=handler_raised(exc))
+        run = StreamRun(gen, view)
+        found = run.entries(value)
+        if isinstance(found, HandlerContractError):
+            await close_stream(gen)
+            return Reply(error=found)
+        runs.append(run)
+        return Reply(
+            value=[
+                entry
+                if isinstance(entry, BaseException) and not _ends(entry)
+                else Started(run, i, entry)
+                for i, entry in enumerate(found[0])
+            ]
+        )
+
+    try:
+        outcome, calls = await run_async(
+            items,
+            call,
+            retry,
+            random=random,
+            sleep=sleep,
+            now=now,
+            rate_limit=rate_limit,
+            tried=tried,
+        )
+    except BaseException:
+        for run in runs:
+            await close_stream(run.gen)
+        raise
+    return outcome, calls, runs
+
+
+async def drive_streams(runs: list[StreamRun]) -> None:
+    """Drive started runs to their end, together; close the ones no caller is bound to."""
+    live = [run for run in runs if any(c is not None for c in run.callers)]
+    for run in runs:
+        if run not in live:
+            await close_stream(run.gen)
+    if len(live) == 1:
+        await live[0].drive()
+    elif live:
+        await asyncio.gather(*(run.drive() for run in live))

@@ -1,0 +1,527 @@
+"""Streaming batches: an async generator handler, one step per ``yield``, one stream per caller.
+
+The step contract, callers that leave (the handler sees the shrinking set), errors,
+END, several arguments, methods, the plan's retries before the first step, closing.
+Time is virtual (FakeClock) or absent (batches flush by size); nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+import freight
+from freight import (
+    END,
+    Batcher,
+    BatcherClosed,
+    BatchEvent,
+    BatchSpec,
+    ConfigError,
+    HandlerContractError,
+    QueueFull,
+    Retry,
+    Skipped,
+    TransientError,
+)
+from freight.testing import FakeClock
+
+
+async def collect(stream: AsyncIterator[Any]) -> list[Any]:
+    return [value async for value in stream]
+
+
+# -- the acceptance test -----------------------------------------------------------
+
+
+class Crowd:
+    """64 callers of one streaming batch: 0-9 break after 1-10 outputs, 10-14 are
+    cancelled (by the test) once they read 3-7, the others read to the end."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[int]] = []  # the ids the handler held at each step
+        self.got: dict[int, list[tuple[int, int]]] = {i: [] for i in range(64)}
+        self.left_at: dict[int, int] = {}  # caller -> steps started when it left
+        self.ready = {i: asyncio.Event() for i in range(10, 15)}
+
+    async def generate(self, ids: list[int]) -> AsyncIterator[list[tuple[int, int]]]:
+        for step in range(20):
+            self.steps.append(list(ids))
+            await asyncio.sleep(0)  # the model's work: other tasks run meanwhile
+            yield [(i, step) for i in ids]
+
+    async def caller(self, stream: AsyncIterator[tuple[int, int]], i: int) -> None:
+        try:
+            async for output in stream:
+                self.got[i].append(output)
+                if i < 10 and len(self.got[i]) == 1 + i:
+                    self.left_at[i] = len(self.steps)
+                    break
+                if i in self.ready and len(self.got[i]) == i - 7:
+                    self.ready[i].set()
+        except asyncio.CancelledError:
+            self.left_at[i] = len(self.steps)
+            raise
+
+
+async def test_64_callers_20_steps_10_break_5_cancelled_the_rest_get_all_20_in_order() -> None:
+    crowd = Crowd()
+    generate = freight.batched(size=64, timeout=None)(crowd.generate)
+    tasks = {i: asyncio.create_task(crowd.caller(generate(i), i)) for i in range(64)}
+    for i, event in crowd.ready.items():
+        await event.wait()
+        tasks[i].cancel()
+    done = await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    assert [i for i, r in zip(tasks, done, strict=True) if r is not None] == list(range(10, 15))
+    got, steps = crowd.got, crowd.steps
+    for i in range(15, 64):
+        assert got[i] == [(i, step) for step in range(20)]
+    for i in range(10):
+        assert got[i] == [(i, step) for step in range(1 + i)]
+        assert [s for s, ids in enumerate(steps) if i in ids] == list(range(1 + i))
+    for i in range(10, 15):
+        assert got[i] == [(i, step) for step in range(len(got[i]))]
+        assert len(got[i]) >= i - 7
+    assert len(crowd.left_at) == 15
+    for i, started in crowd.left_at.items():  # no step started after a caller left holds it
+        assert not [ids for ids in steps[started:] if i in ids]
+    assert len(steps) == 20
+    assert steps[-1] == list(range(15, 64))
+    await generate.close()
+    assert generate.batcher().pending == 0
+
+
+# -- the step contract -------------------------------------------------------------
+
+
+async def test_each_caller_reads_its_own_entry_of_every_step() -> None:
+    async def handler(items: list[str]) -> AsyncIterator[list[str]]:
+        for n in range(3):
+            yield [f"{item}{n}" for item in items]
+
+    async with Batcher(handler, BatchSpec(size=2)) as b:
+        a, c = b.stream("a"), b.stream("c")
+        assert await collect(a) == ["a0", "a1", "a2"]
+        assert await collect(c) == ["c0", "c1", "c2"]
+
+
+async def test_end_stops_one_caller_and_the_others_go_on() -> None:
+    async def handler(items: list[int]) -> AsyncIterator[list[Any]]:
+        yield list(items)
+        yield [END if item == 1 else item * 10 for item in items]
+        yield [item * 100 for item in items]  # caller 1's entry is ignored: it ended
+
+    async with Batcher(handler, BatchSpec(size=3)) as b:
+        streams = [b.stream(i) for i in range(3)]
+        results = [await collect(s) for s in streams]
+    assert results == [[0, 0, 0], [1], [2, 20, 200]]
+
+
+async def test_an_exception_entry_ends_that_caller_with_it_once() -> None:
+    async def handler(items: list[int]) -> AsyncIterator[list[Any]]:
+        yield [ValueError(f"bad {i}") if i == 0 else i for i in items]
+        yield list(items)
+
+    async with Batcher(handler, BatchSpec(size=2)) as b:
+        bad, good = b.stream(0), b.stream(1)
+        with pytest.raises(ValueError, match="bad 0"):
+            await bad.__anext__()
+        with pytest.raises(StopAsyncIteration):
+            await bad.__anext__()
+        assert await collect(good) == [1, 1]
+
+
+async def test_rays_stop_tokens_end_a_caller_too() -> None:
+    async def handler(items: list[int]) -> AsyncIterator[list[Any]]:
+        yield [StopAsyncIteration, StopIteration, StopIteration(), items[3]]
+        yield [items[3]] * 4
+
+    async with Batcher(handler, BatchSpec(size=4)) as b:
+        streams = [b.stream(i) for i in range(4)]
+        assert [await collect(s) for s in streams] == [[], [], [], [3, 3]]
+
+
+async def test_a_raising_handler_ends_every_open_stream_with_its_error() -> None:
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        yield list(items)
+        raise RuntimeError("model crashed")
+
+    async with Batcher(handler, BatchSpec(size=2)) as b:
+        for stream in [b.stream(1), b.stream(2)]:
+            assert await stream.__anext__() in (1, 2)
+            with pytest.raises(RuntimeError, match="model crashed"):
+                await stream.__anext__()
+            with pytest.raises(StopAsyncIteration):
+                await stream.__anext__()
+    assert b.stats().failed == 2
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [([1, 2, 3], "yielded 3 entries for 2 items"), (42, "yielded int")],
+)
+async def test_a_step_of_the_wrong_shape_fails_every_open_stream(step: Any, message: str) -> None:
+    closed = []
+
+    async def handler(items: list[int]) -> AsyncIterator[Any]:
+        try:
+            yield list(items)
+            yield step
+            yield list(items)
+        finally:
+            closed.append(True)
+
+    async with Batcher(handler, BatchSpec(size=2)) as b:
+        streams = [b.stream(1), b.stream(2)]
+        for stream in streams:
+            await stream.__anext__()
+            with pytest.raises(HandlerContractError, match=message):
+                await stream.__anext__()
+    assert closed == [True]
+
+
+async def test_a_handler_that_yields_nothing_ends_every_stream_empty() -> None:
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        nothing: list[list[int]] = []
+        for step in nothing:  # pragma: no cover - a generator that yields nothing
+            yield step
+
+    async with Batcher(handler, BatchSpec(size=2)) as b:
+        streams = [b.stream(1), b.stream(2)]
+        assert [await collect(s) for s in streams] == [[], []]
+
+
+async def test_a_step_of_none_gives_every_caller_none() -> None:
+    async def handler(items: list[int]) -> AsyncIterator[None]:
+        yield None
+
+    b: Batcher[int, None]
+    async with Batcher(handler, BatchSpec(size=1)) as b:
+        assert await collect(b.stream(1)) == [None]
+
+
+# -- callers that leave ----------------------------------------------------------------
+
+
+async def test_a_caller_that_breaks_is_out_of_the_next_steps() -> None:
+    seen: list[list[int]] = []
+
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        for _ in range(4):
+            seen.append(list(items))
+            yield list(items)
+
+    async def read(b: Batcher[int, int], item: int, keep: int) -> list[int]:
+        out = []
+        async for value in b.stream(item):
+            out.append(value)
+            if len(out) == keep:
+                break
+        return out
+
+    async with Batcher(handler, BatchSpec(size=3)) as b:
+        got = await asyncio.gather(read(b, 0, 4), read(b, 1, 1), read(b, 2, 2))
+    assert list(got) == [[0] * 4, [1], [2] * 2]
+    assert seen == [[0, 1, 2], [0, 2], [0], [0]]
+
+
+async def test_aclose_leaves_and_a_step_may_have_one_entry_per_original_item() -> None:
+    seen: list[int] = []
+
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        size = len(items)  # Ray's handlers keep the original positions
+        for n in range(3):
+            seen.append(len(items))
+            yield [n] * size
+
+    async with Batcher(handler, BatchSpec(size=2)) as b:
+        first, second = b.stream(1), b.stream(2)
+        assert await first.__anext__() == 0
+        await first.aclose()
+        with pytest.raises(StopAsyncIteration):
+            await first.__anext__()
+        assert await collect(second) == [0, 1, 2]
+    assert seen == [2, 1, 1]
+
+
+async def test_when_every_caller_left_the_handler_is_closed() -> None:
+    steps = 0
+    closed = asyncio.Event()
+
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        nonlocal steps
+        try:
+            while True:
+                steps += 1
+                yield list(items)
+        finally:
+            closed.set()
+
+    async with Batcher(handler, BatchSpec(size=2)) as b:
+        streams = [b.stream(1), b.stream(2)]
+        for stream in streams:
+            assert await stream.__anext__() in (1, 2)
+        del stream, streams  # dropped without reading on: both leave
+        gc.collect()
+        await asyncio.wait_for(closed.wait(), 1)
+        assert b.pending == 0
+    assert steps == 1
+    assert b.stats().cancelled == 2
+
+
+async def test_a_caller_cancelled_before_its_batch_starts_is_never_handled() -> None:
+    clock = FakeClock()
+    seen: list[list[int]] = []
+
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        seen.append(list(items))
+        yield list(items)
+
+    async with Batcher(handler, BatchSpec(size=3, timeout=1), clock=clock) as b:
+        gone = asyncio.create_task(b.stream(0).__anext__())
+        kept = b.stream(1)
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.sleep(0)
+        assert b.pending == 1  # withdrawn from the open batch at once
+        await clock.advance(1)
+        assert await collect(kept) == [1]
+    assert seen == [[1]]
+
+
+async def test_a_slow_reader_gets_every_output_the_fast_one_asked_for() -> None:
+    async def handler(items: list[str]) -> AsyncIterator[list[str]]:
+        for n in range(3):
+            yield [f"{item}{n}" for item in items]
+
+    async with Batcher(handler, BatchSpec(size=2)) as b:
+        fast, slow = b.stream("f"), b.stream("s")
+        assert await collect(fast) == ["f0", "f1", "f2"]
+        assert await collect(slow) == ["s0", "s1", "s2"]
+
+
+async def test_unread_outputs_wait_and_the_handler_goes_on() -> None:
+    taken = 0
+
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        nonlocal taken
+        for n in range(5):
+            taken += 1
+            yield [item + n for item in items]
+
+    async with Batcher(handler, BatchSpec(size=1)) as b:
+        stream = b.stream(10)
+        await b.flush()  # the batch is handled to its end, nobody reading yet
+        assert taken == 5
+        assert await collect(stream) == [10, 11, 12, 13, 14]
+
+
+# -- the plan: retries before the first step, stats, closing -----------------------------
+
+
+async def test_a_transient_failure_before_the_first_step_is_retried_as_a_batch() -> None:
+    clock = FakeClock()
+    calls = 0
+
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TransientError("warming up")
+        yield list(items)
+
+    async with Batcher(
+        handler, BatchSpec(size=2), clock=clock, retry=Retry(attempts=2, backoff=1, jitter=0)
+    ) as b:
+        streams = [b.stream(1), b.stream(2)]
+        await clock.advance(1)
+        assert [await collect(s) for s in streams] == [[1], [2]]
+    assert calls == 2
+
+
+async def test_a_transient_error_entry_in_the_first_step_comes_back_in_a_later_batch() -> None:
+    clock = FakeClock()
+    batches: list[list[int]] = []
+
+    async def handler(items: list[int]) -> AsyncIterator[list[Any]]:
+        batches.append(list(items))
+        yield [TransientError("busy") if i == 1 and len(batches) == 1 else i for i in items]
+        yield list(items)
+
+    async with Batcher(
+        handler, BatchSpec(size=2, timeout=5), clock=clock, retry=Retry(attempts=2, backoff=1)
+    ) as b:
+        first, second = b.stream(0), b.stream(1)
+        assert await collect(first) == [0, 0]
+        await clock.advance(10)
+        assert await collect(second) == [1, 1]
+    assert batches == [[0, 1], [1]]
+
+
+async def test_rate_limit_paces_streaming_batches() -> None:
+    clock = FakeClock()
+
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        yield list(items)
+
+    async with Batcher(handler, BatchSpec(size=1), clock=clock, rate_limit=1.0) as b:
+        first, second = b.stream(1), b.stream(2)
+        assert await collect(first) == [1]
+        task = asyncio.create_task(collect(second))
+        await clock.advance(0.5)
+        assert not task.done()
+        await clock.advance(0.5)
+        assert await task == [2]
+
+
+async def test_a_batch_event_counts_streams_by_how_they_ended() -> None:
+    events: list[BatchEvent] = []
+
+    async def handler(items: list[int]) -> AsyncIterator[list[Any]]:
+        yield [ValueError("no") if i == 0 else END if i == 1 else i for i in items]
+        yield list(items)
+
+    async with Batcher(handler, BatchSpec(size=4), subscribers=[events.append]) as b:
+        streams = [b.stream(i) for i in range(4)]
+        with pytest.raises(ValueError, match="no"):
+            await streams[0].__anext__()
+        assert await collect(streams[1]) == []
+        assert await streams[2].__anext__() == 2
+        await streams[2].aclose()
+        assert await collect(streams[3]) == [3, 3]
+    (event,) = events
+    assert (event.size, event.succeeded, event.failed) == (4, 2, 1)
+    assert b.stats().cancelled == 1
+    assert b.pending == 0
+
+
+async def test_close_drains_open_streams() -> None:
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        for _ in range(3):
+            yield list(items)
+
+    b = Batcher(handler, BatchSpec(size=5, timeout=10))
+    stream = b.stream(4)
+    reader = asyncio.create_task(collect(stream))
+    await b.close()
+    assert await reader == [4, 4, 4]
+    assert b.stats().flushes == {"close": 1}
+
+
+async def test_close_without_draining_fails_open_streams_with_batcher_closed() -> None:
+    gate = asyncio.Event()
+
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        yield list(items)
+        await gate.wait()
+        yield list(items)  # pragma: no cover - never reached
+
+    b = Batcher(handler, BatchSpec(size=1))
+    stream = b.stream(1)
+    assert await stream.__anext__() == 1
+    reader = asyncio.create_task(stream.__anext__())
+    await asyncio.sleep(0)
+    await b.close(drain=False)
+    with pytest.raises(BatcherClosed, match="without draining"):
+        await reader
+    assert b.pending == 0
+
+
+async def test_submit_and_stream_are_not_interchangeable() -> None:
+    async def steps(items: list[int]) -> AsyncIterator[list[int]]:
+        yield list(items)
+
+    async def results(items: list[int]) -> list[int]:
+        return items
+
+    async with (
+        Batcher(steps, BatchSpec(size=1)) as streaming,
+        Batcher(results, BatchSpec(size=1)) as plain,
+    ):
+        with pytest.raises(ConfigError, match=r"stream\(item\)"):
+            await streaming.submit(1)
+        with pytest.raises(ConfigError, match=r"submit\(item\)"):
+            plain.stream(1)
+    with pytest.raises(BatcherClosed):
+        streaming.stream(1)
+
+
+async def test_where_and_a_full_batcher() -> None:
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        yield list(items)
+
+    async with Batcher(
+        handler, BatchSpec(size=2), where=lambda i: i > 0, max_pending=1, overflow="reject"
+    ) as b:
+        with pytest.raises(Skipped):
+            b.stream(0)
+        first = b.stream(1)
+        with pytest.raises(QueueFull):
+            b.stream(2)
+        await b.flush()
+        assert await collect(first) == [1]
+
+
+async def test_a_stream_opened_while_full_waits_for_room_when_read() -> None:
+    clock = FakeClock()
+
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        yield list(items)
+
+    async with Batcher(handler, BatchSpec(size=5, timeout=1), clock=clock, max_pending=1) as b:
+        first, second = b.stream(1), b.stream(2)  # the second waits for room
+        assert b.pending == 1
+        reader = asyncio.create_task(collect(second))
+        assert await collect(first) == [1]
+        await clock.advance(1)
+        assert await reader == [2]
+
+
+# -- @batched ------------------------------------------------------------------------------
+
+
+async def test_batched_async_generator_with_several_arguments_follows_leavers() -> None:
+    seen: list[tuple[list[str], list[str]]] = []
+
+    @freight.batched(size=3, timeout=None)
+    async def translate(texts: list[str], langs: list[str]) -> AsyncIterator[list[str]]:
+        for n in range(3):
+            seen.append((list(texts), list(langs)))
+            yield [f"{t}-{lang}-{n}" for t, lang in zip(texts, langs, strict=True)]
+
+    a, b, c = translate("a", "en"), translate("b", langs="fr"), translate(texts="c", langs="de")
+    assert await a.__anext__() == "a-en-0"
+    await b.aclose()
+    assert await collect(a) == ["a-en-1", "a-en-2"]
+    assert await collect(c) == ["c-de-0", "c-de-1", "c-de-2"]
+    assert seen == [(["a", "b", "c"], ["en", "fr", "de"])] + [(["a", "c"], ["en", "de"])] * 2
+    await translate.close()
+
+
+async def test_batched_streaming_method_keeps_its_instance() -> None:
+    class Model:
+        def __init__(self, suffix: str) -> None:
+            self.suffix = suffix
+
+        @freight.batched(size=1)
+        async def generate(self, prompts: list[str]) -> AsyncIterator[list[str]]:
+            for n in range(2):
+                yield [f"{p}{self.suffix}{n}" for p in prompts]
+
+    assert await collect(Model("!").generate("x")) == ["x!0", "x!1"]
+    model = Model("?")
+    assert model.generate is model.generate
+    assert [s async for s in model.generate.batch(["y"])] == [["y?0"], ["y?1"]]
+
+
+def test_a_sync_generator_function_is_refused() -> None:
+    with pytest.raises(ConfigError, match="async def"):
+
+        @freight.batched(size=2)
+        def steps(items: list[int]) -> Any:
+            yield items
