@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from freight import ConfigError, Job, PermanentError, TargetError
+from freight import ConfigError, Job, PermanentError, TargetError, TransientError
 from freight.connectors import pgtypes
 from freight.connectors._isolate import Refused, Write, locate
 from freight.connectors.postgres import AsyncPostgresSink, PostgresSink, create_table
@@ -534,3 +534,21 @@ def test_bad_rows_are_located_inside_the_jobs_shared_transaction(
     assert report.summary["failed"] == len(bad)
     assert [e["item"] for e in report["errors"]] == [f"item {i}" for i in bad]
     assert [r[0] for r in rows(schema)] == [i for i in range(100) if i % 7 != 3]
+
+
+def test_a_store_connection_lost_inside_a_transaction_is_transient_then_reconnects(
+    schema: str,
+) -> None:
+    name = f"store_tx_{schema}"
+    store = PostgresStore(
+        f"{POSTGRES_URL}?options=-csearch_path%3D{schema}&application_name={name}"
+    )
+    lost = pytest.raises(TransientError, match="lost the PostgreSQL store's connection")
+    with lost, store.transaction() as tx:
+        tx.query("SELECT 1 AS one")
+        assert terminate(name) == 1
+        tx.query("SELECT 1 AS one")  # the server rolled the transaction back
+    assert store.query("SELECT 2 AS two") == [{"two": 2}]  # a new connection
+    with store.transaction() as tx:
+        assert tx.query("SELECT 3 AS three") == [{"three": 3}]
+    store.close()
