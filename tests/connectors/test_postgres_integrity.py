@@ -314,6 +314,20 @@ def test_a_row_a_constraint_refuses_keeps_the_server_reason_without_the_copy_con
     ]
 
 
+def test_the_typed_reason_is_given_only_for_the_value_the_server_refused(schema: str) -> None:
+    create(schema, "t", "id bigint PRIMARY KEY, amount numeric, note text")
+    sink = PostgresSink(POSTGRES_URL, "t", schema=schema, columns=COLUMNS, format="csv")
+    outcomes = sink.write(["1,1,a\n", "2,2,b,extra\n", "x,3,c\n", "4,4,d\n"])
+    sink.close()
+    assert outcomes is not None
+    assert [None if o is None else str(o) for o in outcomes] == [
+        None,
+        "BadCopyFileFormat: extra data after last expected column",  # not a value's
+        "column 'id': invalid literal for int() with base 10: 'x'",
+        None,
+    ]
+
+
 def test_the_typed_parsers_refuse_what_postgresql_refuses() -> None:
     for text in ("1_000", "\u0661\u0662", "1.0", "x"):
         with pytest.raises(ValueError, match="invalid literal for int"):

@@ -161,27 +161,33 @@ def typed_refusal(
 ) -> BaseException:
     """The reason a typed load into SQLite gives for this CSV record
     (:func:`freight.connectors.pgtypes.converter`'s: ``column 'amount': 'x' is not a
-    number``), where it refuses the record too; else the server's ``refusal``.
+    number``), where it refuses the value the server refused too; else the server's
+    ``refusal``.
 
     A file must give the same dead letters on every target; the server's error stays
-    the reason's ``__cause__``.
+    the reason's ``__cause__``. Only a value the server names (its column) is checked:
+    a constraint, a trigger or a malformed record keep the server's reason.
     """
-    if not isinstance(refusal.__cause__, psycopg.DataError):
-        return refusal  # a constraint, a trigger: the server's reason is the one
+    error = refusal.__cause__
+    if not isinstance(error, psycopg.DataError):
+        return refusal
+    named = _COPY_COLUMN.search(error.diag.context or "")
+    if named is None or named.group(1) not in columns:
+        return refusal
+    index = columns.index(named.group(1))
     fields = next(csv.reader(io.StringIO(text)), [])
-    for column, kind, value in zip(columns, types, fields, strict=False):
-        try:
-            parse = pgtypes.TYPES[pgtypes.canonical(kind)]
-        except ConfigError:
-            continue  # a type the converter does not know
-        if value == "":
-            continue  # NULL
-        try:
-            parse(value)
-        except ValueError as exc:
-            typed = PermanentError(f"column {column!r}: {exc}")
-            typed.__cause__ = refusal.__cause__
-            return typed
+    if index >= len(fields) or fields[index] == "":
+        return refusal
+    try:
+        parse = pgtypes.TYPES[pgtypes.canonical(types[index])]
+    except ConfigError:
+        return refusal  # a type the converter does not know
+    try:
+        parse(fields[index])
+    except ValueError as exc:
+        typed = PermanentError(f"column {columns[index]!r}: {exc}")
+        typed.__cause__ = error
+        return typed
     return refusal
 
 
