@@ -31,9 +31,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hasha
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Generic, TypeVar, Unpack, overload
+from typing import Any, Generic, Literal, TypeVar, Unpack, overload
 
-from freight._core._spec import BatchSpec
+from freight._core._spec import BatchSpec, CostFn
 from freight._drivers._asyncio import (
     Batcher,
     BatchStream,
@@ -308,6 +308,28 @@ class _Batched:
     def _bound_form(self, obj: Any) -> Any:
         raise NotImplementedError
 
+    def _batchers_now(self) -> list[Any]:
+        raise NotImplementedError
+
+    @property
+    def spec(self) -> BatchSpec:
+        """When this function's batches are due (as :meth:`reconfigure` last left it)."""
+        return self._options.spec
+
+    def reconfigure(self, **changes: Any) -> None:
+        """Change when batches are due, from the next batch on (Ray's ``set_max_batch_size``
+        and ``set_batch_wait_timeout_s``): ``size=``, ``timeout=``, ``max_bytes=``,
+        ``max_cost=``, ``latency_target=``, ``max_size=``; the others are kept.
+
+        Checked as :class:`BatchSpec` checks them; applied to this function's batchers
+        (see :meth:`Batcher.reconfigure <freight.Batcher.reconfigure>`: an open batch now
+        due is flushed) and to those it makes later. For a method, to this instance's.
+        """
+        spec = self._options.spec.replace(**changes)
+        for batcher in self._batchers_now():
+            batcher.reconfigure(**changes)
+        self._options = _Options(spec, self._options.options)
+
 
 class AsyncBatched(_Batched, Generic[T, R]):
     """An ``async def`` list function called one item at a time (see :func:`batched`)."""
@@ -372,6 +394,9 @@ class AsyncBatched(_Batched, Generic[T, R]):
 
     def _bound_form(self, obj: Any) -> AsyncBatched[Any, Any]:
         return AsyncBatched(self._fn, self._options, obj)
+
+    def _batchers_now(self) -> list[Batcher[T, R]]:
+        return list(self._batchers.values())
 
     @overload
     def __get__(self, obj: None, owner: type | None = None) -> AsyncBatched[T, R]: ...
@@ -439,6 +464,9 @@ class StreamBatched(_Batched, Generic[T, R]):
     def _bound_form(self, obj: Any) -> StreamBatched[Any, Any]:
         return StreamBatched(self._fn, self._options, obj)
 
+    def _batchers_now(self) -> list[Batcher[T, R]]:
+        return list(self._batchers.values())
+
     @overload
     def __get__(self, obj: None, owner: type | None = None) -> StreamBatched[T, R]: ...
     @overload
@@ -496,6 +524,10 @@ class SyncBatched(_Batched, Generic[T, R]):
 
     def _bound_form(self, obj: Any) -> SyncBatched[Any, Any]:
         return SyncBatched(self._fn, self._options, obj)
+
+    def _batchers_now(self) -> list[ThreadBatcher[T, R]]:
+        with self._lock:
+            return [] if self._batcher is None else [self._batcher]
 
     @overload
     def __get__(self, obj: None, owner: type | None = None) -> SyncBatched[T, R]: ...
@@ -564,6 +596,14 @@ class BatchedDecorator:
     def __call__(
         self, fn: Callable[[S, list[T]], Sequence[R | BaseException] | None]
     ) -> SyncBatchedMethod[S, T, R]: ...
+    @overload  # several lists (or none): typed loosely
+    def __call__(
+        self, fn: Callable[..., AsyncIterator[Any]]
+    ) -> StreamBatchedMethod[Any, Any, Any]: ...
+    @overload
+    def __call__(self, fn: Callable[..., Awaitable[Any]]) -> AsyncBatchedMethod[Any, Any, Any]: ...
+    @overload
+    def __call__(self, fn: Callable[..., Any]) -> SyncBatchedMethod[Any, Any, Any]: ...
     def __call__(self, fn: Callable[..., Any]) -> Any:
         if not callable(fn):
             raise ConfigError(f"@batched decorates a function over a list, got {fn!r}")
@@ -600,13 +640,23 @@ def batched(size: SyncListFn[T, R], /) -> SyncBatched[T, R]: ...
 def batched(
     size: Callable[[S, list[T]], Sequence[R | BaseException] | None], /
 ) -> SyncBatchedMethod[S, T, R]: ...
+@overload  # several lists (or none): typed loosely
+def batched(size: Callable[..., AsyncIterator[Any]], /) -> StreamBatchedMethod[Any, Any, Any]: ...
+@overload
+def batched(size: Callable[..., Awaitable[Any]], /) -> AsyncBatchedMethod[Any, Any, Any]: ...
+@overload
+def batched(size: Callable[..., Any], /) -> SyncBatchedMethod[Any, Any, Any]: ...
 @overload
 def batched(
-    size: int = DEFAULT_SIZE,
+    size: int | Literal["auto"] = DEFAULT_SIZE,
     timeout: float | timedelta | None = ...,
     *,
     max_bytes: int | None = None,
     sizer: Callable[[Any], int] | None = None,
+    max_cost: float | None = None,
+    cost: CostFn | None = None,
+    latency_target: float | timedelta | None = None,
+    max_size: int | None = None,
     **options: Unpack[BatcherKwargs[Any]],
 ) -> BatchedDecorator: ...
 def batched(
@@ -615,6 +665,10 @@ def batched(
     *,
     max_bytes: int | None = None,
     sizer: Callable[[Any], int] | None = None,
+    max_cost: float | None = None,
+    cost: CostFn | None = None,
+    latency_target: float | timedelta | None = None,
+    max_size: int | None = None,
     **options: Unpack[BatcherKwargs[Any]],
 ) -> Any:
     """Turn ``f(items: list[T]) -> list[R]`` into ``f(item: T) -> R``, batched.
@@ -629,8 +683,10 @@ def batched(
     ``timeout=0.01``, Ray Serve's ``@serve.batch`` defaults. ``timeout`` defaults to
     0.01 s (not ``None`` as in :class:`BatchSpec`): each caller waits for its result,
     so a lone caller must not wait forever for company. Pass ``timeout=None`` to flush
-    on size only. The other keyword arguments are the batcher options
-    (:class:`~freight.Batcher`), checked here.
+    on size only. ``max_bytes``, ``sizer``, ``max_cost``, ``cost``, ``latency_target``
+    and ``max_size`` are :class:`BatchSpec`'s; the other keyword arguments are the
+    batcher options (:class:`~freight.Batcher`), checked here. ``f.reconfigure(...)``
+    changes the limits later; ``f.spec`` is the spec in force.
 
     A function of several lists (``f(texts, langs)``) is called with one value per
     parameter, by position or by name; the handler gets one list per parameter, and
@@ -640,11 +696,17 @@ def batched(
     """
     if callable(size) and not isinstance(size, int):
         return batched()(size)
+    if isinstance(size, float) and size.is_integer():  # Ray takes max_batch_size=1.0
+        size = int(size)
     spec = BatchSpec(
         size,
         DEFAULT_TIMEOUT if timeout is _UNSET else timeout,
         max_bytes=max_bytes,
         sizer=sizer,
+        max_cost=max_cost,
+        cost=cost,
+        latency_target=latency_target,
+        max_size=max_size,
     )
     if "subscribers" in options:  # an iterator is read once: keep what it held
         options["subscribers"] = tuple(options["subscribers"])
