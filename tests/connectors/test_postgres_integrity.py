@@ -165,6 +165,50 @@ def simulate(n: int, bad: set[int]) -> int:
     return count
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    bad=st.sets(st.integers(0, 299)),
+    refused=st.sets(st.integers(0, 299), max_size=5),
+    silent=st.sets(st.integers(0, 299), max_size=3),
+)
+def test_property_located_writes_mark_each_bad_row_once_and_write_the_rest_once_in_order(
+    n: int, bad: set[int], refused: set[int], silent: set[int]
+) -> None:
+    """Rows in ``silent`` fail without the server naming them (bisected); ``refused``
+    are known bad before writing. Every other row goes in exactly once, and each write
+    that goes in holds only rows after those of the writes before it (the last value
+    of a key wins)."""
+    bad = {b for b in bad if b < n}
+    refused = {r for r in refused if r < n}
+    silent = {s for s in silent if s < n} - refused
+    plan = locate(n, {i: KeyError(i) for i in refused})
+    written: list[list[int]] = []
+    effect = next(plan)
+    while True:
+        if isinstance(effect, Write):
+            assert not set(effect.rows) & refused
+            assert effect.rows == sorted(effect.rows)
+            failing = [j for j, i in enumerate(effect.rows) if i in bad | silent]
+            if not failing:
+                written.append(effect.rows)
+                reply: Refused | list[Any] | None = None
+            else:
+                at = failing[0]
+                reply = Refused(ValueError(), None if effect.rows[at] in silent else at)
+        else:  # bisected: its good rows go in, in order
+            written.append([i for i in effect.rows if i not in bad | silent])
+            reply = [ValueError() if i in bad | silent else None for i in effect.rows]
+        try:
+            effect = plan.send(reply)
+        except StopIteration as stop:
+            outcomes = stop.value
+            break
+    assert {i for i, o in enumerate(outcomes) if o is not None} == bad | silent | refused
+    flat = [i for rows_ in written for i in rows_]
+    assert flat == sorted(set(range(n)) - bad - silent - refused)  # once each, in order
+
+
 def test_ten_bad_rows_in_10000_cost_a_few_statements_each_not_a_bisection(schema: str) -> None:
     create(schema, "t", "id bigint PRIMARY KEY, amount numeric NOT NULL, note text")
     count_statements(schema)

@@ -101,9 +101,9 @@ def locate(n: int, refused: Mapping[int, BaseException] | None = None) -> Plan:
       the number of rows per bad row so far and ``s`` what a statement costs in rows
       parsed (``_STATEMENT_ROWS``). The rows a failed statement went through before
       its bad row are parsed twice (``w/2`` per bad row on average); smaller writes
-      are more statements (``n/w``): ``sqrt(2·s·g)`` minimises their sum, and
-      three quarters of it did best in simulations, where the good rows carried over
-      make failed statements dearer. After a clean write the window doubles.
+      are more statements (``n/w``): ``sqrt(2·s·g)`` minimises their sum, and about
+      0.7 of it did best in simulations, where the good rows carried over make failed
+      statements dearer. After a clean write the window doubles.
     - The good rows carried over are written alone once they are as many as a window.
     - A refusal that names no row, or a row proven good before, is bisected.
     """
