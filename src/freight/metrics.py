@@ -16,6 +16,8 @@ Exported, each labelled by ``batcher`` (a batcher's name, or a flow consumer's):
 - ``freight_batch_duration_seconds`` (histogram): handler time per batch, retries included;
 - ``freight_item_wait_seconds`` (histogram): how long the oldest item of a batch waited;
 - ``freight_queue_depth`` (gauge): items pending after the latest batch (batchers);
+- ``freight_batch_size_limit`` (gauge): the batch size the batcher flushes at now,
+  as ``reconfigure`` set it or, with ``BatchSpec(size="auto")``, as the tuner chose it;
 - ``freight_dead_letters_total{reason}``: a flow consumer's dead letters, by reason.
 
 A flow's spans map onto the same metrics: a ``flush`` span is a batch (its size, its
@@ -97,6 +99,12 @@ class PrometheusSubscriber:
         self.queue_depth = prom.Gauge(
             "queue_depth", "Items pending in the batcher.", ["batcher"], **common
         )
+        self.size_limit = prom.Gauge(
+            "batch_size_limit",
+            "The batch size the batcher flushes at now (tuned with size='auto').",
+            ["batcher"],
+            **common,
+        )
         self.dead_letters = prom.Counter(
             "dead_letters",
             "Dead letters of a flow consumer, by reason.",
@@ -122,6 +130,8 @@ class PrometheusSubscriber:
         self.duration.labels(name).observe(event.duration)
         self.wait.labels(name).observe(event.wait)
         self.queue_depth.labels(name).set(event.queue_depth)
+        if event.current_size is not None:
+            self.size_limit.labels(name).set(event.current_size)
 
     def _span(self, span: Span) -> None:
         """A flow's span, as the module docstring maps it."""

@@ -98,7 +98,17 @@ def test_stability_wins_over_the_latency_budget() -> None:
     assert tuner.size == pytest.approx(800, abs=1)
     assert 40_000 * handler_time(tuner.size) <= 0.9 * tuner.size
     assert 40_000 * handler_time(tuner.size - 2) > 0.9 * (tuner.size - 2)
-    assert tuner.wait == pytest.approx(SAFETY_MAX * 0.05 - 2 * handler_time(tuner.size))
+    # The wait lets that batch fill: twice its fill time
+    assert tuner.wait == pytest.approx(2 * tuner.size / 40_000)
+
+
+def test_an_overload_no_size_keeps_up_with_waits_no_longer_than_the_target() -> None:
+    # Given 50,000 items/s: 20 µs per item alone is the whole second
+    tuner = SizeTuner(0.05, max_size=4096)
+    feed(tuner, 300, at=0.010, accepted=500)
+    feed(tuner, 600, at=0.020, accepted=1000)
+    assert tuner.size == 4096  # the largest batches drain it fastest
+    assert tuner.wait == 0.05  # but no caller is held longer than the target for company
 
 
 def test_concurrent_batches_share_the_load() -> None:
@@ -145,12 +155,14 @@ def test_the_rate_follows_the_batches_of_the_last_target_window() -> None:
 def test_when_nothing_arrived_the_size_is_kept() -> None:
     tuner = SizeTuner(0.05, max_size=64)
     feed(tuner, 10, at=0.0, accepted=10)
+    size = tuner.size
+    assert size == 20  # twice the sizes seen, until the fit holds (rule 1)
     feed(tuner, 10, at=0.2, accepted=10)
     assert tuner.rate() == 0
-    assert tuner.size == 64
+    assert tuner.size == size
     cost = tuner.cost()
     assert cost is not None
-    assert tuner.wait == pytest.approx(SAFETY_MAX * 0.05 - 2 * cost(64))
+    assert tuner.wait == pytest.approx(SAFETY_MAX * 0.05 - 2 * cost(size))
 
 
 def test_the_first_batch_alone_gives_the_rate_and_all_at_once_is_infinite() -> None:

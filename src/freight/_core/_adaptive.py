@@ -9,8 +9,10 @@ it answers (through :meth:`~freight.BatchBuffer.retune`). Rules:
    drifting handler is followed). While the batches seen are too alike in size to
    separate the two terms, the model is the pessimistic bound they allow: a batch
    no larger than the mean costs the mean time, a larger one proportionally more
-   (true whatever the split of fixed and per-item). Predictions are scaled by the
-   worst ratio of a recent batch's time to its prediction (noise margin, ≤ 2).
+   (true whatever the split of fixed and per-item); that bound is loose far from the
+   sizes seen, so the size grows at most to twice their mean until the fit holds.
+   Predictions are scaled by the worst ratio of a recent batch's time to its
+   prediction (noise margin, ≤ 2).
 2. **Arrival rate.** Items accepted per second, over the batches observed in the
    last ``latency_target`` seconds (at least two observations); the first
    observation alone gives ``size / wait`` of its batch.
@@ -22,7 +24,10 @@ it answers (through :meth:`~freight.BatchBuffer.retune`). Rules:
 4. **Stability first.** A size whose handler time outgrows its fill time builds a
    queue without bound, and every latency with it: the size is at least the
    smallest ``s`` with ``rate * T(s) <= 0.9 * concurrency * s``, even over the
-   latency budget (then the feedback of rule 5 can only do so much).
+   latency budget (then the feedback of rule 5 can only do so much), and the wait
+   is at least twice that batch's fill time, so it leaves full, unless that is
+   over the target: a wrong model (a slow first call, say) must not hold callers
+   for long, and a true overload is beyond any wait.
 5. **Feedback (AIMD).** A batch whose oldest item waited past ``L`` multiplies the
    safety factor by 0.7 (down to 0.2); every batch within ``L`` adds 0.02 back (up
    to 0.8). The model can be wrong; measured latency corrects it.
@@ -219,18 +224,22 @@ class SizeTuner:
         if cost is None or rate is None:
             return False
         budget = self.safety * self.latency_target
+        limit = self.max_size
+        if self.model() is None:  # rule 1: the bound is loose past what was seen
+            limit = min(limit, math.ceil(2 * self._s1 / self._s0))
+        floor = 0.0
         if rate <= 0:  # nothing arrived lately: keep the size, but bound the wait
             size = self.size
         else:
             fill = 1.0 / rate
-            size = max(
-                _largest(self.max_size, lambda s: s * fill + 2 * cost(s) <= budget),
-                _smallest(
-                    self.max_size,
-                    lambda s: rate * cost(s) <= UTILISATION * self.concurrency * s,
-                ),
+            timely = _largest(limit, lambda s: s * fill + 2 * cost(s) <= budget)
+            stable = _smallest(
+                limit, lambda s: rate * cost(s) <= UTILISATION * self.concurrency * s
             )
-        wait = self._capped(max(0.0, budget - 2 * cost(size)))
+            size = max(timely, stable)
+            if stable > timely:  # rule 4: the batch must have the time to fill
+                floor = min(2 * size * fill, self.latency_target)
+        wait = self._capped(max(floor, budget - 2 * cost(size)))
         changed = (size, wait) != (self.size, self.wait)
         self.size, self.wait = size, wait
         return changed

@@ -227,8 +227,19 @@ class EngineBase(Generic[T, R]):
         if self._timeout is not None:
             self._arm()
 
-    def _tune(self, size: int, wait: float, duration: float, calls: int, retried: int) -> None:
-        """Feed one handled batch to the tuner; apply the size and wait it answers."""
+    def _accepted(self) -> int:
+        """Items accepted so far: settled, cancelled or still pending."""
+        stats = self._stats
+        return stats.succeeded + stats.failed + stats.cancelled + self.pending
+
+    def _tune(
+        self, size: int, wait: float, duration: float, calls: int, *, retried: int, settled: int
+    ) -> None:
+        """Feed one handled batch to the tuner; apply the size and wait it answers.
+
+        ``settled``: the batch's items already uncounted from ``pending`` and not yet
+        counted in the stats (the event is recorded after this).
+        """
         tuner = self._tuner
         assert tuner is not None
         now = self._clock_now()
@@ -236,10 +247,7 @@ class EngineBase(Generic[T, R]):
             size=size,
             latency=wait + duration,
             duration=duration if calls == 1 and not retried else None,
-            accepted=self._stats.succeeded
-            + self._stats.failed
-            + self._stats.cancelled
-            + self.pending,
+            accepted=self._accepted() + settled,
             now=now,
         )
         if tuner.observe(observation):
@@ -347,7 +355,7 @@ class EngineBase(Generic[T, R]):
         the stats carry the size it chose.
         """
         if self._tuner is not None:
-            self._tune(size, wait, duration, calls, retried)
+            self._tune(size, wait, duration, calls, retried=retried, settled=succeeded + failed)
         event = BatchEvent(
             batcher=self.name,
             key=flush.key,
