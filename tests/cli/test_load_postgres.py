@@ -65,8 +65,7 @@ def test_load_infers_types_and_dead_letters_values_that_do_not_fit(
     assert report["summary"]["succeeded"] == 297
     assert {e["item"] for e in report["errors"]} == {"line 7", "line 11", "line 13"}
     message = next(e["message"] for e in report["errors"] if e["item"] == "line 7")
-    assert "invalid input syntax for type numeric" in message
-    assert "column amount" in message  # the server names the column
+    assert message == "column 'amount': 'not-a-number' is not a number"  # as on SQLite
     with psycopg.connect(POSTGRES_URL) as conn:
         types: dict[str, str] = dict(
             conn.execute(

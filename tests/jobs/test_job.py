@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from freight import ConfigError, Job, Retry, TransientError
+from freight import ConfigError, Job, Retry, TargetError, TransientError
 from freight.jobs import CsvSource, JobAlreadyRunning, Progress, WriteContext
 from freight.jobs._run import PAUSE_POLL
 from freight.store import SqliteStore
@@ -227,6 +227,26 @@ def test_failure_rate_threshold_fails_the_run_and_keeps_checkpoints(store: Sqlit
     capped = Job("cap", items(100), sink, chunk_size=10, max_failures=2, store=store).run()
     assert capped.status == "failed"
     assert "max_failures=2" in capped["reason"]
+
+
+def test_a_target_that_refuses_every_row_stops_the_run_with_one_reason(
+    store: SqliteStore,
+) -> None:
+    calls: list[int] = []
+
+    def sink(batch: list[dict[str, int]]) -> list[object]:
+        calls.append(len(batch))
+        return [TargetError("no such table: people") for _ in batch]
+
+    job = Job("target", items(100), sink, chunk_size=10, store=store)
+    with pytest.raises(TargetError, match="no such table"):
+        job.run()
+    run = store.latest_job("target")
+    assert run is not None
+    assert run.status == "failed"
+    assert "no such table" in (run.reason or "")
+    assert store.dead_letters(run.id) == []  # never one dead letter per row
+    assert calls == [10]  # the first chunk's one call: no retry, no bisection, no next chunk
 
 
 def test_a_changed_source_is_refused_unless_fresh(store: SqliteStore, tmp_path: Path) -> None:

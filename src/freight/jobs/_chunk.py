@@ -9,7 +9,9 @@ Each stage (``process``/``process_chunk``, then the sink) runs through the share
 sync runner (:func:`~freight._drivers._runner.settle_sync`): the core's plan decides
 retries, bisection and which items come back, exactly as in a batcher; a chunk has
 no buffer, so the items that come back are tried again together after the plan's
-wait. What still fails becomes a dead letter.
+wait. What still fails becomes a dead letter, except a :class:`TargetError` (the target
+refuses every row: no table, column or privilege), which stops the run with that one
+reason instead of dead-lettering every row with it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from freight._core._clock import Clock
 from freight._core._retry import Retry
 from freight._drivers._asyncio import is_async_callable
 from freight._drivers._runner import call_sync, settle_sync
-from freight._errors import HandlerContractError, RecordError
+from freight._errors import HandlerContractError, RecordError, TargetError
 from freight._ratelimit import RateLimiter
 from freight.jobs._sink import Sink, WriteContext
 from freight.jobs._sources import BLANK, Record
@@ -235,6 +237,9 @@ class ChunkHandler:
             now=clock.now if clock is not None else time.monotonic,
             rate_limit=rate_limit,
         )
+        refused = next((o for o in outcomes if isinstance(o, TargetError)), None)
+        if refused is not None:  # no row can land until the target is fixed: stop the run
+            raise refused
         kept_records: list[Record] = []
         kept: list[Any] = []
         for record, outcome, tries in zip(records, outcomes, attempts, strict=True):

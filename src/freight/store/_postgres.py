@@ -120,6 +120,9 @@ class PostgresStore(SqlStore):
 
     def _migrate(self) -> None:
         with self.transaction() as tx:
+            # Two processes opening a new store at once: CREATE TABLE IF NOT EXISTS races
+            # in the catalog (duplicate pg_type key), so the first statement serialises them.
+            tx.execute("SELECT pg_advisory_xact_lock(hashtextextended('freight schema', 0))")
             tx.execute("CREATE TABLE IF NOT EXISTS freight_schema (version integer NOT NULL)")
             tx.execute("LOCK TABLE freight_schema IN EXCLUSIVE MODE")  # one migrator at a time
             [row] = tx.query("SELECT coalesce(max(version), 0) AS version FROM freight_schema")
