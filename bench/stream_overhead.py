@@ -15,6 +15,11 @@ Target: freight / aiodataloader <= 1.0 in both forms.
 Threads: 8 producer threads, each submitting its share and waiting for the results,
 against a ``concurrent.futures.Future`` floor (create, resolve, wait per item).
 Target: freight / floor <= 1.5.
+
+@batched: the same trivial handler decorated, one task per caller awaiting ``f(i)``,
+against one task per caller awaiting ``Batcher.submit(i)``; rounds alternate and each
+is timed in CPU time (``time.process_time``: the process's own work, so other load on
+the machine weighs less). Target: @batched / Batcher.submit <= 1.1.
 """
 
 from __future__ import annotations
@@ -26,13 +31,15 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any
 
 import freight
 
 SIZE = 100
+
+Run = Callable[[int], Coroutine[Any, Any, None]]
 
 
 async def handler(items: list[int]) -> list[int]:
@@ -115,7 +122,9 @@ class HandBatcher:
 # -- the contenders, in both forms ----------------------------------------------------
 
 
-def futures_form(make: Callable[[], Any], submit: str) -> Callable[[int], Awaitable[None]]:
+def futures_form(
+    make: Callable[[], Any], submit: str
+) -> Callable[[int], Coroutine[Any, Any, None]]:
     async def run(n: int) -> None:
         b = make()
         fn = getattr(b, submit)
@@ -126,7 +135,7 @@ def futures_form(make: Callable[[], Any], submit: str) -> Callable[[int], Awaita
     return run
 
 
-def tasks_form(make: Callable[[], Any], submit: str) -> Callable[[int], Awaitable[None]]:
+def tasks_form(make: Callable[[], Any], submit: str) -> Run:
     async def run(n: int) -> None:
         b = make()
         fn = getattr(b, submit)
@@ -154,7 +163,9 @@ def make_dataloader() -> Any:
     return DataLoader(handler, max_batch_size=SIZE, cache=False)
 
 
-def measure_async(fn: Callable[[int], Awaitable[None]], n: int, rounds: int) -> list[float]:
+def measure_async(
+    fn: Callable[[int], Coroutine[Any, Any, None]], n: int, rounds: int
+) -> list[float]:
     samples = []
     for _ in range(rounds):
         gc.collect()
@@ -215,6 +226,50 @@ def measure_threads(fn: Callable[[int, int], None], n: int, rounds: int) -> list
     return samples
 
 
+# -- @batched against Batcher.submit ------------------------------------------------------
+
+
+async def via_submit(n: int) -> None:
+    batcher = freight.Batcher(handler, freight.BatchSpec(size=SIZE, timeout=0.01), max_pending=n)
+
+    async def caller(i: int) -> int:
+        return await batcher.submit(i)
+
+    loop = asyncio.get_running_loop()
+    await asyncio.gather(*[loop.create_task(caller(i)) for i in range(n)])
+    await batcher.close()
+
+
+async def via_decorator(n: int) -> None:
+    @freight.batched(size=SIZE, timeout=0.01, max_pending=n)
+    async def decorated(items: list[int]) -> list[int]:
+        return items
+
+    async def caller(i: int) -> int:
+        return await decorated(i)
+
+    loop = asyncio.get_running_loop()
+    await asyncio.gather(*[loop.create_task(caller(i)) for i in range(n)])
+    await decorated.close()
+
+
+def measure_pair(n: int, rounds: int) -> tuple[list[float], list[float]]:
+    """CPU µs per item of Batcher.submit and of @batched, in alternating rounds."""
+    submit: list[float] = []
+    decorated: list[float] = []
+    pairs: list[tuple[Run, list[float]]] = [
+        (via_submit, submit),
+        (via_decorator, decorated),
+    ]
+    for _ in range(rounds):
+        for fn, samples in pairs:
+            gc.collect()
+            started = time.process_time()
+            asyncio.run(fn(n))
+            samples.append((time.process_time() - started) / n * 1e6)
+    return submit, decorated
+
+
 def report(label: str, samples: list[float]) -> float:
     low, median = min(samples), statistics.median(samples)
     print(f"  {label:<28} min {low:7.2f} µs/item   median {median:7.2f} µs/item")
@@ -273,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     freight_t = report("freight ThreadBatcher", measure_threads(thread_freight, n, rounds))
     print(f"  ratio (median): freight/floor {freight_t / floor_t:.2f}  (target <= 1.50)")
     ok &= freight_t / floor_t <= 1.5
+    print("\n[@batched: tasks, CPU time]")
+    submit, decorated = measure_pair(n, max(rounds, 5))
+    base = report("Batcher.submit", submit)
+    deco = report("@batched", decorated)
+    print(f"  ratio (median): @batched/Batcher.submit {deco / base:.2f}  (target <= 1.10)")
+    ok &= deco / base <= 1.1
     print("\nall targets met" if ok else "\nSOME TARGETS MISSED")
     return 0 if ok else 1
 
