@@ -14,6 +14,7 @@ import pytest
 
 import freight
 from freight import ConfigError, Retry
+from freight.testing import FakeClock
 
 
 @freight.batched(size=4, timeout=0.01)
@@ -312,3 +313,43 @@ def test_var_arguments_are_refused_with_the_rule() -> None:
 
     with pytest.raises(ConfigError, match="names its parameters"):
         loose(1)
+
+
+async def test_reconfigure_changes_the_next_batches_and_is_checked_like_batchspec() -> None:
+    clock = FakeClock()
+    sizes: list[int] = []
+
+    @freight.batched(size=2, timeout=1000, clock=clock)
+    async def echo(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        return items
+
+    assert list(await asyncio.gather(echo(1), echo(2))) == [1, 2]
+    echo.reconfigure(size=3)
+    assert (echo.spec.size, echo.spec.timeout) == (3, 1000)
+    assert echo.batcher().spec.size == 3
+    assert list(await asyncio.gather(echo(1), echo(2), echo(3))) == [1, 2, 3]
+    pending = asyncio.create_task(echo(4))
+    await clock.advance(1)
+    assert not pending.done()
+    echo.reconfigure(timeout=0.5)  # the open batch is older than the new timeout: due now
+    await clock.advance(0)
+    assert await pending == 4
+    assert sizes == [2, 3, 1]
+    with pytest.raises(ConfigError, match="size"):
+        echo.reconfigure(size=0)
+    assert echo.spec.size == 3
+
+
+def test_reconfigure_a_sync_method_of_one_instance() -> None:
+    class Model:
+        @freight.batched(size=2, timeout=0.001)
+        def predict(self, xs: list[int]) -> list[int]:
+            return xs
+
+    a, b = Model(), Model()
+    assert a.predict(1) == 1
+    a.predict.reconfigure(size=5)
+    assert (a.predict.spec.size, a.predict.batcher().spec.size) == (5, 5)
+    assert b.predict.spec.size == 2
+    a.predict.close()

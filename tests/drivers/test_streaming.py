@@ -525,3 +525,22 @@ def test_a_sync_generator_function_is_refused() -> None:
         @freight.batched(size=2)
         def steps(items: list[int]) -> Any:
             yield items
+
+
+async def test_a_poison_item_before_the_first_step_is_isolated_and_the_halves_stream() -> None:
+    calls: list[list[int]] = []
+
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        calls.append(list(items))
+        if 3 in items:
+            raise ValueError("poison")
+        for n in range(2):
+            yield [item * 10 + n for item in items]
+
+    async with Batcher(handler, BatchSpec(size=4), retry=Retry(attempts=1, isolate=True)) as b:
+        streams = [b.stream(i) for i in range(4)]
+        for i, stream in enumerate(streams[:3]):
+            assert await collect(stream) == [i * 10, i * 10 + 1]
+        with pytest.raises(ValueError, match="poison"):
+            await streams[3].__anext__()
+    assert calls == [[0, 1, 2, 3], [0, 1], [2, 3], [2], [3]]
