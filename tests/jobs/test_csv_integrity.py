@@ -9,6 +9,7 @@ many records as it has data lines, at positions found independently (by counting
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import re
@@ -22,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import freight.jobs._sources as sources
+import freight.jobs._csvread as csvread
 from freight import ConfigError
 from freight.jobs import CsvSource, IterableSource, JsonlSource, Record, is_blank
 from tests.services import POSTGRES_URL, require
@@ -135,7 +136,7 @@ def test_a_10_mb_field_loads_in_both_modes(tmp_path: Path) -> None:
 def test_a_field_over_the_record_bound_is_a_bad_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sources, "_MAX_RECORD_BYTES", 1000)
+    monkeypatch.setattr(csvread, "_MAX_RECORD_BYTES", 1000)
     big = "z" * 1200
     body = f'id,note\n1,a\n2,"{big}"\n3,{big}\n4,"open\n5,e\n6,"{big}\n7,g\n'.encode()
     parsed, raw = both(write(tmp_path, body))
@@ -152,7 +153,7 @@ def test_a_field_over_the_record_bound_is_a_bad_record(
 def test_an_open_quote_is_given_up_at_the_record_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sources, "_MAX_RECORD_BYTES", 200)
+    monkeypatch.setattr(csvread, "_MAX_RECORD_BYTES", 200)
     body = b'id,note\n1,"never closed\n' + b"".join(b"%d,x\n" % i for i in range(2, 80))
     parsed, _ = both(write(tmp_path, body))
     assert [r.position for r in parsed] == line_starts(body)
@@ -275,14 +276,14 @@ def test_a_few_bad_lines_leave_their_neighbours_on_the_fast_path(
     body = ("id,name\n" + "\n".join(lines) + "\n").encode()
     path = write(tmp_path, body)
     parses = 0
-    parse = sources._Reader.parse
+    parse = csvread._Reader.parse
 
-    def counted(reader: sources._Reader, start: tuple[int, int]) -> Any:
+    def counted(reader: csvread._Reader, start: tuple[int, int]) -> Any:
         nonlocal parses
         parses += 1
         return parse(reader, start)
 
-    monkeypatch.setattr(sources._Reader, "parse", counted)
+    monkeypatch.setattr(csvread._Reader, "parse", counted)
     parsed, raw = both(path)
     assert parses <= 2 * 3 * 64 + 2  # the header; 3 pieces of 64 lines read one by one
     assert len(parsed) == 1000
@@ -501,12 +502,12 @@ def test_every_line_is_read_once_and_both_modes_agree(
     text = "a,b,c\n" + "".join(line + "\n" for line in lines)
     path = tmp_path_factory.mktemp("q") / "q.csv"
     path.write_bytes(text.encode())
-    saved = sources._GROUP_BYTES
-    sources._GROUP_BYTES = group
+    saved = csvread._GROUP_BYTES
+    csvread._GROUP_BYTES = group
     try:
         parsed, _ = both(path)
     finally:
-        sources._GROUP_BYTES = saved
+        csvread._GROUP_BYTES = saved
     ordinals = [r.ordinal for r in parsed]
     assert ordinals == sorted(set(ordinals))
     spans = [*ordinals[1:], text.count("\n") + 1][: len(ordinals)]
@@ -532,10 +533,25 @@ def test_the_big_field_reader_reads_as_csv_reader(record: str, big: int) -> None
     except csv.Error:
         expected = "error"
     try:
-        got: list[str] | str = sources._read_big(iter(lines), ",", '"')
+        got: list[str] | str = csvread._read_big(iter(lines), ",", '"')
     except csv.Error:
         got = "error"
     assert got == expected
+
+
+def test_the_csv_reader_sits_below_the_sources_and_makes_no_records() -> None:
+    """``_csvread`` imports nothing of ``freight.jobs`` (no import cycle with
+    ``_sources``, which imports it) and builds no Record: its callers make them."""
+    tree = ast.parse(Path(csvread.__file__).read_text())
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not {name for name in imported if name.startswith("freight.jobs")}
+    assert "Record" not in vars(csvread)
+    assert ast.get_docstring(tree)
 
 
 # -- PostgreSQL reads the raw texts as csv.reader does ---------------------------------------

@@ -295,7 +295,7 @@ def test_raw_groups_read_what_the_parsed_mode_reads(
     """Lines read in groups (the fast path) give the records, positions and errors that
     the parsed mode gives, wherever the groups are cut (across quoted fields too), and
     each raw text parses back to the parsed mode's fields."""
-    import freight.jobs._sources as sources
+    import freight.jobs._csvread as csvread
 
     body = b"id,v\n" + b"".join(lines)
     if tail and body.endswith(b"\n"):
@@ -304,12 +304,12 @@ def test_raw_groups_read_what_the_parsed_mode_reads(
     path.write_bytes(body)
     source = CsvSource(path, raw=True)
     parsed = list(CsvSource(path).read())
-    saved = sources._GROUP_BYTES
-    sources._GROUP_BYTES = group
+    saved = csvread._GROUP_BYTES
+    csvread._GROUP_BYTES = group
     try:
         got = list(source.read())
     finally:
-        sources._GROUP_BYTES = saved
+        csvread._GROUP_BYTES = saved
 
     def view(records: list[Record]) -> list[tuple[object, ...]]:
         return [(r.position, str(r.error) if r.error else None, is_blank(r)) for r in records]
