@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import pickle
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -544,3 +545,112 @@ async def test_a_poison_item_before_the_first_step_is_isolated_and_the_halves_st
         with pytest.raises(ValueError, match="poison"):
             await streams[3].__anext__()
     assert calls == [[0, 1, 2, 3], [0, 1], [2, 3], [2], [3]]
+
+
+def test_end_is_one_object_that_pickles_as_itself() -> None:
+    assert repr(END) == "freight.END"
+    assert pickle.loads(pickle.dumps(END)) is END
+
+
+async def test_an_exception_entry_in_a_later_step_ends_that_caller_alone() -> None:
+    async def handler(items: list[int]) -> AsyncIterator[list[Any]]:
+        yield list(items)
+        yield [KeyError(i) if i == 1 else i for i in items]
+        yield list(items)
+
+    async with Batcher(handler, BatchSpec(size=2)) as b:
+        one, two = b.stream(1), b.stream(2)
+        assert await one.__anext__() == 1
+        with pytest.raises(KeyError):
+            await one.__anext__()
+        assert await collect(two) == [2, 2, 2]
+
+
+async def test_a_first_step_of_the_wrong_length_fails_the_batch_and_closes_the_handler() -> None:
+    closed = []
+
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        try:
+            yield [*items, 99]
+        finally:
+            closed.append(True)
+
+    async with Batcher(handler, BatchSpec(size=2)) as b:
+        streams = [b.stream(1), b.stream(2)]
+        for stream in streams:
+            with pytest.raises(HandlerContractError, match="3 entries for 2 items"):
+                await stream.__anext__()
+    assert closed == [True]
+
+
+async def test_a_handler_that_ends_everyone_at_once_is_closed() -> None:
+    closed = []
+
+    async def handler(items: list[int]) -> AsyncIterator[list[Any]]:
+        try:
+            while True:
+                yield [END] * len(items)
+        finally:
+            closed.append(True)
+
+    async with Batcher(handler, BatchSpec(size=2)) as b:
+        streams = [b.stream(1), b.stream(2)]
+        assert [await collect(s) for s in streams] == [[], []]
+    assert closed == [True]
+
+
+class Boom(BaseException):
+    """Not an Exception, and not a request to stop the program."""
+
+
+@pytest.mark.parametrize("at_start", [True, False])
+async def test_a_base_exception_from_the_handler_fails_the_streams_as_a_contract_error(
+    at_start: bool,
+) -> None:
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        if not at_start:
+            yield list(items)
+        raise Boom("odd")
+
+    async with Batcher(handler, BatchSpec(size=1)) as b:
+        stream = b.stream(1)
+        if not at_start:
+            assert await stream.__anext__() == 1
+        with pytest.raises(HandlerContractError, match="Boom"):
+            await stream.__anext__()
+
+
+async def test_a_batched_stream_of_one_list_called_by_keyword() -> None:
+    @freight.batched(size=1)
+    async def echo(items: list[int]) -> AsyncIterator[list[int]]:
+        yield list(items)
+
+    assert await collect(echo(items=5)) == [5]
+    await echo.close()
+
+
+async def test_a_reader_waiting_for_room_can_be_cancelled_or_find_the_batcher_closed() -> None:
+    gate = asyncio.Event()
+
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        await gate.wait()
+        yield list(items)
+
+    b = Batcher(handler, BatchSpec(size=1), max_pending=1)
+    first = b.stream(1)
+    waiting, closing = b.stream(2), b.stream(3)
+    reader = asyncio.create_task(waiting.__anext__())
+    await asyncio.sleep(0)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    late = asyncio.create_task(closing.__anext__())
+    await asyncio.sleep(0)
+    closer = asyncio.create_task(b.close())
+    await asyncio.sleep(0)
+    gate.set()
+    with pytest.raises(BatcherClosed):
+        await late
+    assert await collect(first) == [1]
+    await closer
+    assert b.pending == 0
