@@ -147,7 +147,7 @@ def main() -> int:
             name = "auto" if r is auto else f"best fixed: {r.label}"
             print(
                 f"  {name:<38} p99 {r.p99 * 1000:7.2f} ms   throughput {r.throughput:9,.0f}/s   "
-                f"{r.batches:6,} batches, mean size {r.mean_size:6.1f}, size now "
+                f"{r.batches:6,} batches, mean size {r.mean_size:6.1f}, size at end "
                 f"{r.final_size:4}, handler busy {r.busy:4.0%}"
             )
         p99_ok = auto.p99 <= target
