@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import freight
 from freight import (
     Batcher,
     BatchEvent,
@@ -188,3 +189,53 @@ def test_thread_batcher_fails_a_retried_item_that_no_longer_fits() -> None:
             futures[0].result(timeout=5)
         assert batcher.pending == 0
         assert batcher.stats().failed == 1
+
+
+# -- Ray's batch_size_fn tests, through @freight.batched ---------------------------------------
+
+
+def sized_handler(batches: list[list[str]], max_cost: int, timeout: float, clock: FakeClock) -> Any:
+    @freight.batched(timeout=timeout, max_cost=max_cost, cost=total_size, clock=clock)
+    async def batch_handler(requests: list[Request]) -> list[str]:
+        batches.append([req["value"] for req in requests])
+        return [req["value"] for req in requests]
+
+    return batch_handler
+
+
+async def test_batch_size_fn_deferred_item_early_break(clock: FakeClock) -> None:
+    batches: list[list[str]] = []
+    batch_handler = sized_handler(batches, 10, 0.05, clock)
+    # Request 1: size 6 (fits); request 2: size 6 (would make 12 > 10: deferred)
+    t1 = asyncio.ensure_future(batch_handler({"size": 6, "value": "first"}))
+    t2 = asyncio.ensure_future(batch_handler({"size": 6, "value": "second"}))
+    await clock.advance(1.0)
+    assert t1.done()
+    assert t2.done()
+    assert {t1.result(), t2.result()} == {"first", "second"}
+    assert len(batches) == 2, f"Expected 2 separate batches, got {batches}"
+
+
+async def test_batch_size_fn_fail_to_fit(clock: FakeClock) -> None:
+    batches: list[list[str]] = []
+    batch_handler = sized_handler(batches, 10, 0.05, clock)
+    t1 = asyncio.ensure_future(batch_handler({"size": 6, "value": "first"}))
+    t2 = asyncio.ensure_future(batch_handler({"size": 12, "value": "second"}))
+    await clock.advance(0.05)
+    assert await t1 == "first"
+    with pytest.raises(ItemTooLarge):
+        await t2
+
+
+async def test_batch_size_fn_multiple_items_fit(clock: FakeClock) -> None:
+    batches: list[list[str]] = []
+    batch_handler = sized_handler(batches, 20, 0.1, clock)
+    # All three fit: 5 + 6 + 7 = 18 <= 20
+    tasks = [
+        asyncio.ensure_future(batch_handler({"size": n, "value": v}))
+        for n, v in zip((5, 6, 7), "abc", strict=True)
+    ]
+    await clock.advance(1.0)
+    assert all(t.done() for t in tasks)
+    assert len(batches) == 1, f"Expected 1 batch, got {len(batches)}"
+    assert set(batches[0]) == {"a", "b", "c"}

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 
+import freight
 from freight import Batcher, BatchEvent, BatchSpec, ConfigError, ThreadBatcher
 from freight.testing import FakeClock
 
@@ -277,3 +279,81 @@ def test_thread_batcher_reconfigured_from_another_thread_while_producers_submit(
     # Then every caller got its own item back, once
     assert results == [[k * 1000 + i for i in range(500)] for k in range(4)]
     assert batcher.stats().succeeded == 2000
+
+
+# -- Ray's setter tests, through @freight.batched -------------------------------------------
+
+
+def two_keys(use_class: bool, clock: FakeClock) -> Any:
+    """Ray's batched function of two parameters, as a function or a method."""
+    if use_class:
+
+        class C:
+            @freight.batched(size=2, timeout=1000, clock=clock)
+            async def method(self, key1: list[str], key2: list[str]) -> list[tuple[str, str]]:
+                return [(key1[i], key2[i]) for i in range(len(key1))]
+
+        return C().method
+
+    @freight.batched(size=2, timeout=1000, clock=clock)
+    async def func(key1: list[str], key2: list[str]) -> list[tuple[str, str]]:
+        return [(key1[i], key2[i]) for i in range(len(key1))]
+
+    return func
+
+
+@pytest.mark.parametrize("use_class", [True, False])
+async def test_batch_setters(use_class: bool, clock: FakeClock) -> None:
+    func = two_keys(use_class, clock)
+    assert (func.spec.size, func.spec.timeout) == (2, 1000)
+    # Batches of 2
+    tasks = [asyncio.ensure_future(func("hi1", "hi2")), asyncio.ensure_future(func("hi3", "hi4"))]
+    await clock.advance(0)
+    assert all(t.done() for t in tasks)
+    assert {t.result() for t in tasks} == {("hi1", "hi2"), ("hi3", "hi4")}
+    # Set new values
+    func.reconfigure(size=3, timeout=15000)
+    assert (func.spec.size, func.spec.timeout) == (3, 15000)
+    # Batches of 3
+    tasks = [asyncio.ensure_future(func(f"hi{i}", f"hi{i + 1}")) for i in (1, 3, 5)]
+    await clock.advance(0)
+    assert all(t.done() for t in tasks)
+    assert {t.result() for t in tasks} == {("hi1", "hi2"), ("hi3", "hi4"), ("hi5", "hi6")}
+
+
+async def test_batch_use_earliest_setters(clock: FakeClock) -> None:
+    """Set before a batch accumulates: that batch uses the new values. Set while it
+    accumulates: freight judges it by the new rule at once (Ray keeps the old values
+    for that batch, and would wait for a third call here)."""
+    func = two_keys(False, clock)
+    func.reconfigure(size=3, timeout=15000)
+    assert (func.spec.size, func.spec.timeout) == (3, 15000)
+    tasks = [asyncio.ensure_future(func("hi1", "hi2")), asyncio.ensure_future(func("hi3", "hi4"))]
+    await clock.advance(100)
+    assert not any(t.done() for t in tasks)  # waiting for the last request
+    func.reconfigure(size=1, timeout=0)
+    assert (func.spec.size, func.spec.timeout) == (1, 0)
+    await clock.advance(0)
+    assert [t.result() for t in tasks] == [("hi1", "hi2"), ("hi3", "hi4")]
+    assert func.batcher().stats().flushes == {"size": 1}  # one batch of both, whole
+    # The next batch uses the updated values: one call, at once
+    single = asyncio.ensure_future(func("hi1", "hi2"))
+    await clock.advance(0)
+    assert single.result() == ("hi1", "hi2")
+
+
+def test_a_sync_batched_function_is_reconfigured_like_its_thread_batcher() -> None:
+    clock = FakeClock()
+    calls: list[list[int]] = []
+
+    @freight.batched(size=4, timeout=30, clock=clock)
+    def echo(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        return items
+
+    futures = [echo.submit(i) for i in range(2)]
+    echo.reconfigure(size=2)  # the open batch of 2 is due now
+    assert [f.result(timeout=5) for f in futures] == [0, 1]
+    assert echo.spec == BatchSpec(size=2, timeout=30)
+    echo.close()
+    assert calls == [[0, 1]]
