@@ -101,6 +101,7 @@ class EngineBase(Generic[T, R]):
             else str(getattr(handler, "__qualname__", "batcher"))
         )
         self._subscribers: list[Subscriber] = list(options.subscribers)
+        self._priced = spec.cost is not None  # items to refuse at submit if over max_cost
         self._tuner: SizeTuner | None = None
         if spec.auto:
             self._tuner = self._new_tuner(spec)
@@ -169,6 +170,7 @@ class EngineBase(Generic[T, R]):
         spec.size  # noqa: B018  (a time-only spec raises ConfigError here, changing nothing)
         with self._guard():
             self.spec = spec
+            self._priced = spec.cost is not None
             now = self._clock_now()
             flushes = self._buffer.reconfigure(spec, now)
             tuner = self._tuner

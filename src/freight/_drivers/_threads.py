@@ -154,7 +154,7 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
         if self._where is not None and not self._where(item):
             with self._locked():
                 raise self._skip(item)
-        if self.spec.cost is not None:  # refused here, in the caller's thread (rule 4)
+        if self._priced:  # an item over max_cost alone is refused in the caller's thread
             self._buffer.check(item)
         future: _Ticket[R] = _Ticket()
         future.freight_item = item
