@@ -41,6 +41,7 @@ from freight._drivers._asyncio import (
     StreamHandler,
     is_async_callable,
     is_stream_callable,
+    refuse_auto_stream,
 )
 from freight._drivers._options import BatcherKwargs, options_from
 from freight._drivers._runner import _End
@@ -309,6 +310,9 @@ class _Batched:
     def _bound_form(self, obj: Any) -> Any:
         raise NotImplementedError
 
+    def _check_spec(self, spec: BatchSpec) -> None:
+        """Refuse a spec this form's batchers cannot honour (before anything changes)."""
+
     def _batchers_now(self) -> list[Any]:
         raise NotImplementedError
 
@@ -327,6 +331,7 @@ class _Batched:
         due is flushed) and to those it makes later. For a method, to this instance's.
         """
         spec = self._options.spec.replace(**changes)
+        self._check_spec(spec)
         for batcher in self._batchers_now():
             batcher.reconfigure(**changes)
         self._options = _Options(spec, self._options.options)
@@ -430,14 +435,21 @@ class StreamBatched(_Batched, Generic[T, R]):
             ...
 
     See :meth:`Batcher.stream` for the step contract (values, ``Exception`` instances,
-    :data:`freight.END`) and what happens when a caller stops reading.
+    :data:`freight.END`) and what happens when a caller stops reading. Its size is
+    fixed: ``size="auto"`` is refused with a :class:`~freight.ConfigError` (see
+    :func:`~freight._drivers._asyncio.refuse_auto_stream` for why).
     """
 
     def __init__(self, fn: Callable[..., Any], options: _Options, instance: Any = None) -> None:
         self._setup(fn, options, instance)
+        self._check_spec(options.spec)
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Batcher[T, R]] = (
             weakref.WeakKeyDictionary()
         )
+
+    def _check_spec(self, spec: BatchSpec) -> None:
+        name = self._options.options.get("name") or getattr(self._fn, "__qualname__", "batcher")
+        refuse_auto_stream(spec, str(name))
 
     def batcher(self) -> Batcher[T, R]:
         """The streaming :class:`Batcher` of the running event loop (created on first use)."""

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from freight import Batcher, BatchEvent, BatchSpec, ThreadBatcher
+import freight
+from freight import Batcher, BatchEvent, BatchSpec, ConfigError, ThreadBatcher
 from freight._drivers._options import Subscriber
 from freight.metrics import PrometheusSubscriber
 from freight.testing import FakeClock
@@ -186,3 +187,41 @@ async def test_a_slow_first_call_is_forgotten() -> None:
     # Then the callers of the second half second are all within the target again
     assert len(latencies) == len(times)
     assert max(lat for at, lat in latencies if at > 0.5) <= TARGET
+
+
+# -- streaming batches: refused by name ------------------------------------------------
+#
+# The tuner models a batch as one handler time that both delays its callers and holds a
+# batch slot (rules 3 and 4). A streaming batch has two: its callers get their first
+# output after the first step, but it holds its slot until its longest stream ends,
+# which the handler decides, not the batch size. Neither figure alone keeps the plan
+# honest, so size="auto" with a streaming handler is refused, not tuned wrongly.
+
+
+async def tokens(prompts: list[str]) -> AsyncIterator[list[str]]:
+    for step in range(3):
+        yield [f"{p}:{step}" for p in prompts]
+
+
+async def test_a_streaming_batcher_refuses_size_auto_by_name() -> None:
+    auto = BatchSpec(size="auto", latency_target=TARGET)
+    with pytest.raises(ConfigError, match=r"size='auto'.*'tokens' streams") as refused:
+        Batcher(tokens, auto)
+    assert "fixed size" in str(refused.value)
+    # And reconfigure cannot hand a streaming batcher to the tuner either
+    async with Batcher(tokens, BatchSpec(size=4, timeout=0.01)) as batcher:
+        with pytest.raises(ConfigError, match=r"size='auto'.*'tokens' streams"):
+            batcher.reconfigure(size="auto", latency_target=TARGET)
+        assert batcher.spec == BatchSpec(size=4, timeout=0.01)  # nothing changed
+        assert [t async for t in batcher.stream("a")] == ["a:0", "a:1", "a:2"]
+
+
+async def test_batched_streaming_function_refuses_size_auto_when_decorated() -> None:
+    with pytest.raises(ConfigError, match=r"size='auto'.*'tokens' streams"):
+        freight.batched(size="auto", latency_target=TARGET)(tokens)
+    stream = freight.batched(size=4, timeout=0.01)(tokens)
+    with pytest.raises(ConfigError, match=r"size='auto'.*'tokens' streams"):
+        stream.reconfigure(size="auto", latency_target=TARGET)
+    assert stream.spec == BatchSpec(size=4, timeout=0.01)
+    assert [t async for t in stream("b")] == ["b:0", "b:1", "b:2"]
+    await stream.close()

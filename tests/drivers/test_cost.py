@@ -239,3 +239,33 @@ async def test_batch_size_fn_multiple_items_fit(clock: FakeClock) -> None:
     assert all(t.done() for t in tasks)
     assert len(batches) == 1, f"Expected 1 batch, got {len(batches)}"
     assert set(batches[0]) == {"a", "b", "c"}
+
+
+async def test_batcher_fails_a_retried_item_that_no_longer_fits(clock: FakeClock) -> None:
+    # Given an item sent back for a retry, waiting on its backoff
+    tries: list[list[str]] = []
+
+    async def flaky(texts: list[str]) -> list[object]:
+        tries.append(list(texts))
+        return [TransientError("busy") if t == "aaaa" else t for t in texts]
+
+    spec = BatchSpec(size=2, timeout=1, max_cost=8, cost=padded)
+    retry = Retry(attempts=3, backoff=0.5, jitter=0)
+    async with Batcher(flaky, spec, clock=clock, retry=retry) as batcher:
+        futures = [batcher.submit_nowait("aaaa"), batcher.submit_nowait("b")]
+        await clock.advance(0)
+        assert futures[1].result() == "b"
+        assert not futures[0].done()
+        # When a reconfigure makes it cost more than max_cost alone (4 > 3)
+        batcher.reconfigure(max_cost=3)
+        await clock.advance(0.5)
+        # Then its caller gets ItemTooLarge (it does not hang) and nothing is pending
+        with pytest.raises(ItemTooLarge, match=r"costs 4 alone, over max_cost=3"):
+            await asyncio.wait_for(futures[0], timeout=1)
+        assert batcher.pending == 0
+        assert batcher.stats().failed == 1
+        # And the batcher goes on: a later item that fits is handled
+        later = batcher.submit_nowait("c")
+        await clock.advance(1)
+        assert later.result() == "c"
+    assert tries == [["aaaa", "b"], ["c"]]

@@ -364,6 +364,28 @@ async def test_a_transient_error_entry_in_the_first_step_comes_back_in_a_later_b
     assert batches == [[0, 1], [1]]
 
 
+async def test_a_stream_waiting_for_its_retry_fails_if_a_reconfigure_makes_it_too_costly() -> None:
+    # Given a stream whose first step sent its item back for a retry (cost: its length)
+    clock = FakeClock()
+
+    async def handler(items: list[str]) -> AsyncIterator[list[Any]]:
+        yield [TransientError("busy") if i == "long" else i for i in items]
+
+    spec = BatchSpec(size=2, timeout=5, max_cost=10, cost=lambda items: sum(map(len, items)))
+    retry = Retry(attempts=2, backoff=1, jitter=0)
+    async with Batcher(handler, spec, clock=clock, retry=retry) as b:
+        waiting, short = b.stream("long"), b.stream("ab")
+        assert await collect(short) == ["ab"]
+        # When max_cost drops below its cost alone while it waits
+        b.reconfigure(max_cost=3)
+        await clock.advance(1)
+        # Then its reader gets ItemTooLarge, and nothing stays pending
+        with pytest.raises(freight.ItemTooLarge, match=r"costs 4 alone, over max_cost=3"):
+            await asyncio.wait_for(collect(waiting), timeout=1)
+        assert b.pending == 0
+        assert b.stats().failed == 1
+
+
 async def test_rate_limit_paces_streaming_batches() -> None:
     clock = FakeClock()
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import AsyncIterator
 from concurrent.futures import CancelledError, Future
+from typing import Any
 
 import pytest
 
@@ -241,6 +243,30 @@ def test_async_handler_is_refused_with_a_pointer_to_batcher() -> None:
 
     with pytest.raises(ConfigError, match=r"freight\.Batcher"):
         ThreadBatcher(handler, BatchSpec(size=1))  # type: ignore[arg-type]
+
+
+class _Steps:
+    """A callable object whose ``__call__`` is an async generator (a streaming handler)."""
+
+    async def __call__(self, items: list[int]) -> AsyncIterator[list[int]]:
+        yield items
+
+
+async def _steps(items: list[int]) -> AsyncIterator[list[int]]:
+    yield items
+
+
+@pytest.mark.parametrize("handler", [_steps, _Steps()], ids=["function", "callable object"])
+def test_a_streaming_handler_is_refused_with_a_pointer_to_batcher_stream(handler: Any) -> None:
+    # Given an async generator handler (a streaming batch), which threads cannot drive
+    # When a ThreadBatcher is made with it
+    # Then it is refused at once (not with a HandlerContractError on every batch)
+    with pytest.raises(ConfigError) as refused:
+        ThreadBatcher(handler, BatchSpec(size=1))
+    message = str(refused.value)
+    assert "async generator" in message
+    assert "Batcher.stream" in message
+    assert "@freight.batched" in message
 
 
 def test_key_function_error_goes_to_that_caller() -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "StreamHandler",
     "SyncHandler",
     "is_stream_callable",
+    "refuse_auto_stream",
 ]
 
 T = TypeVar("T")
@@ -79,6 +80,28 @@ def is_stream_callable(fn: object) -> bool:
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004  (we want the method, not callable())
     return call is not None and inspect.isasyncgenfunction(call)
+
+
+def refuse_auto_stream(spec: BatchSpec, name: str) -> None:
+    """Raise :class:`~freight.ConfigError` if ``spec`` asks for ``size="auto"``: the
+    handler named ``name`` streams, and streaming batches have a fixed size.
+
+    Why: the tuner models a batch by one handler time, which both delays its callers
+    and holds a batch slot (its rules 3 and 4). A streaming batch has two such times:
+    its callers get their first output after the first step, but it holds its slot
+    until its longest stream ends, which the handler decides, not the batch size. Fed
+    the first step, the tuner would plan for a throughput the handler does not have
+    (queues without bound); fed the whole stream, it would size batches by stream
+    lengths. Either way the latency target would not be kept, so it is refused.
+    """
+    if spec.auto:
+        raise ConfigError(
+            f"size='auto' cannot tune a streaming batch: {name!r} streams (its handler is "
+            "an async generator), and the tuner's model of one handler time per batch "
+            "does not hold for it (the first output comes after one step, the batch holds "
+            "its slot until its longest stream ends); give it a fixed size and timeout "
+            "(e.g. size=16, timeout=0.005) and change them at runtime with reconfigure()"
+        )
 
 
 class Batcher(EngineBase[T, R], Generic[T, R]):
@@ -125,11 +148,11 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
         spec: BatchSpec,
         **options: Unpack[BatcherKwargs[T]],
     ) -> None:
+        self._is_stream = is_stream_callable(handler)  # read by _check_spec
         super().__init__(handler, spec, options_from("Batcher", dict(options)))
         self._clock: Clock | None = self.options.clock
         self._now: Callable[[], float] = _unbound_clock
         self._is_async = is_async_callable(handler)
-        self._is_stream = is_stream_callable(handler)
         self._timeout = self._buffer.timeout  # spec.timeout, or the tuner's wait
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: TimerHandle | None = None
@@ -145,6 +168,10 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Batcher {self.name!r} {self.spec!r} pending={self._pending} {state}>"
+
+    def _check_spec(self, spec: BatchSpec, name: str) -> None:
+        if self._is_stream:
+            refuse_auto_stream(spec, name)
 
     # -- submitting ------------------------------------------------------------
 
@@ -565,7 +592,15 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
                 self._pending -= 1
                 self._stats.cancelled += 1
                 continue
-            self._start(self._buffer.put(item, now, future))
+            try:
+                flushes = self._buffer.put(item, now, future)
+            except Exception as exc:  # a reconfigure made it ItemTooLarge meanwhile
+                self._tried.pop(future, None)
+                self._pending -= 1
+                self._stats.failed += 1
+                future.set_exception(exc)
+                continue
+            self._start(flushes)
         self._start(self._full_flushes())
         self._after_settle()
         if self._closed:

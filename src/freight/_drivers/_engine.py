@@ -81,6 +81,7 @@ class EngineBase(Generic[T, R]):
             )
         self._handler = handler
         self.options = options
+        self._check_spec(spec, self._name_of(handler, options))
         # Drivers check where= on the caller's side (and raise Skipped there), then
         # use the buffer's check-free put() on their hot path.
         self._buffer: BatchBuffer[T] = BatchBuffer(spec, key=options.key, where=options.where)
@@ -95,11 +96,7 @@ class EngineBase(Generic[T, R]):
         self.ordered = options.ordered
         self._retry = options.retry
         self._limiter = options.limiter
-        self.name: str = (
-            options.name
-            if options.name is not None
-            else str(getattr(handler, "__qualname__", "batcher"))
-        )
+        self.name: str = self._name_of(handler, options)
         self._subscribers: list[Subscriber] = list(options.subscribers)
         self._priced = spec.cost is not None  # items to refuse at submit if over max_cost
         self._tuner: SizeTuner | None = None
@@ -168,6 +165,7 @@ class EngineBase(Generic[T, R]):
         }
         spec = self.spec.replace(**{k: v for k, v in given.items() if v is not _KEEP})
         spec.size  # noqa: B018  (a time-only spec raises ConfigError here, changing nothing)
+        self._check_spec(spec, self.name)
         with self._guard():
             self.spec = spec
             self._priced = spec.cost is not None
@@ -189,6 +187,16 @@ class EngineBase(Generic[T, R]):
             self._limits_changed(flushes)
 
     # -- shared internals ------------------------------------------------------
+
+    @staticmethod
+    def _name_of(handler: Callable[..., Any], options: BatcherOptions) -> str:
+        if options.name is not None:
+            return options.name
+        return str(getattr(handler, "__qualname__", "batcher"))
+
+    def _check_spec(self, spec: BatchSpec, name: str) -> None:
+        """Refuse a spec this driver cannot honour (at construction and at
+        :meth:`reconfigure`, before anything changes); every spec by default."""
 
     def _start(self, flushes: Sequence[Flush[T]]) -> None:
         """Hand due batches to the dispatch queue (each driver runs them its way)."""

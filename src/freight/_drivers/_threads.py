@@ -31,7 +31,7 @@ from freight._core._clock import Clock, TimerHandle
 from freight._core._plan import Reply
 from freight._core._spec import BatchSpec
 from freight._core._stats import BatcherStats
-from freight._drivers._asyncio import SyncHandler, is_async_callable
+from freight._drivers._asyncio import SyncHandler, is_async_callable, is_stream_callable
 from freight._drivers._clocks import ThreadClock
 from freight._drivers._engine import EngineBase
 from freight._drivers._options import BatcherKwargs, options_from
@@ -66,7 +66,9 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
             row_id = batcher.call(row)        # or block for the result
 
     The arguments are those of :class:`~freight.Batcher`; the handler must be a
-    plain function (use :class:`~freight.Batcher` for ``async def`` handlers).
+    plain function (use :class:`~freight.Batcher` for ``async def`` handlers, and
+    :meth:`Batcher.stream <freight.Batcher.stream>` for async generators: a streaming
+    handler is refused here with a :class:`~freight.ConfigError`).
     With ``overflow="block"``, :meth:`submit` blocks the calling thread while
     ``max_pending`` items are pending; :meth:`submit_nowait` never blocks.
     Cancelling a returned future before its batch starts removes the item.
@@ -80,6 +82,13 @@ class ThreadBatcher(EngineBase[T, R], Generic[T, R]):
     ) -> None:
         super().__init__(handler, spec, options_from("ThreadBatcher", dict(options)))
         clock = self.options.clock
+        if is_stream_callable(handler):
+            raise ConfigError(
+                f"ThreadBatcher cannot drive handler {self.name!r}: it is an async generator "
+                "(a streaming batch, one step per yield), which needs an event loop; stream "
+                "it with freight.Batcher and Batcher.stream(item), or decorate it with "
+                "@freight.batched (each call then returns an async iterator of its outputs)"
+            )
         if is_async_callable(handler):
             raise ConfigError(
                 "ThreadBatcher needs a plain (sync) handler; for an `async def` handler "
