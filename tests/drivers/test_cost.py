@@ -269,3 +269,25 @@ async def test_batcher_fails_a_retried_item_that_no_longer_fits(clock: FakeClock
         await clock.advance(1)
         assert later.result() == "c"
     assert tries == [["aaaa", "b"], ["c"]]
+
+
+async def test_a_waiting_submit_refuses_an_item_too_large_before_waiting_for_room(
+    clock: FakeClock,
+) -> None:
+    # Given a full batcher (max_pending=1, overflow="block") with a cost limit
+    gate = asyncio.Event()
+
+    async def held(texts: list[str]) -> list[str]:
+        await gate.wait()
+        return texts
+
+    spec = BatchSpec(size=5, timeout=1, max_cost=3, cost=padded)
+    async with Batcher(held, spec, clock=clock, max_pending=1) as batcher:
+        first = batcher.submit_nowait("a")
+        # When an item over max_cost alone is submitted
+        # Then it is refused at once, not after waiting for room
+        with pytest.raises(ItemTooLarge, match=r"costs 4 alone, over max_cost=3"):
+            await asyncio.wait_for(batcher.submit("long"), timeout=1)
+        assert not first.done()
+        gate.set()
+        assert await first == "a"

@@ -676,3 +676,52 @@ async def test_a_reader_waiting_for_room_can_be_cancelled_or_find_the_batcher_cl
     assert await collect(first) == [1]
     await closer
     assert b.pending == 0
+
+
+async def test_a_stream_too_costly_alone_is_refused_at_stream_even_when_full() -> None:
+    # Given a full streaming batcher with a cost limit (cost: the items' total length)
+    clock = FakeClock()
+
+    async def handler(items: list[str]) -> AsyncIterator[list[str]]:
+        yield list(items)
+
+    spec = BatchSpec(size=5, timeout=1, max_cost=3, cost=lambda items: sum(map(len, items)))
+    async with Batcher(handler, spec, clock=clock, max_pending=1) as b:
+        first = b.stream("ab")
+        # When an item over max_cost alone is streamed while the batcher is full
+        # Then stream() refuses it at once, as when there is room
+        with pytest.raises(freight.ItemTooLarge, match=r"costs 4 alone, over max_cost=3"):
+            b.stream("long")
+        await clock.advance(1)
+        assert await collect(first) == ["ab"]
+        with pytest.raises(freight.ItemTooLarge, match=r"costs 4 alone, over max_cost=3"):
+            b.stream("long")
+        assert b.pending == 0
+
+
+async def test_a_stream_whose_key_fails_once_it_has_room_ends_with_that_error() -> None:
+    # Given a stream opened while the batcher is full, whose key= raises
+    clock = FakeClock()
+
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        yield list(items)
+
+    def key(item: int) -> int:
+        if item < 0:
+            raise LookupError(f"no key for {item}")
+        return 0
+
+    async with Batcher(
+        handler, BatchSpec(size=5, timeout=1), clock=clock, max_pending=1, key=key
+    ) as b:
+        first, bad = b.stream(1), b.stream(-1)
+        reader = asyncio.create_task(collect(bad))
+        await clock.advance(1)
+        assert await collect(first) == [1]
+        # When it gets room, its item cannot be buffered
+        # Then its reader gets the key's error once, and the stream is over (no hang)
+        with pytest.raises(LookupError, match="no key for -1"):
+            await asyncio.wait_for(reader, timeout=1)
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(bad.__anext__(), timeout=1)
+        assert b.pending == 0

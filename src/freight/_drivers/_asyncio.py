@@ -237,8 +237,11 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
         queued = self._pending < self.max_pending
         if queued:
             self._accept(item, caller)
-        elif self.overflow == "reject":
-            raise self._queue_full()
+        else:
+            if self._priced:  # refused now, not when its first read finds room
+                self._buffer.check(item)
+            if self.overflow == "reject":
+                raise self._queue_full()
         return BatchStream(self, item, caller, queued)
 
     async def submit(self, item: T) -> R:
@@ -249,6 +252,8 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
         removes the item; after dispatch, only this caller's result is dropped.
         """
         while self._pending >= self.max_pending and not self._closed:
+            if self._priced:  # an item no batch can take is refused before waiting
+                self._buffer.check(item)
             if self.overflow == "reject":
                 raise self._queue_full()
             await self._wait_for_room()
@@ -658,7 +663,7 @@ class BatchStream(AsyncIterator[R]):
         outputs = caller.outputs
         if outputs:
             return outputs.popleft()  # type: ignore[no-any-return]
-        if not self._queued:
+        if not self._queued and not self._finished:
             await self._enter()
         while not caller.done():
             try:
@@ -695,8 +700,13 @@ class BatchStream(AsyncIterator[R]):
             self._caller.leave()
             self._finished = True
             raise BatcherClosed(f"batcher {batcher.name!r} is closed; it accepts no new items")
+        try:
+            batcher._accept(self._item, self._caller)
+        except Exception:  # its key= or sizer raised, or it now costs over max_cost
+            self._caller.leave()
+            self._finished = True  # raised once; the next read stops
+            raise
         self._queued = True
-        batcher._accept(self._item, self._caller)
 
     def _leave(self) -> None:
         caller = self._caller
