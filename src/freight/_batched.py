@@ -66,6 +66,15 @@ StreamListFn = StreamHandler[T, R]
 
 _KIND = inspect.Parameter
 
+_UNSET: Any = object()
+
+
+def _whole(size: Any) -> Any:
+    """A whole float size as an int (Ray takes ``max_batch_size=1.0``); others as given."""
+    if isinstance(size, float) and size.is_integer():
+        return int(size)
+    return size
+
 
 # -- how calls map to the handler's lists ----------------------------------------------
 
@@ -321,15 +330,34 @@ class _Batched:
         """When this function's batches are due (as :meth:`reconfigure` last left it)."""
         return self._options.spec
 
-    def reconfigure(self, **changes: Any) -> None:
+    def reconfigure(
+        self,
+        *,
+        size: int | Literal["auto"] = _UNSET,
+        timeout: float | timedelta | None = _UNSET,
+        max_bytes: int | None = _UNSET,
+        max_cost: float | None = _UNSET,
+        latency_target: float | timedelta | None = _UNSET,
+        max_size: int = _UNSET,
+    ) -> None:
         """Change when batches are due, from the next batch on (Ray's ``set_max_batch_size``
         and ``set_batch_wait_timeout_s``): ``size=``, ``timeout=``, ``max_bytes=``,
         ``max_cost=``, ``latency_target=``, ``max_size=``; the others are kept.
 
-        Checked as :class:`BatchSpec` checks them; applied to this function's batchers
-        (see :meth:`Batcher.reconfigure <freight.Batcher.reconfigure>`: an open batch now
+        Checked as :class:`BatchSpec` checks them (a whole float size, Ray's ``1.0``,
+        is taken as at decoration); applied to this function's batchers (see
+        :meth:`Batcher.reconfigure <freight.Batcher.reconfigure>`: an open batch now
         due is flushed) and to those it makes later. For a method, to this instance's.
         """
+        given: dict[str, Any] = {
+            "size": _whole(size),
+            "timeout": timeout,
+            "max_bytes": max_bytes,
+            "max_cost": max_cost,
+            "latency_target": latency_target,
+            "max_size": max_size,
+        }
+        changes = {name: value for name, value in given.items() if value is not _UNSET}
         spec = self._options.spec.replace(**changes)
         self._check_spec(spec)
         for batcher in self._batchers_now():
@@ -638,9 +666,6 @@ class BatchedDecorator:
         return SyncBatchedMethod(fn, self._options)
 
 
-_UNSET: Any = object()
-
-
 @overload
 def batched(size: StreamListFn[T, R], /) -> StreamBatched[T, R]: ...
 @overload
@@ -715,10 +740,8 @@ def batched(
     """
     if callable(size) and not isinstance(size, int):
         return batched()(size)
-    if isinstance(size, float) and size.is_integer():  # Ray takes max_batch_size=1.0
-        size = int(size)
     spec = BatchSpec(
-        size,
+        _whole(size),
         DEFAULT_TIMEOUT if timeout is _UNSET else timeout,
         max_bytes=max_bytes,
         sizer=sizer,

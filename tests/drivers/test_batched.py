@@ -353,3 +353,21 @@ def test_reconfigure_a_sync_method_of_one_instance() -> None:
     assert (a.predict.spec.size, a.predict.batcher().spec.size) == (5, 5)
     assert b.predict.spec.size == 2
     a.predict.close()
+
+
+async def test_reconfigure_takes_the_batchers_arguments_and_rays_whole_float_size() -> None:
+    @freight.batched(size=1, timeout=0.01)
+    async def echo(items: list[int]) -> list[int]:
+        return items
+
+    echo.reconfigure(size=4.0)  # type: ignore[arg-type]  # Ray's set_max_batch_size(4.0)
+    assert echo.spec.size == 4
+    with pytest.raises(ConfigError, match="size"):
+        echo.reconfigure(size=4.5)  # type: ignore[arg-type]
+    # The same arguments as Batcher.reconfigure: a sizer is set with the spec, not here
+    with pytest.raises(TypeError, match="sizer"):
+        echo.reconfigure(max_bytes=100, sizer=len)  # type: ignore[call-arg]
+    assert echo.spec == freight.BatchSpec(size=4, timeout=0.01)
+    assert await echo(7) == 7
+    assert echo.batcher().spec == echo.spec
+    await echo.close()

@@ -116,6 +116,7 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
 
     A handler that is an async generator makes a *streaming* batcher: callers use
     :meth:`stream` instead of :meth:`submit` and read their outputs one step at a time.
+    Its size is fixed: ``size="auto"`` is refused (see :func:`refuse_auto_stream`).
 
     Args:
         handler: ``list[T] -> list[R]`` (``async def`` or plain ``def``, which runs in
