@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
 import pytest
 
 from freight import (
+    Batcher,
     BatcherClosed,
     BatchEvent,
     BatchSpec,
@@ -267,6 +268,21 @@ def test_a_streaming_handler_is_refused_with_a_pointer_to_batcher_stream(handler
     assert "async generator" in message
     assert "Batcher.stream" in message
     assert "@freight.batched" in message
+
+
+def _rows(items: list[int]) -> Iterator[list[int]]:
+    yield items
+
+
+async def test_a_sync_generator_handler_is_refused_by_both_batchers() -> None:
+    # Given a plain generator function (it returns a generator, never a list)
+    # When either batcher is made with it
+    # Then it is refused at once, as @batched refuses it, not on every batch
+    makers: list[Any] = [ThreadBatcher, Batcher]  # mypy refuses the handler already
+    for make in makers:
+        with pytest.raises(ConfigError, match=r"'_rows' is a generator function") as refused:
+            make(_rows, BatchSpec(size=1))
+        assert "async def" in str(refused.value)
 
 
 def test_key_function_error_goes_to_that_caller() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -78,6 +79,15 @@ class EngineBase(Generic[T, R]):
             raise ConfigError(
                 f"spec must be a freight.BatchSpec (e.g. BatchSpec(size=100, timeout=0.05)), "
                 f"got {spec!r}"
+            )
+        if inspect.isgeneratorfunction(handler) or inspect.isgeneratorfunction(
+            getattr(handler, "__call__", None)  # noqa: B004  (the method, not callable())
+        ):
+            raise ConfigError(
+                f"handler {self._name_of(handler, options)!r} is a generator function; a "
+                "batch handler returns a list with one result per item. To stream steps, "
+                "make it an `async def` that yields them and use Batcher.stream(item) or "
+                "@freight.batched"
             )
         self._handler = handler
         self.options = options
