@@ -226,7 +226,7 @@ def test_a_failed_write_with_no_room_left_keeps_no_publish_span(tmp_path: Path) 
     for i in range(10):
         tracer(Span(f"s{i}", "flush", "c", now, 0.0, {}))
     for i in range(3):
-        tracing.published(Envelope(f"e{i}", "Tx", Tx(i), None, 0.0, now), 1)
+        tracing.published([(Envelope(f"e{i}", "Tx", Tx(i), None, 0.0, now), i, ["pay"])], 0.0)
     with pytest.raises(FileExistsError):
         tracer.flush()
     tracer.path = tmp_path / "t.duckdb"

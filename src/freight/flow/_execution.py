@@ -285,10 +285,7 @@ class Executor:
         visibility = spec.visibility
         if visibility is None:  # what is made from one tenant's artifacts stays that tenant's
             visibility = Tenant(tenant) if tenant is not None else PUBLIC
-        return self.router.envelope(
-            value, producer=spec.name, visibility=visibility, depth=depth,
-            correlation_id=correlation,
-        )  # fmt: skip
+        return self.router.envelope(value, spec.name, visibility, depth, correlation)
 
 
 def _split_again(works: list[Work], outcome: Outcome) -> tuple[list[Work], list[Any], list[Work]]:

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import functools
+import operator
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from freight._core._clock import TimerHandle
 from freight._core._dispatch import DispatchQueue
 from freight.flow._artifacts import Envelope
 from freight.flow._consumer import ConsumerSpec
 
-__all__ = ["DeadLetter", "PendingBatch", "Route", "Runtime", "Work", "dead_letter"]
+__all__ = [
+    "DeadLetter",
+    "PendingBatch",
+    "Route",
+    "Runtime",
+    "Work",
+    "dead_letter",
+    "new_work",
+    "work_tenant",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,15 +76,27 @@ class PendingBatch:
     deadline: float | None
 
 
-@dataclass(slots=True)
-class Work:
-    """What a handler gets for one item: an artifact or a group, with its envelopes."""
+class Work(NamedTuple):
+    """What a handler gets for one item: an artifact or a group, with its envelopes.
+
+    A tuple (one per artifact and subscription taking it, made with
+    :func:`new_work`: no Python-level ``__init__``)."""
 
     item: Any
     envelopes: tuple[Envelope, ...]
     tenant: str | None
     tried: int = 0  # tries in earlier batches, for an item sent back by the plan
     lane: int = 0  # the consumer's subscription it came through (ConsumerSpec.subscriptions)
+
+
+new_work: Callable[[tuple[Any, tuple[Envelope, ...], str | None, int, int]], Work] = (
+    functools.partial(tuple.__new__, Work)
+)
+"""``new_work((item, envelopes, tenant, tried, lane))``: a :class:`Work` without the
+NamedTuple's Python-level ``__new__`` (the hot path: once per artifact)."""
+
+work_tenant: Callable[[Work], Hashable] = operator.itemgetter(2)
+"""A work's tenant, in C (the batch buffers' key: batches never mix tenants)."""
 
 
 class Runtime:

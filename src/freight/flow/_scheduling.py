@@ -41,18 +41,21 @@ from freight._core._join import JoinBuffer, JoinGroup
 from freight._core._spec import BatchSpec
 from freight.flow._artifacts import Envelope
 from freight.flow._consumer import Group, Subscription
-from freight.flow._records import PendingBatch, Route, Runtime, Work, dead_letter
+from freight.flow._records import (
+    PendingBatch,
+    Route,
+    Runtime,
+    Work,
+    dead_letter,
+    new_work,
+    work_tenant,
+)
 from freight.flow._tracing import Tracing
 from freight.flow._visibility import After
 
 __all__ = ["Lane", "Scheduler", "pending"]
 
 Dispatch = Callable[[Runtime, list[Work], str | None], None]
-
-
-def tenant_key(work: Work) -> Hashable:
-    """The batch key: batches never mix tenants."""
-    return work.tenant
 
 
 def _tenant_scope(key: Hashable) -> Hashable:
@@ -89,7 +92,7 @@ class Lane:
                 batch = BatchSpec(sys.maxsize, batch.timeout, batch.max_bytes, batch.sizer)
             else:
                 self.size = batch.size
-            self.buffer = BatchBuffer(batch, key=tenant_key)
+            self.buffer = BatchBuffer(batch, key=work_tenant)
         self.embargo: list[tuple[float, int, Envelope]] = []
 
     def next_deadline(self) -> float | None:
@@ -146,7 +149,23 @@ class Scheduler:
                 self.schedule(rt)
                 return
             now = max(now, due)
-        self.deliver(rt, lane, envelope, now)
+        state = (rt.lanes or self.lanes(rt))[lane]
+        buffer = state.buffer
+        if state.gate is not None or buffer is None:
+            self.deliver(rt, lane, envelope, now)
+            return
+        # deliver() for a lane that batches single artifacts, inline (the hot path:
+        # once per artifact and subscription)
+        work = new_work((envelope.payload, (envelope,), envelope.tenant, 0, lane))
+        flushes = buffer.put(work, now)  # the flow ran `where` itself; lanes never close
+        if flushes:
+            for flush in flushes:
+                self._flush(rt, state, flush)
+            self.schedule(rt)
+        elif len(buffer) == 1:
+            self.schedule(rt)  # it opened the buffer's only batch: a deadline to arm
+        # Otherwise it joined an open batch or opened a tenant's batch whose deadline is
+        # no earlier than one already armed: the timer stays (rule 6).
 
     def deliver(self, rt: Runtime, lane: int, envelope: Envelope, now: float) -> None:
         """``envelope`` reached lane ``lane`` of ``rt`` at ``now`` (rules 1-3)."""
@@ -160,10 +179,13 @@ class Scheduler:
             if group is not None:
                 self._offer(rt, state, _group_work(state, group), now)
             self.expire(rt, state, now)
-        else:
-            work = Work(envelope.payload, (envelope,), envelope.tenant, 0, lane)
-            self._offer(rt, state, work, now)
-        self.schedule(rt)
+            self.schedule(rt)
+            return
+        work = new_work((envelope.payload, (envelope,), envelope.tenant, 0, lane))
+        self._offer(rt, state, work, now)
+        if state.buffer is not None:
+            self.schedule(rt)
+        # (without a buffer or a gate it ran at once: no deadline changed)
 
     def offer_again(self, rt: Runtime, works: list[Work]) -> None:
         """``works`` come back for another try (their backoff has passed): buffer them
@@ -180,7 +202,7 @@ class Scheduler:
         if lane.buffer is None:
             self._run(rt, lane, [work], reason="immediate", opened_at=now, key=work.tenant)
             return
-        for flush in lane.buffer.add(work, now):
+        for flush in lane.buffer.put(work, now):  # (`where` ran in routing)
             self._flush(rt, lane, flush)
 
     def _flush(self, rt: Runtime, lane: Lane, flush: Flush[Work]) -> None:

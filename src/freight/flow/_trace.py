@@ -9,19 +9,23 @@ A subscriber is any callable taking a :class:`Span`. Two ship with freight:
   for whatever exporter the application configured.
 
 How the DuckDB tracer stays cheap (a flow traces by default, so its cost is every
-flow's): recording a span appends one tuple to a deque, nothing else, on the event
-loop. A writer thread takes what the deque holds every ``buffer`` spans or
-``interval`` seconds and inserts it with one statement (an Arrow table scanned by
-DuckDB, or DuckDB's appender without pyarrow): timestamps, the JSON of the extra
-attributes and the column values are made there, never per publish. Measured on the
-development machine (2 shared cores): a span written row by row (``executemany``, as
-before) cost ~2 ms; queuing one costs ~0.5 µs, and writing it in bulk ~2.5-5 µs of
-CPU, most of it DuckDB's insert (which releases the GIL).
+flow's): on the event loop, a publish span (one per artifact, most of a flow's spans)
+is seven values appended to a list, another span one tuple appended to a deque;
+nothing is converted, formatted or written there, and nothing is kept alive for the
+garbage collector to walk (see :class:`PublishRow`). A writer thread takes what is
+queued every ``buffer`` spans or ``interval`` seconds (and the flow when it goes idle
+or closes, in a worker thread) and inserts it with one statement per table (Arrow
+tables scanned by DuckDB): publish spans into the narrow ``publish_spans``, the
+others into ``span_rows``; ``spans`` is the view over both that users query.
+Measured on the development machine (2 shared cores, the guide's payments flow,
+20,000 transactions): a span written row by row (``executemany``, long ago) cost
+~2 ms; now a publish span costs ~0.4 us on the event loop and ~1.5 us in the writer
+(~0.4 us of Python making its columns, the rest DuckDB's insert and the checkpoint of
+the detach, which release the GIL).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import json
@@ -29,11 +33,13 @@ import logging
 import threading
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
+
+from freight.flow._artifacts import Envelope
 
 __all__ = ["DuckDBTracer", "OpenTelemetryTracer", "Span", "SpanKind"]
 
@@ -76,31 +82,31 @@ SpanRow = tuple[str, str | None, str, str, str | None, float, float, Mapping[str
 ended (UTC epoch seconds), duration, attributes)``; ``None`` attributes are skipped
 when it is written."""
 
-PublishRow = tuple[str, str, str, str | None, datetime, str | None, int, int]
-"""A publish span as the DuckDB tracer queues it, taken from the envelope: ``(flow,
-artifact id (the span's id), type, producer, published_at, tenant, depth, consumers
-that took it)``. One per artifact: the bulk of a flow's spans, so the narrowest."""
-
-_FIELDS = frozenset({"consumer", "duration"})  # columns of their own, also in the attributes
 _KEEP = 200_000  # spans held at most: queued, or kept by a failed write for the next one
 
-_NAMES = (
-    "batch_size",
-    "flush_reason",
-    "efficiency",
-    "succeeded",
-    "failed",
-    "artifact_type",
-    "reason",
-    "tenant",
-)
-_NOT_EXTRA = _FIELDS | frozenset(_NAMES)
+# The attributes with a column of their own, and its type; ``consumer`` and
+# ``duration`` have theirs too. The others go to the JSON column ``attributes``.
+_COLUMNS: dict[str, type] = {
+    "batch_size": int,
+    "flush_reason": str,
+    "efficiency": float,
+    "succeeded": int,
+    "failed": int,
+    "artifact_type": str,
+    "reason": str,
+    "tenant": str,
+}
+_NOT_EXTRA = frozenset({"consumer", "duration", *_COLUMNS})
 
-# No primary key: span ids are unique by construction (a random prefix per flow and a
-# counter), and the key's index cost a quarter of each insert. Files written by earlier
-# versions keep theirs; the columns are the same.
-_DDL = """
-CREATE TABLE IF NOT EXISTS spans (
+# The table ``spans`` users query is a view over two tables: ``span_rows`` (flush,
+# handler and dead-letter spans, every column) and ``publish_spans`` (one row per
+# published artifact, only the columns a publish span fills: a third of the wide
+# table's insert). No primary keys: span ids are unique by construction (a random
+# prefix per flow and a counter), and a key's index cost a quarter of each insert.
+# A file written before the view existed has ``spans`` as its wide table: it is renamed
+# ``span_rows`` (its rows, and a primary key it may have, kept).
+_SPAN_ROWS = """
+CREATE TABLE IF NOT EXISTS span_rows (
     span_id VARCHAR,
     parent_id VARCHAR,
     flow VARCHAR NOT NULL,
@@ -121,6 +127,42 @@ CREATE TABLE IF NOT EXISTS spans (
     attributes JSON
 )
 """
+_PUBLISH_SPANS = """
+CREATE TABLE IF NOT EXISTS publish_spans (
+    flow VARCHAR NOT NULL,
+    span_id VARCHAR NOT NULL,
+    artifact_type VARCHAR NOT NULL,
+    consumer VARCHAR,
+    started_at TIMESTAMPTZ NOT NULL,
+    tenant VARCHAR,
+    depth INTEGER NOT NULL,
+    consumers INTEGER NOT NULL
+)
+"""
+# A publish span's attributes column: the same JSON text the wide table holds.
+_SPANS_VIEW = """
+CREATE VIEW IF NOT EXISTS spans AS
+SELECT span_id, parent_id, flow, name, kind, consumer, started_at, ended_at, duration,
+    batch_size, flush_reason, efficiency, succeeded, failed, artifact_type, reason, tenant,
+    attributes
+FROM span_rows
+UNION ALL
+SELECT span_id, NULL, flow, 'publish', 'publish', consumer, started_at, started_at,
+    CAST(0 AS DOUBLE), NULL, NULL, NULL, NULL, NULL, artifact_type, NULL, tenant,
+    CAST('{"consumers": ' || consumers || ', "depth": ' || depth || '}' AS JSON)
+FROM publish_spans
+"""
+_LEGACY = (
+    "SELECT 1 FROM duckdb_tables() WHERE database_name = 'freight_traces'"
+    " AND schema_name = 'main' AND table_name = 'spans'"
+)
+
+# DuckDB merges small row groups into their neighbours at each checkpoint (a write
+# detaching the file), rewriting them: past ~20,000 rows a write cost 2-5x more each
+# time the table's last row group grew. A write of this many spans or more keeps its
+# own row groups (no merge: measured 0.9 us per publish span, flat); a smaller one lets
+# DuckDB merge (many tiny row groups would bloat the file: ~260 KB each).
+_OWN_ROW_GROUPS = 10_000
 
 _json = json.JSONEncoder(default=str).encode  # json.dumps(x, default=str), without its setup
 
@@ -160,13 +202,16 @@ class DuckDBTracer:
     ) -> None:
         try:
             import duckdb  # noqa: F401, PLC0415 (extra freight[trace])
+            import pyarrow  # noqa: F401, PLC0415 (extra freight[trace])
         except ImportError as exc:  # pragma: no cover - only without the extra
-            raise ImportError("DuckDBTracer needs duckdb: pip install 'freight[trace]'") from exc
+            raise ImportError(
+                "DuckDBTracer needs duckdb and pyarrow: pip install 'freight[trace]'"
+            ) from exc
         self._writer = _Writer(
             Path(path), max(1, buffer), max(0.01, float(interval)), max(buffer, max_spans)
         )
         self.record = self._writer.record
-        self.record_publish = self._writer.record_publish
+        self.publisher = self._writer.publisher
         # Spans still queued when the tracer is dropped or the interpreter exits are
         # written then (and the thread stops): the thread holds the writer, not the tracer.
         weakref.finalize(self, self._writer.stop, quiet=True)
@@ -207,7 +252,7 @@ class DuckDBTracer:
     def due(self) -> bool:
         """Spans are queued (or kept by a failed write): :meth:`idle` would write."""
         writer = self._writer
-        return bool(writer.queue or writer.publishes or writer.kept or writer.kept_publishes)
+        return bool(writer.queue or writer.kept or writer.kept_publishes or writer.pending())
 
     def idle(self) -> None:
         """The flow went idle: write what is queued, if anything."""
@@ -219,6 +264,79 @@ class DuckDBTracer:
         self._writer.stop()
 
 
+class PublishRow:
+    """Publish spans, one flow's, queued (``_Published``) or taken by a write.
+
+    One span per artifact (its id the artifact's), made from its envelope: the bulk of
+    a flow's spans, so recording one appends seven values to one flat list, nothing
+    else (an object per span that the tracer holds until the write, a tuple or the
+    envelope itself, doubled the garbage collector's young collections); a write takes
+    each column with one slice (``values[k::7]``).
+
+    Attributes:
+        flow: the flow's name.
+        values: per span, its envelope's ``id``, ``type``, ``producer``, its start
+            (UTC epoch seconds), its envelope's ``tenant`` and ``depth``, and how many
+            subscriptions took it.
+    """
+
+    __slots__ = ("flow", "values")
+
+    WIDTH = 7
+
+    def __init__(self, flow: str, values: list[Any] | None = None) -> None:
+        self.flow = flow
+        self.values: list[Any] = [] if values is None else values
+
+    def __len__(self) -> int:
+        return len(self.values) // self.WIDTH
+
+    def tail(self, count: int) -> PublishRow:
+        """Its newest ``count`` spans."""
+        return PublishRow(self.flow, self.values[len(self.values) - count * self.WIDTH :])
+
+    def column(self, index: int) -> list[Any]:
+        """Its values of column ``index`` (``values`` order)."""
+        return self.values[index :: self.WIDTH]
+
+
+class _Published:
+    """One flow's publish spans queued for a tracer: one list the flow appends each
+    span's seven values to (one C call: whole, even against a write), and a write
+    takes the head of (a copy of what it holds, then a delete of that many: what the
+    flow appends meanwhile stays). No lock on the hottest path."""
+
+    __slots__ = ("flow", "values", "writer")
+
+    def __init__(self, flow: str, writer: _Writer) -> None:
+        self.flow = flow
+        self.writer = writer
+        self.values: list[Any] = []
+
+    def record(self, routed: Sequence[tuple[Envelope, int, Sized]], offset: float) -> None:
+        """Queue the publish spans of one route (``Router.route``'s ``(envelope, seq,
+        subscriptions that took it)``), each started at its envelope's ``created_at``
+        (flow clock) plus ``offset`` (to the wall clock): the hottest path, once per
+        publish."""
+        values = self.values
+        for e, _, takers in routed:
+            # (id, type, payload, producer, created_at, published_at, visibility,
+            # tenant, correlation_id, depth)
+            values += (e[0], e[1], e[3], e[4] + offset, e[7], e[9], len(takers))
+        writer = self.writer
+        writer.recorded += len(routed)
+        if len(writer.queue) + writer.recorded - writer.taken >= writer.buffer or not writer.thread:
+            writer.kick()
+
+    def take(self) -> PublishRow:
+        """What is queued (a write's)."""
+        values = self.values
+        count = len(values)  # whole spans: a span's values go in with one call
+        taken = values[:count]
+        del values[:count]
+        return PublishRow(self.flow, taken)
+
+
 class _Writer:
     """The queue of one DuckDB tracer and the thread that empties it (module note)."""
 
@@ -228,7 +346,11 @@ class _Writer:
         self.interval = interval
         self.max_spans = max_spans
         self.queue: deque[SpanRow] = deque()  # appended by callers, emptied by writes
-        self.publishes: deque[PublishRow] = deque()
+        self.published: dict[str, _Published] = {}  # per flow name
+        # Publish spans queued: recorded (by the recording thread) minus taken (by
+        # writes); each counter has one writer, so neither needs a lock.
+        self.recorded = 0
+        self.taken = 0
         self.kept: list[SpanRow] = []  # what a failed write could not write
         self.kept_publishes: list[PublishRow] = []
         self.writing = threading.RLock()  # one write at a time (a finalizer may nest)
@@ -242,20 +364,27 @@ class _Writer:
         """Queue one span; wake the writer every ``buffer`` spans (the hot path)."""
         queue = self.queue
         queue.append(row)
-        if len(queue) >= self.buffer or self.thread is None:
-            self._kick()
+        if len(queue) + self.recorded - self.taken >= self.buffer or self.thread is None:
+            self.kick()
 
-    def record_publish(self, row: PublishRow) -> None:
-        """Queue one publish span (the hottest path: one per artifact)."""
-        publishes = self.publishes
-        publishes.append(row)
-        if len(publishes) >= self.buffer or self.thread is None:
-            self._kick()
+    def publisher(
+        self, flow: str
+    ) -> Callable[[Sequence[tuple[Envelope, int, Sized]], float], None]:
+        """What queues the publish spans of the flow named ``flow`` (``_Published``)."""
+        with self.starting:
+            queue = self.published.get(flow)
+            if queue is None:
+                queue = self.published[flow] = _Published(flow, self)
+        return queue.record
+
+    def pending(self) -> bool:
+        """Publish spans are queued."""
+        return any(queue.values for queue in list(self.published.values()))
 
     def _queued(self) -> int:
-        return len(self.queue) + len(self.publishes)
+        return len(self.queue) + self.recorded - self.taken
 
-    def _kick(self) -> None:
+    def kick(self) -> None:
         if self.thread is None:
             with self.starting:
                 if self.thread is None:  # the first span, or the first after a close
@@ -286,8 +415,8 @@ class _Writer:
         # now, beside the flow, rather than in the write its close waits for.
         with _SESSION.lock:
             _SESSION.connection()
-        with contextlib.suppress(ImportError):
-            import pyarrow  # noqa: F401, PLC0415 (optional: the appender path works without)
+        import pyarrow  # noqa: F401, PLC0415 (extra freight[trace])
+
         while True:
             self.wake.wait(self.interval)
             self.wake.clear()
@@ -305,24 +434,27 @@ class _Writer:
 
     def write(self) -> None:
         """Write what is queued (and what an earlier write kept), in one statement per
-        kind of row."""
+        table."""
         with self.writing:
             rows, self.kept = self.kept + _take(self.queue), []
-            publishes, self.kept_publishes = self.kept_publishes + _take(self.publishes), []
+            taken = [queue.take() for queue in list(self.published.values())]
+            taken = [row for row in taken if row.values]
+            self.taken += _count(taken)
+            publishes, self.kept_publishes = self.kept_publishes + taken, []
             if not rows and not publishes:
                 return
             try:
                 _insert(self.path, rows, publishes)
             except BaseException:
-                dropped = len(rows) + len(publishes) - self.max_spans
+                dropped = len(rows) + _count(publishes) - self.max_spans
                 if dropped > 0:
                     _log.warning(
                         "DuckDBTracer(%r): dropped the %d oldest spans it could not write",
                         str(self.path), dropped,
                     )  # fmt: skip
                 self.kept = rows[-self.max_spans :]
-                room = self.max_spans - len(self.kept)  # the newest publishes, if room is left
-                self.kept_publishes = publishes[len(publishes) - room :] if room > 0 else []
+                # the newest publish spans, if room is left
+                self.kept_publishes = _newest(publishes, self.max_spans - len(self.kept))
                 raise
 
     def stop(self, *, quiet: bool = False) -> None:
@@ -347,51 +479,169 @@ def _take(queue: deque[Any]) -> list[Any]:
     return [queue.popleft() for _ in range(len(queue))]
 
 
+def _count(publishes: list[PublishRow]) -> int:
+    """The spans in ``publishes``."""
+    return sum(map(len, publishes))
+
+
+def _newest(publishes: list[PublishRow], room: int) -> list[PublishRow]:
+    """The newest ``room`` spans of ``publishes`` (none if ``room`` <= 0)."""
+    kept: list[PublishRow] = []
+    for columns in reversed(publishes):
+        if room <= 0:
+            break
+        kept.append(columns.tail(room))
+        room -= len(columns)
+    kept.reverse()
+    return kept
+
+
 def _insert(path: Path, rows: list[SpanRow], publishes: list[PublishRow]) -> None:
-    """Insert ``rows`` into ``path``'s ``spans`` table, in one statement.
+    """Insert ``rows`` and ``publishes`` into ``path``'s tables, one statement each.
 
     The file is attached to one in-memory DuckDB of this process for the write and
     detached after it (so other processes can open it between writes): a database of
-    its own per write cost ~20 ms of CPU to make, an attach ~1 ms."""
+    its own per write cost ~20 ms of CPU to make, an attach ~1 ms. The tables are
+    made the first time this process writes the file, or when an insert finds them
+    missing (the file was replaced meanwhile)."""
     import duckdb  # noqa: PLC0415 (extra freight[trace])
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    tables = _tables(rows, publishes)
+    spans = len(rows) + _count(publishes)
     with _SESSION.lock:
         db = _SESSION.connection()
         db.execute(f"ATTACH {_text(str(path))} AS freight_traces")
         try:
             db.execute("USE freight_traces")
-            db.execute(_DDL)
-            if rows:
-                _append(db, rows, duckdb.Error)
-            if publishes:
-                _append_publishes(db, publishes)
+            # a checkpoint (the insert's or the detach's) merges small row groups, or not
+            db.execute(
+                "SET max_vacuum_tasks = 0" if spans >= _OWN_ROW_GROUPS else "RESET max_vacuum_tasks"
+            )
+            key = str(path.resolve())
+            if key not in _SESSION.prepared:
+                _prepare(db)
+                _SESSION.prepared.add(key)
+            try:
+                _append(db, tables)
+            except duckdb.CatalogException:  # replaced by a file without the tables
+                _prepare(db)
+                _append(db, tables)
         finally:
             db.execute("USE memory")
             db.execute("DETACH freight_traces")
 
 
-def _append(db: Any, rows: list[SpanRow], error: type[Exception]) -> None:
-    arrow = _arrow(rows)
-    if arrow is not None:
-        table, statement = arrow
-        db.register("freight_span_batch", table)
+def _prepare(db: Any) -> None:
+    """Make the tables and the view ``spans`` if the file lacks them (a file written
+    before the view: its table ``spans`` becomes ``span_rows``)."""
+    if db.execute(_LEGACY).fetchone() is not None:
+        db.execute("ALTER TABLE spans RENAME TO span_rows")
+    db.execute(_SPAN_ROWS)
+    db.execute(_PUBLISH_SPANS)
+    db.execute(_SPANS_VIEW)
+
+
+_Tables = list[tuple[str, Any, str]]  # (registered name, Arrow table, insert statement)
+
+
+def _append(db: Any, tables: _Tables) -> None:
+    """Insert each table with its statement."""
+    for name, table, statement in tables:
+        db.register(name, table)
         try:
             db.execute(statement)
-            return
-        except error:  # a value DuckDB cannot cast to its column: the slow path below
-            pass
         finally:
-            db.unregister("freight_span_batch")
-    with db.appender("spans") if hasattr(db, "appender") else _Many(db) as appender:
-        appender.append_rows([_values(row) for row in rows])
+            db.unregister(name)
+
+
+def _tables(rows: list[SpanRow], publishes: list[PublishRow]) -> _Tables:
+    """``rows`` and ``publishes`` as Arrow tables (made before the file is attached:
+    the columns are Python's work, the insert DuckDB's)."""
+    import pyarrow as pa  # noqa: PLC0415 (extra freight[trace])
+
+    tables: _Tables = []
+    if rows:
+        tables.append((
+            "freight_span_batch", _span_table(pa, rows), _INSERT_SPAN_ROWS,
+        ))  # fmt: skip
+    if publishes:
+        tables.append((
+            "freight_publish_batch", _publish_table(pa, publishes),
+            "INSERT INTO publish_spans SELECT flow, span_id, artifact_type, consumer,"
+            " to_timestamp(started), tenant, depth, consumers FROM freight_publish_batch",
+        ))  # fmt: skip
+    return tables
+
+
+_INSERT_SPAN_ROWS = (
+    "INSERT INTO span_rows SELECT span_id, parent_id, flow, name, name, consumer,"  # noqa: S608 (constant names)
+    " to_timestamp(ended - duration), to_timestamp(ended), duration,"
+    f" {', '.join(_COLUMNS)}, attributes FROM freight_span_batch"
+)
+
+
+def _span_table(pa: Any, rows: list[SpanRow]) -> Any:
+    """Flush, handler and dead-letter spans as columns: the attributes of their own
+    columns picked out (text ones as text), the others as JSON."""
+    ids, parents, flows, names, consumers, ended, durations, attributes = zip(*rows, strict=True)
+    columns: dict[str, Any] = {
+        "span_id": pa.array(ids, pa.string()),
+        "parent_id": pa.array(parents, pa.string()),
+        "flow": pa.array(flows, pa.string()),
+        "name": pa.array(names, pa.string()),
+        "consumer": pa.array(consumers, pa.string()),
+        "ended": pa.array(ended, pa.float64()),
+        "duration": pa.array(durations, pa.float64()),
+    }
+    misfits: dict[int, dict[str, Any]] = {}  # a number column's value of another kind
+    for name, kind in _COLUMNS.items():
+        values = [a.get(name) for a in attributes]
+        if kind is str:
+            values = [None if v is None else str(v) for v in values]
+            columns[name] = pa.array(values, pa.string())
+            continue
+        fits = int if kind is int else (int, float)
+        for i, value in enumerate(values):
+            if value is not None and not isinstance(value, fits):
+                misfits.setdefault(i, {})[name] = value  # kept in the JSON instead
+                values[i] = None
+        columns[name] = pa.array(values, pa.int32() if kind is int else pa.float64())
+    extras = [_extras(a, misfits.get(i)) for i, a in enumerate(attributes)]
+    columns["attributes"] = pa.array(extras, pa.string())
+    return pa.table(columns)
+
+
+def _publish_table(pa: Any, publishes: list[PublishRow]) -> Any:
+    """Publish spans as one table in ``publish_spans``' column order (``started_at``
+    as epoch seconds: the insert makes it a timestamp)."""
+    if len(publishes) == 1:
+        whole = publishes[0]
+    else:
+        whole = PublishRow("", [v for row in publishes for v in row.values])
+    flows = [flow for row in publishes for flow in [row.flow] * len(row)]
+    ids, types, producers, started, tenants, depths, consumers = map(
+        whole.column, range(PublishRow.WIDTH)
+    )
+    return pa.table({
+        "flow": pa.array(flows, pa.string()),
+        "span_id": pa.array(ids, pa.string()),
+        "artifact_type": pa.array(types, pa.string()),
+        "consumer": pa.array(producers, pa.string()),
+        "started": pa.array(started, pa.float64()),
+        "tenant": pa.array(tenants, pa.string()),
+        "depth": pa.array(depths, pa.int32()),
+        "consumers": pa.array(consumers, pa.int32()),
+    })  # fmt: skip
 
 
 class _Session:
-    """The process's in-memory DuckDB that trace files are attached to, one at a time."""
+    """The process's in-memory DuckDB that trace files are attached to, one at a time,
+    and the files it has made the tables of."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.prepared: set[str] = set()
         self._db: Any = None
 
     def connection(self) -> Any:
@@ -405,150 +655,30 @@ class _Session:
 _SESSION = _Session()
 
 
-def _append_publishes(db: Any, rows: list[PublishRow]) -> None:
-    try:
-        import pyarrow as pa  # noqa: PLC0415 (optional: the appender path works without it)
-    except ImportError:  # pragma: no cover - pyarrow is in the dev extras
-        table = None
-    else:
-        flows, ids, types, producers, published, tenants, depths, consumers = zip(
-            *rows, strict=True
-        )
-        table = pa.table({
-            "flow": pa.array(flows, pa.string()),
-            "id": pa.array(ids, pa.string()),
-            "type": pa.array(types, pa.string()),
-            "producer": pa.array(producers, pa.string()),
-            "published_at": pa.array(published, pa.timestamp("us", tz="UTC")),
-            "tenant": pa.array(tenants, pa.string()),
-            "attributes": pa.array(list(map(_publish_json, consumers, depths)), pa.string()),
-        })  # fmt: skip
-    if table is None:  # pragma: no cover - pyarrow is in the dev extras
-        _append(db, [_publish_span(row) for row in rows], Exception)
-        return
-    db.register("freight_publish_batch", table)
-    try:
-        db.execute(_INSERT_PUBLISHES)
-    finally:
-        db.unregister("freight_publish_batch")
-
-
-def _publish_span(row: PublishRow) -> SpanRow:
-    flow, span_id, kind, producer, published_at, tenant, depth, consumers = row
-    attributes = {"artifact_type": kind, "consumers": consumers, "tenant": tenant, "depth": depth}
-    return (span_id, None, flow, "publish", producer, published_at.timestamp(), 0.0, attributes)
-
-
-_INSERT_PUBLISHES = """
-INSERT INTO spans SELECT id, NULL, flow, 'publish', 'publish', producer, published_at,
-    published_at, 0.0, NULL, NULL, NULL, NULL, NULL, type, NULL, tenant, attributes
-FROM freight_publish_batch
-"""
-
-
-@functools.lru_cache(maxsize=1024)
-def _publish_json(consumers: int, depth: int) -> str:
-    """A publish span's other attributes (few distinct values: made once each; the
-    same JSON text as the other spans')."""
-    return _json({"consumers": consumers, "depth": depth})
-
-
-def _arrow(rows: list[SpanRow]) -> tuple[Any, str] | None:
-    """``rows`` as an Arrow table and the statement inserting it; ``None`` without
-    pyarrow, or when an attribute holds values of several kinds (numbers and text).
-
-    The attributes become one struct column (pyarrow types the union of their keys in
-    C); the statement picks the columns out of it and writes the JSON of the others,
-    ``None`` left out, in SQL: no Python work per span beyond the tuple."""
-    try:
-        import pyarrow as pa  # noqa: PLC0415 (optional: the appender path works without it)
-    except ImportError:  # pragma: no cover - pyarrow is in the dev extras
-        return None
-    ids, parents, flows, names, consumers, ended, durations, attributes = zip(*rows, strict=True)
-    try:
-        struct = pa.array(attributes) if any(attributes) else None
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return None
-    columns: dict[str, Any] = {
-        "span_id": pa.array(ids, pa.string()),
-        "parent_id": pa.array(parents, pa.string()),
-        "flow": pa.array(flows, pa.string()),
-        "name": pa.array(names, pa.string()),
-        "consumer": pa.array(consumers, pa.string()),
-        "ended": pa.array(ended, pa.float64()),
-        "duration": pa.array(durations, pa.float64()),
-    }
-    keys: list[str] = []
-    if struct is not None:
-        columns["a"] = struct
-        keys = [struct.type.field(i).name for i in range(struct.type.num_fields)]
-    return pa.table(columns), _statement(tuple(keys))
-
-
-@functools.lru_cache(maxsize=64)
-def _statement(keys: tuple[str, ...]) -> str:
-    """The insert of a batch whose attribute struct has ``keys``."""
-    picked = [f"a.{_ident(n)}" if n in keys else "NULL" for n in _NAMES]
-    extras = [
-        f"CASE WHEN a.{_ident(k)} IS NULL THEN NULL"
-        f" ELSE {_text(json.dumps(k) + ': ')} || to_json(a.{_ident(k)}) END"
-        for k in keys
-        if k not in _NOT_EXTRA
-    ]
-    attributes = f"'{{' || concat_ws(', ', {', '.join(extras)}) || '}}'" if extras else "'{}'"
-    # The keys are quoted (_ident, _text); the values stay in the registered table.
-    insert = "INSERT INTO spans SELECT span_id, parent_id, flow, name, name, consumer,"
-    return (
-        f"{insert} to_timestamp(ended - duration), to_timestamp(ended), duration,"
-        f" {', '.join(picked)}, {attributes} FROM freight_span_batch"
-    )
-
-
-def _ident(name: str) -> str:
-    """A quoted SQL identifier (an attribute's key)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _text(value: str) -> str:
     """A quoted SQL string literal."""
     return "'" + value.replace("'", "''") + "'"
 
 
-def _extras(attributes: Mapping[str, Any]) -> str:
-    return _json({k: v for k, v in attributes.items() if k not in _NOT_EXTRA and v is not None})
+def _extras(attributes: Mapping[str, Any], misfits: dict[str, Any] | None = None) -> str:
+    """The JSON of the attributes without a column of their own (``None`` left out),
+    and of ``misfits`` (values their number column cannot hold)."""
+    extras = tuple(
+        (k, type(v), v) for k, v in attributes.items() if k not in _NOT_EXTRA and v is not None
+    )
+    if misfits:
+        extras += tuple((k, type(v), v) for k, v in misfits.items())
+    try:
+        return _extras_json(extras)
+    except TypeError:  # an unhashable value
+        return _json({k: v for k, _, v in extras})
 
 
-def _values(row: SpanRow) -> tuple[Any, ...]:
-    """One row of the table, in its column order (the appender's path)."""
-    span_id, parent_id, flow, name, consumer, ended, duration, attributes = row
-    texts = {"flush_reason", "artifact_type", "reason", "tenant"}
-    return (
-        span_id, parent_id, flow, name, name, consumer,
-        datetime.fromtimestamp(ended - duration, UTC), datetime.fromtimestamp(ended, UTC),
-        duration,
-        *(
-            None if (v := attributes.get(c)) is None else str(v) if c in texts else v
-            for c in _NAMES
-        ),
-        _extras(attributes),
-    )  # fmt: skip
-
-
-class _Many:
-    """DuckDB's ``executemany`` as an appender, for duckdb versions without one."""
-
-    def __init__(self, db: Any) -> None:
-        self._db = db
-
-    def __enter__(self) -> _Many:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def append_rows(self, rows: list[tuple[Any, ...]]) -> None:
-        marks = ", ".join("?" * len(rows[0]))
-        self._db.executemany(f"INSERT INTO spans VALUES ({marks})", rows)  # noqa: S608
+@functools.lru_cache(maxsize=4096)
+def _extras_json(extras: tuple[tuple[str, type, Any], ...]) -> str:
+    """The JSON of ``extras`` (few distinct ones, a handler span's counts: made once;
+    the key holds each value's type: 1, 1.0 and True are equal keys, not equal JSON)."""
+    return _json({k: v for k, _, v in extras})
 
 
 class SpanIds:

@@ -31,7 +31,7 @@ import importlib.util
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence, Sized
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ class Tracing:
             installed); see ``Flow``.
     """
 
-    __slots__ = ("_ids", "_others", "_tracers", "flow", "subscribers")
+    __slots__ = ("_ids", "_others", "_publishers", "_tracers", "flow", "subscribers")
 
     def __init__(
         self,
@@ -71,6 +71,7 @@ class Tracing:
             self.subscribers.append(DuckDBTracer() if trace is True else DuckDBTracer(trace))
         self._tracers = [s for s in self.subscribers if isinstance(s, DuckDBTracer)]
         self._others = [s for s in self.subscribers if not isinstance(s, DuckDBTracer)]
+        self._publishers = [tracer.publisher(flow) for tracer in self._tracers]
         self._ids = SpanIds(uuid.uuid4().hex[:12] + "-")
 
     def span(
@@ -105,20 +106,23 @@ class Tracing:
             )  # fmt: skip
         return span_id
 
-    def published(self, envelope: Envelope, consumers: int) -> None:
-        """The ``publish`` span of ``envelope``, which ``consumers`` consumers took
-        (rule 2); nothing without subscribers."""
+    def published(self, routed: Sequence[tuple[Envelope, int, Sized]], now: float) -> None:
+        """The ``publish`` spans of one route at ``now`` (flow clock): ``(envelope, seq,
+        the subscriptions that took it)`` each (rule 2); nothing without subscribers.
+
+        For a DuckDB tracer a publish span starts at its envelope's ``created_at`` on the
+        wall clock (rule 3: the wall clock now, minus its age on the flow's clock), its
+        envelope's ``published_at`` give or take the microseconds between them."""
         if not self.subscribers:
             return
-        for tracer in self._tracers:
-            tracer.record_publish((
-                self.flow, envelope.id, envelope.type, envelope.producer,
-                envelope.published_at, envelope.tenant, envelope.depth, consumers,
-            ))  # fmt: skip
-        if self._others:
+        if self._publishers:
+            offset = time.time() - now
+            for record in self._publishers:
+                record(routed, offset)
+        for envelope, _, takers in routed if self._others else ():
             attributes = {
                 "artifact_type": envelope.type,
-                "consumers": consumers,
+                "consumers": len(takers),
                 "tenant": envelope.tenant,
                 "depth": envelope.depth,
             }

@@ -1,0 +1,160 @@
+"""The trace file's tables: ``spans`` is one view over the wide rows of flush, handler and
+dead-letter spans and the narrow rows of publish spans, with the columns it always had."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+
+from freight import BatchSpec, Flow
+from freight.flow import DuckDBTracer, Span
+from freight.testing import FakeClock
+
+COLUMNS = [
+    ("span_id", "VARCHAR"),
+    ("parent_id", "VARCHAR"),
+    ("flow", "VARCHAR"),
+    ("name", "VARCHAR"),
+    ("kind", "VARCHAR"),
+    ("consumer", "VARCHAR"),
+    ("started_at", "TIMESTAMP WITH TIME ZONE"),
+    ("ended_at", "TIMESTAMP WITH TIME ZONE"),
+    ("duration", "DOUBLE"),
+    ("batch_size", "INTEGER"),
+    ("flush_reason", "VARCHAR"),
+    ("efficiency", "DOUBLE"),
+    ("succeeded", "INTEGER"),
+    ("failed", "INTEGER"),
+    ("artifact_type", "VARCHAR"),
+    ("reason", "VARCHAR"),
+    ("tenant", "VARCHAR"),
+    ("attributes", "JSON"),
+]
+
+
+@dataclass
+class Tx:
+    n: int
+
+
+@dataclass
+class Report:
+    count: int
+
+
+def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    with duckdb.connect(str(path), read_only=True) as db:
+        return db.execute(sql).fetchall()
+
+
+async def traced_flow(path: Path, count: int) -> list[str]:
+    flow = Flow(clock=FakeClock(), trace=path, name="pay")
+
+    @flow.consumer("pay").consumes(Tx, batch=BatchSpec(size=10, timeout=30)).publishes(Report)
+    async def pay(batch: list[Tx]) -> list[Report]:
+        return [Report(len(batch))] * len(batch)
+
+    ids = [(await flow.publish(Tx(n))).id for n in range(count)]
+    await flow.close()
+    return ids
+
+
+async def test_spans_keeps_its_columns_and_holds_every_kind_of_span(tmp_path: Path) -> None:
+    path = tmp_path / "traces.duckdb"
+    ids = await traced_flow(path, 20)
+    assert rows(path, "SELECT column_name, column_type FROM (DESCRIBE spans)") == COLUMNS
+    assert rows(path, "SELECT name, count(*) FROM spans GROUP BY name ORDER BY name") == [
+        ("flush", 2),
+        ("handler", 2),
+        ("publish", 40),  # 20 transactions, 20 reports
+    ]
+    published = rows(
+        path,
+        "SELECT span_id, kind, parent_id, duration, started_at = ended_at, attributes"
+        " FROM spans WHERE name = 'publish' AND consumer IS NULL ORDER BY started_at, span_id",
+    )
+    assert sorted(str(r[0]) for r in published) == sorted(ids)
+    assert {r[1:] for r in published} == {
+        ("publish", None, 0.0, True, '{"consumers": 1, "depth": 0}')
+    }
+
+
+async def test_a_publish_span_starts_when_its_artifact_was_published(tmp_path: Path) -> None:
+    path = tmp_path / "traces.duckdb"
+    flow = Flow(trace=path)
+    flow.consumer("echo").consumes(Tx).does(lambda tx: None)
+    before = datetime.now(UTC)
+    envelope = await flow.publish(Tx(1))
+    after = datetime.now(UTC)
+    await flow.close()
+    [(started,)] = rows(path, f"SELECT started_at FROM spans WHERE span_id = '{envelope.id}'")
+    assert isinstance(started, datetime)
+    assert before - timedelta(milliseconds=1) <= started <= after + timedelta(milliseconds=1)
+    assert abs(started - envelope.published_at) < timedelta(milliseconds=1)
+
+
+async def test_a_trace_file_of_the_single_table_layout_keeps_its_spans(tmp_path: Path) -> None:
+    """A file written when ``spans`` was a table: its rows stay queryable, new spans join
+    them."""
+    path = tmp_path / "traces.duckdb"
+    columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
+    with duckdb.connect(str(path)) as db:
+        db.execute(f"CREATE TABLE spans ({columns}, PRIMARY KEY (span_id))")
+        db.execute(
+            "INSERT INTO spans (span_id, flow, name, kind, consumer, started_at, ended_at,"
+            " duration, artifact_type, attributes) VALUES ('old-1', 'pay', 'publish', 'publish',"
+            " NULL, now(), now(), 0.0, 'Tx', '{\"consumers\": 1, \"depth\": 0}')"
+        )
+    await traced_flow(path, 10)
+    assert rows(path, "SELECT count(*) FROM spans WHERE name = 'publish'") == [(1 + 20,)]
+    assert rows(path, "SELECT count(*) FROM spans WHERE span_id = 'old-1'") == [(1,)]
+
+
+async def test_a_trace_file_replaced_between_writes_gets_its_tables_again(tmp_path: Path) -> None:
+    path = tmp_path / "traces.duckdb"
+    await traced_flow(path, 10)
+    path.unlink()  # rotated away by the user: the next write finds a new, empty file
+    await traced_flow(path, 10)
+    assert rows(path, "SELECT count(*) FROM spans WHERE name = 'publish'") == [(20,)]
+
+
+def test_an_attribute_its_number_column_cannot_hold_is_kept_in_the_json(tmp_path: Path) -> None:
+    path = tmp_path / "traces.duckdb"
+    tracer = DuckDBTracer(path)
+    now = datetime.now(UTC)
+    tracer(Span("a", "flush", "c", now, 0.0, {"batch_size": "many", "efficiency": 0.5}))
+    tracer(Span("b", "handler", "c", now, 0.0, {"batch_size": 3, "tries": 2, "retried": True}))
+    tracer.close()
+    assert rows(path, "SELECT span_id, batch_size, efficiency, attributes FROM spans") == [
+        ("a", None, 0.5, '{"batch_size": "many"}'),
+        ("b", 3, None, '{"tries": 2, "retried": true}'),
+    ]
+
+
+def test_two_large_writes_keep_their_own_row_groups(tmp_path: Path) -> None:
+    """A write of 10,000 spans or more is not merged into the row groups before it (the
+    merge rewrote them at every write: 2-5x the cost of the write itself)."""
+    from freight.flow._artifacts import Envelope
+    from freight.flow._tracing import Tracing
+
+    path = tmp_path / "traces.duckdb"
+    tracer = DuckDBTracer(path, buffer=100_000)
+    tracing = Tracing("f", [tracer], False)
+    now = datetime.now(UTC)
+    for write in range(2):
+        routed = [
+            (Envelope(f"e{write}-{i}", "Tx", Tx(i), None, 0.0, now), i, ["pay"])
+            for i in range(10_000)
+        ]
+        tracing.published(routed, 0.0)
+        tracer.flush()
+    tracer.close()
+    with duckdb.connect(str(path), read_only=True) as db:
+        [(groups,)] = db.execute(
+            "SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('publish_spans')"
+        ).fetchall()
+        assert db.execute("SELECT count(*) FROM spans").fetchall() == [(20_000,)]
+    assert groups == 2
