@@ -101,6 +101,43 @@ def test_a_jsonl_insert_with_fewer_columns_gives_new_rows_the_defaults(
     assert target[1]()[-1] == (8, None, "h@x", "free")
 
 
+def test_jsonl_records_of_other_shapes_set_their_own_columns_on_every_target(
+    tmp_path: Path, target: Target
+) -> None:
+    """Each record sets the fields it carries, whichever the first record carried: a
+    later record lacking some keeps them on its row (nothing is set to NULL), and one
+    carrying a column the first lacked sets it (nothing is dropped)."""
+    data = tmp_path / "shapes.jsonl"
+    data.write_text(
+        '{"id": 1, "name": "Ann", "email": "a@y"}\n'
+        '{"id": 2, "name": "Bo"}\n'
+        '{"id": 7, "email": "g@y"}\n'
+        '{"tier": "silver", "id": 8, "name": "h"}\n'
+        '{"id": 1, "tier": "free"}\n'
+    )
+    code, report = load(tmp_path, data, target, "--key", "id", "--chunk-size", "3")
+    assert (code, report["summary"]["succeeded"], report["summary"]["failed"]) == (0, 5, 0)
+    assert target[1]() == [
+        (1, "Ann", "a@y", "free"),
+        (2, "Bo", "bob@x", "gold"),  # email and tier kept
+        (7, None, "g@y", "free"),  # a new row: the defaults of what it does not carry
+        (8, "h", None, "silver"),
+    ]
+
+
+def test_jsonl_records_of_other_shapes_are_typed_and_inserted_on_every_target(
+    tmp_path: Path, target: Target
+) -> None:
+    data = tmp_path / "mixed.jsonl"
+    data.write_text('{"id": 8, "email": "h@x"}\n{"id": "9", "name": "i"}\n{"id": "x"}\n')
+    code, report = load(tmp_path, data, target)
+    assert (code, report["summary"]["succeeded"], report["summary"]["failed"]) == (3, 2, 1)
+    [error] = report["errors"]
+    assert error["item"] == "line 3"
+    assert "column 'id': invalid literal for int() with base 10: 'x'" in error["message"]
+    assert target[1]()[-2:] == [(8, None, "h@x", "free"), (9, "i", None, "free")]
+
+
 def test_a_record_with_a_field_the_table_lacks_is_dead_lettered_on_every_target(
     tmp_path: Path, target: Target
 ) -> None:

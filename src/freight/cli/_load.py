@@ -114,7 +114,7 @@ def load_job(spec: Load, name: str | None, open_store: Callable[[], Store]) -> J
     if spec.postgres:
         if not exists:
             _create_postgres_table(spec, column_types)
-        sink, source = _postgres_sink(spec, column_types, columns)
+        sink, source = _postgres_sink(spec, column_types)
     else:  # the sink creates a missing table with these types, and types every row
         sink = SqliteSink(sqlite_path(spec.into), spec.table, key=spec.key, types=column_types)
     return Job(
@@ -238,51 +238,55 @@ def _check_fit(table: list[str], columns: list[str], spec: Load, *, csv_text: bo
         )
 
 
-def _postgres_sink(spec: Load, column_types: dict[str, str], columns: list[str]) -> tuple[Any, Any]:
+def _postgres_sink(spec: Load, column_types: dict[str, str]) -> tuple[Any, Any]:
     """The sink into the PostgreSQL table and the source that feeds it.
 
     A CSV file's lines go to COPY as they are (the server types them; the file has the
     table's columns, :func:`_check_fit`). JSONL records are typed here (a value that
-    does not fit dead-letters its record), and only the table's columns the file
-    carries (its first record's fields) are written: an upsert leaves the others of a
-    row as they are and a new row gets their defaults, as on SQLite, instead of NULL.
+    does not fit dead-letters its record) and each sets only the fields it carries
+    (the sink writes records of other shapes in runs of their own columns): an upsert
+    leaves the others of a row as they are and a new row gets their defaults, as on
+    SQLite, instead of NULL.
     """
     from freight.connectors.postgres import PostgresSink  # noqa: PLC0415 (extra)
 
-    csv_text = spec.file.suffix.lower() == ".csv"
-    written = column_types
-    if not csv_text and columns:
-        written = {c: kind for c, kind in column_types.items() if c in columns}
-    sink = PostgresSink(
-        spec.into, spec.table, schema=spec.schema, key=spec.key, columns=list(written),
-        format="csv" if csv_text else "rows",
-    )  # fmt: skip
-    if csv_text:
+    if spec.file.suffix.lower() == ".csv":
+        sink = PostgresSink(
+            spec.into, spec.table, schema=spec.schema, key=spec.key,
+            columns=list(column_types), format="csv",
+        )  # fmt: skip
         return sink, CsvSource(spec.file, raw=True)
-    return sink, JsonlSource(spec.file, convert=_typed_record(spec.table, column_types, written))
+    sink = PostgresSink(spec.into, spec.table, schema=spec.schema, key=spec.key)
+    return sink, JsonlSource(spec.file, convert=_typed_record(spec.table, column_types))
 
 
-def _typed_record(
-    table: str, column_types: dict[str, str], written: dict[str, str]
-) -> Callable[[Any], dict[str, Any]]:
-    """A JSONL record as the typed values of the ``written`` columns, or a ValueError
-    (its dead letter) for a field outside them, which PostgreSQL would silently drop
-    (a field the table lacks is refused on SQLite as well)."""
-    convert = pgtypes.converter(written)
-    allowed = set(written)
+_SHAPES = 1024  # converters kept for the record shapes of one load (a file has a few)
+
+
+def _typed_record(table: str, column_types: dict[str, str]) -> Callable[[Any], dict[str, Any]]:
+    """A JSONL record as the typed values of the fields it carries, or a ValueError (its
+    dead letter) for a field the table lacks, refused on every target alike (SQLite's
+    sink refuses it too; PostgreSQL's would refuse the whole chunk when each record
+    carried it)."""
+    converters: dict[frozenset[str], Callable[[Any], dict[str, Any]]] = {}
 
     def typed(record: Any) -> dict[str, Any]:
-        if isinstance(record, dict) and not allowed.issuperset(record):
-            unknown = sorted(f for f in record if f not in allowed)
-            if any(f not in column_types for f in unknown):
+        if not isinstance(record, dict):
+            raise ValueError(f"a record must be a JSON object, got {type(record).__name__}")
+        fields = frozenset(record)
+        convert = converters.get(fields)
+        if convert is None:
+            unknown = sorted(f for f in record if f not in column_types)
+            if unknown:
                 raise ValueError(
                     f"fields {unknown} are not columns of {table!r} (its columns: "
                     f"{list(column_types)}); drop them from the record or add the columns"
                 )
-            raise ValueError(
-                f"fields {unknown} are not among the file's first record's fields "
-                f"{list(written)}, the columns this load writes; load such records apart"
-            )
+            # in the table's order: records of one set of fields make one shape
+            own = {c: kind for c, kind in column_types.items() if c in fields}
+            convert = pgtypes.converter(own)
+            if len(converters) < _SHAPES:
+                converters[fields] = convert
         return convert(record)
 
     return typed
