@@ -1,5 +1,5 @@
-"""One contract for every table sink: the in-memory twin, SQLite and PostgreSQL (every
-mode), sync and async."""
+"""One contract for every table sink: the in-memory twin, SQLite, PostgreSQL (every
+mode, sync and async) and MariaDB (insert and upsert)."""
 
 from __future__ import annotations
 
@@ -118,6 +118,50 @@ def postgres(mode: Mode) -> Callable[[Path, bool, bool], Target]:
     return make
 
 
+MYSQL_URL = "mysql://root@127.0.0.1:3306"
+
+
+def mysql(tmp_path: Path, key: bool, use_async: bool) -> Target:
+    """A MariaDB table in a database of its own: its connections are the sink's."""
+    require("127.0.0.1", 3306, "MariaDB")
+    import pymysql  # type: ignore[import-untyped]
+
+    from freight.connectors.mysql import MysqlSink
+
+    database = f"freight_contract_{uuid.uuid4().hex[:10]}"
+
+    def admin() -> Any:
+        return pymysql.connect(host="127.0.0.1", port=3306, user="root", autocommit=True)
+
+    with admin() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{database}`")
+        cur.execute(
+            f"CREATE TABLE `{database}`.`t` (id BIGINT PRIMARY KEY, amount BIGINT NOT NULL,"
+            " note LONGTEXT)"
+        )
+    sink = MysqlSink(f"{MYSQL_URL}/{database}", "t", key="id" if key else None)
+
+    def read() -> list[tuple[Any, ...]]:
+        with admin() as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT id, amount, note FROM `{database}`.`t` ORDER BY id")
+            return list(cur.fetchall())
+
+    def close() -> None:
+        sink.close()
+        with admin() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE `{database}`")
+
+    def drop() -> None:
+        with admin() as conn, conn.cursor() as cur:
+            cur.execute("SELECT id FROM information_schema.processlist WHERE db = %s", (database,))
+            ids = [row[0] for row in cur.fetchall()]
+            for ident in ids:
+                cur.execute(f"KILL {int(ident)}")
+        assert ids  # the sink's connection is gone
+
+    return Target(lambda items: sink.write(items, CTX), read, close, drop)
+
+
 TARGETS = {
     "memory-insert": (memory, False, False),
     "memory-upsert": (memory, True, False),
@@ -131,6 +175,8 @@ TARGETS = {
     "postgres-async-copy": (postgres("copy"), False, True),
     "postgres-async-insert": (postgres("insert"), False, True),
     "postgres-async-upsert": (postgres("upsert"), True, True),
+    "mysql-insert": (mysql, False, False),
+    "mysql-upsert": (mysql, True, False),
 }
 
 
@@ -171,7 +217,7 @@ def test_huge_field(target: Target) -> None:
     assert target.read() == [(1, 1, huge)]
 
 
-@pytest.fixture(params=sorted(t for t in TARGETS if t.startswith("postgres")))
+@pytest.fixture(params=sorted(t for t in TARGETS if t.startswith(("postgres", "mysql"))))
 def server_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     """The targets that hold a connection to a server (the others have none to drop)."""
     yield from made(request.param, tmp_path)
