@@ -28,6 +28,7 @@ FREIGHT = {
     # errors
     "BatcherClosed",
     "ConfigError",
+    "ConfigTypeError",
     "FreightError",
     "HandlerContractError",
     "IllegalTransition",

@@ -17,6 +17,7 @@ from freight._drivers._threads import ThreadBatcher
 from freight._errors import (
     BatcherClosed,
     ConfigError,
+    ConfigTypeError,
     FreightError,
     HandlerContractError,
     IllegalTransition,
@@ -42,6 +43,7 @@ __all__ = [
     # errors
     "BatcherClosed",
     "ConfigError",
+    "ConfigTypeError",
     "FreightError",
     "HandlerContractError",
     "IllegalTransition",

@@ -6,11 +6,12 @@ error inherits that builtin too::
 
     FreightError
     ├── ConfigError (ValueError)          bad configuration, raised at construction
+    │   ├── ConfigTypeError (TypeError)   a setting of the wrong type (``size=1.1``)
     │   └── StoreError                    a store that cannot be opened, or a newer schema
     ├── BatcherClosed (RuntimeError)      submit after close
     ├── QueueFull                         no room and overflow="reject" (or *_nowait)
     ├── Skipped                           the ``where=`` predicate rejected the item
-    ├── ItemTooLarge (ValueError)         an item whose cost alone is over ``max_cost``
+    ├── ItemTooLarge (ValueError, RuntimeError)  an item costing over ``max_cost`` alone
     ├── HandlerContractError (TypeError)  the handler broke the list-in/list-out rule
     ├── TransientError                    worth retrying: raise or return it from a handler
     ├── PermanentError                    never retried, whatever ``retry_on`` says
@@ -32,6 +33,7 @@ from __future__ import annotations
 __all__ = [
     "BatcherClosed",
     "ConfigError",
+    "ConfigTypeError",
     "FreightError",
     "HandlerContractError",
     "IllegalTransition",
@@ -56,6 +58,16 @@ class ConfigError(FreightError, ValueError):
     """A configuration value is wrong; the message names the parameter and the rule."""
 
 
+class ConfigTypeError(ConfigError, TypeError):
+    """A setting of the wrong type (``size=1.1``, ``timeout="a"``, a ``sizer`` that is
+    not callable); the message names the parameter and the type it takes.
+
+    Also a ``TypeError``, as Ray Serve's ``@serve.batch`` raises for the same mistakes,
+    and still a :class:`ConfigError`: a value of the right type but out of range
+    (``size=0``, ``timeout=-1``) stays a plain :class:`ConfigError`.
+    """
+
+
 class BatcherClosed(FreightError, RuntimeError):
     """The batcher is closed (or closing) and accepts no new items."""
 
@@ -68,8 +80,11 @@ class Skipped(FreightError):
     """The batcher's ``where=`` predicate rejected this item; it was never buffered."""
 
 
-class ItemTooLarge(FreightError, ValueError):
+class ItemTooLarge(FreightError, ValueError, RuntimeError):
     """An item whose cost alone is over the batch's ``max_cost``: no batch can take it.
+
+    Also a ``RuntimeError``, as Ray Serve raises for an item its ``batch_size_fn`` says
+    cannot fit in any batch.
 
     Raised at submit, so the caller learns at once; the message names the item's
     cost and ``max_cost``. (A byte size over ``max_bytes`` is not refused: such an
