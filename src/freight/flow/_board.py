@@ -33,11 +33,11 @@ dialect (SQLite, PostgreSQL); values are always bound parameters.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import json
 import json.encoder
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,28 +45,29 @@ from typing import Any, NamedTuple
 
 from freight._errors import ConfigError
 from freight.flow._artifacts import Envelope, load
-from freight.flow._visibility import Visibility, from_json
+from freight.flow._visibility import Public, Visibility, from_json
 from freight.store import BoardStore
 from freight.store._dialect import Dialect
 
-__all__ = ["Board", "BoardSummary", "GroupCommit", "StoredDeadLetter", "describe"]
-
-_IDS_PER_UPDATE = 500  # ids per "UPDATE ... IN (...)": under every dialect's parameter limit
+__all__ = ["Board", "BoardSummary", "Record", "StoredDeadLetter", "describe"]
 
 
 class _Statements(NamedTuple):
     """The board's statements; the defaults are templates (``{p}``: a bound parameter)."""
 
     next_seq: str = "SELECT coalesce(max(seq), 0) AS seq FROM flow_artifacts WHERE flow = {p}"
-    insert_artifact: str = (
+    # Rows go in several to a statement ({values}: that many "(...)" of the row below):
+    # one step of SQLite per statement, not one per row.
+    insert_artifacts: str = (
         "INSERT INTO flow_artifacts (flow, id, seq, type, payload, producer, visibility,"
-        " tenant, correlation_id, depth, published_at)"
-        " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
+        " tenant, correlation_id, depth, published_at) VALUES {values}"
     )
-    insert_delivery: str = (
+    artifact_row: str = "({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
+    insert_deliveries: str = (
         "INSERT INTO flow_deliveries (flow, consumer, artifact_id, seq, arrived_at, status)"
-        " VALUES ({p}, {p}, {p}, {p}, {p}, 'open')"
+        " VALUES {values}"
     )
+    delivery_row: str = "({p}, {p}, {p}, {p}, {p}, 'open')"
     delivered: str = (
         "UPDATE flow_deliveries SET status = 'done'"
         " WHERE flow = {p} AND consumer = {p} AND artifact_id IN ({ids})"
@@ -82,11 +83,7 @@ class _Statements(NamedTuple):
     )
     artifacts: str = "SELECT * FROM flow_artifacts WHERE flow = {p} ORDER BY seq"
     dead_letters: str = "SELECT * FROM flow_dead_letters WHERE flow = {p} ORDER BY id"
-    # The consumers' declarations: a table the board keeps itself (created if missing).
-    create_consumers: str = (
-        "CREATE TABLE IF NOT EXISTS flow_consumers (flow TEXT NOT NULL, name TEXT NOT NULL,"
-        " declaration TEXT NOT NULL, declared_at TEXT NOT NULL, PRIMARY KEY (flow, name))"
-    )
+    # The consumers' declarations (flow_consumers: migration 3 of the store).
     forget_consumers: str = "DELETE FROM flow_consumers WHERE flow = {p}"
     insert_consumer: str = (
         "INSERT INTO flow_consumers (flow, name, declaration, declared_at)"
@@ -120,8 +117,46 @@ class _Statements(NamedTuple):
 @functools.cache
 def _statements(dialect: Dialect) -> _Statements:
     return _Statements._make(
-        dialect.render(template.replace("{ids}", "{{ids}}")) for template in _Statements()
+        dialect.render(template.replace("{ids}", "{{ids}}").replace("{values}", "{{values}}"))
+        for template in _Statements()
     )
+
+
+# Rows per statement: a group is cut into statements of these sizes, largest first (a
+# few statement texts, each prepared once; 256 rows of 11 values stay far below
+# SQLite's 32,766 and PostgreSQL's 65,535 bound parameters).
+_SIZES = (256, 64, 16, 4, 1)
+
+
+@functools.cache
+def _many(template: str, row: str, count: int) -> str:
+    """``template`` with ``count`` rows of ``row`` as its ``{values}``."""
+    return template.format(values=", ".join([row] * count))
+
+
+@functools.cache
+def _in(template: str, dialect: Dialect, count: int) -> str:
+    """``template`` with ``count`` placeholders as its ``{ids}``."""
+    return template.format(ids=dialect.placeholders(count))
+
+
+def _cut(count: int) -> list[int]:
+    """``count`` rows as statement sizes from ``_SIZES`` (largest first)."""
+    sizes = []
+    for size in _SIZES:
+        while count >= size:
+            sizes.append(size)
+            count -= size
+    return sizes
+
+
+class Record(NamedTuple):
+    """One transaction's rows (``Board.rows``), written by ``Board.write``."""
+
+    artifacts: list[tuple[Any, ...]]
+    deliveries: list[tuple[Any, ...]]
+    done: tuple[str, Sequence[str]] | None
+    dead: list[tuple[Any, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,36 +219,59 @@ class Board:
         """One transaction: artifacts with their deliveries (``(envelope, seq,
         consumers)``), deliveries done (``(consumer, artifact ids)``), dead letters
         (``(consumer, reason, artifact ids, error)``)."""
+        self.write(self.rows(published, done=done, dead=dead))
+
+    def rows(
+        self,
+        published: Sequence[tuple[Envelope, int, Sequence[str]]],
+        *,
+        done: tuple[str, Sequence[str]] | None = None,
+        dead: Sequence[tuple[str, str, Sequence[str], str | None]] = (),
+    ) -> Record:
+        """The rows :meth:`record` writes (made where the envelopes are: the JSON of
+        each artifact is Python's work; :meth:`write` is the database's)."""
         now = datetime.now(UTC).isoformat()
         flow = self.flow
+        # (id, type, payload, producer, created_at, published_at, visibility, tenant,
+        # correlation_id, depth)
         artifacts = [
             (
-                flow, e.id, seq, e.type, _dump(e.payload), e.producer,
-                _visibility_json(e.visibility), e.tenant, e.correlation_id, e.depth,
-                e.published_at.isoformat(),
+                flow, e[0], seq, e[1], _dump(e[2]), e[3],
+                _PUBLIC_JSON if type(e[6]) is Public else _visibility_json(e[6]),
+                e[7], e[8], e[9], e[5].isoformat(),
             )
             for e, seq, _ in published
         ]  # fmt: skip
-        deliveries = [
-            (flow, c, e.id, seq, now) for e, seq, consumers in published for c in consumers
+        deliveries = [(flow, c, e[0], seq, now) for e, seq, names in published for c in names]
+        letters = [
+            (flow, consumer, reason, json.dumps(list(ids)), error, now)
+            for consumer, reason, ids, error in dead
         ]
-        sql = self._sql
+        return Record(artifacts, deliveries, done, letters)
+
+    def write(self, *records: Record) -> None:
+        """Write ``records`` in one transaction, a few statements each: rows several to
+        a statement, deliveries done by ``UPDATE ... IN`` (any thread: the store
+        serialises its connection)."""
         with self.store.transaction() as db:
-            if artifacts:
-                db.executemany(sql.insert_artifact, artifacts)
-            if deliveries:
-                db.executemany(sql.insert_delivery, deliveries)
-            if done is not None:
-                consumer, ids = done
-                for first in range(0, len(ids), _IDS_PER_UPDATE):
-                    chunk = ids[first : first + _IDS_PER_UPDATE]
-                    marks = self.store.dialect.placeholders(len(chunk))
-                    db.execute(sql.delivered.format(ids=marks), (flow, consumer, *chunk))
-            for consumer, reason, ids, error in dead:
+            for record in records:
+                self._write(db, record)
+
+    def _write(self, db: Any, record: Record) -> None:
+        sql = self._sql
+        _insert(db, sql.insert_artifacts, sql.artifact_row, record.artifacts)
+        _insert(db, sql.insert_deliveries, sql.delivery_row, record.deliveries)
+        if record.done is not None:
+            consumer, ids = record.done
+            first = 0
+            for size in _cut(len(ids)):
+                chunk = ids[first : first + size]
+                first += size
                 db.execute(
-                    sql.insert_dead_letter,
-                    (self.flow, consumer, reason, json.dumps(list(ids)), error, now),
+                    _in(sql.delivered, self.store.dialect, size), (self.flow, consumer, *chunk)
                 )
+        if record.dead:
+            db.executemany(sql.insert_dead_letter, record.dead)
 
     # -- the consumers' declarations and reads without types (the command line) --------
 
@@ -224,14 +282,13 @@ class Board:
         now = datetime.now(UTC).isoformat()
         rows = [(self.flow, c.name, json.dumps(describe(c)), now) for c in consumers]
         with self.store.transaction() as db:
-            db.execute(sql.create_consumers)
             db.execute(sql.forget_consumers, (self.flow,))
             if rows:
                 db.executemany(sql.insert_consumer, rows)
 
     def flows(self) -> list[str]:
         """The names of the flows this store holds."""
-        return sorted(row["flow"] for row in self._read(self._sql.flows, ()))
+        return sorted(row["flow"] for row in self.store.query(self._sql.flows, ()))
 
     def summary(self) -> BoardSummary:
         """Consumers, delivery counts, open deliveries, artifact and dead-letter counts."""
@@ -242,7 +299,7 @@ class Board:
                 row["n"]
             )
         return BoardSummary(
-            consumers=[json.loads(r["declaration"]) for r in self._read(sql.consumers, flow)],
+            consumers=[json.loads(r["declaration"]) for r in self.store.query(sql.consumers, flow)],
             deliveries=deliveries,
             open=[
                 (r["consumer"], _parse(r["arrived_at"]), r["id"], r["type"], r["tenant"])
@@ -285,12 +342,6 @@ class Board:
             f"SELECT * FROM flow_artifacts WHERE flow = {p} AND id IN ({marks})",  # noqa: S608
             (self.flow, *ids),
         )  # placeholders only; the ids are bound
-
-    def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        """A read of the board's own table, which a store no flow started in lacks."""
-        with self.store.transaction() as db:
-            db.execute(self._sql.create_consumers)
-        return self.store.query(sql, params)
 
     def open_deliveries(self, types: dict[str, type]) -> list[tuple[str, Envelope, datetime]]:
         """Deliveries not done, in publication order: ``(consumer, envelope, arrived_at)``."""
@@ -339,6 +390,15 @@ class Board:
         )
 
 
+def _insert(db: Any, template: str, row: str, rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``rows``, several to a statement (``_SIZES``)."""
+    first = 0
+    for size in _cut(len(rows)):
+        chunk = rows[first : first + size]
+        first += size
+        db.execute(_many(template, row, size), [v for r in chunk for v in r])
+
+
 def describe(spec: Any) -> dict[str, Any]:
     """What a consumer (a ``ConsumerSpec``) declares, as JSON-ready values: its
     subscriptions (delivery name, types, batch, join), tenant and what it publishes."""
@@ -378,64 +438,35 @@ def _raw_artifact(row: Any) -> dict[str, Any]:
     }
 
 
-class GroupCommit:
-    """Routes the outside publishes that arrive together as one (one transaction).
-
-    A publish stages its envelopes and waits; the first of a group asks the event loop
-    to commit on its next turn, so every publisher that runs in this turn joins the
-    group. The commit routes the group's envelopes in the order they were staged (one
-    ``Board.record``, then delivery to the consumers) and then wakes every publisher of
-    the group: a publish returns only once its artifacts are durable. A failed commit
-    raises in each of them (none of their artifacts was recorded).
-
-    Args:
-        route: ``Router.route`` (records, then delivers).
-    """
-
-    __slots__ = ("_done", "_pending", "_route")
-
-    def __init__(self, route: Callable[[list[Envelope]], None]) -> None:
-        self._route = route
-        self._pending: list[Envelope] = []
-        self._done: asyncio.Future[None] | None = None
-
-    async def route(self, envelopes: list[Envelope]) -> None:
-        """Route ``envelopes`` with the group of this turn; return once committed."""
-        done = self._done
-        if done is None:
-            loop = asyncio.get_running_loop()
-            done = self._done = loop.create_future()
-            loop.call_soon(self._commit)
-        self._pending.extend(envelopes)
-        # shield: a publisher cancelled while it waits must not cancel the others' commit
-        await asyncio.shield(done)
-
-    async def settle(self) -> None:
-        """Return once the group staged so far (if any) has committed and been routed
-        (``run_until_idle`` and ``close`` wait for it; its error is its publishers')."""
-        done = self._done
-        if done is not None:
-            await asyncio.wait([done])
-
-    def _commit(self) -> None:
-        envelopes, self._pending = self._pending, []
-        done, self._done = self._done, None
-        assert done is not None
-        try:
-            self._route(envelopes)
-        except Exception as exc:
-            done.set_exception(exc)
-            done.exception()  # retrieved: each waiting publisher raises it, if any is left
-        else:
-            done.set_result(None)
-
-
 def _dump(value: Any) -> str:
     """The artifact as JSON text: ``model_dump_json`` for a pydantic model; for a
     dataclass the JSON of ``dataclasses.asdict`` (the same text), without its deep copy
-    of every value (a third of a durable publish's time)."""
-    if dataclasses.is_dataclass(value):
-        return _json_dataclass(value)
+    of every value (a third of a durable publish's time). The way is found once per
+    type."""
+    dump = _DUMPS.get(type(value))
+    if dump is None:
+        dump = _DUMPS[type(value)] = _dumper(type(value))
+    return dump(value)
+
+
+_DUMPS: dict[type, Callable[[Any], str]] = {}
+
+
+def _dumper(kind: type) -> Callable[[Any], str]:
+    """How to dump artifacts of type ``kind`` (``_dump``)."""
+    if not dataclasses.is_dataclass(kind):
+        return _model_json
+    names = _field_names(kind)
+    if not names:
+        return lambda value: "{}"
+    values = operator.attrgetter(*names)
+    if len(names) == 1:
+        [name] = names
+        return lambda value: _json_dataclass({name: values(value)})
+    return lambda value: _json_dataclass(dict(zip(names, values(value), strict=True)))
+
+
+def _model_json(value: Any) -> str:
     return str(value.model_dump_json())
 
 
@@ -466,6 +497,7 @@ def _encoder() -> Callable[[Any], str]:
 
 
 _json_dataclass = _encoder()
+_PUBLIC_JSON = json.dumps(Public().to_json())
 
 
 @functools.lru_cache(maxsize=256)

@@ -27,7 +27,8 @@ Rules:
    its visibility is the declared one, else its tenant's (a tenant's report stays the
    tenant's), else public; its depth is one more than its deepest source.
 5. What a run produced (its deliveries done, its outputs, its dead letters) is routed
-   at once, in one transaction on a durable board.
+   at once, in one transaction on a durable board; the run ends once that transaction
+   has committed and its outputs were delivered.
 6. A bug of ours (or a subscriber's) never loses a batch: each item is dead-lettered
    ``handler_error`` with the error, which is logged.
 7. Idle accounting, for ``run_until_idle``: ``runs`` (handed over, not ended),
@@ -42,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import operator
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -68,6 +70,7 @@ _log = logging.getLogger("freight.flow")
 # Batch consumers without retry=: no retries, but a raising batch is bisected, so one
 # poison artifact fails alone instead of failing the whole batch as one error.
 _ISOLATE = Retry(attempts=1, backoff=0, jitter=0, isolate=True)
+_tried = operator.itemgetter(3)  # Work.tried
 
 
 class Executor:
@@ -187,7 +190,7 @@ class Executor:
             again: list[Work] = []
             try:
                 retry = spec.retry if spec.retry is not None or spec.batch is None else _ISOLATE
-                tried = [w.tried for w in works] if any(w.tried for w in works) else None
+                tried = [w.tried for w in works] if any(map(_tried, works)) else None
                 outcome, _ = await run_async(
                     works, functools.partial(call, spec), retry, random=self.random.random,
                     sleep=self.sleep, now=clock.now, rate_limit=spec.rate_limit, tried=tried,
@@ -210,7 +213,9 @@ class Executor:
                 }, parent=flush_id)  # fmt: skip
             done = [e.id for w in finished for e in w.envelopes]
             lane = spec.delivery_name(works[0].lane)  # a run is one subscription's
-            self.router.route(outputs, done=(lane, done), dead=dead)
+            pending = self.router.route(outputs, done=(lane, done), dead=dead)
+            if pending is not None:  # a durable board: the run ends once it is recorded
+                await pending
             if again:
                 self._retry_later(rt, again, outcome.again_after)
         finally:
@@ -245,6 +250,7 @@ class Executor:
         """The envelopes to publish from a run's outcomes, and its dead letters."""
         outputs: list[Envelope] = []
         dead: list[DeadLetter] = []
+        declared = spec.publishes
         for work, outcome in zip(works, outcomes, strict=True):
             if outcome is None:
                 continue
@@ -254,6 +260,16 @@ class Executor:
                 dead.append(dead_letter(spec.name, reason, work.envelopes, outcome))
                 continue
             sources: Sequence[Envelope] = work.envelopes
+            if isinstance(outcome, declared) and len(sources) == 1:
+                # one declared artifact from one source: the common case, the rules
+                # below without their lists
+                depth = sources[0].depth + 1
+                if depth > self.max_depth:
+                    too_deep = f"depth {depth} > max_depth {self.max_depth}"
+                    dead.append(dead_letter(spec.name, "max_depth", sources, too_deep))
+                else:
+                    outputs.append(self._output(spec, outcome, sources, depth))
+                continue
             if isinstance(outcome, BatchOutput):
                 sources = [e for w in outcome.works for e in w.envelopes]
             values = outputs_of(outcome)

@@ -42,7 +42,8 @@ from freight._drivers._clocks import LoopClock
 from freight._errors import BatcherClosed, ConfigError
 from freight._ratelimit import RateLimiter
 from freight.flow._artifacts import Envelope, check_artifact
-from freight.flow._board import Board, GroupCommit
+from freight.flow._board import Board
+from freight.flow._commit import GroupCommit
 from freight.flow._consumer import ConsumerBuilder, ConsumerSpec, OnPartial
 from freight.flow._execution import Executor
 from freight.flow._graph import check_producers, find_cycle
@@ -298,11 +299,29 @@ class Flow:
         move (a retry backoff, a rate limit): advance it, then call this again.
         """
         await self._start()
+        executor = self._executor
+        while True:
+            await self._settle()  # publishes staged, routes being committed
+            await executor.wait_until(executor.idle)
+            await self._tracing.aflush()  # the trace file's writes leave the loop free...
+            await executor.wait_until(executor.idle)  # ...so it may have run
+            if self._settled():
+                break
+
+    async def _settle(self) -> None:
+        """Wait for the publishes staged for the next group commit and the routes being
+        committed (a durable board; they may deliver, and so start runs)."""
         if self._group is not None:
-            await self._group.settle()  # publishes staged for the next commit are routed
-        await self._executor.wait_until(self._executor.idle)
-        await self._tracing.aflush()  # the trace file's writes leave the loop free...
-        await self._executor.wait_until(self._executor.idle)  # ...so it may have run
+            await self._group.settle()
+        committer = self._router.committer
+        if committer is not None:
+            await committer.settle()
+
+    def _settled(self) -> bool:
+        """Nothing staged and nothing being committed (always, in memory)."""
+        committer = self._router.committer
+        group = self._group
+        return (group is None or group.quiet) and (committer is None or committer.quiet)
 
     async def close(self) -> None:
         """Drain and stop: open batches flush (reason ``close``), open joins go to their
@@ -319,8 +338,9 @@ class Flow:
                 drained |= self._scheduler.drain(rt)
             if drained:
                 continue
-            if self._executor.quiet():
+            if self._executor.quiet() and self._settled():
                 break
+            await self._settle()  # dead letters the drain routed
             await self._executor.wait_until(self._executor.quiet)  # runs waiting on the clock
         self._closed = True
         self._scheduler.stop(runtimes)

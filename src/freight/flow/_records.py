@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import operator
 from collections.abc import Callable, Hashable, Sequence
@@ -128,7 +129,8 @@ def dead_letter(
 
 class Route(Protocol):
     """Records and delivers what a step produced (``Router.route``): published
-    artifacts, a handled batch's deliveries done, dead letters, in one transaction."""
+    artifacts, a handled batch's deliveries done, dead letters, in one transaction;
+    on a durable board, returns the future of that transaction and delivery."""
 
     def __call__(
         self,
@@ -136,4 +138,4 @@ class Route(Protocol):
         *,
         done: tuple[str, Sequence[str]] | None = None,
         dead: Sequence[DeadLetter] = (),
-    ) -> None: ...
+    ) -> asyncio.Future[None] | None: ...

@@ -17,15 +17,17 @@ Rules:
    it: one consumer's two subscriptions are two deliveries.
 4. A route is recorded before any consumer sees it: on a durable board, the artifacts
    with one delivery per taking subscription, a handled batch's deliveries done and
-   its dead letters, in one transaction. Only then are the artifacts delivered (to
-   the scheduler, which holds back an ``After`` artifact until its delay passed), in
-   order.
+   its dead letters, in one transaction (the committer's, ``_commit``: in a worker
+   thread, routes in the order they were made). Only then are the artifacts delivered
+   (to the scheduler, which holds back an ``After`` artifact until its delay passed),
+   in order, at the flow clock's time of their delivery.
 5. Types are known by name: two declared types of one name are refused (the board
    stores types by name and reads back only declared ones).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import uuid
@@ -38,6 +40,7 @@ from freight._core._clock import Clock
 from freight._errors import ConfigError
 from freight.flow._artifacts import Envelope, type_name
 from freight.flow._board import Board
+from freight.flow._commit import Committer
 from freight.flow._consumer import ConsumerSpec, Subscription
 from freight.flow._handling import error_text
 from freight.flow._records import DeadLetter, Runtime, dead_letter
@@ -57,10 +60,14 @@ Deliver = Callable[[Runtime, int, Envelope, float], None]
 _new_envelope: Callable[[tuple[Any, ...]], Envelope] = functools.partial(tuple.__new__, Envelope)
 _utc_now = functools.partial(datetime.now, UTC)
 
-Candidate = tuple[Runtime, Subscription, tuple[Callable[[Any], bool], ...], bool]
+Taker = tuple[Runtime, int, str]
+"""A subscription that takes an artifact: ``(consumer, its index among the consumer's
+subscriptions, its deliveries' name on a durable board)``."""
+
+Candidate = tuple[Runtime, Subscription, tuple[Callable[[Any], bool], ...], bool, Taker]
 """A subscription of an artifact's type: ``(consumer, subscription, its where
-predicates, plain)``; ``plain``: no ``from_`` and no join key to check (a public
-artifact then needs only its predicates)."""
+predicates, plain, the taker it is)``; ``plain``: no ``from_`` and no join key to check
+(a public artifact then needs only its predicates)."""
 
 
 class Router:
@@ -75,6 +82,8 @@ class Router:
     ) -> None:
         self.consumers = consumers
         self.board = board
+        # a durable board's routes are written by the committer (in a worker thread)
+        self.committer = Committer(board) if board is not None else None
         self.tracing = tracing
         self.clock: Clock | None = None
         self.now: Callable[[], float] = _unstarted
@@ -147,24 +156,36 @@ class Router:
         *,
         done: tuple[str, Sequence[str]] | None = None,
         dead: Sequence[DeadLetter] = (),
-    ) -> None:
+    ) -> asyncio.Future[None] | None:
         """Record ``envelopes`` (and a handled batch's ``done``/``dead``) in one
-        transaction, then deliver them to the consumers that take them."""
-        deliver = self.deliver
-        assert deliver is not None
-        now = self.now()
+        transaction, then deliver them to the consumers that take them.
+
+        In memory that is done when this returns (``None``); on a durable board the
+        transaction is the committer's (``_commit``): the future is done once it has
+        committed and the envelopes were delivered."""
         refused: list[DeadLetter] = list(dead)
         takers = self.takers
         seq = self.seq
         routed = [(e, next(seq), takers(e, refused)) for e in envelopes]
-        if self.board is not None:
-            self.board.record(
-                [(e, seq, [rt.spec.delivery_name(sub.index) for rt, sub in takers])
-                 for e, seq, takers in routed],
-                done=done,
-                dead=[(d.consumer, d.reason, [e.id for e in d.envelopes], error_text(d.error))
-                      for d in refused],
-            )  # fmt: skip
+        if self.board is None:
+            self._deliver(routed, refused)
+            return None
+        assert self.committer is not None
+        record = self.board.rows(
+            [(e, seq, [name for _, _, name in takers]) for e, seq, takers in routed],
+            done=done,
+            dead=[(d.consumer, d.reason, [e.id for e in d.envelopes], error_text(d.error))
+                  for d in refused],
+        )  # fmt: skip
+        return self.committer.commit(record, functools.partial(self._deliver, routed, refused))
+
+    def _deliver(
+        self, routed: list[tuple[Envelope, int, list[Taker]]], refused: list[DeadLetter]
+    ) -> None:
+        """Hand what a route recorded to the consumers (and its spans to the tracers)."""
+        deliver = self.deliver
+        assert deliver is not None
+        now = self.now()
         if refused:
             self._refused(refused, now)
         tracing = self.tracing
@@ -173,19 +194,17 @@ class Router:
         history = self.history
         for envelope, _, taken in routed:
             history.append(envelope)
-            for rt, sub in taken:
-                deliver(rt, sub.index, envelope, now)
+            for rt, index, _ in taken:
+                deliver(rt, index, envelope, now)
 
-    def takers(
-        self, envelope: Envelope, refused: list[DeadLetter]
-    ) -> list[tuple[Runtime, Subscription]]:
+    def takers(self, envelope: Envelope, refused: list[DeadLetter]) -> list[Taker]:
         """The subscriptions that take ``envelope`` (rule 3); a predicate or join key
         that raised adds its dead letter to ``refused``."""
         payload = envelope.payload
         found = self._routes.get(type(payload)) or self.candidates(type(payload))
-        takers = []
+        takers: list[Taker] = []
         public = type(envelope.visibility) is Public
-        for rt, sub, where, plain in found:
+        for rt, sub, where, plain, taker in found:
             if public and plain:
                 # takes() for a public artifact and a plain subscription, inline (the
                 # hot path: once per artifact and subscription)
@@ -194,13 +213,13 @@ class Router:
                         if not predicate(payload):
                             break
                     else:
-                        takers.append((rt, sub))
+                        takers.append(taker)
                 except Exception as exc:
                     refused.append(dead_letter(rt.spec.name, "where_error", [envelope], exc))
                 continue
             verdict = takes(rt.spec, sub, envelope)
             if verdict is True:
-                takers.append((rt, sub))
+                takers.append(taker)
             elif verdict:
                 reason, error = verdict
                 refused.append(dead_letter(rt.spec.name, reason, [envelope], error))
@@ -222,11 +241,14 @@ class Router:
         found = self._routes.get(kind)
         if found is None:
             found = self._routes[kind] = [
-                (rt, sub, sub.where, sub.producers is None and sub.join is None)
+                (
+                    rt, sub, sub.where, sub.producers is None and sub.join is None,
+                    (rt, sub.index, rt.spec.delivery_name(sub.index)),
+                )
                 for rt in self.consumers.values()
                 for sub in rt.spec.subscriptions
                 if any(issubclass(kind, t) for t in sub.types)
-            ]
+            ]  # fmt: skip
         return found
 
 

@@ -40,6 +40,7 @@ from freight._core._clock import Clock
 from freight._core._join import JoinBuffer, JoinGroup
 from freight._core._spec import BatchSpec
 from freight.flow._artifacts import Envelope
+from freight.flow._commit import log_failure
 from freight.flow._consumer import Group, Subscription
 from freight.flow._records import (
     PendingBatch,
@@ -223,7 +224,8 @@ class Scheduler:
             return
         envelopes = [m for m in group.members if m is not None]
         letter = dead_letter(rt.spec.name, reason, envelopes, None)
-        self.route([], done=(lane.name, [e.id for e in envelopes]), dead=[letter])
+        pending = self.route([], done=(lane.name, [e.id for e in envelopes]), dead=[letter])
+        log_failure(pending, self.tracing.flow, f"a dead letter of {rt.spec.name!r}")
 
     def schedule(self, rt: Runtime) -> None:
         """Arm ``rt``'s timer at its earliest deadline, if that changed (rule 6)."""
@@ -267,7 +269,8 @@ class Scheduler:
             if lane.embargo and not self.durable:
                 envelopes = [e for _, _, e in sorted(lane.embargo)]
                 letters = [dead_letter(rt.spec.name, "embargoed", [e], None) for e in envelopes]
-                self.route([], done=(lane.name, [e.id for e in envelopes]), dead=letters)
+                pending = self.route([], done=(lane.name, [e.id for e in envelopes]), dead=letters)
+                log_failure(pending, self.tracing.flow, f"dead letters of {rt.spec.name!r}")
             if lane.gate is not None:
                 for group in lane.gate.close():
                     self._partial(rt, lane, group, "join_incomplete", now)

@@ -116,4 +116,19 @@ MIGRATIONS: tuple[str, ...] = (
         created_at    TEXT NOT NULL
     );
     """,
+    # 3: the flow board's consumer declarations (for `freight flow status`; a board of
+    # an earlier freight made this table itself when its flow started, hence IF NOT
+    # EXISTS), and open deliveries indexed alone (a delivery marked done leaves the
+    # index instead of moving in it: one index write fewer per delivery)
+    """
+    CREATE TABLE IF NOT EXISTS flow_consumers (
+        flow         TEXT NOT NULL,
+        name         TEXT NOT NULL,
+        declaration  TEXT NOT NULL,
+        declared_at  TEXT NOT NULL,
+        PRIMARY KEY (flow, name)
+    );
+    DROP INDEX flow_deliveries_open;
+    CREATE INDEX flow_deliveries_open ON flow_deliveries (flow, seq) WHERE status = 'open';
+    """,
 )
