@@ -269,9 +269,14 @@ def _not_finite(column: str, value: float | Decimal) -> PermanentError:
 def _decimal(value: Decimal, column: str) -> Decimal:
     if not value.is_finite():
         raise _not_finite(column, value)
-    _sign, digits, exponent = value.normalize().as_tuple()
+    # Counted on the exact digits (normalize() would round to the context's 28 digits);
+    # trailing zeros after the point are not digits DECIMAL must keep.
+    _sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)
-    before = max(len(digits) + exponent, 0)
+    kept = len(digits)
+    while exponent < 0 and kept > 1 and digits[kept - 1] == 0:
+        kept, exponent = kept - 1, exponent + 1
+    before = max(kept + exponent, 0)
     after = max(-exponent, 0)
     if before > _DECIMAL_DIGITS[0] or after > _DECIMAL_DIGITS[1]:
         raise PermanentError(
