@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from freight._core._time import to_positive_int, to_seconds
-from freight._errors import ConfigError
+from freight._errors import ConfigError, ConfigTypeError
 
 __all__ = ["DEFAULT_MAX_SIZE", "BatchSpec", "CostFn", "default_sizer"]
 
@@ -36,13 +36,13 @@ def default_sizer(item: object) -> int:
 
 
 def _positive_number(value: object, name: str) -> float:
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or math.isnan(value)
-        or math.isinf(value)
-        or value <= 0
-    ):
+    """``value`` if a finite number > 0: else a :class:`ConfigTypeError` for a value
+    that is no number, a :class:`ConfigError` for one out of range."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ConfigTypeError(
+            f"{name} must be a finite number > 0, got {value!r} ({type(value).__name__})"
+        )
+    if math.isnan(value) or math.isinf(value) or value <= 0:
         raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
     return value
 
@@ -94,6 +94,8 @@ class BatchSpec:
 
     Raises:
         ConfigError: a value is out of range; the message names it and the rule.
+            A value of the wrong type (``size=1.1``, ``timeout="a"``) is its subclass
+            :class:`~freight.ConfigTypeError`, also a ``TypeError``.
     """
 
     __slots__ = (
@@ -152,7 +154,7 @@ class BatchSpec:
             max_bytes = to_positive_int(max_bytes, "BatchSpec.max_bytes")
         init(self, "max_bytes", max_bytes)
         if sizer is not None and not callable(sizer):
-            raise ConfigError(f"BatchSpec.sizer must be callable (item -> int), got {sizer!r}")
+            raise ConfigTypeError(f"BatchSpec.sizer must be callable (item -> int), got {sizer!r}")
         if sizer is not None and max_bytes is None:
             raise ConfigError(
                 "BatchSpec.sizer has no effect without max_bytes; set max_bytes=<int> or drop sizer"
@@ -164,7 +166,9 @@ class BatchSpec:
             None if max_cost is None else _positive_number(max_cost, "BatchSpec.max_cost"),
         )
         if cost is not None and not callable(cost):
-            raise ConfigError(f"BatchSpec.cost must be callable (items -> number), got {cost!r}")
+            raise ConfigTypeError(
+                f"BatchSpec.cost must be callable (items -> number), got {cost!r}"
+            )
         if (cost is None) != (max_cost is None):
             raise ConfigError(
                 "BatchSpec.max_cost and BatchSpec.cost go together: pass both "
@@ -192,8 +196,11 @@ class BatchSpec:
                 )
         if size is None:
             return None
-        if isinstance(size, str):
-            raise ConfigError(f"BatchSpec.size must be an int >= 1 or 'auto', got {size!r}")
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise ConfigTypeError(
+                f"BatchSpec.size must be an int >= 1 or 'auto', got {size!r} "
+                f"({type(size).__name__})"
+            )
         return to_positive_int(size, "BatchSpec.size")
 
     @property

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
-from freight._errors import ConfigError
+from freight._errors import ConfigError, ConfigTypeError
 
-__all__ = ["Duration", "to_seconds"]
+__all__ = ["Duration", "to_positive_int", "to_seconds"]
 
 Duration = float | int | timedelta
 """What a user may pass wherever freight asks for a duration."""
@@ -17,14 +17,16 @@ def to_seconds(value: object, name: str, *, allow_zero: bool = True) -> float:
     """Return ``value`` as float seconds, or raise :class:`ConfigError` naming ``name``.
 
     Accepts ``int``, ``float`` and ``timedelta``; refuses booleans, negatives, NaN
-    and infinity, which are always a mistake in a duration.
+    and infinity, which are always a mistake in a duration. A value of another type
+    (``"a"``, ``None``, a boolean) is a :class:`ConfigTypeError` (also a ``TypeError``,
+    as Ray raises); a number out of range a plain :class:`ConfigError`.
     """
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        raise ConfigError(
+        raise ConfigTypeError(
             f"{name} must be a number of seconds or a timedelta, got {value!r} "
             f"({type(value).__name__})"
         )
@@ -37,9 +39,16 @@ def to_seconds(value: object, name: str, *, allow_zero: bool = True) -> float:
 
 
 def to_positive_int(value: object, name: str, *, minimum: int = 1) -> int:
-    """Return ``value`` if it is an ``int`` ≥ ``minimum``; else raise :class:`ConfigError`."""
+    """Return ``value`` if it is an ``int`` ≥ ``minimum``; else raise :class:`ConfigError`.
+
+    A value that is not an ``int`` (``1.1``, ``"3"``, ``None``, a boolean) is a
+    :class:`ConfigTypeError` (also a ``TypeError``, as Ray raises for
+    ``max_batch_size=1.1``); an ``int`` below ``minimum`` a plain :class:`ConfigError`.
+    """
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise ConfigTypeError(
+            f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})"
+        )
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
     return value
