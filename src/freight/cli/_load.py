@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from freight.connectors import pgtypes
 from freight.connectors.sqlite import SqliteSink, sqlite_path
 from freight.connectors.sqlite import table_types as sqlite_table_types
 from freight.jobs import CsvSource, Job, JsonlSource
+from freight.jobs._sources import Record, is_blank
 from freight.store import Store
 
 __all__ = ["Load", "load_job"]
@@ -97,7 +98,7 @@ def load_job(spec: Load, name: str | None, open_store: Callable[[], Store]) -> J
         source = CsvSource(file)
         columns = source.columns() or []
     elif suffix in (".jsonl", ".ndjson"):
-        source = JsonlSource(file)
+        source = JsonlSource(file, convert=_an_object)  # as PostgreSQL's refuses it
         columns = _first_columns(source)
     else:
         raise ConfigError(f"cannot load {file.name}: give a .csv or .jsonl file")
@@ -150,8 +151,16 @@ def _check_table(spec: Load) -> None:
 
 def _first_columns(source: JsonlSource) -> list[str]:
     """The fields of a JSONL file's first readable record (the table's columns)."""
-    first = next((r.item for r in source.read() if r.error is None), None)
+    first = next((r.item for r in _sample(source)), None)
     return [str(name) for name in first] if isinstance(first, dict) else []
+
+
+def _sample(source: CsvSource | JsonlSource) -> Iterator[Record]:
+    """The records inference may read: not blank, not bad (their dead letters come when
+    they are loaded), and for JSONL only objects (another value is refused then too)."""
+    for record in source.read():
+        if record.error is None and not is_blank(record) and isinstance(record.item, dict):
+            yield record
 
 
 def _check_columns(columns: Sequence[str], file: Path, postgres: bool) -> None:
@@ -209,7 +218,7 @@ def _table_types(
     if unknown:
         raise ConfigError(f"--types names unknown column(s) {sorted(unknown)}")
     if existing is None:
-        sample = [r.item for r in itertools.islice(source.read(), 1000) if r.error is None]
+        sample = [r.item for r in itertools.islice(_sample(source), 1000)]
         column_types = {**pgtypes.infer_types(columns, sample), **overrides}
     else:
         column_types = {c: pgtypes.canonical(t) for c, t in existing.items()}
@@ -263,6 +272,13 @@ def _postgres_sink(spec: Load, column_types: dict[str, str]) -> tuple[Any, Any]:
 _SHAPES = 1024  # converters kept for the record shapes of one load (a file has a few)
 
 
+def _an_object(record: Any) -> Any:
+    """A JSONL record that is a JSON object, or a ValueError (its dead letter)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"a record must be a JSON object, got {type(record).__name__}")
+    return record
+
+
 def _typed_record(table: str, column_types: dict[str, str]) -> Callable[[Any], dict[str, Any]]:
     """A JSONL record as the typed values of the fields it carries, or a ValueError (its
     dead letter) for a field the table lacks, refused on every target alike (SQLite's
@@ -271,9 +287,7 @@ def _typed_record(table: str, column_types: dict[str, str]) -> Callable[[Any], d
     converters: dict[frozenset[str], Callable[[Any], dict[str, Any]]] = {}
 
     def typed(record: Any) -> dict[str, Any]:
-        if not isinstance(record, dict):
-            raise ValueError(f"a record must be a JSON object, got {type(record).__name__}")
-        fields = frozenset(record)
+        fields = frozenset(_an_object(record))
         convert = converters.get(fields)
         if convert is None:
             unknown = sorted(f for f in record if f not in column_types)

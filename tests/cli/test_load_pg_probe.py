@@ -1,0 +1,91 @@
+"""`freight load` probe findings (issue 11) on the PostgreSQL target, each checked on
+SQLite too: a sample with blank or non-object records, timestamps the server would read
+its own way, rows too big for a table, and names that collide with freight's own."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from typer.testing import CliRunner
+
+from freight.cli import app
+from tests.services import POSTGRES_URL, require
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    """A schema of this test's own, dropped afterwards."""
+    require("127.0.0.1", 5432, "PostgreSQL")
+    name = f"freight_probe_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    yield name
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+def targets(schema: str, tmp_path: Path) -> list[list[str]]:
+    """The --into (and --schema) options of each target: PostgreSQL, then SQLite."""
+    return [
+        ["--into", POSTGRES_URL, "--schema", schema],
+        ["--into", f"sqlite:///{tmp_path / 'target.db'}"],
+    ]
+
+
+def load(tmp_path: Path, data: Path, target: list[str], *options: str) -> tuple[int, str]:
+    """Run ``freight load`` with a store of its own; its exit code and output."""
+    store = tmp_path / f"store-{uuid.uuid4().hex[:8]}.db"
+    result = CliRunner().invoke(
+        app, ["load", str(data), *target, "--store", str(store), "--json", *options]
+    )
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result.exit_code, result.stdout if result.exit_code in (0, 3) else result.output
+
+
+def rows_of(schema: str | None, tmp_path: Path, table: str, columns: str = "*") -> list[tuple]:  # type: ignore[type-arg]
+    """The rows of ``table`` on PostgreSQL (``schema``) or SQLite (``None``), sorted."""
+    import sqlite3
+
+    if schema is None:
+        with sqlite3.connect(tmp_path / "target.db") as db:
+            return sorted(db.execute(f'SELECT {columns} FROM "{table}"').fetchall())
+    with psycopg.connect(POSTGRES_URL) as conn:
+        query = sql.SQL("SELECT " + columns + " FROM {}").format(sql.Identifier(schema, table))
+        return sorted(conn.execute(query).fetchall())
+
+
+# -- 1. the inference sample leaves blank and bad records out ---------------------------
+
+
+def test_a_blank_line_among_the_sampled_rows_is_left_out_of_inference(
+    schema: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "b.csv"
+    data.write_text("id,v\n1,a\n\n2,b\n")
+    for target, where in zip(targets(schema, tmp_path), (schema, None), strict=True):
+        code, output = load(tmp_path, data, target, "--table", "blank")
+        assert code == 0, output
+        assert rows_of(where, tmp_path, "blank") == [(1, "a"), (2, "b")]
+
+
+def test_a_jsonl_record_that_is_not_an_object_is_a_dead_letter_not_a_traceback(
+    schema: str, tmp_path: Path
+) -> None:
+    for name, text in (("j", '{"id":1}\n[1,2,3]\n{"id":2}\n'), ("k", '[1,2,3]\n{"id":2}\n')):
+        data = tmp_path / f"{name}.jsonl"
+        data.write_text(text)
+        for target, where in zip(targets(schema, tmp_path), (schema, None), strict=True):
+            code, output = load(tmp_path, data, target, "--table", name)
+            assert code == 3, output  # finished with a dead letter
+            report = json.loads(output)
+            line = 2 if name == "j" else 1
+            assert [e["item"] for e in report["errors"]] == [f"line {line}"]
+            assert "JSON object" in report["errors"][0]["message"]
+            expected = [(1,), (2,)] if name == "j" else [(2,)]
+            assert rows_of(where, tmp_path, name, '"id"') == expected
