@@ -37,6 +37,7 @@ from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
 
 from freight._core._source import Position, Record, SourceSize
 from freight._errors import ConfigError, RecordError
+from freight.jobs._compression import Marks, compression_of, open_stream
 from freight.jobs._csvread import _Dialect, _groups, _Make, _Parsed, _Plain, _Reader
 
 __all__ = [
@@ -48,8 +49,10 @@ __all__ = [
     "Record",
     "RecordError",
     "Source",
+    "SourceProgress",
     "SourceSize",
     "as_source",
+    "file_format",
 ]
 
 _EXCERPT = 200  # characters of a bad record kept for its dead letter
@@ -89,6 +92,21 @@ class ReadAtSource(Protocol):
         ...
 
 
+@runtime_checkable
+class SourceProgress(Protocol):
+    """A source that measures how far a position is into its file (optional).
+
+    Progress is measured in bytes of the file as it is on disk (``size().bytes``). A
+    plain file's position is such an offset already; a compressed file's position is an
+    offset in its decompressed stream, which this maps back to compressed bytes.
+    """
+
+    def bytes_read(self, position: Position) -> int | None:
+        """The bytes of the file read to reach ``position`` (``None``: not known yet,
+        as for a compressed file's position not read to in this process)."""
+        ...
+
+
 Converter = Callable[[Any], Any]
 
 
@@ -125,6 +143,42 @@ def _existing_file(path: str | Path, what: str) -> Path:
 def _wanted(positions: Iterable[Position]) -> list[Position]:
     """``positions`` in ascending order, each once."""
     return sorted({(int(offset), int(ordinal)) for offset, ordinal in positions})
+
+
+CompressionArg = Literal["auto", "gzip", "zstd"] | None
+
+
+class _FileSource:
+    """What CsvSource and JsonlSource share: a file, plain or compressed (gzip, zstd),
+    read through :func:`~freight.jobs._compression.open_stream`."""
+
+    path: Path
+    compression: Literal["gzip", "zstd"] | None
+    _marks: Marks
+
+    def _init_file(self, path: str | Path, what: str, compression: CompressionArg) -> None:
+        self.path = _existing_file(path, what)
+        self.compression = compression_of(self.path, compression)
+        self._marks = Marks()
+
+    def _open(self, buffering: int = -1) -> BinaryIO:
+        if self.compression is None:
+            return self.path.open("rb", buffering=buffering)
+        return open_stream(self.path, self.compression, self._marks)
+
+    def fingerprint(self) -> str:
+        """Of the file's bytes as on disk (compressed bytes for a compressed file)."""
+        return _file_fingerprint(self.path)
+
+    def size(self) -> SourceSize:
+        """The file's size on disk (compressed bytes for a compressed file)."""
+        return SourceSize(bytes=self.path.stat().st_size)
+
+    def bytes_read(self, position: Position) -> int | None:
+        """The bytes of the file read to reach ``position`` (see :class:`SourceProgress`)."""
+        if self.compression is None:
+            return position[0]
+        return self._marks.consumed_at(position[0])
 
 
 def _line_starts_at(f: BinaryIO, offset: int, first: int) -> bool:
@@ -223,7 +277,7 @@ def _check_names(names: Sequence[str], where: str) -> None:
         seen[name] = column
 
 
-class CsvSource:
+class CsvSource(_FileSource):
     """A CSV file, streamed, every record keeping its line number.
 
     Records are read by one reader (the rules at the top of ``freight.jobs._csvread``),
@@ -240,6 +294,10 @@ class CsvSource:
         convert: ``dict[str, str] -> item`` or a pydantic model class; a failing
             conversion makes that record a validation error, not a crash.
         blank_lines: ``"skip"`` (counted as skipped) or ``"error"``.
+        compression: ``"auto"`` (from the suffix: ``.gz`` gzip, ``.zst`` zstd),
+            ``"gzip"``, ``"zstd"`` (extra ``freight[zstd]``) or ``None`` (plain). A
+            compressed file is read as a stream; positions are offsets in the
+            decompressed data, and a resume decompresses again up to its checkpoint.
         raw: items are each record's CSV text ending in ``\\n`` (checked for its column
             count, not converted), for sinks that hand CSV to a database as it is
             (PostgreSQL ``COPY … (FORMAT csv)``). A line without the quote character is
@@ -260,8 +318,9 @@ class CsvSource:
         convert: Any = None,
         blank_lines: Literal["skip", "error"] = "skip",
         raw: bool = False,
+        compression: CompressionArg = "auto",
     ) -> None:
-        self.path = _existing_file(path, "CsvSource")
+        self._init_file(path, "CsvSource", compression)
         if raw and convert is not None:
             raise ConfigError("CsvSource: raw=True hands records over as text; drop convert=")
         self.raw = raw
@@ -292,12 +351,6 @@ class CsvSource:
         codec = "utf-8" if codec in ("utf-8", "utf-8-sig") else codec
         self._dialect = _Dialect(delimiter, quotechar, encoding, codec)
 
-    def fingerprint(self) -> str:
-        return _file_fingerprint(self.path)
-
-    def size(self) -> SourceSize:
-        return SourceSize(bytes=self.path.stat().st_size)
-
     def columns(self) -> list[str] | None:
         """The column names (read from the header line when ``header=True``).
 
@@ -306,7 +359,7 @@ class CsvSource:
                 has an empty or a duplicate column name.
         """
         if self._header_in_file and self._names is None:
-            with self.path.open("rb") as f:
+            with self._open() as f:
                 start = (self._skip_bom(f), 1)
                 f.seek(start[0])
                 parsed = _Reader(self._dialect, f, 0, None).parse(start)
@@ -328,7 +381,7 @@ class CsvSource:
         """The column names, their count (0: unknown), and where reading starts."""
         names = self.columns()
         if self._data is None:  # no header line: the data starts the file
-            with self.path.open("rb") as f:
+            with self._open() as f:
                 self._data = (self._skip_bom(f), 1)
         return names, len(names) if names else 0, start or self._data
 
@@ -341,7 +394,7 @@ class CsvSource:
         lines each; see :mod:`freight.jobs._csvread`)."""
         names, expected, position = self._start(start)
         plain, make = self._makers()
-        with self.path.open("rb") as f:
+        with self._open() as f:
             f.seek(position[0])
             reader = _Reader(self._dialect, f, expected, names)
             yield from _groups(f, reader, position, plain, make)
@@ -360,7 +413,7 @@ class CsvSource:
         names, expected, data = self._start(None)
         reached = data[0]  # the records before this offset were read (or are the header)
         _, make = self._makers()
-        with self.path.open("rb", buffering=1 << 16) as f:
+        with self._open(buffering=1 << 16) as f:
             reader = _Reader(self._dialect, f, expected, names)
             for position in _wanted(positions):
                 if position[0] < reached or not _line_starts_at(f, position[0], data[0]):
@@ -454,11 +507,12 @@ class CsvSource:
         return delimiter.join(out) + "\n"
 
 
-class JsonlSource:
+class JsonlSource(_FileSource):
     """A JSON Lines file, one JSON value per line, streamed with line numbers.
 
     Args:
         path: the file.
+        compression: as for :class:`CsvSource` (``"auto"``: from the suffix).
         encoding: of the file.
         convert: ``value -> item`` or a pydantic model class.
         blank_lines: ``"skip"`` (counted as skipped) or ``"error"``.
@@ -471,23 +525,18 @@ class JsonlSource:
         encoding: str = "utf-8",
         convert: Any = None,
         blank_lines: Literal["skip", "error"] = "skip",
+        compression: CompressionArg = "auto",
     ) -> None:
-        self.path = _existing_file(path, "JsonlSource")
+        self._init_file(path, "JsonlSource", compression)
         if blank_lines not in ("skip", "error"):
             raise ConfigError(f"blank_lines must be 'skip' or 'error', got {blank_lines!r}")
         self.encoding = encoding
         self.blank_lines = blank_lines
         self._convert = _converter(convert)
 
-    def fingerprint(self) -> str:
-        return _file_fingerprint(self.path)
-
-    def size(self) -> SourceSize:
-        return SourceSize(bytes=self.path.stat().st_size)
-
     def read(self, start: Position | None = None) -> Iterator[Record]:
         offset, line = start or (0, 1)
-        with self.path.open("rb") as f:
+        with self._open() as f:
             f.seek(offset)
             for raw in f:
                 position = (offset, line)
@@ -499,7 +548,7 @@ class JsonlSource:
         """The records starting at ``positions``, in file order, in one pass (see
         :meth:`CsvSource.read_at`); a position that does not start a line yields nothing."""
         reached = 0
-        with self.path.open("rb", buffering=1 << 16) as f:
+        with self._open(buffering=1 << 16) as f:
             for position in _wanted(positions):
                 if position[0] < reached or not _line_starts_at(f, position[0], 0):
                     continue
@@ -554,24 +603,57 @@ def _validation(exc: Exception) -> RecordError:
     return error
 
 
-def as_source(source: Any) -> Source:
-    """``source`` if it is a :class:`Source`; a path ending .csv/.jsonl; else an iterable."""
+FileFormat = Literal["csv", "jsonl", "parquet"]
+_FORMATS: dict[str, FileFormat] = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+}
+
+
+def file_format(path: str | Path, format: str | None = None) -> FileFormat:
+    """The format of the file at ``path``: ``format`` when given (``csv``, ``jsonl``,
+    ``parquet``), else the one its suffix names, a compression suffix (``.gz``,
+    ``.gzip``, ``.zst``, ``.zstd``) looked through: ``a.csv.gz`` is CSV.
+
+    Raises:
+        ConfigError: an unknown ``format``, or a suffix that names none.
+    """
+    if format is not None:
+        if format not in ("csv", "jsonl", "parquet"):
+            raise ConfigError(f"format must be 'csv', 'jsonl' or 'parquet', got {format!r}")
+        return format  # type: ignore[return-value]
+    p = Path(path)
+    suffixes = [suffix.lower() for suffix in p.suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".gzip", ".zst", ".zstd"):
+        suffixes.pop()
+    found = _FORMATS.get(suffixes[-1]) if suffixes else None
+    if found is None:
+        raise ConfigError(
+            f"cannot tell the format of {str(path)!r} from its suffix (.csv, .jsonl, "
+            ".ndjson, .parquet, each maybe followed by .gz or .zst); name the format "
+            "(format='csv', the CLI's --format csv) or use CsvSource, JsonlSource or "
+            "ParquetSource explicitly"
+        )
+    return found
+
+
+def as_source(source: Any, *, format: str | None = None) -> Source:
+    """``source`` if it is a :class:`Source`; a file path (its format from
+    :func:`file_format`: the suffix, or ``format``; gzip and zstd files decompressed as
+    a stream); else an iterable."""
     if isinstance(source, Source):
         return source
     if isinstance(source, str | Path):
-        suffix = Path(source).suffix.lower()
-        if suffix == ".csv":
+        kind = file_format(source, format)
+        if kind == "csv":
             return CsvSource(source)
-        if suffix in (".jsonl", ".ndjson"):
+        if kind == "jsonl":
             return JsonlSource(source)
-        if suffix == ".parquet":
-            from freight.jobs._parquet import ParquetSource  # noqa: PLC0415 (it imports this)
+        from freight.jobs._parquet import ParquetSource  # noqa: PLC0415 (it imports this)
 
-            return ParquetSource(source)
-        raise ConfigError(
-            f"cannot tell the format of {str(source)!r} from its suffix; use CsvSource or "
-            "JsonlSource explicitly"
-        )
+        return ParquetSource(source)
     if isinstance(source, Iterable) or callable(source):
         return IterableSource(source)
     raise ConfigError(f"source must be an iterable, a file path or a Source, got {source!r}")
