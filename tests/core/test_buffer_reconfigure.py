@@ -114,3 +114,35 @@ def test_items_leave_once_in_order_across_reconfigurations() -> None:
         out += buf.tick(step)
     out += buf.close()
     assert [i for f in out for i in f.items] == list(range(40))
+
+
+def test_a_spec_whose_sizer_refuses_an_open_item_changes_nothing() -> None:
+    # max_bytes set later on items that have no default size: refused, and the buffer
+    # keeps its limits, its open batch and that batch's deadline (no half-applied spec).
+    buf: BatchBuffer[dict[str, int]] = BatchBuffer(BatchSpec(size=10, timeout=5))
+    buf.add({"a": 1}, 0)
+    buf.add({"a": 2}, 1)
+    with pytest.raises(TypeError, match="items of type dict have no default size"):
+        buf.reconfigure(BatchSpec(size=2, timeout=1, max_bytes=100), 2)
+    assert (buf.size, buf.timeout, buf.spec) == (10, 5, BatchSpec(10, 5))
+    assert buf.next_deadline() == 5
+    assert buf.tick(4) == []
+    assert buf.add({"a": 3}, 4) == []  # still weighed by the old spec: no sizer needed
+    assert shape(buf.tick(5)) == [(None, "timeout", [{"a": 1}, {"a": 2}, {"a": 3}])]
+
+
+def test_a_spec_whose_cost_refuses_an_open_batch_changes_nothing() -> None:
+    def cost(items: list[object]) -> float:
+        if any(not isinstance(i, int) for i in items):
+            raise ValueError("cannot price")
+        return len(items)
+
+    buf: BatchBuffer[object] = BatchBuffer(BatchSpec(size=10, timeout=5), key=type)
+    buf.add(1, 0)
+    buf.add("s", 2)
+    with pytest.raises(ValueError, match="cannot price"):
+        buf.reconfigure(BatchSpec(size=10, timeout=0, max_cost=1, cost=cost), 3)
+    assert buf.spec == BatchSpec(10, 5)
+    assert buf.next_deadline() == 5
+    assert [b.deadline for b in buf.open_batches()] == [5, 7]
+    assert shape(buf.tick(7)) == [(int, "timeout", [1]), (str, "timeout", ["s"])]

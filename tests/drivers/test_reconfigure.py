@@ -357,3 +357,56 @@ def test_a_sync_batched_function_is_reconfigured_like_its_thread_batcher() -> No
     assert echo.spec == BatchSpec(size=2, timeout=30)
     echo.close()
     assert calls == [[0, 1]]
+
+
+# -- a refused reconfigure changes nothing (review of issue 13, finding 1) ------------
+
+
+async def test_a_reconfigure_refused_by_the_open_items_changes_nothing(clock: FakeClock) -> None:
+    # The new max_bytes cannot weigh the open dict items: refused, and the open batch
+    # keeps its deadline (its callers are served on time) and the spec its values.
+    batcher = Batcher(Recorder(), BatchSpec(size=10, timeout=0.05), clock=clock)
+    first = [batcher.submit_nowait({"a": 1}), batcher.submit_nowait({"a": 2})]
+    with pytest.raises(TypeError, match="no default size"):
+        batcher.reconfigure(max_bytes=100)
+    assert batcher.spec == BatchSpec(size=10, timeout=0.05)
+    later = batcher.submit_nowait({"a": 3})  # still accepted under the old spec
+    await clock.advance(0.05)
+    assert [f.result() for f in [*first, later]] == [{"a": 1}, {"a": 2}, {"a": 3}]
+    assert batcher.pending == 0
+    await batcher.close()
+
+
+def test_a_thread_batcher_reconfigure_refused_by_the_open_items_changes_nothing() -> None:
+    clock = FakeClock()
+
+    def echo(items: list[dict[str, int]]) -> list[dict[str, int]]:
+        return items
+
+    with ThreadBatcher(echo, BatchSpec(size=10, timeout=0.05), clock=clock) as batcher:
+        future = batcher.submit({"a": 1})
+        with pytest.raises(TypeError, match="no default size"):
+            batcher.reconfigure(max_bytes=100)
+        assert batcher.spec == BatchSpec(size=10, timeout=0.05)
+        clock.advance_sync(0.05)
+        assert future.result(timeout=5) == {"a": 1}
+        second = batcher.submit({"a": 2})  # accepted under the old spec
+        clock.advance_sync(0.05)
+        assert second.result(timeout=5) == {"a": 2}
+
+
+async def test_a_batched_function_of_several_lists_refused_changes_nothing(
+    clock: FakeClock,
+) -> None:
+    @freight.batched(size=10, timeout=0.05, clock=clock)
+    async def add(a: list[int], b: list[int]) -> list[int]:
+        return [x + y for x, y in zip(a, b, strict=True)]
+
+    call = asyncio.ensure_future(add(1, 2))
+    await asyncio.sleep(0)
+    with pytest.raises(TypeError, match="no default size"):  # a call is a dict of its args
+        add.reconfigure(max_bytes=1000)
+    assert add.spec == add.batcher().spec == BatchSpec(size=10, timeout=0.05)
+    await clock.advance(0.05)
+    assert call.result() == 3
+    await add.close()

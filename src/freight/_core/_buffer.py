@@ -26,7 +26,9 @@ Rules (every driver, job and flow in freight obeys exactly these):
    the size and wait) applies new limits from ``now`` on: each open batch is judged
    again by them, and one now due (its size, bytes or cost reached, or its
    deadline, ``opened_at`` plus the new timeout, passed) is flushed at once, whole,
-   with that reason; the others keep their items under the new deadline.
+   with that reason; the others keep their items under the new deadline. A spec
+   whose sizer or cost raises on an open item is refused with that error, and
+   nothing changes (every open batch is weighed by it before any is touched).
 8. Items rejected by ``where(item)`` are never buffered: ``add`` raises
    :class:`~freight.Skipped`, so the caller always learns what happened.
 9. Within a key, items leave in the order they arrived. Every added item leaves
@@ -320,8 +322,23 @@ class BatchBuffer(Generic[T]):
         """
         if not isinstance(spec, BatchSpec):
             raise ConfigError(f"spec must be a freight.BatchSpec, got {spec!r}")
+        spec.size  # noqa: B018  (a time-only spec raises ConfigError here, changing nothing)
+        # Weigh every open batch by the new spec before anything changes: a sizer or a
+        # cost that raises on an open item refuses the spec and leaves the buffer as it
+        # was (its limits, its batches and their deadlines), never half-applied.
+        sizer = spec.sizer or default_sizer
+        weights = [
+            (
+                0 if spec.max_bytes is None else sum(_measured(sizer, i) for i in batch.items),
+                0 if spec.cost is None else _priced(spec.cost, batch.items),
+            )
+            for batch in self._open.values()
+        ]
         self._take(spec)
-        return self._rejudge(now, remeasure=True)
+        for batch, (nbytes, cost) in zip(self._open.values(), weights, strict=True):
+            batch.nbytes = nbytes
+            batch.cost = cost
+        return self._rejudge(now)
 
     def retune(self, size: int, timeout: float | None, now: float) -> list[Flush[T]]:
         """Move the size and timeout alone (a tuner's step); return the batches now due.
@@ -330,7 +347,7 @@ class BatchBuffer(Generic[T]):
         """
         self._size = size
         self._timeout = timeout
-        return self._rejudge(now, remeasure=False)
+        return self._rejudge(now)
 
     def discard(self, item: T, ticket: Any) -> bool:
         """Remove a still-buffered item (its caller gave up); True if it was found.
@@ -388,17 +405,12 @@ class BatchBuffer(Generic[T]):
             return "cost"
         return None
 
-    def _rejudge(self, now: float, *, remeasure: bool) -> list[Flush[T]]:
-        """Judge every open batch again by the current limits (rule 7)."""
+    def _rejudge(self, now: float) -> list[Flush[T]]:
+        """Judge every open batch again by the current limits (rule 7); it never raises
+        (the batches were weighed first), so the deadlines are never left half rebuilt."""
         out: list[Flush[T]] = []
         self._deadlines.clear()
         for key, batch in sorted(self._open.items(), key=lambda kv: kv[1].opened_at):
-            if remeasure:
-                nbytes = 0
-                if self._max_bytes is not None:
-                    nbytes = sum(map(self._measure, batch.items))
-                batch.nbytes = nbytes
-                batch.cost = 0 if self._cost is None else self._price(batch.items)
             timeout = self._timeout
             batch.deadline = None if timeout is None else batch.opened_at + timeout
             reason = self._full(batch)
@@ -412,22 +424,11 @@ class BatchBuffer(Generic[T]):
         return out
 
     def _measure(self, item: T) -> int:
-        nbytes = self._sizer(item)
-        if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
-            raise TypeError(f"sizer must return an int >= 0, got {nbytes!r} for {item!r:.200}")
-        return nbytes
+        return _measured(self._sizer, item)
 
     def _price(self, items: list[T]) -> float:
         assert self._cost is not None
-        cost = self._cost(items)
-        if (
-            not isinstance(cost, int | float)
-            or isinstance(cost, bool)
-            or math.isnan(cost)
-            or cost < 0
-        ):
-            raise TypeError(f"cost must return a number >= 0, got {cost!r} for {len(items)} items")
-        return cost
+        return _priced(self._cost, items)
 
     def _alone(self, item: T) -> float:
         """The cost of ``item`` alone; :class:`~freight.ItemTooLarge` if over ``max_cost``."""
@@ -448,3 +449,19 @@ class BatchBuffer(Generic[T]):
             if together <= self._max_cost:
                 return together, True
         return self._alone(item), False
+
+
+def _measured(sizer: Callable[[Any], int], item: Any) -> int:
+    """``sizer(item)``, checked: an int >= 0 (else a ``TypeError`` naming the item)."""
+    nbytes = sizer(item)
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
+        raise TypeError(f"sizer must return an int >= 0, got {nbytes!r} for {item!r:.200}")
+    return nbytes
+
+
+def _priced(cost_fn: CostFn, items: list[Any]) -> float:
+    """``cost_fn(items)``, checked: a number >= 0 (else a ``TypeError``)."""
+    cost = cost_fn(items)
+    if not isinstance(cost, int | float) or isinstance(cost, bool) or math.isnan(cost) or cost < 0:
+        raise TypeError(f"cost must return a number >= 0, got {cost!r} for {len(items)} items")
+    return cost

@@ -176,16 +176,22 @@ class EngineBase(Generic[T, R]):
         spec = self.spec.replace(**{k: v for k, v in given.items() if v is not _KEEP})
         spec.size  # noqa: B018  (a time-only spec raises ConfigError here, changing nothing)
         self._check_spec(spec, self.name)
+        # Everything that may raise runs before anything changes: a new tuner is made
+        # first, and the buffer weighs its open batches by the new spec before it takes
+        # it (a sizer or cost that raises on an open item refuses the spec there). So
+        # a refused reconfigure leaves the spec, the open batch and its deadline alone.
+        tuner = self._tuner
+        fresh = self._new_tuner(spec) if spec.auto and tuner is None else None
         with self._guard():
-            self.spec = spec
-            self._priced = spec.cost is not None
             now = self._clock_now()
             flushes = self._buffer.reconfigure(spec, now)
+            self.spec = spec
+            self._priced = spec.cost is not None
             tuner = self._tuner
             if not spec.auto:
                 self._tuner = tuner = None
             elif tuner is None:
-                self._tuner = tuner = self._new_tuner(spec)
+                self._tuner = tuner = fresh or self._new_tuner(spec)
             else:  # keep what it learnt of the handler; the next batch re-plans
                 assert spec.latency_target is not None
                 tuner.latency_target = spec.latency_target
