@@ -1,6 +1,7 @@
-"""The bad-input corpus: each file loaded by `freight load` into SQLite and PostgreSQL.
+"""The bad-input corpus: each file loaded by `freight load` into SQLite, PostgreSQL and
+MariaDB.
 
-For every file both targets must agree: the same good rows land once, each bad row is
+For every file the targets must agree: the same good rows land once, each bad row is
 dead-lettered with its file line and a readable reason, and the exit code says which
 happened (0 all landed, 3 some rows dead-lettered, 2 refused before anything was made).
 """
@@ -95,6 +96,41 @@ def _corpus() -> dict[str, Case]:
 CORPUS = _corpus()
 
 
+MYSQL_SERVER = "mysql://root@127.0.0.1:3306"
+
+
+@pytest.fixture(scope="module")
+def mysql_database() -> Iterator[str]:
+    """A MariaDB database of the module's own, dropped after it."""
+    require("127.0.0.1", 3306, "MariaDB")
+    import pymysql  # type: ignore[import-untyped]
+
+    name = f"freight_corpus_{uuid.uuid4().hex[:10]}"
+    with pymysql.connect(host="127.0.0.1", user="root", autocommit=True) as conn:
+        conn.cursor().execute(f"CREATE DATABASE `{name}`")
+    yield name
+    with pymysql.connect(host="127.0.0.1", user="root", autocommit=True) as conn:
+        conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def _mysql_rows(database: str, table: str) -> dict[int, str] | None:
+    import pymysql
+
+    with pymysql.connect(host="127.0.0.1", user="root", database=database) as conn:
+        cur = conn.cursor()
+        cur.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+            (database, table),
+        )
+        if cur.fetchone() is None:
+            return None
+        cur.execute(f"SELECT `id`, `name` FROM `{table}`")
+        rows = cur.fetchall()
+    ids = [int(i) for i, _ in rows]
+    assert len(ids) == len(set(ids)), "a row landed twice"
+    return {int(i): str(n) for i, n in rows}
+
+
 @pytest.fixture(scope="module")
 def schema() -> Iterator[str]:
     require("127.0.0.1", 5432, "PostgreSQL")
@@ -170,8 +206,8 @@ def _check(case: Case, code: int, report: dict[str, object], rows: dict[int, str
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
-def test_each_file_gives_the_same_rows_and_dead_letters_on_sqlite_and_postgres(
-    name: str, schema: str, tmp_path: Path
+def test_each_file_gives_the_same_rows_and_dead_letters_on_sqlite_postgres_and_mariadb(
+    name: str, schema: str, mysql_database: str, tmp_path: Path
 ) -> None:
     case = CORPUS[name]
     path = tmp_path / f"{name}.csv"
@@ -190,6 +226,15 @@ def test_each_file_gives_the_same_rows_and_dead_letters_on_sqlite_and_postgres(
         tmp_path / "s2.db",
     )
     _check(case, code, report, _postgres_rows(schema, table))
-    if code != 2:  # the same counts on both targets
+    postgres_report = report
+    code, report = _load(
+        path,
+        ["--into", f"{MYSQL_SERVER}/{mysql_database}", "--table", table],
+        case,
+        tmp_path / "s3.db",
+    )
+    _check(case, code, report, _mysql_rows(mysql_database, table))
+    if code != 2:  # the same counts on every target
         for count in ("processed", "succeeded", "failed", "skipped"):
             assert report["summary"][count] == sqlite_report["summary"][count], count  # type: ignore[index]
+            assert postgres_report["summary"][count] == sqlite_report["summary"][count], count  # type: ignore[index]

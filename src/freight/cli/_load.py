@@ -36,6 +36,9 @@ with closing(sqlite3.connect(":memory:")) as _db:
     SQLITE_MAX_COLUMNS = _db.getlimit(sqlite3.SQLITE_LIMIT_COLUMN)
 # PostgreSQL cuts longer names to 63 bytes (NAMEDATALEN - 1) without an error.
 POSTGRES_MAX_NAME_BYTES = 63
+# MariaDB / MySQL: 4,096 columns a table, names of at most 64 characters (refused past that).
+MYSQL_MAX_COLUMNS = 4096
+MYSQL_MAX_NAME_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +60,11 @@ class Load:
     def postgres(self) -> bool:
         """Whether the target is a PostgreSQL database (else a SQLite file)."""
         return self.into.startswith(("postgresql://", "postgres://"))
+
+    @property
+    def mysql(self) -> bool:
+        """Whether the target is a MariaDB / MySQL database (extra ``freight[mysql]``)."""
+        return self.into.startswith(("mysql://", "mariadb://"))
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -87,10 +95,7 @@ def load_job(spec: Load, name: str | None, open_store: Callable[[], Store]) -> J
     file = spec.file
     if not file.is_file():
         raise ConfigError(f"no such file {str(file)!r}")
-    if not spec.postgres:
-        sqlite_path(spec.into)  # a clear error for anything that is neither
-        if spec.schema is not None:
-            raise ConfigError("--schema applies to PostgreSQL targets (postgresql://…)")
+    _check_target(spec)
     _check_table(spec)
     suffix = file.suffix.lower()
     source: CsvSource | JsonlSource
@@ -102,7 +107,10 @@ def load_job(spec: Load, name: str | None, open_store: Callable[[], Store]) -> J
         columns = _first_columns(source)
     else:
         raise ConfigError(f"cannot load {file.name}: give a .csv or .jsonl file")
-    _check_columns(columns, file, spec.postgres)
+    if spec.mysql:
+        _check_mysql_columns(columns, file)
+    else:
+        _check_columns(columns, file, spec.postgres)
     # (JSONL into PostgreSQL: --key is checked against the table, which may exist)
     checked = suffix == ".csv" or not spec.postgres
     if spec.key is not None and checked and columns and spec.key not in columns:
@@ -116,6 +124,8 @@ def load_job(spec: Load, name: str | None, open_store: Callable[[], Store]) -> J
         if not exists:
             _create_postgres_table(spec, column_types)
         sink, source = _postgres_sink(spec, column_types)
+    elif spec.mysql:
+        sink, source = _mysql_sink(spec, column_types, exists)
     else:  # the sink creates a missing table with these types, and types every row
         sink = SqliteSink(sqlite_path(spec.into), spec.table, key=spec.key, types=column_types)
     return Job(
@@ -130,6 +140,16 @@ def load_job(spec: Load, name: str | None, open_store: Callable[[], Store]) -> J
         metadata=spec.metadata(),
         ordered_writes=spec.key is not None,  # the file's last value of a key wins
     )
+
+
+def _check_target(spec: Load) -> None:
+    """Refuse a target URL freight cannot load into, or a --schema it does not take."""
+    if spec.mysql:
+        _check_mysql(spec)
+    elif not spec.postgres:
+        sqlite_path(spec.into)  # a clear error for anything that is neither
+        if spec.schema is not None:
+            raise ConfigError("--schema applies to PostgreSQL targets (postgresql://…)")
 
 
 def _check_table(spec: Load) -> None:
@@ -210,6 +230,10 @@ def _table_types(
         from freight.connectors.postgres import table_types  # noqa: PLC0415 (extra)
 
         existing = table_types(spec.into, spec.table, spec.schema)
+    elif spec.mysql:
+        from freight.connectors.mysql import table_types as mysql_table_types  # noqa: PLC0415
+
+        existing = mysql_table_types(spec.into, spec.table)
     else:
         existing = sqlite_table_types(sqlite_path(spec.into), spec.table)
     if existing is None and not columns:  # a JSONL file without a readable record
@@ -325,3 +349,70 @@ def _create_postgres_table(spec: Load, column_types: dict[str, str]) -> None:
             f"--schema {spec.schema!r} does not exist in the target database: create it "
             "(CREATE SCHEMA …) or leave --schema out"
         ) from exc
+
+
+# -- MariaDB / MySQL ------------------------------------------------------------------------
+
+
+def _check_mysql(spec: Load) -> None:
+    """Refuse what a MariaDB target cannot take: a --schema (its URL names the database),
+    a table name past 64 characters or ending in a space (MariaDB refuses both)."""
+    from freight.connectors._mysqlerrors import parse_url  # noqa: PLC0415 (extra)
+
+    parse_url(spec.into)  # a clear error for a malformed URL
+    if spec.schema is not None:
+        raise ConfigError(
+            "--schema applies to PostgreSQL targets; a MariaDB/MySQL URL names its "
+            "database (mysql://USER@HOST:PORT/DB): leave --schema out"
+        )
+    if len(spec.table) > MYSQL_MAX_NAME_CHARS or spec.table.endswith(" "):
+        raise ConfigError(
+            f"--table {spec.table!r}: MariaDB table names are at most "
+            f"{MYSQL_MAX_NAME_CHARS} characters and do not end with a space: choose another"
+        )
+
+
+def _check_mysql_columns(columns: Sequence[str], file: Path) -> None:
+    """:func:`_check_columns` for a MariaDB table: at most 4,096 columns, names of at
+    most 64 characters not ending in a space, unique without case (MariaDB compares
+    column names so)."""
+    if len(columns) > MYSQL_MAX_COLUMNS:
+        raise ConfigError(
+            f"{file.name} has {len(columns)} columns; a MariaDB table has at most "
+            f"{MYSQL_MAX_COLUMNS} columns: split the file, or load fewer columns"
+        )
+    seen: dict[str, int] = {}
+    for number, column in enumerate(columns, 1):
+        if not column.strip():
+            raise ConfigError(
+                f"empty column name: column {number} of {file.name} has none; name it"
+            )
+        if len(column) > MYSQL_MAX_NAME_CHARS or column.endswith(" "):
+            raise ConfigError(
+                f"column {column!r} of {file.name}: MariaDB names are at most "
+                f"{MYSQL_MAX_NAME_CHARS} characters and do not end with a space: rename it"
+            )
+        same = column.casefold()
+        if same in seen:
+            raise ConfigError(
+                f"duplicate column name {column!r} in {file.name} (columns "
+                f"{seen[same]} and {number}): rename one"
+            )
+        seen[same] = number
+
+
+def _mysql_sink(spec: Load, column_types: dict[str, str], exists: bool) -> tuple[Any, Any]:
+    """The sink into the MariaDB table (created with ``column_types`` when missing) and
+    the source that feeds it: CSV records typed by the sink; JSONL records typed here,
+    each setting only the fields it carries, a field the table lacks a dead letter, as
+    on PostgreSQL (:func:`_typed_record`)."""
+    from freight.connectors.mysql import MysqlSink, create_table  # noqa: PLC0415 (extra)
+
+    if not exists:
+        create_table(spec.into, spec.table, column_types, key=[spec.key] if spec.key else [])
+    if spec.file.suffix.lower() == ".csv":
+        return MysqlSink(spec.into, spec.table, key=spec.key, types=column_types), CsvSource(
+            spec.file
+        )
+    source = JsonlSource(spec.file, convert=_typed_record(spec.table, column_types))
+    return MysqlSink(spec.into, spec.table, key=spec.key), source
