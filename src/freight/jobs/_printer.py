@@ -1,4 +1,11 @@
-"""Progress on a terminal (a rich bar) or in logs (milestones and periodic lines)."""
+"""Progress on a terminal (a rich bar) or in logs (milestones and periodic lines).
+
+The bar shows what the run measured (:class:`Progress`, on the job's clock): the share
+done (bytes of the file read, compressed bytes for a compressed file, or items when the
+source counts them), the rate and the ETA, from the first chunk on. It does not let rich
+estimate the speed itself: that needs several samples on the wall clock, so the ETA
+stayed blank for a long while, and a resumed run's rate counted what was done before.
+"""
 # rich (extra freight[cli]) is imported only when a terminal shows a bar.
 # ruff: noqa: PLC0415
 
@@ -13,6 +20,7 @@ from freight.jobs._progress import Progress
 __all__ = ["ProgressPrinter"]
 
 MILESTONES = (0.25, 0.5, 0.75, 1.0)
+_SCALE = 10_000  # the bar's total when the share done is known (steps of 0.01 %)
 
 
 def _eta(seconds: float | None) -> str:
@@ -31,7 +39,8 @@ def _has_rich() -> bool:
 
 
 class ProgressPrinter:
-    """An ``on_progress`` callback: a rich progress bar on a terminal, else one log
+    """An ``on_progress`` callback: a rich progress bar on ``stream`` when it is a
+    terminal (share done, items, rate and ETA, redrawn after every chunk), else one log
     line per milestone (25/50/75/100 %) and one every ``every`` seconds (of the run's
     elapsed time, so on the job's clock).
 
@@ -52,29 +61,27 @@ class ProgressPrinter:
         self._next_milestone = 0
         self._last_line = 0.0  # the elapsed seconds of the last line printed
         if self.stream.isatty() and _has_rich():
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import (
-                Progress as Bar,
-            )
+            from rich.console import Console
+            from rich.progress import BarColumn, TaskProgressColumn, TextColumn
+            from rich.progress import Progress as Bar
 
             self._bar = Bar(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]:.0f} items/s"),
-                TimeRemainingColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[processed]:,} items"),
+                TextColumn("{task.fields[rate]:,.0f} items/s"),
+                TextColumn("{task.fields[eta]}"),
+                console=Console(file=self.stream),
                 transient=False,
             )
 
     def __enter__(self) -> ProgressPrinter:
         if self._bar is not None:
             self._bar.start()
-            self._task = self._bar.add_task("processing", total=None, rate=0.0)
+            self._task = self._bar.add_task(
+                "processing", total=None, processed=0, rate=0.0, eta=_eta(None)
+            )
         return self
 
     def __exit__(
@@ -88,15 +95,16 @@ class ProgressPrinter:
 
     def __call__(self, progress: Progress) -> None:
         if self._bar is not None:
-            total = None
-            if progress.fraction:
-                total = round(progress.processed / progress.fraction)
+            known = progress.fraction is not None
             self._bar.update(
                 self._task,
-                completed=progress.processed,
-                total=total,
+                completed=_SCALE * (progress.fraction or 0.0),
+                total=_SCALE if known else None,
+                processed=progress.processed,
                 rate=progress.items_per_second,
+                eta=_eta(progress.eta_seconds),
             )
+            self._bar.refresh()  # drawn now, not at rich's next tick on the wall clock
             return
         line = (
             f"processed {progress.processed:,} (succeeded {progress.succeeded:,}, failed "
