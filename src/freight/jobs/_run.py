@@ -26,7 +26,7 @@ from freight.jobs._chunking import Chunk, ChunkSizer, fixed_boundaries, started_
 from freight.jobs._progress import Progress
 from freight.jobs._replay import Replay
 from freight.jobs._report import JobReport
-from freight.jobs._sources import Position
+from freight.jobs._sources import Position, SourceProgress
 from freight.store import (
     ChunkCheckpoint,
     DeadLetter,
@@ -54,6 +54,14 @@ class AsyncClosing(Protocol):
     async def aclose(self) -> None:
         """Free the resources bound to the running event loop."""
         ...
+
+
+def _bytes_read(source: Any, position: Position) -> int | None:
+    """How far ``position`` is into the source's file, in bytes as on disk (``None``:
+    not known yet); a plain file's offset is that already."""
+    if isinstance(source, SourceProgress):
+        return source.bytes_read(position)
+    return position[0]
 
 
 class Run:
@@ -89,6 +97,7 @@ class Run:
         )
         self._fraction: float | None = None
         self._initial = (0, 0.0)  # processed and fraction when this execution started
+        self._resumed_at: Position | None = None  # where it started, until that is measured
         self._shared = _shared_transaction(job)
         # Chunks written in order only matters when several are written at once.
         self._order = WriteOrder() if job.ordered_writes and job.workers > 1 else None
@@ -294,10 +303,20 @@ class Run:
             yield Chunk(next_index, current, None)
 
     def _note_start(self, start: Position | None) -> None:
+        self._resumed_at = start
+        self._measure_start()
+
+    def _measure_start(self) -> None:
+        """The fraction done when this execution started, once the source can tell how
+        far its start is into the file (a compressed file: once read to there)."""
         total_bytes = self.job.source.size().bytes
-        if start is not None and total_bytes:
-            self._initial = (self._initial[0], start[0] / total_bytes)
-            self._fraction = self._initial[1]
+        start = self._resumed_at
+        done = _bytes_read(self.job.source, start) if start is not None and total_bytes else 0
+        if done is not None:
+            self._resumed_at = None
+            if done and total_bytes:
+                self._initial = (self._initial[0], done / total_bytes)
+                self._fraction = max(self._fraction or 0.0, self._initial[1])
 
     def _may_continue(self) -> bool:
         """Honour pause / resume / cancel requests made through the store (between chunks)."""
@@ -336,8 +355,11 @@ class Run:
         self._chunks_done += 1
         self._sizer.observe(items, seconds)
         if record.total_bytes:
-            offset = record.total_bytes if end is None else end[0]
-            self._fraction = max(self._fraction or 0.0, min(1.0, offset / record.total_bytes))
+            if self._resumed_at is not None:
+                self._measure_start()
+            done = record.total_bytes if end is None else _bytes_read(self.job.source, end)
+            if done is not None:  # bytes of the file as on disk (compressed, if it is)
+                self._fraction = max(self._fraction or 0.0, min(1.0, done / record.total_bytes))
         job = self.job
         if job.max_failures is not None and record.failed > job.max_failures:
             self._stop(
