@@ -379,8 +379,9 @@ class AsyncBatched(_Batched, Generic[T, R]):
         # ~0.05 µs where get_running_loop() costs ~0.2 µs (it calls getpid() each time),
         # a third of what @batched used to add to Batcher.submit. Another kind of loop
         # (uvloop) is never cached here and takes get_running_loop() on every call.
-        self._loop: Any = None
-        self._last: Batcher[T, R] | None = None
+        # The pair is one attribute, read once: read as two, another thread could
+        # cache its own pair between the reads and divert this call to its batcher.
+        self._cached: tuple[Any, Batcher[T, R]] | None = None
         self._one = False  # a handler of one list, known: the fast path applies
 
     def batcher(self) -> Batcher[T, R]:
@@ -391,7 +392,7 @@ class AsyncBatched(_Batched, Generic[T, R]):
             batcher = Batcher(self._handler("async"), self._options.spec, **self._batcher_kwargs())
             self._batchers[loop] = batcher
         if isinstance(loop, asyncio.BaseEventLoop):
-            self._loop, self._last = loop, batcher
+            self._cached = (loop, batcher)
         return batcher
 
     @overload
@@ -401,9 +402,9 @@ class AsyncBatched(_Batched, Generic[T, R]):
     def __call__(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """Submit one item (or one value per parameter) and wait for its own result."""
         if self._one and not kwargs and len(args) == 1:
-            loop = self._loop
-            if loop is not None and loop._thread_id == get_ident():
-                return self._last.submit(args[0])  # type: ignore[union-attr]
+            cached = self._cached
+            if cached is not None and cached[0]._thread_id == get_ident():
+                return cached[1].submit(args[0])
         return self._call(args, kwargs)
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Coroutine[Any, Any, Any]:
@@ -427,8 +428,9 @@ class AsyncBatched(_Batched, Generic[T, R]):
         """Drain and close the batcher of the running event loop."""
         loop = asyncio.get_running_loop()
         batcher = self._batchers.pop(loop, None)
-        if loop is self._loop:
-            self._loop = self._last = None
+        cached = self._cached
+        if cached is not None and cached[0] is loop:
+            self._cached = None
         if batcher is not None:
             await batcher.close()
 

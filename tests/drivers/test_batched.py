@@ -371,3 +371,51 @@ async def test_reconfigure_takes_the_batchers_arguments_and_rays_whole_float_siz
     assert await echo(7) == 7
     assert echo.batcher().spec == echo.spec
     await echo.close()
+
+
+# -- the fast path reads its loop and batcher as one (review of issue 13, finding 2) --
+
+
+class _SwapLoop(asyncio.SelectorEventLoop):
+    """A loop that runs ``hook`` (another thread's call) the next time its running
+    thread is read: the moment between reading the cached loop and its batcher."""
+
+    _tid: int | None = None
+
+    def __init__(self) -> None:
+        self.hook: list[Any] = []
+        super().__init__()
+
+    @property
+    def _thread_id(self) -> int | None:
+        if self.hook:
+            self.hook.pop()()
+        return self._tid
+
+    @_thread_id.setter
+    def _thread_id(self, value: int | None) -> None:
+        self._tid = value
+
+
+def test_another_thread_caching_its_loop_mid_call_cannot_divert_a_call() -> None:
+    @freight.batched(size=1, timeout=0)
+    async def echo(items: list[int]) -> list[int]:
+        return items
+
+    def other_thread_calls_once() -> None:  # caches its own loop and batcher
+        thread = threading.Thread(target=lambda: asyncio.run(echo(0)))
+        thread.start()
+        thread.join()
+
+    loop = _SwapLoop()
+
+    async def main() -> int:
+        assert await echo(1) == 1  # caches this loop and its batcher
+        loop.hook.append(other_thread_calls_once)
+        return await echo(2)  # must go to this loop's batcher, not the other's
+
+    try:
+        assert loop.run_until_complete(main()) == 2
+        assert not loop.hook  # the swap did happen mid-call
+    finally:
+        loop.close()
