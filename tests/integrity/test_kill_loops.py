@@ -1,16 +1,17 @@
 """Kill loops: ``freight load`` and ``freight retry-failed`` killed with SIGKILL at random
-points, run again until done, on both targets, with and without a key; and two
-``freight load`` processes started at the same instant.
+points, run again until done, on SQLite, PostgreSQL and MariaDB, with and without a
+key; and two ``freight load`` processes started at the same instant.
 
 Each loop kills a process right after it committed some progress (seen in the store),
 so every kill lands mid-run, then runs the command again until it ends, and checks the
 table and the report:
 
-- with a key (an upsert) on SQLite and PostgreSQL, and without a key on PostgreSQL with
-  the store in the target database (rows and checkpoints in one transaction): no row is
-  lost or written twice, and the report's counts are the table's;
-- without a key on SQLite (the store is another file) the documented guarantee is at
-  least once: no row is lost, and only chunks in flight at a kill were written twice.
+- with a key (an upsert) on SQLite, PostgreSQL and MariaDB, and without a key on
+  PostgreSQL with the store in the target database (rows and checkpoints in one
+  transaction): no row is lost or written twice, and the report's counts are the table's;
+- without a key on SQLite and MariaDB (the store is another file) the documented
+  guarantee is at least once: no row is lost, and only chunks in flight at a kill were
+  written twice.
 
 Real processes in real time: marked ``slow``.
 """
@@ -46,7 +47,7 @@ RNG = random.Random(20261130)
 class Target:
     """Where a load goes and how the test looks at it."""
 
-    kind: str  # "sqlite" or "postgres"
+    kind: str  # "sqlite", "postgres" or "mysql"
     into: str
     store: str
     key: bool
@@ -120,12 +121,60 @@ def postgres_target(url: str, tmp_path: Path, *, key: bool) -> Target:
     )
 
 
-@pytest.fixture(params=["sqlite-key", "sqlite-no-key", "postgres-key", "postgres-no-key"])
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """A MariaDB database of the test's own, dropped after it."""
+    require("127.0.0.1", 3306, "MariaDB")
+    import pymysql  # type: ignore[import-untyped]
+
+    database = f"freight_kill_{uuid.uuid4().hex[:10]}"
+    with pymysql.connect(host="127.0.0.1", user="root", autocommit=True) as conn:
+        conn.cursor().execute(f"CREATE DATABASE `{database}`")
+    yield f"mysql://root@127.0.0.1:3306/{database}"
+    with pymysql.connect(host="127.0.0.1", user="root", autocommit=True) as conn:
+        conn.cursor().execute(f"DROP DATABASE IF EXISTS `{database}`")
+
+
+def mysql_target(url: str, tmp_path: Path, *, key: bool) -> Target:
+    import pymysql
+
+    database = url.rsplit("/", 1)[1]
+
+    def query(statement: str) -> list[tuple[Any, ...]]:
+        with pymysql.connect(
+            host="127.0.0.1", user="root", database=database, autocommit=True
+        ) as conn:
+            cur = conn.cursor()
+            cur.execute(statement)
+            return list(cur.fetchall())
+
+    def execute(statement: str) -> None:
+        query(statement)
+
+    return Target(
+        kind="mysql",
+        into=url,
+        store=str(tmp_path / "freight.db"),  # another file: exactly once only with a key
+        key=key,
+        execute=execute,
+        rows=lambda: query("SELECT count(*), count(DISTINCT id) FROM payments")[0],
+        ids=lambda: {int(row[0]) for row in query("SELECT id FROM payments")},
+    )
+
+
+@pytest.fixture(
+    params=[
+        "sqlite-key", "sqlite-no-key", "postgres-key", "postgres-no-key", "mysql-key",
+        "mysql-no-key",
+    ]
+)  # fmt: skip
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
     kind, _, mode = str(request.param).partition("-")
     key = mode == "key"
     if kind == "sqlite":
         return sqlite_target(tmp_path, key=key)
+    if kind == "mysql":
+        return mysql_target(request.getfixturevalue("mysql_url"), tmp_path, key=key)
     url = request.getfixturevalue("postgres_url")
     return postgres_target(url, tmp_path, key=key)
 
@@ -252,7 +301,7 @@ def refusing_table(target: Target) -> None:
             f" CREATE TRIGGER refuse BEFORE INSERT ON payments WHEN NEW.id BETWEEN {first}"
             f" AND {last} BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END;"
         )
-    else:
+    else:  # PostgreSQL and MariaDB alike
         target.execute(
             f"CREATE TABLE payments (id bigint, amount bigint, note text{key},"
             f" CONSTRAINT refuse CHECK (id NOT BETWEEN {first} AND {last}))"
