@@ -70,7 +70,7 @@ def test_load_then_report_list_and_status(data: Path, tmp_path: Path) -> None:
             ["load", "{data}", "--into", "sqlite:///x.db", "--table", "t", "--key", "nope"],
             "not a column",
         ),
-        (["report", "nobody"], "no run with id or job name"),
+        (["report", "nobody"], "no store at"),  # read commands never create a store
         (["run", "nocolon"], "expected MODULE:JOB"),
         (["run", "no_such_module_xyz:job"], "cannot import"),
     ],

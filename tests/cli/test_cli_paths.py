@@ -17,6 +17,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from freight.cli import app
+from freight.store import SqliteStore
 from tests.services import POSTGRES_URL, require
 
 runner = CliRunner()
@@ -87,10 +88,12 @@ def test_a_run_that_stops_early_exits_1_with_its_reason_and_resumes_from_its_mod
 
 def test_the_command_returns_its_exit_code_when_not_standalone(tmp_path: Path) -> None:
     command = get_command(app)
+    SqliteStore(tmp_path / "f.db").close()
     assert command.main(["list", "--store", str(tmp_path / "f.db")], standalone_mode=False) in (
         0,
         None,
     )
+    assert command.main(["list", "--store", str(tmp_path / "no.db")], standalone_mode=False) == 2
     assert command.main(["report", "nobody"], standalone_mode=False) == 2
 
 

@@ -12,6 +12,7 @@ traceback. The job ``freight load`` runs is built (and its file and target check
 
 from __future__ import annotations
 
+import csv
 import gc
 import importlib
 import logging
@@ -19,7 +20,8 @@ import os
 import socket
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -30,9 +32,9 @@ from typer.core import TyperGroup
 from freight._errors import FreightError
 from freight.cli._flow import flow_app
 from freight.cli._load import Load, load_job
-from freight.jobs import Job, JobReport, ProgressPrinter
+from freight.jobs import CsvSource, Job, JobReport, ProgressPrinter
 from freight.jobs._job import _alive
-from freight.jobs._report import load_report
+from freight.jobs._report import ERROR_SAMPLE, load_report
 from freight.store import (
     DEFAULT_PATH,
     DONE,
@@ -184,6 +186,24 @@ def _open(store: str) -> Store:
     return opened
 
 
+def _read(store: str) -> Store:
+    """The store at ``store``, opened to be read (``list``, ``status``, ``report``):
+    never created nor written; a missing one is one line, "no store at PATH"."""
+    opened = open_store(store, read_only=True)
+    opened.list_jobs(limit=1)
+    return opened
+
+
+def _stored(store: str) -> Store | None:
+    """The store at ``store`` if it exists (opened to be read), else ``None``."""
+    try:
+        return _read(store)
+    except FreightError as exc:
+        if str(exc).startswith("no store at "):
+            return None
+        raise
+
+
 def _one_line(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
@@ -213,6 +233,9 @@ def _render(report: JobReport, as_json: bool) -> None:
         typer.echo(
             f"  {error['item']}: {error['error_type']} ({error['category']}): {error['message']}"
         )
+    more = len(report["errors"]) - 10 + report.get("errors_omitted", 0)
+    if more > 0:
+        typer.echo(f"  … and {more:,} more errors (all of them: freight report JOB --json --all)")
     if report["remediation"]["strategy"]:
         typer.echo(f"  next: {report['remediation']['strategy']}")
 
@@ -314,10 +337,51 @@ def load(
         file=file, into=into, table=table, key=key, schema=schema, types=types,
         chunk_size=chunk_size, max_failures=max_failures, max_failure_rate=max_failure_rate,
     )  # fmt: skip
+    if not fresh:
+        _check_same_target(spec, name or f"load {file.name} into {table}", store)
     job = load_job(spec, name, lambda: _open(store))
     job.workers = workers
     _collect_less()
     _finish(_run_job(job, fresh), as_json)
+
+
+_TARGET = ("into", "schema", "table", "key")  # what makes a load's target, as recorded
+
+
+def _check_same_target(spec: Load, name: str, store: str) -> None:
+    """Refuse a load whose job name's latest run loaded into another target (another
+    database, schema, table or key): that run would be resumed, or taken for done, and
+    nothing would be written where this one asks. Nothing is created (the store is only
+    read, if it exists)."""
+    opened = _stored(store)
+    if opened is None:
+        return
+    try:
+        latest = opened.latest_job(name)
+    finally:
+        opened.close()
+    meta = (latest.config.get("metadata") or {}) if latest is not None else {}
+    if latest is None or meta.get("command") != "load":
+        return
+    asked = spec.metadata()
+    if all(meta.get(part) == asked[part] for part in _TARGET):
+        return
+    _fail(
+        f"run {name!r} loaded {Path(str(meta.get('file'))).name} into "
+        f"{_target(meta, asked)}; to load it into {_target(asked, meta)} give another --name"
+    )
+
+
+def _target(meta: dict[str, Any], other: dict[str, Any]) -> str:
+    """Where a load wrote: its database, and its schema, table and key where they
+    differ from ``other``'s."""
+    parts = [str(meta.get("into"))]
+    if (meta.get("schema"), meta.get("table")) != (other.get("schema"), other.get("table")):
+        schema = meta.get("schema")
+        parts.append(f"table {schema + '.' if schema else ''}{meta.get('table')}")
+    if meta.get("key") != other.get("key"):
+        parts.append(f"key {meta.get('key')}" if meta.get("key") else "no key")
+    return ", ".join(parts)
 
 
 def _collect_less() -> None:
@@ -379,7 +443,9 @@ def list_runs(store: StoreOption = str(DEFAULT_PATH)) -> None:
 
     Example: freight list
     """
-    for job in _open(store).list_jobs():
+    with closing(_read(store)) as opened:
+        jobs = opened.list_jobs()
+    for job in jobs:
         typer.echo(f"{job.id}  {job.status:<22} {job.processed:>10,} items  {job.name}")
 
 
@@ -389,9 +455,10 @@ def status(job: JobArgument, store: StoreOption = str(DEFAULT_PATH)) -> None:
 
     Example: freight status "load users.csv into users"
     """
-    record = _find(_open(store), job)
+    with closing(_read(store)) as opened:
+        record = _find(opened, job)
     typer.echo(
-        f"{record.name} ({record.id}): {record.status}; processed {record.processed:,}, "
+        f"{record.name} ({record.id}): {_status_of(record)}; processed {record.processed:,}, "
         f"succeeded {record.succeeded:,}, failed {record.failed:,}, skipped {record.skipped:,}"
         + (f"; requested: {record.control}" if record.control else "")
     )
@@ -401,14 +468,24 @@ def status(job: JobArgument, store: StoreOption = str(DEFAULT_PATH)) -> None:
 def report(
     job: JobArgument,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report alone.")] = False,
+    every: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help=f"List every error (else the first {ERROR_SAMPLE}; the report's "
+            "errors_omitted counts the others).",
+        ),
+    ] = False,
     store: StoreOption = str(DEFAULT_PATH),
 ) -> None:
     """Print a run's report (with --json: the JSON report alone, on stdout).
 
-    Example: freight report import-users --json
+    Example: freight report import-users --json --all
     """
-    opened = _open(store)
-    _render(load_report(opened, _find(opened, job).id), as_json)
+    with closing(_read(store)) as opened:
+        sample = None if every else ERROR_SAMPLE
+        report = load_report(opened, _find(opened, job).id, errors=sample)
+    _render(report, as_json)
 
 
 def _control(job: str, store: str, action: Control) -> None:
@@ -465,6 +542,20 @@ def resume(
     _finish(_run_job(_rebuild(record, store), fresh=False), as_json)
 
 
+def _status_of(record: JobRecord) -> str:
+    """A run's status, saying when it is live only in the store: its owner is gone."""
+    if record.status not in LIVE or record.owner_host is None or _owner_alive(record):
+        return record.status
+    if record.owner_host == socket.gethostname() and not _alive(record.owner_pid):
+        gone = f"owner process {record.owner_pid} is gone"
+    else:
+        gone = (
+            f"owner process {record.owner_pid} on {record.owner_host} is gone: no heartbeat "
+            f"since {record.heartbeat_at}"
+        )
+    return f"{record.status} ({gone}; `freight resume` continues it)"
+
+
 def _owner_alive(record: JobRecord) -> bool:
     """Whether the run's owner still holds it: its heartbeat is fresh and, when it runs
     on this host, its process exists (a process killed a moment ago left a fresh
@@ -488,7 +579,32 @@ def retry_failed(
     Example: freight retry-failed import-users
     """
     record = _find(_open(store), job)
-    _finish(_rebuild(record, store).retry_failed(record.id), as_json)
+    rebuilt = _rebuild(record, store)
+    meta = record.config.get("metadata") or {}
+    _finish(rebuilt.retry_failed(record.id, key=_load_key(rebuilt, meta)), as_json)
+
+
+def _load_key(job: Job, meta: dict[str, Any]) -> Callable[[Any], Hashable] | None:
+    """The --key of a load as a function of its source's items, for its replay: the
+    file's last value of a key wins, so a dead line whose key a later line carries is
+    superseded, never written over the newer value (see :meth:`Job.retry_failed`)."""
+    column = meta.get("key")
+    if meta.get("command") != "load" or not column:
+        return None
+    source = job.source
+    if isinstance(source, CsvSource) and source.raw:  # a line as COPY reads it
+        index = (source.columns() or []).index(column)
+        delimiter, quotechar = source.delimiter, source.quotechar
+
+        def of_line(text: str) -> Hashable:
+            return next(csv.reader([text], delimiter=delimiter, quotechar=quotechar))[index]
+
+        return of_line
+
+    def of_record(item: Any) -> Hashable:
+        return item.get(column) if isinstance(item, dict) else None
+
+    return of_record
 
 
 @app.command()

@@ -214,13 +214,32 @@ class Job:
         """:meth:`run` from asyncio (the chunks run on worker threads)."""
         return await asyncio.to_thread(self.run, fresh=fresh)
 
-    def retry_failed(self, job_id: str | None = None) -> JobReport:
+    def retry_failed(
+        self, job_id: str | None = None, *, key: Callable[[Any], Hashable] | None = None
+    ) -> JobReport:
         """Replay only the dead letters of a run (default: the latest run of this job).
 
         Each dead record is read again at its position, goes through ``process`` and
         the sink, and either succeeds (its dead letter is marked replayed) or becomes
         a new dead letter. Refused when the source changed since the run.
+
+        Args:
+            job_id: the run (default: the latest run of this job).
+            key: ``item -> hashable`` of the source's items (before ``process``), for a
+                job whose last value of a key wins: a dead record whose key a later
+                record of the source carries is resolved as superseded (the report says
+                by which line), never written over the newer value. Default: the job's
+                ``key`` when it has ``ordered_writes`` and no ``process`` function.
         """
+        if (
+            key is None
+            and self.ordered_writes
+            and self.process is None
+            and (self.process_chunk is None)
+        ):
+            key = self.key
+        if key is not None and not callable(key):
+            raise ConfigError(f"key must be callable (item -> hashable), got {key!r}")
         store = self.store
         record = store.get_job(job_id) if job_id else store.latest_job(self.name)
         if record is None:
@@ -231,7 +250,7 @@ class Job:
                 "letters' positions no longer hold: run the job with fresh=True instead"
             )
         self._claim(record)
-        return Run(self, record).replay()
+        return Run(self, record).replay(key=key)
 
     def report(self, job_id: str) -> JobReport:
         """The report of a run of this job, from the store."""

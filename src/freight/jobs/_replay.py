@@ -22,15 +22,23 @@ The rules:
      idempotent sink (an upsert on a key), like the run itself.
 4. Letters at the same position are one record: it is written once, and all of them
    are marked replayed.
+5. With a ``key`` (a keyed load, whose chunks were written in order so that the file's
+   last value of a key wins), the source is read once from the earliest letter, noting
+   the last line of each key. A letter whose key a later line carries is **superseded**:
+   it is resolved (marked replayed, an event ``superseded`` names the line that holds its
+   key's value), never written, so a replay never puts an older line over a newer one.
+   Only a key's last line is written again.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from freight.jobs._chunk import ChunkHandler
+from freight.jobs._report import SUPERSEDED
 from freight.jobs._sources import Position, ReadAtSource, Record, Source
 from freight.store import DeadLetter, SharedTransactionStore, Store, TransactionalSink
 from freight.store._records import ReplayTarget
@@ -67,6 +75,7 @@ class ReplayOutcome:
     succeeded: int = 0
     failed: int = 0
     unread: int = 0
+    superseded: int = 0
 
 
 class Replay:
@@ -80,6 +89,9 @@ class Replay:
         shared: the sink and the store when they share a transaction, else ``None``.
         batch_size: records per batch (the job's chunk size).
         heartbeat: called after each batch (the owner is alive).
+        key: ``item -> hashable`` of the source's items, for a load whose last value of a
+            key wins: a letter a later line of its key supersedes is resolved, not written
+            (rule 5).
     """
 
     def __init__(
@@ -92,6 +104,7 @@ class Replay:
         shared: tuple[TransactionalSink, SharedTransactionStore] | None,
         batch_size: int,
         heartbeat: Callable[[], None],
+        key: Callable[[Any], Hashable] | None = None,
     ) -> None:
         self.job_id = job_id
         self.store = store
@@ -100,14 +113,22 @@ class Replay:
         self.shared = shared
         self.batch_size = batch_size
         self.heartbeat = heartbeat
+        self.key = key
 
     def run(self) -> ReplayOutcome:
         """Replay every open dead letter with a position; return what was done."""
         by_position: dict[Position, list[ReplayTarget]] = {}
         for target in self.store.replay_targets(self.job_id):  # in position order
             by_position.setdefault(target.position, []).append(target)
-        records = records_at(self.source, list(by_position))
-        replayed = succeeded = failed = 0
+        superseded = 0
+        records: Iterator[Record]
+        if self.key is not None and by_position:
+            kept, superseded = self._supersede(by_position)
+            records = iter(kept)
+        else:
+            records = records_at(self.source, list(by_position))
+        replayed = superseded
+        succeeded = failed = 0
         while batch := list(itertools.islice(records, self.batch_size)):
             batch = [r for r in batch if r.position in by_position]
             if not batch:
@@ -119,7 +140,50 @@ class Replay:
             failed += dead
             self.heartbeat()
         unread = sum(map(len, by_position.values()))
-        return ReplayOutcome(replayed=replayed, succeeded=succeeded, failed=failed, unread=unread)
+        return ReplayOutcome(
+            replayed=replayed, succeeded=succeeded + superseded, failed=failed, unread=unread,
+            superseded=superseded,
+        )  # fmt: skip
+
+    def _supersede(
+        self, by_position: dict[Position, list[ReplayTarget]]
+    ) -> tuple[list[Record], int]:
+        """Rule 5: read the source once from the earliest letter, noting each key's last
+        line; resolve the letters a later line of their key supersedes (removed from
+        ``by_position``) and return the records still to replay, in file order, and how
+        many letters were resolved."""
+        key = self.key
+        assert key is not None
+        last: dict[Hashable, Record] = {}
+        wanted: list[tuple[Record, Hashable | None]] = []
+        for record in self.source.read(min(by_position)):
+            k: Hashable | None = None
+            if record.error is None:
+                try:
+                    k = key(record.item)
+                except Exception:  # no key: nothing can supersede it
+                    k = None
+                if k is not None:
+                    last[k] = record
+            if record.position in by_position:
+                wanted.append((record, k))
+        kept: list[Record] = []
+        resolved: list[ReplayTarget] = []
+        lines: list[list[Any]] = []
+        for record, k in wanted:
+            newer = None if k is None else last.get(k)
+            if newer is None or newer.position <= record.position:
+                kept.append(record)
+                continue
+            group = by_position.pop(record.position)
+            resolved.extend(group)
+            lines.append([*record.position, newer.ordinal, newer.unit])
+        if resolved:
+            # the event first: killed before the commit, a rerun resolves them again
+            self.store.add_event(self.job_id, SUPERSEDED, {"letters": lines})
+            self.store.commit_replay(self.job_id, [t.id for t in resolved], [], len(resolved))
+            self.heartbeat()
+        return kept, len(resolved)
 
     def _commit(
         self, batch: list[Record], letters: list[list[ReplayTarget]]

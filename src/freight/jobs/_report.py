@@ -9,9 +9,14 @@ from freight._errors import ConfigError
 from freight.store import STOPPED, ChunkCheckpoint, DeadLetter, JobRecord, Store
 from freight.store._records import ErrorSummary
 
+SUPERSEDED = "superseded"
+"""The event a replay records for the letters a later line of their key superseded
+(:mod:`freight.jobs._replay`): ``{"letters": [[offset, ordinal, later, unit], ...]}``."""
+
 __all__ = ["JobReport", "build_report", "load_report"]
 
 ERROR_SAMPLE = 50  # errors listed in a report; the store keeps all of them
+ALL = 2**62  # a sample that lists every error
 
 
 class JobReport(dict[str, Any]):
@@ -21,8 +26,12 @@ class JobReport(dict[str, Any]):
     processed, succeeded, failed, skipped, resolved, duration_seconds,
     items_per_second), errors (the current errors, a bounded sample: item_id,
     error_type, message, timestamp, chunk_index, retry_attempts, category),
+    errors_omitted (current errors beyond the sample: ``freight report JOB --json
+    --all`` lists all of them),
     error_categories (of the current errors), resolved (items that failed and then
-    succeeded on a replay, a bounded sample: the same keys and resolved_at),
+    succeeded on a replay, a bounded sample: the same keys, resolved_at and reason:
+    "written on a replay", or "superseded by line N" for a record of a key a later
+    line set),
     last_checkpoint, metadata (chunk_size, num_chunks, workers, retry_attempts) and
     remediation (can_retry, strategy). The properties are shortcuts for the common keys.
     """
@@ -53,15 +62,24 @@ class JobReport(dict[str, Any]):
         return json.dumps(self, indent=indent, default=str)
 
 
+RETRY_FAILED = (
+    "fix the cause of the errors (all of them: `freight report JOB --json --all`), then "
+    "`freight retry-failed JOB` (library: `job.retry_failed()`): it replays only the dead "
+    "letters, each written once"
+)
+"""What a report advises for dead letters: replaying them writes each once, whereas a
+fresh run writes every row again (duplicates, without a key). ``--fresh`` is for a
+changed source, and the run refuses one with that advice."""
+
+
 def _remediation(status: str, failed: int) -> dict[str, Any]:
-    if status in ("completed_with_errors", "failed") and failed:
-        return {
-            "can_retry": True,
-            "strategy": "fix the causes listed in errors (all of them: `freight report JOB "
-            "--json`), then run the job again with fresh=True (CLI: --fresh)",
-        }
     if status in STOPPED:  # ended early: the lifecycle lets it start again
-        return {"can_retry": True, "strategy": "run the job again: it resumes from its checkpoints"}
+        resume = "run the job again: it resumes from its checkpoints"
+        if failed:
+            resume += "; for its dead letters, " + RETRY_FAILED
+        return {"can_retry": True, "strategy": resume}
+    if status in ("completed_with_errors", "failed") and failed:
+        return {"can_retry": True, "strategy": RETRY_FAILED}
     return {"can_retry": False, "strategy": None}
 
 
@@ -71,9 +89,12 @@ def build_report(
     errors: ErrorSummary,
     *,
     retry_attempts: int,
+    reasons: dict[tuple[int, int], str] | None = None,
 ) -> JobReport:
     """Assemble the report of ``job`` from what the store holds (``errors``: its
-    :meth:`~freight.store.Store.error_summary`)."""
+    :meth:`~freight.store.Store.error_summary`; ``reasons``: why a resolved letter, by
+    its position, was resolved other than by being written, see :func:`resolved_reasons`)."""
+    reasons = reasons or {}
     started, completed = job.started_at, job.completed_at
     duration = (completed - started).total_seconds() if started and completed else None
     done = [c for c in chunks if c.status == "done"]
@@ -97,9 +118,14 @@ def build_report(
             "items_per_second": (job.processed / duration) if duration else None,
         },
         "errors": [_error(d) for d in errors.current],
+        "errors_omitted": max(0, sum(errors.categories.values()) - len(errors.current)),
         "error_categories": dict(errors.categories),
         "resolved": [
-            {**_error(d), "resolved_at": d.replayed_at.isoformat() if d.replayed_at else None}
+            {
+                **_error(d),
+                "resolved_at": d.replayed_at.isoformat() if d.replayed_at else None,
+                "reason": reasons.get(d.position, WRITTEN) if d.position else WRITTEN,
+            }
             for d in errors.resolved
         ],
         "last_checkpoint": None
@@ -129,14 +155,34 @@ def _error(d: DeadLetter) -> dict[str, Any]:
     }
 
 
-def load_report(store: Store, job_id: str) -> JobReport:
-    """The report of run ``job_id`` as the store holds it now."""
+WRITTEN = "written on a replay"
+"""The reason of a resolved error whose record a replay wrote."""
+
+
+def resolved_reasons(store: Store, job_id: str) -> dict[tuple[int, int], str]:
+    """Why replays resolved letters without writing them, by position: "superseded by
+    line N" for a record a later line of its key superseded (the replay's events)."""
+    reasons = {}
+    for event in store.events(job_id):
+        if event.kind == SUPERSEDED:
+            for offset, ordinal, later, unit in event.data.get("letters", []):
+                reasons[(int(offset), int(ordinal))] = f"superseded by {unit} {later}"
+    return reasons
+
+
+def load_report(store: Store, job_id: str, *, errors: int | None = ERROR_SAMPLE) -> JobReport:
+    """The report of run ``job_id`` as the store holds it now.
+
+    ``errors``: how many of its current errors (and resolved ones) to list (``None``:
+    all of them); the report's ``errors_omitted`` says how many more there are."""
     job = store.get_job(job_id)
     if job is None:
         raise ConfigError(f"no run with id {job_id!r} in {store!r}")
+    sample = errors if errors is not None else ALL
     return build_report(
         job,
         store.chunks(job_id),
-        store.error_summary(job_id, sample=ERROR_SAMPLE),
+        store.error_summary(job_id, sample=sample),
         retry_attempts=int(job.config.get("retry_attempts", 1)),
+        reasons=resolved_reasons(store, job_id),
     )

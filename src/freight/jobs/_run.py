@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -426,9 +426,10 @@ class Run:
 
     # -- replaying dead letters -------------------------------------------------------
 
-    def replay(self) -> JobReport:
+    def replay(self, *, key: Callable[[Any], Hashable] | None = None) -> JobReport:
         """Run the dead letters of this run again (see :meth:`Job.retry_failed` and
-        :mod:`freight.jobs._replay` for the guarantees); the run is released at the end."""
+        :mod:`freight.jobs._replay` for the guarantees; ``key``: a letter a later record
+        of its key supersedes is resolved, not written); the run is released at the end."""
         store, job = self.store, self.job
         try:
             outcome = Replay(
@@ -439,6 +440,7 @@ class Run:
                 shared=self._shared,
                 batch_size=self._sizer.size,
                 heartbeat=lambda: store.heartbeat(self.id, now=job.utcnow()),
+                key=key,
             ).run()
             final = store.get_job(self.id)
             assert final is not None
@@ -453,6 +455,7 @@ class Run:
                     "succeeded": outcome.succeeded,
                     "failed": outcome.failed,
                     "unread": outcome.unread,
+                    "superseded": outcome.superseded,
                 },
             )
         finally:

@@ -49,9 +49,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, read_only: bool = False) -> Store:
     """A store from a URL: ``postgresql://…`` (extra ``freight[postgres]``),
     ``sqlite:///path`` or a plain path.
+
+    ``read_only``: to show what a store holds (``status``, ``report``, ``list``): a
+    SQLite store is never created (a missing one is a :class:`StoreError`, "no store at
+    PATH") nor written, and a read-only file or folder can still be read.
 
     Raises :class:`StoreError` naming the store when it cannot serve: a SQLite file that
     is not a database, truncated, corrupt or read-only, a folder where SQLite cannot
@@ -61,7 +65,7 @@ def open_store(url: str) -> Store:
         from freight.store._postgres import PostgresStore  # noqa: PLC0415 (optional extra)
 
         return PostgresStore(url)
-    return SqliteStore.from_url(url)
+    return SqliteStore.from_url(url, read_only=read_only)
 
 
 __all__ = [

@@ -55,22 +55,34 @@ class SqliteStore(SqlStore):
     Args:
         path: the database file (its folder is created), or ``":memory:"``.
         busy_timeout: seconds a writer waits for another process's transaction.
+        read_only: open an existing store only to read it (``status``, ``report``,
+            ``list``): nothing is created, migrated or written, so a missing store is a
+            :class:`~freight.StoreError` ("no store at …") and a read-only file or
+            folder can still be shown.
     """
 
     dialect = SQLITE
     sql = statements(SQLITE)
 
-    def __init__(self, path: str | Path = DEFAULT_PATH, *, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self, path: str | Path = DEFAULT_PATH, *, busy_timeout: float = 30.0,
+        read_only: bool = False,
+    ) -> None:  # fmt: skip
         self.path = path if path == ":memory:" else Path(path)
         self.busy_timeout = to_seconds(busy_timeout, "busy_timeout")
-        if isinstance(self.path, Path):
-            _check_file(self.path)
-        try:
-            self._db = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
+        self.read_only = bool(read_only) and isinstance(self.path, Path)
+        if self.read_only:
+            self._db = self._connect_read_only()
+        else:
+            if isinstance(self.path, Path):
+                _check_file(self.path)
+            try:
+                self._db = sqlite3.connect(
+                    self.path, timeout=self.busy_timeout, isolation_level=None,
+                    check_same_thread=False,
+                )  # fmt: skip
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
         self._db.row_factory = sqlite3.Row
         self._tx = _SqliteTransaction(self._db)
         self._lock = threading.RLock()
@@ -80,8 +92,35 @@ class SqliteStore(SqlStore):
             self._db.close()
             raise
 
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A read-only connection to the existing store (``mode=ro``); where SQLite cannot
+        open it so (a WAL store in a read-only folder, without its ``-shm`` file), an
+        ``immutable`` one, which reads the file as it is."""
+        path = Path(self.path)
+        if not path.is_file():
+            raise StoreError(f"no store at {path}")
+        _check_file(path, writable=False)
+        uri = path.resolve().as_uri()
+        last: sqlite3.Error | None = None
+        for options in ("mode=ro", "mode=ro&immutable=1"):
+            try:
+                db = sqlite3.connect(
+                    f"{uri}?{options}", uri=True, timeout=self.busy_timeout,
+                    isolation_level=None, check_same_thread=False,
+                )  # fmt: skip
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            return db
+        assert last is not None
+        raise self._error(last) from last
+
     def _open(self) -> None:
         """Set the connection up and bring the schema to this freight's version."""
+        if self.read_only:
+            self._db.execute("PRAGMA query_only=ON")
+            return
         with self._mapped():
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -108,16 +147,17 @@ class SqliteStore(SqlStore):
             raise mapped from exc
 
     @classmethod
-    def from_url(cls, url: str) -> SqliteStore:
-        """Open ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or a path."""
+    def from_url(cls, url: str, *, read_only: bool = False) -> SqliteStore:
+        """Open ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or a path
+        (``read_only``: see the class)."""
         if url.startswith("sqlite:///"):
-            return cls(url.removeprefix("sqlite:///") or DEFAULT_PATH)
+            return cls(url.removeprefix("sqlite:///") or DEFAULT_PATH, read_only=read_only)
         if "://" in url:
             raise StoreError(
                 f"unsupported store URL {url!r}: use sqlite:///path/to/file.db, or "
                 "postgresql://user@host:5432/db for a PostgreSQL store"
             )
-        return cls(url)
+        return cls(url, read_only=read_only)
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
@@ -162,7 +202,24 @@ def _bump(tx: Transaction, number: int) -> None:
 _HEADER = b"SQLite format 3\x00"
 
 
-def _check_file(path: Path) -> None:
+def _check_writable(path: Path) -> None:
+    """Refuse a store file this process cannot write (read-only, immutable), asked of
+    the file itself: SQLite may otherwise take it through a descriptor another
+    connection of this process opened before, and write into its WAL alone."""
+    try:
+        with path.open("r+b"):
+            pass
+    except PermissionError as exc:
+        raise StoreError(
+            f"the store {path} is read-only (attempt to write a readonly database); "
+            "freight writes its runs "
+            "there: make it writable or give another store path"
+        ) from exc
+    except OSError:
+        pass  # anything else: SQLite says what it is when it opens the file
+
+
+def _check_file(path: Path, *, writable: bool = True) -> None:
     """Refuse a store path that cannot be a store, before SQLite opens it: a folder, a
     folder that cannot be created, a file that is not a SQLite database, one truncated.
 
@@ -184,6 +241,8 @@ def _check_file(path: Path) -> None:
         return  # a new store
     except OSError as exc:
         raise StoreError(f"cannot read the store {path}: {exc}") from exc
+    if writable:
+        _check_writable(path)
     if not header:
         return
     if header[: len(_HEADER)] != _HEADER[: len(header)]:
