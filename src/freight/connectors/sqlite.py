@@ -33,7 +33,8 @@ keeps (SQLite's ``NUMERIC`` affinity would round ``12345678901234567.89``).
 
 **Locks.** A database another connection holds is waited for (``busy_timeout``); past
 that it is a :class:`~freight.TransientError`, retried by the job's ``Retry`` and never
-a dead letter of a row.
+a dead letter of a row. The target keeps its journal mode (rollback journal or WAL);
+only a database the sink creates is made WAL.
 """
 
 from __future__ import annotations
@@ -198,12 +199,24 @@ def _run(db: sqlite3.Connection, statement: str) -> list[Any]:
 
 
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """A connection to the target, its busy timeout set before any statement.
+
+    The user's database keeps its journal mode: switching it (to WAL) is a change of
+    their file nobody asked for, and a statement the busy timeout does not cover (it
+    failed at once, "database is locked", while another connection held the lock). Only
+    a database this sink creates (no file, or an empty one) is made WAL, which readers
+    of a long load prefer; a lock met there is left as it is.
+    """
+    new = not path.exists() or path.stat().st_size == 0
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
-    try:
-        _run(db, "PRAGMA journal_mode=WAL")
-    except BaseException:
-        db.close()
-        raise
+    if new:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            pass  # another connection got there first: its mode stays
+        except BaseException:
+            db.close()
+            raise
     return db
 
 
