@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import pickle
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,6 +30,7 @@ from freight import (
     Skipped,
     TransientError,
 )
+from freight._drivers._asyncio import BatchStream
 from freight.testing import FakeClock
 
 
@@ -725,3 +727,95 @@ async def test_a_stream_whose_key_fails_once_it_has_room_ends_with_that_error() 
         with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(bad.__anext__(), timeout=1)
         assert b.pending == 0
+
+
+# -- leaving: break with the iterator held, async with, a foreign GC thread ----------
+# (review of issue 13, findings 5 and 6)
+
+
+async def test_break_alone_does_not_leave_while_the_iterator_is_held() -> None:
+    # As docs/streaming.md says: the caller leaves when its iterator is dropped or
+    # closed; a `break` with the iterator still in a variable keeps it in the batch.
+    held: list[list[int]] = []
+
+    @freight.batched(size=2, timeout=None)
+    async def gen(ids: list[int]) -> AsyncIterator[list[int]]:
+        for step in range(3):
+            held.append(list(ids))
+            yield [i * 10 + step for i in ids]
+
+    async def breaker() -> BatchStream[int]:
+        stream = gen(1)
+        async for _ in stream:
+            break
+        return stream  # still referenced: still in the batch
+
+    kept, rest = await asyncio.gather(breaker(), collect(gen(2)))
+    assert rest == [20, 21, 22]
+    assert [sorted(ids) for ids in held] == [[1, 2], [1, 2], [1, 2]]
+    await kept.aclose()
+
+
+async def test_async_with_leaves_the_batch_at_the_end_of_the_block() -> None:
+    held: list[list[int]] = []
+
+    @freight.batched(size=2, timeout=None)
+    async def gen(ids: list[int]) -> AsyncIterator[list[int]]:
+        for step in range(4):
+            held.append(list(ids))
+            yield [i * 10 + step for i in ids]
+
+    async def breaker() -> list[int]:
+        out = []
+        async with gen(1) as stream:
+            async for value in stream:
+                out.append(value)
+                break
+        await asyncio.sleep(0)  # the block is over; the stream object is still alive here
+        assert stream is not None
+        return out
+
+    got = await asyncio.gather(breaker(), collect(gen(2)))
+    assert list(got) == [[10], [20, 21, 22, 23]]
+    assert [sorted(ids) for ids in held] == [[1, 2], [2], [2], [2]]
+
+
+async def test_async_with_on_a_stream_that_ended_is_harmless() -> None:
+    async def handler(items: list[int]) -> AsyncIterator[list[int]]:
+        yield items
+
+    async with Batcher(handler, BatchSpec(size=1)) as b:
+        async with b.stream(5) as stream:
+            assert await collect(stream) == [5]
+        with pytest.raises(StopAsyncIteration):
+            await stream.__anext__()
+    assert b.stats().succeeded == 1
+
+
+async def test_a_stream_collected_on_another_thread_leaves_on_the_loops_thread() -> None:
+    threads: list[str] = []
+
+    def sizer(item: str) -> int:
+        threads.append(threading.current_thread().name)
+        return 1
+
+    async def handler(items: list[str]) -> AsyncIterator[list[str]]:
+        yield items
+
+    b = Batcher(handler, BatchSpec(size=10, timeout=100, max_bytes=1000, sizer=sizer))
+    keep = b.stream("y")
+    dropped = b.stream("x")
+    box: list[Any] = [dropped]
+    box.append(box)  # the stream sits in a reference cycle: only the GC frees it
+    del dropped, box
+    threads.clear()
+    collector = threading.Thread(target=gc.collect, name="gc-thread")
+    collector.start()
+    collector.join()
+    assert threads == []  # the buffer was not touched from the GC's thread
+    assert b.pending == 2
+    await asyncio.sleep(0)  # the loop runs the withdrawal it was handed
+    assert threads == [threading.current_thread().name]
+    assert b.pending == 1
+    await b.close()
+    assert await collect(keep) == ["y"]

@@ -12,6 +12,7 @@ iterator; the runner (:mod:`freight._drivers._runner`) drives the steps.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from collections import deque
@@ -642,9 +643,13 @@ class Batcher(EngineBase[T, R], Generic[T, R]):
 class BatchStream(AsyncIterator[R]):
     """One caller's outputs in a streaming batch (what :meth:`Batcher.stream` returns).
 
-    Iterate with ``async for``; ``aclose()``, ``break`` (once the iterator is dropped)
-    or cancelling the task that waits in it leaves the batch without stopping the
-    others. An error that ends this stream is raised once; the next read stops.
+    Iterate with ``async for``; ``aclose()``, leaving an ``async with`` block, dropping
+    the iterator or cancelling the task that waits in it leaves the batch without
+    stopping the others. ``break`` alone does not leave while the iterator is still
+    referenced (held in a variable): the caller stays in the batch's later steps until
+    it is dropped or closed, so write ``async with f(x) as stream: async for v in
+    stream: ...`` to leave at the block's end. An error that ends this stream is raised
+    once; the next read stops.
     """
 
     __slots__ = ("_batcher", "_caller", "_finished", "_item", "_queued")
@@ -688,6 +693,18 @@ class BatchStream(AsyncIterator[R]):
         self._leave()
         self._finished = True
 
+    async def __aenter__(self) -> BatchStream[R]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Leave the batch (as :meth:`aclose`): a ``break`` inside the block leaves at its end."""
+        await self.aclose()
+
     async def _enter(self) -> None:
         """Queue the item once the batcher has room (it was full when stream() was called)."""
         batcher = self._batcher
@@ -710,22 +727,47 @@ class BatchStream(AsyncIterator[R]):
         self._queued = True
 
     def _leave(self) -> None:
-        caller = self._caller
-        if caller.done():
-            if not caller.cancelled() and not self._finished:
-                caller.exception()  # its caller gave the error up: mark it retrieved
-            return
-        if self._queued:
-            self._batcher._withdraw(self._item, caller)
-        caller.leave()
+        _leave(self._batcher, self._item, self._caller, self._queued, self._finished)
 
     def __del__(self) -> None:
         caller = self._caller
         if caller.done() and (self._finished or caller.cancelled()):
             return
-        if caller.get_loop().is_closed():
+        loop = caller.get_loop()
+        if loop.is_closed():
             return
+        # The garbage collector may run this on any thread; the batcher's buffer and
+        # futures belong to the loop's. Leave there (with what it needs, not self).
+        leave = functools.partial(
+            _leave, self._batcher, self._item, caller, self._queued, self._finished
+        )
         try:
-            self._leave()
+            if _running_loop() is loop:
+                leave()
+            else:
+                loop.call_soon_threadsafe(leave)
+        except RuntimeError:  # the loop closed meanwhile: nothing is left to withdraw from
+            pass
         except Exception:  # pragma: no cover - never raise from a finalizer
             _log.exception("freight: dropping a stream of batcher %r failed", self._batcher.name)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _leave(
+    batcher: Batcher[Any, Any], item: Any, caller: StreamCaller, queued: bool, finished: bool
+) -> None:
+    """A stream's caller leaves its batch (on the loop's thread): its item is withdrawn
+    if still buffered, and its later steps skip it."""
+    if caller.done():
+        if not caller.cancelled() and not finished:
+            caller.exception()  # its caller gave the error up: mark it retrieved
+        return
+    if queued:
+        batcher._withdraw(item, caller)
+    caller.leave()
