@@ -219,3 +219,17 @@ def test_status_and_report_read_a_read_only_store(tmp_path: Path) -> None:
     finally:
         tmp_path.chmod(0o755)
         path.chmod(0o644)
+
+
+# -- 6. at-least-once without a key, said where a user looks --------------------------
+
+
+def test_load_help_says_a_load_without_a_key_is_at_least_once() -> None:
+    result = CliRunner().invoke(app, ["load", "--help"], terminal_width=400)
+    text = " ".join(result.stdout.split()).lower()
+    assert "without --key a load is at least once" in text
+    assert "for exactly-once without a key, keep the store in the target postgresql" in text
+    guide = (Path(__file__).parents[2] / "docs" / "guide.md").read_text()
+    assert "for exactly-once without a key, keep the store in the target postgresql" in (
+        " ".join(guide.split()).lower()
+    )

@@ -286,7 +286,17 @@ def load(
         ),
     ],
     table: Annotated[str, typer.Option("--table", help="Target table (taken literally).")],
-    key: Annotated[str | None, typer.Option("--key", help="Upsert on this column.")] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            help="Upsert on this column: the file's last value of a key wins, and a rerun "
+            "after a crash writes nothing twice. Without --key a load is at least once (a "
+            "kill -9 then a rerun can write a chunk twice); for exactly-once without a "
+            "key, keep the store in the target PostgreSQL database "
+            "(--store postgresql://…same db…).",
+        ),
+    ] = None,
     schema: Annotated[
         str | None, typer.Option("--schema", help="PostgreSQL schema of the table.")
     ] = None,
@@ -329,7 +339,12 @@ def load(
     --key. Running it again with the same --name on the same file resumes. A header
     the target cannot take (a duplicate or empty column name, too many columns) is
     refused before anything is created. Rows that cannot be loaded are dead-lettered
-    with their line: exit 3.
+    with their line: exit 3; fix the cause, then freight retry-failed JOB.
+
+    Without --key a load is at least once: a kill -9 then a rerun can write a chunk
+    twice. For exactly-once without a key, keep the store in the target PostgreSQL
+    database (--store postgresql://…same db…): a chunk's rows and checkpoint then
+    commit in one transaction.
 
     Example: freight load users.csv --into sqlite:///app.db --table users --key id
     """
