@@ -332,6 +332,63 @@ def _bind(value: Any, column: str) -> Any:
     return value  # date, time, bytes: PyMySQL's own literals
 
 
+# -- typed text straight to SQL literals (the CSV load's fast path) -------------------------
+
+_Literal = Callable[[str], str]
+"""A non-empty text of a typed column as its SQL literal, or a ValueError saying why not."""
+
+
+def _literal(kind: str, column: str) -> _Literal:
+    """How a text of ``column`` (of freight type ``kind``) is written: parsed as
+    :func:`~freight.connectors.pgtypes.converter` parses it, checked as :func:`_bind`
+    checks the parsed value, and made a literal without PyMySQL's per-value dispatch.
+    The same values and reasons as the converter and :func:`_bind`, ~2x faster a row."""
+    parse = pgtypes.TYPES[kind]
+    escape = pymysql.converters.escape_string
+    if kind == "bigint":
+        return lambda text: str(parse(text))
+    if kind == "numeric":
+
+        def numeric_literal(text: str) -> str:
+            value = parse(text)
+            # A plain number of at most 31 characters has at most 30 digits: it fits.
+            if len(text) > 31 or "e" in text or "E" in text:
+                _decimal(value, column)
+            return format(value, "f")
+
+        return numeric_literal
+    if kind == "boolean":
+        return lambda text: "1" if parse(text) else "0"
+    if kind == "timestamptz":
+        return lambda text: str(pymysql.converters.escape_datetime(_utc(parse(text), column)))
+
+    def text_literal(text: str) -> str:
+        return "'" + str(escape(_text(text, column))) + "'"
+
+    return text_literal
+
+
+def _literals(types: Mapping[str, str]) -> dict[str, _Literal]:
+    """:func:`_literal` of each typed column pgtypes parses (the others take the slow path)."""
+    return {c: _literal(k, c) for c, k in types.items() if k in pgtypes.TYPES}
+
+
+def _row_literal(item: Mapping[str, Any], literals: dict[str, _Literal]) -> str | None:
+    """``item``'s ``(…)`` literal when every value is a text of a typed column that
+    fits it, else ``None``: the general path then writes the row, or refuses it with the
+    reason it gives (the first column the converter refuses, in the table's order)."""
+    if set(map(type, item.values())) != {str} or not literals.keys() >= item.keys():
+        return None
+    try:
+        texts = [
+            "NULL" if text == "" else literals[column](text)  # the converter's rule
+            for column, text in item.items()
+        ]
+    except (ValueError, PermanentError):
+        return None
+    return "(" + ",".join(texts) + ")"
+
+
 def _declared(value: Any, key: bool) -> str:
     """The column type of a table created from a first item's ``value``."""
     kind = next((k for cls, k in _PYTHON_KINDS if isinstance(value, cls)), "text")
@@ -400,7 +457,9 @@ class MysqlSink:
         self._known: list[str] | None = None  # the table's columns, once read
         self._prefixes: dict[tuple[str, ...], tuple[str, str]] = {}
         self._convert: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+        self._literals: dict[str, _Literal] | None = None
         if self.types is not None:
+            self._literals = _literals(self.types)
             parsed = {c: t for c, t in self.types.items() if t in pgtypes.TYPES}
             self._convert = pgtypes.converter(parsed)
 
@@ -410,7 +469,7 @@ class MysqlSink:
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (for worker processes): the connection is opened on arrival."""
         state = self.__dict__.copy()
-        for name in ("_lock", "_conn", "_packet", "_known", "_prefixes", "_convert"):
+        for name in ("_lock", "_conn", "_packet", "_known", "_prefixes", "_convert", "_literals"):
             del state[name]
         return state
 
@@ -570,6 +629,10 @@ class MysqlSink:
                 f"fields {unknown} are not among {where} ({sorted(allowed)}); drop them "
                 "from the item or add the columns"
             )
+        if self._literals is not None and self.columns is None:
+            fast = _row_literal(item, self._literals)
+            if fast is not None:
+                return self._sized(tuple(item), fast)
         columns = tuple(self.columns) if self.columns is not None else tuple(item)
         values = item
         if self._convert is not None:
@@ -579,7 +642,10 @@ class MysqlSink:
                 raise PermanentError(str(exc)) from exc
             values = {**item, **{c: v for c, v in converted.items() if c in item}}
         row = tuple(_bind(values.get(c), c) for c in columns)
-        text = conn.escape(row) if row else "()"
+        return self._sized(columns, conn.escape(row) if row else "()")
+
+    def _sized(self, columns: tuple[str, ...], text: str) -> _Part:
+        """The part, or its PermanentError when the server could not take it."""
         if len(text) > self._packet:  # the server would drop the connection, every retry
             raise PermanentError(
                 f"the row is {len(text):,} bytes as SQL, more than the server's "
