@@ -39,6 +39,7 @@ from freight._drivers._asyncio import (
     Batcher,
     BatchStream,
     StreamHandler,
+    hold_until_done,
     is_async_callable,
     is_stream_callable,
     refuse_auto_stream,
@@ -305,16 +306,30 @@ class _Batched:
             return bound
 
     def _bind_weakly(self, obj: Any) -> Any:
-        """For an instance without ``__dict__`` (``__slots__``): one bound form per
-        instance in a weak map; such an instance must outlive its pending calls."""
+        """For an instance without ``__dict__`` (``__slots__``), which has nowhere to keep
+        its bound form: the form's state (its batchers, its spec) is kept per instance in
+        a weak map and references the instance weakly (a proxy), so the instance can be
+        collected. What an access returns is a *view* of that state holding the instance
+        strongly (one view while any is alive, so ``s.f is s.f``): it bridges the moment
+        between ``S().f`` and the call, and each call holds the instance until it is
+        settled (a coroutine until its result, a stream until it is over, a future until
+        it is dropped), so ``await S().predict(x)`` works as for any instance.
+        """
         with self._bind_lock:
-            bound_map: weakref.WeakKeyDictionary[Any, Any] | None = self.__dict__.get("_weak")
-            if bound_map is None:
-                bound_map = self.__dict__["_weak"] = weakref.WeakKeyDictionary()
-            bound = bound_map.get(obj)
-            if bound is None:
-                bound = bound_map[obj] = self._bound_form(weakref.proxy(obj))
-            return bound
+            views: weakref.WeakKeyDictionary[Any, list[Any]] | None = self.__dict__.get("_weak")
+            if views is None:
+                views = self.__dict__["_weak"] = weakref.WeakKeyDictionary()
+            entry = views.get(obj)
+            if entry is None:
+                entry = views[obj] = [self._bound_form(weakref.proxy(obj)).__dict__, None]
+            view = None if entry[1] is None else entry[1]()
+            if view is None:
+                view = self._held_view(entry[0], obj)
+                entry[1] = weakref.ref(view)
+            return view
+
+    def _held_view(self, state: dict[str, Any], obj: Any) -> Any:
+        raise NotImplementedError
 
     def _bound_form(self, obj: Any) -> Any:
         raise NotImplementedError
@@ -437,6 +452,9 @@ class AsyncBatched(_Batched, Generic[T, R]):
     def _bound_form(self, obj: Any) -> AsyncBatched[Any, Any]:
         return AsyncBatched(self._fn, self._options, obj)
 
+    def _held_view(self, state: dict[str, Any], obj: Any) -> AsyncBatched[Any, Any]:
+        return _view(_HeldAsync, state, obj)
+
     def _batchers_now(self) -> list[Batcher[T, R]]:
         return list(self._batchers.values())
 
@@ -513,6 +531,9 @@ class StreamBatched(_Batched, Generic[T, R]):
     def _bound_form(self, obj: Any) -> StreamBatched[Any, Any]:
         return StreamBatched(self._fn, self._options, obj)
 
+    def _held_view(self, state: dict[str, Any], obj: Any) -> StreamBatched[Any, Any]:
+        return _view(_HeldStream, state, obj)
+
     def _batchers_now(self) -> list[Batcher[T, R]]:
         return list(self._batchers.values())
 
@@ -574,6 +595,9 @@ class SyncBatched(_Batched, Generic[T, R]):
     def _bound_form(self, obj: Any) -> SyncBatched[Any, Any]:
         return SyncBatched(self._fn, self._options, obj)
 
+    def _held_view(self, state: dict[str, Any], obj: Any) -> SyncBatched[Any, Any]:
+        return _view(_HeldSync, state, obj)
+
     def _batchers_now(self) -> list[ThreadBatcher[T, R]]:
         with self._lock:
             return [] if self._batcher is None else [self._batcher]
@@ -586,6 +610,65 @@ class SyncBatched(_Batched, Generic[T, R]):
         if obj is None:
             return self
         return self._bind(obj)  # type: ignore[no-any-return]
+
+
+# -- views of a slotted instance's bound form (see _Batched._bind_weakly) --------------
+
+V = TypeVar("V")
+
+
+def _view(cls: type[V], state: dict[str, Any], obj: Any) -> V:
+    """A ``cls`` sharing ``state`` (the bound form's attributes) and holding ``obj``."""
+    view = cls.__new__(cls)
+    view.__dict__ = state  # one state: a reconfigure or a batcher made through any view
+    view._anchor = obj  # type: ignore[attr-defined]  # (a slot of each view class)
+    return view
+
+
+async def _holding(call: Awaitable[Any], anchor: object) -> Any:
+    """Await ``call`` while holding ``anchor`` (the instance its handler needs)."""
+    result = await call
+    del anchor  # held until the result is in
+    return result
+
+
+class _HeldAsync(AsyncBatched[Any, Any]):
+    """A view of a slotted instance's :class:`AsyncBatched`: each call holds the instance."""
+
+    __slots__ = ("_anchor",)
+    _anchor: Any
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        return _holding(AsyncBatched.__call__(self, *args, **kwargs), self._anchor)
+
+
+class _HeldStream(StreamBatched[Any, Any]):
+    """A view of a slotted instance's :class:`StreamBatched`: each stream holds the instance."""
+
+    __slots__ = ("_anchor",)
+    _anchor: Any
+
+    def __call__(self, *args: Any, **kwargs: Any) -> BatchStream[Any]:
+        stream = StreamBatched.__call__(self, *args, **kwargs)
+        hold_until_done(stream, self._anchor)
+        return stream
+
+
+class _HeldSync(SyncBatched[Any, Any]):
+    """A view of a slotted instance's :class:`SyncBatched`: a blocking call holds the
+    instance in its frame; a submitted item's future holds it."""
+
+    __slots__ = ("_anchor",)
+    _anchor: Any
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
+        future = SyncBatched.submit(self, *args, **kwargs)
+        future.add_done_callback(functools.partial(_keep, self._anchor))
+        return future
+
+
+def _keep(anchor: object, future: object) -> None:
+    """A done-callback whose only work is to hold ``anchor`` as long as the future."""
 
 
 class AsyncBatchedMethod(AsyncBatched[T, R], Generic[S, T, R]):

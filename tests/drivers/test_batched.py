@@ -8,6 +8,7 @@ import gc
 import pickle
 import threading
 import weakref
+from collections.abc import AsyncIterator
 from typing import Any, assert_type
 
 import pytest
@@ -243,6 +244,65 @@ async def test_an_instance_with_slots_gets_one_batcher_too() -> None:
     s = Slotted(10)
     assert list(await asyncio.gather(s.add(1), s.add(2))) == [11, 12]
     assert s.add is s.add
+    assert s.add.batcher() is s.add.batcher()  # one batcher per instance, across accesses
+    s.add.reconfigure(size=3)
+    assert s.add.spec.size == 3
+    assert s.add.batcher().spec.size == 3
+
+
+# -- a slotted instance is kept alive by its pending calls (review of issue 13, 4) --
+
+
+class _Slotted:
+    __slots__ = ("__weakref__", "k")
+
+    def __init__(self, k: int = 2) -> None:
+        self.k = k
+
+    @freight.batched(size=4, timeout=0.001)
+    async def predict(self, items: list[int]) -> list[int]:
+        await asyncio.sleep(0)
+        gc.collect()  # the instance has no other reference while its batch runs
+        return [i * self.k for i in items]
+
+    @freight.batched(size=4, timeout=0.001)
+    async def generate(self, items: list[int]) -> AsyncIterator[list[str]]:
+        for step in range(3):
+            gc.collect()
+            await asyncio.sleep(0)
+            yield [f"{i * self.k}:{step}" for i in items]
+
+    @freight.batched(size=1)
+    def triple(self, items: list[int]) -> list[int]:
+        gc.collect()
+        return [i * 3 * self.k for i in items]
+
+
+async def test_a_method_on_a_temporary_slotted_instance_keeps_it_alive() -> None:
+    assert await _Slotted().predict(2) == 4
+    assert list(await asyncio.gather(_Slotted(3).predict(1), _Slotted(5).predict(1))) == [3, 5]
+
+
+async def test_a_stream_on_a_temporary_slotted_instance_keeps_it_alive() -> None:
+    assert [x async for x in _Slotted().generate(1)] == ["2:0", "2:1", "2:2"]
+
+
+def test_a_sync_method_on_a_temporary_slotted_instance_keeps_it_alive() -> None:
+    assert _Slotted().triple(1) == 6
+    future = _Slotted(10).triple.submit(2)
+    gc.collect()
+    assert future.result(timeout=5) == 60
+
+
+async def test_a_slotted_instance_is_collected_once_its_calls_are_done() -> None:
+    model = _Slotted()
+    assert await model.predict(1) == 2
+    assert [x async for x in model.generate(1)] == ["2:0", "2:1", "2:2"]
+    assert model.triple(1) == 6
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None
 
 
 def test_a_coroutine_made_before_the_loop_runs_is_submitted_when_awaited() -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "Batcher",
     "StreamHandler",
     "SyncHandler",
+    "hold_until_done",
     "is_stream_callable",
     "refuse_auto_stream",
 ]
@@ -750,6 +751,19 @@ class BatchStream(AsyncIterator[R]):
             pass
         except Exception:  # pragma: no cover - never raise from a finalizer
             _log.exception("freight: dropping a stream of batcher %r failed", self._batcher.name)
+
+
+def hold_until_done(stream: BatchStream[Any], anchor: object) -> None:
+    """Keep ``anchor`` alive until ``stream`` is over (ended, failed or left).
+
+    For a batched method of an instance its batcher only references weakly (one with
+    ``__slots__``): the instance lives while any of its streams is still running.
+    """
+    stream._caller.add_done_callback(functools.partial(_release, anchor))
+
+
+def _release(anchor: object, done: object) -> None:
+    """A done-callback whose only work is to have held ``anchor`` until now."""
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
