@@ -23,8 +23,8 @@ from freight._errors import ConfigError, TargetError
 from freight.connectors import pgtypes
 from freight.connectors.sqlite import SqliteSink, sqlite_path
 from freight.connectors.sqlite import table_types as sqlite_table_types
-from freight.jobs import CsvSource, Job, JsonlSource
-from freight.jobs._sources import Record, is_blank
+from freight.jobs import CsvSource, Job, JsonlSource, ParquetSource
+from freight.jobs._sources import FileFormat, Record, file_format, is_blank
 from freight.store import Store
 
 __all__ = ["Load", "load_job"]
@@ -55,6 +55,23 @@ class Load:
     chunk_size: int = 10_000
     max_failures: int | None = None
     max_failure_rate: float | None = None
+    format: str | None = None  # --format: csv, jsonl or parquet (default: from the suffix)
+
+    @property
+    def file_format(self) -> FileFormat:
+        """The file's format: ``--format``, else its suffix's, a ``.gz`` or ``.zst``
+        looked through (the compression itself is read from the suffix or the file's
+        first bytes, :class:`~freight.jobs.CsvSource`)."""
+        try:
+            return file_format(self.file, self.format)
+        except ConfigError:
+            if self.format is not None:
+                raise
+            raise ConfigError(
+                f"cannot load {self.file.name}: give a .csv or .jsonl file (maybe .gz or "
+                ".zst compressed) or a .parquet file, or name its format with "
+                "--format csv|jsonl|parquet"
+            ) from None
 
     @property
     def postgres(self) -> bool:
@@ -71,7 +88,7 @@ class Load:
             "command": "load", "file": str(self.file.resolve()), "into": self.into,
             "table": self.table, "key": self.key, "chunk_size": self.chunk_size,
             "schema": self.schema, "types": self.types, "max_failures": self.max_failures,
-            "max_failure_rate": self.max_failure_rate,
+            "max_failure_rate": self.max_failure_rate, "format": self.format,
         }  # fmt: skip
 
     @classmethod
@@ -80,7 +97,7 @@ class Load:
             file=Path(meta["file"]), into=meta["into"], table=meta["table"],
             key=meta.get("key"), schema=meta.get("schema"), types=meta.get("types"),
             chunk_size=int(meta["chunk_size"]), max_failures=meta.get("max_failures"),
-            max_failure_rate=meta.get("max_failure_rate"),
+            max_failure_rate=meta.get("max_failure_rate"), format=meta.get("format"),
         )  # fmt: skip
 
 
@@ -97,22 +114,23 @@ def load_job(spec: Load, name: str | None, open_store: Callable[[], Store]) -> J
         raise ConfigError(f"no such file {str(file)!r}")
     _check_target(spec)
     _check_table(spec)
-    suffix = file.suffix.lower()
-    source: CsvSource | JsonlSource
-    if suffix == ".csv":
+    kind = spec.file_format
+    source: CsvSource | JsonlSource | ParquetSource
+    if kind == "csv":
         source = CsvSource(file)
         columns = source.columns() or []
-    elif suffix in (".jsonl", ".ndjson"):
+    elif kind == "jsonl":
         source = JsonlSource(file, convert=_an_object)  # as PostgreSQL's refuses it
         columns = _first_columns(source)
     else:
-        raise ConfigError(f"cannot load {file.name}: give a .csv or .jsonl file")
+        source = ParquetSource(file)
+        columns = source.column_names()
     if spec.mysql:
         _check_mysql_columns(columns, file)
     else:
         _check_columns(columns, file, spec.postgres)
     # (JSONL into PostgreSQL: --key is checked against the table, which may exist)
-    checked = suffix == ".csv" or not spec.postgres
+    checked = kind != "jsonl" or not spec.postgres
     if spec.key is not None and checked and columns and spec.key not in columns:
         raise ConfigError(
             f"--key {spec.key!r} is not a column of {file.name} (columns: {', '.join(columns)})"
@@ -175,7 +193,7 @@ def _first_columns(source: JsonlSource) -> list[str]:
     return [str(name) for name in first] if isinstance(first, dict) else []
 
 
-def _sample(source: CsvSource | JsonlSource) -> Iterator[Record]:
+def _sample(source: CsvSource | JsonlSource | ParquetSource) -> Iterator[Record]:
     """The records inference may read: not blank, not bad (their dead letters come when
     they are loaded), and for JSONL only objects (another value is refused then too)."""
     for record in source.read():
@@ -220,7 +238,7 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 
 def _table_types(
-    source: CsvSource | JsonlSource, spec: Load, columns: list[str]
+    source: CsvSource | JsonlSource | ParquetSource, spec: Load, columns: list[str]
 ) -> tuple[dict[str, str], bool]:
     """The column types of the target table and whether it exists: its own, or inferred
     from the file's first rows (--types first). Checked against the file; nothing is
@@ -283,14 +301,22 @@ def _postgres_sink(spec: Load, column_types: dict[str, str]) -> tuple[Any, Any]:
     """
     from freight.connectors.postgres import PostgresSink  # noqa: PLC0415 (extra)
 
-    if spec.file.suffix.lower() == ".csv":
+    if spec.file_format == "csv":
         sink = PostgresSink(
             spec.into, spec.table, schema=spec.schema, key=spec.key,
             columns=list(column_types), format="csv",
         )  # fmt: skip
         return sink, CsvSource(spec.file, raw=True)
     sink = PostgresSink(spec.into, spec.table, schema=spec.schema, key=spec.key)
-    return sink, JsonlSource(spec.file, convert=_typed_record(spec.table, column_types))
+    return sink, _typed_source(spec, column_types)
+
+
+def _typed_source(spec: Load, column_types: dict[str, str]) -> JsonlSource | ParquetSource:
+    """The JSONL or Parquet file's records typed here (:func:`_typed_record`)."""
+    typed = _typed_record(spec.table, column_types)
+    if spec.file_format == "parquet":
+        return ParquetSource(spec.file, convert=typed)
+    return JsonlSource(spec.file, convert=typed)
 
 
 _SHAPES = 1024  # converters kept for the record shapes of one load (a file has a few)
@@ -410,9 +436,8 @@ def _mysql_sink(spec: Load, column_types: dict[str, str], exists: bool) -> tuple
 
     if not exists:
         create_table(spec.into, spec.table, column_types, key=[spec.key] if spec.key else [])
-    if spec.file.suffix.lower() == ".csv":
+    if spec.file_format == "csv":
         return MysqlSink(spec.into, spec.table, key=spec.key, types=column_types), CsvSource(
             spec.file
         )
-    source = JsonlSource(spec.file, convert=_typed_record(spec.table, column_types))
-    return MysqlSink(spec.into, spec.table, key=spec.key), source
+    return MysqlSink(spec.into, spec.table, key=spec.key), _typed_source(spec, column_types)

@@ -70,9 +70,14 @@ class ParquetSource:
             )
         self.columns = list(columns) if columns is not None else None
         self.batch_size = batch_size
+        self._names = list(meta.schema.to_arrow_schema().names)
         self._rows = meta.num_rows
         self._group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         self._convert = _converter(convert)
+
+    def column_names(self) -> list[str]:
+        """The names of the columns read: ``columns``, else all the file's."""
+        return list(self.columns) if self.columns is not None else list(self._names)
 
     def fingerprint(self) -> str:
         return _file_fingerprint(self.path)
