@@ -206,11 +206,9 @@ class Executor:
                 dead = [dead_letter(spec.name, "handler_error", w.envelopes, exc) for w in works]
             if self.tracing.subscribers:
                 failed = sum(isinstance(o, BaseException) for o in results)
-                self.tracing.span("handler", spec.name, started, clock.now(), {
-                    "batch_size": len(works), "succeeded": len(finished) - failed,
-                    "failed": failed,
-                    "tries": outcome.tries, "published": len(outputs), "retried": len(again),
-                }, parent=flush_id)  # fmt: skip
+                counts = (len(works), len(finished) - failed, failed, outcome.tries,
+                          len(outputs), len(again))  # fmt: skip
+                self.tracing.handler(spec.name, started, clock.now(), flush_id, counts)
             done = [e.id for w in finished for e in w.envelopes]
             lane = spec.delivery_name(works[0].lane)  # a run is one subscription's
             pending = self.router.route(outputs, done=(lane, done), dead=dead)

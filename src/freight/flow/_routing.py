@@ -163,7 +163,12 @@ class Router:
         In memory that is done when this returns (``None``); on a durable board the
         transaction is the committer's (``_commit``): the future is done once it has
         committed and the envelopes were delivered."""
-        refused: list[DeadLetter] = list(dead)
+        refused: list[DeadLetter] = list(dead) if dead else []
+        if self.board is None and len(envelopes) == 1:
+            # one artifact in memory (an outside publish, most often): no lists to build
+            envelope = envelopes[0]
+            self._deliver([(envelope, next(self.seq), self.takers(envelope, refused))], refused)
+            return None
         takers = self.takers
         seq = self.seq
         routed = [(e, next(seq), takers(e, refused)) for e in envelopes]
@@ -191,9 +196,9 @@ class Router:
         tracing = self.tracing
         if routed and tracing.subscribers:
             tracing.published(routed, now)
-        history = self.history
+        append = self.history.append
         for envelope, _, taken in routed:
-            history.append(envelope)
+            append(envelope)
             for rt, index, _ in taken:
                 deliver(rt, index, envelope, now)
 
@@ -201,7 +206,9 @@ class Router:
         """The subscriptions that take ``envelope`` (rule 3); a predicate or join key
         that raised adds its dead letter to ``refused``."""
         payload = envelope.payload
-        found = self._routes.get(type(payload)) or self.candidates(type(payload))
+        found = self._routes.get(type(payload))
+        if found is None:
+            found = self.candidates(type(payload))
         takers: list[Taker] = []
         public = type(envelope.visibility) is Public
         for rt, sub, where, plain, taker in found:

@@ -304,10 +304,10 @@ class Scheduler:
         if self.tracing.subscribers:
             assert self.clock is not None
             size = lane.size if lane.buffer is not None else 1
-            flush_id = self.tracing.span("flush", rt.spec.name, opened_at, self.clock.now(), {
-                "batch_size": len(works), "flush_reason": reason,
-                "efficiency": len(works) / size if size else None, "tenant": key,
-            })  # fmt: skip
+            efficiency = len(works) / size if size else None
+            flush_id = self.tracing.flush(
+                rt.spec.name, opened_at, self.clock.now(), (len(works), reason, efficiency, key)
+            )
         self.dispatch(rt, works, flush_id)
 
 

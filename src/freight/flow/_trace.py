@@ -33,7 +33,7 @@ import logging
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence, Sized
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -211,7 +211,7 @@ class DuckDBTracer:
             Path(path), max(1, buffer), max(0.01, float(interval)), max(buffer, max_spans)
         )
         self.record = self._writer.record
-        self.publisher = self._writer.publisher
+        self.queues = self._writer.queues
         # Spans still queued when the tracer is dropped or the interpreter exits are
         # written then (and the thread stops): the thread holds the writer, not the tracer.
         weakref.finalize(self, self._writer.stop, quiet=True)
@@ -252,7 +252,7 @@ class DuckDBTracer:
     def due(self) -> bool:
         """Spans are queued (or kept by a failed write): :meth:`idle` would write."""
         writer = self._writer
-        return bool(writer.queue or writer.kept or writer.kept_publishes or writer.pending())
+        return bool(writer.queue or writer.kept or writer.kept_columns or writer.pending())
 
     def idle(self) -> None:
         """The flow went idle: write what is queued, if anything."""
@@ -264,77 +264,101 @@ class DuckDBTracer:
         self._writer.stop()
 
 
-class PublishRow:
-    """Publish spans, one flow's, queued (``_Published``) or taken by a write.
+class Columns:
+    """Spans of one flow in columns: one flat list of ``width`` values per span.
 
-    One span per artifact (its id the artifact's), made from its envelope: the bulk of
-    a flow's spans, so recording one appends seven values to one flat list, nothing
-    else (an object per span that the tracer holds until the write, a tuple or the
-    envelope itself, doubled the garbage collector's young collections); a write takes
-    each column with one slice (``values[k::7]``).
+    Publish spans (``PUBLISH``: one per artifact, most of a flow's spans) and the spans
+    of handler runs (``RUN``: a flush and a handler span per batch) are recorded this
+    way: a span's values appended to one list, nothing else (an object per span that
+    the tracer holds until the write, a tuple or the envelope itself, doubled the
+    garbage collector's young collections; a dict of attributes per span cost a few
+    microseconds to make and as many to take apart). A write takes each column with
+    one slice (``values[k::width]``).
 
-    Attributes:
-        flow: the flow's name.
-        values: per span, its envelope's ``id``, ``type``, ``producer``, its start
-            (UTC epoch seconds), its envelope's ``tenant`` and ``depth``, and how many
-            subscriptions took it.
+    ``PUBLISH`` values: the envelope's ``id``, ``type``, ``producer``, the span's start
+    (UTC epoch seconds), the envelope's ``tenant`` and ``depth``, and how many
+    subscriptions took it. ``RUN`` values: ``span_id``, ``parent_id``, ``name``,
+    ``consumer``, the end (UTC epoch seconds), ``duration``, ``batch_size``,
+    ``flush_reason``, ``efficiency``, ``succeeded``, ``failed``, ``tenant``, and the
+    handler's ``tries``, ``published`` and ``retried`` (``None`` where they do not
+    apply).
     """
 
-    __slots__ = ("flow", "values")
+    __slots__ = ("flow", "values", "width")
 
-    WIDTH = 7
+    PUBLISH = 7
+    RUN = 15
 
-    def __init__(self, flow: str, values: list[Any] | None = None) -> None:
+    def __init__(self, flow: str, width: int, values: list[Any] | None = None) -> None:
         self.flow = flow
+        self.width = width
         self.values: list[Any] = [] if values is None else values
 
     def __len__(self) -> int:
-        return len(self.values) // self.WIDTH
+        return len(self.values) // self.width
 
-    def tail(self, count: int) -> PublishRow:
+    def tail(self, count: int) -> Columns:
         """Its newest ``count`` spans."""
-        return PublishRow(self.flow, self.values[len(self.values) - count * self.WIDTH :])
+        return Columns(self.flow, self.width, self.values[len(self.values) - count * self.width :])
 
     def column(self, index: int) -> list[Any]:
-        """Its values of column ``index`` (``values`` order)."""
-        return self.values[index :: self.WIDTH]
+        """Its values of column ``index``."""
+        return self.values[index :: self.width]
 
 
-class _Published:
-    """One flow's publish spans queued for a tracer: one list the flow appends each
-    span's seven values to (one C call: whole, even against a write), and a write
-    takes the head of (a copy of what it holds, then a delete of that many: what the
-    flow appends meanwhile stays). No lock on the hottest path."""
+PublishRow = Columns  # what a write takes besides the other spans' rows (its columns)
 
-    __slots__ = ("flow", "values", "writer")
+
+class _Queues:
+    """One flow's spans queued in columns for a tracer: two lists (``Columns.PUBLISH``
+    and ``Columns.RUN`` values) the flow appends each span's values to (one C call:
+    whole, even against a write) and a write takes the head of (a copy of what it
+    holds, then a delete of that many: what the flow appends meanwhile stays). No lock
+    on the hottest path."""
+
+    __slots__ = ("flow", "publishes", "runs", "writer")
 
     def __init__(self, flow: str, writer: _Writer) -> None:
         self.flow = flow
         self.writer = writer
-        self.values: list[Any] = []
+        self.publishes: list[Any] = []
+        self.runs: list[Any] = []
 
-    def record(self, routed: Sequence[tuple[Envelope, int, Sized]], offset: float) -> None:
+    def published(self, routed: Sequence[tuple[Envelope, int, Sized]], offset: float) -> None:
         """Queue the publish spans of one route (``Router.route``'s ``(envelope, seq,
         subscriptions that took it)``), each started at its envelope's ``created_at``
         (flow clock) plus ``offset`` (to the wall clock): the hottest path, once per
         publish."""
-        values = self.values
+        values = self.publishes
         for e, _, takers in routed:
             # (id, type, payload, producer, created_at, published_at, visibility,
             # tenant, correlation_id, depth)
             values += (e[0], e[1], e[3], e[4] + offset, e[7], e[9], len(takers))
-        writer = self.writer
-        writer.recorded += len(routed)
-        if len(writer.queue) + writer.recorded - writer.taken >= writer.buffer or not writer.thread:
-            writer.kick()
+        self.writer.recorded(len(routed))
 
-    def take(self) -> PublishRow:
-        """What is queued (a write's)."""
-        values = self.values
-        count = len(values)  # whole spans: a span's values go in with one call
-        taken = values[:count]
-        del values[:count]
-        return PublishRow(self.flow, taken)
+    def ran(self, values: tuple[Any, ...]) -> None:
+        """Queue a flush or handler span (``Columns.RUN`` values)."""
+        self.runs += values
+        self.writer.recorded(1)
+
+    def take(self) -> list[Columns]:
+        """What is queued (a write's): its publish spans and its other spans."""
+        return [
+            Columns(self.flow, width, _head(values))
+            for width, values in ((Columns.RUN, self.runs), (Columns.PUBLISH, self.publishes))
+            if values
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(self.publishes or self.runs)
+
+
+def _head(values: list[Any]) -> list[Any]:
+    """Take what ``values`` holds (appended to meanwhile: what comes after stays)."""
+    count = len(values)
+    taken = values[:count]
+    del values[:count]
+    return taken
 
 
 class _Writer:
@@ -346,13 +370,13 @@ class _Writer:
         self.interval = interval
         self.max_spans = max_spans
         self.queue: deque[SpanRow] = deque()  # appended by callers, emptied by writes
-        self.published: dict[str, _Published] = {}  # per flow name
-        # Publish spans queued: recorded (by the recording thread) minus taken (by
+        self.flows: dict[str, _Queues] = {}  # spans in columns, per flow name
+        # Spans queued in columns: counted (by the recording thread) minus taken (by
         # writes); each counter has one writer, so neither needs a lock.
-        self.recorded = 0
+        self.counted = 0
         self.taken = 0
         self.kept: list[SpanRow] = []  # what a failed write could not write
-        self.kept_publishes: list[PublishRow] = []
+        self.kept_columns: list[Columns] = []
         self.writing = threading.RLock()  # one write at a time (a finalizer may nest)
         self.starting = threading.Lock()
         self.wake = threading.Event()
@@ -364,25 +388,29 @@ class _Writer:
         """Queue one span; wake the writer every ``buffer`` spans (the hot path)."""
         queue = self.queue
         queue.append(row)
-        if len(queue) + self.recorded - self.taken >= self.buffer or self.thread is None:
+        if len(queue) + self.counted - self.taken >= self.buffer or self.thread is None:
             self.kick()
 
-    def publisher(
-        self, flow: str
-    ) -> Callable[[Sequence[tuple[Envelope, int, Sized]], float], None]:
-        """What queues the publish spans of the flow named ``flow`` (``_Published``)."""
+    def recorded(self, count: int) -> None:
+        """``count`` spans were queued in columns: wake the writer every ``buffer``."""
+        self.counted += count
+        if len(self.queue) + self.counted - self.taken >= self.buffer or self.thread is None:
+            self.kick()
+
+    def queues(self, flow: str) -> _Queues:
+        """The columns the flow named ``flow`` queues its spans in."""
         with self.starting:
-            queue = self.published.get(flow)
-            if queue is None:
-                queue = self.published[flow] = _Published(flow, self)
-        return queue.record
+            queues = self.flows.get(flow)
+            if queues is None:
+                queues = self.flows[flow] = _Queues(flow, self)
+        return queues
 
     def pending(self) -> bool:
-        """Publish spans are queued."""
-        return any(queue.values for queue in list(self.published.values()))
+        """Spans are queued in columns."""
+        return any(list(self.flows.values()))
 
     def _queued(self) -> int:
-        return len(self.queue) + self.recorded - self.taken
+        return len(self.queue) + self.counted - self.taken
 
     def kick(self) -> None:
         if self.thread is None:
@@ -437,24 +465,27 @@ class _Writer:
         table."""
         with self.writing:
             rows, self.kept = self.kept + _take(self.queue), []
-            taken = [queue.take() for queue in list(self.published.values())]
-            taken = [row for row in taken if row.values]
+            taken = [columns for queues in list(self.flows.values()) for columns in queues.take()]
             self.taken += _count(taken)
-            publishes, self.kept_publishes = self.kept_publishes + taken, []
-            if not rows and not publishes:
+            columns, self.kept_columns = self.kept_columns + taken, []
+            if not rows and not columns:
                 return
             try:
-                _insert(self.path, rows, publishes)
+                _insert(self.path, rows, columns)
             except BaseException:
-                dropped = len(rows) + _count(publishes) - self.max_spans
+                dropped = len(rows) + _count(columns) - self.max_spans
                 if dropped > 0:
                     _log.warning(
                         "DuckDBTracer(%r): dropped the %d oldest spans it could not write",
                         str(self.path), dropped,
                     )  # fmt: skip
                 self.kept = rows[-self.max_spans :]
-                # the newest publish spans, if room is left
-                self.kept_publishes = _newest(publishes, self.max_spans - len(self.kept))
+                # then the newest run spans, then the newest publish spans, if room is left
+                room = self.max_spans - len(self.kept)
+                runs = _newest([c for c in columns if c.width == Columns.RUN], room)
+                room -= _count(runs)
+                publishes = _newest([c for c in columns if c.width == Columns.PUBLISH], room)
+                self.kept_columns = runs + publishes
                 raise
 
     def stop(self, *, quiet: bool = False) -> None:
@@ -479,25 +510,25 @@ def _take(queue: deque[Any]) -> list[Any]:
     return [queue.popleft() for _ in range(len(queue))]
 
 
-def _count(publishes: list[PublishRow]) -> int:
-    """The spans in ``publishes``."""
-    return sum(map(len, publishes))
+def _count(columns: list[Columns]) -> int:
+    """The spans in ``columns``."""
+    return sum(map(len, columns))
 
 
-def _newest(publishes: list[PublishRow], room: int) -> list[PublishRow]:
-    """The newest ``room`` spans of ``publishes`` (none if ``room`` <= 0)."""
-    kept: list[PublishRow] = []
-    for columns in reversed(publishes):
+def _newest(columns: list[Columns], room: int) -> list[Columns]:
+    """The newest ``room`` spans of ``columns`` (none if ``room`` <= 0)."""
+    kept: list[Columns] = []
+    for chunk in reversed(columns):
         if room <= 0:
             break
-        kept.append(columns.tail(room))
-        room -= len(columns)
+        kept.append(chunk.tail(room))
+        room -= len(chunk)
     kept.reverse()
     return kept
 
 
-def _insert(path: Path, rows: list[SpanRow], publishes: list[PublishRow]) -> None:
-    """Insert ``rows`` and ``publishes`` into ``path``'s tables, one statement each.
+def _insert(path: Path, rows: list[SpanRow], columns: list[Columns]) -> None:
+    """Insert ``rows`` and ``columns`` into ``path``'s tables, one statement each.
 
     The file is attached to one in-memory DuckDB of this process for the write and
     detached after it (so other processes can open it between writes): a database of
@@ -507,8 +538,8 @@ def _insert(path: Path, rows: list[SpanRow], publishes: list[PublishRow]) -> Non
     import duckdb  # noqa: PLC0415 (extra freight[trace])
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tables = _tables(rows, publishes)
-    spans = len(rows) + _count(publishes)
+    tables = _tables(rows, columns)
+    spans = len(rows) + _count(columns)
     with _SESSION.lock:
         db = _SESSION.connection()
         db.execute(f"ATTACH {_text(str(path))} AS freight_traces")
@@ -555,16 +586,19 @@ def _append(db: Any, tables: _Tables) -> None:
             db.unregister(name)
 
 
-def _tables(rows: list[SpanRow], publishes: list[PublishRow]) -> _Tables:
-    """``rows`` and ``publishes`` as Arrow tables (made before the file is attached:
-    the columns are Python's work, the insert DuckDB's)."""
+def _tables(rows: list[SpanRow], columns: list[Columns]) -> _Tables:
+    """``rows`` and ``columns`` as Arrow tables (made before the file is attached: the
+    columns are Python's work, the insert DuckDB's): one of the spans for
+    ``span_rows``, one of the publish spans for ``publish_spans``."""
     import pyarrow as pa  # noqa: PLC0415 (extra freight[trace])
 
     tables: _Tables = []
-    if rows:
-        tables.append((
-            "freight_span_batch", _span_table(pa, rows), _INSERT_SPAN_ROWS,
-        ))  # fmt: skip
+    runs = [c for c in columns if c.width == Columns.RUN]
+    parts = ([_span_table(pa, rows)] if rows else []) + ([_run_table(pa, runs)] if runs else [])
+    if parts:
+        table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+        tables.append(("freight_span_batch", table, _INSERT_SPAN_ROWS))
+    publishes = [c for c in columns if c.width == Columns.PUBLISH]
     if publishes:
         tables.append((
             "freight_publish_batch", _publish_table(pa, publishes),
@@ -581,47 +615,96 @@ _INSERT_SPAN_ROWS = (
 )
 
 
+def _span_schema(pa: Any) -> Any:
+    """The columns of a table for ``span_rows`` (``ended``: epoch seconds)."""
+    text, integer, double = pa.string(), pa.int32(), pa.float64()
+    return pa.schema([
+        ("span_id", text), ("parent_id", text), ("flow", text), ("name", text),
+        ("consumer", text), ("ended", double), ("duration", double),
+        *((name, text if kind is str else integer if kind is int else double)
+          for name, kind in _COLUMNS.items()),
+        ("attributes", text),
+    ])  # fmt: skip
+
+
 def _span_table(pa: Any, rows: list[SpanRow]) -> Any:
-    """Flush, handler and dead-letter spans as columns: the attributes of their own
-    columns picked out (text ones as text), the others as JSON."""
+    """Spans recorded one by one (dead letters, a subscriber's ``Span``) as columns:
+    the attributes of their own columns picked out (text ones as text), the others as
+    JSON."""
     ids, parents, flows, names, consumers, ended, durations, attributes = zip(*rows, strict=True)
-    columns: dict[str, Any] = {
-        "span_id": pa.array(ids, pa.string()),
-        "parent_id": pa.array(parents, pa.string()),
-        "flow": pa.array(flows, pa.string()),
-        "name": pa.array(names, pa.string()),
-        "consumer": pa.array(consumers, pa.string()),
-        "ended": pa.array(ended, pa.float64()),
-        "duration": pa.array(durations, pa.float64()),
-    }
+    columns: list[Any] = [ids, parents, flows, names, consumers, ended, durations]
     misfits: dict[int, dict[str, Any]] = {}  # a number column's value of another kind
     for name, kind in _COLUMNS.items():
         values = [a.get(name) for a in attributes]
         if kind is str:
             values = [None if v is None else str(v) for v in values]
-            columns[name] = pa.array(values, pa.string())
-            continue
-        fits = int if kind is int else (int, float)
-        for i, value in enumerate(values):
-            if value is not None and not isinstance(value, fits):
-                misfits.setdefault(i, {})[name] = value  # kept in the JSON instead
-                values[i] = None
-        columns[name] = pa.array(values, pa.int32() if kind is int else pa.float64())
-    extras = [_extras(a, misfits.get(i)) for i, a in enumerate(attributes)]
-    columns["attributes"] = pa.array(extras, pa.string())
-    return pa.table(columns)
+        else:
+            fits = int if kind is int else (int, float)
+            for i, value in enumerate(values):
+                if value is not None and not isinstance(value, fits):
+                    misfits.setdefault(i, {})[name] = value  # kept in the JSON instead
+                    values[i] = None
+        columns.append(values)
+    columns.append([_extras(a, misfits.get(i)) for i, a in enumerate(attributes)])
+    return pa.Table.from_arrays(
+        [pa.array(c, f.type) for c, f in zip(columns, _span_schema(pa), strict=True)],
+        schema=_span_schema(pa),
+    )
 
 
-def _publish_table(pa: Any, publishes: list[PublishRow]) -> Any:
+def _run_table(pa: Any, runs: list[Columns]) -> Any:
+    """Flush and handler spans (``Columns.RUN``) as a table for ``span_rows``."""
+    whole = (
+        runs[0] if len(runs) == 1 else Columns("", Columns.RUN, [v for c in runs for v in c.values])
+    )
+    (ids, parents, names, consumers, ended, durations, sizes, reasons, efficiency,
+     succeeded, failed, tenants, tries, published, retried) = map(
+        whole.column, range(Columns.RUN)
+    )  # fmt: skip
+    flows = [flow for c in runs for flow in [c.flow] * len(c)]
+    tenants = [t if t is None or type(t) is str else str(t) for t in tenants]
+    extras = list(map(_run_extras, tries, published, retried))
+    columns = [
+        ids,
+        parents,
+        flows,
+        names,
+        consumers,
+        ended,
+        durations,
+        sizes,
+        reasons,
+        efficiency,
+        succeeded,
+        failed,
+        [None] * len(ids),
+        [None] * len(ids),
+        tenants,
+        extras,
+    ]  # fmt: skip  (in _span_schema's order: batch_size ... tenant, attributes)
+    schema = _span_schema(pa)
+    return pa.Table.from_arrays(
+        [pa.array(c, f.type) for c, f in zip(columns, schema, strict=True)], schema=schema
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _run_extras(tries: int | None, published: int | None, retried: int | None) -> str:
+    """A handler span's other attributes as JSON (``{}`` for a flush span's)."""
+    extras = {"tries": tries, "published": published, "retried": retried}
+    return _json({k: v for k, v in extras.items() if v is not None})
+
+
+def _publish_table(pa: Any, publishes: list[Columns]) -> Any:
     """Publish spans as one table in ``publish_spans``' column order (``started_at``
     as epoch seconds: the insert makes it a timestamp)."""
     if len(publishes) == 1:
         whole = publishes[0]
     else:
-        whole = PublishRow("", [v for row in publishes for v in row.values])
-    flows = [flow for row in publishes for flow in [row.flow] * len(row)]
+        whole = Columns("", Columns.PUBLISH, [v for c in publishes for v in c.values])
+    flows = [flow for c in publishes for flow in [c.flow] * len(c)]
     ids, types, producers, started, tenants, depths, consumers = map(
-        whole.column, range(PublishRow.WIDTH)
+        whole.column, range(Columns.PUBLISH)
     )
     return pa.table({
         "flow": pa.array(flows, pa.string()),

@@ -31,7 +31,7 @@ import importlib.util
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence, Sized
+from collections.abc import Callable, Hashable, Iterable, Sequence, Sized
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ class Tracing:
             installed); see ``Flow``.
     """
 
-    __slots__ = ("_ids", "_others", "_publishers", "_tracers", "flow", "subscribers")
+    __slots__ = ("_ids", "_others", "_queues", "_tracers", "flow", "subscribers")
 
     def __init__(
         self,
@@ -71,7 +71,7 @@ class Tracing:
             self.subscribers.append(DuckDBTracer() if trace is True else DuckDBTracer(trace))
         self._tracers = [s for s in self.subscribers if isinstance(s, DuckDBTracer)]
         self._others = [s for s in self.subscribers if not isinstance(s, DuckDBTracer)]
-        self._publishers = [tracer.publisher(flow) for tracer in self._tracers]
+        self._queues = [tracer.queues(flow) for tracer in self._tracers]
         self._ids = SpanIds(uuid.uuid4().hex[:12] + "-")
 
     def span(
@@ -106,6 +106,68 @@ class Tracing:
             )  # fmt: skip
         return span_id
 
+    def flush(
+        self,
+        consumer: str,
+        start: float,
+        now: float,
+        batch: tuple[int, str, float | None, Hashable],
+    ) -> str | None:
+        """The ``flush`` span of a batch opened at ``start`` and due at ``now`` (flow
+        clock), ``batch`` being its ``(batch_size, flush_reason, efficiency, tenant)``;
+        its id (``None`` without subscribers). A DuckDB tracer gets its values (rule
+        2), other subscribers a :class:`Span`."""
+        if not self.subscribers:
+            return None
+        batch_size, reason, efficiency, tenant = batch
+        span_id = self._ids.next()
+        duration = now - start if now > start else 0.0
+        ended = time.time()
+        values = (span_id, None, "flush", consumer, ended, duration, batch_size, reason,
+                  efficiency, None, None, tenant, None, None, None)  # fmt: skip
+        for queues in self._queues:
+            queues.ran(values)
+        if self._others:
+            self._fan_out(
+                span_id, "flush", consumer, started=datetime.fromtimestamp(ended - duration, UTC),
+                duration=duration, parent=None, attributes={
+                    "batch_size": batch_size, "flush_reason": reason,
+                    "efficiency": efficiency, "tenant": tenant,
+                },
+            )  # fmt: skip
+        return span_id
+
+    def handler(
+        self,
+        consumer: str,
+        start: float,
+        now: float,
+        parent: str | None,
+        counts: tuple[int, int, int, int, int, int],
+    ) -> None:
+        """The ``handler`` span of a run from ``start`` to ``now`` (flow clock), child of
+        its flush ``parent``; ``counts``: ``(batch_size, succeeded, failed, tries,
+        published, retried)``."""
+        if not self.subscribers:
+            return
+        batch_size, succeeded, failed, tries, published, retried = counts
+        span_id = self._ids.next()
+        duration = now - start if now > start else 0.0
+        ended = time.time()
+        values = (span_id, parent, "handler", consumer, ended, duration, batch_size, None,
+                  None, succeeded, failed, None, tries, published, retried)  # fmt: skip
+        for queues in self._queues:
+            queues.ran(values)
+        if self._others:
+            self._fan_out(
+                span_id, "handler", consumer,
+                started=datetime.fromtimestamp(ended - duration, UTC), duration=duration,
+                parent=parent, attributes={
+                    "batch_size": batch_size, "succeeded": succeeded, "failed": failed,
+                    "tries": tries, "published": published, "retried": retried,
+                },
+            )  # fmt: skip
+
     def published(self, routed: Sequence[tuple[Envelope, int, Sized]], now: float) -> None:
         """The ``publish`` spans of one route at ``now`` (flow clock): ``(envelope, seq,
         the subscriptions that took it)`` each (rule 2); nothing without subscribers.
@@ -115,10 +177,10 @@ class Tracing:
         envelope's ``published_at`` give or take the microseconds between them."""
         if not self.subscribers:
             return
-        if self._publishers:
+        if self._queues:
             offset = time.time() - now
-            for record in self._publishers:
-                record(routed, offset)
+            for queues in self._queues:
+                queues.published(routed, offset)
         for envelope, _, takers in routed if self._others else ():
             attributes = {
                 "artifact_type": envelope.type,
