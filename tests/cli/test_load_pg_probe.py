@@ -89,3 +89,58 @@ def test_a_jsonl_record_that_is_not_an_object_is_a_dead_letter_not_a_traceback(
             assert "JSON object" in report["errors"][0]["message"]
             expected = [(1,), (2,)] if name == "j" else [(2,)]
             assert rows_of(where, tmp_path, name, '"id"') == expected
+
+
+# -- 2. the PostgreSQL fast path reads values as the converter does ---------------------
+
+ODD_TIMES = [
+    "now",
+    "2024-01-01 10:00:00",  # no zone: the server would read it in its own
+    "epoch",
+    "infinity",
+    "2024-01-01 10:00:00 PST",
+    "Jan 1 2024 10:00+00",
+    "2024-01-01T24:00:00+00:00",
+]
+
+
+def test_times_the_converter_refuses_are_dead_lettered_on_postgresql_as_on_sqlite(
+    schema: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "times.csv"
+    good = [f"{i},2024-01-{i % 28 + 1:02d}T10:00:00+00:00" for i in range(1000)]
+    odd = [f"{1000 + i},{value}" for i, value in enumerate(ODD_TIMES)]
+    data.write_text("id,at\n" + "\n".join([*good, *odd, "2000,2024-02-01T00:00:00Z"]) + "\n")
+    reports = []
+    for target, where in zip(targets(schema, tmp_path), (schema, None), strict=True):
+        code, output = load(tmp_path, data, target, "--table", "times")
+        assert code == 3, output
+        reports.append(json.loads(output))
+        assert [row[0] for row in rows_of(where, tmp_path, "times", "id")] == [
+            *range(1000),
+            2000,
+        ]
+    lines = [f"line {1002 + i}" for i in range(len(ODD_TIMES))]
+    on_pg, on_sqlite = ({e["item"]: e["message"] for e in r["errors"]} for r in reports)
+    assert sorted(on_pg) == sorted(lines)
+    assert on_pg == on_sqlite  # the same reasons, the converter's
+    assert on_pg["line 1003"] == (
+        "column 'at': '2024-01-01 10:00:00' has no time zone (timestamptz needs one, e.g. +00:00)"
+    )
+
+
+def test_booleans_and_numbers_the_converter_refuses_are_dead_lettered_alike(
+    schema: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "kinds.csv"
+    good = [f"{i},{i}.5,{'true' if i % 2 else 'f'}" for i in range(200)]
+    # (PostgreSQL 16 reads 1_000 and 0x10 as numbers; the converter does not)
+    odd = ["200,1.5,maybe", "201,1_000,true", "202, 3 ,on", "203,.5,  yes ", "0x10,1,t"]
+    data.write_text("id,amount,paid\n" + "\n".join([*good, *odd]) + "\n")
+    reports = []
+    for target in targets(schema, tmp_path):
+        code, output = load(tmp_path, data, target, "--table", "kinds")
+        assert code == 3, output
+        reports.append({e["item"]: e["message"] for e in json.loads(output)["errors"]})
+    assert sorted(reports[0]) == ["line 202", "line 203", "line 206"]
+    assert reports[0] == reports[1]

@@ -166,18 +166,18 @@ def run_located(
     write: Callable[[list[int]], Refused | None],
     bisect: Callable[[list[int], BaseException], list[Any]],
 ) -> list[Any]:
-    """Carry out a :func:`locate` plan; return its outcomes."""
-    effect = next(plan)
+    """Carry out a :func:`locate` plan; return its outcomes (a plan whose rows were all
+    refused before writing has no effect at all)."""
+    reply: Refused | list[Any] | None = None
     while True:
-        reply: Refused | list[Any] | None
-        if isinstance(effect, Write):
-            reply = write(effect.rows)
-        else:
-            reply = bisect(effect.rows, effect.error)
         try:
             effect = plan.send(reply)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+        if isinstance(effect, Write):
+            reply = write(effect.rows)
+        else:
+            reply = bisect(effect.rows, effect.error)
 
 
 async def arun_located(
@@ -186,17 +186,16 @@ async def arun_located(
     bisect: Callable[[list[int], BaseException], Awaitable[list[Any]]],
 ) -> list[Any]:
     """:func:`run_located` for ``async`` writes."""
-    effect = next(plan)
+    reply: Refused | list[Any] | None = None
     while True:
-        reply: Refused | list[Any] | None
-        if isinstance(effect, Write):
-            reply = await write(effect.rows)
-        else:
-            reply = await bisect(effect.rows, effect.error)
         try:
             effect = plan.send(reply)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+        if isinstance(effect, Write):
+            reply = await write(effect.rows)
+        else:
+            reply = await bisect(effect.rows, effect.error)
 
 
 def isolate(

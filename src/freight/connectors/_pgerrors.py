@@ -7,8 +7,10 @@ freight's errors."""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
 
@@ -34,6 +36,7 @@ __all__ = [
     "reason",
     "record_at",
     "typed_refusal",
+    "unreadable",
 ]
 
 # SQLSTATEs that refuse the statement, not a row: whatever the rows hold, none can land.
@@ -231,6 +234,84 @@ def non_finite(columns: list[str], texts: list[str], types: list[str]) -> dict[i
                 f"column {name!r}: {pgtypes.non_finite_name(value)} is not a finite number"
             )
             break
+    return refused
+
+
+# What the converter (pgtypes) and the server read alike, by a column's data_type: a
+# CSV field of this form goes to COPY as it is (or both refuse it). Any other is first
+# read by the converter, which refuses what the server would read its own way (``now``,
+# ``epoch``, ``infinity``, a time without a zone read in the server's, ``24:00``, a
+# leap second, ``1_000`` on PostgreSQL 16). Booleans need no check: the server takes
+# exactly the converter's spellings. Quantifiers are possessive: they never backtrack.
+_DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+_PLAIN = {
+    "bigint": r"(?:[+-]?+[0-9]{1,18}+)?+",
+    "integer": r"(?:[+-]?+[0-9]{1,9}+)?+",
+    "smallint": r"(?:[+-]?+[0-9]{1,4}+)?+",
+    "numeric": r"[-+0-9.eE]*+",  # what both read alike, or both refuse
+    "date": f"(?:{_DATE})?+",
+    "timestamp with time zone": f"(?:{_DATE}" r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]"
+    r"(?::[0-5][0-9](?:\.[0-9]{1,6}+)?+)?+(?:Z|[+-][0-9]{2}(?::?+[0-9]{2})?+))?+",
+}  # fmt: skip
+_TEXT_FIELD = r'(?:"(?:[^"]|"")*+"|[^",\n]*+)'  # any other column's field, as COPY splits it
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+_CONVERTERS = {
+    "bigint": pgtypes.TYPES["bigint"],
+    "integer": pgtypes.TYPES["bigint"],
+    "smallint": pgtypes.TYPES["bigint"],
+    "numeric": pgtypes.TYPES["numeric"],
+    "boolean": pgtypes.TYPES["boolean"],
+    "date": _date,
+    "timestamp with time zone": pgtypes.TYPES["timestamptz"],
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_records(types: tuple[str, ...]) -> re.Pattern[str] | None:
+    """The pattern of the records whose checked fields are all plain (:data:`_PLAIN`),
+    one or many; ``None``: no column to check."""
+    if not any(t in _PLAIN for t in types):
+        return None
+    fields = ",".join(_PLAIN.get(t, _TEXT_FIELD) for t in types)
+    return re.compile(f"(?:{fields}\\r?+\n)*+")
+
+
+def unreadable(columns: list[str], texts: list[str], types: list[str]) -> dict[int, PermanentError]:
+    """The CSV records holding a value the converter refuses in a typed column (bigint,
+    integer, numeric, boolean, date, timestamptz), each with the converter's reason.
+
+    The server would read some of them its own way (``now`` as the load's time, a time
+    without a zone in the server's zone, ``epoch``, ``infinity``, which psycopg cannot
+    read back) where a SQLite target refuses them: a load must give the same rows and
+    dead letters on every target. One pass of one compiled pattern over the write's
+    text answers for a clean write; only when it stops short are the records matched
+    one by one, and the converter reads the fields of those that do not match.
+    """
+    plain = _plain_records(tuple(types))
+    if plain is None or plain.fullmatch("".join(texts)) is not None:
+        return {}
+    checked = {i: t for i, t in enumerate(types) if t in _CONVERTERS}
+    refused: dict[int, PermanentError] = {}
+    for index, row in enumerate(texts):
+        if plain.fullmatch(row if row.endswith("\n") else row + "\n") is not None:
+            continue
+        fields = next(csv.reader(io.StringIO(row)), [])
+        for column, kind in checked.items():
+            if column >= len(fields) or fields[column] == "":
+                continue
+            try:
+                _CONVERTERS[kind](fields[column])
+            except ValueError as exc:
+                refused[index] = PermanentError(f"column {columns[column]!r}: {exc}")
+                break
     return refused
 
 

@@ -57,6 +57,7 @@ from freight.connectors._pgerrors import (
     non_finite,
     record_at,
     typed_refusal,
+    unreadable,
 )
 from freight.connectors._pgsource import PostgresSource
 
@@ -390,7 +391,11 @@ class PostgresSink:
         with conn.cursor() as cur:
             if start:
                 cur.execute(plan.start)
-            refused = non_finite(columns, rows, types) if self.format == "csv" else {}
+            refused = (
+                {**unreadable(columns, rows, types), **non_finite(columns, rows, types)}
+                if self.format == "csv"
+                else {}
+            )
 
             def write(indices: list[int]) -> Refused | None:
                 part = rows if len(indices) == len(rows) else [rows[i] for i in indices]

@@ -33,13 +33,11 @@ import logging
 import threading
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence, Sized
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
-
-from freight.flow._artifacts import Envelope
 
 __all__ = ["DuckDBTracer", "OpenTelemetryTracer", "Span", "SpanKind"]
 
@@ -312,7 +310,8 @@ PublishRow = Columns  # what a write takes besides the other spans' rows (its co
 class _Queues:
     """One flow's spans queued in columns for a tracer: two lists (``Columns.PUBLISH``
     and ``Columns.RUN`` values) the flow appends each span's values to (one C call:
-    whole, even against a write) and a write takes the head of (a copy of what it
+    whole, even against a write; ``Tracing.published`` appends to ``publishes`` itself,
+    then calls ``writer.recorded``) and a write takes the head of (a copy of what it
     holds, then a delete of that many: what the flow appends meanwhile stays). No lock
     on the hottest path."""
 
@@ -323,18 +322,6 @@ class _Queues:
         self.writer = writer
         self.publishes: list[Any] = []
         self.runs: list[Any] = []
-
-    def published(self, routed: Sequence[tuple[Envelope, int, Sized]], offset: float) -> None:
-        """Queue the publish spans of one route (``Router.route``'s ``(envelope, seq,
-        subscriptions that took it)``), each started at its envelope's ``created_at``
-        (flow clock) plus ``offset`` (to the wall clock): the hottest path, once per
-        publish."""
-        values = self.publishes
-        for e, _, takers in routed:
-            # (id, type, payload, producer, created_at, published_at, visibility,
-            # tenant, correlation_id, depth)
-            values += (e[0], e[1], e[3], e[4] + offset, e[7], e[9], len(takers))
-        self.writer.recorded(len(routed))
 
     def ran(self, values: tuple[Any, ...]) -> None:
         """Queue a flush or handler span (``Columns.RUN`` values)."""

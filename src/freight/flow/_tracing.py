@@ -180,7 +180,12 @@ class Tracing:
         if self._queues:
             offset = time.time() - now
             for queues in self._queues:
-                queues.published(routed, offset)
+                values = queues.publishes  # _trace.Columns.PUBLISH values, one call each
+                for e, _, takers in routed:
+                    # (id, type, payload, producer, created_at, published_at, visibility,
+                    # tenant, correlation_id, depth)
+                    values += (e[0], e[1], e[3], e[4] + offset, e[7], e[9], len(takers))
+                queues.writer.recorded(len(routed))
         for envelope, _, takers in routed if self._others else ():
             attributes = {
                 "artifact_type": envelope.type,

@@ -1,0 +1,105 @@
+"""The CSV fast path's check (``_pgerrors.unreadable``): a value it lets through to COPY
+is read by the server as the converter reads it, or refused by both; a value it
+refuses gets the converter's reason (the one a SQLite target gives)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from freight.connectors import pgtypes
+from freight.connectors._pgerrors import unreadable
+from tests.services import POSTGRES_URL, require
+
+TIMESTAMPTZ = "timestamp with time zone"
+
+
+@pytest.fixture(scope="module")
+def conn() -> Iterator[psycopg.Connection[Any]]:
+    require("127.0.0.1", 5432, "PostgreSQL")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+        connection.execute("SET TIME ZONE 'America/New_York'")  # not UTC: zones matter
+        yield connection
+
+
+def server_reads(conn: psycopg.Connection[Any], text: str, kind: str) -> object:
+    """What the server stores for ``text`` in a column of ``kind``, or None: refused."""
+    try:
+        row = conn.execute(f"SELECT %s::text::{kind}", (text,)).fetchone()
+    except psycopg.Error:
+        return None
+    except ValueError:  # psycopg cannot read it back (infinity)
+        return "unreadable by psycopg"
+    assert row is not None
+    return row[0]
+
+
+def converter_reads(text: str, kind: str) -> object:
+    try:
+        return pgtypes.TYPES[pgtypes.canonical(kind)](text)
+    except ValueError:
+        return None
+
+
+digits = st.text("0123456789", min_size=1, max_size=3)
+pieces = st.sampled_from(
+    ["2024", "-", "01", "12", "31", "T", " ", "10", "23", "24", ":", "00", "59", "60", ".",
+     "123456", "1234567", "Z", "+00", "+05:30", "-08", "PST", "now", "epoch", "infinity",
+     "Jan", "1", "/", "allballs", "today"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(pieces, digits), min_size=1, max_size=12).map("".join))
+def test_a_time_let_through_is_read_alike_or_refused_by_both(
+    conn: psycopg.Connection[Any], text: str
+) -> None:
+    refused = unreadable(["at"], [f"{text}\n"], [TIMESTAMPTZ])
+    mine = converter_reads(text, "timestamptz")
+    if refused:
+        assert mine is None
+        assert str(refused[0]).startswith("column 'at': ")
+        return
+    theirs = server_reads(conn, text, "timestamptz")
+    if mine is None:
+        assert theirs is None, (text, theirs)
+    else:
+        assert isinstance(theirs, datetime)
+        assert theirs == mine, text
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "reason"),
+    [
+        (TIMESTAMPTZ, "now", "column 'at': Invalid isoformat string: 'now'"),
+        (TIMESTAMPTZ, "epoch", "column 'at': Invalid isoformat string: 'epoch'"),
+        (TIMESTAMPTZ, "2024-01-01T24:00:00+00:00", "column 'at': hour must be in 0..23"),
+        ("bigint", "1_000", "column 'at': invalid literal for int() with base 10: '1_000'"),
+        ("numeric", "NaN", "column 'at': NaN is not a finite number"),
+        ("date", "epoch", "column 'at': 'epoch' is not a date (YYYY-MM-DD)"),
+        ("date", "today", "column 'at': 'today' is not a date (YYYY-MM-DD)"),
+    ],
+)
+def test_a_value_the_server_would_read_its_own_way_gets_the_converters_reason(
+    kind: str, text: str, reason: str
+) -> None:
+    texts = ["1,2024-01-01T00:00:00Z\n", f'2,"{text}"\n', "3,\n"]
+    types = ["bigint", kind if kind != "date" else "date"]
+    if kind != TIMESTAMPTZ:
+        texts = ["1,1\n", f"2,{text}\n", "3,\n"] if kind != "date" else [
+            "1,2024-01-01\n", f"2,{text}\n", "3,\n"]  # fmt: skip
+    refused = unreadable(["id", "at"], texts, types)
+    assert list(refused) == [1]
+    assert str(refused[1]) == reason
+
+
+def test_a_clean_write_and_quoted_newlines_are_let_through() -> None:
+    texts = ['1,"a\nb, ""c""",2024-01-01 10:00:00.5+05:30,t,1.5e3\n', "2,,,,\r\n"]
+    types = ["bigint", "text", TIMESTAMPTZ, "boolean", "numeric"]
+    assert unreadable(["id", "note", "at", "ok", "n"], texts, types) == {}
