@@ -8,6 +8,12 @@ chunk's recorded position, so a resumed job seeks instead of re-reading, and
 ``read_at(positions)`` reads the records at many positions (dead letters to replay)
 in one pass.
 
+CSV and JSONL files may be gzip- or zstd-compressed (``compression="auto"``: from the
+suffix or the file's header); they are read as a stream through
+:mod:`freight.jobs._compression`, positions being offsets in the decompressed stream, and
+their fingerprint and size those of the compressed bytes (``bytes_read`` maps a position
+back to them, for progress).
+
 A record that cannot be read or converted is still yielded, with ``error`` set
 (and the item ``None``), so the job dead-letters it with its line number and
 reason and goes on.
