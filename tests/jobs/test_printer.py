@@ -106,3 +106,39 @@ def test_a_gzip_files_progress_is_its_compressed_bytes_with_an_eta_from_the_firs
     )
     assert first.eta_seconds is not None
     assert first.eta_seconds > 0
+
+
+def test_a_resumed_gzip_runs_eta_counts_from_where_it_resumed(tmp_path: Path) -> None:
+    rows = b"".join(b"%d,%d\n" % (i, (i * 7919) % 100_003) for i in range(4_000))
+    path = tmp_path / "rows.csv.gz"
+    path.write_bytes(gzip.compress(b"id,v\n" + rows))
+    store, clock = SqliteStore(tmp_path / "f.db"), FakeClock()
+
+    def cancel_at_half(progress: Progress) -> None:
+        if progress.processed >= 2_000:
+            SqliteStore(store.path).request(progress.job_id, "cancel")
+
+    def one_second_a_chunk(batch: list[Any]) -> None:
+        clock.advance_sync(1)
+
+    first = Job(
+        "gz resume", CsvSource(path), one_second_a_chunk, chunk_size=500,
+        on_progress=cancel_at_half, store=store, clock=clock,
+    ).run()  # fmt: skip
+    assert first.status == "cancelled"
+    done = first.summary["processed"]
+    seen: list[Progress] = []
+    resumed = Job(
+        "gz resume", CsvSource(path), one_second_a_chunk, chunk_size=500,
+        on_progress=seen.append, store=store, clock=clock,
+    ).run()  # fmt: skip
+    assert resumed.status == "completed"
+    p = seen[0]
+    start = done / 4_000  # the share done before (rows, as bytes here are proportional)
+    assert p.fraction is not None
+    assert p.eta_seconds is not None
+    assert p.fraction == pytest.approx(start + 500 / 4_000, abs=0.05)
+    # the rate of this run alone: what it did in its elapsed time, not what was done before
+    assert p.eta_seconds == pytest.approx(
+        p.elapsed_seconds * (1 - p.fraction) / (p.fraction - start), rel=0.3
+    )
