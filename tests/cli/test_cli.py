@@ -65,7 +65,8 @@ def test_load_then_report_list_and_status(data: Path, tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["load", "missing.csv", "--into", "sqlite:///x.db", "--table", "t"], "no such file"),
-        (["load", "{data}", "--into", "mysql://x", "--table", "t"], "sqlite:///"),
+        (["load", "{data}", "--into", "oracle://x", "--table", "t"], "sqlite:///"),
+        (["load", "{data}", "--into", "mysql://x", "--table", "t"], "bad MariaDB/MySQL URL"),
         (
             ["load", "{data}", "--into", "sqlite:///x.db", "--table", "t", "--key", "nope"],
             "not a column",
