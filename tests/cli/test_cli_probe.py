@@ -59,6 +59,8 @@ def test_replay_of_a_key_a_later_line_wrote_resolves_it_as_superseded_on_sqlite(
         assert dict(conn.execute("SELECT k, v FROM t").fetchall()) == {"1": "y", "2": "a"}
     assert report["summary"]["failed"] == 0
     assert [r["reason"] for r in report["resolved"]] == ["superseded by line 3"]
+    code, out, _ = invoke("report", "dup", "--store", store)
+    assert "line 2: resolved, superseded by line 3" in out
 
 
 @pytest.fixture

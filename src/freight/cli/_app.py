@@ -34,7 +34,7 @@ from freight.cli._flow import flow_app
 from freight.cli._load import Load, load_job
 from freight.jobs import CsvSource, Job, JobReport, ProgressPrinter
 from freight.jobs._job import _alive
-from freight.jobs._report import ERROR_SAMPLE, load_report
+from freight.jobs._report import ERROR_SAMPLE, WRITTEN, load_report
 from freight.store import (
     DEFAULT_PATH,
     DONE,
@@ -233,6 +233,9 @@ def _render(report: JobReport, as_json: bool) -> None:
         typer.echo(
             f"  {error['item']}: {error['error_type']} ({error['category']}): {error['message']}"
         )
+    superseded = [r for r in report["resolved"] if r.get("reason", WRITTEN) != WRITTEN]
+    for resolved in superseded[:10]:
+        typer.echo(f"  {resolved['item']}: resolved, {resolved['reason']}")
     more = len(report["errors"]) - 10 + report.get("errors_omitted", 0)
     if more > 0:
         typer.echo(f"  … and {more:,} more errors (all of them: freight report JOB --json --all)")
