@@ -90,33 +90,35 @@ def _zstandard() -> Any:
 
 class Marks:
     """Where reading a compressed file stood: pairs of (decompressed bytes, compressed
-    bytes read), noted forward only, shared by every stream opened on one source."""
+    bytes read), noted forward only, shared by every stream opened on one source. One
+    list of pairs, appended whole: a reader of another thread (progress) never sees half
+    a mark."""
 
-    __slots__ = ("_consumed", "_ends", "total")
+    __slots__ = ("_marks", "total")
 
     def __init__(self) -> None:
-        self._ends: list[int] = [0]
-        self._consumed: list[int] = [0]
+        self._marks: list[tuple[int, int]] = [(0, 0)]
         self.total: int | None = None  # decompressed size, once a read reached the end
 
     def note(self, end: int, consumed: int) -> None:
         """``end`` decompressed bytes came from the first ``consumed`` compressed ones."""
-        if end > self._ends[-1]:
-            self._ends.append(end)
-            self._consumed.append(max(consumed, self._consumed[-1]))
+        last_end, last_consumed = self._marks[-1]
+        if end > last_end:
+            self._marks.append((end, max(consumed, last_consumed)))
 
     def consumed_at(self, offset: int) -> int | None:
         """The compressed bytes read to reach decompressed ``offset`` (interpolated
         between marks); ``None`` past the furthest point read so far."""
-        ends, consumed = self._ends, self._consumed
-        if offset > ends[-1]:
+        marks = self._marks
+        if offset > marks[-1][0]:
             return None
-        i = bisect.bisect_left(ends, offset)
-        if ends[i] == offset or i == 0:
-            return consumed[i]
-        low, high = ends[i - 1], ends[i]
-        share = (offset - low) / (high - low)
-        return round(consumed[i - 1] + share * (consumed[i] - consumed[i - 1]))
+        i = bisect.bisect_left(marks, (offset,))  # the first mark at or past it
+        end, consumed = marks[i]
+        if end == offset or i == 0:
+            return consumed
+        low, low_consumed = marks[i - 1]
+        share = (offset - low) / (end - low)
+        return round(low_consumed + share * (consumed - low_consumed))
 
 
 def open_stream(path: Path, compression: Compression | None, marks: Marks) -> BinaryIO:
