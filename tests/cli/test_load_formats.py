@@ -292,3 +292,19 @@ def test_sigkill_of_a_zstd_load_into_postgres_at_5_random_points_then_resume_loa
         ).fetchone()  # type: ignore[misc]
     assert count == distinct == n
     assert total == n * (n - 1) // 2
+
+
+def test_the_format_option_reads_a_gzip_file_whose_suffix_says_nothing(tmp_path: Path) -> None:
+    file = tmp_path / "export.dat"
+    file.write_bytes(gzip.compress(csv_bytes(rows(40))))
+    db = tmp_path / "app.db"
+    base = ("load", str(file), "--into", f"sqlite:///{db}", "--table", "t",
+            "--store", str(tmp_path / "f.db"))  # fmt: skip
+    code, out, err = invoke(*base, "--format", "csv", "--json")
+    assert code == 0, err
+    assert json.loads(out)["summary"]["succeeded"] == 40
+    with sqlite3.connect(db) as conn:
+        assert conn.execute('SELECT count(*) FROM "t"').fetchone() == (40,)
+    code, _, err = invoke(*base, "--format", "xml", "--name", "other")
+    assert (code, err.count("\n")) == (2, 1)
+    assert "format must be 'csv', 'jsonl' or 'parquet'" in err

@@ -52,6 +52,8 @@ __all__ = ["app", "main"]
 # The extra that provides a module, for an ImportError that does not say it itself.
 _EXTRAS = {
     "psycopg": "postgres",
+    "pymysql": "mysql",
+    "zstandard": "zstd",
     "psycopg_pool": "postgres",
     "pyarrow": "parquet",
     "duckdb": "trace",
@@ -281,11 +283,18 @@ def _exit_code_of(status: str) -> int:
 
 @app.command(epilog=EXIT_CODES)
 def load(
-    file: Annotated[Path, typer.Argument(help="A .csv or .jsonl file.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="A .csv or .jsonl file (maybe .gz/.zst compressed) or a .parquet file."
+        ),
+    ],
     into: Annotated[
         str,
         typer.Option(
-            "--into", help="The target database: sqlite:///PATH or postgresql://USER@HOST:PORT/DB."
+            "--into",
+            help="The target database: sqlite:///PATH, postgresql://USER@HOST:PORT/DB or "
+            "mysql://USER@HOST:PORT/DB.",
         ),
     ],
     table: Annotated[str, typer.Option("--table", help="Target table (taken literally).")],
@@ -329,13 +338,22 @@ def load(
             help="Stop the run (exit 1) once the failed fraction of rows exceeds this.",
         ),
     ] = None,
+    file_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="csv, jsonl or parquet (default: from the suffix, .gz/.zst looked through; "
+            "the compression is found from the suffix or the file's first bytes).",
+        ),
+    ] = None,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Start over, ignoring checkpoints.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report alone.")] = False,
     store: StoreOption = str(DEFAULT_PATH),
 ) -> None:
-    """Load a CSV or JSONL file into a SQLite or PostgreSQL table, checkpointed and resumable.
+    """Load a CSV, JSONL or Parquet file into a SQLite, PostgreSQL or MariaDB/MySQL table,
+    checkpointed and resumable.
 
     The table is created if missing, with column types inferred from the first rows
     (--types overriding), the same on SQLite and PostgreSQL; rows are upserted on
@@ -354,6 +372,7 @@ def load(
     spec = Load(
         file=file, into=into, table=table, key=key, schema=schema, types=types,
         chunk_size=chunk_size, max_failures=max_failures, max_failure_rate=max_failure_rate,
+        format=file_format,
     )  # fmt: skip
     if not fresh:
         _check_same_target(spec, name or f"load {file.name} into {table}", store)
