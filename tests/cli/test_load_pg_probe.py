@@ -144,3 +144,97 @@ def test_booleans_and_numbers_the_converter_refuses_are_dead_lettered_alike(
         reports.append({e["item"]: e["message"] for e in json.loads(output)["errors"]})
     assert sorted(reports[0]) == ["line 202", "line 203", "line 206"]
     assert reports[0] == reports[1]
+
+
+# -- 3. a row too big is the table's error, not each row's ------------------------------
+
+
+def wide_csv(path: Path, columns: int, rows: int, value: str) -> None:
+    header = ",".join(f"c{i}" for i in range(columns))
+    path.write_text(
+        header + "\n" + "".join(",".join([value] * columns) + "\n" for _ in range(rows))
+    )
+
+
+def test_fixed_width_columns_that_cannot_fit_a_row_are_refused_before_creating(
+    schema: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "wide.csv"
+    wide_csv(data, 1100, 3, "1")
+    code, output = load(
+        tmp_path, data, ["--into", POSTGRES_URL, "--schema", schema], "--table", "wide"
+    )
+    assert code == 2, output
+    assert output.count("\n") == 1
+    assert "Traceback" not in output
+    assert "1,100 bigint" in output, output
+    assert "8,160" in output
+    with psycopg.connect(POSTGRES_URL) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s", (schema,)
+        ).fetchone()
+    assert found == (0,)
+
+
+def test_a_row_too_big_stops_the_load_with_one_reason_not_one_dead_letter_per_row(
+    schema: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "texts.csv"
+    wide_csv(data, 1500, 40, "x" * 200)
+    code, output = load(
+        tmp_path, data, ["--into", POSTGRES_URL, "--schema", schema], "--table", "texts"
+    )
+    assert code not in (0, 3), output
+    assert "row is too big" in output
+    assert "Traceback" not in output
+    assert rows_of(schema, tmp_path, "texts", "count(*)") == [(0,)]
+
+
+# -- 4. names that collide with freight's own -------------------------------------------
+
+
+def test_a_table_named_like_the_upsert_staging_table_loads_and_reasons_name_the_target(
+    tmp_path: Path,
+) -> None:
+    require("127.0.0.1", 5432, "PostgreSQL")
+    drop = sql.SQL("DROP TABLE IF EXISTS public.freight_upsert")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(drop)
+    data = tmp_path / "up.csv"
+    data.write_text("id,v\n1,a\n2,b\n1,c\n,d\n")
+    try:
+        code, output = load(
+            tmp_path, data, ["--into", POSTGRES_URL], "--table", "freight_upsert", "--key", "id"
+        )
+        assert code == 3, output  # the row without a key is dead-lettered
+        [error] = json.loads(output)["errors"]
+        assert error["item"] == "line 5"
+        assert "freight_stage" not in error["message"]
+        with psycopg.connect(POSTGRES_URL) as conn:
+            found = conn.execute("SELECT id, v FROM public.freight_upsert ORDER BY id").fetchall()
+        assert found == [(1, "c"), (2, "b")]
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(drop)
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_a_load_into_a_table_of_the_postgresql_store_is_refused_before_anything_is_written(
+    schema: str, tmp_path: Path, explicit: bool
+) -> None:
+    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    data = tmp_path / "jobs.csv"
+    data.write_text("id,v\n1,a\n")
+    target = ["--into", url, "--schema", schema] if explicit else ["--into", url]
+    result = CliRunner().invoke(
+        app, ["load", str(data), *target, "--table", "jobs", "--store", url]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1, result.output
+    assert "jobs" in result.output
+    assert "store" in result.output
+    with psycopg.connect(url) as conn:
+        runs = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "jobs"))
+        ).fetchone()
+    assert runs == (0,)  # the store's own table, untouched

@@ -135,8 +135,9 @@ def load_job(spec: Load, name: str | None, open_store: Callable[[], Store]) -> J
         raise ConfigError(
             f"--key {spec.key!r} is not a column of {file.name} (columns: {', '.join(columns)})"
         )
+    opened = _not_the_store(spec, open_store)  # opened early for a store table's name
     column_types, exists = _table_types(source, spec, columns)
-    opened = open_store()
+    opened = opened or open_store()
     sink: Any
     if spec.postgres:
         if not exists:
@@ -185,6 +186,35 @@ def _check_table(spec: Load) -> None:
                 f"names are at most {POSTGRES_MAX_NAME_BYTES} (it would cut it): "
                 "choose a shorter name"
             )
+
+
+# The tables a PostgreSQL store keeps in its schema (freight.store's migrations).
+_STORE_TABLES = frozenset({
+    "jobs", "chunks", "events", "dead_letters", "freight_schema", "races",
+    "flow_consumers", "flow_artifacts", "flow_dead_letters", "flow_deliveries",
+})  # fmt: skip
+
+
+def _not_the_store(spec: Load, open_store: Callable[[], Store]) -> Store | None:
+    """Refuse a load into one of the store's own tables (a PostgreSQL store in the
+    target's database and schema): its rows would mix with the runs, or the load fail on
+    them. The store is opened (and returned) only for a table named like one of them."""
+    if not spec.postgres or spec.table not in _STORE_TABLES:
+        return None
+    from freight.connectors.postgres import where_tables  # noqa: PLC0415 (extra)
+    from freight.store import PostgresStore  # noqa: PLC0415 (extra)
+
+    store = open_store()
+    if not isinstance(store, PostgresStore):
+        return store
+    if where_tables(spec.into, spec.schema) != where_tables(store.path):
+        return store
+    store.close()
+    raise ConfigError(
+        f"--table {spec.table!r} is a table of the freight store in the same database "
+        "and schema: load another table, another --schema, or keep the store elsewhere "
+        "(--store)"
+    )
 
 
 def _first_columns(source: JsonlSource) -> list[str]:
@@ -262,6 +292,8 @@ def _table_types(
     if existing is None:
         sample = [r.item for r in itertools.islice(_sample(source), 1000)]
         column_types = {**pgtypes.infer_types(columns, sample), **overrides}
+        if spec.postgres:  # a table whose row cannot fit: refused before it is made
+            pgtypes.check_row(spec.table, column_types)
     else:
         column_types = {c: pgtypes.canonical(t) for c, t in existing.items()}
     if spec.key is not None and spec.key not in column_types:

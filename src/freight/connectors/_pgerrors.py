@@ -61,7 +61,9 @@ def classify(error: BaseException) -> BaseException:
     - Connection and server-availability problems (``OperationalError``,
       ``InterfaceError``: a dropped connection, a restart, a lock timeout, a deadlock)
       are :class:`~freight.TransientError`: the job's ``Retry`` tries again; but a
-      program limit a row exceeds (54000: an index row or a row too big) is that row's.
+      program limit a row exceeds (54000: an index row too big) is that row's, and a
+      row too big for a page is the table's (a :class:`~freight.TargetError`: its
+      columns cannot hold a row, whatever the values).
     - Data the server refuses (``DataError``, ``IntegrityError``: a value of the wrong
       type or out of range, a null in a ``NOT NULL`` column, a unique or check
       violation) is :class:`~freight.PermanentError`: retrying the same row cannot fix
@@ -77,7 +79,9 @@ def classify(error: BaseException) -> BaseException:
     ):
         mapped = TargetError(f"the target refuses the write: {reason(error)}")
     elif isinstance(error, psycopg.errors.ProgramLimitExceeded) and state == "54000":
-        mapped = PermanentError(reason(error))
+        # a row too big for the table's page is the table's (its columns), not a row's
+        table = (error.diag.message_primary or "").startswith("row is too big")
+        mapped = (TargetError if table else PermanentError)(reason(error))
     elif isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
         mapped = TransientError(f"PostgreSQL unavailable: {error}")
     elif isinstance(error, psycopg.DataError | psycopg.IntegrityError):

@@ -69,7 +69,18 @@ def _boolean(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (true/false)")
 
 
+# The ISO 8601 times PostgreSQL reads as Python does (fromisoformat also takes the basic
+# format, "20240101T1000", and more than 6 digits of a second, which the server reads
+# otherwise or refuses): a date, then a time to the minute or more, then a zone.
+_ISO_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?"
+    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
+)
+
+
 def _timestamptz(text: str) -> datetime:
+    if _ISO_TIME.fullmatch(text) is None:  # fromisoformat's own words
+        raise ValueError(f"Invalid isoformat string: {text!r}")
     value = datetime.fromisoformat(text)
     if value.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone (timestamptz needs one, e.g. +00:00)")
@@ -95,6 +106,29 @@ _ALIASES = {
     "character varying": "text",
     "varchar": "text",
 }
+
+
+# The most a PostgreSQL row may take in its page (MaxHeapTupleSize for 8 kB pages): a
+# table whose fixed-width columns exceed it refuses every row ("row is too big").
+MAX_ROW_BYTES = 8160
+_FIXED_BYTES = {"bigint": 8, "timestamptz": 8, "boolean": 1}
+
+
+def check_row(table: str, types: Mapping[str, str]) -> None:
+    """Refuse, with :class:`ConfigError`, a table of these column types whose row of
+    fixed-width values (8 bytes a bigint or timestamptz, 1 a boolean, after a 24-byte
+    header and the null bitmap) cannot fit in a PostgreSQL row: the server would
+    create it, then refuse each of its rows."""
+    kinds = [canonical(t) for t in types.values()]
+    fixed = sum(_FIXED_BYTES.get(k, 0) for k in kinds)
+    size = 24 + (len(kinds) + 7) // 8 + fixed
+    if size > MAX_ROW_BYTES:
+        counts = ", ".join(f"{kinds.count(k):,} {k}" for k in _FIXED_BYTES if kinds.count(k))
+        raise ConfigError(
+            f"cannot create {table!r}: a row of its fixed-width columns ({counts}) takes "
+            f"{size:,} bytes, more than the {MAX_ROW_BYTES:,} a PostgreSQL row can hold: "
+            "load fewer columns, or some of them as text (--types COLUMN=text)"
+        )
 
 
 def canonical(type_name: str) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import operator
 import sys
 import threading
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ from freight.connectors._pgerrors import (
     unreadable,
 )
 from freight.connectors._pgsource import PostgresSource
+from freight.connectors.pgtypes import check_row
 
 try:
     import psycopg
@@ -94,7 +96,9 @@ _UNPICKLED = (
 )  # fmt: skip
 # The table's columns and types, in the table's order (bound parameters: table, schema).
 _COLUMNS_SQL = TYPES_SQL + " ORDER BY ordinal_position"
-_STAGING = "freight_upsert"  # the upsert's temporary table (one per transaction)
+# The upsert's temporary table (one per transaction), named per sink so that it never
+# shadows a table of the user's (pg_temp comes first in the search path).
+_STAGING = "freight_stage_"
 # Items of several shapes in one write: a run of this many rows or more is a COPY of its
 # own; shorter runs go together as pipelined INSERTs, one per row (~30-40 us a row on the
 # loaded dev box against COPY's ~3-5, but no round trips per run). For COPY the cut
@@ -203,6 +207,7 @@ class PostgresSink:
         self.schema = schema
         self.columns = list(columns) if columns is not None else None
         self._target = sql.Identifier(schema, table) if schema else sql.Identifier(table)
+        self._staging = _STAGING + uuid.uuid4().hex[:12]
         self._pool = ConnectionPool(
             conninfo,
             min_size=1,
@@ -284,7 +289,7 @@ class PostgresSink:
                     for place, outcome in zip(places, written, strict=True):
                         outcomes[place] = outcome
         except psycopg.Error as exc:
-            mapped = classify(exc)
+            mapped = self._unstaged(classify(exc))
             if isinstance(mapped, TargetError):
                 return [mapped] * len(items)
             _reraise(exc)
@@ -404,7 +409,7 @@ class PostgresSink:
                 if error is None:
                     return None
                 at = self._located(error, plan, part, sent[0])
-                refusal = classify(error)
+                refusal = self._unstaged(classify(error))
                 if at is not None and self.format == "csv":
                     refusal = typed_refusal(columns, types, part[at], refusal)
                 return Refused(refusal, at)
@@ -415,7 +420,8 @@ class PostgresSink:
                     raise error
 
             def bisect(indices: list[int], error: BaseException) -> list[Any]:
-                return isolate([rows[i] for i in indices], _classified(run), failed=error)
+                isolated = isolate([rows[i] for i in indices], _classified(run), failed=error)
+                return list(map(self._unstaged, isolated))
 
             return run_located(locate(len(rows), refused), write, bisect)
 
@@ -509,7 +515,7 @@ class PostgresSink:
             return None  # a pipelined executemany does not say which row
         if error.sqlstate is None:  # psycopg refused a value before sending it
             return sent if self.format == "rows" else None
-        line = copy_line(error, _STAGING if self.mode == "upsert" else self.table)
+        line = copy_line(error, self._staging if self.mode == "upsert" else self.table)
         if line is None:
             return None
         if self.format == "rows":  # one line per row: values' newlines are escaped
@@ -519,6 +525,16 @@ class PostgresSink:
             return None
         shown = copy_shown(error)  # the value or line the server quotes, if any
         return index if shown is None or shown in rows[index] else None
+
+    def _unstaged(self, outcome: Any) -> Any:
+        """``outcome`` with the upsert's staging table named as the target: a reason
+        names the user's table, never freight's temporary one (the original error
+        stays its ``__cause__``)."""
+        if not isinstance(outcome, BaseException) or self._staging not in str(outcome):
+            return outcome
+        renamed = type(outcome)(str(outcome).replace(self._staging, self.table))
+        renamed.__cause__ = outcome.__cause__
+        return renamed
 
     def binary_for(
         self, columns: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -575,7 +591,7 @@ class PostgresSink:
         The staging table is created per transaction (``ON COMMIT DROP``): it always
         has the target's current columns and checks.
         """
-        staging = sql.Identifier(_STAGING)
+        staging = sql.Identifier("pg_temp", self._staging)
         rank = sql.Identifier("freight upsert rank")
         keys = sql.SQL(", ").join(map(sql.Identifier, self.key))
         action = self._action(columns)
@@ -643,7 +659,7 @@ class PostgresSink:
             "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS"
             " INCLUDING CONSTRAINTS) ON COMMIT DROP"
         )
-        return [create.format(sql.Identifier(_STAGING), self._target)]
+        return [create.format(sql.Identifier("pg_temp", self._staging), self._target)]
 
 
 _SAVEPOINT = sql.SQL("SAVEPOINT freight_try")
@@ -710,6 +726,20 @@ def _not_a_mapping(item: Any) -> PermanentError:
     )
 
 
+def where_tables(conninfo: str, schema: str | None = None) -> tuple[str, ...]:
+    """Where a table of ``schema`` (default: the search path's) is, through
+    ``conninfo``: the server's address and port, the database and the schema; two
+    connection strings reach the same tables when these are equal."""
+    with _connect(conninfo) as conn:
+        row = conn.execute(
+            "SELECT coalesce(inet_server_addr()::text, ''), coalesce(inet_server_port(), 0),"
+            " current_database(), coalesce(%s, current_schema(), '')",
+            (schema,),
+        ).fetchone()
+    assert row is not None
+    return tuple(str(value) for value in row)
+
+
 def table_types(conninfo: str, table: str, schema: str | None = None) -> dict[str, str] | None:
     """The columns of ``table`` and their types, or ``None`` when it does not exist."""
     with _connect(conninfo) as conn:
@@ -728,14 +758,17 @@ def create_table(
     """Create ``table`` (if missing) with these column types and ``key`` as primary key.
 
     Raises :class:`~freight.ConfigError` for more columns than PostgreSQL allows
-    (1,600) before anything is created, and :class:`~freight.TargetError` when the
-    server refuses the table (no such schema, no privilege).
+    (1,600), or fixed-width columns a row cannot hold
+    (:func:`~freight.connectors.pgtypes.check_row`), before anything is created, and
+    :class:`~freight.TargetError` when the server refuses the table (no such schema, no
+    privilege).
     """
     if len(types) > MAX_COLUMNS:
         raise ConfigError(
             f"cannot create {table!r} with {len(types):,} columns: PostgreSQL allows at "
             f"most {MAX_COLUMNS:,} columns in a table"
         )
+    check_row(table, types)
     target = sql.Identifier(schema, table) if schema else sql.Identifier(table)
     columns = [
         sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(_DDL_TYPES[kind]))
@@ -837,7 +870,7 @@ class AsyncPostgresSink:
                     for place, outcome in zip(places, written, strict=True):
                         outcomes[place] = outcome
         except psycopg.Error as exc:
-            mapped = classify(exc)
+            mapped = sink._unstaged(classify(exc))
             if isinstance(mapped, TargetError):
                 return [mapped] * len(items)
             _reraise(exc)
@@ -865,7 +898,9 @@ class AsyncPostgresSink:
                 error = await self._try(cur, plan, columns, part, sent)
                 if error is None:
                     return None
-                return Refused(classify(error), sink._located(error, plan, part, sent[0]))
+                return Refused(
+                    sink._unstaged(classify(error)), sink._located(error, plan, part, sent[0])
+                )
 
             async def run(part: list[Any]) -> None:
                 error = await self._try(cur, plan, columns, part, [0])
@@ -874,7 +909,8 @@ class AsyncPostgresSink:
 
             async def bisect(indices: list[int], error: BaseException) -> list[Any]:
                 part = [rows[i] for i in indices]
-                return await aisolate(part, _aclassified(run), failed=error)
+                isolated = await aisolate(part, _aclassified(run), failed=error)
+                return list(map(sink._unstaged, isolated))
 
             return await arun_located(locate(len(rows)), write, bisect)
 
