@@ -31,7 +31,6 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from freight._errors import ConfigError, PermanentError, TargetError, TransientError
@@ -60,6 +59,7 @@ from freight.connectors._pgerrors import (
     typed_refusal,
     unreadable,
 )
+from freight.connectors._pgplan import ROLLBACK, Planner, _statements, _WritePlan
 from freight.connectors._pgsource import PostgresSource
 from freight.connectors.pgtypes import check_row
 
@@ -91,8 +91,8 @@ Mode = Literal["copy", "insert", "upsert"]
 _LAST = operator.itemgetter(-1)
 # What a pickled sink leaves behind (connections, locks, what it read from the server).
 _UNPICKLED = (
-    "_pool", "_lock", "_opened", "_local", "_table", "_binary", "_types", "_plans",
-    "_inserts", "_pipelined",
+    "_pool", "_lock", "_opened", "_local", "_table", "_binary", "_types", "_planner",
+    "_pipelined",
 )  # fmt: skip
 # The table's columns and types, in the table's order (bound parameters: table, schema).
 _COLUMNS_SQL = TYPES_SQL + " ORDER BY ordinal_position"
@@ -226,9 +226,8 @@ class PostgresSink:
         # types ("" when unknown), and the statements.
         self._binary: dict[tuple[str, ...], BinaryColumns | None] = {}
         self._types: dict[tuple[str, ...], list[str]] = {}
-        self._plans: dict[tuple[str, ...], _WritePlan] = {}
-        self._inserts: dict[tuple[str, ...], sql.Composed] = {}
-        self._pipelined = _WritePlan(pipelined=True, before=self._before())
+        self._planner = Planner(self._target, self._staging, mode=mode, key=self.key, format=format)
+        self._pipelined = _WritePlan(pipelined=True, before=self._planner.before())
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.table!r}, schema={self.schema!r}, mode={self.mode!r})"
@@ -342,9 +341,9 @@ class PostgresSink:
         for pipelined, group in [(False, planned)] if one else segments(planned, alone):
             if not pipelined:
                 [run] = group
-                yield self._plan(run.columns), run.columns, run.rows, run.places
+                yield self._planner.plan(run.columns), run.columns, run.rows, run.places
                 continue
-            pairs = [(self._insert(run.columns), row) for run in group for row in run.rows]
+            pairs = [(self._planner.insert(run.columns), row) for run in group for row in run.rows]
             yield self._pipelined, [], pairs, [place for run in group for place in run.places]
 
     @contextmanager
@@ -443,7 +442,7 @@ class PostgresSink:
                 cur.execute(done)
             except psycopg.Error as exc:
                 if not cur.connection.broken:
-                    cur.execute(_ROLLBACK)
+                    cur.execute(ROLLBACK)
                 if last_wins is not None and _twice(exc):  # again, the last of each key
                     done, last_wins = last_wins, None
                     continue
@@ -543,180 +542,6 @@ class PostgresSink:
         unknown, a column has no binary form, or a value does not fit its column)."""
         binary = self._binary.get(tuple(columns))
         return binary if binary is not None and fits(rows, binary) else None
-
-    def _plan(self, columns: list[str]) -> _WritePlan:
-        """The statements of one write of ``columns`` in this sink's mode (shared with the
-        async twin, which runs the same statements on its own connections)."""
-        key = tuple(columns)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans[key] = self._compose(columns)
-        return plan
-
-    def _compose(self, columns: list[str]) -> _WritePlan:
-        """:meth:`_plan`, composed."""
-        if not columns or self.mode == "insert":
-            return _WritePlan(insert=self._insert(columns), before=self._before())
-        names = sql.SQL(", ").join(map(sql.Identifier, columns))
-        options = sql.SQL(" (FORMAT csv)" if self.format == "csv" else "")
-        binary = sql.SQL(" (FORMAT BINARY)")
-        copy = sql.SQL("COPY {} ({}) FROM STDIN{}")
-        if self.mode == "copy":
-            return _WritePlan(
-                copy=copy.format(self._target, names, options),
-                copy_binary=copy.format(self._target, names, binary),
-            )
-        return self._upsert_plan(columns, names, copy, options, binary)
-
-    def _upsert_plan(
-        self,
-        columns: list[str],
-        names: sql.Composed,
-        copy: sql.SQL,
-        options: sql.SQL,
-        binary: sql.SQL,
-    ) -> _WritePlan:
-        """COPY into a temporary table shaped like the target (its defaults and checks,
-        so that a refused value is refused by the COPY, which names its line), then one
-        ``INSERT … ON CONFLICT``.
-
-        Of several rows of one key in a write, the last one wins. The plain ``INSERT``
-        refuses them (``ON CONFLICT DO UPDATE`` cannot touch a row twice); only then
-        are the rows written again, ranked, so that a write without such a key pays
-        nothing for it (ranking costs ~30 % of an upsert). The rank is the row's place
-        in the staging table (``ctid``): it is empty when each COPY begins (created in
-        this transaction, emptied after each write) and COPY appends, so its physical
-        order is the order written.
-
-        The staging table is created per transaction (``ON COMMIT DROP``): it always
-        has the target's current columns and checks.
-        """
-        staging = sql.Identifier("pg_temp", self._staging)
-        rank = sql.Identifier("freight upsert rank")
-        keys = sql.SQL(", ").join(map(sql.Identifier, self.key))
-        action = self._action(columns)
-        upsert = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
-            self._target, names, names, staging, keys, action
-        )
-        # A key with a NULL never conflicts: every such row is kept.
-        kept = sql.SQL(" OR ").join(
-            [sql.SQL("{} = 1").format(rank)]
-            + [sql.SQL("{} IS NULL").format(sql.Identifier(k)) for k in self.key]
-        )
-        last_wins = sql.SQL(
-            "INSERT INTO {target} ({names}) SELECT {names} FROM (SELECT {names}, row_number()"
-            " OVER (PARTITION BY {keys} ORDER BY ctid DESC) AS {rank} FROM {staging}) AS s"
-            " WHERE {kept} ON CONFLICT ({keys}) {action}"
-        ).format(
-            target=self._target, names=names, keys=keys, rank=rank, staging=staging,
-            kept=kept, action=action,
-        )  # fmt: skip
-        # Several writes may share one transaction: each empties the staging table.
-        empty = sql.SQL("TRUNCATE {}").format(staging)
-        return _WritePlan(
-            before=self._before(),
-            copy=copy.format(staging, names, options),
-            copy_binary=copy.format(staging, names, binary),
-            after=[upsert, empty],
-            after_last_wins=[last_wins, empty],
-        )
-
-    def _action(self, columns: list[str]) -> sql.Composed:
-        """An upsert's ``ON CONFLICT`` action: set the item's columns but the key."""
-        updates = [c for c in columns if c not in self.key]
-        if not updates:
-            return sql.Composed([sql.SQL("DO NOTHING")])
-        return sql.SQL("DO UPDATE SET ") + sql.SQL(", ").join(
-            sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
-            for c in updates
-        )
-
-    def _insert(self, columns: list[str]) -> sql.Composed:
-        """One row's INSERT of ``columns`` (an upsert's with its ``ON CONFLICT``); with
-        no column, a row of the table's defaults."""
-        key = tuple(columns)
-        insert = self._inserts.get(key)
-        if insert is not None:
-            return insert
-        if not columns:
-            insert = sql.SQL("INSERT INTO {} DEFAULT VALUES").format(self._target)
-        else:
-            names = sql.SQL(", ").join(map(sql.Identifier, columns))
-            marks = sql.SQL(", ").join(sql.Placeholder() * len(columns))
-            insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(self._target, names, marks)
-            if self.mode == "upsert":
-                keys = sql.SQL(", ").join(map(sql.Identifier, self.key))
-                conflict = sql.SQL(" ON CONFLICT ({}) ").format(keys)
-                insert = insert + conflict + self._action(columns)
-        self._inserts[key] = insert
-        return insert
-
-    def _before(self) -> list[sql.Composed]:
-        """What a write does once, before its first run: an upsert's staging table."""
-        if self.mode != "upsert":
-            return []
-        create = sql.SQL(
-            "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS"
-            " INCLUDING CONSTRAINTS) ON COMMIT DROP"
-        )
-        return [create.format(sql.Identifier("pg_temp", self._staging), self._target)]
-
-
-_SAVEPOINT = sql.SQL("SAVEPOINT freight_try")
-_ROLLBACK = sql.SQL("ROLLBACK TO SAVEPOINT freight_try")  # the savepoint stays
-_MOVE_ON = sql.SQL("RELEASE SAVEPOINT freight_try; SAVEPOINT freight_try")
-
-
-@dataclass(frozen=True, slots=True)
-class _WritePlan:
-    """The statements of one write: an executemany INSERT, or COPY between setup steps.
-
-    ``start`` runs once per write (the setup, then the first savepoint), ``done``
-    after each try that went in (what follows the COPY, then the savepoint moves on);
-    each is one query of several statements, one round trip.
-    """
-
-    insert: sql.Composed | None = None
-    # one INSERT per row, each row a (statement, values) pair, in one pipeline
-    pipelined: bool = False
-    before: list[sql.Composed] = field(default_factory=list)
-    copy: sql.Composed | None = None
-    copy_binary: sql.Composed | None = None  # the same COPY in binary format
-    after: list[sql.Composed] = field(default_factory=list)
-    # ``after`` again where a key came twice: the last row of each key
-    after_last_wins: list[sql.Composed] = field(default_factory=list)
-
-    @property
-    def start(self) -> sql.Composed:
-        return sql.SQL("; ").join([*self.before, _SAVEPOINT])
-
-    @property
-    def done(self) -> sql.Composed:
-        return sql.SQL("; ").join([*self.after, _MOVE_ON])
-
-    @property
-    def done_last_wins(self) -> sql.Composed | None:
-        return (
-            sql.SQL("; ").join([*self.after_last_wins, _MOVE_ON]) if self.after_last_wins else None
-        )
-
-
-def _statements(
-    pairs: list[tuple[sql.Composed, Any]], context: psycopg.abc.AdaptContext
-) -> Iterator[tuple[bytes, list[Any]]]:
-    """``(statement, values)`` pairs as each statement and its consecutive rows, each
-    statement rendered once (psycopg renders a composed query on every call: a third of
-    the time of pipelined runs of a few rows)."""
-    rendered: dict[int, bytes] = {}
-    start = 0
-    for end in range(1, len(pairs) + 1):
-        if end == len(pairs) or pairs[end][0] is not pairs[start][0]:
-            statement = pairs[start][0]
-            query = rendered.get(id(statement))
-            if query is None:
-                query = rendered[id(statement)] = statement.as_bytes(context)
-            yield query, [values for _, values in pairs[start:end]]
-            start = end
 
 
 def _not_a_mapping(item: Any) -> PermanentError:
@@ -930,7 +755,7 @@ class AsyncPostgresSink:
                 await cur.execute(done)
             except psycopg.Error as exc:
                 if not cur.connection.broken:
-                    await cur.execute(_ROLLBACK)
+                    await cur.execute(ROLLBACK)
                 if last_wins is not None and _twice(exc):  # again, the last of each key
                     done, last_wins = last_wins, None
                     continue
