@@ -103,3 +103,19 @@ def test_a_clean_write_and_quoted_newlines_are_let_through() -> None:
     texts = ['1,"a\nb, ""c""",2024-01-01 10:00:00.5+05:30,t,1.5e3\n', "2,,,,\r\n"]
     types = ["bigint", "text", TIMESTAMPTZ, "boolean", "numeric"]
     assert unreadable(["id", "note", "at", "ok", "n"], texts, types) == {}
+
+
+def test_numbers_are_checked_from_postgresql_16_which_reads_1_000_as_a_number() -> None:
+    texts = ["1,1.5\n", "2,1_000\n"]
+    assert unreadable(["id", "n"], texts, ["bigint", "numeric"], server_version=150020) == {}
+    refused = unreadable(["id", "n"], texts, ["bigint", "numeric"], server_version=160004)
+    assert str(refused[1]) == "column 'n': '1_000' is not a number"
+
+
+def test_without_quotes_the_fields_after_the_last_time_are_not_read() -> None:
+    types = [TIMESTAMPTZ, "text", "numeric"]
+    clean = ["2024-01-01T00:00:00Z,a,x\n", "2024-01-01 10:00+01,b,1\n"]
+    assert unreadable(["at", "note", "n"], clean, types, server_version=150020) == {}
+    odd = [*clean, 'now,"c\nd",2\n']
+    refused = unreadable(["at", "note", "n"], odd, types, server_version=150020)
+    assert list(refused) == [2]

@@ -396,7 +396,10 @@ class PostgresSink:
             if start:
                 cur.execute(plan.start)
             refused = (
-                {**unreadable(columns, rows, types), **non_finite(columns, rows, types)}
+                {
+                    **unreadable(columns, rows, types, server_version=conn.info.server_version),
+                    **non_finite(columns, rows, types),
+                }
                 if self.format == "csv"
                 else {}
             )
