@@ -122,15 +122,18 @@ def _statements(dialect: Dialect) -> _Statements:
     )
 
 
-# Rows per statement: a group is cut into statements of these sizes, largest first (a
-# few statement texts, each prepared once; 256 rows of 11 values stay far below
-# SQLite's 32,766 and PostgreSQL's 65,535 bound parameters).
-_SIZES = (256, 64, 16, 4, 1)
+# Rows per statement at most (256 rows of 11 values stay far below SQLite's 32,766 and
+# PostgreSQL's 65,535 bound parameters). Each statement is one trip into the database
+# with the GIL released and taken back (the board is written in a worker thread while
+# the event loop runs: taking the GIL back can wait for the loop's switch interval), so
+# a transaction has as few as it can: one per table for all its routes' rows.
+_MOST = 256
 
 
 @functools.cache
 def _many(template: str, row: str, count: int) -> str:
-    """``template`` with ``count`` rows of ``row`` as its ``{values}``."""
+    """``template`` with ``count`` rows of ``row`` as its ``{values}`` (each text made
+    once; the database prepares it once too, for the sizes that recur)."""
     return template.format(values=", ".join([row] * count))
 
 
@@ -138,16 +141,6 @@ def _many(template: str, row: str, count: int) -> str:
 def _in(template: str, dialect: Dialect, count: int) -> str:
     """``template`` with ``count`` placeholders as its ``{ids}``."""
     return template.format(ids=dialect.placeholders(count))
-
-
-def _cut(count: int) -> list[int]:
-    """``count`` rows as statement sizes from ``_SIZES`` (largest first)."""
-    sizes = []
-    for size in _SIZES:
-        while count >= size:
-            sizes.append(size)
-            count -= size
-    return sizes
 
 
 class Record(NamedTuple):
@@ -250,28 +243,31 @@ class Board:
         return Record(artifacts, deliveries, done, letters)
 
     def write(self, *records: Record) -> None:
-        """Write ``records`` in one transaction, a few statements each: rows several to
-        a statement, deliveries done by ``UPDATE ... IN`` (any thread: the store
-        serialises its connection)."""
-        with self.store.transaction() as db:
-            for record in records:
-                self._write(db, record)
-
-    def _write(self, db: Any, record: Record) -> None:
+        """Write ``records`` in one transaction, in few statements: the rows of all of
+        them several to a statement (artifacts, then deliveries), deliveries done by
+        one ``UPDATE ... IN`` per consumer (any thread: the store serialises its
+        connection)."""
+        artifacts = [row for record in records for row in record.artifacts]
+        deliveries = [row for record in records for row in record.deliveries]
+        done: dict[str, list[str]] = {}
+        for record in records:
+            if record.done is not None:
+                consumer, ids = record.done
+                done.setdefault(consumer, []).extend(ids)
+        dead = [row for record in records for row in record.dead]
         sql = self._sql
-        _insert(db, sql.insert_artifacts, sql.artifact_row, record.artifacts)
-        _insert(db, sql.insert_deliveries, sql.delivery_row, record.deliveries)
-        if record.done is not None:
-            consumer, ids = record.done
-            first = 0
-            for size in _cut(len(ids)):
-                chunk = ids[first : first + size]
-                first += size
-                db.execute(
-                    _in(sql.delivered, self.store.dialect, size), (self.flow, consumer, *chunk)
-                )
-        if record.dead:
-            db.executemany(sql.insert_dead_letter, record.dead)
+        with self.store.transaction() as db:
+            _insert(db, sql.insert_artifacts, sql.artifact_row, artifacts)
+            _insert(db, sql.insert_deliveries, sql.delivery_row, deliveries)
+            for consumer, ids in done.items():
+                for first in range(0, len(ids), _MOST):
+                    chunk = ids[first : first + _MOST]
+                    db.execute(
+                        _in(sql.delivered, self.store.dialect, len(chunk)),
+                        (self.flow, consumer, *chunk),
+                    )
+            if dead:
+                db.executemany(sql.insert_dead_letter, dead)
 
     # -- the consumers' declarations and reads without types (the command line) --------
 
@@ -391,12 +387,10 @@ class Board:
 
 
 def _insert(db: Any, template: str, row: str, rows: list[tuple[Any, ...]]) -> None:
-    """Insert ``rows``, several to a statement (``_SIZES``)."""
-    first = 0
-    for size in _cut(len(rows)):
-        chunk = rows[first : first + size]
-        first += size
-        db.execute(_many(template, row, size), [v for r in chunk for v in r])
+    """Insert ``rows``, up to ``_MOST`` to a statement."""
+    for first in range(0, len(rows), _MOST):
+        chunk = rows[first : first + _MOST]
+        db.execute(_many(template, row, len(chunk)), [v for r in chunk for v in r])
 
 
 def describe(spec: Any) -> dict[str, Any]:

@@ -174,9 +174,8 @@ class Tracing:
 
         For a DuckDB tracer a publish span starts at its envelope's ``created_at`` on the
         wall clock (rule 3: the wall clock now, minus its age on the flow's clock), its
-        envelope's ``published_at`` give or take the microseconds between them."""
-        if not self.subscribers:
-            return
+        envelope's ``published_at`` give or take the microseconds between them. (The
+        router calls this only when there are subscribers.)"""
         if self._queues:
             offset = time.time() - now
             for queues in self._queues:
@@ -185,7 +184,7 @@ class Tracing:
                     # (id, type, payload, producer, created_at, published_at, visibility,
                     # tenant, correlation_id, depth)
                     values += (e[0], e[1], e[3], e[4] + offset, e[7], e[9], len(takers))
-                queues.writer.recorded(len(routed))
+                queues.count(len(routed))
         for envelope, _, takers in routed if self._others else ():
             attributes = {
                 "artifact_type": envelope.type,
