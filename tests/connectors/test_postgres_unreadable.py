@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from freight.connectors import pgtypes
-from freight.connectors._pgerrors import unreadable
+from freight.connectors._pgerrors import non_finite, refused_before_copy, unreadable
 from tests.services import POSTGRES_URL, require
 
 TIMESTAMPTZ = "timestamp with time zone"
@@ -119,3 +119,62 @@ def test_without_quotes_the_fields_after_the_last_time_are_not_read() -> None:
     odd = [*clean, 'now,"c\nd",2\n']
     refused = unreadable(["at", "note", "n"], odd, types, server_version=150020)
     assert list(refused) == [2]
+
+
+# -- both checks in one pass (refused_before_copy) ------------------------------------------
+
+KINDS = ["bigint", "text", "numeric", "double precision", "date", TIMESTAMPTZ, "boolean"]
+fields = st.one_of(
+    st.sampled_from(
+        ["", "1", "-2.5e3", "1_000", "NaN", "nan", "Infinity", "-inf", "x", "2024-01-31",
+         "2024-01-31T10:00:00Z", "2024-01-31 10:00", "now", "epoch", '"1.5"', '"NaN"',
+         '"a,\nb"', "t", " 1"]
+    ),
+    st.text("0123456789.-+eE", max_size=4),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(KINDS), min_size=1, max_size=4).flatmap(
+        lambda types: st.tuples(
+            st.just(types),
+            st.lists(
+                st.lists(fields, min_size=len(types), max_size=len(types)).map(",".join),
+                min_size=1,
+                max_size=5,
+            ),
+            st.sampled_from([150020, 160004]),
+            st.sampled_from(["\n", "\r\n"]),
+        )
+    )
+)
+def test_one_pass_refuses_exactly_what_unreadable_and_non_finite_refuse(
+    case: tuple[list[str], list[str], int, str],
+) -> None:
+    types, records, version, end = case
+    columns = [f"c{i}" for i in range(len(types))]
+    texts = [record + end for record in records]
+    both = {
+        **unreadable(columns, texts, types, server_version=version),
+        **non_finite(columns, texts, types),
+    }
+    one = refused_before_copy(columns, texts, types, server_version=version)
+    assert {i: str(e) for i, e in one.items()} == {i: str(e) for i, e in both.items()}
+
+
+def test_a_nan_in_a_numeric_column_is_refused_before_postgresql_16_too() -> None:
+    texts = ["1,1.5,2024-01-01T00:00:00Z\n", "2,NaN,2024-01-01T00:00:00Z\n", "3,2,now\n"]
+    types = ["bigint", "numeric", TIMESTAMPTZ]
+    refused = refused_before_copy(["id", "n", "at"], texts, types, server_version=150020)
+    assert {i: str(e) for i, e in refused.items()} == {
+        1: "column 'n': NaN is not a finite number",
+        2: "column 'at': Invalid isoformat string: 'now'",
+    }
+
+
+def test_an_infinity_in_a_float_column_goes_in_and_a_clean_write_is_let_through() -> None:
+    types = ["bigint", "double precision", "numeric"]
+    texts = ["1,-Infinity,1e3\n", "2,2.5,-0.5\n"]
+    assert refused_before_copy(["id", "f", "n"], texts, types, server_version=150020) == {}
+    assert refused_before_copy(["id", "f", "n"], texts[1:], types) == {}

@@ -54,10 +54,9 @@ from freight.connectors._pgerrors import (
     classify,
     copy_line,
     copy_shown,
-    non_finite,
     record_at,
+    refused_before_copy,
     typed_refusal,
-    unreadable,
 )
 from freight.connectors._pgplan import ROLLBACK, Planner, _statements, _WritePlan
 from freight.connectors._pgsource import PostgresSource
@@ -396,10 +395,7 @@ class PostgresSink:
             if start:
                 cur.execute(plan.start)
             refused = (
-                {
-                    **unreadable(columns, rows, types, server_version=conn.info.server_version),
-                    **non_finite(columns, rows, types),
-                }
+                refused_before_copy(columns, rows, types, server_version=conn.info.server_version)
                 if self.format == "csv"
                 else {}
             )
