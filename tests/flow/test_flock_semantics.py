@@ -358,7 +358,9 @@ async def test_a_consumer_fed_by_itself_is_refused_as_a_cycle(clock: FakeClock) 
     async def engine(group: Group) -> TypeA:
         return TypeA(value="self_published")
 
-    with pytest.raises(ConfigError, match="cycle: self_trigger_test -> self_trigger_test"):
+    with pytest.raises(
+        ConfigError, match=r"self_trigger_test -> self_trigger_test.*\.prevent_self_trigger\(\)"
+    ):
         await flow.publish(TypeA(value="external_a"))
 
 
@@ -656,7 +658,7 @@ async def test_two_artifacts_of_one_type_join_by_key(flow: Flow, clock: FakeCloc
     await flow.run_until_idle()
     assert [[a.data for a in g] for g in executed] == [["first", "second"]]
     assert [(p.key, p.items) for p in flow.pending()] == [("k2", 1)]
-    await clock.advance(30)
+    await clock.advance(30.001)  # strictly after the window (Flock)
     await flow.run_until_idle()
     assert [d.reason for d in flow.dead_letters()] == ["join_timeout"]
     await flow.close()
@@ -885,10 +887,36 @@ async def test_subscription_matches_from_agents_and_rejects_wrong_producer(flow:
     await flow.close()
 
 
-async def test_a_producer_filter_naming_no_consumer_is_refused_at_start(flow: Flow) -> None:
-    flow.consumer("test_agent").consumes(Movie, from_="movei_agent").does(print)
-    with pytest.raises(ConfigError, match=r"from_=\['movei_agent'\]\) names no declared consumer"):
-        await flow.publish(Movie(title="x", runtime=1))
+async def test_a_producer_filter_naming_no_consumer_matches_nothing_with_a_warning(
+    flow: Flow, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Flock: test_subscription_rejects_wrong_producer. A name no consumer has is
+    accepted (an outside publisher may carry it) and matches only what that producer
+    published; the flow warns at start, in case it is a typo."""
+    seen: list[Movie] = []
+    flow.consumer("test_agent").consumes(Movie, from_agents={"movie_agent"}).does(seen.append)
+    await flow.publish(Movie(title="x", runtime=1))
+    await flow.run_until_idle()
+    assert seen == []
+    assert "names no declared consumer" in caplog.text
+    assert "movie_agent" in caplog.text
+    await flow.close()
+
+
+async def test_a_producer_filter_matches_an_outside_publisher_by_name(flow: Flow) -> None:
+    """An outside ``publish`` has no producer unless it names one (``producer=``);
+    ``from_=`` then takes what that publisher published, and nothing without it."""
+    seen: list[str] = []
+    flow.consumer("reader").consumes(Movie, from_="ingest").does(lambda m: seen.append(m.title))
+    plain = await flow.publish(Movie(title="anonymous", runtime=1))
+    named = await flow.publish(Movie(title="ingested", runtime=1), producer="ingest")
+    await flow.publish_many([Movie(title="bulk", runtime=1)], producer="ingest")
+    await flow.run_until_idle()
+    assert (plain.producer, named.producer) == (None, "ingest")
+    assert seen == ["ingested", "bulk"]
+    with pytest.raises(ConfigError, match="producer names the outside publisher"):
+        await flow.publish(Movie(title="x", runtime=1), producer="")
+    await flow.close()
 
 
 async def test_subscription_predicates_one_or_a_list_all_must_hold(flow: Flow) -> None:
@@ -956,12 +984,10 @@ def re_escape(text: str) -> str:
 
 def test_declaration_errors_say_what_to_fix(flow: Flow) -> None:
     """Flock: test_subscription_requires_at_least_one_type, and freight's own checks."""
-    with pytest.raises(ConfigError, match="at least one artifact type"):
+    with pytest.raises(ConfigError, match="must declare at least one type"):
         flow.consumer("x").consumes()
     with pytest.raises(ConfigError, match=r"where must be a callable .* or a list of them"):
         flow.consumer("x").consumes(Movie, where="runtime > 3")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="or a non-empty list of them"):
-        flow.consumer("x").consumes(Movie, where=[])
     with pytest.raises(ConfigError, match="from_ and from_agents are one filter"):
         flow.consumer("x").consumes(Movie, from_="a", from_agents="a")
     with pytest.raises(ConfigError, match="from_ takes the names"):
@@ -1297,3 +1323,172 @@ def test_a_consumer_spec_lists_its_subscriptions(flow: Flow) -> None:
     assert (bare.join, bare.where, bare.on_partial, bare.types) == (None, None, "dead_letter", ())
     with pytest.raises(ConfigError, match="non-empty string"):
         flow.consumer("t").tenant("")
+
+
+# -- review findings (issue 12, items 1-7, ported from Flock) -----------------------------
+
+
+async def test_and_gate_hands_over_a_list_of_the_artifacts(flow: Flow) -> None:
+    """Flock: test_agent_receives_list_of_artifacts_for_and_gate."""
+    received: list[Group] = []
+    flow.consumer("gate").consumes(TypeA, TypeB).does(received.append)
+    a, b = TypeA(value="a1"), TypeB(value="b1")
+    await flow.publish(a)
+    await flow.publish(b)
+    await flow.run_until_idle()
+    [group] = received
+    assert isinstance(group, list)
+    assert group == [a, b]
+    assert [a, b] == group
+    assert (group[TypeA], group[TypeB], group[0], group[-1]) == (a, b, a, b)
+    assert group[0:1] == [a]
+    assert (group.key, group.complete, group.missing, group.artifacts) == (None, True, [], (a, b))
+    await flow.close()
+
+
+async def test_and_gate_pools_by_correlation_id(flow: Flow) -> None:
+    """Flock keys a gate's pool by the publish's correlation id: two runs never pair."""
+    received: list[Group] = []
+    flow.consumer("gate").consumes(TypeA, TypeB).does(received.append)
+    await flow.publish(TypeA(value="a1"), correlation_id="run-1")
+    await flow.publish(TypeB(value="b2"), correlation_id="run-2")
+    await flow.run_until_idle()
+    assert received == []
+    await flow.publish(TypeB(value="b1"), correlation_id="run-1")
+    await flow.publish(TypeA(value="a2"), correlation_id="run-2")
+    await flow.run_until_idle()
+    assert [values(g) for g in received] == [["a1", "b1"], ["a2", "b2"]]
+    await flow.close()
+
+
+async def test_prevent_self_trigger_skips_own_artifacts(clock: FakeClock) -> None:
+    """Flock: test_and_gate_with_prevent_self_trigger. With ``.prevent_self_trigger()``
+    the consumer never receives what it published itself (and is no cycle): it runs
+    once."""
+    flow = Flow(clock=clock, trace=False)
+    runs: list[Group] = []
+
+    @(
+        flow.consumer("self_trigger_test")
+        .consumes(TypeA, TypeB)
+        .publishes(TypeA)
+        .prevent_self_trigger()
+    )
+    async def engine(group: Group) -> TypeA:
+        runs.append(group)
+        return TypeA(value="self_published")
+
+    seen_by_others: list[str] = []
+    flow.consumer("other").consumes(TypeA).does(lambda a: seen_by_others.append(a.value))
+    await flow.publish(TypeA(value="external_a"))
+    await flow.publish(TypeB(value="external_b"))
+    await flow.run_until_idle()
+    await flow.publish(TypeB(value="another_b"))  # its own TypeA never fills the gate
+    await flow.run_until_idle()
+    assert [values(g) for g in runs] == [["external_a", "external_b"]]
+    assert seen_by_others == ["external_a", "self_published"]
+    assert flow.consumers[0].prevent_self_trigger
+    await flow.close()
+
+
+async def test_prevent_self_trigger_is_an_option_of_the_shortcut_and_can_be_turned_off(
+    clock: FakeClock,
+) -> None:
+    flow = Flow(clock=clock, trace=False)
+    runs: list[str] = []
+
+    def echo(event: Event) -> Event:
+        runs.append(event.data)
+        return Event(id=event.id + 1, data="echo")
+
+    flow.consumer("echo", consumes=Event, publishes=Event, prevent_self_trigger=True).does(echo)
+    await flow.publish(Event(id=1, data="outside"))
+    await flow.run_until_idle()
+    assert runs == ["outside"]
+    await flow.close()
+    off = Flow(clock=clock, trace=False)
+    off.consumer("echo").consumes(Event).publishes(Event).prevent_self_trigger(
+        enabled=True
+    ).prevent_self_trigger(enabled=False).does(lambda e: None)
+    with pytest.raises(ConfigError, match="cycle: echo -> echo"):
+        await off.publish(Event(id=1))
+
+
+async def test_join_time_window_expires_strictly_after_within(flow: Flow, clock: FakeClock) -> None:
+    """Flock expires a join group only once more than ``within`` has passed."""
+    got: list[str] = []
+    flow.consumer("j").consumes(
+        SignalA, SignalB, join=JoinSpec(by="correlation_id", within=timedelta(seconds=30))
+    ).does(lambda g: got.append(g.key))
+    await flow.publish(SignalA(correlation_id="x", data="a"))
+    await clock.advance(30)
+    await flow.publish(SignalB(correlation_id="x", data="b"))
+    await flow.run_until_idle()
+    assert got == ["x"]
+    await flow.publish(SignalA(correlation_id="y", data="a"))
+    await clock.advance(30.001)
+    await flow.publish(SignalB(correlation_id="y", data="b"))
+    await flow.run_until_idle()
+    assert got == ["x"]
+    assert [(d.reason, len(d.artifacts)) for d in flow.dead_letters()] == [("join_timeout", 1)]
+    await flow.close()
+
+
+def test_flock_messages_for_empty_declarations(flow: Flow) -> None:
+    with pytest.raises(ConfigError, match="must declare at least one type"):
+        flow.consumer("x").consumes()
+    with pytest.raises(ConfigError, match="requires at least one of: size, timeout"):
+        BatchSpec()
+
+
+@pytest.mark.parametrize(
+    ("declare", "feature"),
+    [
+        (lambda b: b.publishes(TypeA, TypeA), "fan-out"),
+        (lambda b: b.publishes(TypeA, fan_out=3), "fan-out (fan_out=)"),
+        (lambda b: b.publishes(TypeA, where=lambda a: True), "filtered publishing (where=)"),
+        (lambda b: b.publishes(TypeA, validate=lambda a: True), "publish validation (validate=)"),
+        (lambda b: b.publishes(TypeA, description="x"), "publish descriptions (description=)"),
+        (lambda b: b.consumes(TypeB, semantic_threshold=0.5), "semantic matching"),
+    ],
+)
+def test_what_flock_publishes_accepts_and_freight_does_not_is_refused_by_name(
+    flow: Flow, declare: Any, feature: str
+) -> None:
+    with pytest.raises(ConfigError, match=re_escape(feature)):
+        declare(flow.consumer("p").consumes(TypeC))
+
+
+def test_max_concurrency_and_description_are_accepted(flow: Flow) -> None:
+    builder = flow.consumer("c").consumes(TypeA).max_concurrency(2).description("does things")
+    assert (builder.spec.max_concurrent, builder.spec.description) == (2, "does things")
+    with pytest.raises(ConfigError, match="max_concurrent must be an int >= 1"):
+        flow.consumer("d").max_concurrency(0)
+    with pytest.raises(ConfigError, match="description must be a string"):
+        flow.consumer("d").description(3)  # type: ignore[arg-type]
+
+
+async def test_an_empty_where_list_filters_nothing_and_empty_labels_are_visible_to_all(
+    flow: Flow,
+) -> None:
+    seen: list[str] = []
+    flow.consumer("all").consumes(TypeC, where=[]).does(lambda c: seen.append(c.value))
+    await flow.publish(TypeC(value="one"))
+    await flow.publish(TypeC(value="two"), visibility=Labelled(required_labels=set()))
+    await flow.run_until_idle()
+    assert seen == ["one", "two"]
+    await flow.close()
+
+
+@pytest.mark.parametrize(
+    ("batch", "feature"),
+    [
+        (BatchSpec(size="auto", latency_target=0.05), "adaptive sizing"),
+        (BatchSpec(size=5, max_cost=10, cost=len), "batch cost"),
+    ],
+)
+def test_a_flow_consumer_refuses_what_only_batchers_tune(
+    flow: Flow, batch: BatchSpec, feature: str
+) -> None:
+    with pytest.raises(ConfigError, match=feature + ".*is for Batcher, ThreadBatcher and @batched"):
+        flow.consumer("c").consumes(TypeA, batch=batch)

@@ -17,8 +17,9 @@ Rules (the flow's correlated consumers and AND gates obey exactly these):
 3. An item fills the oldest open group of its key that has one of its slots free and
    whose window is still open, in the first such slot. When every slot is filled the
    group leaves, complete, from ``add``.
-4. ``tick(now)`` returns every group whose window closed (its deadline ``<= now``,
-   or more than ``within`` items arrived in its scope since it opened), incomplete,
+4. ``tick(now)`` returns every group whose window closed (its deadline ``< now``:
+   strictly after ``within`` seconds, as in Flock; or more than ``within`` items
+   arrived in its scope since it opened), incomplete,
    in the order the windows closed: an expired group is *returned*, never dropped,
    so the caller decides (dead letter or partial delivery).
 5. ``close()`` returns every open group (and every expired one not yet collected),
@@ -33,6 +34,7 @@ never completed late: ``add`` skips it, and the next ``tick`` returns it (call
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -165,7 +167,7 @@ class _Group:
         self.members: list[Any] = [None] * arity
         self.filled = [False] * arity
         self.opened_at = opened_at
-        self.deadline = deadline  # time window: expires when now reaches it
+        self.deadline = deadline  # time window: expires once now passes it
         self.limit = limit  # count window: the last arrival (in its scope) it may take
         self.seq = seq
         self.open = True
@@ -212,6 +214,13 @@ class JoinBuffer:
         return self._count
 
     def next_deadline(self) -> float | None:
+        """When ``tick`` next has a group to return: just after the earliest deadline of
+        an open group with a time window (a window closes strictly after its deadline),
+        or ``None``."""
+        deadline = self._earliest()
+        return None if deadline is None else math.nextafter(deadline, math.inf)
+
+    def _earliest(self) -> float | None:
         """The earliest deadline of an open group with a time window, or ``None``."""
         heap = self._deadlines
         while heap:
@@ -243,7 +252,7 @@ class JoinBuffer:
         target: _Group | None = None
         slot = wanted[0]
         for group in self._open.get(key, ()):
-            if group.deadline is not None and group.deadline <= now:
+            if group.deadline is not None and group.deadline < now:
                 continue  # its window closed: the next tick returns it
             free = next((s for s in wanted if not group.filled[s]), None)
             if free is not None:
@@ -261,9 +270,9 @@ class JoinBuffer:
 
     def tick(self, now: float) -> list[JoinGroup]:
         """Every group whose window closed (rule 4), incomplete: those a count window
-        closed first, then those whose deadline is ``<= now``, oldest deadline first."""
+        closed first, then those whose deadline is ``< now``, oldest deadline first."""
         expired, self._expired = self._expired, []
-        while (deadline := self.next_deadline()) is not None and deadline <= now:
+        while (deadline := self._earliest()) is not None and deadline < now:
             _, _, key, group = heapq.heappop(self._deadlines)
             self._remove(key, group)
             expired.append(JoinGroup(key, tuple(group.members), group.opened_at, False))

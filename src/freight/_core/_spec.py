@@ -132,7 +132,8 @@ class BatchSpec:
     ) -> None:
         if size is None and timeout is None:
             raise ConfigError(
-                "BatchSpec needs a size, a timeout, or both: BatchSpec(size=25), "
+                "BatchSpec requires at least one of: size, timeout; it needs a size, a "
+                "timeout, or both: BatchSpec(size=25), "
                 "BatchSpec(timeout=30) (a time-only batch) or BatchSpec(size=25, timeout=30)"
             )
         init = object.__setattr__

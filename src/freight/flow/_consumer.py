@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -71,53 +71,64 @@ _UNSUPPORTED = {
     "there are no direct invocations",
     "priority": "subscription priorities (priority=): consumers run as artifacts arrive",
     "semantic_match": "semantic matching (semantic_match=); filter with where=",
+    "semantic_threshold": "semantic matching (semantic_threshold=); filter with where=",
     "activation": "activation conditions (activation=); filter with where=",
+}
+# Flock's publishes() arguments freight has no feature for: refused by name (rule 5).
+_UNSUPPORTED_PUBLISHES = {
+    "fan_out": "fan-out (fan_out=): a handler publishes several artifacts by returning "
+    "a list of them",
+    "where": "filtered publishing (where=): return only the artifacts to publish",
+    "validate": "publish validation (validate=): validate in the handler (a pydantic "
+    "model validates itself)",
+    "description": "publish descriptions (description=); describe the consumer with "
+    ".description(...)",
 }
 _LANE = re.compile(r".*\[\d+\]\Z")
 
 
-class Group:
+class Group(list[Any]):
     """One group of an AND gate or a join: one artifact per consumed type, in declared
     order (``.consumes(A, A, B)``: two ``A`` s, then a ``B``).
 
-    ``group[Temperature]`` (the first of that type) or ``group[0]`` gives a member, and
-    iterating gives them all; ``group.key`` is the join key (``None`` for a gate without
-    ``join=``). A partial group (handed over with ``on_partial="emit"``) has ``None``
-    where a type is missing.
+    It is a ``list`` of the artifacts (Flock hands a gate's artifacts over as a list:
+    ``group == [a, b]`` holds), with more: ``group[Temperature]`` gives the first member
+    of that type, ``group.key`` the join key (``None`` for a gate without ``join=``),
+    ``group.complete``, ``group.missing`` and ``group.artifacts`` (a tuple). A partial
+    group (handed over with ``on_partial="emit"``) has ``None`` where a type is missing.
     """
 
-    __slots__ = ("_types", "artifacts", "complete", "key")
+    __slots__ = ("_types", "complete", "key")
 
     def __init__(
         self, key: Any, artifacts: tuple[Any, ...], types: tuple[type, ...], complete: bool
     ) -> None:
+        super().__init__(artifacts)
         self.key = key
-        self.artifacts = artifacts
         self.complete = complete
         self._types = types
 
-    def __getitem__(self, which: int | type) -> Any:
-        if isinstance(which, int):
-            return self.artifacts[which]
-        for kind, artifact in zip(self._types, self.artifacts, strict=True):
+    def __getitem__(self, which: Any) -> Any:
+        if not isinstance(which, type):
+            return super().__getitem__(which)
+        for kind, artifact in zip(self._types, self, strict=True):
             if issubclass(kind, which) or issubclass(which, kind):
                 return artifact
         raise KeyError(f"this group joins {[t.__name__ for t in self._types]}, not {which!r}")
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.artifacts)
-
-    def __len__(self) -> int:
-        return len(self.artifacts)
+    @property
+    def artifacts(self) -> tuple[Any, ...]:
+        """The members, in declared order."""
+        return tuple(self)
 
     @property
     def missing(self) -> list[type]:
         """The types with no artifact in this group."""
-        return [t for t, a in zip(self._types, self.artifacts, strict=True) if a is None]
+        return [t for t, a in zip(self._types, self, strict=True) if a is None]
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else "partial"
-        return f"Group(key={self.key!r}, {state}, {list(self.artifacts)!r})"
+        return f"Group(key={self.key!r}, {state}, {list(self)!r})"
 
 
 @dataclass(slots=True)
@@ -165,6 +176,10 @@ class ConsumerSpec:
         retry, rate_limit, max_concurrent: how its handler is called.
         publishes, visibility: what it publishes, and who may see that.
         tenant: the one tenant it serves (``None``: no tenant's artifacts).
+        prevent_self_trigger: it never receives what it published itself (Flock's
+            option; off by default: freight refuses a consumer that feeds itself as a
+            cycle instead).
+        description: what it does, for people (metadata; Flock's ``.description``).
         all_tenants: it sees every tenant's artifacts (``.all_tenants()``).
         labels: the labels it holds, for ``Labelled`` artifacts.
         handler, is_async: the handler.
@@ -182,6 +197,8 @@ class ConsumerSpec:
     handler: Callable[[Any], Any] | None = None
     is_async: bool = False
     max_concurrent: int | None = None
+    prevent_self_trigger: bool = False
+    description: str | None = None
 
     @property
     def types(self) -> tuple[type, ...]:
@@ -274,6 +291,7 @@ class ConsumerBuilder:
         rate_limit = _check_handler_options(where_, retry, rate_limit)
         if batch is not None and not isinstance(batch, BatchSpec):
             raise ConfigError(f"{where_}: batch must be a freight.BatchSpec, got {batch!r}")
+        _refuse_tuned_batches(where_, batch)
         if join is not None and not isinstance(join, JoinSpec):
             raise ConfigError(f"{where_}: join must be a freight.JoinSpec, got {join!r}")
         producers = _check_producers(where_, from_, from_agents)
@@ -292,8 +310,30 @@ class ConsumerBuilder:
         spec.rate_limit = rate_limit if rate_limit is not None else spec.rate_limit
         return self
 
-    def publishes(self, *types: type, visibility: Visibility | None = None) -> ConsumerBuilder:
-        """What this consumer's handler returns (and the visibility it gets)."""
+    def publishes(
+        self, *types: type, visibility: Visibility | None = None, **unsupported: Any
+    ) -> ConsumerBuilder:
+        """What this consumer's handler returns (and the visibility it gets).
+
+        Raises:
+            ConfigError: a type is not an artifact type, is named twice (Flock's
+                fan-out: freight publishes what the handler returns, a list for
+                several), or an argument names a Flock feature freight does not
+                support (``fan_out=``, ``where=``, ``validate=``, ``description=``).
+        """
+        where_ = f"consumer {self.spec.name!r}: publishes()"
+        for name in unsupported:
+            feature = _UNSUPPORTED_PUBLISHES.get(name)
+            if feature is not None:
+                raise ConfigError(f"{where_}: freight's Flow does not support {feature}")
+            raise ConfigError(f"{where_}: unknown argument {name}=; it takes types and visibility")
+        repeated = sorted({t.__name__ for t in types if types.count(t) > 1})
+        if repeated:
+            raise ConfigError(
+                f"{where_}: {repeated} named more than once; freight's Flow does not support "
+                "fan-out (Flock's publishes(A, A)): a handler publishes several artifacts "
+                "by returning a list of them"
+            )
         for kind in types:
             if not is_artifact_type(kind):
                 raise ConfigError(
@@ -310,6 +350,37 @@ class ConsumerBuilder:
                 f"consumer {self.spec.name!r}: max_concurrent must be an int >= 1, got {limit!r}"
             )
         self.spec.max_concurrent = limit
+        return self
+
+    def max_concurrency(self, limit: int) -> ConsumerBuilder:
+        """Flock's spelling of :meth:`max_concurrent`."""
+        return self.max_concurrent(limit)
+
+    def description(self, text: str) -> ConsumerBuilder:
+        """Describe what this consumer does (metadata for people; Flock's
+        ``.description``)."""
+        if not isinstance(text, str):
+            raise ConfigError(
+                f"consumer {self.spec.name!r}: description must be a string, got {text!r}"
+            )
+        self.spec.description = text
+        return self
+
+    def prevent_self_trigger(self, enabled: bool = True) -> ConsumerBuilder:
+        """Never receive the artifacts this consumer published itself (Flock's option,
+        on there by default; off by default here).
+
+        Its own artifacts still reach every other consumer. A consumer that consumes
+        what it publishes is then no cycle: its self-edges are left out of the cycle
+        check (a consumer that feeds itself without this is refused when the flow
+        starts, unless ``Flow(allow_cycles=True)``).
+        """
+        if not isinstance(enabled, bool):
+            raise ConfigError(
+                f"consumer {self.spec.name!r}: prevent_self_trigger takes True or False, "
+                f"got {enabled!r}"
+            )
+        self.spec.prevent_self_trigger = enabled
         return self
 
     def tenant(self, tenant_id: str) -> ConsumerBuilder:
@@ -401,6 +472,23 @@ def _refuse_unsupported(where_: str, unsupported: dict[str, Any]) -> None:
         )
 
 
+def _refuse_tuned_batches(where_: str, batch: BatchSpec | None) -> None:
+    """Refuse what a flow's lanes would drop: adaptive sizing and batch cost."""
+    if batch is None:
+        return
+    if batch.auto:
+        feature = "adaptive sizing (BatchSpec(size='auto'))"
+    elif batch.max_cost is not None:
+        feature = "batch cost (BatchSpec(max_cost=, cost=))"
+    else:
+        return
+    raise ConfigError(
+        f"{where_}: a Flow consumer does not support {feature}: adaptive sizing / batch "
+        "cost is for Batcher, ThreadBatcher and @batched; give the flow a fixed size "
+        "(BatchSpec(size=25, timeout=...))"
+    )
+
+
 def _spec_of(where_: str, name: str, value: Any, kind: type) -> Any:
     """A ``batch=``/``join=`` given as a dict (Flock accepts those) made the spec."""
     if not isinstance(value, dict):
@@ -420,7 +508,7 @@ def _check_consumes(
 ) -> tuple[Predicate, ...]:
     """Check the types, predicates and gate options; return the predicates."""
     if not types:
-        raise ConfigError(f"{where_} needs at least one artifact type")
+        raise ConfigError(f"{where_} must declare at least one type: .consumes(ArtifactType, ...)")
     for kind in types:
         if not is_artifact_type(kind):
             raise ConfigError(
@@ -443,11 +531,11 @@ def _check_consumes(
             f"{where_}: where must be a callable (artifact -> bool) or a list of them, "
             f"got {where!r}"
         )
-    found = tuple(predicates)
-    if not found or not all(callable(p) for p in found):
+    found = tuple(predicates)  # an empty list: no filter (as in Flock)
+    if not all(callable(p) for p in found):
         raise ConfigError(
-            f"{where_}: where must be a callable (artifact -> bool) or a non-empty list of "
-            f"them, got {where!r}"
+            f"{where_}: where must be a callable (artifact -> bool) or a list of them, "
+            f"got {where!r}"
         )
     return found
 

@@ -144,6 +144,7 @@ class Flow:
         visibility: Visibility | None = None,
         max_concurrent: int | None = None,
         from_: str | Iterable[str] | None = None,
+        prevent_self_trigger: bool = False,
     ) -> ConsumerBuilder:
         """Start declaring the consumer ``name``; finish with ``.does(handler)``, or use
         the result as a decorator.
@@ -157,6 +158,8 @@ class Flow:
                 types).
             publishes, visibility: a shortcut for ``.publishes(...)``.
             max_concurrent: at most this many handler calls at once (``.max_concurrent``).
+            prevent_self_trigger: it never receives what it published itself
+                (``.prevent_self_trigger()``).
         """
         if not isinstance(name, str) or not name:
             raise ConfigError(f"a consumer needs a non-empty name, got {name!r}")
@@ -179,6 +182,8 @@ class Flow:
             )
         if max_concurrent is not None:
             builder.max_concurrent(max_concurrent)
+        if prevent_self_trigger:
+            builder.prevent_self_trigger()
         if publishes or visibility is not None:
             kinds = publishes if isinstance(publishes, tuple) else (publishes,)
             builder.publishes(*kinds, visibility=visibility)
@@ -207,21 +212,26 @@ class Flow:
         *,
         visibility: Visibility | None = None,
         correlation_id: str | None = None,
+        producer: str | None = None,
     ) -> Envelope:
         """Publish ``artifact`` to the board; return its envelope (id, type, times…).
 
         It is routed at once to every consumer that may see it and wants it (type and
         ``where``); handlers run as tasks (``run_until_idle`` waits for them).
+        ``producer`` names the outside publisher (``None`` by default), for the
+        consumers that filter with ``from_=``.
         """
         # publish_many's steps for one artifact, without its lists (once per publish)
         router = self._router
+        if producer is not None:
+            _check_producer(producer)
         if self._closed or visibility is not None or type(artifact) not in router.known:
             chosen = self._accept((artifact,), visibility, "Flow.publish")
         else:
             chosen = PUBLIC
         if not self._started or self._executor.runs >= self._pressure:
             await self._ready()
-        envelope = router.envelope(artifact, None, chosen, 0, correlation_id)
+        envelope = router.envelope(artifact, producer, chosen, 0, correlation_id)
         if self._group is not None:
             await self._group.route([envelope])  # returns once it is durable
         else:
@@ -234,6 +244,7 @@ class Flow:
         *,
         visibility: Visibility | None = None,
         correlation_id: str | None = None,
+        producer: str | None = None,
     ) -> list[Envelope]:
         """Publish several artifacts at once; return their envelopes, in order.
 
@@ -241,11 +252,13 @@ class Flow:
         transaction (measured 2-4x the throughput of one publish at a time on SQLite).
         """
         artifacts = list(artifacts)
+        if producer is not None:
+            _check_producer(producer)
         chosen = self._accept(artifacts, visibility, "Flow.publish_many")
         if not self._started or self._executor.runs >= self._pressure:
             await self._ready()
         envelope = self._router.envelope
-        envelopes = [envelope(a, None, chosen, 0, correlation_id) for a in artifacts]
+        envelopes = [envelope(a, producer, chosen, 0, correlation_id) for a in artifacts]
         if self._group is not None:
             await self._group.route(envelopes)  # returns once they are durable
         else:
@@ -412,9 +425,15 @@ class Flow:
         check_producers(self.consumers)
         cycle = find_cycle(self.consumers)
         if cycle is not None and not self.allow_cycles:
+            hint = (
+                f"; or, for {cycle[0]!r} to skip what it published itself, declare it "
+                ".prevent_self_trigger()"
+                if len(set(cycle)) == 1
+                else ""
+            )
             raise ConfigError(
                 f"the consumers form a cycle: {' -> '.join(cycle)}; if it is meant, "
-                f"pass Flow(allow_cycles=True, max_depth=N) to bound it"
+                f"pass Flow(allow_cycles=True, max_depth=N) to bound it{hint}"
             )
         self._router.learn_types()
         self._router.start(self._clock)
@@ -423,3 +442,12 @@ class Flow:
         if self._board is not None:
             restore(self._board, self._router, self._scheduler, self._clock)
             self._board.declare(self.consumers)  # for `freight flow status`
+
+
+def _check_producer(producer: object) -> None:
+    """An outside publisher's name (``publish(..., producer=)``) is a non-empty string."""
+    if not isinstance(producer, str) or not producer:
+        raise ConfigError(
+            f"producer names the outside publisher (for from_= filters): a non-empty "
+            f"string, got {producer!r}"
+        )

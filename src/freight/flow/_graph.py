@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from freight._errors import ConfigError
+import logging
+
 from freight.flow._consumer import ConsumerSpec
 
 __all__ = ["check_producers", "find_cycle"]
 
+_log = logging.getLogger("freight.flow")
+
 
 def feeds(producer: ConsumerSpec, consumer: ConsumerSpec) -> bool:
-    """Does ``producer`` publish something a subscription of ``consumer`` takes from it?"""
+    """Does ``producer`` publish something a subscription of ``consumer`` takes from it?
+    (Never itself when it prevents self-triggering.)"""
+    if producer is consumer and consumer.prevent_self_trigger:
+        return False
     return any(
         (sub.producers is None or producer.name in sub.producers)
         and any(issubclass(p, t) for p in producer.publishes for t in sub.types)
@@ -18,17 +24,20 @@ def feeds(producer: ConsumerSpec, consumer: ConsumerSpec) -> bool:
 
 
 def check_producers(consumers: list[ConsumerSpec]) -> None:
-    """Refuse a ``from_=`` naming no declared consumer (it would never match: a typo)."""
+    """Warn of a ``from_=`` naming no declared consumer: it matches only what an
+    outside publisher names itself (``flow.publish(..., producer=name)``), as in Flock,
+    where it matches nothing; it may be a typo."""
     names = {c.name for c in consumers}
     for consumer in consumers:
         for sub in consumer.subscriptions:
             unknown = sorted((sub.producers or frozenset()) - names)
             if unknown:
-                raise ConfigError(
-                    f"consumer {consumer.name!r}: consumes(from_={unknown}) names no declared "
-                    f"consumer (declared: {sorted(names)}); artifacts published from outside "
-                    "have no producer"
-                )
+                _log.warning(
+                    "consumer %r: consumes(from_=%s) names no declared consumer (declared: "
+                    "%s); it takes only what an outside publish names as its producer "
+                    "(flow.publish(..., producer=name))",
+                    consumer.name, unknown, sorted(names),
+                )  # fmt: skip
 
 
 def find_cycle(consumers: list[ConsumerSpec]) -> list[str] | None:

@@ -10,7 +10,9 @@ Rules:
 3. A subscription takes the artifact only if its consumer may see it (visibility,
    then tenant: a consumer without a tenant sees no tenant's artifacts unless it
    declared ``.all_tenants()``, a tenant's consumer never another tenant's), it was
-   published by one of the subscription's ``from_`` consumers (if given), every
+   published by one of the subscription's ``from_`` producers (if given; an outside
+   publish names its producer with ``producer=``), not by the consumer itself if it
+   declared ``.prevent_self_trigger()``, every
    ``where`` accepts it, and, for a join, its join key can be read. A ``where`` or a
    join key that raises is that consumer's dead letter (``where_error``,
    ``join_key_error``), never a failed publish. Every subscription that takes it gets
@@ -66,8 +68,8 @@ subscriptions, its deliveries' name on a durable board)``."""
 
 Candidate = tuple[Runtime, Subscription, tuple[Callable[[Any], bool], ...], bool, Taker]
 """A subscription of an artifact's type: ``(consumer, subscription, its where
-predicates, plain, the taker it is)``; ``plain``: no ``from_`` and no join key to check
-(a public artifact then needs only its predicates)."""
+predicates, plain, the taker it is)``; ``plain``: no ``from_``, no self-trigger and no
+join key to check (a public artifact then needs only its predicates)."""
 
 
 class Router:
@@ -249,7 +251,9 @@ class Router:
         if found is None:
             found = self._routes[kind] = [
                 (
-                    rt, sub, sub.where, sub.producers is None and sub.join is None,
+                    rt, sub, sub.where,
+                    sub.producers is None and sub.join is None
+                    and not rt.spec.prevent_self_trigger,
                     (rt, sub.index, rt.spec.delivery_name(sub.index)),
                 )
                 for rt in self.consumers.values()
@@ -281,7 +285,10 @@ def takes(
     fails: a predicate or a join key that raised, as ``(reason, error)``."""
     if type(envelope.visibility) is not Public and not sees(spec, envelope):
         return False  # (a public artifact has no tenant: every consumer sees it)
-    if sub.producers is not None and envelope.producer not in sub.producers:
+    producer = envelope.producer
+    if (sub.producers is not None and producer not in sub.producers) or (
+        spec.prevent_self_trigger and producer == spec.name
+    ):
         return False
     for predicate in sub.where:
         try:

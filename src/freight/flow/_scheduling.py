@@ -7,10 +7,11 @@ flow clock's time. This module feeds them and acts on what they answer. Rules:
 
 1. Without ``batch=`` and without a gate (one type), an artifact is a run at once
    (reason ``immediate``).
-2. A gate (several types) keys its groups by tenant and join key (no key without
-   ``join=``). An artifact waits in the oldest group of its key with a free slot of
-   its type; a complete group is one item for the batch buffer, or a run at once
-   without ``batch=``. Groups whose window closed are collected after every delivery
+2. A gate (several types) keys its groups by tenant and join key; without ``join=``,
+   by tenant and the publish's correlation id (Flock's pools: two runs never pair).
+   An artifact waits in the oldest group of its key with a free slot of its type; a
+   complete group is one item for the batch buffer, or a run at once without
+   ``batch=``. Groups whose window closed are collected after every delivery
    and on every timer.
 3. With ``batch=``, items wait in the batch of their tenant until its size or
    deadline (the core's rules; a time-only ``BatchSpec(timeout=...)`` has no size);
@@ -60,7 +61,8 @@ Dispatch = Callable[[Runtime, list[Work], str | None], None]
 
 
 def _tenant_scope(key: Hashable) -> Hashable:
-    """A gate's count windows count per tenant (its keys are ``(tenant, join key)``)."""
+    """A gate's count windows count per tenant (its keys are ``(tenant, join key,
+    correlation id)``)."""
     tenant: Hashable = key[0]  # type: ignore[index]
     return tenant
 
@@ -175,7 +177,12 @@ class Scheduler:
         if gate is not None:
             sub = state.sub
             payload = envelope.payload
-            key = (envelope.tenant, sub.join.key_of(payload) if sub.join is not None else None)
+            join = sub.join
+            key = (
+                (envelope.tenant, join.key_of(payload), None)
+                if join is not None
+                else (envelope.tenant, None, envelope.correlation_id)
+            )
             group = gate.add(key, sub.slots_of(payload), envelope, now)
             if group is not None:
                 self._offer(rt, state, _group_work(state, group), now)
@@ -343,8 +350,8 @@ def pending(consumers: dict[str, Runtime]) -> list[PendingBatch]:
 
 def _group_work(lane: Lane, group: JoinGroup) -> Work:
     """A gate's group as one item: a :class:`Group` of payloads with their envelopes."""
-    joined: tuple[str | None, Hashable] = group.key  # type: ignore[assignment]
-    tenant, key = joined
+    joined: tuple[str | None, Hashable, str | None] = group.key  # type: ignore[assignment]
+    tenant, key, _ = joined
     members: tuple[Envelope | None, ...] = group.members
     payloads: tuple[Any, ...] = tuple(m.payload if m is not None else None for m in members)
     envelopes = tuple(m for m in members if m is not None)

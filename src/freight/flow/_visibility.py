@@ -113,7 +113,7 @@ class Tenant:
 @dataclass(frozen=True, slots=True, init=False)
 class Labelled:
     """Visible to consumers that hold every one of ``labels`` (Flock:
-    ``required_labels=``)."""
+    ``required_labels=``); no labels: visible to all, as in Flock."""
 
     labels: frozenset[str]
 
@@ -125,9 +125,7 @@ class Labelled:
         labels = labels if labels is not None else (required_labels or ())
         if isinstance(labels, str):
             labels = [labels]
-        names = frozenset(labels)
-        if not names:
-            raise ConfigError("Labelled(labels) needs at least one label")
+        names = frozenset(labels)  # none: visible to all (as in Flock)
         object.__setattr__(self, "labels", names)
 
     def to_json(self) -> dict[str, Any]:
