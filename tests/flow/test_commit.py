@@ -106,3 +106,22 @@ async def test_routes_queued_together_share_a_transaction_and_a_bad_one_fails_al
     assert [(r["id"], r["seq"]) for r in rows] == [("a", 1), ("b", 3)]
     assert committer.quiet
     store.close()
+
+
+async def test_a_publish_whose_commit_cannot_reach_the_writer_thread_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No worker thread to write in (an executor shut down): the publish fails, it does
+    not wait forever."""
+    flow = Flow(store=tmp_path / "flow.db", clock=FakeClock())
+    flow.consumer("c").consumes(Item).does(lambda item: None)
+    await flow.run_until_idle()
+
+    async def no_thread(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    monkeypatch.setattr(asyncio, "to_thread", no_thread)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        await flow.publish(Item(n=1))  # (pytest-timeout would catch a publish left waiting)
+    monkeypatch.undo()
+    await flow.close()

@@ -78,11 +78,18 @@ class Committer:
 
     async def _drain(self) -> None:
         """Write what is queued, in the worker thread, as many records per trip there
-        as have queued meanwhile (each its own transaction); deliver each in order."""
+        as have queued meanwhile (sharing a transaction); deliver each in order."""
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
-                errors = await asyncio.to_thread(self._write, [record for record, _, _ in batch])
+                try:
+                    errors = await asyncio.to_thread(
+                        self._write, [record for record, _, _ in batch]
+                    )
+                except BaseException as exc:  # no thread to write in, or cancelled:
+                    for _, _, future in batch:  # nobody waits forever
+                        _end(future, exc)
+                    raise
                 for (_, then, future), error in zip(batch, errors, strict=True):
                     failure = error
                     if failure is None:
@@ -90,12 +97,7 @@ class Committer:
                             then()
                         except Exception as exc:  # a delivery that raised: its router's caller's
                             failure = exc
-                    if future.cancelled():
-                        continue
-                    if failure is None:
-                        future.set_result(None)
-                    else:
-                        future.set_exception(failure)
+                    _end(future, failure)
         finally:
             self._task = None
 
@@ -190,6 +192,18 @@ def _pass_on(committed: asyncio.Future[None], done: asyncio.Future[None]) -> Non
         done.set_result(None)
     else:
         _fail(done, error)
+
+
+def _end(future: asyncio.Future[None], error: BaseException | None) -> None:
+    """Settle ``future`` (unless its waiter gave up): done, failed, or cancelled."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    elif isinstance(error, asyncio.CancelledError):
+        future.cancel()
+    else:
+        _fail(future, error)
 
 
 def _fail(done: asyncio.Future[None], error: BaseException) -> None:
