@@ -348,19 +348,36 @@ async def test_and_gate_with_where_predicate(flow: Flow) -> None:
     await flow.close()
 
 
-async def test_a_consumer_fed_by_itself_is_refused_as_a_cycle(clock: FakeClock) -> None:
-    """Flock: test_and_gate_with_prevent_self_trigger. Flock skips an agent's own
-    artifacts by default; freight refuses a consumer that feeds itself unless the
-    flow allows cycles (then max_depth bounds it)."""
+async def test_and_gate_with_prevent_self_trigger(clock: FakeClock) -> None:
+    """Flock: test_and_gate_with_prevent_self_trigger. As in Flock, a consumer skips its
+    own artifacts by default: the A it publishes does not open a second gate."""
     flow = Flow(clock=clock, trace=False)
+    runs: list[Group] = []
 
     @flow.consumer("self_trigger_test").consumes(TypeA, TypeB).publishes(TypeA)
     async def engine(group: Group) -> TypeA:
+        runs.append(group)
         return TypeA(value="self_published")
 
-    with pytest.raises(
-        ConfigError, match=r"self_trigger_test -> self_trigger_test.*\.prevent_self_trigger\(\)"
-    ):
+    await flow.publish(TypeA(value="external_a"))
+    await flow.publish(TypeB(value="external_b"))
+    await flow.run_until_idle()
+    await flow.publish(TypeB(value="second_b"))  # would pair with self_published
+    await flow.run_until_idle()
+    assert [values(g) for g in runs] == [["external_a", "external_b"]]
+    await flow.close()
+
+
+async def test_a_consumer_let_feed_itself_is_refused_as_a_cycle(clock: FakeClock) -> None:
+    """``.prevent_self_trigger(False)`` opts into a feedback loop: refused unless the
+    flow allows cycles (then max_depth bounds it)."""
+    flow = Flow(clock=clock, trace=False)
+
+    @flow.consumer("loop").consumes(TypeA, TypeB).publishes(TypeA).prevent_self_trigger(False)
+    async def engine(group: Group) -> TypeA:
+        return TypeA(value="self_published")
+
+    with pytest.raises(ConfigError, match=r"loop -> loop.*prevent_self_trigger\(False\)"):
         await flow.publish(TypeA(value="external_a"))
 
 

@@ -19,7 +19,7 @@ async def test_run_until_idle_waits_for_a_long_chain_of_handlers_that_yield_ofte
     flow = Flow(clock=FakeClock(), trace=False, allow_cycles=True, max_depth=100)
     seen: list[int] = []
 
-    @flow.consumer("hop", consumes=Hop, publishes=Hop)
+    @flow.consumer("hop", consumes=Hop, publishes=Hop, prevent_self_trigger=False)
     async def hop(h: Hop) -> Hop | None:
         for _ in range(20):  # far more loop turns than any fixed number of them
             await asyncio.sleep(0)

@@ -177,8 +177,9 @@ class ConsumerSpec:
         publishes, visibility: what it publishes, and who may see that.
         tenant: the one tenant it serves (``None``: no tenant's artifacts).
         prevent_self_trigger: it never receives what it published itself (Flock's
-            option; off by default: freight refuses a consumer that feeds itself as a
-            cycle instead).
+            option and default: on; ``.prevent_self_trigger(False)`` lets a consumer
+            feed itself, which the cycle check then refuses unless
+            ``Flow(allow_cycles=True)``).
         description: what it does, for people (metadata; Flock's ``.description``).
         all_tenants: it sees every tenant's artifacts (``.all_tenants()``).
         labels: the labels it holds, for ``Labelled`` artifacts.
@@ -197,7 +198,7 @@ class ConsumerSpec:
     handler: Callable[[Any], Any] | None = None
     is_async: bool = False
     max_concurrent: int | None = None
-    prevent_self_trigger: bool = False
+    prevent_self_trigger: bool = True
     description: str | None = None
 
     @property
@@ -367,13 +368,13 @@ class ConsumerBuilder:
         return self
 
     def prevent_self_trigger(self, enabled: bool = True) -> ConsumerBuilder:
-        """Never receive the artifacts this consumer published itself (Flock's option,
-        on there by default; off by default here).
+        """Whether this consumer never receives the artifacts it published itself.
 
-        Its own artifacts still reach every other consumer. A consumer that consumes
-        what it publishes is then no cycle: its self-edges are left out of the cycle
-        check (a consumer that feeds itself without this is refused when the flow
-        starts, unless ``Flow(allow_cycles=True)``).
+        On by default, as in Flock: its own artifacts still reach every other consumer,
+        and a consumer that consumes what it publishes is no cycle (its self-edges are
+        left out of the cycle check). ``.prevent_self_trigger(False)`` lets it receive
+        its own artifacts: a feedback loop, refused when the flow starts unless
+        ``Flow(allow_cycles=True)``.
         """
         if not isinstance(enabled, bool):
             raise ConfigError(

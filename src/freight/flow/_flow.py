@@ -144,7 +144,7 @@ class Flow:
         visibility: Visibility | None = None,
         max_concurrent: int | None = None,
         from_: str | Iterable[str] | None = None,
-        prevent_self_trigger: bool = False,
+        prevent_self_trigger: bool = True,
     ) -> ConsumerBuilder:
         """Start declaring the consumer ``name``; finish with ``.does(handler)``, or use
         the result as a decorator.
@@ -158,8 +158,8 @@ class Flow:
                 types).
             publishes, visibility: a shortcut for ``.publishes(...)``.
             max_concurrent: at most this many handler calls at once (``.max_concurrent``).
-            prevent_self_trigger: it never receives what it published itself
-                (``.prevent_self_trigger()``).
+            prevent_self_trigger: it never receives what it published itself (on by
+                default, as in Flock; ``.prevent_self_trigger(False)``).
         """
         if not isinstance(name, str) or not name:
             raise ConfigError(f"a consumer needs a non-empty name, got {name!r}")
@@ -182,8 +182,7 @@ class Flow:
             )
         if max_concurrent is not None:
             builder.max_concurrent(max_concurrent)
-        if prevent_self_trigger:
-            builder.prevent_self_trigger()
+        builder.prevent_self_trigger(prevent_self_trigger)
         if publishes or visibility is not None:
             kinds = publishes if isinstance(publishes, tuple) else (publishes,)
             builder.publishes(*kinds, visibility=visibility)
@@ -426,8 +425,8 @@ class Flow:
         cycle = find_cycle(self.consumers)
         if cycle is not None and not self.allow_cycles:
             hint = (
-                f"; or, for {cycle[0]!r} to skip what it published itself, declare it "
-                ".prevent_self_trigger()"
+                f"; or drop .prevent_self_trigger(False) from {cycle[0]!r} so that it "
+                "skips what it published itself"
                 if len(set(cycle)) == 1
                 else ""
             )
