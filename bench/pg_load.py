@@ -4,10 +4,13 @@
 in one run:
   1. a CSV of ROWS rows (bigint id, text, numeric, timestamptz, text);
   2. ``psql -c "\\copy …"`` into a fresh table: the floor;
-  3. ``freight load`` (COPY sink, chunks of 50,000, checkpoints, typed conversion) into a
-     fresh table, and its peak RSS; ratio to \\copy (target <= 1.25);
+  3. ``freight load`` (COPY sink, chunks of 50,000, ``--workers`` 2, checkpoints, the
+     values checked before COPY) into a fresh table, and its peak RSS; ratio to \\copy
+     (issue 16: target <= 1.0), wall and CPU (the machine may be shared: a wall ratio
+     is read with the CPU beside it);
   4. upsert of all rows into the loaded table: ``freight load --key id`` against a
-     hand-written psycopg ``executemany`` INSERT … ON CONFLICT;
+     hand-written COPY into a temporary table + one ``INSERT … ON CONFLICT`` (issue 16:
+     speed >= 0.9x, time <= 1.11x), and a psycopg ``executemany`` upsert (no target);
   5. one-by-one INSERTs of 20,000 rows, to show what batching saves;
   6. bad rows: ``freight load`` (the command's defaults) of a 100,000-row CSV, clean and
      with 0.5 % unparsable amounts, each bad row located from the server's error;
@@ -51,11 +54,24 @@ def write_csv(path: Path, rows: int, bad_every: int = 0) -> None:
 FINISHED = (0, 3)
 
 
+def _children_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+# CPU seconds (user + system) of the last child run by :func:`timed`
+LAST_CPU = [0.0]
+
+
 def timed(argv: list[str], ok: tuple[int, ...] = (0,)) -> tuple[float, float]:
+    """Run ``argv``; its wall seconds and the children's peak RSS (MB). Its CPU
+    seconds are left in ``LAST_CPU[0]``."""
+    cpu = _children_cpu()
     started = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode not in ok:
         raise SystemExit(f"{' '.join(argv[:4])}… exited {done.returncode}: {done.stderr[-500:]}")
+    LAST_CPU[0] = _children_cpu() - cpu
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return time.perf_counter() - started, rss
 
@@ -100,18 +116,28 @@ def main() -> int:
                 "psql", args.url, "-q", "-c",
                 f"\\copy {schema}.copy_floor FROM '{data}' WITH (FORMAT csv, HEADER true)",
             ])  # fmt: skip
-            print(f"  psql \\copy          {copy_s:6.2f} s  ({n / copy_s:,.0f} rows/s)")
+            copy_cpu = LAST_CPU[0]
+            print(f"  psql \\copy          {copy_s:6.2f} s  ({n / copy_s:,.0f} rows/s), "
+                  f"{copy_cpu:.2f} s CPU")  # fmt: skip
             load = [sys.executable, "-m", "freight.cli", "load", str(data), "--into", args.url,
                     "--table", "loaded", "--schema", schema, "--chunk-size", "50000",
                     "--workers", str(args.workers),
                     "--store", str(folder / "f.db")]  # fmt: skip
             load_s, rss = timed([*load, "--name", "bench-copy"])
+            load_cpu = LAST_CPU[0]
             ratio = load_s / copy_s
             print(f"  freight load (COPY) {load_s:6.2f} s  ({n / load_s:,.0f} rows/s), "
-                  f"peak RSS {rss:.0f} MB")  # fmt: skip
-            print(f"  ratio to \\copy      {ratio:6.2f}  (target <= 1.25)")
+                  f"{load_cpu:.2f} s CPU, peak RSS {rss:.0f} MB")  # fmt: skip
+            print(f"  ratio to \\copy      {ratio:6.2f}  (target <= 1.0)")
             upsert_s, _ = timed([*load, "--key", "id", "--name", "bench-upsert"])
-            print(f"  freight upsert      {upsert_s:6.2f} s  ({n / upsert_s:,.0f} rows/s)")
+            upsert_cpu = LAST_CPU[0]
+            temp_s, _ = timed([sys.executable, "-c", TEMP_UPSERT, args.url, schema, str(data)])
+            upsert_ratio = upsert_s / temp_s
+            print(f"  freight upsert      {upsert_s:6.2f} s  ({n / upsert_s:,.0f} rows/s), "
+                  f"{upsert_cpu:.2f} s CPU")  # fmt: skip
+            print(f"  COPY to temp + ON CONFLICT {temp_s:6.2f} s  ({n / temp_s:,.0f} rows/s), "
+                  f"{LAST_CPU[0]:.2f} s CPU")  # fmt: skip
+            print(f"  upsert speed vs COPY to temp {temp_s / upsert_s:6.2f}x  (target >= 0.9)")
             hand_s = hand_upsert(args.url, schema, data, n)
             print(
                 f"  executemany upsert  {hand_s:6.2f} s  ({n / hand_s:,.0f} rows/s), "
@@ -126,7 +152,8 @@ def main() -> int:
     finally:
         with psycopg.connect(args.url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-    return 0 if ratio <= 1.25 and bad_ratio <= 2.0 and replay_rate >= 20_000 else 1
+    met = ratio <= 1.0 and upsert_ratio <= 1 / 0.9
+    return 0 if met and bad_ratio <= 2.0 and replay_rate >= 20_000 else 1
 
 
 BAD_ROWS = 100_000
@@ -192,6 +219,28 @@ def retry_failed(url: str, schema: str, folder: Path) -> float:
           f"startup (freight status)")  # fmt: skip
     print(f"  replay              {rate:8,.0f} rows/s  (target >= 20,000)")
     return rate
+
+
+# The hand-written upsert issue 16 measures against: the whole file COPYed into a
+# temporary table, then one INSERT … ON CONFLICT (run as a child, like freight).
+TEMP_UPSERT = """
+import sys, psycopg
+from psycopg import sql
+url, schema, path = sys.argv[1:4]
+target = sql.Identifier(schema, "loaded")
+with psycopg.connect(url) as conn, conn.cursor() as cur:
+    cur.execute(sql.SQL("CREATE TEMP TABLE incoming (LIKE {}) ON COMMIT DROP").format(target))
+    with open(path, "rb") as f, cur.copy(
+        "COPY incoming FROM STDIN WITH (FORMAT csv, HEADER true)"
+    ) as copy:
+        while block := f.read(1 << 20):
+            copy.write(block)
+    cur.execute(sql.SQL(
+        "INSERT INTO {} SELECT * FROM incoming ON CONFLICT (id) DO UPDATE SET "
+        "name = EXCLUDED.name, amount = EXCLUDED.amount, booked_at = EXCLUDED.booked_at, "
+        "note = EXCLUDED.note"
+    ).format(target))
+"""
 
 
 def hand_upsert(url: str, schema: str, data: Path, rows: int) -> float:
