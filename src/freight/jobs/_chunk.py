@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import itertools
+import operator
 import random
 import threading
 import time
@@ -39,6 +41,10 @@ from freight.store import DeadLetter
 __all__ = ["ChunkHandler", "Prepared", "WriteOrder", "handle_installed", "install"]
 
 _EXCERPT = 200
+# A record's fields, read in C over a whole chunk (no Python frame per record: at a
+# million records, each per-record generator or comprehension cost ~0.05 s).
+_ITEM = operator.itemgetter(2)
+_ERROR = operator.itemgetter(3)
 
 
 def _category(error: BaseException, retry: Retry | None) -> str:
@@ -162,7 +168,11 @@ class ChunkHandler:
         applied (its failures dead-lettered), keys computed."""
         skipped = 0
         dead: list[DeadLetter] = []
-        if any(r.error is not None or r.item is BLANK for r in records):
+        repeat = itertools.repeat
+        items = list(map(_ITEM, records))
+        if any(map(operator.is_not, map(_ERROR, records), repeat(None))) or any(
+            map(operator.is_, items, repeat(BLANK))
+        ):
             kept = []
             for record in records:
                 if record.item is BLANK:
@@ -172,7 +182,7 @@ class ChunkHandler:
                 else:
                     kept.append(record)
             records = kept
-        items = [r.item for r in records]
+            items = list(map(_ITEM, records))
         if self.process is not None:
             process = self.process
             per_item: Callable[[list[Any]], Any] = (
@@ -237,6 +247,8 @@ class ChunkHandler:
             now=clock.now if clock is not None else time.monotonic,
             rate_limit=rate_limit,
         )
+        if not any(map(isinstance, outcomes, itertools.repeat(BaseException))):
+            return records, outcomes  # the rule: every item went through
         refused = next((o for o in outcomes if isinstance(o, TargetError)), None)
         if refused is not None:  # no row can land until the target is fixed: stop the run
             raise refused

@@ -1,0 +1,53 @@
+"""CSV records of plain lines are made in C (no Python frame per line) and are exactly the
+records the same lines give when each is read on its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from freight.jobs import CsvSource, Record
+
+_FIELD = st.text(st.characters(exclude_characters='",\r\n\x00', exclude_categories=["Cs"]))
+_LINE = st.tuples(_FIELD, _FIELD, _FIELD).map(",".join)
+# Plain lines mostly, with a few that are not (a quote, a missing field, a blank line)
+# so that a group is also cut into pieces.
+_ODD = st.sampled_from(['1,"q ""x""",z', "2,b", "", '3,"two\nlines",c'])
+
+
+def _view(records: list[Record]) -> list[tuple[object, ...]]:
+    return [(r.position, r.item, str(r.error) if r.error else None, r.raw) for r in records]
+
+
+@given(
+    lines=st.lists(st.one_of(_LINE, _LINE, _LINE, _ODD), max_size=60),
+    ending=st.sampled_from(["\n", "\r\n"]),
+    tail=st.booleans(),
+)
+@settings(max_examples=150, deadline=None)
+def test_plain_lines_give_the_records_each_line_gives_on_its_own(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[str], ending: str, tail: bool
+) -> None:
+    body = ending.join(["a,b,c", *lines]) + (ending if tail else "")
+    path = tmp_path_factory.mktemp("plain") / "p.csv"
+    path.write_bytes(body.encode())
+    source = CsvSource(path, blank_lines="skip")
+    records = list(source.read())
+    alone = list(source.read_at(r.position for r in records))  # each parsed by itself
+    assert _view(records) == _view(alone)
+
+
+def test_a_long_plain_line_keeps_an_excerpt_of_200_characters(tmp_path: Path) -> None:
+    path = tmp_path / "long.csv"
+    path.write_text("a,b\n1," + "x" * 500 + "\n2,y\n")
+    first, second = CsvSource(path).read()
+    assert first.item == {"a": "1", "b": "x" * 500}
+    assert first.raw == ("1," + "x" * 500)[:200]
+    assert (second.position, second.item, second.raw) == (
+        (len("a,b\n1,") + 501, 3),
+        {"a": "2", "b": "y"},
+        "2,y",
+    )
