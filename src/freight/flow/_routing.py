@@ -66,10 +66,12 @@ Taker = tuple[Runtime, int, str]
 """A subscription that takes an artifact: ``(consumer, its index among the consumer's
 subscriptions, its deliveries' name on a durable board)``."""
 
-Candidate = tuple[Runtime, Subscription, tuple[Callable[[Any], bool], ...], bool, Taker]
+Candidate = tuple[Runtime, Subscription, tuple[Callable[[Any], bool], ...], bool, str | None, Taker]
 """A subscription of an artifact's type: ``(consumer, subscription, its where
-predicates, plain, the taker it is)``; ``plain``: no ``from_``, no self-trigger and no
-join key to check (a public artifact then needs only its predicates)."""
+predicates, plain, own name, the taker it is)``; ``plain``: no ``from_`` and no join key
+to check (a public artifact then needs only its predicates, and not to be the
+consumer's own: ``own name`` is the consumer's name when it prevents self-triggering,
+else ``None``)."""
 
 
 class Router:
@@ -213,10 +215,12 @@ class Router:
             found = self.candidates(type(payload))
         takers: list[Taker] = []
         public = type(envelope.visibility) is Public
-        for rt, sub, where, plain, taker in found:
+        for rt, sub, where, plain, own, taker in found:
             if public and plain:
                 # takes() for a public artifact and a plain subscription, inline (the
                 # hot path: once per artifact and subscription)
+                if own is not None and envelope.producer == own:
+                    continue  # its own output (prevent_self_trigger)
                 try:
                     for predicate in where:
                         if not predicate(payload):
@@ -251,9 +255,8 @@ class Router:
         if found is None:
             found = self._routes[kind] = [
                 (
-                    rt, sub, sub.where,
-                    sub.producers is None and sub.join is None
-                    and not rt.spec.prevent_self_trigger,
+                    rt, sub, sub.where, sub.producers is None and sub.join is None,
+                    rt.spec.name if rt.spec.prevent_self_trigger else None,
                     (rt, sub.index, rt.spec.delivery_name(sub.index)),
                 )
                 for rt in self.consumers.values()
