@@ -177,6 +177,11 @@ def test_an_upsert_of_plain_columns_keeps_each_keys_last_row_as_the_per_item_pat
     [
         ("bigint", ["1", "007"]),  # a leading zero: converted by the per-item path
         ("bigint", ["1", "+2"]),
+        ("bigint", ["1", "--2"]),
+        ("bigint", ["1", "0-2"]),
+        ("bigint", ["1", "-"]),
+        ("bigint", ["-", "1"]),
+        ("bigint", ["1", "-0"]),
         ("bigint", ["1", "9223372036854775808"]),  # past 64 bits: refused there, with why
         ("numeric", ["1.5", "1e3"]),
         ("numeric", ["1.5", "12345678901234567.89"]),  # more digits than a REAL keeps
@@ -193,7 +198,7 @@ def test_a_column_not_all_plain_takes_the_per_item_path(kind: str, values: list[
 
 
 def test_plain_columns_are_bound_as_sqlite_stores_them() -> None:
-    assert bind_column("bigint", ["1", "-20", "0"]) == [1, -20, 0]
+    assert bind_column("bigint", ["1", "-20", "0"]) == ["1", "-20", "0"]  # BIGINT affinity
     assert bind_column("numeric", ["1.25", "3", "-0.5"]) == [1.25, 3.0, -0.5]
     assert bind_column("boolean", ["true", "no", "1"]) == [1, 0, 1]
     stamps = ["2026-01-10T10:00:00+00:00", "2026-01-10T10:00:00.250000-05:30"]

@@ -268,22 +268,22 @@ def _boolean_column(values: list[str], joined: str) -> list[Any] | None:
 
 
 def _integer_column(values: list[str], joined: str) -> list[Any] | None:
-    """The integers, when each value is one as ``str(int)`` writes it (ASCII digits, a
+    """The values, when each is an integer as ``str(int)`` writes it (ASCII digits, a
     ``-`` first or nothing, no leading zero) in at most 18 characters (so within 64
-    bits): what the per-value path binds. (``int()`` takes more spellings: a ``+``,
-    spaces, ``_``, other scripts' digits; those take the per-value path.)"""
+    bits): ``BIGINT`` affinity stores each as the INTEGER the per-value path binds.
+    (``int()`` takes more spellings: a ``+``, spaces, ``_``, other scripts' digits; those
+    take the per-value path.)"""
     text = (_SEPARATOR + joined).encode()
     if text.translate(None, _DIGITS + b"-" + _SEPARATOR.encode()):
         return None
     shape = text.translate(_NONZERO_TO_ONE)
     if b"\n00" in shape or b"\n01" in shape or b"\n-0" in shape:
         return None  # a leading zero, or minus zero
+    if shape.count(b"-") != shape.count(b"\n-") or b"-\n" in shape + b"\n":
+        return None  # a "-" not first, or alone ("1-2", "--1", "-"): the per-value path
     if max(map(len, values)) > _INTEGER_CHARS:
         return None
-    try:
-        return list(map(int, values))
-    except ValueError:  # "1-2", "--1": the per-value path gives the reason
-        return None
+    return values  # BIGINT affinity stores the text of an integer as that INTEGER
 
 
 def _numeric_column(values: list[str], joined: str) -> list[Any] | None:
