@@ -128,8 +128,9 @@ def sqlite_rows(path: Path, table: str) -> int:
         return int(db.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
 
 
-def bench_sqlite(data: Path, folder: Path, rows: int, verdicts: Verdicts) -> None:
-    """freight load vs the Python loop vs ``sqlite3 .import``, each into its own file."""
+def bench_sqlite(data: Path, folder: Path, rows: int, repeat: int, verdicts: Verdicts) -> None:
+    """freight load vs the Python loop vs ``sqlite3 .import``, each into its own file;
+    freight and the loop ``repeat`` times each, alternately, the best of each counted."""
     print("SQLite")
     target = folder / "freight.db"
     load = freight("load", str(data), "--into", f"sqlite:///{target}", "--table", "loaded",
@@ -137,7 +138,6 @@ def bench_sqlite(data: Path, folder: Path, rows: int, verdicts: Verdicts) -> Non
                    "--name", "bench-sqlite")  # fmt: skip
     ours = timed(load)
     assert sqlite_rows(target, "loaded") == rows
-    print(ours.line("freight load", rows))
     # The same typed table for the baselines: freight's own DDL, copied from its file.
     with closing(sqlite3.connect(target)) as db:
         ddl = db.execute("SELECT sql FROM sqlite_master WHERE name = 'loaded'").fetchone()[0]
@@ -147,6 +147,16 @@ def bench_sqlite(data: Path, folder: Path, rows: int, verdicts: Verdicts) -> Non
         db.execute(ddl)
     loop = timed([sys.executable, "-c", PYTHON_LOOP, str(loop_db), str(data), "loaded"])
     assert sqlite_rows(loop_db, "loaded") == rows
+    for attempt in range(1, repeat):  # the best of each (a shared machine is noisy)
+        for path in (target, loop_db):
+            with closing(sqlite3.connect(path)) as db:
+                db.execute("DELETE FROM loaded")
+                db.commit()
+        again = timed([*load[:-1], f"bench-sqlite-{attempt}"])
+        ours = min(ours, again, key=lambda t: t.wall)
+        again = timed([sys.executable, "-c", PYTHON_LOOP, str(loop_db), str(data), "loaded"])
+        loop = min(loop, again, key=lambda t: t.wall)
+    print(ours.line("freight load", rows))
     print(loop.line("Python loop (executemany)", rows))
     if shutil.which("sqlite3"):
         import_db = folder / "import.db"
@@ -300,6 +310,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="200,000 rows")
     parser.add_argument("--workers", type=int, default=2, help="freight load's, PostgreSQL")
     parser.add_argument(
+        "--repeat", type=int, default=2, help="SQLite: runs of freight and the loop (best counts)"
+    )
+    parser.add_argument(
         "--only", choices=("sqlite", "postgres", "mariadb"), action="append",
         help="run only these targets (repeatable; default: all)",
     )  # fmt: skip
@@ -313,7 +326,7 @@ def main() -> int:
         write_csv(data, rows)
         print(f"load targets: {rows:,} rows, {data.stat().st_size / 1e6:.0f} MB CSV")
         runs: list[tuple[str, Callable[[], None]]] = [
-            ("sqlite", lambda: bench_sqlite(data, folder, rows, verdicts)),
+            ("sqlite", lambda: bench_sqlite(data, folder, rows, args.repeat, verdicts)),
             ("postgres", lambda: bench_postgres(data, folder, rows, args.workers, verdicts)),
             ("mariadb", lambda: bench_mariadb(data, folder, rows)),
         ]
