@@ -41,8 +41,8 @@ from freight.store import DeadLetter
 __all__ = ["ChunkHandler", "Prepared", "WriteOrder", "handle_installed", "install"]
 
 _EXCERPT = 200
-# A record's fields, read in C over a whole chunk (no Python frame per record: at a
-# million records, each per-record generator or comprehension cost ~0.05 s).
+# A record's fields, read in C over a whole chunk: no Python frame per record (each
+# per-record generator or comprehension here cost ~0.3 µs a record under cProfile).
 _ITEM = operator.itemgetter(2)
 _ERROR = operator.itemgetter(3)
 

@@ -527,9 +527,10 @@ def _plain_dicts(
 ) -> Iterator[Record]:
     """Records of plain lines as dicts of ``names``, made in C: the lines' texts split at
     the delimiter (a plain line has exactly the header's fields, one ``\\n`` at its end and
-    none inside), no Python frame per line. What the per-line loop of
-    :meth:`CsvSource._plain_records` makes, measured about 4x faster (1M lines of 5
-    fields: 1.5 s of the reader's 2.3 s was that loop)."""
+    none inside), no Python frame per line. The records the per-line loop of
+    :meth:`CsvSource._plain_records` makes; 200,000 lines of 5 fields read in 0.55 s of
+    CPU instead of 0.66 s (same machine, same run): what is left is making the dicts
+    and their strings, as ``csv.reader`` makes its lists."""
     repeat = itertools.repeat
     bodies = "".join(texts).split("\n")
     bodies.pop()  # what follows the last line's \n
