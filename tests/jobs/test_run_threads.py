@@ -6,8 +6,6 @@ import gc
 import threading
 from pathlib import Path
 
-import pytest
-
 from freight import Job
 from freight.store import SqliteStore
 
@@ -39,7 +37,9 @@ def test_with_several_workers_chunks_are_written_on_pool_threads(tmp_path: Path)
     assert all(name.startswith("freight-job-where-2") for name in names)
 
 
-def test_a_run_raises_the_gc_threshold_while_it_runs_and_restores_it(tmp_path: Path) -> None:
+def test_a_run_leaves_the_host_s_gc_thresholds_alone(tmp_path: Path) -> None:
+    """The library never retunes its host's collector (the freight command, whose
+    process it is, does)."""
     before = gc.get_threshold()
     seen: list[tuple[int, int, int]] = []
 
@@ -49,19 +49,6 @@ def test_a_run_raises_the_gc_threshold_while_it_runs_and_restores_it(tmp_path: P
     store = SqliteStore(tmp_path / "gc.db")
     Job("gc", range(30), sink, chunk_size=10, store=store).run()
     store.close()
-    assert gc.get_threshold() == before
     assert seen
-    assert all(t[0] >= 100_000 and t[1:] == before[1:] for t in seen)
-
-
-def test_a_failing_run_restores_the_gc_threshold_too(tmp_path: Path) -> None:
-    before = gc.get_threshold()
-
-    def source() -> range:
-        raise OSError("the source is gone")
-
-    store = SqliteStore(tmp_path / "gcf.db")
-    with pytest.raises(OSError, match="the source is gone"):
-        Job("gc-fail", source, lambda items: None, store=store).run()
-    store.close()
+    assert set(seen) == {before}
     assert gc.get_threshold() == before

@@ -604,11 +604,18 @@ def create_table(
         )
     with _connect(conninfo, autocommit=True) as conn:
         try:
-            conn.execute(
-                sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
-                    target, sql.SQL(", ").join(columns)
+            with conn.transaction():
+                # Two loads creating the same table at once: CREATE TABLE IF NOT EXISTS
+                # races in the catalog (duplicate pg_type key), so they take turns.
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                    [f"freight create table {target.as_string(conn)}"],
                 )
-            )
+                conn.execute(
+                    sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+                        target, sql.SQL(", ").join(columns)
+                    )
+                )
         except psycopg.Error as exc:
             _reraise(exc)
 

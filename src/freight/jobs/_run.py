@@ -8,8 +8,6 @@ duration (progress, ETA) is on the job's clock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import hashlib
 import itertools
 import logging
@@ -48,15 +46,6 @@ __all__ = ["Run"]
 _log = logging.getLogger("freight.jobs")
 
 _RAW = operator.itemgetter(4)  # Record.raw, read in C over a chunk
-
-# While a run drives its chunks, CPython's cyclic GC runs a young collection every this
-# many new container objects instead of every 700. A run allocates a record (a tuple) and
-# usually a dict per item, and keeps a chunk or two of them alive: with the default
-# threshold, the collections they set off (old generation included, which holds every
-# object of the process: a CLI's imports are ~200k) took 25-35 % of a SQLite load's CPU
-# time (200k rows: 1.3 s -> 0.85 s). Cycles are still collected, less often; the
-# previous thresholds come back when the run ends.
-_GC_YOUNG = 100_000
 
 PAUSE_POLL = 0.2  # seconds between looks at the store while paused (on the job's clock)
 
@@ -140,7 +129,7 @@ class Run:
             )
             loop_thread.start()
         try:
-            with _fewer_collections(), self._pool() as pool:
+            with self._pool() as pool:
                 self._drive(pool)
         except BaseException as exc:
             self._fail(exc)
@@ -487,23 +476,6 @@ class Run:
         finally:
             store.release(self.id)
         return job.report(self.id)
-
-
-@contextlib.contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """The GC's young threshold raised to ``_GC_YOUNG`` (see there) for the block, unless
-    it is higher already; restored after it, unless someone changed it meanwhile."""
-    before = gc.get_threshold()
-    if before[0] >= _GC_YOUNG:
-        yield
-        return
-    raised = (_GC_YOUNG, *before[1:])
-    gc.set_threshold(*raised)
-    try:
-        yield
-    finally:
-        if gc.get_threshold() == raised:
-            gc.set_threshold(*before)
 
 
 def _shared_transaction(job: Job) -> tuple[TransactionalSink, SharedTransactionStore] | None:
