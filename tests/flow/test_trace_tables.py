@@ -3,11 +3,17 @@ dead-letter spans and the narrow rows of publish spans, with the columns it alwa
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from freight import BatchSpec, Flow
 from freight.flow import DuckDBTracer, Span
@@ -158,3 +164,52 @@ def test_two_large_writes_keep_their_own_row_groups(tmp_path: Path) -> None:
         ).fetchall()
         assert db.execute("SELECT count(*) FROM spans").fetchall() == [(20_000,)]
     assert groups == 2
+
+
+WRITER = """
+import sys
+from datetime import UTC, datetime
+from freight.flow import DuckDBTracer
+from freight.flow._artifacts import Envelope
+from freight.flow._tracing import Tracing
+
+tracer = DuckDBTracer(sys.argv[1], buffer=1_000_000)
+tracing = Tracing("f", [tracer], False)
+now = datetime.now(UTC)
+for write in range(1_000):
+    routed = [(Envelope(f"e{write}-{i}", "Tx", None, None, 0.0, now), i, ["pay"])
+              for i in range(int(sys.argv[2]))]
+    tracing.published(routed, 0.0)
+    tracer.flush()
+    print(write, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_at_6_random_points_while_writing_loses_at_most_that_write(
+    tmp_path: Path,
+) -> None:
+    """A write's commit is its checkpoint (no WAL): a process killed mid-write leaves a
+    file that opens, holding every finished write whole and nothing of the killed one."""
+    path = tmp_path / "traces.duckdb"
+    size = 3_000
+    rng = random.Random(20261130)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    finished = 0
+    for _ in range(6):
+        process = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), str(size)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        assert process.stdout is not None
+        wanted = rng.randint(1, 4)
+        lines = [process.stdout.readline() for _ in range(wanted)]
+        assert all(line.strip().isdigit() for line in lines), process.communicate()[1][-2000:]
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        finished += wanted
+        [(count,)] = rows(path, "SELECT count(*) FROM spans")
+        assert isinstance(count, int)
+        assert count % size == 0
+        assert finished * size <= count <= (finished + 1) * size
+        finished = count // size
