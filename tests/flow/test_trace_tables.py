@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -117,6 +118,35 @@ async def test_a_trace_file_of_the_single_table_layout_keeps_its_spans(tmp_path:
     await traced_flow(path, 10)
     assert rows(path, "SELECT count(*) FROM spans WHERE name = 'publish'") == [(1 + 20,)]
     assert rows(path, "SELECT count(*) FROM spans WHERE span_id = 'old-1'") == [(1,)]
+
+
+async def test_publish_span_ids_are_unique_and_are_their_artifacts_ids(tmp_path: Path) -> None:
+    """A publish span's id is its artifact's: unique, of one form (the flow's prefix and
+    a counter in hex)."""
+    path = tmp_path / "traces.duckdb"
+    ids = await traced_flow(path, 300)
+    published = rows(path, "SELECT span_id FROM spans WHERE name = 'publish'")
+    span_ids = [str(r[0]) for r in published]
+    assert len(span_ids) == 600 == len(set(span_ids))
+    assert set(ids) <= set(span_ids)
+    prefix = ids[0][:17]
+    assert all(re.fullmatch(r"[0-9a-f]{16}-[1-9a-f][0-9a-f]*", i) for i in span_ids)
+    assert {i[:17] for i in span_ids} == {prefix}
+    assert rows(path, f"SELECT count(*) FROM spans WHERE span_id = '{ids[-1]}'") == [(1,)]
+
+
+def test_a_publish_span_keeps_an_artifact_id_of_another_form(tmp_path: Path) -> None:
+    from freight.flow._artifacts import Envelope
+    from freight.flow._tracing import Tracing
+
+    path = tmp_path / "traces.duckdb"
+    tracer = DuckDBTracer(path)
+    tracing = Tracing("f", [tracer], False)
+    now = datetime.now(UTC)
+    odd = ["e0-1", "0123456789abcdef-01", "0123456789abcdef-zz", "0123456789abcdef-ff"]
+    tracing.published([(Envelope(i, "Tx", Tx(0), None, 0.0, now), 1, ["pay"]) for i in odd], 0.0)
+    tracer.close()
+    assert sorted(str(r[0]) for r in rows(path, "SELECT span_id FROM spans")) == sorted(odd)
 
 
 async def test_a_trace_file_replaced_between_writes_gets_its_tables_again(tmp_path: Path) -> None:

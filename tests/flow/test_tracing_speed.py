@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -234,3 +234,41 @@ def test_a_failed_write_with_no_room_left_keeps_no_publish_span(tmp_path: Path) 
     assert rows(tracer.path, "SELECT count(*), count(*) FILTER (name = 'publish') FROM spans") == [
         (10, 0)
     ]
+
+
+def test_a_one_artifact_route_is_traced_as_in_a_longer_route(tmp_path: Path) -> None:
+    """The one-tracer, one-artifact path (an outside publish) writes the same publish
+    span as a route of several artifacts, and counts it for the writer thread."""
+    from freight.flow._artifacts import Envelope
+    from freight.flow._tracing import Tracing
+
+    path = tmp_path / "t.duckdb"
+    tracer = DuckDBTracer(path, interval=3600)
+    tracing = Tracing("f", [tracer], False)
+    now = datetime.now(UTC)
+
+    def envelope(i: int) -> Envelope:
+        return Envelope(f"e{i}", "Tx", Tx(i), "src", 5.0, now, tenant="t", depth=2)
+
+    tracing.published([(envelope(0), 0, ["pay"])], 7.0)
+    assert tracer._writer.thread is not None  # the first span counted: the writer started
+    tracing.published([(envelope(1), 1, ["pay", "audit"]), (envelope(2), 2, ["pay"])], 7.0)
+    for i in range(3, 600):
+        tracing.published([(envelope(i), i, ["pay"])], 7.0)
+    assert tracer._writer.counted >= 512  # told every 256 spans (the buffer's count)
+    tracer.close()
+    got = rows(
+        path,
+        "SELECT span_id, artifact_type, consumer, tenant, attributes, started_at FROM spans"
+        " WHERE span_id IN ('e0', 'e1', 'e2') ORDER BY span_id",
+    )
+    assert [r[:5] for r in got] == [
+        ("e0", "Tx", "src", "t", '{"consumers": 1, "depth": 2}'),
+        ("e1", "Tx", "src", "t", '{"consumers": 2, "depth": 2}'),
+        ("e2", "Tx", "src", "t", '{"consumers": 1, "depth": 2}'),
+    ]
+    started = [r[5] for r in got if isinstance(r[5], datetime)]
+    assert len(started) == 3
+    assert max(started) - min(started) < timedelta(seconds=1)
+    assert abs(started[0] - (now - timedelta(seconds=2))) < timedelta(seconds=1)
+    assert rows(path, "SELECT count(*) FROM spans") == [(600,)]

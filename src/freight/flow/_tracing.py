@@ -38,7 +38,7 @@ from typing import Any
 
 from freight._drivers._engine import fan_out
 from freight.flow._artifacts import Envelope
-from freight.flow._trace import DuckDBTracer, Span, SpanIds, SpanKind
+from freight.flow._trace import _COUNT_EVERY, DuckDBTracer, Span, SpanIds, SpanKind, _Queues
 
 __all__ = ["Tracing"]
 
@@ -55,7 +55,7 @@ class Tracing:
             installed); see ``Flow``.
     """
 
-    __slots__ = ("_ids", "_others", "_queues", "_tracers", "flow", "subscribers")
+    __slots__ = ("_ids", "_others", "_queues", "_single", "_tracers", "flow", "subscribers")
 
     def __init__(
         self,
@@ -73,6 +73,10 @@ class Tracing:
         self._others = [s for s in self.subscribers if not isinstance(s, DuckDBTracer)]
         self._queues = [tracer.queues(flow) for tracer in self._tracers]
         self._ids = SpanIds(uuid.uuid4().hex[:12] + "-")
+        # the queues of the only subscriber, a DuckDB tracer (the default): publish
+        # spans' fast path
+        only = len(self._queues) == 1 and not self._others
+        self._single: _Queues | None = self._queues[0] if only else None
 
     def span(
         self,
@@ -176,6 +180,19 @@ class Tracing:
         wall clock (rule 3: the wall clock now, minus its age on the flow's clock), its
         envelope's ``published_at`` give or take the microseconds between them. (The
         router calls this only when there are subscribers.)"""
+        single = self._single
+        if single is not None and len(routed) == 1:
+            # one DuckDB tracer, one artifact (an outside publish, most often): its
+            # values appended, counted here (``_Queues.count`` inlined: ~0.2 us less)
+            e, _, takers = routed[0]
+            single.publishes += (e[0], e[1], e[3], e[4] + (time.time() - now), e[7], e[9],
+                                 len(takers))  # fmt: skip
+            uncounted = single.uncounted + 1
+            if uncounted >= _COUNT_EVERY or single.writer.thread is None:
+                single.count(1)
+            else:
+                single.uncounted = uncounted
+            return
         if self._queues:
             offset = time.time() - now
             for queues in self._queues:
