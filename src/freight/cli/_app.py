@@ -6,8 +6,10 @@ is one line on stderr and exit code 2. A command that runs a job exits with what
 run came to (:func:`_exit_code_of`): 0 every item landed, 1 failed or stopped early,
 3 finished with dead letters, 130 a second Ctrl-C (:data:`EXIT_CODES` is the table
 the help and ``docs/guide.md`` show). Anything else is a bug in freight and keeps its
-traceback. The job ``freight load`` runs is built (and its file and target checked) in
-:mod:`freight.cli._load`, whose refusals reach this boundary as a ``ConfigError``.
+traceback. The boundary and the exit codes live in :mod:`freight.cli._errors`
+(``_Commands`` is re-exported here). The job ``freight load`` runs is built (and its
+file and target checked) in :mod:`freight.cli._load`, whose refusals reach this
+boundary as a ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -18,18 +20,25 @@ import importlib
 import logging
 import os
 import socket
-import sqlite3
 import sys
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from typer.core import TyperGroup
 
 from freight._errors import FreightError
+from freight.cli._errors import (
+    EXIT_CODES,
+    EXIT_DEAD_LETTERS,
+    EXIT_INTERRUPTED,
+    EXIT_LANDED,
+    EXIT_STOPPED,
+    _Commands,
+    _error,
+)
 from freight.cli._flow import flow_app
 from freight.cli._load import Load, load_job
 from freight.jobs import CsvSource, Job, JobReport, ProgressPrinter
@@ -49,100 +58,8 @@ from freight.store._records import utcnow
 
 __all__ = ["app", "main"]
 
-# The extra that provides a module, for an ImportError that does not say it itself.
-_EXTRAS = {
-    "psycopg": "postgres",
-    "pymysql": "mysql",
-    "zstandard": "zstd",
-    "psycopg_pool": "postgres",
-    "pyarrow": "parquet",
-    "duckdb": "trace",
-    "prometheus_client": "prometheus",
-}
-
-# What a command that runs a job (load, run, resume, retry-failed) exits with.
-EXIT_LANDED = 0
-"""Every item landed (or the command did what it was asked)."""
-EXIT_STOPPED = 1
-"""The run failed, was cancelled or stopped early (over --max-failures): run it again."""
-EXIT_USER_ERROR = 2
-"""A user error: one line on stderr says what was wrong and how to fix it."""
-EXIT_DEAD_LETTERS = 3
-"""The run finished, but some items were dead-lettered (``freight report`` lists them)."""
-EXIT_INTERRUPTED = 130
-"""A second Ctrl-C stopped the run at once: the same command again resumes it."""
-
-EXIT_CODES = f"""\b
-Exit codes (load, run, resume, retry-failed):
-  {EXIT_LANDED}    every item landed
-  {EXIT_STOPPED}    the run failed, was cancelled or stopped early (--max-failures,
-       --max-failure-rate): run the same command again to resume it
-  {EXIT_USER_ERROR}    a user error: one line on stderr says what to fix
-  {EXIT_DEAD_LETTERS}    finished, but some rows were dead-lettered: see the report
-       (freight report JOB), fix them, then freight retry-failed JOB
-  {EXIT_INTERRUPTED}  stopped at once by a second Ctrl-C: run the same command again"""
-"""The exit codes, as ``freight --help`` and ``freight load --help`` show them."""
-
 # Seconds without a heartbeat after which a run's owner is dead (Job's stale_after default).
 STALE_AFTER = 30.0
-
-
-class _Commands(TyperGroup):
-    """freight's commands with their one error boundary (see the module docstring).
-
-    It wraps ``main``, which both the console command and ``CliRunner`` call, so the
-    group's own usage errors ("No such command") pass through it as well.
-    """
-
-    def main(
-        self,
-        args: Sequence[str] | None = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        windows_expand_args: bool = True,
-        **extra: Any,
-    ) -> Any:
-        try:
-            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
-        except Exception as exc:
-            code = _exit_code(exc)
-            if code is None:
-                raise  # a bug: its traceback is what a report needs
-        if not standalone_mode:
-            return code
-        sys.exit(code if isinstance(code, int) else 0)
-
-
-def _exit_code(exc: Exception) -> int | None:
-    """Print the one line ``exc`` deserves and return the exit code; ``None`` for a bug."""
-    if isinstance(exc, typer.Abort):
-        typer.echo("freight: aborted", err=True)
-        return 1
-    # Typer's usage errors (its own copy of click's UsageError): duck-typed, since
-    # the class is not part of typer's public API.
-    if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
-        ctx = getattr(exc, "ctx", None)
-        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
-            typer.echo(ctx.get_help())
-            return 0
-        where = ctx.command_path if ctx is not None else "freight"
-        return _error(f"{exc.format_message()} (see `{where} --help`)")
-    message = _user_error(exc)
-    return None if message is None else _error(message)
-
-
-def _user_error(exc: Exception) -> str | None:
-    """The one line a user error prints, or ``None`` when ``exc`` is a bug."""
-    if isinstance(exc, ImportError) and exc.name in _EXTRAS:
-        return f"{exc}: pip install 'freight[{_EXTRAS[exc.name]}]'"
-    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
-        return f"{exc.strerror}: {str(exc.filename)!r}"
-    psycopg = sys.modules.get("psycopg")  # the database refused (imported if it was used)
-    refused = psycopg is not None and isinstance(exc, psycopg.Error)
-    if isinstance(exc, FreightError | ImportError | OSError | sqlite3.Error) or refused:
-        return _one_line(exc)
-    return None
 
 
 app = typer.Typer(
@@ -166,12 +83,6 @@ StoreOption = Annotated[
     ),
 ]
 JobArgument = Annotated[str, typer.Argument(help="A run id, or a job name (its latest run).")]
-
-
-def _error(message: str) -> int:
-    """Print a user error's one line; return its exit code, 2."""
-    typer.echo(f"freight: error: {message}", err=True)
-    return EXIT_USER_ERROR
 
 
 def _fail(message: str) -> NoReturn:
@@ -204,10 +115,6 @@ def _stored(store: str) -> Store | None:
         if str(exc).startswith("no store at "):
             return None
         raise
-
-
-def _one_line(exc: BaseException) -> str:
-    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def _find(store: Store, job: str) -> JobRecord:
