@@ -47,16 +47,14 @@ change is refused before sending, with the same reasons as the SQLite and Postgr
 targets (:mod:`freight.connectors._sqltypes`): ``NaN`` and infinities (a DOUBLE holds
 neither), a NUL byte in text, an integer beyond 64 bits, a ``numeric`` with more digits
 than ``DECIMAL(65,30)`` keeps (the server would round its fraction with only a note).
+The types and those value checks live in :mod:`freight.connectors._mysqltypes`; this
+module connects, creates tables and writes.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, date, datetime
-from decimal import Decimal
 from typing import Any
 
 from freight._errors import ConfigError, PermanentError, TargetError, TransientError
@@ -68,6 +66,17 @@ from freight.connectors._mysqlerrors import (
     parse_url,
     raise_classified,
 )
+from freight.connectors._mysqltypes import (
+    DDL_TYPES,
+    KEY_TEXT,
+    ToLiteral,
+    declared_type,
+    freight_type,
+    freight_types,
+)
+from freight.connectors._mysqltypes import bind as _bind
+from freight.connectors._mysqltypes import literals as _literals
+from freight.connectors._mysqltypes import row_literal as _row_literal
 
 try:
     import pymysql  # type: ignore[import-untyped]
@@ -94,33 +103,6 @@ _SQL_MODE = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION"
 # A multi-row statement's size: ~1 MB, PyMySQL's own executemany cut (larger gained
 # nothing measurable; the server's max_allowed_packet is the hard limit).
 _STATEMENT_BYTES = 1_000_000
-_KEY_TEXT = "VARCHAR(255)"
-_DECIMAL_DIGITS = (35, 30)  # DECIMAL(65,30): digits before and after the point
-
-DDL_TYPES = {
-    "bigint": "BIGINT",
-    "integer": "BIGINT",
-    "smallint": "BIGINT",
-    "numeric": "DECIMAL(65,30)",
-    "double precision": "DOUBLE",
-    "real": "DOUBLE",
-    "boolean": "BOOLEAN",
-    "timestamptz": "DATETIME(6)",
-    "date": "DATE",
-    "text": "LONGTEXT",
-    "jsonb": "LONGTEXT",
-    "json": "LONGTEXT",
-}
-"""freight (PostgreSQL) type -> MariaDB column type: a fixed allow-list, never user text."""
-
-_PYTHON_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
-    (bool, "boolean"),  # before int: a bool is an int
-    (int, "bigint"),
-    (float, "double precision"),
-    (Decimal, "numeric"),
-    (datetime, "timestamptz"),  # before date: a datetime is a date
-    (date, "date"),
-)
 
 
 def quote_identifier(name: str) -> str:
@@ -131,17 +113,6 @@ def quote_identifier(name: str) -> str:
             f"without NUL, got {name!r}"
         )
     return "`" + name.replace("`", "``") + "`"
-
-
-def _freight_types(types: Mapping[str, str]) -> dict[str, str]:
-    """``types`` named as :mod:`~freight.connectors.pgtypes` names them (or as one of
-    :data:`DDL_TYPES`), each known to have a MariaDB column type."""
-    out = {}
-    for column, type_name in types.items():
-        lowered = type_name.strip().lower()
-        kind = lowered if lowered in DDL_TYPES else pgtypes.canonical(type_name)
-        out[column] = kind
-    return out
 
 
 def _check_columns(table: str, columns: Sequence[str], key: Sequence[str]) -> None:
@@ -184,7 +155,7 @@ def _connect(where: MysqlUrl) -> Any:
 
 def _create_sql(table: str, declared: Mapping[str, str], key: Sequence[str]) -> str:
     body = ", ".join(
-        f"{quote_identifier(c)} {_KEY_TEXT if c in key and kind == 'LONGTEXT' else kind}"
+        f"{quote_identifier(c)} {KEY_TEXT if c in key and kind == 'LONGTEXT' else kind}"
         + (" NOT NULL" if c in key else "")
         for c, kind in declared.items()
     )
@@ -216,7 +187,7 @@ def create_table(
     anything is created (a :class:`~freight.ConfigError`); a table the server refuses
     (its row size) is a :class:`~freight.TargetError` with the server's message.
     """
-    kinds = _freight_types(column_types)
+    kinds = freight_types(column_types)
     _check_columns(table, list(kinds), key)
     conn = _connect(parse_url(url))
     try:
@@ -231,20 +202,6 @@ _COLUMNS_SQL = (
 )
 
 
-def _freight_type(data_type: str, column_type: str) -> str:
-    """The freight type of a MariaDB column (what :func:`table_types` reports)."""
-    kind = data_type.lower()
-    if kind == "tinyint" and column_type.lower().startswith("tinyint(1)"):
-        return "boolean"
-    if kind in ("bigint", "int", "integer", "mediumint", "smallint", "tinyint"):
-        return "bigint"
-    if kind in ("decimal", "numeric", "double", "float", "real"):
-        return "numeric"
-    if kind in ("datetime", "timestamp"):
-        return "timestamptz"
-    return "text"
-
-
 def table_types(url: str, table: str) -> dict[str, str] | None:
     """The columns of ``table`` and their freight types, or ``None`` when it does not
     exist. A column of a type freight does not parse is text (DOUBLE is numeric)."""
@@ -254,147 +211,7 @@ def table_types(url: str, table: str) -> dict[str, str] | None:
         rows = _run(conn, _COLUMNS_SQL, (table,))
     finally:
         conn.close()
-    return {str(r[0]): _freight_type(str(r[1]), str(r[2])) for r in rows} or None
-
-
-# -- values: what MariaDB stores exactly, or a reason -----------------------------------------
-
-
-def _not_finite(column: str, value: float | Decimal) -> PermanentError:
-    return PermanentError(
-        f"column {column!r}: {pgtypes.non_finite_name(value)} is not a finite number"
-    )
-
-
-def _decimal(value: Decimal, column: str) -> Decimal:
-    if not value.is_finite():
-        raise _not_finite(column, value)
-    # Counted on the exact digits (normalize() would round to the context's 28 digits);
-    # trailing zeros after the point are not digits DECIMAL must keep.
-    _sign, digits, exponent = value.as_tuple()
-    assert isinstance(exponent, int)
-    kept = len(digits)
-    while exponent < 0 and kept > 1 and digits[kept - 1] == 0:
-        kept, exponent = kept - 1, exponent + 1
-    before = max(kept + exponent, 0)
-    after = max(-exponent, 0)
-    if before > _DECIMAL_DIGITS[0] or after > _DECIMAL_DIGITS[1]:
-        raise PermanentError(
-            f"column {column!r}: {value} has more digits than MariaDB's DECIMAL(65,30) "
-            "keeps (35 before the point, 30 after); load this column as text to keep it exact"
-        )
-    return value
-
-
-def _text(value: str, column: str) -> str:
-    if "\x00" in value:
-        raise PermanentError(f"column {column!r}: text fields cannot contain NUL (0x00) bytes")
-    return value
-
-
-def _integer(value: int, column: str) -> int:
-    if not -(2**63) <= value < 2**63:
-        raise PermanentError(f"column {column!r}: {value} is out of range for bigint")
-    return value
-
-
-def _float(value: float, column: str) -> float:
-    if not math.isfinite(value):  # a DOUBLE holds neither NaN nor an infinity
-        raise _not_finite(column, value)
-    return value
-
-
-def _utc(value: datetime, column: str) -> datetime:
-    """Stored in UTC, the session's time zone (DATETIME keeps no offset)."""
-    return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
-
-
-_ADAPTERS: tuple[tuple[type | tuple[type, ...], Callable[[Any, str], Any]], ...] = (
-    (bool, lambda value, column: value),  # before int: a bool is an int (bound as 0/1)
-    (int, _integer),
-    (float, _float),
-    (str, lambda value, column: _text(str.__str__(value), column)),  # a str enum: its text
-    (Decimal, _decimal),
-    (datetime, _utc),
-    ((dict, list), lambda value, column: json.dumps(value, ensure_ascii=False)),
-)
-
-
-def _bind(value: Any, column: str) -> Any:
-    """``value`` as MariaDB stores it without altering it, or a PermanentError saying why."""
-    if type(value) is str:  # the common case first: a CSV load binds text
-        return _text(value, column)
-    if value is None:
-        return None
-    for cls, adapt in _ADAPTERS:
-        if isinstance(value, cls):
-            return adapt(value, column)
-    return value  # date, time, bytes: PyMySQL's own literals
-
-
-# -- typed text straight to SQL literals (the CSV load's fast path) -------------------------
-
-_Literal = Callable[[str], str]
-"""A non-empty text of a typed column as its SQL literal, or a ValueError saying why not."""
-
-
-def _literal(kind: str, column: str) -> _Literal:
-    """How a text of ``column`` (of freight type ``kind``) is written: parsed as
-    :func:`~freight.connectors.pgtypes.converter` parses it, checked as :func:`_bind`
-    checks the parsed value, and made a literal without PyMySQL's per-value dispatch.
-    The same values and reasons as the converter and :func:`_bind`, ~2x faster a row."""
-    parse = pgtypes.TYPES[kind]
-    escape = pymysql.converters.escape_string
-    if kind == "bigint":
-        return lambda text: str(parse(text))
-    if kind == "numeric":
-
-        def numeric_literal(text: str) -> str:
-            value = parse(text)
-            # A plain number of at most 31 characters has at most 30 digits: it fits.
-            if len(text) > 31 or "e" in text or "E" in text:
-                _decimal(value, column)
-            return format(value, "f")
-
-        return numeric_literal
-    if kind == "boolean":
-        return lambda text: "1" if parse(text) else "0"
-    if kind == "timestamptz":
-        return lambda text: str(pymysql.converters.escape_datetime(_utc(parse(text), column)))
-
-    def text_literal(text: str) -> str:
-        return "'" + str(escape(_text(text, column))) + "'"
-
-    return text_literal
-
-
-def _literals(types: Mapping[str, str]) -> dict[str, _Literal]:
-    """:func:`_literal` of each typed column pgtypes parses (the others take the slow path)."""
-    return {c: _literal(k, c) for c, k in types.items() if k in pgtypes.TYPES}
-
-
-def _row_literal(item: Mapping[str, Any], literals: dict[str, _Literal]) -> str | None:
-    """``item``'s ``(…)`` literal when every value is a text of a typed column that
-    fits it, else ``None``: the general path then writes the row, or refuses it with the
-    reason it gives (the first column the converter refuses, in the table's order)."""
-    if set(map(type, item.values())) != {str} or not literals.keys() >= item.keys():
-        return None
-    try:
-        texts = [
-            "NULL" if text == "" else literals[column](text)  # the converter's rule
-            for column, text in item.items()
-        ]
-    except (ValueError, PermanentError):
-        return None
-    return "(" + ",".join(texts) + ")"
-
-
-def _declared(value: Any, key: bool) -> str:
-    """The column type of a table created from a first item's ``value``."""
-    kind = next((k for cls, k in _PYTHON_KINDS if isinstance(value, cls)), "text")
-    if isinstance(value, bytes):
-        return "VARBINARY(255)" if key else "LONGBLOB"
-    return _KEY_TEXT if key and kind == "text" else DDL_TYPES[kind]
+    return {str(r[0]): freight_type(str(r[1]), str(r[2])) for r in rows} or None
 
 
 # -- the sink ---------------------------------------------------------------------------------
@@ -443,7 +260,7 @@ class MysqlSink:
         self.columns = list(columns) if columns is not None else None
         for column in self.columns or ():
             quote_identifier(column)
-        self.types = None if types is None else _freight_types(types)
+        self.types = None if types is None else freight_types(types)
         if self.types is not None:
             _check_columns(table, list(self.types), self.key)
         self._open()
@@ -457,7 +274,7 @@ class MysqlSink:
         self._known: list[str] | None = None  # the table's columns, once read
         self._prefixes: dict[tuple[str, ...], tuple[str, str]] = {}
         self._convert: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
-        self._literals: dict[str, _Literal] | None = None
+        self._literals: dict[str, ToLiteral] | None = None
         if self.types is not None:
             self._literals = _literals(self.types)
             parsed = {c: t for c, t in self.types.items() if t in pgtypes.TYPES}
@@ -523,7 +340,7 @@ class MysqlSink:
             raise PermanentError(f"MysqlSink needs mappings, got {type(first).__name__}")
         columns = self.columns or list(first)
         _check_columns(self.table, columns, self.key)
-        declared = {c: _declared(first.get(c), c in self.key) for c in columns}
+        declared = {c: declared_type(first.get(c), c in self.key) for c in columns}
         _run(self._connection(), _create_sql(self.table, declared, self.key))
         self._known = list(columns)
         return self._known
