@@ -27,27 +27,50 @@ opening the file is skipped, and a duplicate or empty column name is a ConfigErr
 
 Module rules: this module depends on :mod:`freight.jobs._csvread`, never the other way
 round; the helpers shared by every source (fingerprints, converters, excerpts, the
-blank marker) live here and :mod:`freight.jobs._parquet` imports them from here.
+blank marker, the file base) live in :mod:`freight.jobs._sourcekit`, and are re-exported
+here (:mod:`freight.jobs._parquet` imports them from here). :class:`IterableSource` lives
+in :mod:`freight.jobs._iterable` and is re-exported here.
 """
 
 from __future__ import annotations
 
 import codecs
-import functools
-import hashlib
 import itertools
 import json
 import operator
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
 
 from freight._core._source import Position, Record, SourceSize
 from freight._errors import ConfigError, RecordError
-from freight.jobs._compression import Marks, compression_of, open_stream
 from freight.jobs._csvread import _Dialect, _groups, _Make, _Parsed, _Plain, _Reader
+from freight.jobs._iterable import IterableSource
+from freight.jobs._sourcekit import (
+    _EXCERPT,
+    BLANK,
+    CompressionArg,
+    _converter,
+    _existing_file,
+    _file_fingerprint,
+    _FileSource,
+    _line_starts_at,
+    _validation,
+    _wanted,
+    is_blank,
+)
 
 __all__ = [
+    # the shared helpers' old home: re-exported for those that import them from here
+    "BLANK",
+    "_EXCERPT",
+    "_converter",
+    "_existing_file",
+    "_file_fingerprint",
+    "_validation",
+    "_wanted",
+    "is_blank",
+    # this module's own
     "CsvSource",
     "IterableSource",
     "JsonlSource",
@@ -61,9 +84,6 @@ __all__ = [
     "as_source",
     "file_format",
 ]
-
-_EXCERPT = 200  # characters of a bad record kept for its dead letter
-_HASH_SPAN = 1 << 20  # bytes hashed at each end of a file for its fingerprint
 
 
 @runtime_checkable
@@ -112,156 +132,6 @@ class SourceProgress(Protocol):
         """The bytes of the file read to reach ``position`` (``None``: not known yet,
         as for a compressed file's position not read to in this process)."""
         ...
-
-
-Converter = Callable[[Any], Any]
-
-
-def _converter(convert: Any) -> Converter | None:
-    """A callable, or a pydantic model class (its ``model_validate``)."""
-    if convert is None:
-        return None
-    validate = getattr(convert, "model_validate", None)
-    if isinstance(convert, type) and callable(validate):
-        return validate  # type: ignore[no-any-return]
-    if callable(convert):
-        return convert  # type: ignore[no-any-return]
-    raise ConfigError(f"convert must be a callable or a pydantic model class, got {convert!r}")
-
-
-def _file_fingerprint(path: Path) -> str:
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as f:
-        digest.update(f.read(_HASH_SPAN))
-        if size > _HASH_SPAN:
-            f.seek(max(_HASH_SPAN, size - _HASH_SPAN))
-            digest.update(f.read(_HASH_SPAN))
-    return digest.hexdigest()[:32]
-
-
-def _existing_file(path: str | Path, what: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{what}: no such file {str(p)!r}; check the path")
-    return p
-
-
-def _wanted(positions: Iterable[Position]) -> list[Position]:
-    """``positions`` in ascending order, each once."""
-    return sorted({(int(offset), int(ordinal)) for offset, ordinal in positions})
-
-
-CompressionArg = Literal["auto", "gzip", "zstd"] | None
-
-
-class _FileSource:
-    """What CsvSource and JsonlSource share: a file, plain or compressed (gzip, zstd),
-    read through :func:`~freight.jobs._compression.open_stream`."""
-
-    path: Path
-    compression: Literal["gzip", "zstd"] | None
-    _marks: Marks
-
-    def _init_file(self, path: str | Path, what: str, compression: CompressionArg) -> None:
-        self.path = _existing_file(path, what)
-        self.compression = compression_of(self.path, compression)
-        self._marks = Marks()
-
-    def _open(self, buffering: int = -1) -> BinaryIO:
-        if self.compression is None:
-            return self.path.open("rb", buffering=buffering)
-        return open_stream(self.path, self.compression, self._marks)
-
-    def fingerprint(self) -> str:
-        """Of the file's bytes as on disk (compressed bytes for a compressed file)."""
-        return _file_fingerprint(self.path)
-
-    def size(self) -> SourceSize:
-        """The file's size on disk (compressed bytes for a compressed file)."""
-        return SourceSize(bytes=self.path.stat().st_size)
-
-    def bytes_read(self, position: Position) -> int | None:
-        """The bytes of the file read to reach ``position`` (see :class:`SourceProgress`)."""
-        if self.compression is None:
-            return position[0]
-        return self._marks.consumed_at(position[0])
-
-
-def _line_starts_at(f: BinaryIO, offset: int, first: int) -> bool:
-    """Whether a line of the file starts at ``offset`` (``first``: the first one's)."""
-    if offset <= first:
-        return offset == first
-    f.seek(offset - 1)
-    return f.read(1) == b"\n"
-
-
-class IterableSource:
-    """Any iterable (a list, a generator, a query result), read once, item by item.
-
-    Positions are item indexes; a resume re-iterates and skips what is done, so
-    pass a re-iterable (a list) or a factory (``lambda: gen()``) to resume.
-    """
-
-    def __init__(
-        self, items: Iterable[Any] | Callable[[], Iterable[Any]], *, fingerprint: str | None = None
-    ) -> None:
-        self._items = items
-        self._fingerprint = fingerprint
-
-    def _iterable(self) -> Iterable[Any]:
-        if callable(self._items) and not isinstance(self._items, Iterable):
-            return self._items()
-        return self._items
-
-    def fingerprint(self) -> str:
-        if self._fingerprint is not None:
-            return self._fingerprint
-        items = self._items
-        if isinstance(items, Sequence):
-            digest = hashlib.sha256(f"{type(items).__name__}:{len(items)}".encode())
-            for item in (items[0], items[-1]) if items else ():
-                digest.update(repr(item).encode())
-            return digest.hexdigest()[:32]
-        return f"iterable:{type(items).__name__}"
-
-    def size(self) -> SourceSize:
-        items = self._items
-        return SourceSize(items=len(items) if isinstance(items, Sequence) else None)
-
-    def read(self, start: Position | None = None) -> Iterator[Record]:
-        skip = 0 if start is None else start[0]
-        items = iter(self._iterable())
-        if skip:
-            next(itertools.islice(items, skip, skip), None)  # consume what is done
-        # Records are built in C and returned as a map, not yielded: no Python frame per
-        # item on this hot path.
-        make = functools.partial(tuple.__new__, Record)
-        return map(
-            make,
-            zip(
-                itertools.count(skip),
-                itertools.count(skip),
-                items,
-                itertools.repeat(None),
-                itertools.repeat(""),
-                itertools.repeat("item"),
-            ),
-        )
-
-    def read_at(self, positions: Iterable[Position]) -> Iterator[Record]:
-        """The items at ``positions`` (index, index), in order, iterating once."""
-        wanted = [index for index, ordinal in _wanted(positions) if index == ordinal >= 0]
-        if not wanted:
-            return
-        targets = iter(wanted)
-        target = next(targets)
-        for index, item in enumerate(self._iterable()):
-            if index == target:
-                yield Record(index, index, item, None, "", "item")
-                target = next(targets, -1)
-                if target < 0:
-                    return
 
 
 # -- CSV ------------------------------------------------------------------------------
@@ -614,27 +484,6 @@ class JsonlSource(_FileSource):
             except Exception as exc:
                 return Record(*position, None, _validation(exc), excerpt)
         return Record(*position, value, None, excerpt)
-
-
-class _Blank:
-    """Marker item of a skipped blank line."""
-
-    def __repr__(self) -> str:
-        return "BLANK"
-
-
-BLANK = _Blank()
-
-
-def is_blank(record: Record) -> bool:
-    """True for a blank line a source was told to skip."""
-    return record.item is BLANK
-
-
-def _validation(exc: Exception) -> RecordError:
-    error = RecordError(f"{type(exc).__name__}: {exc}".splitlines()[0][:_EXCERPT])
-    error.__cause__ = exc
-    return error
 
 
 FileFormat = Literal["csv", "jsonl", "parquet"]
