@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from freight import ConfigError
 from freight.cli import app
-from freight.cli._app import _Commands
+from freight.cli._errors import _Commands
 from tests.services import POSTGRES_URL, require
 
 runner = CliRunner()

@@ -15,7 +15,9 @@ from freight.connectors import pgtypes
 
 pymysql = pytest.importorskip("pymysql")
 
-from freight.connectors.mysql import _bind, _literals, _row_literal  # noqa: E402
+from freight.connectors._mysqltypes import bind as _bind  # noqa: E402
+from freight.connectors._mysqltypes import literals as _literals  # noqa: E402
+from freight.connectors._mysqltypes import row_literal as _row_literal  # noqa: E402
 
 TYPES = {"n": "bigint", "d": "numeric", "b": "boolean", "t": "timestamptz", "s": "text"}
 TEXTS = st.one_of(
