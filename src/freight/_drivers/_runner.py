@@ -16,8 +16,8 @@ then its later steps are driven by :class:`StreamRun`. Every shape runs its batc
 through one of them, so the same :class:`~freight.Retry` means the same thing
 everywhere. What a shape does with the items that come back (:attr:`Outcome.again`) is
 the shape's: a batcher or a Flow consumer puts them back in its buffer; a job or a
-connector, which has no buffer, calls :func:`settle_sync` to try them again in
-follow-up calls.
+connector, which has no buffer, calls :func:`settle_sync` (or :func:`settle_async`)
+to try them again in follow-up calls.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ __all__ = [
     "handler_raised",
     "run_async",
     "run_sync",
+    "settle_async",
     "settle_sync",
     "start_streams",
     "stopped_by",
@@ -221,6 +222,45 @@ def settle_sync(
         if not outcome.again:
             break
         sleep(outcome.again_after)
+        pending = [pending[j] for j in outcome.again]
+        tried = [attempts[i] for i in pending]
+    return outcomes, attempts
+
+
+async def settle_async(
+    items: list[Any],
+    call: Callable[[list[Any]], Awaitable[Reply]],
+    retry: Retry | None,
+    *,
+    random: Callable[[], float],
+    sleep: Callable[[float], Awaitable[None]],
+    now: Callable[[], float] | None = None,
+    rate_limit: RateLimiter | None = None,
+) -> tuple[list[Any], list[int]]:
+    """:func:`settle_sync` for asyncio (a broker source, a managed-batch worker): the same
+    plans, their calls and waits awaited."""
+    n = len(items)
+    outcomes: list[Any] = [None] * n
+    attempts = [0] * n
+    pending = list(range(n))
+    tried: list[int] | None = None
+    while pending:
+        outcome, _ = await run_async(
+            [items[i] for i in pending],
+            call,
+            retry,
+            random=random,
+            sleep=sleep,
+            now=now,
+            rate_limit=rate_limit,
+            tried=tried,
+        )
+        for j, i in enumerate(pending):
+            outcomes[i] = outcome.outcomes[j]
+            attempts[i] = outcome.attempts[j]
+        if not outcome.again:
+            break
+        await sleep(outcome.again_after)
         pending = [pending[j] for j in outcome.again]
         tried = [attempts[i] for i in pending]
     return outcomes, attempts
