@@ -4,6 +4,7 @@ format the suffix does not; a compressed load killed with SIGKILL resumes exactl
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import random
@@ -230,16 +231,31 @@ def test_a_damaged_gzip_file_is_refused_in_one_line(tmp_path: Path) -> None:
 
 
 def kill_and_resume(
-    argv: list[str], kills: int, seed: int
+    argv: list[str], kills: int, seed: int, store: Path
 ) -> tuple[int, subprocess.CompletedProcess[str]]:
-    """Start the load and SIGKILL it at random points ``kills`` times, then let it finish."""
+    """Start the load and SIGKILL it ``kills`` times, each at a random point after it
+    committed more chunks (read from its store), then let it finish."""
     rng = random.Random(seed)
+
+    def progress() -> int:
+        if not store.exists():
+            return -1
+        with contextlib.closing(sqlite3.connect(store, timeout=5)) as conn:
+            try:
+                row = conn.execute("SELECT max(processed) FROM jobs").fetchone()
+            except sqlite3.OperationalError:  # its tables are not made yet
+                return -1
+        return int(row[0] or 0)
+
     killed = 0
     for _ in range(3 * kills):
         if killed == kills:
             break
+        before = progress()
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.5, 1.2))  # a random kill point, not a timeout under test
+        while process.poll() is None and progress() <= max(before, 0):
+            time.sleep(0.002)  # watching for a commit, not waiting out a timeout
+        time.sleep(rng.uniform(0, 0.05))  # a random point after that commit
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             killed += 1
@@ -258,7 +274,7 @@ def test_sigkill_of_a_gzip_load_into_sqlite_at_5_random_points_then_resume_loads
     argv = [sys.executable, "-m", "freight.cli", "load", str(file), "--into", f"sqlite:///{db}",
             "--table", "rows", "--key", "id", "--name", "gzcrash", "--chunk-size", "2000",
             "--store", str(tmp_path / "f.db"), "--json"]  # fmt: skip
-    killed, final = kill_and_resume(argv, 5, seed=16)
+    killed, final = kill_and_resume(argv, 5, seed=16, store=tmp_path / "f.db")
     assert final.returncode == 0, final.stderr
     assert killed == 5
     report = json.loads(final.stdout)
@@ -281,7 +297,7 @@ def test_sigkill_of_a_zstd_load_into_postgres_at_5_random_points_then_resume_loa
     argv = [sys.executable, "-m", "freight.cli", "load", str(file), "--into", POSTGRES_URL,
             "--table", "rows", "--schema", schema, "--key", "id", "--name", "zstcrash",
             "--chunk-size", "5000", "--store", str(tmp_path / "f.db"), "--json"]  # fmt: skip
-    killed, final = kill_and_resume(argv, 5, seed=17)
+    killed, final = kill_and_resume(argv, 5, seed=17, store=tmp_path / "f.db")
     assert final.returncode == 0, final.stderr
     assert killed == 5
     with psycopg.connect(POSTGRES_URL) as conn:

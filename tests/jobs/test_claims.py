@@ -156,3 +156,41 @@ def test_a_fresh_start_is_refused_while_a_live_owner_runs_the_job(tmp_path: Path
     store.release(running.id)  # its owner let it go: a fresh start makes a new run
     assert job.run(fresh=True).job_id != running.id
     store.close()
+
+
+class _StaleLook:
+    """A store whose ``latest_job`` answers with what it held a moment ago: the run still
+    running, although its owner completed and released it since (the race of two loads)."""
+
+    def __init__(self, store: Store, stale: Any) -> None:
+        self._store, self._stale = store, stale
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def latest_job(self, name: str) -> Any:
+        return self._stale
+
+
+def test_a_run_that_completes_between_look_and_claim_is_reported_not_restarted(
+    tmp_path: Path,
+) -> None:
+    """Reproduces CI's `cannot go from completed to running` (stop 18): the second runner saw
+    the run running, the first completed it and released it, the second then claimed it."""
+    from dataclasses import replace
+
+    store = open_store(str(tmp_path / "freight.db"))
+    items = [{"id": i} for i in range(50)]
+    first = Job("raced", items, lambda batch: None, chunk_size=10, store=store).run()
+    done = store.get_job(first.job_id)
+    assert done is not None
+    running = replace(done, status="running", owner_host="elsewhere", owner_pid=1)
+    stale = _StaleLook(store, running)
+    again = Job("raced", items, lambda batch: None, chunk_size=10, store=stale)
+    report = again.run()  # the finished run's report, not an IllegalTransition
+    assert report.job_id == first.job_id
+    assert report.status == "completed"
+    after = store.get_job(first.job_id)
+    assert after is not None
+    assert after.owner_host is None  # not left claimed by the late runner
+    store.close()

@@ -279,7 +279,10 @@ class Job:
                     )
                 if latest.status in DONE:
                     return latest
-                return self._claim(latest)
+                claimed = self._claim(latest)
+                if claimed.status in DONE:  # it ended between our look and our claim
+                    store.release(claimed.id)
+                return claimed
             created = self._claim_new(latest, fingerprint)
             if created is not None:
                 return created

@@ -128,9 +128,11 @@ class Run:
                 target=loop.run_forever, name=f"freight-loop-{job.name}", daemon=True
             )
             loop_thread.start()
+        ended = False
         try:
             with self._pool() as pool:
                 self._drive(pool)
+            ended = True
         except BaseException as exc:
             self._fail(exc)
             raise
@@ -146,7 +148,16 @@ class Run:
             self._heartbeat_stop = True
             self._heartbeat_wake.set()
             beat.join()
-            store.release(self.id)  # free to claim again
+            if not ended:
+                store.release(self.id)  # free to claim again
+        try:
+            return self._end()
+        finally:  # released only once its end is stored: a runner that claims it next
+            store.release(self.id)  # sees it done, never a run it could start again
+
+    def _end(self) -> JobReport:
+        """Store the run's final status (completed, with errors, or how it stopped)."""
+        store, job = self.store, self.job
         final = store.get_job(self.id)
         assert final is not None
         status: JobStatus
