@@ -102,3 +102,22 @@ async def test_flow_spans_reach_the_prometheus_subscriber() -> None:
     assert value("freight_batch_duration_seconds_count") == 2  # handler time, flow clock
     assert value("freight_item_wait_seconds_sum") == 30  # the timeout batch's first waited 30 s
     assert value("freight_dead_letters_total", reason="handler_error") == 1
+
+
+def test_a_new_registry_never_gets_the_metrics_of_a_collected_one() -> None:
+    """Reproduces CI's `assert None == 1` (stop 18): metrics were shared by ``id(registry)``,
+    and a registry made after another was collected could get its address, so the new
+    subscriber updated metrics registered in the dead registry."""
+    import gc
+
+    from freight import BatchEvent
+
+    event = BatchEvent(batcher="b", key=None, size=1, reason="size", wait=0.0, duration=0.0,
+                       succeeded=1, failed=0, retried=0, queue_depth=0)  # fmt: skip
+    for _ in range(20):  # CPython reuses a freed object's address at once, mostly
+        registry = CollectorRegistry()
+        PrometheusSubscriber(registry)(event)
+        labels = {"batcher": "b", "reason": "size"}
+        assert registry.get_sample_value("freight_flushes_total", labels) == 1
+        del registry
+        gc.collect()

@@ -29,6 +29,7 @@ not counted.
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from freight._core._stats import BatchEvent
@@ -39,7 +40,11 @@ if TYPE_CHECKING:
 
 __all__ = ["PrometheusSubscriber"]
 
-_CREATED: dict[tuple[int, str], PrometheusSubscriber] = {}
+_CREATED: weakref.WeakKeyDictionary[Any, dict[str, PrometheusSubscriber]] = (
+    weakref.WeakKeyDictionary()
+)
+"""The first subscriber made for each live registry, by namespace (keyed by the registry
+itself, held weakly: an ``id`` can be a later registry's once this one is collected)."""
 
 _SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
@@ -70,7 +75,8 @@ class PrometheusSubscriber:
     ) -> None:
         prom = _prometheus()
         registry = registry if registry is not None else prom.REGISTRY
-        shared = _CREATED.get((id(registry), namespace))
+        made = _CREATED.setdefault(registry, {})
+        shared = made.get(namespace)
         if shared is not None:  # metrics register once per registry: share them
             self.__dict__.update(shared.__dict__)
             return
@@ -111,7 +117,7 @@ class PrometheusSubscriber:
             ["batcher", "reason"],
             **common,
         )
-        _CREATED[(id(registry), namespace)] = self
+        made[namespace] = self
 
     def __call__(self, event: BatchEvent | Span) -> None:
         """Record one batch event, or one span of a flow."""
