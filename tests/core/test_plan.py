@@ -189,3 +189,18 @@ def test_an_item_sent_back_never_gets_more_than_its_attempts_from_an_outage() ->
     assert outcome.tries == 1  # item 1 had 2 of its 3 attempts: no whole-batch retry
     assert outcome.attempts == [3, 1]
     assert outcome.again == [1]  # item 2 still has two attempts: it comes back alone
+
+
+def test_a_batch_that_all_succeeded_sends_nothing_back_with_a_retry_policy() -> None:
+    """The all-``None`` shortcut of the final decision: no item comes back, attempts kept."""
+    plan = plan_batch([1, 2, 3], Retry(attempts=3), lambda: 0.5, [1, 0, 2])
+    assert isinstance(next(plan), Call)
+    try:
+        plan.send(Reply(value=None))
+    except StopIteration as stop:
+        outcome = stop.value
+    else:  # pragma: no cover - the plan must end after one successful call
+        raise AssertionError("the plan asked for more")
+    assert outcome.outcomes == [None, None, None]
+    assert outcome.again == []
+    assert outcome.attempts == [2, 1, 3]

@@ -168,7 +168,7 @@ def _final(
 ) -> Outcome:
     """Decide which items come back for another try, and after what wait."""
     attempts = _attempts(len(outcomes), tries, tried)
-    if retry is None:
+    if retry is None or outcomes.count(None) == len(outcomes):  # nothing to try again
         return Outcome(outcomes, tries, attempts=attempts)
     again = [
         i

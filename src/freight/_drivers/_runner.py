@@ -207,7 +207,7 @@ def settle_sync(
     tried: list[int] | None = None
     while pending:
         outcome, _ = run_sync(
-            [items[i] for i in pending],
+            list(items) if tried is None else [items[i] for i in pending],
             call,
             retry,
             random=random,
@@ -216,9 +216,12 @@ def settle_sync(
             rate_limit=rate_limit,
             tried=tried,
         )
-        for j, i in enumerate(pending):
-            outcomes[i] = outcome.outcomes[j]
-            attempts[i] = outcome.attempts[j]
+        if tried is None:  # the first call: every item, in order
+            outcomes, attempts = list(outcome.outcomes), list(outcome.attempts)
+        else:
+            for j, i in enumerate(pending):
+                outcomes[i] = outcome.outcomes[j]
+                attempts[i] = outcome.attempts[j]
         if not outcome.again:
             break
         sleep(outcome.again_after)
@@ -246,7 +249,7 @@ async def settle_async(
     tried: list[int] | None = None
     while pending:
         outcome, _ = await run_async(
-            [items[i] for i in pending],
+            list(items) if tried is None else [items[i] for i in pending],
             call,
             retry,
             random=random,
@@ -255,9 +258,12 @@ async def settle_async(
             rate_limit=rate_limit,
             tried=tried,
         )
-        for j, i in enumerate(pending):
-            outcomes[i] = outcome.outcomes[j]
-            attempts[i] = outcome.attempts[j]
+        if tried is None:  # the first call: every item, in order
+            outcomes, attempts = list(outcome.outcomes), list(outcome.attempts)
+        else:
+            for j, i in enumerate(pending):
+                outcomes[i] = outcome.outcomes[j]
+                attempts[i] = outcome.attempts[j]
         if not outcome.again:
             break
         await sleep(outcome.again_after)
