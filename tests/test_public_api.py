@@ -190,6 +190,7 @@ PUBLIC = {
     },
     "freight.connectors.pgtypes": PGTYPES,
     "freight.connectors.postgres": POSTGRES,
+    "freight.connectors.rabbitmq": {"RabbitMQSink", "classify"},
     "freight.connectors.sqlite": SQLITE,
     "freight.flow": FLOW,
     "freight.jobs": JOBS,

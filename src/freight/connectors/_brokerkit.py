@@ -1,0 +1,101 @@
+"""What the RabbitMQ, NATS and Kafka sinks share: turning an item into a message body,
+its headers and its key, and the per-item outcome list of the handler contract.
+
+No client library is imported here, so the three connectors agree on what an item
+becomes whatever extras are installed:
+
+- ``bytes`` (and ``bytearray``, ``memoryview``) are sent as they are, ``str`` as UTF-8,
+  anything else as compact JSON (``json.dumps``; a value JSON cannot encode fails alone
+  with a :class:`~freight.PermanentError` naming its type, before anything is sent);
+- ``key`` (routing key, subject, record key) and ``headers`` are taken from the item by
+  the callables the sink was given, so one sink serves many routes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from freight._errors import ConfigTypeError, PermanentError
+
+__all__ = ["Outgoing", "encode", "prepare", "settled", "to_key"]
+
+Encoder = Callable[[Any], bytes]
+KeyFn = Callable[[Any], str | None]
+HeadersFn = Callable[[Any], Mapping[str, str] | None]
+
+
+def encode(value: Any) -> bytes:
+    """The default body of ``value``: bytes as they are, text as UTF-8, else compact JSON."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One item ready to send: its body, key and headers (or the reason it cannot be)."""
+
+    body: bytes
+    key: str | None
+    headers: dict[str, str]
+
+
+def to_key(value: str | KeyFn | None, name: str) -> KeyFn | None:
+    """A fixed key or a callable ``item -> key``, as a callable (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        fixed = value
+        return lambda _item: fixed
+    if callable(value):
+        return value
+    raise ConfigTypeError(
+        f"{name} must be a string or a callable taking an item and returning a string, "
+        f"got {value!r} ({type(value).__name__})"
+    )
+
+
+def prepare(
+    items: Sequence[Any],
+    *,
+    encoder: Encoder,
+    key: KeyFn | None,
+    headers: HeadersFn | None,
+) -> list[Outgoing | PermanentError]:
+    """Each item as an :class:`Outgoing`, or the :class:`~freight.PermanentError` that
+    makes it unsendable (its encoder, key or headers function raised)."""
+    prepared: list[Outgoing | PermanentError] = []
+    for item in items:
+        try:
+            body = encoder(item)
+            if not isinstance(body, bytes | bytearray | memoryview):
+                raise TypeError(f"the encoder returned {type(body).__name__}, not bytes")
+            found = headers(item) if headers is not None else None
+            prepared.append(
+                Outgoing(
+                    bytes(body),
+                    key(item) if key is not None else None,
+                    {str(k): str(v) for k, v in (found or {}).items()},
+                )
+            )
+        except Exception as exc:
+            error = PermanentError(
+                f"item of type {type(item).__name__} cannot be sent: {exc}; pass encode=, "
+                "key= or headers= functions that accept it"
+            )
+            error.__cause__ = exc
+            prepared.append(error)
+    return prepared
+
+
+def settled(outcomes: list[Any]) -> list[Any] | None:
+    """``None`` when every item succeeded (the sink contract's all-good answer), else
+    the outcomes (``None`` for a sent item, an ``Exception`` for a failed one)."""
+    return outcomes if any(isinstance(o, BaseException) for o in outcomes) else None

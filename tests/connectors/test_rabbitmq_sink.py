@@ -1,0 +1,123 @@
+"""RabbitMQSink against the real broker: a batch published with confirms, one outcome
+per message, a refused exchange for every item, a reconnect after the server closed
+the connection."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+
+from freight import Batcher, BatchSpec, PermanentError, TargetError, TransientError
+from freight.connectors.rabbitmq import RabbitMQSink, classify
+from tests.connectors.brokers import close_amqp_connection, need_rabbitmq, unique
+
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture
+async def queue() -> AsyncIterator[str]:
+    url = need_rabbitmq()
+    name = unique("freight-sink")
+    conn = await aio_pika.connect(url)
+    channel = await conn.channel()
+    await channel.declare_queue(name)
+    yield name
+    await channel.queue_delete(name)
+    await conn.close()
+
+
+async def drain(name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    conn = await aio_pika.connect(need_rabbitmq())
+    channel = await conn.channel()
+    q = await channel.get_queue(name)
+    got = []
+    while (message := await q.get(no_ack=True, fail=False)) is not None:
+        got.append(message)
+    await conn.close()
+    return got
+
+
+async def test_a_batch_is_published_in_order_with_its_headers(queue: str) -> None:
+    sink = RabbitMQSink(
+        need_rabbitmq(), routing_key=queue, headers=lambda item: {"n": str(item["n"])}
+    )
+    assert await sink.write([{"n": i} for i in range(50)]) is None
+    await sink.aclose()
+    got = await drain(queue)
+    assert [m.body for m in got] == [f'{{"n":{i}}}'.encode() for i in range(50)]
+    assert [m.headers["n"] for m in got] == [str(i) for i in range(50)]
+    assert all(m.delivery_mode == aio_pika.DeliveryMode.PERSISTENT for m in got)
+
+
+async def test_an_unroutable_message_fails_alone_and_the_rest_land(queue: str) -> None:
+    sink = RabbitMQSink(
+        need_rabbitmq(), routing_key=lambda item: "nowhere-at-all" if item == b"3" else queue
+    )
+    outcomes = await sink.write([str(i).encode() for i in range(6)])
+    await sink.aclose()
+    assert outcomes is not None
+    assert [type(o) for o in outcomes] == [type(None)] * 3 + [PermanentError] + [type(None)] * 2
+    assert "unroutable" in str(outcomes[3])
+    assert [m.body for m in await drain(queue)] == [b"0", b"1", b"2", b"4", b"5"]
+
+
+async def test_an_item_that_cannot_be_encoded_fails_alone(queue: str) -> None:
+    sink = RabbitMQSink(need_rabbitmq(), routing_key=queue)
+    outcomes = await sink.write(["a", object(), "b"])
+    await sink.aclose()
+    assert outcomes is not None
+    assert outcomes[0] is None
+    assert outcomes[2] is None
+    assert isinstance(outcomes[1], PermanentError)
+    assert "object" in str(outcomes[1])
+    assert [m.body for m in await drain(queue)] == [b"a", b"b"]
+
+
+async def test_a_missing_exchange_refuses_every_item_with_a_target_error() -> None:
+    sink = RabbitMQSink(need_rabbitmq(), exchange=unique("no-such-exchange"))
+    outcomes = await sink.write(["a", "b"])
+    await sink.aclose()
+    assert outcomes is not None
+    assert len(outcomes) == 2
+    assert all(isinstance(o, TargetError) and "exists" in str(o) for o in outcomes)
+
+
+async def test_the_next_write_reconnects_after_the_server_closed_the_connection(
+    queue: str,
+) -> None:
+    name = unique("freight-conn")
+    sink = RabbitMQSink(f"{need_rabbitmq()}?name={name}", routing_key=queue)
+    assert await sink.write(["before"]) is None
+    close_amqp_connection(name)
+    outcomes = None
+    for _ in range(3):  # a write racing the close fails transiently, then one lands
+        try:
+            outcomes = await sink.write(["after"])
+        except TransientError:
+            continue
+        if outcomes is None:
+            break
+        assert all(isinstance(o, TransientError) for o in outcomes)
+    await sink.aclose()
+    assert outcomes is None
+    bodies = [m.body for m in await drain(queue)]
+    assert bodies[0] == b"before"
+    assert bodies[-1] == b"after"
+
+
+async def test_the_sink_is_a_batcher_handler(queue: str) -> None:
+    sink = RabbitMQSink(need_rabbitmq(), routing_key=queue)
+    async with Batcher(sink.write, BatchSpec(size=10, timeout=0.05)) as batcher:
+        results = [await f for f in [batcher.submit_nowait(f"m{i}") for i in range(25)]]
+    await sink.aclose()
+    assert results == [None] * 25
+    assert sorted(m.body for m in await drain(queue)) == sorted(f"m{i}".encode() for i in range(25))
+
+
+def test_classify_keeps_the_original_as_cause() -> None:
+    original = ConnectionResetError("reset by peer")
+    mapped = classify(original)
+    assert isinstance(mapped, TransientError)
+    assert mapped.__cause__ is original
