@@ -145,9 +145,9 @@ STORE = {
     "open_store",
 }
 
-TESTING = {"Clock", "FakeClock", "MemorySink"}
+TESTING = {"Clock", "FakeClock", "MemoryBroker", "MemorySink"}
 
-CONNECTORS: set[str] = set()  # a package of connector modules; it exports nothing itself
+CONNECTORS = {"BrokerSource", "ConsumeReport", "Message", "consume"}
 
 POSTGRES = {
     "AsyncPostgresSink",

@@ -101,7 +101,15 @@ class TransientError(FreightError):
 
     Raise it from a handler to fail the whole batch transiently, or return an
     instance at position *i* to fail item *i* alone.
+
+    ``retry_after`` (seconds) is the wait the failing side asked for (an HTTP 429 or
+    503's ``Retry-After``): the retry policy waits at least that long before the next
+    try, even past its own backoff.
     """
+
+    def __init__(self, *args: object, retry_after: float | None = None) -> None:
+        super().__init__(*args)
+        self.retry_after = retry_after
 
 
 class PermanentError(FreightError):

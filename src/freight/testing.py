@@ -17,13 +17,13 @@ import asyncio
 import heapq
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from freight._core._clock import Clock, TimerHandle
 from freight._errors import ConfigError
 
-__all__ = ["Clock", "FakeClock", "MemorySink"]
+__all__ = ["Clock", "FakeClock", "MemoryBroker", "MemorySink"]
 
 _SETTLE_ROUNDS = 1000
 
@@ -198,3 +198,156 @@ async def _settle() -> None:
 
 
 _: type[Clock] = FakeClock  # FakeClock implements the Clock port
+
+
+# -- the broker source port's twin ---------------------------------------------------
+
+
+class MemoryBroker:
+    """In-memory twin of a broker source (:class:`~freight.connectors.BrokerSource`).
+
+    One queue with ack, retry and dead-letter bookkeeping, as a broker keeps it:
+    :meth:`publish` appends; :meth:`fetch` delivers ready messages in order (a message
+    handed back with :meth:`retry` is ready again after its delay, on ``clock``); a
+    delivered message stays *in flight* until it is settled, and :meth:`crash` (the
+    consumer died) makes every in-flight one ready again, delivered once more with its
+    ``attempts`` counted up, as Redis, RabbitMQ, NATS and Kafka do.
+
+    Attributes:
+        acked: ids acknowledged, in order.
+        dead: ``(message, reason)`` of each dead letter, in order.
+        deliveries: per id, how many times it was delivered.
+        handled_back: how many messages were handed back with :meth:`retry`.
+    """
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._clock = clock
+        self._seq = itertools.count(1)
+        self._bodies: dict[str, tuple[Any, str | None, dict[str, str]]] = {}
+        self._ready: list[tuple[float, int, str]] = []  # (due at, order, id), a heap
+        self._in_flight: dict[str, Any] = {}
+        self._arrived: asyncio.Future[None] | None = None
+        self.acked: list[str] = []
+        self.dead: list[tuple[Any, str]] = []
+        self.deliveries: dict[str, int] = {}
+        self.handed_back = 0
+        self.closed = False
+
+    def _now(self) -> float:
+        if self._clock is None:
+            self._clock = _loop_clock()
+        return self._clock.now()
+
+    def publish(
+        self, body: Any, *, key: str | None = None, headers: dict[str, str] | None = None
+    ) -> str:
+        """Append a message; return its id (``"1"``, ``"2"``, … in publish order)."""
+        order = next(self._seq)
+        message_id = str(order)
+        self._bodies[message_id] = (body, key, dict(headers or {}))
+        heapq.heappush(self._ready, (float("-inf"), order, message_id))
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
+        return message_id
+
+    @property
+    def in_flight(self) -> list[str]:
+        """Ids delivered and not settled yet."""
+        return list(self._in_flight)
+
+    @property
+    def waiting(self) -> int:
+        """Messages not delivered yet (or handed back and not delivered again)."""
+        return len(self._ready)
+
+    def _take(self, max_items: int, now: float) -> list[Any]:
+        from freight.connectors._broker import Message  # noqa: PLC0415 (a layer above)
+
+        taken: list[Any] = []
+        while self._ready and len(taken) < max_items and self._ready[0][0] <= now:
+            _, _, message_id = heapq.heappop(self._ready)
+            body, key, headers = self._bodies[message_id]
+            count = self.deliveries[message_id] = self.deliveries.get(message_id, 0) + 1
+            message = Message(body, message_id, count, key, dict(headers))
+            self._in_flight[message_id] = message
+            taken.append(message)
+        return taken
+
+    async def fetch(self, max_items: int, timeout: float) -> list[Any]:  # noqa: ASYNC109
+        """Up to ``max_items`` ready messages; waits (on the clock) at most ``timeout``
+        seconds for one to be published or to fall due."""
+        self._check_open()
+        now = self._now()
+        taken = self._take(max_items, now)
+        if taken or timeout <= 0:
+            await asyncio.sleep(0)  # a fetch is a turn of the loop, as on a real broker
+            return taken
+        deadline = now + timeout
+        if self._ready:
+            deadline = min(deadline, self._ready[0][0])
+        arrived = self._arrived = asyncio.get_running_loop().create_future()
+        assert self._clock is not None
+        timer = self._clock.call_at(
+            deadline, lambda: None if arrived.done() else arrived.set_result(None)
+        )
+        try:
+            await arrived
+        finally:
+            timer.cancel()
+        return self._take(max_items, self._now())
+
+    def _settle(self, messages: Sequence[Any]) -> list[Any]:
+        settled = []
+        for message in messages:
+            if self._in_flight.pop(message.id, None) is not None:
+                settled.append(message)
+        return settled
+
+    async def ack(self, messages: Sequence[Any]) -> None:
+        """Acknowledge ``messages``; an id not in flight (settled already) is ignored."""
+        self._check_open()
+        self.acked.extend(m.id for m in self._settle(messages))
+
+    async def retry(self, messages: Sequence[Any], delay: float) -> None:
+        """Hand ``messages`` back: ready again ``delay`` seconds from now."""
+        self._check_open()
+        due = self._now() + max(0.0, delay)
+        for message in self._settle(messages):
+            heapq.heappush(self._ready, (due, next(self._seq), message.id))
+            self.handed_back += 1
+
+    async def dead_letter(self, failed: Sequence[tuple[Any, BaseException]]) -> None:
+        """Move each message to :attr:`dead` with its error's reason."""
+        from freight.connectors._broker import reason  # noqa: PLC0415 (a layer above)
+
+        self._check_open()
+        errors = {m.id: e for m, e in failed}
+        for message in self._settle([m for m, _ in failed]):
+            self.dead.append((message, reason(errors[message.id])))
+
+    def crash(self) -> int:
+        """The consumer died: every in-flight message is ready again; return how many."""
+        lost = list(self._in_flight)
+        self._in_flight.clear()
+        for message_id in lost:
+            heapq.heappush(self._ready, (float("-inf"), int(message_id), message_id))
+        return len(lost)
+
+    async def close(self) -> None:
+        """Close this consumer's side: in-flight messages go back, as on a broker."""
+        self.crash()
+        self.closed = True
+
+    def reopen(self) -> None:
+        """Open the consumer side again after :meth:`close` (a restarted consumer)."""
+        self.closed = False
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ConnectionError("the MemoryBroker consumer is closed; call reopen() first")
+
+
+def _loop_clock() -> Clock:
+    from freight._drivers._clocks import LoopClock  # noqa: PLC0415 (drivers above core)
+
+    return LoopClock(asyncio.get_running_loop())

@@ -1,0 +1,352 @@
+"""The broker source port on its in-memory twin, and the consume driver's rules.
+
+The contract checks (``broker_contract``) run here on :class:`MemoryBroker`; the tests
+below pin what :func:`consume` does with each kind of target and each outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from freight import Batcher, BatchSpec, Flow, PermanentError, Retry, TransientError
+from freight._errors import ConfigError
+from freight.connectors import BrokerSource, Message, consume
+from freight.connectors._broker import reason, retry_after
+from freight.testing import FakeClock, MemoryBroker, MemorySink
+from tests.connectors.broker_contract import SOURCE_CHECKS, BrokerHarness, settle_soon
+
+NO_WAIT = Retry(attempts=3, backoff=0.001, max_backoff=0.001, jitter=0)
+
+
+@dataclass
+class MemoryHarness:
+    """The contract's harness over one :class:`MemoryBroker` (a consumer is the broker)."""
+
+    broker: MemoryBroker = field(default_factory=MemoryBroker)
+    redelivery: float = 0.0
+
+    async def publish(self, bodies: Sequence[dict[str, Any]]) -> None:
+        for body in bodies:
+            self.broker.publish(body, key="k")
+
+    async def source(self) -> BrokerSource:
+        self.broker.reopen()
+        return self.broker
+
+    async def dead_letters(self) -> list[tuple[dict[str, Any], str]]:
+        return [(m.body, why) for m, why in self.broker.dead]
+
+    async def drop_connection(self, source: BrokerSource) -> None:
+        self.broker.crash()  # what a dropped connection does to unsettled deliveries
+
+
+_: type[BrokerHarness] = MemoryHarness
+
+
+@pytest.mark.parametrize("check", SOURCE_CHECKS, ids=lambda c: c.__name__)
+async def test_memory_broker_keeps_the_source_contract(
+    check: Callable[[BrokerHarness], Awaitable[None]],
+) -> None:
+    await settle_soon(check(MemoryHarness()))
+
+
+def test_the_twin_implements_the_port() -> None:
+    assert isinstance(MemoryBroker(), BrokerSource)
+
+
+async def test_a_sync_sink_gets_the_bodies_and_the_message_ids_as_keys() -> None:
+    broker = MemoryBroker()
+    ids = [broker.publish({"id": i, "v": None if i == 2 else i}) for i in range(5)]
+    keys: list[Any] = []
+
+    class Sink(MemorySink):
+        def write(self, items: list[Any], context: Any = None) -> list[Any] | None:
+            keys.extend(context.keys)
+            return super().write(items, context)
+
+    sink = Sink(required=("v",))
+    report = await consume(broker, sink, spec=BatchSpec(size=10, timeout=0), until_idle=True)
+    assert [r["id"] for r in sink.rows] == [0, 1, 3, 4]
+    assert keys[:5] == ids
+    assert report.acked == 4
+    assert [why for _, why in broker.dead] == ["ValueError: null value in required column(s) ['v']"]
+
+
+async def test_an_async_sink_is_awaited() -> None:
+    broker = MemoryBroker()
+    for i in range(3):
+        broker.publish(i)
+    written: list[int] = []
+
+    class AsyncSink:
+        async def write(self, items: list[int], context: object = None) -> None:
+            written.extend(items)
+
+    await consume(broker, AsyncSink(), spec=BatchSpec(size=2, timeout=0), until_idle=True)
+    assert written == [0, 1, 2]
+    assert broker.acked == ["1", "2", "3"]
+
+
+async def test_a_sync_handler_runs_in_a_thread_and_its_results_settle_each_message() -> None:
+    broker = MemoryBroker()
+    for i in range(4):
+        broker.publish(i)
+
+    def handler(items: list[int]) -> list[Any]:
+        return [PermanentError("odd") if i % 2 else i for i in items]
+
+    report = await consume(broker, handler, spec=BatchSpec(size=4, timeout=0), until_idle=True)
+    assert (report.acked, report.dead_lettered, report.batches) == (2, 2, 1)
+    assert broker.acked == ["1", "3"]
+    assert report.reasons == [("2", "PermanentError: odd"), ("4", "PermanentError: odd")]
+
+
+async def test_a_batcher_target_maps_each_callers_outcome_to_its_message() -> None:
+    broker = MemoryBroker()
+    for i in range(6):
+        broker.publish(i)
+    handled: list[list[int]] = []
+
+    async def handler(items: list[int]) -> list[Any]:
+        handled.append(items)
+        return [ValueError("three") if i == 3 else i * 2 for i in items]
+
+    async with Batcher(handler, BatchSpec(size=6, timeout=0.01)) as batcher:
+        report = await consume(broker, batcher, spec=BatchSpec(size=6, timeout=0), until_idle=True)
+    assert handled == [[0, 1, 2, 3, 4, 5]]
+    assert report.acked == 5
+    assert [(m.body, why) for m, why in broker.dead] == [(3, "ValueError: three")]
+
+
+async def test_a_closed_batcher_leaves_the_messages_to_the_broker_and_stops() -> None:
+    broker = MemoryBroker()
+    broker.publish(1)
+    batcher: Batcher[int, int] = Batcher(lambda xs: xs, BatchSpec(size=1))
+    await batcher.close()
+    with pytest.raises(Exception, match="closed"):
+        await consume(broker, batcher, spec=BatchSpec(size=5, timeout=0), until_idle=True)
+    assert broker.dead == []
+    assert broker.waiting == 1  # handed back, not lost
+
+
+async def test_a_flow_target_publishes_each_body_and_acks_once_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the flow's trace file
+
+    @dataclass
+    class Reading:
+        value: int
+
+    broker = MemoryBroker()
+    for i in range(5):
+        broker.publish(Reading(i))
+    flow = Flow("readings")
+    got: list[int] = []
+
+    @flow.consumer("store", consumes=Reading, batch=BatchSpec(size=5, timeout=0))
+    async def store(readings: list[Reading]) -> None:
+        got.extend(r.value for r in readings)
+
+    async with flow:
+        report = await consume(broker, flow, spec=BatchSpec(size=5, timeout=0), until_idle=True)
+        await flow.run_until_idle()
+    assert report.acked == 5
+    assert got == [0, 1, 2, 3, 4]
+
+
+async def test_a_transient_failure_past_the_attempts_is_handed_back_after_the_backoff() -> None:
+    clock = FakeClock()
+    broker = MemoryBroker(clock=clock)
+    broker.publish("x")
+    calls: list[float] = []
+
+    async def always_busy(items: list[str]) -> None:
+        calls.append(clock.now())
+        raise TransientError("busy")
+
+    retry = Retry(attempts=2, backoff=1.0, multiplier=2, jitter=0)
+    task = asyncio.create_task(
+        consume(
+            broker,
+            always_busy,
+            spec=BatchSpec(size=1, timeout=0),
+            retry=retry,
+            until_idle=True,
+            clock=clock,
+        )
+    )
+    await clock.advance(1.0)  # the in-process retry after the backoff
+    report = await task
+    assert calls == [0.0, 1.0]
+    assert (report.retried, broker.handed_back, broker.waiting) == (1, 1, 1)
+    assert await broker.fetch(1, 0) == []
+    await clock.advance(1.0)
+    [again] = await broker.fetch(1, 0)
+    assert again.attempts == 2
+
+
+async def test_an_error_asking_for_a_longer_wait_delays_the_redelivery() -> None:
+    clock = FakeClock()
+    broker = MemoryBroker(clock=clock)
+    broker.publish("x")
+
+    async def rate_limited(items: list[str]) -> list[Any]:
+        return [TransientError("429", retry_after=30.0)]
+
+    await consume(
+        broker,
+        rate_limited,
+        spec=BatchSpec(size=1, timeout=0),
+        retry=Retry(attempts=1, backoff=1.0, jitter=0),
+        until_idle=True,
+        clock=clock,
+    )
+    await clock.advance(29.0)
+    assert await broker.fetch(1, 0) == []
+    await clock.advance(1.0)
+    assert len(await broker.fetch(1, 0)) == 1
+
+
+async def test_max_deliveries_dead_letters_a_message_that_keeps_failing_transiently() -> None:
+    broker = MemoryBroker()
+    broker.publish("flaky")
+
+    async def busy(items: list[str]) -> list[Any]:
+        return [TransientError("still busy")]
+
+    report = await consume(
+        broker,
+        busy,
+        spec=BatchSpec(size=1, timeout=0.001),
+        retry=Retry(attempts=1, backoff=0.001, max_backoff=0.001, jitter=0),
+        max_deliveries=3,
+        max_batches=3,
+    )
+    assert report.retried == 2
+    assert broker.deliveries == {"1": 3}
+    [(_, why)] = broker.dead
+    assert why.startswith("PermanentError: delivered 3 times (max_deliveries=3)")
+    assert "TransientError: still busy" in why
+
+
+async def test_a_message_whose_consumers_kept_dying_is_dead_lettered_unhandled() -> None:
+    broker = MemoryBroker()
+    broker.publish("kills the process")
+    for _ in range(3):
+        await broker.fetch(1, 0)
+        broker.crash()
+    handled: list[str] = []
+
+    async def handler(items: list[str]) -> None:
+        handled.extend(items)
+
+    report = await consume(
+        broker, handler, spec=BatchSpec(size=1, timeout=0), until_idle=True, max_deliveries=3
+    )
+    assert handled == []
+    assert report.dead_lettered == 1
+    assert "delivered 4 times" in broker.dead[0][1]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_deliveries": 0}, {"max_batches": 0}, {"max_batches": 1.5}],
+)
+async def test_bad_options_are_refused_with_their_name(options: dict[str, Any]) -> None:
+    name = next(iter(options))
+    with pytest.raises(ConfigError, match=name):
+        await consume(MemoryBroker(), lambda xs: xs, **options)
+
+
+async def test_a_target_of_no_known_kind_is_refused() -> None:
+    with pytest.raises(ConfigError, match="target must be"):
+        await consume(MemoryBroker(), 42, until_idle=True)
+
+
+async def test_a_fetch_waits_for_a_publish_then_returns_it() -> None:
+    broker = MemoryBroker()
+    waiting = asyncio.create_task(broker.fetch(5, 10.0))
+    await asyncio.sleep(0)
+    broker.publish("late")
+    [message] = await waiting
+    assert message.body == "late"
+
+
+async def test_a_fetch_returns_empty_after_its_timeout_on_the_clock() -> None:
+    clock = FakeClock()
+    broker = MemoryBroker(clock=clock)
+    waiting = asyncio.create_task(broker.fetch(5, 2.0))
+    await clock.advance(2.0)
+    assert await waiting == []
+
+
+async def test_a_closed_twin_refuses_until_reopened() -> None:
+    broker = MemoryBroker()
+    await broker.close()
+    with pytest.raises(ConnectionError, match="reopen"):
+        await broker.fetch(1, 0)
+
+
+def test_reason_is_one_line_with_the_type() -> None:
+    assert reason(ValueError("bad\n  value")) == "ValueError: bad value"
+    assert reason(KeyError()) == "KeyError"
+    assert retry_after(TransientError("x", retry_after=2)) == 2.0
+    assert retry_after(ValueError("x")) == 0.0
+
+
+def test_a_message_has_empty_headers_of_its_own() -> None:
+    a, b = Message(1, "1"), Message(2, "2")
+    assert a.headers == {}
+    assert a.headers is not b.headers
+    assert (a.attempts, a.key, a.raw) == (1, None, None)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    size=st.integers(1, 9),
+    crashes=st.lists(st.integers(0, 6), max_size=4),
+)
+def test_consumer_deaths_lose_nothing_and_duplicate_at_most_a_batch_each(
+    n: int, size: int, crashes: list[int]
+) -> None:
+    """At-least-once: a consumer dying after handling a batch but before its ack
+    (``crashes`` says after how many batches each dies) loses no message, and each death
+    costs at most one batch of duplicates."""
+
+    async def scenario() -> None:
+        broker = MemoryBroker()
+        for i in range(n):
+            broker.publish(i)
+        handled: Counter[int] = Counter()
+
+        async def handler(items: list[int]) -> None:
+            handled.update(items)
+
+        for batches in crashes:
+            if batches:
+                await consume(
+                    broker,
+                    handler,
+                    spec=BatchSpec(size=size, timeout=0),
+                    max_batches=batches,
+                    until_idle=True,
+                )
+            handled.update(m.body for m in await broker.fetch(size, 0))  # handled, then died
+            broker.crash()
+        await consume(broker, handler, spec=BatchSpec(size=size, timeout=0), until_idle=True)
+        assert set(handled) == set(range(n))
+        assert sum(handled.values()) - n <= size * len(crashes)
+        assert sorted(int(i) for i in broker.acked) == list(range(1, n + 1))
+
+    asyncio.run(scenario())
