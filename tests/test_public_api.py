@@ -190,6 +190,7 @@ PUBLIC = {
     },
     "freight.connectors.pgtypes": PGTYPES,
     "freight.connectors.postgres": POSTGRES,
+    "freight.connectors.nats": {"NatsSink", "classify"},
     "freight.connectors.rabbitmq": {"RabbitMQSink", "classify"},
     "freight.connectors.sqlite": SQLITE,
     "freight.flow": FLOW,

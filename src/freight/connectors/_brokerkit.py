@@ -20,7 +20,17 @@ from typing import Any
 
 from freight._errors import ConfigTypeError, PermanentError
 
-__all__ = ["Outgoing", "encode", "prepare", "settled", "to_key"]
+__all__ = [
+    "CONTENT_TYPE",
+    "JSON",
+    "Outgoing",
+    "decode",
+    "encode",
+    "is_json",
+    "prepare",
+    "settled",
+    "to_key",
+]
 
 Encoder = Callable[[Any], bytes]
 KeyFn = Callable[[Any], str | None]
@@ -38,6 +48,26 @@ def encode(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+JSON = "application/json"
+"""The content type a JSON body is sent with (a header for NATS and Kafka)."""
+
+CONTENT_TYPE = "content-type"
+"""The header naming a body's content type (NATS, Kafka)."""
+
+
+def is_json(value: Any) -> bool:
+    """Whether :func:`encode` writes ``value`` as JSON (not bytes, not text)."""
+    return not isinstance(value, bytes | bytearray | memoryview | str)
+
+
+def decode(body: bytes, content_type: str | None) -> Any:
+    """The default decoding of a delivery: JSON back to values when it was sent as
+    JSON (``content_type``), else the bytes as they are."""
+    if content_type == JSON:
+        return json.loads(body)
+    return body
+
+
 @dataclass(slots=True)
 class Outgoing:
     """One item ready to send: its body, key and headers (or the reason it cannot be)."""
@@ -45,6 +75,9 @@ class Outgoing:
     body: bytes
     key: str | None
     headers: dict[str, str]
+    json: bool = False
+    """The default encoder wrote the body as JSON (sent as ``content-type``, so a freight
+    source decodes it back by default)."""
 
 
 def to_key(value: str | KeyFn | None, name: str) -> KeyFn | None:
@@ -83,6 +116,7 @@ def prepare(
                     bytes(body),
                     key(item) if key is not None else None,
                     {str(k): str(v) for k, v in (found or {}).items()},
+                    json=encoder is encode and is_json(item),
                 )
             )
         except Exception as exc:

@@ -16,7 +16,7 @@ from typing import Any
 
 from freight._core._time import to_seconds
 from freight._errors import TargetError, TransientError
-from freight.connectors._brokerkit import Outgoing, encode, prepare, settled, to_key
+from freight.connectors._brokerkit import JSON, Outgoing, encode, prepare, settled, to_key
 from freight.connectors._rabbiterrors import classify
 
 try:
@@ -132,6 +132,7 @@ class RabbitMQSink:
             aio_pika.Message(
                 message.body,
                 headers=dict(message.headers) or None,
+                content_type=JSON if message.json else None,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT
                 if self._persistent
                 else aio_pika.DeliveryMode.NOT_PERSISTENT,
