@@ -42,6 +42,9 @@ FREIGHT = {
     "StoreError",
     "TargetError",
     "TransientError",
+    "InvalidBatch",
+    "UnknownBatch",
+    "UnknownEndpoint",
     # core
     "BatchBuffer",
     "BatchEvent",
@@ -54,6 +57,11 @@ FREIGHT = {
     "Percentiles",
     "RateLimiter",
     "Retry",
+    # managed batches
+    "Batch",
+    "BatchManager",
+    "BatchRequest",
+    "BatchStatus",
     # bulk jobs
     "CsvSource",
     "Job",
@@ -174,6 +182,24 @@ SQLITE = {
 
 METRICS = {"PrometheusSubscriber"}
 
+MANAGER = {
+    "MAX_BODY_BYTES",
+    "MAX_REQUESTS",
+    "BATCH_TRANSITIONS",
+    "Batch",
+    "BatchManager",
+    "BatchRequest",
+    "BatchStatus",
+    "InvalidBatch",
+    "RequestCounts",
+    "RequestState",
+    "Result",
+    "ResultError",
+    "Results",
+    "UnknownBatch",
+    "UnknownEndpoint",
+}
+
 CLI = {"app", "main"}
 
 PUBLIC = {
@@ -195,6 +221,7 @@ PUBLIC = {
     "freight.connectors.sqlite": SQLITE,
     "freight.flow": FLOW,
     "freight.jobs": JOBS,
+    "freight.manager": MANAGER,
     "freight.metrics": METRICS,
     "freight.store": STORE,
     "freight.testing": TESTING,

@@ -21,6 +21,7 @@ from freight._errors import (
     FreightError,
     HandlerContractError,
     IllegalTransition,
+    InvalidBatch,
     ItemTooLarge,
     JobAlreadyRunning,
     PermanentError,
@@ -30,11 +31,14 @@ from freight._errors import (
     StoreError,
     TargetError,
     TransientError,
+    UnknownBatch,
+    UnknownEndpoint,
     UnknownJob,
 )
 from freight._ratelimit import RateLimiter
 from freight.flow import Flow
 from freight.jobs import CsvSource, Job, JobReport, JsonlSource, ParquetSource, Sink
+from freight.manager import Batch, BatchManager, BatchRequest, BatchStatus
 from freight.store import SqliteStore
 
 __version__ = "0.1.0.dev0"
@@ -47,6 +51,7 @@ __all__ = [
     "FreightError",
     "HandlerContractError",
     "IllegalTransition",
+    "InvalidBatch",
     "ItemTooLarge",
     "UnknownJob",
     "JobAlreadyRunning",
@@ -57,6 +62,8 @@ __all__ = [
     "StoreError",
     "TargetError",
     "TransientError",
+    "UnknownBatch",
+    "UnknownEndpoint",
     # core
     "BatchBuffer",
     "BatchEvent",
@@ -79,6 +86,11 @@ __all__ = [
     "SqliteStore",
     # flow
     "Flow",
+    # managed batches
+    "Batch",
+    "BatchManager",
+    "BatchRequest",
+    "BatchStatus",
     # drivers
     "END",
     "AsyncBatched",

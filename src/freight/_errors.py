@@ -19,7 +19,10 @@ error inherits that builtin too::
     ├── RecordError (ValueError)          a source record that cannot be read or converted
     ├── JobAlreadyRunning                 another live process holds the job's run
     ├── UnknownJob (KeyError)             no run with that id in the store
-    └── IllegalTransition                 a run's status change its lifecycle forbids
+    ├── IllegalTransition                 a run's status change its lifecycle forbids
+    ├── InvalidBatch (ValueError)         a managed batch refused at submit, nothing stored
+    │   └── UnknownEndpoint               submitted to an endpoint no handler serves
+    └── UnknownBatch (KeyError)           no managed batch with that id in the store
 
 ``TransientError`` is how a handler asks for a retry; there is deliberately no
 exception called ``Retry`` (in freight, :class:`~freight.Retry` is the policy).
@@ -37,6 +40,7 @@ __all__ = [
     "FreightError",
     "HandlerContractError",
     "IllegalTransition",
+    "InvalidBatch",
     "ItemTooLarge",
     "JobAlreadyRunning",
     "PermanentError",
@@ -46,6 +50,8 @@ __all__ = [
     "StoreError",
     "TargetError",
     "TransientError",
+    "UnknownBatch",
+    "UnknownEndpoint",
     "UnknownJob",
 ]
 
@@ -144,5 +150,22 @@ class IllegalTransition(FreightError):
 
 class UnknownJob(FreightError, KeyError):
     """The store holds no run with this id (check the id: ``freight list`` shows them)."""
+
+    __str__ = Exception.__str__  # the message as written, not KeyError's quoted repr
+
+
+class InvalidBatch(FreightError, ValueError):
+    """A managed batch refused at submit (empty, duplicate ids, a body too large or not
+    JSON, too many requests): the message names the request and the limit; nothing of
+    the batch was stored."""
+
+
+class UnknownEndpoint(InvalidBatch):
+    """A batch submitted to an endpoint no handler was registered for (the message
+    lists the registered ones); nothing was stored."""
+
+
+class UnknownBatch(FreightError, KeyError):
+    """The store holds no managed batch with this id (``freight batch list`` shows them)."""
 
     __str__ = Exception.__str__  # the message as written, not KeyError's quoted repr

@@ -131,4 +131,62 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX flow_deliveries_open;
     CREATE INDEX flow_deliveries_open ON flow_deliveries (flow, seq) WHERE status = 'open';
     """,
+    # 4: managed batches (freight.manager): batches, their requests with each one's
+    # result in the same row (written once: a redone request overwrites it), and the
+    # claims (leases) workers hold on chunks of requests
+    """
+    CREATE TABLE manager_batches (
+        id                 TEXT PRIMARY KEY,
+        endpoint           TEXT NOT NULL,
+        status             TEXT NOT NULL,
+        metadata           TEXT NOT NULL,
+        completion_window  TEXT NOT NULL,
+        total              INTEGER NOT NULL,
+        completed          INTEGER NOT NULL DEFAULT 0,
+        failed             INTEGER NOT NULL DEFAULT 0,
+        cancelled          INTEGER NOT NULL DEFAULT 0,
+        expired            INTEGER NOT NULL DEFAULT 0,
+        errors             TEXT,
+        created_at         TEXT NOT NULL,
+        expires_at         TEXT NOT NULL,
+        in_progress_at     TEXT,
+        completed_at       TEXT,
+        failed_at          TEXT,
+        cancelling_at      TEXT,
+        cancelled_at       TEXT,
+        expired_at         TEXT
+    );
+    CREATE INDEX manager_batches_live ON manager_batches (expires_at)
+        WHERE status IN ('pending', 'processing');
+    CREATE TABLE manager_requests (
+        batch_id       TEXT NOT NULL REFERENCES manager_batches (id) ON DELETE CASCADE,
+        idx            INTEGER NOT NULL,
+        custom_id      TEXT NOT NULL,
+        endpoint       TEXT NOT NULL,
+        body           TEXT NOT NULL,
+        state          TEXT NOT NULL,
+        claim          TEXT,
+        attempts       INTEGER NOT NULL DEFAULT 0,
+        response       TEXT,
+        error_type     TEXT,
+        error_message  TEXT,
+        worker         TEXT,
+        finished_at    TEXT,
+        PRIMARY KEY (batch_id, idx)
+    );
+    CREATE INDEX manager_requests_queued ON manager_requests (endpoint, batch_id, idx)
+        WHERE state = 'queued';
+    CREATE INDEX manager_requests_claimed ON manager_requests (claim)
+        WHERE state = 'claimed';
+    CREATE TABLE manager_claims (
+        token        TEXT PRIMARY KEY,
+        owner        TEXT NOT NULL,
+        host         TEXT NOT NULL,
+        pid          INTEGER NOT NULL,
+        endpoint     TEXT NOT NULL,
+        lease_until  DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX manager_claims_by_lease ON manager_claims (lease_until);
+    CREATE INDEX manager_claims_by_owner ON manager_claims (owner);
+    """,
 )

@@ -1,0 +1,296 @@
+"""The managed-batch worker: claims chunks of requests, runs them, writes their results.
+
+A worker is a driver of the one executor (``docs/engine.md``): how items arrive (a
+claim of up to ``spec.size`` queued requests of one endpoint, across batches, so small
+batches still make full handler calls) and where outcomes go (one write per chunk). The
+chunk runs through :func:`~freight._drivers._runner.settle_async`: retries, backoff,
+bisection of a poison request and rate limits are the engine's, never the worker's.
+
+Each of the ``concurrency`` loops of a worker claims, runs and writes one chunk at a
+time. One heartbeat task extends the leases of every claim the worker holds; a claim
+whose lease lapses (the process was killed, or hung) is put back by whichever worker
+sweeps next, so SIGKILL loses nothing that was accepted. Waiting for work (and between
+heartbeats) is real time; the times written (leases, timestamps, expiry) and the
+engine's backoffs come from the manager's clock, so tests move them with ``FakeClock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from freight._core._clock import Clock
+from freight._core._plan import Reply
+from freight._core._retry import Retry
+from freight._core._spec import BatchSpec
+from freight._drivers._runner import call_sync, settle_async
+from freight._drivers._streams import is_async_callable
+from freight._errors import HandlerContractError, PermanentError
+from freight._ratelimit import RateLimiter
+from freight.manager._models import RequestState
+from freight.manager._store import Claimed, ManagerStore, Outcome
+
+__all__ = ["DEFAULT_SIZE", "Endpoint", "Worker"]
+
+_log = logging.getLogger("freight.manager")
+
+DEFAULT_SIZE = 100
+"""Requests per handler call of an endpoint registered without a ``BatchSpec`` size."""
+
+# The outcome the worker gives a request of a batch cancelled here after its chunk was
+# claimed and before its handler call started: it never starts (recorded "cancelled").
+_SKIPPED = PermanentError("the batch was cancelled before this request started")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A registered endpoint: its handler and how its requests are run."""
+
+    name: str
+    handler: Callable[[list[Any]], Any]
+    spec: BatchSpec | None = None
+    retry: Retry | None = None
+    rate_limit: RateLimiter | None = None
+    max_concurrent_batches: int | None = None
+
+    @property
+    def size(self) -> int:
+        """Requests per claim and per handler call."""
+        spec = self.spec
+        if spec is None or spec.time_only:  # "auto": its max_size
+            return DEFAULT_SIZE
+        return spec.size
+
+
+def _is_pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - another user's process
+        return True
+    return True
+
+
+class Worker:
+    """Runs the requests of the registered endpoints until stopped (or, in burst mode,
+    until there is nothing left to claim)."""
+
+    def __init__(
+        self,
+        store: ManagerStore,
+        endpoints: dict[str, Endpoint],
+        *,
+        clock: Clock,
+        wall: Callable[[], datetime],
+        concurrency: int,
+        lease: float,
+        poll_interval: float,
+        cancelled: set[str],
+    ) -> None:
+        self.store = store
+        self.endpoints = endpoints
+        self.clock = clock
+        self.wall = wall
+        self.concurrency = concurrency
+        self.lease = lease
+        self.poll_interval = poll_interval
+        self.cancelled = cancelled
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.name = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
+        self.processed = 0
+        self.wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._random = random.Random()
+        self._last_sweep = -1e18
+
+    def stop(self) -> None:
+        """Claim nothing more; chunks in flight finish and are written (a drain)."""
+        self._stopping.set()
+        self.wake.set()
+
+    async def run(self, *, burst: bool = False) -> None:
+        """Run ``concurrency`` claim loops and the heartbeat until :meth:`stop` (or, with
+        ``burst``, until nothing is left to claim)."""
+        await asyncio.to_thread(self._reclaim_dead)
+        beat = asyncio.create_task(self._heartbeat(), name="freight-manager-heartbeat")
+        try:
+            loops = [self._loop(burst) for _ in range(self.concurrency)]
+            await asyncio.gather(*loops)
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+
+    def _lease_until(self) -> float:
+        return self.wall().timestamp() + self.lease
+
+    def _reclaim_dead(self) -> None:
+        """Put back the claims of this host's workers whose process is gone (a restart
+        after SIGKILL need not wait for their leases to lapse)."""
+        dead = [
+            owner
+            for owner, pid in self.store.claims_on_host(self.host)
+            if owner != self.name and pid != self.pid and not _is_pid_alive(pid)
+        ]
+        if dead:
+            back = self.store.reclaim(self.wall().timestamp(), owners=dead)
+            _log.info("reclaimed %d requests of dead workers %s", back, dead)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            await asyncio.to_thread(self.store.heartbeat, self.name, self._lease_until())
+
+    async def _loop(self, burst: bool) -> None:
+        while not self._stopping.is_set():
+            worked = False
+            for endpoint in list(self.endpoints.values()):
+                if self._stopping.is_set():
+                    return
+                worked = await self._one_chunk(endpoint) or worked
+            if worked:
+                continue
+            if await asyncio.to_thread(self.sweep) == 0 and burst:
+                return
+            await self._idle()
+
+    async def _idle(self) -> None:
+        self.wake.clear()
+        try:
+            await asyncio.wait_for(self.wake.wait(), self.poll_interval)
+        except TimeoutError:
+            pass
+
+    def sweep(self, *, force: bool = False) -> int:
+        """Expire batches past their window and put back lapsed claims (at most once per
+        ``poll_interval`` unless ``force``); returns how many requests came back."""
+        now = self.clock.now()
+        if not force and now - self._last_sweep < self.poll_interval:
+            return 0
+        self._last_sweep = now
+        self.store.expire_due(self.wall())
+        return self.store.reclaim(self.wall().timestamp())
+
+    async def _one_chunk(self, endpoint: Endpoint) -> bool:
+        """Claim, run and write one chunk of ``endpoint``; False when nothing was queued."""
+        token = uuid.uuid4().hex
+        claimed = await asyncio.to_thread(
+            self.store.claim,
+            endpoint.name,
+            endpoint.size,
+            token=token,
+            owner=(self.name, self.host, self.pid),
+            lease_until=self._lease_until(),
+            now=self.wall(),
+            max_batches=endpoint.max_concurrent_batches,
+        )
+        if not claimed:
+            return False
+        outcomes = await self._execute(endpoint, claimed)
+        written = await asyncio.to_thread(
+            self.store.write, token, outcomes, worker=self.name, now=self.wall()
+        )
+        self.processed += written
+        return True
+
+    async def _execute(self, endpoint: Endpoint, claimed: list[Claimed]) -> list[Outcome]:
+        """Run a chunk through the engine; one :class:`Outcome` per request."""
+        items: list[tuple[Claimed, Any]] = []
+        outcomes: list[Outcome] = []
+        for c in claimed:
+            try:
+                items.append((c, json.loads(c.body)))
+            except ValueError as exc:  # pragma: no cover - bodies are JSON-checked at submit
+                outcomes.append(_failure(c, exc, 0))
+        results, attempts = await settle_async(
+            items,
+            self._caller(endpoint),
+            endpoint.retry,
+            random=self._random.random,
+            sleep=self.clock.sleep,
+            now=self.clock.now,
+            rate_limit=endpoint.rate_limit,
+        )
+        for (c, _), value, tries in zip(items, results, attempts, strict=True):
+            outcomes.append(_outcome(c, value, tries))
+        return outcomes
+
+    def _caller(
+        self, endpoint: Endpoint
+    ) -> Callable[[list[tuple[Claimed, Any]]], Awaitable[Reply]]:
+        """How the engine calls ``endpoint``'s handler on some of a chunk's requests.
+
+        Requests of a batch cancelled in this process are left out right before the
+        call (no await between the check and the call's start), so none starts after
+        ``cancel`` returned; they get the outcome ``cancelled``.
+        """
+        handler = endpoint.handler
+        is_async = is_async_callable(handler)
+
+        async def call(items: list[tuple[Claimed, Any]]) -> Reply:
+            keep = [i for i, (c, _) in enumerate(items) if c.batch_id not in self.cancelled]
+            bodies = [items[i][1] for i in keep]
+            if not bodies:
+                return Reply(value=[_SKIPPED] * len(items))
+            if is_async:
+                try:
+                    reply = Reply(value=await handler(bodies))
+                except Exception as exc:
+                    reply = Reply(error=exc)
+            else:
+                reply = await asyncio.to_thread(call_sync, handler, bodies)
+            if len(keep) == len(items):
+                return reply
+            return _spread(reply, keep, len(items))
+
+        return call
+
+
+def _spread(reply: Reply, keep: Sequence[int], n: int) -> Reply:
+    """The reply for the kept positions of a call, ``_SKIPPED`` at the others."""
+    if (
+        reply.error is not None
+        or not isinstance(reply.value, list)
+        or len(reply.value) != len(keep)
+    ):
+        return reply if reply.error is not None else Reply(value=reply.value)
+    value: list[Any] = [_SKIPPED] * n
+    for j, i in enumerate(keep):
+        value[i] = reply.value[j]
+    return Reply(value=value)
+
+
+def _failure(c: Claimed, exc: BaseException, attempts: int) -> Outcome:
+    return Outcome(
+        c.batch_id, c.idx, RequestState.FAILED,
+        error_type=type(exc).__qualname__, error_message=str(exc), attempts=attempts,
+    )  # fmt: skip
+
+
+def _outcome(c: Claimed, value: Any, attempts: int) -> Outcome:
+    """A request's final result as stored: JSON response, or its error."""
+    if value is _SKIPPED:
+        return Outcome(c.batch_id, c.idx, RequestState.CANCELLED, attempts=0)
+    if isinstance(value, BaseException):
+        return _failure(c, value, attempts)
+    try:
+        response = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        error = HandlerContractError(
+            f"the handler's response to request {c.custom_id!r} is not JSON "
+            f"({type(value).__qualname__}: {exc}); return JSON values (dict, list, str, "
+            "number, bool, None) from a managed batch's handler"
+        )
+        return _failure(c, error, attempts)
+    return Outcome(c.batch_id, c.idx, RequestState.COMPLETED, response=response,
+                   attempts=attempts)  # fmt: skip
