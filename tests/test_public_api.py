@@ -216,6 +216,7 @@ PUBLIC = {
     },
     "freight.connectors.pgtypes": PGTYPES,
     "freight.connectors.postgres": POSTGRES,
+    "freight.connectors.kafka": {"KafkaSink", "classify", "producer_options"},
     "freight.connectors.nats": {"NatsSink", "classify"},
     "freight.connectors.rabbitmq": {"RabbitMQSink", "classify"},
     "freight.connectors.sqlite": SQLITE,

@@ -1,0 +1,121 @@
+"""KafkaSink against a real Kafka-protocol broker (Tansu): a batch produced with every
+delivery awaited, one outcome per record, the BatchSpec mapped to the producer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+
+from freight import Batcher, BatchSpec, PermanentError, TransientError
+from freight.connectors.kafka import KafkaSink, classify, producer_options
+from tests.connectors.brokers import kafka, unique
+
+pytestmark = pytest.mark.service
+
+__all__ = ["kafka"]  # the session fixture, imported for pytest
+
+
+async def new_topic(bootstrap: str, partitions: int = 1) -> str:
+    name = unique("fsink")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+    return name
+
+
+async def records(
+    bootstrap: str, topic: str, partitions: int = 1
+) -> list[tuple[int, bytes, bytes | None, dict[str, bytes]]]:
+    """``(partition, value, key, headers)`` of every record, partition by partition."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    ends = await consumer.end_offsets(tps)
+    found = []
+    for tp in tps:
+        while await consumer.position(tp) < ends[tp]:
+            for message in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                found.append(
+                    (tp.partition, message.value or b"", message.key, dict(message.headers))
+                )
+    await consumer.stop()
+    return found
+
+
+async def test_a_batch_is_delivered_in_order_with_its_headers(kafka: str) -> None:
+    topic = await new_topic(kafka)
+    sink = KafkaSink(kafka, topic, headers=lambda item: {"n": str(item["n"])})
+    assert await sink.write([{"n": i} for i in range(80)]) is None
+    await sink.aclose()
+    found = await records(kafka, topic)
+    assert [json.loads(value)["n"] for _, value, _, _ in found] == list(range(80))
+    assert all(h["content-type"] == b"application/json" for *_, h in found)
+    assert [h["n"] for *_, h in found] == [str(i).encode() for i in range(80)]
+
+
+async def test_records_of_one_key_keep_their_order_on_one_partition(kafka: str) -> None:
+    topic = await new_topic(kafka, partitions=3)
+    sink = KafkaSink(kafka, topic, key=lambda item: item.split(":")[0], spec=BatchSpec(size=7))
+    items = [f"k{i % 4}:{i}" for i in range(60)]
+    assert await sink.write(items) is None
+    await sink.aclose()
+    found = await records(kafka, topic, partitions=3)
+    for k in range(4):
+        mine = [(p, v.decode()) for p, v, key, _ in found if key == f"k{k}".encode()]
+        assert len({p for p, _ in mine}) == 1
+        assert [v for _, v in mine] == [i for i in items if i.startswith(f"k{k}:")]
+
+
+async def test_a_record_over_the_size_limit_fails_alone(kafka: str) -> None:
+    topic = await new_topic(kafka)
+    sink = KafkaSink(kafka, topic)
+    outcomes = await sink.write([b"a", b"x" * (2 << 20), b"b"])
+    await sink.aclose()
+    assert outcomes is not None
+    assert outcomes[0] is None
+    assert outcomes[2] is None
+    assert isinstance(outcomes[1], PermanentError)
+    assert "too large" in str(outcomes[1])
+    assert [v for _, v, _, _ in await records(kafka, topic)] == [b"a", b"b"]
+
+
+async def test_the_sink_is_a_batcher_handler(kafka: str) -> None:
+    topic = await new_topic(kafka)
+    sink = KafkaSink(kafka, topic, spec=BatchSpec(size=10, timeout=0.001))
+    async with Batcher(sink.write, BatchSpec(size=10, timeout=0.05)) as batcher:
+        results = [await f for f in [batcher.submit_nowait(f"m{i}") for i in range(25)]]
+    await sink.aclose()
+    assert results == [None] * 25
+    assert len(await records(kafka, topic)) == 25
+
+
+async def test_an_unreachable_broker_fails_the_write_transiently() -> None:
+    sink = KafkaSink("127.0.0.1:1", "t", timeout=1)
+    with pytest.raises(TransientError):
+        await sink.write(["a"])
+
+
+def test_the_batch_spec_maps_to_linger_and_batch_bytes() -> None:
+    assert producer_options(None) == {"linger_ms": 0, "max_batch_size": 16384}
+    assert producer_options(BatchSpec(size=500, timeout=0.005, max_bytes=1 << 20)) == {
+        "linger_ms": 5,
+        "max_batch_size": 1 << 20,
+    }
+    assert producer_options(BatchSpec(size=10)) == {"linger_ms": 0, "max_batch_size": 16384}
+
+
+def test_classify_keeps_the_original_as_cause() -> None:
+    from aiokafka.errors import KafkaConnectionError  # type: ignore[import-untyped]
+
+    original = KafkaConnectionError("gone")
+    mapped = classify(original)
+    assert isinstance(mapped, TransientError)
+    assert mapped.__cause__ is original
