@@ -216,6 +216,7 @@ PUBLIC = {
     },
     "freight.connectors.pgtypes": PGTYPES,
     "freight.connectors.postgres": POSTGRES,
+    "freight.connectors.redis": {"AsyncRedisSink", "RedisSink", "RedisStreamSource", "classify"},
     "freight.connectors.kafka": {"KafkaSink", "classify", "producer_options"},
     "freight.connectors.nats": {"NatsSink", "classify"},
     "freight.connectors.rabbitmq": {"RabbitMQSink", "classify"},

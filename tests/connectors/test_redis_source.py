@@ -1,0 +1,174 @@
+"""Redis Streams consumer groups through the broker source port, on the real server.
+
+Every stream is ``freight-test:<uuid>`` (db 0 is shared), deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from freight import BatchSpec, Retry, TransientError
+from freight._errors import ConfigError
+from freight.connectors import BrokerSource, consume
+from freight.connectors.redis import RedisStreamSource
+from tests.connectors.broker_contract import SOURCE_CHECKS, BrokerHarness, settle_soon
+from tests.services import require
+
+REDIS_URL = os.environ.get("FREIGHT_TEST_REDIS", "redis://127.0.0.1:6379/0")
+pytestmark = pytest.mark.service
+
+
+def need_redis() -> str:
+    """The URL, once Redis answers (skip locally / fail under CI otherwise)."""
+    require("127.0.0.1", 6379, "Redis")
+    return REDIS_URL
+
+
+class RedisHarness:
+    """The contract's harness over one test stream and its consumer group."""
+
+    def __init__(self, client: redis.asyncio.Redis, *, claim_idle: float = 0.3) -> None:
+        self.client: Any = client  # redis-py's stubs type replies as unions of every shape
+        self.stream = f"freight-test:{uuid.uuid4().hex}"
+        self.group = "workers"
+        self.redelivery = claim_idle
+        self.claim_idle = claim_idle
+        self.sources: list[RedisStreamSource] = []
+
+    async def publish(self, bodies: Sequence[dict[str, Any]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for body in bodies:
+            pipe.xadd(self.stream, {"body": json.dumps(body)})
+        await pipe.execute()
+
+    async def source(self) -> BrokerSource:
+        name = f"freight-test-{uuid.uuid4().hex[:8]}"
+        source = RedisStreamSource(
+            f"{REDIS_URL}?client_name={name}",
+            self.stream,
+            self.group,
+            name,
+            claim_idle=self.claim_idle,
+        )
+        self.sources.append(source)
+        return source
+
+    async def dead_letters(self) -> list[tuple[dict[str, Any], str]]:
+        entries = await self.client.xrange(f"{self.stream}:dead")
+        return [(json.loads(f[b"body"]), f[b"dead:reason"].decode()) for _, f in entries]
+
+    async def drop_connection(self, source: BrokerSource) -> None:
+        assert isinstance(source, RedisStreamSource)
+        killed = 0
+        for client in await self.client.client_list():
+            if client["name"] == source.consumer:
+                await self.client.client_kill_filter(_id=client["id"])
+                killed += 1
+        assert killed >= 1
+
+    async def cleanup(self) -> None:
+        for source in self.sources:
+            await source.close()
+        await self.client.delete(self.stream, f"{self.stream}:dead")
+
+
+_: type[BrokerHarness] = RedisHarness
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[RedisHarness]:
+    client = redis.asyncio.Redis.from_url(need_redis())
+    found = RedisHarness(client)
+    yield found
+    await found.cleanup()
+    await client.aclose()
+
+
+@pytest.mark.parametrize("check", SOURCE_CHECKS, ids=lambda c: c.__name__)
+async def test_redis_streams_keep_the_source_contract(
+    check: Callable[[BrokerHarness], Awaitable[None]], harness: RedisHarness
+) -> None:
+    await settle_soon(check(harness))
+
+
+async def test_an_undecodable_entry_is_dead_lettered_at_fetch_and_the_rest_flow(
+    harness: RedisHarness,
+) -> None:
+    await harness.client.xadd(harness.stream, {"body": b"{not json"})
+    await harness.publish([{"n": 1}])
+    source = await harness.source()
+    seen: list[Any] = []
+
+    async def handle(items: list[Any]) -> None:
+        seen.extend(items)
+
+    await consume(source, handle, spec=BatchSpec(size=10, timeout=0.05), until_idle=True)
+    assert seen == [{"n": 1}]
+    [(fields)] = [f for _, f in await harness.client.xrange(f"{harness.stream}:dead")]
+    assert fields[b"body"] == b"{not json"
+    assert fields[b"dead:reason"].startswith(b"RecordError: cannot decode the entry's 'body'")
+    assert await harness.client.xpending(harness.stream, harness.group) == {
+        "pending": 0, "min": None, "max": None, "consumers": [],
+    }  # fmt: skip
+
+
+async def test_an_entry_without_the_body_field_gives_its_fields(harness: RedisHarness) -> None:
+    await harness.client.xadd(harness.stream, {"user": "ada", "event": "login"})
+    source = await harness.source()
+    [message] = await source.fetch(5, 0.1)
+    assert message.body == {"user": "ada", "event": "login"}
+    assert message.attempts == 1
+    await source.ack([message])
+
+
+async def test_a_handed_back_entry_comes_back_to_the_same_consumer_after_its_delay(
+    harness: RedisHarness,
+) -> None:
+    await harness.publish([{"n": 0}, {"n": 1}])
+    source = await harness.source()
+    calls: list[list[int]] = []
+
+    async def handle(items: list[Any]) -> list[Any]:
+        calls.append([i["n"] for i in items])
+        return [TransientError("busy") if i["n"] == 1 and len(calls) == 1 else 0 for i in items]
+
+    one_try = Retry(attempts=1, backoff=0.05, max_backoff=0.05, jitter=0)
+    report = await consume(
+        source, handle, spec=BatchSpec(size=10, timeout=0.3), retry=one_try, max_batches=2
+    )
+    assert calls == [[0, 1], [1]]
+    assert (report.acked, report.retried) == (2, 1)
+
+
+async def test_a_new_consumer_with_the_same_name_resumes_its_pending_entries_at_once(
+    harness: RedisHarness,
+) -> None:
+    await harness.publish([{"n": i} for i in range(3)])
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    first = RedisStreamSource(client, harness.stream, harness.group, "fixed", claim_idle=60)
+    assert len(await first.fetch(3, 0.1)) == 3  # then it dies without settling
+    second = RedisStreamSource(client, harness.stream, harness.group, "fixed", claim_idle=60)
+    again = await second.fetch(10, 0.1)
+    assert [m.body["n"] for m in again] == [0, 1, 2]
+    assert [m.attempts for m in again] == [2, 2, 2]
+    await second.ack(again)
+    await client.aclose()
+
+
+async def test_an_unreachable_server_is_a_transient_error() -> None:
+    source = RedisStreamSource("redis://127.0.0.1:1/0", "s", "g", "c")
+    with pytest.raises(TransientError, match="Redis connection"):
+        await source.fetch(1, 0)
+    await source.close()
+
+
+def test_names_are_checked() -> None:
+    with pytest.raises(ConfigError, match="stream must be a non-empty str"):
+        RedisStreamSource("redis://127.0.0.1:6379/0", "", "g")
