@@ -30,6 +30,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from freight._errors import FreightError
+from freight.cli._batch import batch_app, worker
 from freight.cli._errors import (
     EXIT_CODES,
     EXIT_DEAD_LETTERS,
@@ -73,6 +74,8 @@ app = typer.Typer(
 )
 """The ``freight`` command as a Typer app (``typer.testing.CliRunner`` invokes it)."""
 app.add_typer(flow_app, name="flow")
+app.add_typer(batch_app, name="batch")
+app.command()(worker)
 
 StoreOption = Annotated[
     str,
