@@ -219,7 +219,7 @@ PUBLIC = {
     "freight.connectors.redis": {"AsyncRedisSink", "RedisSink", "RedisStreamSource", "classify"},
     "freight.connectors.kafka": {"KafkaSink", "classify", "producer_options"},
     "freight.connectors.nats": {"NatsSink", "classify"},
-    "freight.connectors.rabbitmq": {"RabbitMQSink", "classify"},
+    "freight.connectors.rabbitmq": {"ATTEMPTS", "REASON", "RabbitMQSink", "RabbitMQSource", "classify", "declare_queue"},
     "freight.connectors.sqlite": SQLITE,
     "freight.flow": FLOW,
     "freight.jobs": JOBS,
