@@ -257,7 +257,7 @@ class BatchManager:
             metadata=meta,
         )
         self._store().create(batch, rows)
-        return self._store().get(batch.id)
+        return batch  # as created: a worker may have started it already
 
     async def submit(
         self,

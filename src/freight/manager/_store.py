@@ -77,12 +77,17 @@ class _Statements(NamedTuple):
     )
     batch: str = "SELECT * FROM manager_batches WHERE id = {p}"
     lock_batch: str = "SELECT * FROM manager_batches WHERE id = {p}{lock}"
+    # The rows are picked in a CTE, evaluated once: as an ``IN (subquery)`` PostgreSQL
+    # may run the LIMIT ... SKIP LOCKED subquery again and claim more than the limit.
     claim: str = (
-        "UPDATE manager_requests SET state = 'claimed', claim = {p}"
-        " WHERE state = 'queued' AND (batch_id, idx) IN ("
-        "SELECT batch_id, idx FROM manager_requests WHERE endpoint = {p} AND state = 'queued'"
-        "{batches} ORDER BY batch_id, idx LIMIT {p}{skip_locked})"
-        " RETURNING batch_id, idx, custom_id, body"
+        "WITH picked AS (SELECT batch_id, idx FROM manager_requests"
+        " WHERE endpoint = {p} AND state = 'queued'{batches}"
+        " ORDER BY batch_id, idx LIMIT {p}{skip_locked})"
+        " UPDATE manager_requests SET state = 'claimed', claim = {p} FROM picked"
+        " WHERE manager_requests.batch_id = picked.batch_id"
+        " AND manager_requests.idx = picked.idx"
+        " RETURNING manager_requests.batch_id, manager_requests.idx,"
+        " manager_requests.custom_id, manager_requests.body"
     )
     insert_claim: str = (
         "INSERT INTO manager_claims (token, owner, host, pid, endpoint, lease_until)"
@@ -357,7 +362,7 @@ class ManagerStore:
         """Claim up to ``limit`` queued requests of ``endpoint`` under ``token``."""
         at = stamp(now)
         with self.store.transaction() as tx:
-            params: list[Any] = [token, endpoint]
+            params: list[Any] = [endpoint]
             batches = ""
             if max_batches is not None:
                 allowed = self._allowed(tx, endpoint, max_batches)
@@ -366,7 +371,7 @@ class ManagerStore:
                 batches = f" AND batch_id IN ({self.dialect.placeholders(len(allowed))})"
                 params.extend(allowed)
             sql = self.sql.claim.format(batches=batches)
-            rows = tx.query(sql, (*params, limit))
+            rows = tx.query(sql, (*params, limit, token))
             if not rows:
                 return []
             name, host, pid = owner

@@ -153,6 +153,7 @@ class Worker:
 
     async def _loop(self, burst: bool) -> None:
         while not self._stopping.is_set():
+            await asyncio.to_thread(self.sweep)  # expire first: never claim an expired batch
             worked = False
             for endpoint in list(self.endpoints.values()):
                 if self._stopping.is_set():

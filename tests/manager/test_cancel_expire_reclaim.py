@@ -1,0 +1,161 @@
+"""Cancel, expiry and lost leases: every request ends once, and the counts add up."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from freight import BatchManager, BatchRequest, BatchSpec, BatchStatus, IllegalTransition
+from freight.manager import RequestState
+from freight.store import BoardStore
+from freight.testing import FakeClock
+
+
+def numbered(n: int) -> list[BatchRequest]:
+    return [BatchRequest(id=f"r{i}", body=i) for i in range(n)]
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll briefly (real time) for something another task does."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_cancel_during_processing_starts_nothing_after_it_returned(store: BoardStore) -> None:
+    gate = asyncio.Event()
+    calls: list[tuple[list[int], bool]] = []  # (bodies, was cancel done when the call began)
+    cancel_done = False
+
+    async def handler(bodies: list[int]) -> list[int]:
+        calls.append((bodies, cancel_done))
+        await gate.wait()
+        return [b * 10 for b in bodies]
+
+    manager = BatchManager(store=store, workers=2)
+    manager.register("/x", handler, spec=BatchSpec(size=2))
+    async with manager:
+        job = await manager.submit(numbered(20), endpoint="/x")
+        await until(lambda: len(calls) == 2, "two calls in flight")
+        batch = await manager.cancel(job.id)
+        cancel_done = True
+        assert batch.status is BatchStatus.CANCELLING  # the calls in flight finish
+        gate.set()
+        final = await manager.wait(job.id, timeout=10)
+    assert not any(after for _, after in calls), calls
+    in_flight = sorted(b for bodies, _ in calls for b in bodies)
+    assert len(in_flight) == 4
+    assert final.status is BatchStatus.CANCELLED
+    counts = final.request_counts
+    assert (counts.completed, counts.cancelled, counts.failed) == (4, 16, 0)
+    assert counts.finished == counts.total == 20
+    assert final.cancelling_at is not None
+    assert final.cancelled_at is not None
+    results = await manager.get_results(job.id)
+    assert [r.response for r in results if r.status is RequestState.COMPLETED] == [
+        b * 10 for b in in_flight
+    ]
+    cancelled = [r for r in results if r.status is RequestState.CANCELLED]
+    assert len(cancelled) == 16
+    assert cancelled[0].error is not None
+    assert (cancelled[0].error.type, cancelled[0].error.attempts) == ("cancelled", 0)
+
+
+async def test_a_pending_batch_is_cancelled_at_once(store: BoardStore) -> None:
+    manager = BatchManager(store=store)
+    manager.register("/x", lambda b: b)
+    job = await manager.submit(numbered(3), endpoint="/x")
+    await manager.cancel(job.id)
+    assert await manager.get_status(job.id) == BatchStatus.CANCELLED
+    await manager.run(burst=True)  # nothing left to run
+    assert (await manager.get(job.id)).request_counts.cancelled == 3
+    assert await manager.cancel(job.id) == await manager.get(job.id)  # again: no change
+
+
+async def test_an_ended_batch_cannot_be_cancelled(store: BoardStore) -> None:
+    manager = BatchManager(store=store)
+    manager.register("/x", lambda b: b)
+    job = await manager.submit(numbered(3), endpoint="/x")
+    await manager.run(burst=True)
+    with pytest.raises(IllegalTransition, match="cannot go from completed to cancelling"):
+        await manager.cancel(job.id)
+
+
+async def test_expiry_keeps_finished_results_and_expires_the_rest(
+    store: BoardStore, clock: FakeClock
+) -> None:
+    gate = asyncio.Event()
+    calls: list[list[int]] = []
+
+    async def handler(bodies: list[int]) -> list[int]:
+        calls.append(bodies)
+        if len(calls) > 1:
+            await gate.wait()
+        return bodies
+
+    manager = BatchManager(store=store, clock=clock)
+    manager.register("/x", handler, spec=BatchSpec(size=2))
+    async with manager:
+        job = await manager.submit(numbered(5), endpoint="/x", completion_window="1h")
+        await until(lambda: len(calls) == 2, "the second call")
+        assert await manager.get_status(job.id) is BatchStatus.PROCESSING
+        await clock.advance(3600.5)
+        batch = await manager.get(job.id)
+        gate.set()  # the late call's results are not written: the batch has expired
+    assert batch.status is BatchStatus.EXPIRED
+    assert batch.expired_at is not None
+    assert batch.expired_at >= batch.expires_at
+    assert (batch.request_counts.completed, batch.request_counts.expired) == (2, 3)
+    results = await manager.get_results(job.id)
+    assert [r.status for r in results] == [RequestState.COMPLETED] * 2 + [RequestState.EXPIRED] * 3
+    assert (await manager.get(job.id)).request_counts == batch.request_counts
+
+
+async def test_a_worker_sweeping_expires_batches_without_being_asked(
+    store: BoardStore, clock: FakeClock
+) -> None:
+    manager = BatchManager(store=store, clock=clock)
+    manager.register("/x", lambda b: b)
+    job = await manager.submit(numbered(2), endpoint="/x", completion_window=60)
+    await clock.advance(61)
+    await manager.run(burst=True)
+    [row] = store.query(f"SELECT status FROM manager_batches WHERE id = '{job.id}'")
+    assert row["status"] == "expired"
+
+
+async def test_a_lapsed_lease_is_reclaimed_and_the_late_results_dropped(
+    store: BoardStore, clock: FakeClock
+) -> None:
+    gate = asyncio.Event()
+    hung_calls: list[list[int]] = []
+
+    async def hung(bodies: list[int]) -> list[int]:
+        hung_calls.append(bodies)
+        await gate.wait()
+        return [-1] * len(bodies)
+
+    stuck = BatchManager(store=store, clock=clock, lease=30)
+    stuck.register("/x", hung, spec=BatchSpec(size=3))
+    healthy = BatchManager(store=store, clock=clock, lease=30)
+    healthy.register("/x", lambda bodies: [b * 100 for b in bodies], spec=BatchSpec(size=3))
+    job = await stuck.submit(numbered(6), endpoint="/x")
+    task = asyncio.create_task(stuck.run())
+    await until(lambda: len(hung_calls) == 1, "the stuck worker's call")
+    await clock.advance(31)  # its lease lapses
+    await healthy.run(burst=True)
+    gate.set()
+    await until(
+        lambda: stuck.processed == 0 and not store.query("SELECT token FROM manager_claims"),
+        "the stuck worker's write",
+    )
+    stuck.stop()
+    await task
+    results = await healthy.get_results(job.id)
+    assert [r.response for r in results] == [i * 100 for i in range(6)]
+    batch = await healthy.get(job.id)
+    assert batch.status is BatchStatus.COMPLETED
+    assert (batch.request_counts.completed, batch.request_counts.total) == (6, 6)
