@@ -20,6 +20,7 @@ EXPECTED = {
     "flow_rate_limited.py": "200 lookups in 20 requests",
     "flow_iot.py": "south: 5 devices",
     "flow_db_insert.py": ": 1999\ndead letter: page view 1234:",
+    "managed_batch.py": "completed; 3 requests: 2 completed, 1 failed\n  doc-1: {'summary'",
 }
 
 
