@@ -23,12 +23,13 @@ The handler contract:
    :class:`~freight.HandlerContractError`, explaining the rule.
 
 With a :class:`~freight.Retry` policy, a transient whole-batch failure is retried
-after a backoff; a permanent one (or one that exhausted its attempts) is bisected
-when ``isolate`` is set: each half is called once, healthy halves keep their
-results and failing halves are split again, so one poison item among *n* costs
-at most ``2·⌈log2 n⌉`` further calls. When *both* halves fail transiently the
-failure is not an item's (an outage looks like that): bisection stops there and
-every item keeps its half's error, so an outage costs two calls, not ``2n``.
+after a backoff (or the error's ``retry_after``, if longer: :meth:`~freight.Retry.wait`);
+a permanent one (or one that exhausted its attempts) is bisected when ``isolate`` is
+set: each half is called once, healthy halves keep their results and failing halves
+are split again, so one poison item among *n* costs at most ``2·⌈log2 n⌉`` further
+calls. When *both* halves fail transiently the failure is not an item's (an outage
+looks like that): bisection stops there and every item keeps its half's error, so an
+outage costs two calls, not ``2n``.
 
 Per-item retries are decided here too, so every shape retries alike. An item whose
 final outcome is a transient error (:meth:`~freight.Retry.is_transient`) comes back
@@ -36,8 +37,8 @@ for another try while its attempts (the tries of earlier batches it was in, hand
 in as ``tried``, plus this batch's whole-batch tries) stay below ``Retry.attempts``.
 The plan names those items (:attr:`Outcome.again`) and one wait for all of them
 (:attr:`Outcome.again_after`, the policy's backoff after the most attempts among
-them); the driver puts them back (into its buffer, or into its next call) after that
-wait. Every other outcome is final.
+them, or the longest ``retry_after`` their errors ask for); the driver puts them back
+(into its buffer, or into its next call) after that wait. Every other outcome is final.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def plan_batch(
         if retry is None:
             return Outcome([error] * n, attempt, attempts=_attempts(n, attempt, tried))
         if attempt < (retry.attempts if limit is None else limit) and retry.is_transient(error):
-            yield Sleep(retry.delay(attempt, random()))
+            yield Sleep(retry.wait(attempt, random(), (error,)))
             attempt += 1
             continue
         if not retry.isolate or n == 1:
@@ -180,7 +181,8 @@ def _final(
     if not again:
         return Outcome(outcomes, tries, attempts=attempts)
     most = max(attempts[i] for i in again)
-    return Outcome(outcomes, tries, again, retry.delay(most, random()), attempts)
+    wait = retry.wait(most, random(), [outcomes[i] for i in again])
+    return Outcome(outcomes, tries, again, wait, attempts)
 
 
 def _bisect(

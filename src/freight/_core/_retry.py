@@ -16,7 +16,7 @@ number is handed in by the driver; this module never draws one.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from freight._core._time import to_positive_int, to_seconds
@@ -125,6 +125,18 @@ class Retry:
         """
         base = min(self.max_backoff, self.backoff * self.multiplier ** (attempt - 1))
         return base * (1.0 - self.jitter) + base * self.jitter * random
+
+    def wait(self, attempt: int, random: float, errors: Iterable[BaseException]) -> float:
+        """:meth:`delay`, or longer if one of ``errors`` asks for longer: a
+        :class:`~freight.TransientError` with ``retry_after`` (an HTTP 429's
+        ``Retry-After``) is waited out in full, even past ``max_backoff``: the server
+        said when it will take the next try."""
+        asked = [
+            e.retry_after
+            for e in errors
+            if isinstance(e, TransientError) and isinstance(e.retry_after, int | float)
+        ]
+        return max([self.delay(attempt, random), *asked])
 
 
 def _predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool] | None:
