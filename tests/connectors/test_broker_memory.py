@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from freight import Batcher, BatchSpec, Flow, PermanentError, Retry, TransientError
 from freight._errors import ConfigError
 from freight.connectors import BrokerSource, Message, consume
-from freight.connectors._broker import reason, retry_after
+from freight.connectors._broker import reason
 from freight.testing import FakeClock, MemoryBroker, MemorySink
 from tests.connectors.broker_contract import SOURCE_CHECKS, BrokerHarness, settle_soon
 
@@ -300,8 +300,6 @@ async def test_a_closed_twin_refuses_until_reopened() -> None:
 def test_reason_is_one_line_with_the_type() -> None:
     assert reason(ValueError("bad\n  value")) == "ValueError: bad value"
     assert reason(KeyError()) == "KeyError"
-    assert retry_after(TransientError("x", retry_after=2)) == 2.0
-    assert retry_after(ValueError("x")) == 0.0
 
 
 def test_a_message_has_empty_headers_of_its_own() -> None:

@@ -59,7 +59,6 @@ __all__ = [
     "Message",
     "consume",
     "reason",
-    "retry_after",
 ]
 
 DEFAULT_SPEC = BatchSpec(size=100, timeout=1.0)
@@ -146,12 +145,6 @@ def reason(error: BaseException) -> str:
     text = " ".join(str(error).split())
     name = type(error).__qualname__
     return f"{name}: {text}"[:1000] if text else name
-
-
-def retry_after(error: BaseException) -> float:
-    """Seconds the error itself asks to wait (a ``TransientError(retry_after=...)``), or 0."""
-    value = getattr(error, "retry_after", None)
-    return float(value) if isinstance(value, int | float) and value > 0 else 0.0
 
 
 Call = Callable[[list[Message]], Awaitable[Reply]]
@@ -300,7 +293,7 @@ def _sort(
             error.__cause__ = outcome
             settled.dead.append((message, error))
         else:
-            delay = max(policy.delay(message.attempts, draw()), retry_after(outcome))
+            delay = policy.wait(message.attempts, draw(), (outcome,))
             settled.again.append((message, delay))
     return settled
 
