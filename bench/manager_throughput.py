@@ -201,7 +201,7 @@ def report(n: int, size: int, alone: float, rows: list[Row]) -> None:
               f"(on {os.cpu_count()} cores, shared)")  # fmt: skip
     sqlite = timed.get("SQLite, 1 worker")
     if sqlite and one:
-        print(f"  SQLite 1 worker vs PostgreSQL 1 worker: {one / sqlite:.2f}x the requests/second")
+        print(f"  SQLite vs PostgreSQL, 1 worker each: {one / sqlite:.2f}x the requests/second")
 
 
 if __name__ == "__main__":
