@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 import freight
-from freight import BatchManager, BatchRequest, BatchSpec, BatchStatus, Retry, TransientError
+from freight import (
+    BatchEvent,
+    BatchManager,
+    BatchRequest,
+    BatchSpec,
+    BatchStatus,
+    Retry,
+    TransientError,
+)
 from freight.manager import RequestState, Result, UnknownBatch
 from freight.store import BoardStore
 from tests.manager.test_cancel_expire_reclaim import until
@@ -273,3 +281,23 @@ def test_with_no_argument_the_store_is_sqlite_under_dot_freight(
     again = BatchManager()
     assert again.get_sync(job.id).request_counts.total == 3
     again.close()
+
+
+async def test_each_chunk_reaches_the_subscribers_and_prometheus(store: BoardStore) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from freight.metrics import PrometheusSubscriber
+
+    events: list[BatchEvent] = []
+    registry = CollectorRegistry()
+    manager = BatchManager(store=store, subscribers=[events.append, PrometheusSubscriber(registry)])
+    manager.register("/v1/summaries", summarise, spec=BatchSpec(size=2))
+    await manager.submit(three(), endpoint="/v1/summaries")
+    await manager.run(burst=True)
+    assert [(e.batcher, e.size, e.reason, e.succeeded, e.failed) for e in events] == [
+        ("/v1/summaries", 2, "size", 1, 1),
+        ("/v1/summaries", 1, "pending", 1, 0),
+    ]
+    assert all(e.calls == 1 and e.wait >= 0 for e in events)
+    labels = {"batcher": "/v1/summaries", "outcome": "succeeded"}
+    assert registry.get_sample_value("freight_items_total", labels) == 2

@@ -28,6 +28,7 @@ from typing import Any
 from freight._core._clock import Clock
 from freight._core._retry import Retry
 from freight._core._spec import BatchSpec
+from freight._core._stats import BatchEvent
 from freight._core._time import to_seconds
 from freight._drivers._clocks import ThreadClock
 from freight._drivers._options import check_rate_limit, check_retry
@@ -114,6 +115,9 @@ class BatchManager:
             submit in this process wakes it at once).
         max_requests: the most requests one batch may hold.
         max_body_bytes: the largest request body (UTF-8 JSON bytes).
+        subscribers: callables receiving a :class:`~freight.BatchEvent` after each
+            chunk this process's worker ran (``batcher``: the endpoint), such as
+            :class:`freight.metrics.PrometheusSubscriber`.
 
     Example::
 
@@ -136,6 +140,7 @@ class BatchManager:
         poll_interval: float | timedelta = 0.2,
         max_requests: int = MAX_REQUESTS,
         max_body_bytes: int = MAX_BODY_BYTES,
+        subscribers: Iterable[Callable[[BatchEvent], object]] = (),
     ) -> None:
         for name, value in (("workers", workers), ("max_requests", max_requests),
                             ("max_body_bytes", max_body_bytes)):  # fmt: skip
@@ -160,6 +165,12 @@ class BatchManager:
                     f"a path, got {store!r}"
                 )
             self._ms = ManagerStore(store)
+        self.subscribers = tuple(subscribers)
+        for subscriber in self.subscribers:
+            if not callable(subscriber):
+                raise ConfigTypeError(
+                    f"a subscriber must be callable (BatchEvent -> None), got {subscriber!r}"
+                )
         self.endpoints: dict[str, Endpoint] = {}
         self._cancelled: set[str] = set()
         self._worker: Worker | None = None
@@ -464,7 +475,7 @@ class BatchManager:
         return Worker(
             self._store(), self.endpoints, clock=self.clock, wall=self._now,
             concurrency=self.workers, lease=self.lease, poll_interval=self.poll_interval,
-            cancelled=self._cancelled,
+            cancelled=self._cancelled, subscribers=self.subscribers,
         )  # fmt: skip
 
     async def run(self, *, burst: bool = False) -> None:

@@ -32,6 +32,8 @@ from freight._core._clock import Clock
 from freight._core._plan import Reply
 from freight._core._retry import Retry
 from freight._core._spec import BatchSpec
+from freight._core._stats import BatchEvent
+from freight._drivers._engine import fan_out
 from freight._drivers._runner import call_sync, settle_async
 from freight._drivers._streams import is_async_callable
 from freight._errors import HandlerContractError, PermanentError
@@ -96,8 +98,10 @@ class Worker:
         lease: float,
         poll_interval: float,
         cancelled: set[str],
+        subscribers: Sequence[Callable[[BatchEvent], object]] = (),
     ) -> None:
         self.store = store
+        self.subscribers = subscribers
         self.endpoints = endpoints
         self.clock = clock
         self.wall = wall
@@ -197,15 +201,47 @@ class Worker:
         )
         if not claimed:
             return False
-        outcomes = await self._execute(endpoint, claimed)
+        started = self.clock.now()
+        outcomes, calls = await self._execute(endpoint, claimed)
         written = await asyncio.to_thread(
             self.store.write, token, outcomes, worker=self.name, now=self.wall()
         )
         self.processed += written
+        if self.subscribers:
+            self._emit(endpoint, claimed, outcomes, calls, self.clock.now() - started)
         return True
 
-    async def _execute(self, endpoint: Endpoint, claimed: list[Claimed]) -> list[Outcome]:
-        """Run a chunk through the engine; one :class:`Outcome` per request."""
+    def _emit(
+        self,
+        endpoint: Endpoint,
+        claimed: list[Claimed],
+        outcomes: list[Outcome],
+        calls: int,
+        duration: float,
+    ) -> None:
+        """One :class:`~freight.BatchEvent` per chunk, to the manager's subscribers (the
+        ``batcher`` is the endpoint's name; ``wait``: since the oldest batch's submit)."""
+        states = [o.state for o in outcomes]
+        created = _submitted_at(claimed[0].batch_id)
+        event = BatchEvent(
+            batcher=endpoint.name,
+            key=None,
+            size=len(claimed),
+            reason="size" if len(claimed) >= endpoint.size else "pending",
+            wait=max(0.0, self.wall().timestamp() - duration - created),
+            duration=duration,
+            succeeded=states.count(RequestState.COMPLETED),
+            failed=len(states) - states.count(RequestState.COMPLETED),
+            retried=sum(max(0, o.attempts - 1) for o in outcomes),
+            calls=calls,
+        )
+        fan_out(self.subscribers, event, f"batch manager endpoint {endpoint.name!r}:")
+
+    async def _execute(
+        self, endpoint: Endpoint, claimed: list[Claimed]
+    ) -> tuple[list[Outcome], int]:
+        """Run a chunk through the engine; one :class:`Outcome` per request, and the
+        handler calls made."""
         items: list[tuple[Claimed, Any]] = []
         outcomes: list[Outcome] = []
         for c in claimed:
@@ -213,9 +249,10 @@ class Worker:
                 items.append((c, json.loads(c.body)))
             except ValueError as exc:  # pragma: no cover - bodies are JSON-checked at submit
                 outcomes.append(_failure(c, exc, 0))
+        calls = [0]
         results, attempts = await settle_async(
             items,
-            self._caller(endpoint),
+            self._caller(endpoint, calls),
             endpoint.retry,
             random=self._random.random,
             sleep=self.clock.sleep,
@@ -224,10 +261,10 @@ class Worker:
         )
         for (c, _), value, tries in zip(items, results, attempts, strict=True):
             outcomes.append(_outcome(c, value, tries))
-        return outcomes
+        return outcomes, calls[0]
 
     def _caller(
-        self, endpoint: Endpoint
+        self, endpoint: Endpoint, calls: list[int]
     ) -> Callable[[list[tuple[Claimed, Any]]], Awaitable[Reply]]:
         """How the engine calls ``endpoint``'s handler on some of a chunk's requests.
 
@@ -243,6 +280,7 @@ class Worker:
             bodies = [items[i][1] for i in keep]
             if not bodies:
                 return Reply(value=[_SKIPPED] * len(items))
+            calls[0] += 1
             if is_async:
                 try:
                     reply = Reply(value=await handler(bodies))
@@ -255,6 +293,14 @@ class Worker:
             return _spread(reply, keep, len(items))
 
         return call
+
+
+def _submitted_at(batch_id: str) -> float:
+    """When a batch was submitted (epoch seconds), from its id (``batch_<µs hex>…``)."""
+    try:
+        return int(batch_id[6:20], 16) / 1e6
+    except ValueError:  # pragma: no cover - an id this freight did not make
+        return 0.0
 
 
 def _spread(reply: Reply, keep: Sequence[int], n: int) -> Reply:
