@@ -358,6 +358,49 @@ def test_an_app_may_be_a_function_returning_the_manager(
     assert invoke(["batch", "list", "--app", "factory_app:make"]) == "no batches\n"
 
 
+def test_submit_needs_the_app_that_serves_the_endpoint(tmp_path: Path, store: Path) -> None:
+    path = three_requests(tmp_path)
+    assert "needs --app MODULE:MANAGER" in one_line_error(["batch", "submit", str(path)])
+
+
+def test_reading_a_store_that_is_not_there_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "nowhere.db"
+    assert f"no store at {missing}" in one_line_error(["batch", "list", "--store", str(missing)])
+    line = one_line_error(["batch", "status", "batch_x", "--store", f"sqlite:///{missing}"])
+    assert f"no store at {missing}" in line
+    assert "no store at .freight/freight.db" in one_line_error(["batch", "list"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_options_the_default_store_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manager built with no store keeps .freight/freight.db; the commands find it."""
+    monkeypatch.chdir(tmp_path)
+    manager = BatchManager()
+    manager.register("/v1/echo", lambda bodies: bodies)
+    batch = manager.submit_sync([{"custom_id": "a", "body": 1}], endpoint="/v1/echo")
+    manager.close()
+    assert invoke(["batch", "list"]).startswith(f"{batch.id}: pending;")
+    assert "1 to go" in invoke(["batch", "status", batch.id])
+
+
+def test_worker_runs_as_many_chunks_at_once_as_asked(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    target = make_app(tmp_path, store, size=10)
+    lines = [request(f"r{i}", i) for i in range(95)]
+    batch_id = invoke(["batch", "submit", str(jsonl(tmp_path / "in.jsonl", *lines)),
+                       "--app", target]).strip()  # fmt: skip
+    invoke(["worker", "--app", target, "--burst", "--workers", "3"])
+    assert "95 requests: 95 completed, 0 failed" in invoke(["batch", "status", batch_id,
+                                                            "--app", target])  # fmt: skip
+
+
 # -- worker processes -----------------------------------------------------------------------------
 
 

@@ -41,6 +41,7 @@ import typer
 from freight._errors import ConfigError
 from freight.cli._errors import EXIT_LANDED, EXIT_STOPPED
 from freight.manager import Batch, BatchManager, BatchRequest
+from freight.store import DEFAULT_PATH
 
 __all__ = ["InputLine", "batch_app", "read_input", "worker"]
 
@@ -190,10 +191,19 @@ def import_manager(target: str) -> BatchManager:
 
 
 def _manager(app: str | None, store: str | None) -> BatchManager:
-    """The user's manager (``--app``), else one over ``--store`` (else the default)."""
+    """The user's manager (``--app``), else one over ``--store`` (else the default
+    store), which must exist: reading a batch never creates an empty store."""
     if app is not None:
         return import_manager(app)
-    return BatchManager(store) if store is not None else BatchManager()
+    url = store or str(DEFAULT_PATH)
+    if "://" not in url or url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///") or DEFAULT_PATH)
+        if not path.exists():
+            raise ConfigError(
+                f"no store at {path}; name your manager with --app MODULE:MANAGER, or its "
+                "store with --store PATH or URL"
+            )
+    return BatchManager(url)
 
 
 def _with(manager: BatchManager, work: Callable[[BatchManager], T]) -> T:
@@ -224,7 +234,6 @@ def submit(
         ),
     ] = None,
     app: AppOption = None,
-    store: StoreOption = None,
     metadata: Annotated[
         list[str] | None,
         typer.Option("--metadata", help="KEY=VALUE kept with the batch (repeatable)."),
@@ -241,11 +250,16 @@ def submit(
 
     Example: freight batch submit prompts.jsonl --endpoint /v1/summaries --app app:manager
     """
+    if app is None:
+        raise ConfigError(
+            "freight batch submit needs --app MODULE:MANAGER: the BatchManager whose "
+            "registered endpoint serves the batch (e.g. --app myapp.batches:manager)"
+        )
     endpoint, lines = read_input(file, endpoint)
     requests = [BatchRequest(id=line.custom_id, body=line.body) for line in lines]
     meta = _metadata(metadata or [])
     batch = _with(
-        _manager(app, store),
+        import_manager(app),
         lambda m: m.submit_sync(
             requests, endpoint=endpoint, metadata=meta, completion_window=window
         ),
@@ -451,6 +465,12 @@ def worker(
     burst: Annotated[
         bool, typer.Option("--burst", help="Exit once no request is left to claim.")
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=1, help="Chunks run at once (default: the manager's workers=)."
+        ),
+    ] = None,
 ) -> None:
     """Run a worker for a BatchManager's batches in this process, until SIGTERM or
     Ctrl-C (which let the requests in flight finish, then exit 0).
@@ -462,6 +482,8 @@ def worker(
     Example: freight worker --app myapp.batches:manager
     """
     manager = import_manager(app)
+    if workers is not None:
+        manager.workers = workers
     asyncio.run(_serve(manager, burst=burst))
     raise typer.Exit(EXIT_LANDED)
 
