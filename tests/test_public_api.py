@@ -215,6 +215,7 @@ PUBLIC = {
         "table_types",
     },
     "freight.connectors.pgtypes": PGTYPES,
+    "freight.connectors.http": {"Bulk", "Fanout", "bulk", "classify", "fanout", "json_results"},
     "freight.connectors.postgres": POSTGRES,
     "freight.connectors.redis": {"AsyncRedisSink", "RedisSink", "RedisStreamSource", "classify"},
     "freight.connectors.kafka": {"KafkaSink", "classify", "producer_options"},
