@@ -345,6 +345,10 @@ def test_a_bad_app_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     )
     line = one_line_error(["worker", "--app", "notmanager:manager"])
     assert "is not a freight.BatchManager (got int)" in line
+    (tmp_path / "idle_app.py").write_text(
+        f"from freight.manager import BatchManager\nmanager = BatchManager({str(tmp_path)!r})\n"
+    )
+    assert "registers no endpoint" in one_line_error(["worker", "--app", "idle_app:manager"])
 
 
 def test_an_app_may_be_a_function_returning_the_manager(

@@ -245,8 +245,8 @@ def submit(
 ) -> None:
     """Submit every request of a JSONL file as one batch; print its id.
 
-    A line is {"custom_id", "method", "url", "body"} (the OpenAI batch input format);
-    the file is checked whole before anything is stored.
+    A line is {"custom_id", "method", "url", "body"} (the OpenAI batch input
+    format); the file is checked whole before anything is stored.
 
     Example: freight batch submit prompts.jsonl --endpoint /v1/summaries --app app:manager
     """
@@ -305,8 +305,9 @@ def cancel(
     batch_id: BatchArgument, app: AppOption = None, store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:  # fmt: skip
-    """Cancel a batch: no request starts after this returns, those in flight finish,
-    the rest are marked cancelled.
+    """Cancel a batch: nothing starts after this returns; requests in flight finish.
+
+    The requests that had not started are marked cancelled.
 
     Example: freight batch cancel batch_123
     """
@@ -324,8 +325,10 @@ def wait(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Wait until a batch ends (a worker must be running); exit 0 if it completed, 1 if
-    it failed, was cancelled or expired, or is still running after --timeout.
+    """Wait until a batch ends; exit 0 if it completed, else 1 (also after --timeout).
+
+    A worker must be running (freight worker). Exit 1: the batch failed, was cancelled
+    or expired, or is still running after --timeout.
 
     Example: freight batch wait batch_123 --timeout 600
     """
@@ -348,8 +351,10 @@ def results(
     app: AppOption = None,
     store: StoreOption = None,
 ) -> None:
-    """Print or write a batch's results, one JSONL line per request in submission order:
-    {"id", "custom_id", "response": {"status_code", "body"}, "error"}.
+    """Print or write a batch's results as JSONL, one line per request, in order.
+
+    A line is {"id", "custom_id", "response": {"status_code", "body"}, "error"} (the
+    OpenAI batch output format).
 
     Example: freight batch results batch_123 -o results.jsonl
     """
@@ -472,8 +477,9 @@ def worker(
         ),
     ] = None,
 ) -> None:
-    """Run a worker for a BatchManager's batches in this process, until SIGTERM or
-    Ctrl-C (which let the requests in flight finish, then exit 0).
+    """Serve a BatchManager's endpoints until SIGTERM or Ctrl-C drains it (exit 0).
+
+    A signal lets the requests in flight finish and be written, then the worker exits.
 
     Start any number of them against a PostgreSQL store: each claims requests in
     chunks under a lease; a worker killed with SIGKILL loses nothing, its lease lapses
@@ -482,6 +488,11 @@ def worker(
     Example: freight worker --app myapp.batches:manager
     """
     manager = import_manager(app)
+    if not manager.endpoints:
+        raise ConfigError(
+            f"--app {app} registers no endpoint: nothing to serve; call "
+            "manager.register('/v1/…', handler) in that module"
+        )
     if workers is not None:
         manager.workers = workers
     asyncio.run(_serve(manager, burst=burst))
@@ -496,7 +507,8 @@ async def _serve(manager: BatchManager, *, burst: bool) -> None:
     signalled = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _stopper(manager, signalled, signum))
-    _log.info("worker %d: serving %s", os.getpid(), manager)
+    _log.info("worker %d: serving %s, %d chunk(s) at once", os.getpid(),
+              ", ".join(sorted(manager.endpoints)) or "no endpoint", manager.workers)  # fmt: skip
     try:
         running = asyncio.create_task(manager.run(burst=burst), name="freight-worker")
         await asyncio.sleep(0)  # the worker exists from its task's first step on
