@@ -362,6 +362,12 @@ def test_an_app_may_be_a_function_returning_the_manager(
     assert invoke(["batch", "list", "--app", "factory_app:make"]) == "no batches\n"
 
 
+def test_a_missing_input_file_is_one_line(app_target: str, tmp_path: Path) -> None:
+    line = one_line_error(["batch", "submit", str(tmp_path / "nope.jsonl"), "--app", app_target])
+    assert "No such file or directory" in line
+    assert "nope.jsonl" in line
+
+
 def test_submit_needs_the_app_that_serves_the_endpoint(tmp_path: Path, store: Path) -> None:
     path = three_requests(tmp_path)
     assert "needs --app MODULE:MANAGER" in one_line_error(["batch", "submit", str(path)])

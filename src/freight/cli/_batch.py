@@ -158,7 +158,7 @@ StoreOption = Annotated[
     typer.Option(
         "--store",
         help="Without --app: where batches are kept, a path, sqlite:///PATH or "
-        "postgresql://… (default: the manager's default, .freight/).",
+        "postgresql://… (default: .freight/freight.db, the manager's default).",
     ),
 ]
 BatchArgument = Annotated[str, typer.Argument(metavar="ID", help="A batch id.")]
