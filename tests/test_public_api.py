@@ -218,7 +218,13 @@ PUBLIC = {
     "freight.connectors.http": {"Bulk", "Fanout", "bulk", "classify", "fanout", "json_results"},
     "freight.connectors.postgres": POSTGRES,
     "freight.connectors.redis": {"AsyncRedisSink", "RedisSink", "RedisStreamSource", "classify"},
-    "freight.connectors.kafka": {"KafkaSink", "classify", "producer_options"},
+    "freight.connectors.kafka": {
+        "REASON",
+        "KafkaSink",
+        "KafkaSource",
+        "classify",
+        "producer_options",
+    },
     "freight.connectors.nats": {"REASON", "NatsSink", "NatsSource", "classify"},
     "freight.connectors.rabbitmq": {
         "ATTEMPTS",
