@@ -98,6 +98,9 @@ class _Statements(NamedTuple):
         " AND status IN ('pending', 'processing') ORDER BY id"
     )
     lock_claim: str = "SELECT token FROM manager_claims WHERE token = {p}{lock}"
+    lock_open: str = (
+        "SELECT idx FROM manager_requests WHERE batch_id = {p} AND state IN ({states}){lock}"
+    )
     held: str = (
         "SELECT batch_id, idx FROM manager_requests WHERE claim = {p} AND state = 'claimed'{lock}"
     )
@@ -144,7 +147,7 @@ class _Statements(NamedTuple):
 
 @functools.cache
 def _statements(dialect: Dialect) -> _Statements:
-    keep = {"{batches}": "{{batches}}", "{states}": "{{states}}"}
+    keep = {"{batches}": "{{batches}}", "{states}": "{{states}}"}  # filled in per call
 
     def render(template: str) -> str:
         for field, escaped in keep.items():
@@ -289,6 +292,7 @@ class ManagerStore:
         (or being cancelled) already is returned as it is."""
         at = stamp(now)
         with self.store.transaction() as tx:
+            self._lock_open(tx, batch_id, ("queued",))
             rows = tx.query(self.sql.lock_batch, (batch_id,))
             if not rows:
                 raise _unknown(batch_id)
@@ -298,6 +302,18 @@ class ManagerStore:
             self._move(tx, batch_id, status, BatchStatus.CANCELLING, at)
             self._finish_cancelling(tx, batch_id, at)
         return self.get(batch_id)
+
+    def _lock_open(self, tx: Transaction, batch_id: str, states: Sequence[str]) -> None:
+        """Lock a batch's requests in ``states`` before its row (PostgreSQL).
+
+        Claims and writes lock requests first, then their batches' rows; a change of a
+        whole batch (cancel, expiry) takes its locks in the same order, so two of them
+        never wait for each other (a deadlock, which PostgreSQL would break by failing
+        one). SQLite runs one writer at a time: nothing to lock.
+        """
+        if self.dialect.lock:
+            sql = self.sql.lock_open.format(states=self.dialect.placeholders(len(states)))
+            tx.query(sql, (batch_id, *states))
 
     def _finish_cancelling(self, tx: Transaction, batch_id: str, at: str) -> None:
         n = self._end_requests(tx, batch_id, RequestState.CANCELLED, ("queued",), at)
@@ -329,6 +345,7 @@ class ManagerStore:
         expired = []
         for one in ids:
             with self.store.transaction() as tx:
+                self._lock_open(tx, one, ("queued", "claimed"))
                 rows = tx.query(self.sql.lock_batch, (one,))
                 if not rows:
                     continue

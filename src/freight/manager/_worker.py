@@ -126,7 +126,6 @@ class Worker:
     async def run(self, *, burst: bool = False) -> None:
         """Run ``concurrency`` claim loops and the heartbeat until :meth:`stop` (or, with
         ``burst``, until nothing is left to claim)."""
-        await asyncio.to_thread(self._reclaim_dead)
         beat = asyncio.create_task(self._heartbeat(), name="freight-manager-heartbeat")
         try:
             loops = [self._loop(burst) for _ in range(self.concurrency)]
@@ -138,17 +137,20 @@ class Worker:
     def _lease_until(self) -> float:
         return self.wall().timestamp() + self.lease
 
-    def _reclaim_dead(self) -> None:
+    def _reclaim_dead(self) -> int:
         """Put back the claims of this host's workers whose process is gone (a restart
-        after SIGKILL need not wait for their leases to lapse)."""
+        after SIGKILL, or a neighbour, need not wait for their leases to lapse);
+        returns how many requests came back."""
         dead = [
             owner
             for owner, pid in self.store.claims_on_host(self.host)
             if owner != self.name and pid != self.pid and not _is_pid_alive(pid)
         ]
-        if dead:
-            back = self.store.reclaim(self.wall().timestamp(), owners=dead)
-            _log.info("reclaimed %d requests of dead workers %s", back, dead)
+        if not dead:
+            return 0
+        back = self.store.reclaim(self.wall().timestamp(), owners=dead)
+        _log.info("took back %d requests of dead workers %s", back, dead)
+        return back
 
     async def _heartbeat(self) -> None:
         while True:
@@ -184,7 +186,7 @@ class Worker:
             return 0
         self._last_sweep = now
         self.store.expire_due(self.wall())
-        return self.store.reclaim(self.wall().timestamp())
+        return self._reclaim_dead() + self.store.reclaim(self.wall().timestamp())
 
     async def _one_chunk(self, endpoint: Endpoint) -> bool:
         """Claim, run and write one chunk of ``endpoint``; False when nothing was queued."""
