@@ -507,3 +507,14 @@ def test_a_worker_killed_with_sigkill_loses_nothing(tmp_path: Path, store: Path)
     assert pids == {first.pid, second.pid}
     assert second.returncode == 0, log_of(second)
     manager.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["batch", c] for c in ("submit", "status", "get", "cancel", "wait", "results", "list")]
+    + [["worker"]],
+)
+def test_help_has_an_example_for_every_command(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    assert f"Example: freight {' '.join(command)}" in result.stdout
