@@ -21,6 +21,7 @@ from freight import (
 )
 from freight.manager import RequestState, Result, UnknownBatch
 from freight.store import BoardStore
+from freight.testing import FakeClock
 from tests.manager.test_cancel_expire_reclaim import until
 
 
@@ -301,3 +302,32 @@ async def test_each_chunk_reaches_the_subscribers_and_prometheus(store: BoardSto
     assert all(e.calls == 1 and e.wait >= 0 for e in events)
     labels = {"batcher": "/v1/summaries", "outcome": "succeeded"}
     assert registry.get_sample_value("freight_items_total", labels) == 2
+
+
+async def test_a_spec_timeout_holds_a_partial_call_until_the_oldest_request_waited_it(
+    store: BoardStore, clock: FakeClock
+) -> None:
+    calls: list[list[int]] = []
+
+    def handler(bodies: list[int]) -> list[int]:
+        calls.append(bodies)
+        return bodies
+
+    manager = BatchManager(store=store, clock=clock)
+    manager.register("/x", handler, spec=BatchSpec(size=4, timeout=10))
+    first = await manager.submit(
+        [BatchRequest(id="a", body=1), BatchRequest(id="b", body=2)], endpoint="/x"
+    )
+    await manager.run(burst=True)
+    assert calls == []  # 2 of 4, submitted 0 s ago: wait for more
+    await clock.advance(6)
+    await manager.submit([BatchRequest(id="c", body=3)], endpoint="/x")
+    await manager.run(burst=True)
+    assert calls == []
+    assert await manager.get_status(first.id) is BatchStatus.PENDING
+    await clock.advance(4)  # the oldest has waited 10 s: a partial call is due
+    await manager.run(burst=True)
+    assert calls == [[1, 2, 3]]
+    await manager.submit([BatchRequest(id=str(i), body=i) for i in range(4)], endpoint="/x")
+    await manager.run(burst=True)  # a full call never waits
+    assert calls == [[1, 2, 3], [0, 1, 2, 3]]

@@ -35,7 +35,7 @@ from freight._drivers._options import check_rate_limit, check_retry
 from freight._errors import ConfigError, ConfigTypeError, InvalidBatch, UnknownEndpoint
 from freight._ratelimit import RateLimiter
 from freight.manager._models import Batch, BatchRequest, BatchStatus, RequestCounts, Result
-from freight.manager._store import ManagerStore
+from freight.manager._store import ManagerStore, batch_id_at
 from freight.manager._worker import Endpoint, Worker
 from freight.store import DEFAULT_PATH, BoardStore, SqliteStore, open_store
 
@@ -217,7 +217,8 @@ class BatchManager:
 
         Args:
             spec: how many requests make one handler call (``spec.size``, default 100),
-                taken across the endpoint's batches.
+                taken across the endpoint's batches; with a ``timeout``, fewer are sent
+                only once the oldest waiting request was submitted that long ago.
             retry: the :class:`~freight.Retry` policy of each call (``None``: no retry).
             rate_limit: a :class:`~freight.RateLimiter`, or handler calls per second.
             max_concurrent_batches: the most batches of this endpoint processed at once
@@ -258,7 +259,7 @@ class BatchManager:
         rows = self._encode(requests)
         now = self._now()
         batch = Batch(
-            id=f"batch_{int(now.timestamp() * 1e6):014x}{secrets.token_hex(6)}",
+            id=batch_id_at(now, secrets.token_hex(6)),
             endpoint=endpoint,
             status=BatchStatus.PENDING,
             request_counts=RequestCounts(total=len(rows)),

@@ -49,7 +49,15 @@ from freight.manager._models import (
 from freight.store import BoardStore
 from freight.store._dialect import Dialect, Row, Transaction
 
-__all__ = ["Claimed", "ManagerStore", "Outcome", "stamp", "parse_stamp"]
+__all__ = [
+    "Claimed",
+    "ManagerStore",
+    "Outcome",
+    "batch_id_at",
+    "parse_stamp",
+    "stamp",
+    "submitted_at",
+]
 
 _LIVE = ("pending", "processing")
 
@@ -375,8 +383,14 @@ class ManagerStore:
         lease_until: float,
         now: datetime,
         max_batches: int | None = None,
+        due_before: float | None = None,
     ) -> list[Claimed]:
-        """Claim up to ``limit`` queued requests of ``endpoint`` under ``token``."""
+        """Claim up to ``limit`` queued requests of ``endpoint`` under ``token``.
+
+        ``due_before`` (epoch seconds, the endpoint's ``BatchSpec.timeout`` ago): fewer
+        than ``limit`` requests are claimed only once the oldest of them was submitted
+        before it; until then they stay queued for a fuller handler call.
+        """
         at = stamp(now)
         with self.store.transaction() as tx:
             params: list[Any] = [endpoint]
@@ -391,6 +405,11 @@ class ManagerStore:
             rows = tx.query(sql, (*params, limit, token))
             if not rows:
                 return []
+            if due_before is not None and len(rows) < limit:
+                oldest = min(str(r["batch_id"]) for r in rows)
+                if submitted_at(oldest) > due_before:  # not due: leave them queued
+                    tx.execute(self.sql.requeue, (token,))
+                    return []
             name, host, pid = owner
             tx.execute(self.sql.insert_claim, (token, name, host, pid, endpoint, lease_until))
             claimed = sorted(
@@ -474,6 +493,20 @@ class ManagerStore:
         """``(owner, pid)`` of the claims held by workers of ``host``."""
         rows = self.store.query(self.sql.claims_on_host, (host,))
         return [(str(r["owner"]), int(r["pid"])) for r in rows]
+
+
+def batch_id_at(when: datetime, suffix: str) -> str:
+    """A new batch id: ``batch_`` + its submit time (µs, hex) + ``suffix``; ids sort by
+    submit time, so claims take the oldest batch first and lists show the newest first."""
+    return f"batch_{int(when.timestamp() * 1e6):014x}{suffix}"
+
+
+def submitted_at(batch_id: str) -> float:
+    """When a batch was submitted (epoch seconds), read from its id."""
+    try:
+        return int(batch_id[6:20], 16) / 1e6
+    except ValueError:  # an id this freight did not make: long submitted
+        return 0.0
 
 
 def _unknown(batch_id: str) -> UnknownBatch:

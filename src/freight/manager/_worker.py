@@ -39,7 +39,7 @@ from freight._drivers._streams import is_async_callable
 from freight._errors import HandlerContractError, PermanentError
 from freight._ratelimit import RateLimiter
 from freight.manager._models import RequestState
-from freight.manager._store import Claimed, ManagerStore, Outcome
+from freight.manager._store import Claimed, ManagerStore, Outcome, submitted_at
 
 __all__ = ["DEFAULT_SIZE", "Endpoint", "Worker"]
 
@@ -200,6 +200,7 @@ class Worker:
             lease_until=self._lease_until(),
             now=self.wall(),
             max_batches=endpoint.max_concurrent_batches,
+            due_before=self._due_before(endpoint),
         )
         if not claimed:
             return False
@@ -224,7 +225,7 @@ class Worker:
         """One :class:`~freight.BatchEvent` per chunk, to the manager's subscribers (the
         ``batcher`` is the endpoint's name; ``wait``: since the oldest batch's submit)."""
         states = [o.state for o in outcomes]
-        created = _submitted_at(claimed[0].batch_id)
+        created = submitted_at(claimed[0].batch_id)
         event = BatchEvent(
             batcher=endpoint.name,
             key=None,
@@ -238,6 +239,14 @@ class Worker:
             calls=calls,
         )
         fan_out(self.subscribers, event, f"batch manager endpoint {endpoint.name!r}:")
+
+    def _due_before(self, endpoint: Endpoint) -> float | None:
+        """With a ``BatchSpec.timeout``, a partial chunk waits until its oldest request
+        was submitted that long ago (as a batcher's open batch waits for its timeout)."""
+        spec = endpoint.spec
+        if spec is None or not spec.timeout:
+            return None
+        return self.wall().timestamp() - spec.timeout
 
     async def _execute(
         self, endpoint: Endpoint, claimed: list[Claimed]
@@ -295,14 +304,6 @@ class Worker:
             return _spread(reply, keep, len(items))
 
         return call
-
-
-def _submitted_at(batch_id: str) -> float:
-    """When a batch was submitted (epoch seconds), from its id (``batch_<µs hex>…``)."""
-    try:
-        return int(batch_id[6:20], 16) / 1e6
-    except ValueError:  # pragma: no cover - an id this freight did not make
-        return 0.0
 
 
 def _spread(reply: Reply, keep: Sequence[int], n: int) -> Reply:
