@@ -129,3 +129,52 @@ def test_sigkill_at_10_random_points_then_every_request_has_exactly_one_result(
         0,
         REQUESTS,
     )
+
+
+DRAINED = """
+import pathlib, sys, time
+from freight import BatchManager, BatchSpec
+
+manager = BatchManager(store=sys.argv[1], lease=60)
+started = pathlib.Path(sys.argv[2])
+
+
+def slow(bodies):
+    started.write_text("started")
+    time.sleep(0.5)
+    return bodies
+
+
+manager.register("/slow", slow, spec=BatchSpec(size=5))
+manager.run_sync()
+"""
+
+
+def test_sigterm_drains_the_chunk_in_flight_and_claims_nothing_more(tmp_path: Path) -> None:
+    db, script, started = tmp_path / "freight.db", tmp_path / "worker.py", tmp_path / "started"
+    script.write_text(DRAINED)
+    manager = BatchManager(store=db)
+    manager.register("/slow", lambda bodies: bodies)
+    batch = manager.submit_sync(
+        [BatchRequest(id=f"r{i}", body=i) for i in range(20)], endpoint="/slow"
+    )
+    proc = subprocess.Popen([sys.executable, str(script), str(db), str(started)])
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    counts = manager.get_sync(batch.id).request_counts
+    assert counts.completed == 5  # the chunk in flight finished and was written
+    assert open_claims(db) == 0
+    with sqlite3.connect(db) as conn:
+        [(queued,)] = conn.execute(
+            "SELECT count(*) FROM manager_requests WHERE state = 'queued'"
+        ).fetchall()
+    assert queued == 15  # nothing more was claimed
+    manager.close()

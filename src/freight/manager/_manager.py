@@ -19,6 +19,8 @@ import builtins
 import json
 import re
 import secrets
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -492,8 +494,20 @@ class BatchManager:
             self._worker = None
 
     def run_sync(self, *, burst: bool = False) -> None:
-        """:meth:`run` in a new event loop (for a process that does nothing else)."""
-        asyncio.run(self.run(burst=burst))
+        """:meth:`run` in a new event loop, for a process that does nothing else
+        (``freight worker``): SIGTERM (in the main thread) drains it, as :meth:`stop`."""
+        asyncio.run(self._run_draining_on_sigterm(burst))
+
+    async def _run_draining_on_sigterm(self, burst: bool) -> None:
+        loop = asyncio.get_running_loop()
+        handled = threading.current_thread() is threading.main_thread()
+        if handled:
+            loop.add_signal_handler(signal.SIGTERM, self.stop)
+        try:
+            await self.run(burst=burst)
+        finally:
+            if handled:
+                loop.remove_signal_handler(signal.SIGTERM)
 
     def stop(self) -> None:
         """Ask the running worker to drain: it claims nothing more, and :meth:`run`
