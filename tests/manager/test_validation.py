@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -91,3 +92,19 @@ def test_register_refuses_what_cannot_serve() -> None:
         manager.register("/x", lambda b: b, max_concurrent_batches=0)
     with pytest.raises(ConfigError, match="workers must be >= 1"):
         BatchManager(workers=0)
+
+
+def test_requests_stream_in_and_a_bad_one_found_late_leaves_nothing(store: BoardStore) -> None:
+    manager = manager_on(store)
+
+    def requests(bad_at: int | None) -> Iterator[dict[str, Any]]:
+        for i in range(12_000):
+            yield {"custom_id": "dup" if i == bad_at else f"r{i}", "body": i}
+        yield {"custom_id": "dup", "body": -1}
+
+    with pytest.raises(InvalidBatch, match=r"'dup' is used twice \(requests 11000 and 12000\)"):
+        manager.submit_sync(requests(11_000), endpoint="/echo")
+    assert stored(store) == (0, 0)
+    batch = manager.submit_sync(requests(None), endpoint="/echo")
+    assert batch.request_counts.total == 12_001
+    assert stored(store) == (1, 12_001)

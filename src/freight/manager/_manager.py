@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import json
 import re
 import secrets
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -258,20 +259,25 @@ class BatchManager:
             )
         window = completion_seconds(completion_window)
         meta = _metadata(metadata)
-        rows = self._encode(requests)
+        if isinstance(requests, str | bytes | Mapping) or not isinstance(requests, Iterable):
+            raise InvalidBatch(
+                f"requests must be a list of BatchRequest or dicts, got {type(requests).__name__}"
+            )
         now = self._now()
         batch = Batch(
             id=batch_id_at(now, secrets.token_hex(6)),
             endpoint=endpoint,
             status=BatchStatus.PENDING,
-            request_counts=RequestCounts(total=len(rows)),
+            request_counts=RequestCounts(total=0),
             created_at=now,
             expires_at=now + timedelta(seconds=window),
             completion_window=str(completion_window),
             metadata=meta,
         )
-        self._store().create(batch, rows)
-        return batch  # as created: a worker may have started it already
+        # Checked as they are stored, in one transaction: a bad request rolls it back.
+        total = self._store().create(batch, self._encode(requests))
+        # as created: a worker may have started it already
+        return dataclasses.replace(batch, request_counts=RequestCounts(total=total))
 
     async def submit(
         self,
@@ -300,13 +306,8 @@ class BatchManager:
 
     def _encode(
         self, requests: Iterable[BatchRequest | Mapping[str, Any]]
-    ) -> builtins.list[tuple[str, str]]:
+    ) -> Iterator[tuple[str, str]]:
         """``(id, body JSON)`` per request, every rule checked (see :meth:`submit`)."""
-        if isinstance(requests, str | bytes | Mapping):
-            raise InvalidBatch(
-                f"requests must be a list of BatchRequest or dicts, got {type(requests).__name__}"
-            )
-        rows: builtins.list[tuple[str, str]] = []
         seen: dict[str, int] = {}
         for position, request in enumerate(requests):
             if position >= self.max_requests:
@@ -322,10 +323,9 @@ class BatchManager:
                     f"and {position}): ids must be unique in a batch"
                 )
             seen[request_id] = position
-            rows.append((request_id, self._body(request_id, body)))
-        if not rows:
+            yield request_id, self._body(request_id, body)
+        if not seen:
             raise InvalidBatch("the batch is empty: submit at least one request")
-        return rows
 
     def _body(self, request_id: str, body: Any) -> str:
         try:

@@ -83,6 +83,7 @@ class _Statements(NamedTuple):
         "INSERT INTO manager_requests (batch_id, idx, custom_id, endpoint, body, state)"
         " VALUES ({p}, {p}, {p}, {p}, {p}, 'queued')"
     )
+    set_total: str = "UPDATE manager_batches SET total = {p} WHERE id = {p}"
     batch: str = "SELECT * FROM manager_batches WHERE id = {p}"
     lock_batch: str = "SELECT * FROM manager_batches WHERE id = {p}{lock}"
     # The rows are picked in a CTE, evaluated once: as an ``IN (subquery)`` PostgreSQL
@@ -202,22 +203,29 @@ class ManagerStore:
 
     # -- creating and reading -----------------------------------------------------
 
-    def create(self, batch: Batch, rows: Iterable[tuple[str, str]], *, chunk: int = 5000) -> None:
-        """Store a new batch (``pending``) and its requests, ``(custom_id, body JSON)``."""
+    def create(self, batch: Batch, rows: Iterable[tuple[str, str]], *, chunk: int = 5000) -> int:
+        """Store a new batch (``pending``) and its requests, ``(custom_id, body JSON)``;
+        returns how many. ``rows`` is read once, ``chunk`` rows at a time, inside the
+        transaction: an error it raises (a bad request found late) rolls everything
+        back, so a refused batch leaves nothing, and memory stays bounded."""
         meta = json.dumps(dict(batch.metadata))
         with self.store.transaction() as tx:
             tx.execute(
                 self.sql.insert_batch,
-                (batch.id, batch.endpoint, meta, batch.completion_window,
-                 batch.request_counts.total, stamp(batch.created_at), stamp(batch.expires_at)),
+                (batch.id, batch.endpoint, meta, batch.completion_window, 0,
+                 stamp(batch.created_at), stamp(batch.expires_at)),
             )  # fmt: skip
             buffer: list[tuple[Any, ...]] = []
-            for idx, (custom_id, body) in enumerate(rows):
-                buffer.append((batch.id, idx, custom_id, batch.endpoint, body))
+            count = 0
+            for custom_id, body in rows:
+                buffer.append((batch.id, count, custom_id, batch.endpoint, body))
+                count += 1
                 if len(buffer) >= chunk:
                     tx.executemany(self.sql.insert_request, buffer)
                     buffer.clear()
             tx.executemany(self.sql.insert_request, buffer)
+            tx.execute(self.sql.set_total, (count, batch.id))
+        return count
 
     def get(self, batch_id: str) -> Batch:
         """The batch with this id; :class:`~freight.UnknownBatch` if there is none."""
