@@ -1,7 +1,8 @@
 """Scale-out of managed batches: three ``freight worker`` processes share one
 30,000-request batch on the PostgreSQL store; one is killed with SIGKILL mid-way, while
 its handler runs a chunk it claimed (it says so by creating a file on its tenth call), so
-the kill always loses a claim that another worker must take back once its lease lapses.
+the kill always loses a claim that another worker must take back (here, on one host,
+at its next sweep, seeing the process gone; across machines, once the lease lapses).
 
 The batch still completes, with every request's result exactly once (one row per
 request, each with the response its own body asked for, no claim left behind), and the
