@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from freight._errors import InvalidBatch, UnknownBatch, UnknownEndpoint
 from freight.manager._lifecycle import BATCH_TRANSITIONS
-from freight.manager._manager import MAX_BODY_BYTES, MAX_REQUESTS, BatchManager, Results
+from freight.manager._manager import BatchManager, Results
 from freight.manager._models import (
     Batch,
     BatchRequest,
@@ -20,6 +20,7 @@ from freight.manager._models import (
     Result,
     ResultError,
 )
+from freight.manager._submit import MAX_BODY_BYTES, MAX_REQUESTS
 
 __all__ = [
     "MAX_BODY_BYTES",

@@ -18,12 +18,11 @@ import asyncio
 import builtins
 import dataclasses
 import json
-import re
 import secrets
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,38 +38,19 @@ from freight._errors import ConfigError, ConfigTypeError, InvalidBatch, UnknownE
 from freight._ratelimit import RateLimiter
 from freight.manager._models import Batch, BatchRequest, BatchStatus, RequestCounts, Result
 from freight.manager._store import ManagerStore, batch_id_at
+from freight.manager._submit import (
+    MAX_BODY_BYTES,
+    MAX_REQUESTS,
+    check_metadata,
+    completion_seconds,
+    encode_requests,
+)
 from freight.manager._worker import Endpoint, Worker
 from freight.store import DEFAULT_PATH, BoardStore, SqliteStore, open_store
 
-__all__ = ["MAX_BODY_BYTES", "MAX_REQUESTS", "BatchManager", "Results"]
-
-MAX_REQUESTS = 50_000
-"""The most requests one batch may hold, by default (the OpenAI Batch API's limit)."""
-
-MAX_BODY_BYTES = 1_000_000
-"""The largest request body, as UTF-8 JSON, by default."""
+__all__ = ["BatchManager", "Results"]
 
 _PAGE = 1000  # results read per query when streaming them
-_WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def completion_seconds(window: object) -> float:
-    """A completion window in seconds: ``"24h"``, ``"30m"``, ``"90s"``, ``"2d"``, a number
-    of seconds or a ``timedelta``; a :class:`~freight.ConfigError` names a bad one."""
-    if isinstance(window, str):
-        match = _WINDOW.match(window)
-        if match is None:
-            raise ConfigError(
-                f"completion_window must be like '24h', '30m', '90s' or '2d' (or seconds), "
-                f"got {window!r}"
-            )
-        seconds = float(match[1]) * _UNITS[match[2]]
-    else:
-        seconds = to_seconds(window, "completion_window", allow_zero=False)
-    if seconds <= 0:
-        raise ConfigError(f"completion_window must be more than 0, got {window!r}")
-    return seconds
 
 
 class Results:
@@ -258,7 +238,7 @@ class BatchManager:
                 f"manager.register({endpoint!r}, handler) first"
             )
         window = completion_seconds(completion_window)
-        meta = _metadata(metadata)
+        meta = check_metadata(metadata)
         if isinstance(requests, str | bytes | Mapping) or not isinstance(requests, Iterable):
             raise InvalidBatch(
                 f"requests must be a list of BatchRequest or dicts, got {type(requests).__name__}"
@@ -275,7 +255,12 @@ class BatchManager:
             metadata=meta,
         )
         # Checked as they are stored, in one transaction: a bad request rolls it back.
-        total = self._store().create(batch, self._encode(requests))
+        total = self._store().create(
+            batch,
+            encode_requests(
+                requests, max_requests=self.max_requests, max_body_bytes=self.max_body_bytes
+            ),
+        )
         # as created: a worker may have started it already
         return dataclasses.replace(batch, request_counts=RequestCounts(total=total))
 
@@ -303,46 +288,6 @@ class BatchManager:
         if self._worker is not None:
             self._worker.wake.set()
         return batch
-
-    def _encode(
-        self, requests: Iterable[BatchRequest | Mapping[str, Any]]
-    ) -> Iterator[tuple[str, str]]:
-        """``(id, body JSON)`` per request, every rule checked (see :meth:`submit`)."""
-        seen: dict[str, int] = {}
-        for position, request in enumerate(requests):
-            if position >= self.max_requests:
-                raise InvalidBatch(
-                    f"the batch has more than {self.max_requests:,} requests, the most one batch "
-                    "may hold: split it into several batches (or raise BatchManager's "
-                    "max_requests)"
-                )
-            request_id, body = _parts(request, position)
-            if request_id in seen:
-                raise InvalidBatch(
-                    f"request id {request_id!r} is used twice (requests {seen[request_id]} "
-                    f"and {position}): ids must be unique in a batch"
-                )
-            seen[request_id] = position
-            yield request_id, self._body(request_id, body)
-        if not seen:
-            raise InvalidBatch("the batch is empty: submit at least one request")
-
-    def _body(self, request_id: str, body: Any) -> str:
-        try:
-            text = json.dumps(body, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidBatch(
-                f"the body of request {request_id!r} is not JSON ({exc}): use dicts, lists, "
-                "str, numbers, bool and None"
-            ) from None
-        size = len(text.encode())
-        if size > self.max_body_bytes:
-            raise InvalidBatch(
-                f"the body of request {request_id!r} is {size:,} bytes as JSON, over the "
-                f"limit of {self.max_body_bytes:,}: send less per request (or raise "
-                "BatchManager's max_body_bytes)"
-            )
-        return text
 
     # -- reading ----------------------------------------------------------------------
 
@@ -539,45 +484,6 @@ class BatchManager:
         if owned is not None:
             self._ms = None
             owned.close()  # type: ignore[attr-defined]
-
-
-def _parts(request: object, position: int) -> tuple[str, Any]:
-    """A request's id and body, from a :class:`BatchRequest` or a dict."""
-    if isinstance(request, BatchRequest):
-        request_id, body = request.id, request.body
-    elif isinstance(request, Mapping):
-        request_id = request.get("custom_id", request.get("id"))
-        if "body" not in request:
-            raise InvalidBatch(f"request {position} has no 'body': {_excerpt(request)}")
-        body = request["body"]
-    else:
-        raise InvalidBatch(
-            f"request {position} is a {type(request).__name__}: pass freight.BatchRequest("
-            "id=..., body=...) or a dict with 'custom_id' and 'body'"
-        )
-    if not isinstance(request_id, str) or not request_id:
-        raise InvalidBatch(
-            f"request {position} has id {request_id!r}: each request needs a non-empty str "
-            "id (BatchRequest.id, or 'custom_id' in a dict)"
-        )
-    return request_id, body
-
-
-def _excerpt(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, Mapping):
-        raise InvalidBatch(f"metadata must be a dict, got {type(metadata).__name__}")
-    try:
-        json.dumps(dict(metadata))
-    except (TypeError, ValueError) as exc:
-        raise InvalidBatch(f"metadata must be JSON ({exc})") from None
-    return dict(metadata)
 
 
 def _timed_out(batch: Batch, timeout: object) -> str:
