@@ -411,6 +411,31 @@ def test_worker_runs_as_many_chunks_at_once_as_asked(
                                                             "--app", target])  # fmt: skip
 
 
+def test_sigterm_in_process_drains_the_chunk_in_flight_then_the_command_exits_0(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler's first call sends SIGTERM to its own process: that call's chunk is
+    finished and written, no other chunk starts, ``freight worker`` returns 0."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "term_app.py").write_text(
+        "import os, signal\n"
+        "from freight import BatchSpec\n"
+        "from freight.manager import BatchManager\n"
+        f"manager = BatchManager({str(store)!r}, poll_interval=0.05)\n"
+        "def handler(bodies):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return bodies\n"
+        "manager.register('/v1/echo', handler, spec=BatchSpec(size=10))\n"
+    )
+    lines = [request(f"r{i}", i) for i in range(50)]
+    batch_id = invoke(["batch", "submit", str(jsonl(tmp_path / "in.jsonl", *lines)),
+                       "--app", "term_app:manager"]).strip()  # fmt: skip
+    result = runner.invoke(app, ["worker", "--app", "term_app:manager"])
+    assert result.exit_code == 0, result.output
+    status = invoke(["batch", "status", batch_id, "--store", str(store)])
+    assert "50 requests: 10 completed, 0 failed, 40 to go" in status
+
+
 # -- worker processes -----------------------------------------------------------------------------
 
 
