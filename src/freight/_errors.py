@@ -21,7 +21,7 @@ error inherits that builtin too::
     ├── UnknownJob (KeyError)             no run with that id in the store
     ├── IllegalTransition                 a run's status change its lifecycle forbids
     ├── InvalidBatch (ValueError)         a managed batch refused at submit, nothing stored
-    │   └── UnknownEndpoint               submitted to an endpoint no handler serves
+    │   └── UnknownEndpoint (KeyError)    submitted to an endpoint no handler serves
     └── UnknownBatch (KeyError)           no managed batch with that id in the store
 
 ``TransientError`` is how a handler asks for a retry; there is deliberately no
@@ -160,9 +160,12 @@ class InvalidBatch(FreightError, ValueError):
     the batch was stored."""
 
 
-class UnknownEndpoint(InvalidBatch):
+class UnknownEndpoint(InvalidBatch, KeyError):
     """A batch submitted to an endpoint no handler was registered for (the message
-    lists the registered ones); nothing was stored."""
+    lists the registered ones); nothing was stored. Also a ``KeyError``: a name not
+    found."""
+
+    __str__ = Exception.__str__  # the message as written, not KeyError's quoted repr
 
 
 class UnknownBatch(FreightError, KeyError):

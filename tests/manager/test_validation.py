@@ -108,3 +108,9 @@ def test_requests_stream_in_and_a_bad_one_found_late_leaves_nothing(store: Board
     batch = manager.submit_sync(requests(None), endpoint="/echo")
     assert batch.request_counts.total == 12_001
     assert stored(store) == (1, 12_001)
+
+
+def test_an_unknown_endpoint_is_a_value_error_and_a_key_error() -> None:
+    assert issubclass(UnknownEndpoint, ValueError)
+    assert issubclass(UnknownEndpoint, KeyError)
+    assert str(UnknownEndpoint("no handler serves '/x'")) == "no handler serves '/x'"
