@@ -4,6 +4,9 @@ delivery awaited, one outcome per record, the BatchSpec mapped to the producer."
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
@@ -11,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 
 from freight import Batcher, BatchSpec, PermanentError, TransientError
 from freight.connectors.kafka import KafkaSink, classify, producer_options
+from tests.connectors.broker_contract import SINK_CHECKS, SinkHarness, settle_soon
 from tests.connectors.brokers import kafka, unique
 
 pytestmark = pytest.mark.service
@@ -119,3 +123,40 @@ def test_classify_keeps_the_original_as_cause() -> None:
     mapped = classify(original)
     assert isinstance(mapped, TransientError)
     assert mapped.__cause__ is original
+
+
+@dataclass
+class KafkaSinkHarness:
+    """The sink contract on one topic; the poison is over the 1 MiB request size."""
+
+    bootstrap: str
+    topic: str
+
+    def items(self, n: int) -> list[Any]:
+        return [{"n": i, "id": unique("m")} for i in range(n)]
+
+    def poison(self) -> Any:
+        return {"n": -1, "id": unique("poison"), "pad": "x" * (2 << 20)}
+
+    async def write(self, items: list[Any]) -> list[Any] | None:
+        sink = KafkaSink(self.bootstrap, self.topic)
+        try:
+            return await sink.write(items)
+        finally:
+            await sink.aclose()
+
+    async def landed(self, items: list[Any]) -> list[bool]:
+        ids = {
+            json.loads(value)["id"] for _, value, _, _ in await records(self.bootstrap, self.topic)
+        }
+        return [item["id"] in ids for item in items]
+
+
+_: type[SinkHarness] = KafkaSinkHarness
+
+
+@pytest.mark.parametrize("check", SINK_CHECKS, ids=lambda c: c.__name__)
+async def test_kafka_keeps_the_sink_contract(
+    check: Callable[[SinkHarness], Awaitable[None]], kafka: str
+) -> None:
+    await settle_soon(check(KafkaSinkHarness(kafka, await new_topic(kafka))))

@@ -4,13 +4,16 @@ outcome per message, a payload the server refuses failing alone."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import nats
 import pytest
 
 from freight import Batcher, BatchSpec, PermanentError, TransientError
 from freight.connectors.nats import NatsSink, classify
+from tests.connectors.broker_contract import SINK_CHECKS, SinkHarness, settle_soon
 from tests.connectors.brokers import need_nats, unique
 
 pytestmark = pytest.mark.service
@@ -96,3 +99,38 @@ def test_classify_keeps_the_original_as_cause() -> None:
     mapped = classify(original)
     assert isinstance(mapped, TransientError)
     assert mapped.__cause__ is original
+
+
+@dataclass
+class NatsSinkHarness:
+    """The sink contract on one stream; the poison is over its 1 KiB message limit."""
+
+    url: str
+    stream: str
+
+    def items(self, n: int) -> list[Any]:
+        return [{"n": i, "id": unique("m")} for i in range(n)]
+
+    def poison(self) -> Any:
+        return {"n": -1, "id": unique("poison"), "pad": "x" * 4096}
+
+    async def write(self, items: list[Any]) -> list[Any] | None:
+        sink = NatsSink(self.url, f"{self.stream}.contract")
+        try:
+            return await sink.write(items)
+        finally:
+            await sink.aclose()
+
+    async def landed(self, items: list[Any]) -> list[bool]:
+        ids = {json.loads(data)["id"] for _, data, _ in await stored(self.stream)}
+        return [item["id"] in ids for item in items]
+
+
+_: type[SinkHarness] = NatsSinkHarness
+
+
+@pytest.mark.parametrize("check", SINK_CHECKS, ids=lambda c: c.__name__)
+async def test_nats_keeps_the_sink_contract(
+    check: Callable[[SinkHarness], Awaitable[None]], stream: str
+) -> None:
+    await settle_soon(check(NatsSinkHarness(need_nats(), stream)))

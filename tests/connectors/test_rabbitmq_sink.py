@@ -4,13 +4,17 @@ the connection."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 import pytest
 
 from freight import Batcher, BatchSpec, PermanentError, TargetError, TransientError
 from freight.connectors.rabbitmq import RabbitMQSink, classify
+from tests.connectors.broker_contract import SINK_CHECKS, SinkHarness, settle_soon
 from tests.connectors.brokers import close_amqp_connection, need_rabbitmq, unique
 
 pytestmark = pytest.mark.service
@@ -121,3 +125,44 @@ def test_classify_keeps_the_original_as_cause() -> None:
     mapped = classify(original)
     assert isinstance(mapped, TransientError)
     assert mapped.__cause__ is original
+
+
+@dataclass
+class RabbitSinkHarness:
+    """The sink contract on one queue; the poison is routed to no queue (mandatory)."""
+
+    url: str
+    queue: str
+
+    def items(self, n: int) -> list[Any]:
+        return [{"n": i, "id": unique("m")} for i in range(n)]
+
+    def poison(self) -> Any:
+        return {"n": -1, "id": unique("poison"), "route": "nowhere-at-all"}
+
+    async def write(self, items: list[Any]) -> list[Any] | None:
+        sink = RabbitMQSink(self.url, routing_key=lambda i: i.get("route", self.queue))
+        try:
+            return await sink.write(items)
+        finally:
+            await sink.aclose()
+
+    async def landed(self, items: list[Any]) -> list[bool]:
+        conn = await aio_pika.connect(self.url)
+        channel = await conn.channel()
+        q = await channel.get_queue(self.queue)
+        ids = set()
+        while (message := await q.get(no_ack=False, fail=False)) is not None:
+            ids.add(json.loads(message.body)["id"])
+        await conn.close()  # not acknowledged: they stay in the queue
+        return [item["id"] in ids for item in items]
+
+
+_: type[SinkHarness] = RabbitSinkHarness
+
+
+@pytest.mark.parametrize("check", SINK_CHECKS, ids=lambda c: c.__name__)
+async def test_rabbitmq_keeps_the_sink_contract(
+    check: Callable[[SinkHarness], Awaitable[None]], queue: str
+) -> None:
+    await settle_soon(check(RabbitSinkHarness(need_rabbitmq(), queue)))
