@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from freight import ConfigError
+from freight import BatchSpec, ConfigError
 from freight.cli import app
 from freight.cli._batch import read_input
 from freight.manager import BatchManager
+from tests.services import POSTGRES_URL, require
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -434,6 +436,74 @@ def test_sigterm_in_process_drains_the_chunk_in_flight_then_the_command_exits_0(
     assert result.exit_code == 0, result.output
     status = invoke(["batch", "status", batch_id, "--store", str(store)])
     assert "50 requests: 10 completed, 0 failed, 40 to go" in status
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    outcomes=st.lists(st.booleans(), min_size=1, max_size=40),
+    size=st.integers(1, 7),
+)
+def test_results_have_one_line_per_request_in_order_with_its_own_outcome(
+    outcomes: list[bool], size: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Whatever fails and however requests are grouped into handler calls."""
+    folder = tmp_path_factory.mktemp("batch")
+    manager = BatchManager(folder / "b.db")
+    manager.register(
+        "/v1/echo",
+        lambda bodies: [ValueError(f"no {b['n']}") if b["fail"] else b["n"] for b in bodies],
+        spec=BatchSpec(size=size),
+    )
+    requests = [{"custom_id": f"q{i}", "body": {"n": i, "fail": not ok}}
+                for i, ok in enumerate(outcomes)]  # fmt: skip
+    batch = manager.submit_sync(requests, endpoint="/v1/echo")
+    manager.run_sync(burst=True)
+    manager.close()
+    out = invoke(["batch", "results", batch.id, "--store", str(folder / "b.db")])
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert [x["custom_id"] for x in lines] == [f"q{i}" for i in range(len(outcomes))]
+    for i, (ok, line) in enumerate(zip(outcomes, lines, strict=True)):
+        if ok:
+            assert line["response"] == {"status_code": 200, "body": i}
+            assert line["error"] is None
+        else:
+            assert line["response"] is None
+            assert line["error"]["message"] == f"no {i}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    require("127.0.0.1", 5432, "PostgreSQL")
+    import psycopg
+    from psycopg import sql
+
+    schema = f"freight_cli_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.mark.service
+def test_the_commands_on_a_postgresql_store(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    name = f"pgapp_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(APP.format(store=postgres_url, delay=0, size=2))
+    target = f"{name}:manager"
+    batch_id = invoke(["batch", "submit", str(three_requests(tmp_path)), "--app", target])
+    batch_id = batch_id.strip()
+    invoke(["worker", "--app", target, "--burst"])
+    line = invoke(["batch", "status", batch_id, "--store", postgres_url])
+    assert line.strip().endswith("3 requests: 2 completed, 1 failed")
+    out = [json.loads(x) for x in invoke(["batch", "results", batch_id, "--store", postgres_url])
+           .splitlines()]  # fmt: skip
+    assert [(x["custom_id"], x["error"] is None) for x in out] == [
+        ("a", True), ("b", False), ("c", True)
+    ]  # fmt: skip
+    assert invoke(["batch", "list", "--store", postgres_url]).startswith(f"{batch_id}: completed")
 
 
 # -- worker processes -----------------------------------------------------------------------------
