@@ -21,6 +21,8 @@ EXPECTED = {
     "flow_iot.py": "south: 5 devices",
     "flow_db_insert.py": ": 1999\ndead letter: page view 1234:",
     "managed_batch.py": "completed; 3 requests: 2 completed, 1 failed\n  doc-1: {'summary'",
+    "redis_stream.py": "999 acknowledged\n999 readings stored\ndead letter: "
+    '{"sensor": "s7", "n": 517} (KeyError: \'celsius\')',
 }
 
 
@@ -34,6 +36,8 @@ def test_example_runs(script: str, tmp_path: Path) -> None:
     if script == "flow_db_insert.py":
         require("127.0.0.1", 5432, "PostgreSQL")
         args = [POSTGRES_URL]
+    if script == "redis_stream.py":
+        require("127.0.0.1", 6379, "Redis")
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / script), *args],
         cwd=tmp_path,
