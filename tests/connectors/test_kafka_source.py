@@ -5,6 +5,7 @@ only after success, and a rebalance that commits what finished."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -173,3 +174,46 @@ async def test_a_new_member_reads_again_what_a_member_that_left_never_settled(
     await second.ack(again)
     assert await committed(harness) == 6
     await second.close()
+
+
+async def test_a_rebalance_keeps_what_finished_and_hands_on_what_was_in_flight(
+    harness: KafkaHarness,
+) -> None:
+    """Member A settled partition 0 and holds partition 1's records in flight when B
+    joins: whoever owns partition 1 afterwards reads its records again, nobody reads
+    partition 0's again, and A settling its stale records afterwards raises nothing."""
+    topic = unique("frebalance")
+    await create_topic(harness.bootstrap, topic, partitions=2)
+    sink = KafkaSink(harness.bootstrap, lambda item: topic, key=lambda item: item["k"])
+    items = [{"k": k, "n": n} for k in ("a", "b", "c", "d") for n in range(5)]
+    assert await sink.write(items) is None
+    await sink.aclose()
+    a = KafkaSource(harness.bootstrap, topic, "rebalance", session_timeout=2)
+    fetched: list[Any] = []
+    for _ in range(20):
+        fetched += await a.fetch(20, 0.5)
+        if len(fetched) == 20:
+            break
+    by_partition = {p: [m for m in fetched if m.raw[0].partition == p] for p in (0, 1)}
+    assert by_partition[0]
+    assert by_partition[1]
+    await a.ack(by_partition[0])
+    b = KafkaSource(harness.bootstrap, topic, "rebalance", session_timeout=2)
+    read_again: list[Any] = []
+
+    async def keep_reading(source: KafkaSource) -> None:
+        for _ in range(40):
+            got = await source.fetch(20, 0.25)
+            read_again.extend(got)
+            await source.ack(got)
+            if len(read_again) >= len(by_partition[1]):
+                return
+
+    await asyncio.gather(keep_reading(a), keep_reading(b))
+    await a.ack(by_partition[1])  # stale now: settles nothing, raises nothing
+    await a.close()
+    await b.close()
+    assert sorted(m.raw[1].offset for m in read_again) == sorted(
+        m.raw[1].offset for m in by_partition[1]
+    )
+    assert {m.raw[0].partition for m in read_again} == {1}
