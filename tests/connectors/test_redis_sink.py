@@ -203,3 +203,13 @@ def test_every_item_owns_its_commands_in_key_order_and_gets_their_first_error(
         mine = replies[first : first + count]
         errors = [r for r in mine if isinstance(r, Exception)]
         assert outcome is (errors[0] if errors else mine[0])
+
+
+async def test_a_sink_writes_on_after_client_kill_type_normal(harness: RedisSinkHarness) -> None:
+    first = harness.items(10)
+    await harness.write(first)
+    harness.client.client_kill_filter(_type="normal", skipme=True)
+    second = harness.items(20)[10:]
+    outcomes = await harness.write(second)
+    assert not any(isinstance(o, Exception) for o in outcomes or [])
+    assert await harness.landed(first + second) == [True] * 20

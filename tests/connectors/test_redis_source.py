@@ -172,3 +172,25 @@ async def test_an_unreachable_server_is_a_transient_error() -> None:
 def test_names_are_checked() -> None:
     with pytest.raises(ConfigError, match="stream must be a non-empty str"):
         RedisStreamSource("redis://127.0.0.1:6379/0", "", "g")
+
+
+async def test_consuming_goes_on_after_client_kill_type_normal_mid_run(
+    harness: RedisHarness,
+) -> None:
+    """``CLIENT KILL TYPE normal`` (every normal client but the killer) in the middle of a
+    run: the source's client reconnects, the run ends with every message acknowledged."""
+    await harness.publish([{"n": i} for i in range(30)])
+    source = RedisStreamSource(REDIS_URL, harness.stream, harness.group, claim_idle=60)
+    harness.sources.append(source)
+    seen: list[int] = []
+
+    async def handle(items: list[Any]) -> None:
+        seen.extend(i["n"] for i in items)
+        if len(seen) == 10:
+            killed = await harness.client.client_kill_filter(_type="normal", skipme=True)
+            assert killed >= 1
+
+    report = await consume(source, handle, spec=BatchSpec(size=10, timeout=0.05), until_idle=True)
+    assert seen == list(range(30))
+    assert report.acked == 30
+    assert (await harness.client.xpending(harness.stream, harness.group))["pending"] == 0

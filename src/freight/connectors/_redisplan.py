@@ -6,10 +6,13 @@ Pure (no client, no I/O), shared by the sync and the async sink:
   ``("HSET", "h", {"f": "v"})``, ``("XADD", "s", {"f": "v"})``, ``("LPUSH", "l", 1, 2)``,
   ``("ZADD", "z", {"member": 1.5})``. A mapping argument is spread into its pairs
   (``ZADD``'s as score, member; ``XADD`` gets the ``*`` id when none is given).
-- A run of plain ``("SET", key, value)`` items (no options, no ``ttl``) becomes one
-  ``MSET`` (at most :data:`MSET_CHUNK` keys): one command for Redis to parse instead of
-  one per key, the reason ``MSET`` of 1,000 runs ~4x a pipeline of 1,000 ``SET``.
-  ``MSET`` cannot fail key by key, so its one reply is each of its items' outcome.
+- Plain ``("SET", key, value)`` items (no options, no ``ttl``) go as ``MSET`` (at most
+  :data:`MSET_CHUNK` keys each): one command for Redis to parse instead of one per key,
+  the reason ``MSET`` of 1,000 runs ~8x a pipeline of 1,000 ``SET`` (bench/redis_write.py).
+  When no other command of the batch touches their keys they all go first (commands on
+  other keys commute with them, so each key's order is kept); otherwise each run of
+  consecutive plain SETs is one ``MSET``. ``MSET`` cannot fail key by key, so its one
+  reply is each of its items' outcome.
 - With ``ttl``, a ``SET`` carries ``PX`` itself; any other command is followed by a
   ``PEXPIRE`` of its key (an item then fails if either reply is an error).
 
