@@ -159,3 +159,32 @@ async def test_a_lapsed_lease_is_reclaimed_and_the_late_results_dropped(
     batch = await healthy.get(job.id)
     assert batch.status is BatchStatus.COMPLETED
     assert (batch.request_counts.completed, batch.request_counts.total) == (6, 6)
+
+
+async def test_a_heartbeat_keeps_a_long_call_s_lease_so_nothing_is_redone(
+    store: BoardStore, clock: FakeClock
+) -> None:
+    gate = asyncio.Event()
+    calls: list[list[int]] = []
+
+    async def slow(bodies: list[int]) -> list[int]:
+        calls.append(bodies)
+        await gate.wait()
+        return bodies
+
+    busy = BatchManager(store=store, clock=clock, lease=0.3)
+    busy.register("/x", slow, spec=BatchSpec(size=10))
+    other = BatchManager(store=store, clock=clock, lease=0.3)
+    other.register("/x", slow, spec=BatchSpec(size=10))
+    async with busy:
+        job = await busy.submit(numbered(3), endpoint="/x")
+        await until(lambda: len(calls) == 1, "the call")
+        for _ in range(6):  # 0.6 s of the clock: twice the lease, heartbeats between
+            await clock.advance(0.1)
+            await asyncio.sleep(0.2)  # real time for a heartbeat (every lease / 3)
+        await other.run(burst=True)  # a sweep finds the lease fresh: nothing to take back
+        assert len(calls) == 1
+        gate.set()
+        batch = await busy.wait(job.id, timeout=10)
+    assert batch.request_counts.completed == 3
+    assert len(calls) == 1
