@@ -154,7 +154,7 @@ def test_an_unreachable_server_fails_the_whole_batch_transiently() -> None:
     sink.close()
 
 
-@pytest.mark.parametrize("item", [("SET",), "SET k v", [1, 2], None])
+@pytest.mark.parametrize("item", [("SET",), "SET k v", [1], (1, 2, 3), None])
 def test_an_item_that_is_not_a_command_is_refused_with_the_rule(item: Any) -> None:
     with pytest.raises(ConfigError, match="name first"):
         plan([("SET", "k", "v"), item], None)
@@ -213,3 +213,17 @@ async def test_a_sink_writes_on_after_client_kill_type_normal(harness: RedisSink
     outcomes = await harness.write(second)
     assert not any(isinstance(o, Exception) for o in outcomes or [])
     assert await harness.landed(first + second) == [True] * 20
+
+
+async def test_pairs_are_plain_key_values_unless_a_one_argument_command(
+    harness: RedisSinkHarness,
+) -> None:
+    p = harness.prefix
+    pairs = [(f"{p}:{i}", i) for i in range(5)]
+    assert [c[0] for c in plan(pairs, None).commands] == ["MSET"]
+    await harness.write(pairs)
+    assert harness.client.mget([k for k, _ in pairs]) == [b"0", b"1", b"2", b"3", b"4"]
+    outcomes = await harness.write([("DEL", f"{p}:0"), (f"{p}:5", "five"), ("INCR", f"{p}:1")])
+    assert outcomes == [1, True, 2]
+    assert harness.client.get(f"{p}:0") is None
+    assert harness.client.get(f"{p}:5") == b"five"

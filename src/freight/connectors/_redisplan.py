@@ -13,6 +13,9 @@ Pure (no client, no I/O), shared by the sync and the async sink:
   other keys commute with them, so each key's order is kept); otherwise each run of
   consecutive plain SETs is one ``MSET``. ``MSET`` cannot fail key by key, so its one
   reply is each of its items' outcome.
+- A pair ``(key, value)`` is a plain key/value, the same as ``("SET", key, value)``,
+  unless its first element is the name of a command taking one argument
+  (``("DEL", key)``, ``("INCR", key)``, …: :data:`ONE_ARGUMENT`), which it then is.
 - With ``ttl``, a ``SET`` carries ``PX`` itself; any other command is followed by a
   ``PEXPIRE`` of its key (an item then fails if either reply is an error).
 
@@ -30,7 +33,7 @@ from typing import Any
 
 from freight._errors import ConfigError
 
-__all__ = ["MSET_CHUNK", "Planned", "outcomes", "plan"]
+__all__ = ["MSET_CHUNK", "ONE_ARGUMENT", "Planned", "outcomes", "plan"]
 
 MSET_CHUNK = 1000
 """Most keys in one ``MSET``: larger ones gain nothing and hold the server longer."""
@@ -88,29 +91,55 @@ def _spread(name: str, args: Sequence[Any]) -> tuple[Any, ...]:
 
 _SET = frozenset({"SET", "set", "Set"})
 
+ONE_ARGUMENT = frozenset({
+    "DEL", "UNLINK", "INCR", "DECR", "PERSIST", "GETDEL", "LPOP", "RPOP", "SPOP", "GET",
+    "TTL", "PTTL", "TYPE", "EXISTS", "STRLEN", "LLEN", "HGETALL", "HKEYS", "HVALS", "HLEN",
+    "SCARD", "SMEMBERS", "ZCARD", "XLEN", "DUMP", "TOUCH", "KEYS", "ECHO", "PING",
+    "SELECT", "EXPIRETIME", "PEXPIRETIME", "RANDOMKEY", "DBSIZE",
+})  # fmt: skip
+"""Command names a pair ``(name, argument)`` is a command of, not a key/value."""
+
+_ONE_ARGUMENT_ANY_CASE = (
+    ONE_ARGUMENT | {n.lower() for n in ONE_ARGUMENT} | {n.title() for n in ONE_ARGUMENT}
+)
+
 
 def _only_sets(items: Sequence[Any]) -> Planned | None:
-    """The plan of a batch of plain ``SET`` only (the common bulk case), built with
-    comprehensions and no per-item bookkeeping; ``None`` for any other batch.
+    """The plan of a batch of plain key/values only (``("SET", key, value)`` or pairs:
+    the common bulk case), built with comprehensions and no per-item bookkeeping;
+    ``None`` for any other batch.
 
     Measured (1,000 items): 0.41 ms with the general loop below, ~0.1 ms here; with it
     the sink sends plain key/values at ~0.9x a hand-written ``MSET`` of the same keys.
     """
-    try:
-        names = {name for name, _, _ in items}
-    except (ValueError, TypeError):  # not all of three elements
+    if not items or not all(type(item) is tuple for item in items):
         return None
-    if not names <= _SET or not all(type(item) is tuple for item in items):
-        return None
+    if len(items[0]) == 2:
+        try:
+            keys = [key for key, _ in items]
+        except ValueError:  # not all pairs
+            return None
+        if not _ONE_ARGUMENT_ANY_CASE.isdisjoint(keys):
+            return None
+        values = [value for _, value in items]
+    else:
+        try:
+            names = {name for name, _, _ in items}
+        except ValueError:  # not all of three elements
+            return None
+        if not names <= _SET:
+            return None
+        keys = [key for _, key, _ in items]
+        values = [value for _, _, value in items]
     commands: list[tuple[Any, ...]] = []
     runs: list[int] = []
     for start in range(0, len(items), MSET_CHUNK):
-        chunk = items[start : start + MSET_CHUNK]
-        flat: list[Any] = [None] * (2 * len(chunk))
-        flat[0::2] = [key for _, key, _ in chunk]
-        flat[1::2] = [value for _, _, value in chunk]
+        end = start + MSET_CHUNK
+        flat: list[Any] = [None] * (2 * len(keys[start:end]))
+        flat[0::2] = keys[start:end]
+        flat[1::2] = values[start:end]
         commands.append(("MSET", *flat))
-        runs.append(len(chunk))
+        runs.append(len(flat) // 2)
     owners: list[tuple[int, int]] = []
     for c, size in enumerate(runs):
         owners += [(c, 1)] * size
@@ -170,12 +199,28 @@ def _hoisted(items: Sequence[Any], names: list[str]) -> Planned | None:
     return Planned(commands, owners)
 
 
+def _pairs_as_sets(items: Sequence[Any]) -> Sequence[Any]:
+    """``items`` with each plain ``(key, value)`` pair as ``("SET", key, value)``."""
+    found: list[Any] | None = None
+    for i, item in enumerate(items):
+        if (
+            type(item) in (tuple, list)
+            and len(item) == 2
+            and (type(item[0]) is not str or item[0].upper() not in ONE_ARGUMENT)
+        ):
+            if found is None:
+                found = list(items)
+            found[i] = ("SET", item[0], item[1])
+    return items if found is None else found
+
+
 def plan(items: Sequence[Any], ttl_ms: int | None) -> Planned:
     """The pipeline for ``items`` (see the module docstring)."""
     if ttl_ms is None:
         fast = _only_sets(items)
         if fast is not None:
             return fast
+    items = _pairs_as_sets(items)
     names = _names(items)
     if ttl_ms is None:
         hoisted = _hoisted(items, names)

@@ -5,9 +5,9 @@
 :class:`RedisSink` (sync) and :class:`AsyncRedisSink` take items that are commands, name
 first (``("SET", key, value)``, ``("HSET", key, {field: value})``, ``("XADD", stream,
 {field: value})``, ``("LPUSH", key, *values)``, ``("ZADD", key, {member: score})``, any
-other write command) and send a batch as one pipeline: one round trip for the batch
-instead of one per command, and each command's reply or error as its item's outcome.
-Runs of plain ``SET`` go as ``MSET`` on their own (see
+other write command; a pair ``(key, value)`` is a plain ``SET``) and send a batch as one
+pipeline: one round trip for the batch instead of one per command, and each command's
+reply or error as its item's outcome. Plain key/values go as ``MSET`` on their own (see
 :mod:`freight.connectors._redisplan`). ``ttl`` expires every key written.
 
 :class:`RedisStreamSource` consumes a stream through a consumer group for
