@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from freight import BatchManager, BatchRequest, BatchSpec, BatchStatus, IllegalTransition
+from freight import (
+    BatchManager,
+    BatchRequest,
+    BatchSpec,
+    BatchStatus,
+    IllegalTransition,
+    TransientError,
+)
 from freight.manager import RequestState
-from freight.store import BoardStore
+from freight.store import BoardStore, SqliteStore
+from freight.store._dialect import Row, Transaction
 from freight.testing import FakeClock
+from tests.services import POSTGRES_URL
 
 
 def numbered(n: int) -> list[BatchRequest]:
@@ -188,3 +200,70 @@ async def test_a_heartbeat_keeps_a_long_call_s_lease_so_nothing_is_redone(
         batch = await busy.wait(job.id, timeout=10)
     assert batch.request_counts.completed == 3
     assert len(calls) == 1
+
+
+async def test_a_worker_goes_on_after_losing_its_postgresql_connection(
+    pg_store: BoardStore,
+) -> None:
+    import psycopg
+
+    manager = BatchManager(store=pg_store, poll_interval=0.02)
+    manager.register("/x", lambda bodies: bodies)
+    async with manager:
+        first = await manager.submit(numbered(3), endpoint="/x")
+        await manager.wait(first.id, timeout=10)
+        [row] = pg_store.query("SELECT pg_backend_pid() AS pid")
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (int(row["pid"]),))
+        await asyncio.sleep(0.1)  # the worker polls on the dead connection meanwhile
+        second = await manager.submit(numbered(4), endpoint="/x")
+        done = await manager.wait(second.id, timeout=20)
+    assert done.request_counts.completed == 4
+    [again] = pg_store.query("SELECT pg_backend_pid() AS pid")
+    assert again["pid"] != row["pid"]  # it did reconnect
+
+
+class FlakyStore:
+    """A store whose next transaction fails once when told (a connection lost mid-write)."""
+
+    def __init__(self, inner: SqliteStore) -> None:
+        self.inner = inner
+        self.dialect = inner.dialect
+        self.fail_next = False
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        if self.fail_next:
+            self.fail_next = False
+            raise TransientError("lost the store's connection (a test)")
+        with self.inner.transaction() as tx:
+            yield tx
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self.inner.query(sql, params)
+
+
+async def test_a_failed_write_is_redone_once_the_claim_s_lease_lapses(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FlakyStore(SqliteStore(tmp_path / "freight.db"))
+    calls: list[list[int]] = []
+
+    def handler(bodies: list[int]) -> list[int]:
+        calls.append(bodies)
+        if len(calls) == 1:
+            store.fail_next = True  # the write of this call's results fails
+        return bodies
+
+    manager = BatchManager(store=store, clock=clock, lease=1, poll_interval=0.01)
+    manager.register("/x", handler, spec=BatchSpec(size=5))
+    async with manager:
+        job = await manager.submit(numbered(3), endpoint="/x")
+        await until(lambda: "round failed" in caplog.text, "the failed write")
+        assert (await manager.get(job.id)).request_counts.completed == 0
+        await clock.advance(2)  # the claim's lease lapses: a sweep takes it back
+        done = await manager.wait(job.id, timeout=10)
+    assert calls == [[0, 1, 2], [0, 1, 2]]
+    assert done.request_counts.completed == 3
+    assert [r.response for r in await manager.get_results(job.id)] == [0, 1, 2]
+    store.inner.close()

@@ -158,18 +158,39 @@ class Worker:
             await asyncio.to_thread(self.store.heartbeat, self.name, self._lease_until())
 
     async def _loop(self, burst: bool) -> None:
+        failures = 0
         while not self._stopping.is_set():
-            await asyncio.to_thread(self.sweep)  # expire first: never claim an expired batch
-            worked = False
-            for endpoint in list(self.endpoints.values()):
-                if self._stopping.is_set():
-                    return
-                worked = await self._one_chunk(endpoint) or worked
-            if worked:
+            try:
+                done = await self._round(burst)
+            except Exception:
+                # The store went away (a restart, a dropped connection, a deadlock
+                # PostgreSQL broke): what was claimed comes back when its lease lapses,
+                # so the worker waits and goes on. In burst mode (tests), it stops.
+                if burst:
+                    raise
+                failures += 1
+                _log.exception("managed-batch worker %s: round failed, retrying", self.name)
+                await asyncio.sleep(min(self.poll_interval * 2**failures, 10.0))
                 continue
-            if await asyncio.to_thread(self.sweep) == 0 and burst:
+            failures = 0
+            if done:
                 return
-            await self._idle()
+
+    async def _round(self, burst: bool) -> bool:
+        """Sweep, then one chunk per endpoint; idle when there was nothing. True when a
+        burst is over."""
+        await asyncio.to_thread(self.sweep)  # expire first: never claim an expired batch
+        worked = False
+        for endpoint in list(self.endpoints.values()):
+            if self._stopping.is_set():
+                return True
+            worked = await self._one_chunk(endpoint) or worked
+        if worked:
+            return False
+        if await asyncio.to_thread(self.sweep) == 0 and burst:
+            return True
+        await self._idle()
+        return False
 
     async def _idle(self) -> None:
         self.wake.clear()
