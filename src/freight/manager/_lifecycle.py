@@ -12,7 +12,9 @@ move names. The rules:
    request starts after that, the ones in flight finish; then it is ``cancelled``.
 5. A live batch past its completion window is ``expired``; a batch being cancelled
    ends ``cancelled`` all the same.
-6. ``failed``: the batch as a whole could not run (its endpoint is not served).
+6. ``failed``: the batch as a whole could not run. ``submit`` refuses such a batch
+   before storing it (unknown endpoint, bad requests), so this freight writes it for
+   none yet; the status is kept for stores shared with tools that do.
 7. ``completed``, ``failed``, ``cancelled`` and ``expired`` are final.
 """
 

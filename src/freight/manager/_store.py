@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from freight._errors import IllegalTransition, UnknownBatch
+from freight._errors import UnknownBatch
 from freight.manager._lifecycle import check_transition
 from freight.manager._models import (
     Batch,
@@ -108,7 +108,8 @@ class _Statements(NamedTuple):
     )
     lock_claim: str = "SELECT token FROM manager_claims WHERE token = {p}{lock}"
     lock_open: str = (
-        "SELECT idx FROM manager_requests WHERE batch_id = {p} AND state IN ({states}){lock}"
+        "SELECT idx FROM manager_requests WHERE batch_id = {p} AND state IN ({states})"
+        " ORDER BY idx{lock}"
     )
     held: str = (
         "SELECT batch_id, idx FROM manager_requests WHERE claim = {p} AND state = 'claimed'{lock}"
@@ -335,20 +336,6 @@ class ManagerStore:
         n = self._end_requests(tx, batch_id, RequestState.CANCELLED, ("queued",), at)
         self._count(tx, batch_id, Counter(cancelled=n), at)
 
-    def fail(self, batch_id: str, reason: str, now: datetime) -> None:
-        """Fail a live batch as a whole (it cannot run): its unfinished requests end
-        ``failed`` with ``reason``."""
-        at = stamp(now)
-        with self.store.transaction() as tx:
-            rows = tx.query(self.sql.lock_batch, (batch_id,))
-            if not rows or str(rows[0]["status"]) not in _LIVE:
-                return
-            self._move(tx, batch_id, str(rows[0]["status"]), BatchStatus.FAILED, at)
-            tx.execute(
-                self.dialect.render("UPDATE manager_batches SET errors = {p} WHERE id = {p}"),
-                (json.dumps([reason]), batch_id),
-            )
-
     def expire_due(self, now: datetime, batch_id: str | None = None) -> list[str]:
         """Expire live batches past their completion window (only ``batch_id``, if
         given): unfinished requests end ``expired``, finished results are kept.
@@ -571,9 +558,3 @@ def to_result(row: Row) -> Result:
     else:
         error = ResultError(str(state), _NEVER_RAN[state], int(row["attempts"]))
     return Result(id=str(row["custom_id"]), status=state, error=error)
-
-
-def check_live(status: str, batch_id: str) -> None:
-    """Raise :class:`~freight.IllegalTransition` unless a batch may still change."""
-    if status not in _LIVE:
-        raise IllegalTransition(f"batch {batch_id} has ended ({status})")
