@@ -1,7 +1,9 @@
 """100k writes to Redis: freight's RedisSink against hand-written redis-py, same run.
 
-``python bench/redis_write.py [--n 100000] [--one-by-one 20000] [--url redis://127.0.0.1:6379/0]``
-in one run, each write path timed best of ``--repeat`` (interleaved):
+``python bench/redis_write.py [--n 100000] [--one-by-one 20000] [--python-parser]
+[--url redis://127.0.0.1:6379/0]`` (``--python-parser``: redis-py's own reply parser, not
+hiredis, for every client of the run) in one run, each write path timed best of
+``--repeat`` (interleaved):
 
   1. one-by-one ``SET`` (``--one-by-one`` keys: at ~7.5k ops/s the full 100k takes 13 s);
   2. a hand-written pipeline of 1,000 ``SET`` per ``execute()``;
@@ -124,9 +126,10 @@ def paths(client: Any, sink: RedisSink, n: int, prefix: str) -> dict[str, Callab
     }
 
 
-def report(n: int, best: dict[str, float], floor: float | None) -> int:
+def report(n: int, best: dict[str, float], floor: float | None, parser_name: str | None) -> int:
     """Print ops/s and the ratios; 0 if both targets are met, else 1."""
-    parser_name = "hiredis" if redis.utils.HIREDIS_AVAILABLE else "python parser"
+    if parser_name is None:
+        parser_name = "hiredis" if redis.utils.HIREDIS_AVAILABLE else "python parser"
     print(f"{n} writes, batches of {BATCH}, redis-py {redis.__version__} ({parser_name})")
     for name, seconds in best.items():
         print(f"  {name:<26} {n / seconds:>12,.0f} ops/s")
@@ -147,9 +150,15 @@ def main() -> int:
     parser.add_argument("--one-by-one", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--python-parser", action="store_true")
     args = parser.parse_args()
-    client: Any = redis.Redis.from_url(args.url)
-    sink = RedisSink(args.url)
+    options: dict[str, Any] = {}
+    if args.python_parser:
+        from redis._parsers import _RESP2Parser
+
+        options["parser_class"] = _RESP2Parser
+    client: Any = redis.Redis.from_url(args.url, **options)
+    sink = RedisSink(redis.Redis.from_url(args.url, **options))
     prefix = f"freight-bench:{uuid.uuid4().hex}"
     runs = paths(client, sink, args.n, prefix)
     best: dict[str, float] = {}
@@ -167,7 +176,7 @@ def main() -> int:
             client.unlink(*part)
         sink.close()
         client.close()
-    return report(args.n, best, floor)
+    return report(args.n, best, floor, "python parser" if args.python_parser else None)
 
 
 if __name__ == "__main__":
