@@ -140,6 +140,7 @@ class BatchManager:
         self._epoch = time.time() - self.clock.now()
         self._spec = store
         self._owned: BoardStore | None = None
+        self._opening = threading.Lock()
         self._ms: ManagerStore | None = None
         if store is not None and not isinstance(store, str | Path):
             if not isinstance(store, BoardStore):
@@ -166,17 +167,21 @@ class BatchManager:
 
     def _store(self) -> ManagerStore:
         """The store's manager tables, opening the store first when the manager owns it."""
-        if self._ms is None:
-            spec = self._spec
-            if spec is None:
-                store: Any = SqliteStore(DEFAULT_PATH)
-            elif isinstance(spec, Path):
-                store = SqliteStore(spec)
-            else:
-                store = open_store(str(spec))
-            self._owned = store
-            self._ms = ManagerStore(store)
-        return self._ms
+        ms = self._ms
+        if ms is not None:
+            return ms
+        with self._opening:  # the loop's threads may ask at once: open it once
+            if self._ms is None:
+                spec = self._spec
+                if spec is None:
+                    store: Any = SqliteStore(DEFAULT_PATH)
+                elif isinstance(spec, Path):
+                    store = SqliteStore(spec)
+                else:
+                    store = open_store(str(spec))
+                self._owned = store
+                self._ms = ManagerStore(store)
+            return self._ms
 
     def _now(self) -> datetime:
         """The current time as stored (UTC), on the manager's clock."""
