@@ -163,3 +163,16 @@ async def test_without_a_dead_letter_exchange_the_queues_own_policy_takes_it(
     assert dead.headers is not None
     assert "x-death" in dead.headers
     await conn.close()
+
+
+async def test_a_bigger_batch_after_a_small_one_gets_a_bigger_prefetch(
+    harness: RabbitHarness,
+) -> None:
+    await harness.publish([{"n": i} for i in range(12)])
+    source = RabbitMQSource(harness.url, harness.queue)
+    first = await source.fetch(1, 2.0)
+    await source.ack(first)
+    batch = await source.fetch(10, 2.0)  # basic.qos binds new consumers only: restarted
+    assert [m.body["n"] for m in batch] == list(range(1, 11))
+    await source.ack(batch)
+    await source.close()

@@ -120,6 +120,8 @@ class RabbitMQSource:
         self._channel: AbstractChannel | None = None
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._prefetch = 0
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
         self._generation = 0
         self._unsettled: set[int] = set()
 
@@ -139,33 +141,45 @@ class RabbitMQSource:
         self._unsettled.clear()
         self._inbox = asyncio.Queue()
         self._prefetch = 0
+        self._queue, self._tag = None, None
 
     async def _open(self, prefetch: int) -> AbstractChannel:
         channel = self._channel
-        if channel is not None and not channel.is_closed and self._prefetch >= prefetch:
-            return channel
-        if channel is not None and not channel.is_closed:  # a bigger batch: more prefetch
-            await channel.set_qos(prefetch_count=prefetch)
-            self._prefetch = prefetch
+        if channel is not None and not channel.is_closed:
+            if self._prefetch < prefetch:  # a bigger batch asked for: more prefetch
+                await self._consume(channel, prefetch)
             return channel
         await self.close()
         try:
             self._conn = await aio_pika.connect(self.url, timeout=self._timeout)
             channel = await self._conn.channel(publisher_confirms=True)
-            await channel.set_qos(prefetch_count=prefetch)
-            if self._declare:
-                queue = await declare_queue(channel, self.queue, self.dead_letter_exchange)
-            else:
-                queue = await channel.get_queue(self.queue, ensure=True)
-            inbox, generation = self._inbox, self._generation
-            await queue.consume(
-                functools.partial(self._arrived, inbox=inbox, generation=generation)
-            )
+            await self._consume(channel, prefetch)
         except Exception as exc:
             await self.close()
             raise classify(exc) from exc
-        self._channel, self._prefetch = channel, prefetch
+        self._channel = channel
         return channel
+
+    async def _consume(self, channel: AbstractChannel, prefetch: int) -> None:
+        """(Re)start the consumer with ``prefetch``: RabbitMQ applies ``basic.qos`` only
+        to consumers started after it, so a bigger batch restarts the consumer (its
+        deliveries in hand stay valid: they belong to the channel). The new consumer
+        starts before the old one is cancelled, so an ``auto_delete`` queue is never
+        left without one (it would be deleted)."""
+        old = self._tag
+        await channel.set_qos(prefetch_count=prefetch)
+        if self._queue is None:
+            if self._declare:
+                self._queue = await declare_queue(channel, self.queue, self.dead_letter_exchange)
+            else:
+                self._queue = await channel.get_queue(self.queue, ensure=True)
+        inbox, generation = self._inbox, self._generation
+        self._tag = await self._queue.consume(
+            functools.partial(self._arrived, inbox=inbox, generation=generation)
+        )
+        if old is not None:
+            await self._queue.cancel(old)
+        self._prefetch = prefetch
 
     async def _arrived(
         self,
@@ -183,6 +197,8 @@ class RabbitMQSource:
         deadline = time.monotonic() + timeout
         while len(found) < max_items:
             wait = deadline - time.monotonic() if not found else _GAP
+            if not inbox.qsize() and len(found) + len(self._unsettled) >= self._prefetch:
+                break  # the broker sends no more until something is settled
             try:
                 incoming = inbox.get_nowait() if inbox.qsize() else None
                 if incoming is None:
