@@ -18,10 +18,13 @@ import heapq
 import itertools
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from freight._core._clock import Clock, TimerHandle
 from freight._errors import ConfigError
+
+if TYPE_CHECKING:  # the port is a layer above; imported when a broker is used
+    from freight.connectors._broker import Message
 
 __all__ = ["Clock", "FakeClock", "MemoryBroker", "MemorySink"]
 
@@ -225,10 +228,10 @@ class MemoryBroker:
         self._seq = itertools.count(1)
         self._bodies: dict[str, tuple[Any, str | None, dict[str, str]]] = {}
         self._ready: list[tuple[float, int, str]] = []  # (due at, order, id), a heap
-        self._in_flight: dict[str, Any] = {}
+        self._in_flight: dict[str, Message] = {}
         self._arrived: asyncio.Future[None] | None = None
         self.acked: list[str] = []
-        self.dead: list[tuple[Any, str]] = []
+        self.dead: list[tuple[Message, str]] = []
         self.deliveries: dict[str, int] = {}
         self.handed_back = 0
         self.closed = False
@@ -260,10 +263,10 @@ class MemoryBroker:
         """Messages not delivered yet (or handed back and not delivered again)."""
         return len(self._ready)
 
-    def _take(self, max_items: int, now: float) -> list[Any]:
+    def _take(self, max_items: int, now: float) -> list[Message]:
         from freight.connectors._broker import Message  # noqa: PLC0415 (a layer above)
 
-        taken: list[Any] = []
+        taken: list[Message] = []
         while self._ready and len(taken) < max_items and self._ready[0][0] <= now:
             _, _, message_id = heapq.heappop(self._ready)
             body, key, headers = self._bodies[message_id]
@@ -273,7 +276,7 @@ class MemoryBroker:
             taken.append(message)
         return taken
 
-    async def fetch(self, max_items: int, timeout: float) -> list[Any]:  # noqa: ASYNC109
+    async def fetch(self, max_items: int, timeout: float) -> list[Message]:  # noqa: ASYNC109
         """Up to ``max_items`` ready messages; waits (on the clock) at most ``timeout``
         seconds for one to be published or to fall due."""
         self._check_open()
@@ -296,19 +299,19 @@ class MemoryBroker:
             timer.cancel()
         return self._take(max_items, self._now())
 
-    def _settle(self, messages: Sequence[Any]) -> list[Any]:
+    def _settle(self, messages: Sequence[Message]) -> list[Message]:
         settled = []
         for message in messages:
             if self._in_flight.pop(message.id, None) is not None:
                 settled.append(message)
         return settled
 
-    async def ack(self, messages: Sequence[Any]) -> None:
+    async def ack(self, messages: Sequence[Message]) -> None:
         """Acknowledge ``messages``; an id not in flight (settled already) is ignored."""
         self._check_open()
         self.acked.extend(m.id for m in self._settle(messages))
 
-    async def retry(self, messages: Sequence[Any], delay: float) -> None:
+    async def retry(self, messages: Sequence[Message], delay: float) -> None:
         """Hand ``messages`` back: ready again ``delay`` seconds from now."""
         self._check_open()
         due = self._now() + max(0.0, delay)
@@ -316,7 +319,7 @@ class MemoryBroker:
             heapq.heappush(self._ready, (due, next(self._seq), message.id))
             self.handed_back += 1
 
-    async def dead_letter(self, failed: Sequence[tuple[Any, BaseException]]) -> None:
+    async def dead_letter(self, failed: Sequence[tuple[Message, BaseException]]) -> None:
         """Move each message to :attr:`dead` with its error's reason."""
         from freight.connectors._broker import reason  # noqa: PLC0415 (a layer above)
 
