@@ -127,12 +127,18 @@ class Worker:
         """Run ``concurrency`` claim loops and the heartbeat until :meth:`stop` (or, with
         ``burst``, until nothing is left to claim)."""
         beat = asyncio.create_task(self._heartbeat(), name="freight-manager-heartbeat")
+        loops = [
+            asyncio.create_task(self._loop(burst), name=f"freight-manager-loop-{i}")
+            for i in range(self.concurrency)
+        ]
         try:
-            loops = [self._loop(burst) for _ in range(self.concurrency)]
-            await asyncio.gather(*loops)
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # a loop's error (burst mode) is the run's
         finally:
-            beat.cancel()
-            await asyncio.gather(beat, return_exceptions=True)
+            for task in (*loops, beat):
+                task.cancel()
+            await asyncio.gather(*loops, beat, return_exceptions=True)
 
     def _lease_until(self) -> float:
         return self.wall().timestamp() + self.lease
@@ -155,7 +161,10 @@ class Worker:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
-            await asyncio.to_thread(self.store.heartbeat, self.name, self._lease_until())
+            try:
+                await asyncio.to_thread(self.store.heartbeat, self.name, self._lease_until())
+            except Exception:  # the next beat tries again; a lapsed lease is redone
+                _log.exception("managed-batch worker %s: heartbeat failed", self.name)
 
     async def _loop(self, burst: bool) -> None:
         failures = 0
