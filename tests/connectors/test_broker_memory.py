@@ -22,7 +22,13 @@ from freight._errors import ConfigError
 from freight.connectors import BrokerSource, Message, consume
 from freight.connectors._broker import reason
 from freight.testing import FakeClock, MemoryBroker, MemorySink
-from tests.connectors.broker_contract import SOURCE_CHECKS, BrokerHarness, settle_soon
+from tests.connectors.broker_contract import (
+    SINK_CHECKS,
+    SOURCE_CHECKS,
+    BrokerHarness,
+    SinkHarness,
+    settle_soon,
+)
 
 NO_WAIT = Retry(attempts=3, backoff=0.001, max_backoff=0.001, jitter=0)
 
@@ -57,6 +63,36 @@ async def test_memory_broker_keeps_the_source_contract(
     check: Callable[[BrokerHarness], Awaitable[None]],
 ) -> None:
     await settle_soon(check(MemoryHarness()))
+
+
+class MemorySinkHarness:
+    """The sink contract over :class:`MemorySink` (rows need an ``id``; ``v`` not null)."""
+
+    def __init__(self) -> None:
+        self.sink = MemorySink(key="id", required=("v",))
+
+    def items(self, n: int) -> list[Any]:
+        return [{"id": i, "v": f"v{i}"} for i in range(n)]
+
+    def poison(self) -> Any:
+        return {"id": "poison", "v": None}
+
+    async def write(self, items: list[Any]) -> list[Any] | None:
+        return self.sink.write(items)
+
+    async def landed(self, items: list[Any]) -> list[bool]:
+        rows = {row["id"]: row for row in self.sink.rows}
+        return [rows.get(item["id"]) == item for item in items]
+
+
+_sink: type[SinkHarness] = MemorySinkHarness
+
+
+@pytest.mark.parametrize("check", SINK_CHECKS, ids=lambda c: c.__name__)
+async def test_memory_sink_keeps_the_sink_contract(
+    check: Callable[[SinkHarness], Awaitable[None]],
+) -> None:
+    await settle_soon(check(MemorySinkHarness()))
 
 
 def test_the_twin_implements_the_port() -> None:
