@@ -4,6 +4,8 @@ delivery awaited, one outcome per record, the BatchSpec mapped to the producer."
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -160,3 +162,12 @@ async def test_kafka_keeps_the_sink_contract(
     check: Callable[[SinkHarness], Awaitable[None]], kafka: str
 ) -> None:
     await settle_soon(check(KafkaSinkHarness(kafka, await new_topic(kafka))))
+
+
+def test_without_the_client_the_import_error_names_the_extra() -> None:
+    code = "import sys; sys.modules['aiokafka'] = None; import freight.connectors.kafka"
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert found.returncode != 0
+    assert "pip install 'freight[kafka]'" in found.stderr

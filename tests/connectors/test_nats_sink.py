@@ -4,6 +4,8 @@ outcome per message, a payload the server refuses failing alone."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -134,3 +136,12 @@ async def test_nats_keeps_the_sink_contract(
     check: Callable[[SinkHarness], Awaitable[None]], stream: str
 ) -> None:
     await settle_soon(check(NatsSinkHarness(need_nats(), stream)))
+
+
+def test_without_the_client_the_import_error_names_the_extra() -> None:
+    code = "import sys; sys.modules['nats'] = None; import freight.connectors.nats"
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert found.returncode != 0
+    assert "pip install 'freight[nats]'" in found.stderr

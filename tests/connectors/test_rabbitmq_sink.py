@@ -5,6 +5,8 @@ the connection."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -166,3 +168,12 @@ async def test_rabbitmq_keeps_the_sink_contract(
     check: Callable[[SinkHarness], Awaitable[None]], queue: str
 ) -> None:
     await settle_soon(check(RabbitSinkHarness(need_rabbitmq(), queue)))
+
+
+def test_without_the_client_the_import_error_names_the_extra() -> None:
+    code = "import sys; sys.modules['aio_pika'] = None; import freight.connectors.rabbitmq"
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert found.returncode != 0
+    assert "pip install 'freight[rabbitmq]'" in found.stderr
