@@ -384,3 +384,22 @@ def test_consumer_deaths_lose_nothing_and_duplicate_at_most_a_batch_each(
         assert sorted(int(i) for i in broker.acked) == list(range(1, n + 1))
 
     asyncio.run(scenario())
+
+
+async def test_empty_fetches_that_do_not_wait_are_spaced_on_the_clock() -> None:
+    clock = FakeClock()
+    broker = MemoryBroker(clock=clock)
+    seen: list[int] = []
+
+    async def handle(items: list[int]) -> None:
+        seen.extend(items)
+
+    task = asyncio.create_task(
+        consume(broker, handle, spec=BatchSpec(size=5, timeout=0), max_batches=1, clock=clock)
+    )
+    await clock.advance(0)
+    assert clock.pending_timers() == [0.05]  # paused, not spinning
+    broker.publish(1)
+    await clock.advance(0.05)
+    report = await task
+    assert (seen, report.acked) == ([1], 1)

@@ -65,6 +65,7 @@ DEFAULT_SPEC = BatchSpec(size=100, timeout=1.0)
 """The batches :func:`consume` fetches when given no spec: up to 100 messages, 1 s wait."""
 
 _IDLE_WAIT = 1.0  # seconds a fetch waits when the spec has no timeout
+_EMPTY_PAUSE = 0.05  # seconds between empty fetches that do not wait (timeout=0): no spinning
 
 
 @dataclass(slots=True)
@@ -404,6 +405,8 @@ async def consume(
         if not fetched:
             if until_idle:
                 break
+            if wait <= 0:
+                await clock.sleep(_EMPTY_PAUSE)
             continue
         report.batches += 1
         report.messages += len(fetched)
