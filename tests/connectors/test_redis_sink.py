@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,12 +16,13 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from freight import BatchSpec, PermanentError, TransientError
+from freight import BatchSpec, Job, PermanentError, TransientError
 from freight._errors import ConfigError
 from freight.connectors import consume
 from freight.connectors._rediskit import classify
 from freight.connectors._redisplan import MSET_CHUNK, outcomes, plan
 from freight.connectors.redis import AsyncRedisSink, RedisSink
+from freight.jobs import IterableSource
 from freight.testing import MemoryBroker
 from tests.connectors.broker_contract import SINK_CHECKS, SinkHarness, settle_soon
 from tests.connectors.test_redis_source import REDIS_URL, need_redis
@@ -227,3 +229,22 @@ async def test_pairs_are_plain_key_values_unless_a_one_argument_command(
     assert outcomes == [1, True, 2]
     assert harness.client.get(f"{p}:0") is None
     assert harness.client.get(f"{p}:5") == b"five"
+
+
+def test_the_sync_sink_is_a_job_sink(harness: RedisSinkHarness, tmp_path: Path) -> None:
+    p = harness.prefix
+    rows = [{"id": i, "name": f"n{i}"} for i in range(250)]
+    sink = RedisSink(REDIS_URL)
+    job = Job(
+        "warm-cache",
+        IterableSource(rows),
+        sink,
+        process=lambda r: ("SET", f"{p}:user:{r['id']}", r["name"]),
+        chunk_size=100,
+        store=tmp_path / "store.db",
+    )
+    report = job.run()
+    sink.close()
+    assert report.status == "completed"
+    assert harness.client.get(f"{p}:user:249") == b"n249"
+    assert len(list(harness.client.scan_iter(f"{p}:user:*", count=1000))) == 250
