@@ -12,7 +12,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from freight import BatchSpec, PermanentError
+from freight import BatchSpec, PermanentError, TargetError
 from freight.connectors import BrokerSource, consume
 from freight.connectors.rabbitmq import REASON, RabbitMQSink, RabbitMQSource
 from tests.connectors.broker_contract import SOURCE_CHECKS, BrokerHarness, settle_soon
@@ -176,3 +176,28 @@ async def test_a_bigger_batch_after_a_small_one_gets_a_bigger_prefetch(
     assert [m.body["n"] for m in batch] == list(range(1, 11))
     await source.ack(batch)
     await source.close()
+
+
+async def test_a_dead_letter_exchange_that_routes_nowhere_is_a_target_error(
+    harness: RabbitHarness,
+) -> None:
+    await harness.publish([{"n": 1}])
+    conn = await aio_pika.connect(harness.url)
+    lonely = unique("freight-lonely-dlx")
+    channel = await conn.channel()
+    await channel.declare_exchange(lonely, aio_pika.ExchangeType.DIRECT, auto_delete=True)
+    source = RabbitMQSource(harness.url, harness.queue, dead_letter_exchange=lonely)
+
+    async def refuse(items: list[Any]) -> list[Any]:
+        return [PermanentError("no") for _ in items]
+
+    with pytest.raises(TargetError, match="bind a queue"):
+        await consume(source, refuse, spec=BatchSpec(size=5, timeout=0.5), until_idle=True)
+    await source.close()  # not settled: the message is back in its queue
+    again = RabbitMQSource(harness.url, harness.queue)
+    back = await again.fetch(5, 2.0)
+    assert [m.body for m in back] == [{"n": 1}]
+    await again.ack(back)
+    await again.close()
+    await channel.exchange_delete(lonely)
+    await conn.close()

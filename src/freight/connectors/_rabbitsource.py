@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from freight._core._time import to_seconds
-from freight._errors import ConfigError, RecordError, TransientError
+from freight._errors import ConfigError, RecordError, TargetError, TransientError
 from freight.connectors._broker import Message, reason
 from freight.connectors._brokerkit import decode as default_decode
 from freight.connectors._rabbiterrors import classify
@@ -47,9 +47,11 @@ try:
     from aio_pika.abc import (
         AbstractChannel,
         AbstractConnection,
+        AbstractExchange,
         AbstractIncomingMessage,
         AbstractQueue,
     )
+    from aiormq.abc import DeliveredMessage
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError(
         "freight.connectors.rabbitmq needs aio-pika: pip install 'freight[rabbitmq]'"
@@ -313,23 +315,37 @@ class RabbitMQSource:
                 if exchange
                 else channel.default_exchange
             )
-            for message in messages:
-                incoming: AbstractIncomingMessage = message.raw[1]
-                headers: dict[str, Any] = dict(incoming.headers or {})
-                headers.update(extra(message))
-                await target.publish(
-                    aio_pika.Message(
-                        incoming.body,
-                        headers=headers,
-                        content_type=incoming.content_type,
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    ),
-                    routing_key=routing_key,
-                )
+            confirms = await asyncio.gather(
+                *(self._copy(target, m, routing_key, extra(m)) for m in messages)
+            )
         except Exception as exc:
             self._lost(exc)
             return False
+        if any(isinstance(c, DeliveredMessage) for c in confirms):
+            raise TargetError(
+                f"RabbitMQ routes nothing from exchange {exchange or '(default)'!r} with "
+                f"routing key {routing_key!r}: bind a queue to it (declare=True does), or "
+                "the messages freight hands back or dead-letters would be lost"
+            )
         return True
+
+    @staticmethod
+    async def _copy(
+        target: AbstractExchange, message: Message, routing_key: str, extra: dict[str, str]
+    ) -> Any:
+        incoming: AbstractIncomingMessage = message.raw[1]
+        headers: dict[str, Any] = dict(incoming.headers or {})
+        headers.update(extra)
+        return await target.publish(
+            aio_pika.Message(
+                incoming.body,
+                headers=headers,
+                content_type=incoming.content_type,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=routing_key,
+            mandatory=True,
+        )
 
     def _lost(self, exc: BaseException) -> None:
         """A settlement failed. A lost connection or channel settles nothing and loses
