@@ -265,7 +265,9 @@ class _Settled:
     """One batch's messages, sorted by how they are to be settled."""
 
     done: list[Message] = field(default_factory=list)
-    again: list[tuple[Message, float]] = field(default_factory=list)
+    again: list[Message] = field(default_factory=list)  # handed back after ``again_after``
+    again_after: float = 0.0
+    released: list[Message] = field(default_factory=list)  # not handled: handed back now
     dead: list[tuple[Message, BaseException]] = field(default_factory=list)
     stop: BaseException | None = None
 
@@ -278,11 +280,12 @@ def _sort(
     draw: Callable[[], float],
 ) -> _Settled:
     settled = _Settled()
+    errors: list[BaseException] = []
     for message, outcome in zip(messages, outcomes, strict=True):
         if not isinstance(outcome, BaseException):
             settled.done.append(message)
         elif isinstance(outcome, BatcherClosed | asyncio.CancelledError):
-            settled.again.append((message, 0.0))  # not handled: someone else will
+            settled.released.append(message)  # not handled: another consumer will
             settled.stop = outcome
         elif not policy.is_transient(outcome):
             settled.dead.append((message, outcome))
@@ -294,8 +297,11 @@ def _sort(
             error.__cause__ = outcome
             settled.dead.append((message, error))
         else:
-            delay = policy.wait(message.attempts, draw(), (outcome,))
-            settled.again.append((message, delay))
+            settled.again.append(message)
+            errors.append(outcome)
+    if settled.again:  # one wait for them all, as the plan gives one for items sent back
+        most = max(m.attempts for m in settled.again)
+        settled.again_after = policy.wait(most, draw(), errors)
     return settled
 
 
@@ -306,12 +312,12 @@ async def _settle(source: BrokerSource, settled: _Settled, report: ConsumeReport
         report.dead_lettered += len(settled.dead)
         report.reasons.extend((m.id, reason(e)) for m, e in settled.dead)
         del report.reasons[:-100]
-    by_delay: dict[float, list[Message]] = {}
-    for message, delay in settled.again:
-        by_delay.setdefault(delay, []).append(message)
-    for delay, group in by_delay.items():
-        await source.retry(group, delay)
-        report.retried += len(group)
+    if settled.released:
+        await source.retry(settled.released, 0.0)
+        report.retried += len(settled.released)
+    if settled.again:
+        await source.retry(settled.again, settled.again_after)
+        report.retried += len(settled.again)
     if settled.done:
         await source.ack(settled.done)
         report.acked += len(settled.done)
