@@ -163,10 +163,11 @@ async def test_a_new_consumer_with_the_same_name_resumes_its_pending_entries_at_
 
 
 async def test_an_unreachable_server_is_a_transient_error() -> None:
-    source = RedisStreamSource("redis://127.0.0.1:1/0", "s", "g", "c")
+    client = redis.asyncio.Redis.from_url("redis://127.0.0.1:1/0")  # no reconnects to wait
+    source = RedisStreamSource(client, "s", "g", "c")
     with pytest.raises(TransientError, match="Redis connection"):
         await source.fetch(1, 0)
-    await source.close()
+    await client.aclose()
 
 
 def test_names_are_checked() -> None:
