@@ -16,6 +16,7 @@ from freight import (
     BatchSpec,
     BatchStatus,
     IllegalTransition,
+    Retry,
     TransientError,
 )
 from freight.manager import RequestState
@@ -267,3 +268,49 @@ async def test_a_failed_write_is_redone_once_the_claim_s_lease_lapses(
     assert done.request_counts.completed == 3
     assert [r.response for r in await manager.get_results(job.id)] == [0, 1, 2]
     store.inner.close()
+
+
+async def test_a_retry_after_cancel_leaves_the_cancelled_batch_s_requests_out(
+    store: BoardStore, clock: FakeClock
+) -> None:
+    calls: list[list[str]] = []
+
+    def handler(bodies: list[str]) -> list[str]:
+        calls.append(bodies)
+        if len(calls) == 1:
+            raise TransientError("busy")  # the whole call: retried after 1 s of the clock
+        return [b.upper() for b in bodies]
+
+    manager = BatchManager(store=store, clock=clock)
+    manager.register(
+        "/x", handler, spec=BatchSpec(size=4), retry=Retry(attempts=3, backoff=1, jitter=0)
+    )
+    a = await manager.submit([BatchRequest(id=i, body=f"a{i}") for i in "12"], endpoint="/x")
+    b = await manager.submit([BatchRequest(id=i, body=f"b{i}") for i in "12"], endpoint="/x")
+    async with manager:
+        await until(lambda: len(calls) == 1, "the first call")
+        await manager.cancel(a.id)
+        await clock.advance(1)
+        done_a, done_b = await manager.wait(a.id, timeout=10), await manager.wait(b.id, timeout=10)
+    assert calls == [["a1", "a2", "b1", "b2"], ["b1", "b2"]]  # a's requests never start again
+    assert done_a.status is BatchStatus.CANCELLED
+    assert done_a.request_counts.cancelled == 2
+    assert [r.response for r in await manager.get_results(b.id)] == ["B1", "B2"]
+    assert done_b.request_counts.completed == 2
+
+
+async def test_wait_gives_up_at_its_timeout_on_the_manager_s_clock(
+    store: BoardStore, clock: FakeClock
+) -> None:
+    manager = BatchManager(store=store, clock=clock, poll_interval=0.01)
+    manager.register("/x", lambda bodies: bodies)
+    job = await manager.submit(numbered(2), endpoint="/x")  # no worker runs
+    waiting = asyncio.create_task(manager.wait(job.id, timeout=5))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await clock.advance(5)
+    with pytest.raises(TimeoutError, match=r"is still pending after 5 s \(0 of 2 requests"):
+        await waiting
+    clock.advance_sync(0)
+    with pytest.raises(TimeoutError):
+        manager.wait_sync(job.id, timeout=0)

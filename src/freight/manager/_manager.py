@@ -141,6 +141,7 @@ class BatchManager:
         self._spec = store
         self._owned: BoardStore | None = None
         self._opening = threading.Lock()
+        self._last_micros = 0
         self._ms: ManagerStore | None = None
         if store is not None and not isinstance(store, str | Path):
             if not isinstance(store, BoardStore):
@@ -182,6 +183,13 @@ class BatchManager:
                 self._owned = store
                 self._ms = ManagerStore(store)
             return self._ms
+
+    def _next_micros(self, now: datetime) -> int:
+        """``now`` in µs, past every id this manager gave: its batches keep their order
+        even when the clock stands still (a ``FakeClock``) or two submits share a µs."""
+        with self._opening:
+            self._last_micros = max(int(now.timestamp() * 1e6), self._last_micros + 1)
+            return self._last_micros
 
     def _now(self) -> datetime:
         """The current time as stored (UTC), on the manager's clock."""
@@ -250,7 +258,7 @@ class BatchManager:
             )
         now = self._now()
         batch = Batch(
-            id=batch_id_at(now, secrets.token_hex(6)),
+            id=batch_id_at(self._next_micros(now), secrets.token_hex(6)),
             endpoint=endpoint,
             status=BatchStatus.PENDING,
             request_counts=RequestCounts(total=0),

@@ -490,10 +490,11 @@ class ManagerStore:
         return [(str(r["owner"]), int(r["pid"])) for r in rows]
 
 
-def batch_id_at(when: datetime, suffix: str) -> str:
-    """A new batch id: ``batch_`` + its submit time (µs, hex) + ``suffix``; ids sort by
-    submit time, so claims take the oldest batch first and lists show the newest first."""
-    return f"batch_{int(when.timestamp() * 1e6):014x}{suffix}"
+def batch_id_at(micros: int, suffix: str) -> str:
+    """A new batch id: ``batch_`` + its submit time (µs since the epoch, hex) +
+    ``suffix``; ids sort by submit time, so claims take the oldest batch first and
+    lists show the newest first."""
+    return f"batch_{micros:014x}{suffix}"
 
 
 def submitted_at(batch_id: str) -> float:
