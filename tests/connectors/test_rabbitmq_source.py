@@ -201,3 +201,17 @@ async def test_a_dead_letter_exchange_that_routes_nowhere_is_a_target_error(
     await again.close()
     await channel.exchange_delete(lonely)
     await conn.close()
+
+
+async def test_a_message_keeps_its_id_when_delivered_again(harness: RabbitHarness) -> None:
+    await harness.publish([{"n": 1}, {"n": 2}])
+    source = RabbitMQSource(harness.url, harness.queue)
+    first = await source.fetch(2, 2.0)
+    await source.retry(first[:1], 0)  # handed back: a copy
+    await source.close()  # the other one: requeued by the broker
+    again = RabbitMQSource(harness.url, harness.queue)
+    second = await again.fetch(2, 2.0)
+    await again.ack(second)
+    await again.close()
+    assert sorted(m.id for m in second) == sorted(m.id for m in first)
+    assert len({m.id for m in first}) == 2

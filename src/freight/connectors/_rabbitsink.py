@@ -11,6 +11,7 @@ messages not confirmed yet (transient), and the next write reconnects.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -48,6 +49,9 @@ class RabbitMQSink:
         headers: ``item -> {name: value}`` for the message's headers.
         timeout: seconds to wait for a batch's confirms before failing the messages
             still unconfirmed (transient).
+
+    Each message gets a unique ``message_id`` (a freight source's ``Message.id``, the
+    same on every delivery: the key for an idempotent consumer).
 
     ``write(items)`` returns ``None`` when every message was confirmed, else one
     outcome per item (``None`` or the item's error), the handler contract: use it as a
@@ -133,6 +137,7 @@ class RabbitMQSink:
                 message.body,
                 headers=dict(message.headers) or None,
                 content_type=JSON if message.json else None,
+                message_id=uuid.uuid4().hex,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT
                 if self._persistent
                 else aio_pika.DeliveryMode.NOT_PERSISTENT,

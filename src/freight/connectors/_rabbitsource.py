@@ -21,6 +21,11 @@ How each settlement maps to AMQP:
   ``declare=True`` declares all of it: the queue with ``x-dead-letter-exchange``
   set, the exchange (direct) and a queue ``<queue>.dead`` bound to it.
 
+``Message.id`` is the AMQP ``message_id`` (:class:`RabbitMQSink` gives each message a
+unique one, kept by the copies above), the same on every delivery, so an idempotent
+target can key on it; a message published without one gets ``delivery-<tag>``, which
+changes when it is delivered again.
+
 A lost connection or channel is noticed at the next call: deliveries of the old
 channel are dropped (the broker has requeued them: they come back, counted as
 redelivered) and a new connection is opened.
@@ -227,7 +232,7 @@ class RabbitMQSource:
         attempts = max(attempts, counted) + (1 if incoming.redelivered else 0)
         message = Message(
             body=None,
-            id=str(incoming.delivery_tag),
+            id=incoming.message_id or f"delivery-{incoming.delivery_tag}",
             attempts=attempts,
             key=incoming.routing_key,
             headers=headers,
@@ -341,6 +346,12 @@ class RabbitMQSource:
                 incoming.body,
                 headers=headers,
                 content_type=incoming.content_type,
+                content_encoding=incoming.content_encoding,
+                message_id=incoming.message_id,
+                correlation_id=incoming.correlation_id,
+                type=incoming.type,
+                app_id=incoming.app_id,
+                timestamp=incoming.timestamp,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
             routing_key=routing_key,
