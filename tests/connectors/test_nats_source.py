@@ -189,3 +189,17 @@ async def test_a_permanent_error_is_never_redelivered(harness: NatsHarness) -> N
     assert report.dead_lettered == 1
     assert await source.fetch(5, 1.5) == []  # past ack_wait: terminated, not pending
     await source.close()
+
+
+async def test_a_worker_joins_a_durable_consumer_made_with_another_ack_wait(
+    harness: NatsHarness,
+) -> None:
+    await harness.publish([{"n": 1}])
+    first = NatsSource(harness.url, harness.name, "shared", ack_wait=30)
+    await first.fetch(1, 2.0)  # creates the consumer
+    await first.close()  # what it took goes back (nak)
+    second = NatsSource(harness.url, harness.name, "shared", ack_wait=5)
+    got = await second.fetch(5, 2.0)
+    assert [m.body for m in got] == [{"n": 1}]
+    await second.ack(got)
+    await second.close()
