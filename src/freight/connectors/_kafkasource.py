@@ -81,15 +81,33 @@ class _Partition:
     done: set[int] = field(default_factory=set)  # settled, at or past the commit point
     end: int = -1  # one past the highest offset fetched
 
-    def point(self) -> int | None:
-        """The offset to commit: the first unsettled record (``None``: nothing fetched)."""
-        open_ = [*self.inflight, *self.again]
-        if open_:
-            return min(open_)
-        return self.end if self.end >= 0 else None
+    def take(self, offset: int) -> int | None:
+        """Record a fetched record; its delivery count, or ``None`` when it was settled
+        already (read again after a rewind: not handled twice)."""
+        if offset in self.done:
+            return None
+        attempts = self.again.pop(offset) + 1 if offset in self.again else 1
+        self.inflight[offset] = attempts
+        self.end = max(self.end, offset + 1)
+        return attempts
 
-    def attempts(self, offset: int) -> int:
-        return self.again.pop(offset) + 1 if offset in self.again else 1
+    def settle(self, offset: int) -> None:
+        """The record is done (handled, or dead-lettered)."""
+        self.inflight.pop(offset, None)
+        self.done.add(offset)
+
+    def hand_back(self, offset: int, attempts: int) -> None:
+        """The record is to be read again (the caller rewinds the partition to it)."""
+        self.again[offset] = self.inflight.pop(offset, attempts)
+
+    def point(self) -> int | None:
+        """The offset to commit: the first unsettled record (``None``: nothing fetched).
+        Settled records before it are forgotten: they are never read again."""
+        open_ = [*self.inflight, *self.again]
+        point = min(open_) if open_ else self.end if self.end >= 0 else None
+        if point is not None:
+            self.done = {o for o in self.done if o >= point}
+        return point
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -208,11 +226,10 @@ class KafkaSource:
         for tp, records in batches.items():
             part = self._parts.setdefault(tp, _Partition())
             for record in records:
-                if record.offset in part.done:  # settled before a rewind: not again
+                attempts = part.take(record.offset)
+                if attempts is None:  # settled before a rewind: not again
                     continue
-                part.inflight[record.offset] = part.attempts(record.offset)
-                part.end = max(part.end, record.offset + 1)
-                message, error = self._message(tp, record, part.inflight[record.offset])
+                message, error = self._message(tp, record, attempts)
                 if error is None:
                     messages.append(message)
                 else:
@@ -250,8 +267,7 @@ class KafkaSource:
             part = self._parts.get(tp)
             if part is None:  # revoked meanwhile: its new owner reads it again
                 continue
-            part.inflight.pop(record.offset, None)
-            part.done.add(record.offset)
+            part.settle(record.offset)
             touched.add(tp)
         return touched
 
@@ -268,7 +284,7 @@ class KafkaSource:
             part = self._parts.get(tp)
             if part is None or consumer is None:
                 continue
-            part.again[record.offset] = part.inflight.pop(record.offset, message.attempts)
+            part.hand_back(record.offset, message.attempts)
             rewind[tp] = min(rewind.get(tp, record.offset), record.offset)
         for tp, offset in rewind.items():
             assert consumer is not None
@@ -324,9 +340,8 @@ class KafkaSource:
         for tp in tps:
             part = self._parts.get(tp)
             point = None if part is None else part.point()
-            if part is None or point is None:
+            if point is None:
                 continue
-            part.done = {o for o in part.done if o >= point}
             offsets[tp] = OffsetAndMetadata(point, "")
         if not offsets:
             return
