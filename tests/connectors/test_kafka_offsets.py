@@ -69,3 +69,21 @@ def test_a_record_settled_before_a_rewind_is_skipped_when_read_again() -> None:
     assert part.take(3) is None
     part.settle(1)
     assert part.point() == 4
+
+
+def test_a_record_settled_past_the_rewind_is_skipped_even_once_all_is_committed() -> None:
+    """Found by the property above: 0-4 fetched, 2 and 3 handed back, 4 acked; after 2
+    and 3 succeed the commit point is 5, but the consumer still reads 4 again."""
+    part = _Partition()
+    for offset in range(5):
+        part.take(offset)
+    for offset in (0, 1, 4):
+        part.settle(offset)
+    part.hand_back(2, 1)
+    part.hand_back(3, 1)
+    assert part.point() == 2
+    for offset in (2, 3):
+        assert part.take(offset) == 2
+        part.settle(offset)
+    assert part.point() == 5
+    assert part.take(4) is None

@@ -80,10 +80,12 @@ class _Partition:
     again: dict[int, int] = field(default_factory=dict)  # handed back: offset -> attempts
     done: set[int] = field(default_factory=set)  # settled, at or past the commit point
     end: int = -1  # one past the highest offset fetched
+    next_read: int = 0  # the consumer's position: after a rewind, below ``end``
 
     def take(self, offset: int) -> int | None:
         """Record a fetched record; its delivery count, or ``None`` when it was settled
         already (read again after a rewind: not handled twice)."""
+        self.next_read = offset + 1
         if offset in self.done:
             return None
         attempts = self.again.pop(offset) + 1 if offset in self.again else 1
@@ -99,14 +101,18 @@ class _Partition:
     def hand_back(self, offset: int, attempts: int) -> None:
         """The record is to be read again (the caller rewinds the partition to it)."""
         self.again[offset] = self.inflight.pop(offset, attempts)
+        self.next_read = min(self.next_read, offset)
 
     def point(self) -> int | None:
         """The offset to commit: the first unsettled record (``None``: nothing fetched).
-        Settled records before it are forgotten: they are never read again."""
+        Settled records before it and before the position are forgotten: they are
+        never read again (after a rewind the position may be behind the commit point,
+        and what lies between must still be skipped)."""
         open_ = [*self.inflight, *self.again]
         point = min(open_) if open_ else self.end if self.end >= 0 else None
         if point is not None:
-            self.done = {o for o in self.done if o >= point}
+            floor = min(point, self.next_read)
+            self.done = {o for o in self.done if o >= floor}
         return point
 
 
