@@ -187,6 +187,7 @@ MANAGER = {
     "MAX_REQUESTS",
     "BATCH_TRANSITIONS",
     "Batch",
+    "BatchChange",
     "BatchManager",
     "BatchRequest",
     "BatchStatus",

@@ -18,7 +18,12 @@ Exported, each labelled by ``batcher`` (a batcher's name, or a flow consumer's):
 - ``freight_queue_depth`` (gauge): items pending after the latest batch (batchers);
 - ``freight_batch_size_limit`` (gauge): the batch size the batcher flushes at now,
   as ``reconfigure`` set it or, with ``BatchSpec(size="auto")``, as the tuner chose it;
-- ``freight_dead_letters_total{reason}``: a flow consumer's dead letters, by reason.
+- ``freight_dead_letters_total{reason}``: a flow consumer's dead letters, by reason;
+- ``freight_managed_batches_total{status}``: managed batches submitted (``pending``) and
+  reaching each later status, labelled by endpoint (a ``BatchManager``'s chunks are
+  batches of its endpoint, in the metrics above);
+- ``freight_managed_batch_seconds{status}`` (histogram): submit to end of a managed
+  batch, by the status it ended with.
 
 A flow's spans map onto the same metrics: a ``flush`` span is a batch (its size, its
 reason, and its duration, from the batch's first artifact to the flush, is the oldest
@@ -34,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from freight._core._stats import BatchEvent
 from freight.flow._trace import Span
+from freight.manager._models import BatchChange
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -47,6 +53,7 @@ _CREATED: weakref.WeakKeyDictionary[Any, dict[str, PrometheusSubscriber]] = (
 itself, held weakly: an ``id`` can be a later registry's once this one is collected)."""
 
 _SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+_BATCH_SECONDS = (1, 10, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600, 48 * 3600)
 
 
 def _prometheus() -> Any:
@@ -117,12 +124,30 @@ class PrometheusSubscriber:
             ["batcher", "reason"],
             **common,
         )
+        self.managed_batches = prom.Counter(
+            "managed_batches",
+            "Managed batches submitted and reaching each status, by endpoint.",
+            ["batcher", "status"],
+            **common,
+        )
+        self.managed_seconds = prom.Histogram(
+            "managed_batch_seconds",
+            "Submit to end of a managed batch, by the status it ended with.",
+            ["batcher", "status"],
+            buckets=_BATCH_SECONDS,
+            **common,
+        )
         made[namespace] = self
 
-    def __call__(self, event: BatchEvent | Span) -> None:
-        """Record one batch event, or one span of a flow."""
+    def __call__(self, event: BatchEvent | Span | BatchChange) -> None:
+        """Record one batch event, one span of a flow, or a managed batch's change."""
         if isinstance(event, Span):
             self._span(event)
+            return
+        if isinstance(event, BatchChange):
+            self.managed_batches.labels(event.endpoint, event.status).inc()
+            if event.status.terminal:
+                self.managed_seconds.labels(event.endpoint, event.status).observe(event.elapsed)
             return
         name = event.batcher
         self.batch_size.labels(name).observe(event.size)

@@ -19,7 +19,7 @@ from freight import (
     Retry,
     TransientError,
 )
-from freight.manager import RequestState, Result, UnknownBatch
+from freight.manager import BatchChange, RequestState, Result, UnknownBatch
 from freight.store import BoardStore
 from freight.testing import FakeClock
 from tests.manager.test_cancel_expire_reclaim import until
@@ -291,6 +291,7 @@ async def test_each_chunk_reaches_the_subscribers_and_prometheus(store: BoardSto
 
     events: list[BatchEvent] = []
     registry = CollectorRegistry()
+
     manager = BatchManager(store=store, subscribers=[events.append, PrometheusSubscriber(registry)])
     manager.register("/v1/summaries", summarise, spec=BatchSpec(size=2))
     await manager.submit(three(), endpoint="/v1/summaries")
@@ -331,3 +332,46 @@ async def test_a_spec_timeout_holds_a_partial_call_until_the_oldest_request_wait
     await manager.submit([BatchRequest(id=str(i), body=i) for i in range(4)], endpoint="/x")
     await manager.run(burst=True)  # a full call never waits
     assert calls == [[1, 2, 3], [0, 1, 2, 3]]
+
+
+async def test_batch_changes_reach_on_change_and_prometheus(
+    store: BoardStore, clock: FakeClock
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from freight.metrics import PrometheusSubscriber
+
+    changes: list[BatchChange] = []
+    registry = CollectorRegistry()
+
+    metrics = PrometheusSubscriber(registry)
+    manager = BatchManager(store=store, clock=clock, on_change=[changes.append, metrics])
+    manager.register("/v1/summaries", summarise)
+    done = await manager.submit(three(), endpoint="/v1/summaries")
+    await clock.advance(2)
+    await manager.run(burst=True)
+    stopped = await manager.submit(three(), endpoint="/v1/summaries")
+    await manager.cancel(stopped.id)
+    late = await manager.submit(three(), endpoint="/v1/summaries", completion_window=60)
+    await clock.advance(61)
+    assert await manager.get_status(late.id) is BatchStatus.EXPIRED
+    assert [(c.batch_id, c.status) for c in changes] == [
+        (done.id, "pending"),
+        (done.id, "completed"),
+        (stopped.id, "pending"),
+        (stopped.id, "cancelled"),
+        (late.id, "pending"),
+        (late.id, "expired"),
+    ]
+    assert changes[1].request_counts.failed == 1
+    assert changes[1].elapsed == pytest.approx(2, abs=0.01)
+    assert changes[-1].elapsed == pytest.approx(61, abs=0.01)
+
+    def sample(name: str, status: str) -> float | None:
+        labels = {"batcher": "/v1/summaries", "status": status}
+        return registry.get_sample_value(name, labels)
+
+    assert sample("freight_managed_batches_total", "pending") == 3
+    assert sample("freight_managed_batches_total", "completed") == 1
+    assert sample("freight_managed_batch_seconds_count", "expired") == 1
+    assert sample("freight_managed_batch_seconds_sum", "expired") == pytest.approx(61, abs=0.01)

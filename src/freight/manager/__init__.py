@@ -13,6 +13,7 @@ from freight.manager._lifecycle import BATCH_TRANSITIONS
 from freight.manager._manager import BatchManager, Results
 from freight.manager._models import (
     Batch,
+    BatchChange,
     BatchRequest,
     BatchStatus,
     RequestCounts,
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_REQUESTS",
     "BATCH_TRANSITIONS",
     "Batch",
+    "BatchChange",
     "BatchManager",
     "BatchRequest",
     "BatchStatus",

@@ -33,10 +33,18 @@ from freight._core._spec import BatchSpec
 from freight._core._stats import BatchEvent
 from freight._core._time import to_seconds
 from freight._drivers._clocks import ThreadClock
+from freight._drivers._engine import fan_out
 from freight._drivers._options import check_rate_limit, check_retry
 from freight._errors import ConfigError, ConfigTypeError, InvalidBatch, UnknownEndpoint
 from freight._ratelimit import RateLimiter
-from freight.manager._models import Batch, BatchRequest, BatchStatus, RequestCounts, Result
+from freight.manager._models import (
+    Batch,
+    BatchChange,
+    BatchRequest,
+    BatchStatus,
+    RequestCounts,
+    Result,
+)
 from freight.manager._store import ManagerStore, batch_id_at
 from freight.manager._submit import (
     MAX_BODY_BYTES,
@@ -101,6 +109,9 @@ class BatchManager:
         subscribers: callables receiving a :class:`~freight.BatchEvent` after each
             chunk this process's worker ran (``batcher``: the endpoint), such as
             :class:`freight.metrics.PrometheusSubscriber`.
+        on_change: callables receiving a :class:`~freight.manager.BatchChange` when a
+            batch is submitted here or changes status here (a ``PrometheusSubscriber``
+            takes these too). Both are called from the manager's threads.
 
     Example::
 
@@ -124,6 +135,7 @@ class BatchManager:
         max_requests: int = MAX_REQUESTS,
         max_body_bytes: int = MAX_BODY_BYTES,
         subscribers: Iterable[Callable[[BatchEvent], object]] = (),
+        on_change: Iterable[Callable[[BatchChange], object]] = (),
     ) -> None:
         for name, value in (("workers", workers), ("max_requests", max_requests),
                             ("max_body_bytes", max_body_bytes)):  # fmt: skip
@@ -151,10 +163,11 @@ class BatchManager:
                 )
             self._ms = ManagerStore(store)
         self.subscribers = tuple(subscribers)
-        for subscriber in self.subscribers:
+        self.on_change = tuple(on_change)
+        for subscriber in (*self.subscribers, *self.on_change):
             if not callable(subscriber):
                 raise ConfigTypeError(
-                    f"a subscriber must be callable (BatchEvent -> None), got {subscriber!r}"
+                    f"a subscriber must be callable (one argument, the record), got {subscriber!r}"
                 )
         self.endpoints: dict[str, Endpoint] = {}
         self._cancelled: set[str] = set()
@@ -275,7 +288,12 @@ class BatchManager:
             ),
         )
         # as created: a worker may have started it already
-        return dataclasses.replace(batch, request_counts=RequestCounts(total=total))
+        batch = dataclasses.replace(batch, request_counts=RequestCounts(total=total))
+        self._tell(BatchChange.of(batch))
+        return batch
+
+    def _tell(self, change: BatchChange) -> None:
+        fan_out(self.on_change, change, f"batch manager batch {change.batch_id}:")
 
     async def submit(
         self,
@@ -310,8 +328,10 @@ class BatchManager:
         if batch.status in (BatchStatus.PENDING, BatchStatus.PROCESSING) and (
             batch.expires_at <= self._now()
         ):
-            self._store().expire_due(self._now(), batch_id)
+            expired = self._store().expire_due(self._now(), batch_id)
             batch = self._store().get(batch_id)
+            if expired:
+                self._tell(BatchChange.of(batch))
         return batch
 
     async def get(self, batch_id: str) -> Batch:
@@ -398,7 +418,11 @@ class BatchManager:
     def cancel_sync(self, batch_id: str) -> Batch:
         """:meth:`cancel` without an event loop."""
         self._cancelled.add(batch_id)
-        return self._store().cancel(batch_id, self._now())
+        before = self._store().get(batch_id).status
+        batch = self._store().cancel(batch_id, self._now())
+        if batch.status is not before:
+            self._tell(BatchChange.of(batch))
+        return batch
 
     async def cancel(self, batch_id: str) -> Batch:
         """Cancel a batch: no request of it starts after this returns, the ones in flight
@@ -436,7 +460,7 @@ class BatchManager:
         return Worker(
             self._store(), self.endpoints, clock=self.clock, wall=self._now,
             concurrency=self.workers, lease=self.lease, poll_interval=self.poll_interval,
-            cancelled=self._cancelled, subscribers=self.subscribers,
+            cancelled=self._cancelled, subscribers=self.subscribers, on_change=self.on_change,
         )  # fmt: skip
 
     async def run(self, *, burst: bool = False) -> None:

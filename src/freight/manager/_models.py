@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "Batch",
+    "BatchChange",
     "BatchRequest",
     "BatchStatus",
     "RequestCounts",
@@ -174,3 +175,36 @@ class Result:
             "response": response,
             "error": error,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class BatchChange:
+    """A managed batch was submitted (``pending``) or reached a new status: what a
+    :class:`~freight.manager.BatchManager`'s ``on_change`` callables receive
+    (:class:`freight.metrics.PrometheusSubscriber` counts them by endpoint and status,
+    and times the ended ones).
+
+    Attributes:
+        batch_id: the batch.
+        endpoint: the endpoint it was submitted to.
+        status: the status it reached.
+        request_counts: its counts then.
+        elapsed: seconds from its submit to this change (0 at submit).
+    """
+
+    batch_id: str
+    endpoint: str
+    status: BatchStatus
+    request_counts: RequestCounts
+    elapsed: float
+
+    @classmethod
+    def of(cls, batch: Batch) -> BatchChange:
+        """The change that left ``batch`` as it is now."""
+        stamps = (batch.completed_at, batch.failed_at, batch.cancelled_at,
+                  batch.expired_at, batch.cancelling_at, batch.in_progress_at)  # fmt: skip
+        at = max((t for t in stamps if t is not None), default=batch.created_at)
+        return cls(
+            batch.id, batch.endpoint, batch.status, batch.request_counts,
+            (at - batch.created_at).total_seconds(),
+        )  # fmt: skip

@@ -281,27 +281,29 @@ class ManagerStore:
         sql = self.sql.end_queued.format(states=self.dialect.placeholders(len(states)))
         return tx.execute(sql, (str(to), now, batch_id, *states))
 
-    def _count(self, tx: Transaction, batch_id: str, counts: Counter[str], now: str) -> None:
-        """Add final results to a batch's counts; end the batch when all are in."""
+    def _count(self, tx: Transaction, batch_id: str, counts: Counter[str], now: str) -> bool:
+        """Add final results to a batch's counts; end the batch when all are in (True
+        when this ended it)."""
         c = counts
         rows = tx.query(
             self.sql.add_counts,
             (c["completed"], c["failed"], c["cancelled"], c["expired"], batch_id),
         )
         if not rows:
-            return
+            return False
         row = rows[0]
         done = sum(int(row[k]) for k in ("completed", "failed", "cancelled", "expired"))
         if done < int(row["total"]):
-            return
+            return False
         status = str(row["status"])
         if status == BatchStatus.CANCELLING:
-            self._move(tx, batch_id, status, BatchStatus.CANCELLED, now)
-        elif status in _LIVE:
+            return self._move(tx, batch_id, status, BatchStatus.CANCELLED, now)
+        if status in _LIVE:
             if status == BatchStatus.PENDING:
                 self._move(tx, batch_id, status, BatchStatus.PROCESSING, now)
                 status = BatchStatus.PROCESSING
-            self._move(tx, batch_id, status, BatchStatus.COMPLETED, now)
+            return self._move(tx, batch_id, status, BatchStatus.COMPLETED, now)
+        return False
 
     def cancel(self, batch_id: str, now: datetime) -> Batch:
         """Cancel a batch: queued requests end ``cancelled`` at once; the batch is
@@ -434,13 +436,16 @@ class ManagerStore:
             if row["status"] == "pending":
                 self._move(tx, str(row["id"]), "pending", BatchStatus.PROCESSING, at)
 
-    def write(self, token: str, outcomes: Sequence[Outcome], *, worker: str, now: datetime) -> int:
+    def write(
+        self, token: str, outcomes: Sequence[Outcome], *, worker: str, now: datetime
+    ) -> tuple[int, list[str]]:
         """Store the results of claim ``token``; returns how many were written (0 when
-        the lease was lost: another worker redoes the chunk)."""
+        the lease was lost: another worker redoes the chunk) and the batches they ended."""
         at = stamp(now)
+        ended: list[str] = []
         with self.store.transaction() as tx:
             if not tx.query(self.sql.lock_claim, (token,)):
-                return 0
+                return 0, ended
             held = {(str(r["batch_id"]), int(r["idx"])) for r in tx.query(self.sql.held, (token,))}
             rows = []
             counts: dict[str, Counter[str]] = {}
@@ -455,8 +460,9 @@ class ManagerStore:
             tx.execute(self.sql.requeue, (token,))
             tx.execute(self.sql.drop_claim, (token,))
             for batch_id in sorted(counts):
-                self._count(tx, batch_id, counts[batch_id], at)
-        return len(rows)
+                if self._count(tx, batch_id, counts[batch_id], at):
+                    ended.append(batch_id)
+        return len(rows), ended
 
     def heartbeat(self, owner: str, lease_until: float) -> None:
         """Extend the leases of every claim ``owner`` holds."""

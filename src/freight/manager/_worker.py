@@ -38,7 +38,7 @@ from freight._drivers._runner import call_sync, settle_async
 from freight._drivers._streams import is_async_callable
 from freight._errors import HandlerContractError, PermanentError
 from freight._ratelimit import RateLimiter
-from freight.manager._models import RequestState
+from freight.manager._models import BatchChange, RequestState
 from freight.manager._store import Claimed, ManagerStore, Outcome, submitted_at
 
 __all__ = ["DEFAULT_SIZE", "Endpoint", "Worker"]
@@ -99,9 +99,11 @@ class Worker:
         poll_interval: float,
         cancelled: set[str],
         subscribers: Sequence[Callable[[BatchEvent], object]] = (),
+        on_change: Sequence[Callable[[BatchChange], object]] = (),
     ) -> None:
         self.store = store
         self.subscribers = subscribers
+        self.on_change = on_change
         self.endpoints = endpoints
         self.clock = clock
         self.wall = wall
@@ -215,7 +217,7 @@ class Worker:
         if not force and now - self._last_sweep < self.poll_interval:
             return 0
         self._last_sweep = now
-        self.store.expire_due(self.wall())
+        self.changed(self.store.expire_due(self.wall()))
         return self._reclaim_dead() + self.store.reclaim(self.wall().timestamp())
 
     async def _one_chunk(self, endpoint: Endpoint) -> bool:
@@ -236,13 +238,23 @@ class Worker:
             return False
         started = self.clock.now()
         outcomes, calls = await self._execute(endpoint, claimed)
-        written = await asyncio.to_thread(
+        written, ended = await asyncio.to_thread(
             self.store.write, token, outcomes, worker=self.name, now=self.wall()
         )
         self.processed += written
         if self.subscribers:
             self._emit(endpoint, claimed, outcomes, calls, self.clock.now() - started)
+        if self.on_change and ended:
+            await asyncio.to_thread(self.changed, ended)
         return True
+
+    def changed(self, batch_ids: Sequence[str]) -> None:
+        """Tell ``on_change`` where these batches are now (a :class:`BatchChange`)."""
+        if not self.on_change:
+            return
+        for batch_id in batch_ids:
+            change = BatchChange.of(self.store.get(batch_id))
+            fan_out(self.on_change, change, f"batch manager batch {batch_id}:")
 
     def _emit(
         self,
