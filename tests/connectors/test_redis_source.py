@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from freight import BatchSpec, Retry, TransientError
+from freight import BatchSpec, PermanentError, Retry, TransientError
 from freight._errors import ConfigError
 from freight.connectors import BrokerSource, consume
 from freight.connectors.redis import RedisStreamSource
@@ -194,4 +194,59 @@ async def test_consuming_goes_on_after_client_kill_type_normal_mid_run(
     report = await consume(source, handle, spec=BatchSpec(size=10, timeout=0.05), until_idle=True)
     assert seen == list(range(30))
     assert report.acked == 30
+    assert (await harness.client.xpending(harness.stream, harness.group))["pending"] == 0
+
+
+async def test_a_dead_letter_that_cannot_be_written_leaves_its_entry_pending(
+    harness: RedisHarness,
+) -> None:
+    """The dead-letter stream's key holds a string: the XADD fails, so the entry must not
+    be acknowledged either (else it is gone from the group without a dead letter)."""
+    await harness.client.set(f"{harness.stream}:dead", "not a stream")
+    await harness.client.xadd(harness.stream, {"body": b"{not json"})
+    source = await harness.source()
+    with pytest.raises(PermanentError, match="WRONGTYPE"):
+        await source.fetch(10, 0.1)
+    assert (await harness.client.xpending(harness.stream, harness.group))["pending"] == 1
+
+
+async def test_a_dead_letter_written_beside_one_that_cannot_be_is_acknowledged_alone(
+    harness: RedisHarness,
+) -> None:
+    await harness.publish([{"n": 1}, {"n": 2}])
+    source = RedisStreamSource(
+        REDIS_URL, harness.stream, harness.group, "one", dead_letter=f"{harness.stream}:dead"
+    )
+    harness.sources.append(source)
+    first, second = await source.fetch(10, 0.1)
+    await source.dead_letter([(first, PermanentError("no"))])
+    await harness.client.delete(f"{harness.stream}:dead")
+    await harness.client.set(f"{harness.stream}:dead", "not a stream")
+    with pytest.raises(PermanentError, match="WRONGTYPE"):
+        await source.dead_letter([(second, PermanentError("no"))])
+    rows = await harness.client.xpending_range(harness.stream, harness.group, "-", "+", 10)
+    assert [r["message_id"].decode() for r in rows] == [second.id]
+
+
+async def test_an_entry_deleted_while_pending_is_not_handed_to_the_handler(
+    harness: RedisHarness,
+) -> None:
+    """A stream trimmed (XTRIM, XADD MAXLEN) or an entry deleted while a consumer held it:
+    the restarted consumer finds it pending with no fields. There is nothing to handle: it
+    is acknowledged, and the handler never sees a phantom empty body."""
+    await harness.publish([{"n": i} for i in range(3)])
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    first = RedisStreamSource(client, harness.stream, harness.group, "fixed", claim_idle=60)
+    held = await first.fetch(3, 0.1)  # then it dies without settling
+    await harness.client.xdel(harness.stream, held[1].id)
+    second = RedisStreamSource(client, harness.stream, harness.group, "fixed", claim_idle=60)
+    seen: list[Any] = []
+
+    async def handle(items: list[Any]) -> None:
+        seen.extend(items)
+
+    report = await consume(second, handle, spec=BatchSpec(size=10, timeout=0.05), until_idle=True)
+    await client.aclose()
+    assert seen == [{"n": 0}, {"n": 2}]
+    assert report.messages == 2
     assert (await harness.client.xpending(harness.stream, harness.group))["pending"] == 0

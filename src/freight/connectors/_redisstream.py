@@ -14,7 +14,11 @@ How each port method maps to Redis (every step one command, or one ``MULTI``):
   entry after ``claim_idle``, which also bounds the delay.)
 - ``dead_letter``: ``XADD`` to the dead-letter stream (the entry's fields, plus
   ``dead:reason``, ``dead:id``, ``dead:deliveries``, ``dead:consumer``) and ``XACK``, in
-  one ``MULTI``: an entry is never both dead and pending.
+  one script per entry that acknowledges it only once its copy is written: an entry is
+  never both dead and pending, nor acknowledged without its dead letter.
+
+An entry deleted from the stream (``XDEL``, a trim) while pending has nothing left to
+handle: it comes back without fields, and is acknowledged without reaching the handler.
 
 A dropped connection (``CLIENT KILL``, a restart) is reconnected by redis-py's own retry
 (the blocked read is sent again); an error it cannot get over reaches the caller as a
@@ -44,6 +48,20 @@ __all__ = ["RedisStreamSource"]
 
 _MAX_BLOCK = 10.0  # seconds: under the client's socket timeout (_rediskit.SOCKET_TIMEOUT)
 Entry = tuple[bytes, dict[bytes, bytes] | None]
+
+# One entry's dead letter: its copy added to the dead-letter stream, and the entry
+# acknowledged only if the copy was written. A MULTI cannot say "only if": its XACK runs
+# even when the XADD before it fails (the dead-letter key holds a string, say), and the
+# entry would leave the group with no dead letter. A script runs atomically, as MULTI does.
+# KEYS: dead-letter stream, stream; ARGV: group, entry id, then the copy's fields/values.
+_DEAD_LETTER = """
+local added = redis.pcall('XADD', KEYS[1], '*', unpack(ARGV, 3))
+if type(added) == 'table' and added.err then
+  return added
+end
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+return added
+"""
 
 
 def _text(value: Any) -> str:
@@ -123,10 +141,19 @@ class RedisStreamSource:
             entries, counted = await self._pending(max_items)
             if not entries:
                 entries = await self._new(max_items, timeout)
+            counts = await self._deliveries(entries) if counted and entries else {}
         except (redis.exceptions.RedisError, OSError) as exc:
             raise classify(exc) from exc
-        counts = await self._deliveries(entries) if counted and entries else {}
         return await self._messages(entries, counts, 2 if counted else 1)
+
+    async def _present(self, entries: list[Entry]) -> list[Entry]:
+        """``entries`` without those deleted from the stream while pending (they come back
+        with no fields: XADD never writes an entry without one), which are acknowledged."""
+        gone = [entry_id for entry_id, fields in entries if not fields]
+        if gone:
+            await self._client.xack(self.stream, self.group, *gone)
+            return [e for e in entries if e[1]]
+        return entries
 
     async def _pending(self, max_items: int) -> tuple[list[Entry], bool]:
         """Entries delivered before: own (resumed), handed back and due, idle elsewhere."""
@@ -135,8 +162,8 @@ class RedisStreamSource:
                 self.group, self.consumer, {self.stream: self._own_from}, count=max_items
             )
             entries = reply[0][1] if reply else []
-            entries = [e for e in entries if e[0].decode() not in self._later]
-            self._own_from = reply[0][1][-1][0] if reply and reply[0][1] else None
+            self._own_from = entries[-1][0] if entries else None
+            entries = await self._present([e for e in entries if e[0].decode() not in self._later])
             if entries:
                 return entries, True
         now = time.monotonic()
@@ -145,7 +172,7 @@ class RedisStreamSource:
             claimed = await self._client.xclaim(self.stream, self.group, self.consumer, 0, due)
             for i in due:
                 del self._later[i]
-            return [e for e in claimed if e[1] is not None], True
+            return await self._present(claimed), True
         if now - self._claimed_at < self.claim_idle / 2:
             return [], False
         reply = await self._client.xautoclaim(
@@ -159,8 +186,8 @@ class RedisStreamSource:
         self._claim_from = reply[0]
         if reply[0] in (b"0-0", "0-0"):
             self._claimed_at = now  # a full pass: the next one after claim_idle / 2
-        entries = [e for e in reply[1] if e[1] is not None and e[0].decode() not in self._later]
-        return entries, True
+        entries = [e for e in reply[1] if e[0].decode() not in self._later]
+        return await self._present(entries), True
 
     async def _new(self, max_items: int, timeout: float) -> list[Entry]:  # noqa: ASYNC109
         block = None if timeout <= 0 else max(1, int(min(timeout, _MAX_BLOCK) * 1000))
@@ -218,7 +245,7 @@ class RedisStreamSource:
         """Copy each entry to the dead-letter stream with its reason, and ``XACK`` it."""
         if not failed:
             return
-        pipe = self._client.pipeline(transaction=True)
+        pipe = self._client.pipeline(transaction=False)
         for message, error in failed:
             fields: dict[Any, Any] = dict(message.raw or {})
             fields.update({
@@ -227,12 +254,16 @@ class RedisStreamSource:
                 "dead:deliveries": message.attempts,
                 "dead:consumer": self.consumer,
             })  # fmt: skip
-            pipe.xadd(self.dead_stream, fields)
-            pipe.xack(self.stream, self.group, message.id)
+            pairs = [part for pair in fields.items() for part in pair]
+            keys = (self.dead_stream, self.stream)
+            pipe.eval(_DEAD_LETTER, 2, *keys, self.group, message.id, *pairs)
         try:
-            await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise classify(exc) from exc
+        refused = next((r for r in replies if isinstance(r, Exception)), None)
+        if refused is not None:  # those entries stay pending; the others are dead and acked
+            raise classify(refused) from refused
 
     async def close(self) -> None:
         """Close the client if this source opened it; unsettled entries stay pending (and
