@@ -276,7 +276,7 @@ class Worker:
             wait=max(0.0, self.wall().timestamp() - duration - created),
             duration=duration,
             succeeded=states.count(RequestState.COMPLETED),
-            failed=len(states) - states.count(RequestState.COMPLETED),
+            failed=states.count(RequestState.FAILED),  # cancelled ones: neither
             retried=sum(max(0, o.attempts - 1) for o in outcomes),
             calls=calls,
         )
