@@ -3,18 +3,20 @@ delivery awaited, one outcome per record, the BatchSpec mapped to the producer."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
-from freight import Batcher, BatchSpec, PermanentError, TransientError
+from freight import Batcher, BatchSpec, Job, PermanentError, Retry, TransientError
 from freight.connectors.kafka import KafkaSink, classify, producer_options
 from tests.connectors.broker_contract import SINK_CHECKS, SinkHarness, settle_soon
 from tests.connectors.brokers import kafka, unique
@@ -171,3 +173,27 @@ def test_without_the_client_the_import_error_names_the_extra() -> None:
     )
     assert found.returncode != 0
     assert "pip install 'freight[kafka]'" in found.stderr
+
+
+def test_a_bulk_job_writes_to_kafka_and_one_bad_record_is_its_only_failure(
+    kafka: str, tmp_path: Path
+) -> None:
+    topic = asyncio.run(new_topic(kafka))
+    rows: list[Any] = [{"n": i} for i in range(500)]
+    rows[123] = {"n": 123, "pad": "x" * (2 << 20)}  # over the request size: fails alone
+    job = Job(
+        "to-kafka",
+        rows,
+        KafkaSink(kafka, topic),
+        executor="async",
+        chunk_size=100,
+        store=tmp_path / "store.db",
+        retry=Retry(attempts=1),
+    )
+    report = job.run()
+    assert report.summary["failed"] == 1
+    assert report.summary["succeeded"] == 499
+    found = asyncio.run(records(kafka, topic))
+    assert sorted(json.loads(value)["n"] for _, value, _, _ in found) == [
+        n for n in range(500) if n != 123
+    ]
