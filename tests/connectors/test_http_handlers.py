@@ -24,6 +24,7 @@ import pytest
 from freight import Batcher, BatchSpec, PermanentError, Retry, TransientError
 from freight._core._plan import Reply
 from freight._drivers._runner import settle_async
+from freight._errors import ConfigError, ConfigTypeError
 from freight.connectors import consume
 from freight.connectors._httpkit import retry_after, status_error
 from freight.connectors.http import Bulk, Fanout, bulk, classify, fanout
@@ -269,3 +270,62 @@ async def test_an_unreachable_server_fails_each_fanout_item_transiently() -> Non
     async with Fanout("http://127.0.0.1:1/x", timeout=2) as handler:
         [outcome] = await handler(["x"])
     assert isinstance(outcome, TransientError)
+
+
+async def test_a_fanout_item_that_cannot_be_sent_fails_alone_and_the_rest_go_once(
+    server: tuple[str, Api],
+) -> None:
+    """An item JSON cannot encode, or whose url function raises, is that item's failure:
+    the batch is not failed while its other requests go on unawaited (a retry of the
+    batch would then send them twice)."""
+    base, api = server
+
+    def url(item: Any) -> str:
+        if item == "no-url":
+            raise KeyError(item)
+        return f"{base}/item"
+
+    async with fanout(url, concurrency=2) as handler:
+        outcomes = await handler([1, {2}, "no-url", 3])
+    assert outcomes[0] == {"echo": 1}
+    assert isinstance(outcomes[1], PermanentError)
+    assert "cannot be sent" in str(outcomes[1])
+    assert "not JSON serializable" in str(outcomes[1])
+    assert isinstance(outcomes[1].__cause__, TypeError)
+    assert isinstance(outcomes[2], PermanentError)
+    assert isinstance(outcomes[2].__cause__, KeyError)
+    assert outcomes[3] == {"echo": 3}
+    assert api.requests == {"/item": 2}
+
+
+async def test_a_bulk_answer_that_is_not_json_fails_the_batch_permanently_naming_it() -> None:
+    def garbage(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"<html>oops</html>")
+
+    async with mock(garbage) as client:
+        with pytest.raises(PermanentError, match="answered 200 with a body that is not JSON"):
+            await Bulk("http://api.test/b", client=client)([1, 2])
+
+
+@pytest.mark.parametrize("url", ["localhost:8080/bulk", "ftp://api.test/b", "/v1/embed", ""])
+def test_a_url_that_cannot_be_requested_is_refused_when_the_handler_is_made(url: str) -> None:
+    """Found at the first batch instead, it would fail every item permanently: a
+    ``consume`` would dead-letter every message for a typo in its configuration."""
+    with pytest.raises(ConfigError, match="absolute http:// or https:// URL"):
+        bulk(url)
+    with pytest.raises(ConfigError, match="absolute http:// or https:// URL"):
+        fanout(url)
+
+
+async def test_a_relative_url_is_taken_with_a_client_that_has_a_base_url() -> None:
+    def echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=[str(request.url)])
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(echo), base_url="http://api.test")
+    async with client:
+        assert await bulk("/v1/embed", client=client)([1]) == ["http://api.test/v1/embed"]
+
+
+def test_a_url_of_the_wrong_type_is_refused() -> None:
+    with pytest.raises(ConfigTypeError, match="bulk url must be"):
+        bulk(5)  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from freight._core._time import to_positive_int, to_seconds
-from freight._errors import PermanentError, TransientError
+from freight._errors import ConfigError, ConfigTypeError, PermanentError, TransientError
 from freight.connectors._httpkit import classify, status_error
 
 import httpx  # isort: skip  (after _httpkit, which names the extra when it is missing)
@@ -53,7 +53,15 @@ def json_results(response: httpx.Response, items: list[Any]) -> list[Any]:
     """The default bulk mapping: a JSON array with one entry per item (or
     ``{"results": [...]}``); an entry that is an object with an ``"error"`` key fails
     its item (transient if it also has a ``"status"`` of 429, 503, …)."""
-    body = response.json()
+    try:
+        body = response.json()
+    except ValueError as exc:  # not JSON, or not text at all
+        text = " ".join(response.text.split())[:200]
+        raise PermanentError(
+            f"{response.request.method} {response.request.url} answered "
+            f"{response.status_code} with a body that is not JSON ({exc}): {text!r}; a bulk "
+            "endpoint must answer JSON, or pass results=(response, items) -> list"
+        ) from exc
     if isinstance(body, Mapping) and isinstance(body.get("results"), list):
         body = body["results"]
     if not isinstance(body, list) or len(body) != len(items):
@@ -70,6 +78,43 @@ def _timeout(value: float | timedelta | httpx.Timeout, name: str) -> httpx.Timeo
     if isinstance(value, httpx.Timeout):
         return value
     return httpx.Timeout(to_seconds(value, name, allow_zero=False))
+
+
+def _check_url(url: object, name: str, client: httpx.AsyncClient | None) -> None:
+    """Refuse a URL no request can go to when the handler is made: found at the first
+    batch instead, it would fail every item permanently (a ``consume`` would dead-letter
+    every message for a typo). A path is taken with a ``client`` that has a ``base_url``."""
+    if not isinstance(url, str | httpx.URL):
+        raise ConfigTypeError(
+            f"{name} url must be a str, got {url!r} ({type(url).__name__}); "
+            "pass 'https://host/path'"
+        )
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"{name} url {url!r} is not a URL: {exc}") from exc
+    if parsed.scheme in ("http", "https") and parsed.host:
+        return
+    if not parsed.scheme and client is not None and str(client.base_url):
+        return
+    raise ConfigError(
+        f"{name} url must be an absolute http:// or https:// URL (or a path, with a "
+        f"client= that has a base_url), got {str(url)!r}; for example "
+        "'http://localhost:8080/bulk'"
+    )
+
+
+def _unsendable(item: Any, error: Exception) -> Exception:
+    """The outcome of an item whose request cannot be built (its ``url`` or ``body``
+    function raised, JSON cannot encode it): that item's failure alone."""
+    if isinstance(error, TransientError | PermanentError):
+        return error
+    mapped = PermanentError(
+        f"item of type {type(item).__name__} cannot be sent: {error}; pass url= and body= "
+        "functions that accept it (the body must be JSON-able)"
+    )
+    mapped.__cause__ = error
+    return mapped
 
 
 class _Client:
@@ -115,6 +160,7 @@ class Bulk(_Client):
         body: Callable[[list[Any]], Any] = list,
         results: Results = json_results,
     ) -> None:
+        _check_url(url, "bulk", client)
         super().__init__(client, _timeout(timeout, "bulk timeout"), headers, httpx.Limits())
         self.url, self.method = url, method.upper()
         self._body, self._results = body, results
@@ -147,6 +193,8 @@ class Fanout(_Client):
         body: Callable[[Any], Any] | None = None,
         result: Callable[[httpx.Response], Any] | None = None,
     ) -> None:
+        if not callable(url):
+            _check_url(url, "fanout", client)
         self.concurrency = to_positive_int(concurrency, "fanout concurrency")
         limits = httpx.Limits(
             max_connections=self.concurrency, max_keepalive_connections=self.concurrency
@@ -158,14 +206,18 @@ class Fanout(_Client):
         self._slots = asyncio.Semaphore(self.concurrency)
 
     async def _one(self, item: Any) -> Any:
-        url = self.url(item) if callable(self.url) else self.url
-        if self._body is not None:
-            payload = self._body(item)
-        else:
-            payload = None if self.method in ("GET", "HEAD", "DELETE") else item
+        try:
+            url = self.url(item) if callable(self.url) else self.url
+            if self._body is not None:
+                payload = self._body(item)
+            else:
+                payload = None if self.method in ("GET", "HEAD", "DELETE") else item
+            request = self.client.build_request(self.method, url, json=payload)
+        except Exception as exc:  # this item's alone: never the batch's (see _unsendable)
+            return _unsendable(item, exc)
         async with self._slots:
             try:
-                response = await self.client.request(self.method, url, json=payload)
+                response = await self.client.send(request)
             except httpx.HTTPError as exc:
                 return classify(exc)
         error = status_error(response)
