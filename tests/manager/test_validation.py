@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from freight import BatchManager, BatchRequest, ConfigError, InvalidBatch, UnknownEndpoint
+from freight import (
+    BatchManager,
+    BatchRequest,
+    ConfigError,
+    InvalidBatch,
+    StoreError,
+    UnknownEndpoint,
+)
 from freight.manager import MAX_REQUESTS
-from freight.store import BoardStore
+from freight.store import BoardStore, SqliteStore
 
 
 def manager_on(store: BoardStore, **options: Any) -> BatchManager:
@@ -114,3 +123,14 @@ def test_an_unknown_endpoint_is_a_value_error_and_a_key_error() -> None:
     assert issubclass(UnknownEndpoint, ValueError)
     assert issubclass(UnknownEndpoint, KeyError)
     assert str(UnknownEndpoint("no handler serves '/x'")) == "no handler serves '/x'"
+
+
+def test_an_old_sqlite_is_refused_with_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.31.1")
+    store = SqliteStore(tmp_path / "old.db")
+    with pytest.raises(StoreError, match=r"need SQLite 3\.35 or newer .* has SQLite 3\.31\.1"):
+        BatchManager(store=store)
+    store.close()

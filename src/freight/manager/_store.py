@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from freight._errors import UnknownBatch
+from freight._errors import StoreError, UnknownBatch
 from freight.manager._lifecycle import check_transition
 from freight.manager._models import (
     Batch,
@@ -60,6 +61,7 @@ __all__ = [
 ]
 
 _LIVE = ("pending", "processing")
+_SQLITE_NEEDED = (3, 35)  # UPDATE ... FROM (3.33) and RETURNING (3.35)
 
 
 def stamp(when: datetime) -> str:
@@ -198,6 +200,12 @@ class ManagerStore:
     """
 
     def __init__(self, store: BoardStore) -> None:
+        if store.dialect.name == "sqlite" and sqlite3.sqlite_version_info < _SQLITE_NEEDED:
+            raise StoreError(
+                f"managed batches need SQLite {'.'.join(map(str, _SQLITE_NEEDED))} or newer "
+                f"(UPDATE ... FROM ... RETURNING); this Python has SQLite "
+                f"{sqlite3.sqlite_version}: use a newer Python build, or a PostgreSQL store"
+            )
         self.store = store
         self.dialect = store.dialect
         self.sql = _statements(store.dialect)
