@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import redis
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from freight import BatchSpec, Job, PermanentError, TransientError
@@ -248,3 +248,51 @@ def test_the_sync_sink_is_a_job_sink(harness: RedisSinkHarness, tmp_path: Path) 
     assert report.status == "completed"
     assert harness.client.get(f"{p}:user:249") == b"n249"
     assert len(list(harness.client.scan_iter(f"{p}:user:*", count=1000))) == 250
+
+
+_KEYS = ["a", "b", "c"]
+_spelled = st.tuples(st.sampled_from(_KEYS), st.booleans())  # (name, as bytes)
+_mixed = st.one_of(
+    st.tuples(st.just("SET"), _spelled, st.sampled_from(["1", "7", "x"])),
+    st.tuples(st.just("PAIR"), _spelled, st.sampled_from(["2", "y"])),
+    st.tuples(st.just("INCR"), _spelled),
+    st.tuples(st.just("APPEND"), _spelled, st.just("5")),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(commands=st.lists(_mixed, max_size=12))
+def test_a_batch_leaves_redis_as_its_commands_one_by_one_whatever_the_key_spelling(
+    commands: list[tuple[Any, ...]],
+) -> None:
+    """A key spelled as ``str`` in one item and as ``bytes`` in another is one Redis key:
+    moving the plain SETs first as one MSET must see it as one, or an INCR of the key
+    lands before a SET that came after it."""
+    need_redis()
+    client: Any = redis.Redis.from_url(REDIS_URL)
+    sink = RedisSink(REDIS_URL)
+    prefix = f"freight-test:{uuid.uuid4().hex}:"
+
+    def items(base: str) -> list[tuple[Any, ...]]:
+        built: list[tuple[Any, ...]] = []
+        for name, (key, as_bytes), *rest in commands:
+            spelled: Any = (base + key).encode() if as_bytes else base + key
+            built.append((spelled, *rest) if name == "PAIR" else (name, spelled, *rest))
+        return built
+
+    try:
+        sink.write(items(prefix + "sink:"))
+        for (name, *_), item in zip(commands, items(prefix + "ref:"), strict=True):
+            command = ("SET", *item) if name == "PAIR" else item
+            try:
+                client.execute_command(*command)
+            except redis.ResponseError:
+                pass
+        for key in _KEYS:
+            assert client.get(prefix + "sink:" + key) == client.get(prefix + "ref:" + key)
+    finally:
+        keys = list(client.scan_iter(f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        sink.close()
+        client.close()

@@ -26,7 +26,7 @@ per item: the command's reply, or the error for that item alone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -171,15 +171,35 @@ def _names(items: Sequence[Any]) -> list[str]:
     return names
 
 
+def _wire(key: Any) -> Any:
+    """``key`` as the server sees it (redis-py sends text as UTF-8 and numbers as their
+    ``repr``), so ``"k"``, ``b"k"`` and ``1``/``"1"`` compare as the one key they are."""
+    kind = type(key)
+    if kind is str:
+        return key.encode()
+    if kind is int or kind is float:
+        return repr(key).encode()
+    return bytes(key) if kind is memoryview else key
+
+
+def _as_is(key: Any) -> Any:
+    return key
+
+
 def _hoisted(items: Sequence[Any], names: list[str]) -> Planned | None:
     """The batch with its plain SETs first as MSETs, if that keeps every key's order."""
     sets = [i for i, name in enumerate(names) if name == "SET" and len(items[i]) == 3]
     if len(sets) < 2:
         return None
+    # One spelling of keys (all str, the common case) compares as is; mixed spellings
+    # (str and bytes, int and str) compare as the bytes the server gets.
+    wire: Callable[[Any], Any] = _as_is if all(type(i[1]) is str for i in items) else _wire
     try:
-        set_keys = {items[i][1] for i in sets}
+        set_keys = {wire(items[i][1]) for i in sets}
         for item, name in zip(items, names, strict=True):
-            if (name != "SET" or len(item) != 3) and (name not in _ONE_KEY or item[1] in set_keys):
+            if (name != "SET" or len(item) != 3) and (
+                name not in _ONE_KEY or wire(item[1]) in set_keys
+            ):
                 return None
     except TypeError:  # an unhashable key: the server will say what is wrong with it
         return None
