@@ -54,7 +54,7 @@ async def test_a_version_2_store_is_migrated_and_its_open_delivery_resumed(
     path = tmp_path / "flow.db"
     version_2_store(path, with_consumers=with_consumers)
     store = SqliteStore(path)
-    assert store.schema_version == len(MIGRATIONS) == 3
+    assert store.schema_version == len(MIGRATIONS) >= 3  # migrated to the latest
     [index] = store.query("SELECT sql FROM sqlite_master WHERE name = 'flow_deliveries_open'")
     assert "WHERE status = 'open'" in index["sql"]  # open deliveries alone
 
