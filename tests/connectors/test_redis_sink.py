@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from freight import BatchSpec, Job, PermanentError, TransientError
-from freight._errors import ConfigError
+from freight._errors import ConfigError, ConfigTypeError
 from freight.connectors import consume
 from freight.connectors._rediskit import classify
 from freight.connectors._redisplan import MSET_CHUNK, outcomes, plan
@@ -296,3 +296,12 @@ def test_a_batch_leaves_redis_as_its_commands_one_by_one_whatever_the_key_spelli
             client.delete(*keys)
         sink.close()
         client.close()
+
+
+def test_a_url_or_client_of_the_wrong_kind_is_refused_when_the_sink_is_made() -> None:
+    with pytest.raises(ConfigTypeError, match="RedisSink url must be"):
+        RedisSink(5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigTypeError, match=r"redis\.asyncio\.Redis"):
+        AsyncRedisSink(redis.Redis())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"'localhost:6379'.*redis://"):
+        RedisSink("localhost:6379")

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio
 
 from freight import BatchSpec, PermanentError, Retry, TransientError
-from freight._errors import ConfigError
+from freight._errors import ConfigError, ConfigTypeError
 from freight.connectors import BrokerSource, consume
 from freight.connectors.redis import RedisStreamSource
 from tests.connectors.broker_contract import SOURCE_CHECKS, BrokerHarness, settle_soon
@@ -250,3 +250,23 @@ async def test_an_entry_deleted_while_pending_is_not_handed_to_the_handler(
     assert seen == [{"n": 0}, {"n": 2}]
     assert report.messages == 2
     assert (await harness.client.xpending(harness.stream, harness.group))["pending"] == 0
+
+
+def test_a_url_or_client_of_the_wrong_kind_is_refused_when_made() -> None:
+    with pytest.raises(ConfigError, match=r"'http://127.0.0.1:6379'.*redis://"):
+        RedisStreamSource("http://127.0.0.1:6379", "s", "g")
+    with pytest.raises(ConfigTypeError, match=r"redis\.asyncio\.Redis"):
+        RedisStreamSource(redis.Redis(), "s", "g")  # type: ignore[arg-type]
+    with pytest.raises(ConfigTypeError, match="field must be a non-empty str"):
+        RedisStreamSource(REDIS_URL, "s", "g", field=5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigTypeError, match="start must be"):
+        RedisStreamSource(REDIS_URL, "s", "g", start=0)  # type: ignore[arg-type]
+
+
+async def test_a_group_that_cannot_be_created_says_which_and_from_where(
+    harness: RedisHarness,
+) -> None:
+    source = RedisStreamSource(REDIS_URL, harness.stream, harness.group, start="latest")
+    harness.sources.append(source)
+    with pytest.raises(PermanentError, match=r"group 'workers' on stream '.*' from start 'latest'"):
+        await source.fetch(1, 0)

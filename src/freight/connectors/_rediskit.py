@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from freight._errors import PermanentError, TransientError
+from freight._errors import ConfigError, ConfigTypeError, PermanentError, TransientError
 
 try:
     import redis
@@ -75,25 +75,50 @@ def _options(options: dict[str, Any], retry: Any) -> dict[str, Any]:
     return options
 
 
-def sync_client(url: str | redis.Redis, **options: Any) -> tuple[redis.Redis, bool]:
+def _from_url(opener: Any, url: str, what: str, options: dict[str, Any]) -> Any:
+    try:
+        return opener(url, **options)
+    except ValueError as exc:  # redis-py: a scheme it does not know, a bad port or db
+        raise ConfigError(
+            f"{what} url {url!r} cannot be opened: {exc}; pass 'redis://host:6379/0' "
+            "(rediss:// for TLS, unix:///path/to/socket)"
+        ) from exc
+
+
+def _refuse(url: object, what: str, client: str) -> ConfigTypeError:
+    return ConfigTypeError(
+        f"{what} url must be a 'redis://' URL or a {client} client, got {url!r} "
+        f"({type(url).__name__})"
+    )
+
+
+def sync_client(
+    url: str | redis.Redis, what: str = "RedisSink", **options: Any
+) -> tuple[redis.Redis, bool]:
     """A client for ``url`` (and whether we own it), or the caller's client as is.
 
     A client freight opens reconnects on its own (:data:`RECONNECTS`); redis-py's
     clients do not unless given ``retry_on_error``, so a caller's client should be.
+    ``what`` names the connector in the error for a ``url`` that is neither.
     """
     if isinstance(url, str):
         backoff = redis.backoff.ExponentialBackoff(cap=1.0, base=0.05)
         retry = redis.retry.Retry(backoff, RECONNECTS)
-        return redis.Redis.from_url(url, **_options(options, retry)), True
+        return _from_url(redis.Redis.from_url, url, what, _options(options, retry)), True
+    if not isinstance(url, redis.Redis | redis.RedisCluster):
+        raise _refuse(url, what, "redis.Redis")
     return url, False
 
 
 def async_client(
-    url: str | redis.asyncio.Redis, **options: Any
+    url: str | redis.asyncio.Redis, what: str = "AsyncRedisSink", **options: Any
 ) -> tuple[redis.asyncio.Redis, bool]:
     """:func:`sync_client` for redis-py's asyncio client."""
     if isinstance(url, str):
         backoff = redis.backoff.ExponentialBackoff(cap=1.0, base=0.05)
         retry = redis.asyncio.retry.Retry(backoff, RECONNECTS)
-        return redis.asyncio.Redis.from_url(url, **_options(options, retry)), True
+        opener = redis.asyncio.Redis.from_url
+        return _from_url(opener, url, what, _options(options, retry)), True
+    if not isinstance(url, redis.asyncio.Redis | redis.asyncio.RedisCluster):
+        raise _refuse(url, what, "redis.asyncio.Redis")
     return url, False

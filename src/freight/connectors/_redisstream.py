@@ -37,7 +37,7 @@ from datetime import timedelta
 from typing import Any
 
 from freight._core._time import to_seconds
-from freight._errors import ConfigError, RecordError
+from freight._errors import ConfigError, ConfigTypeError, RecordError
 from freight.connectors._broker import Message, reason
 from freight.connectors._rediskit import async_client, classify
 
@@ -104,12 +104,16 @@ class RedisStreamSource:
         decode: Callable[[bytes], Any] = json.loads,
         start: str = "0",
     ) -> None:
-        for name, value in (("stream", stream), ("group", group)):
+        for name, value in (("stream", stream), ("group", group), ("field", field)):
             if not isinstance(value, str) or not value:
-                raise ConfigError(
-                    f"RedisStreamSource {name} must be a non-empty str, got {value!r}"
-                )
-        client, self._owned = async_client(url)
+                kind = ConfigError if isinstance(value, str) else ConfigTypeError
+                raise kind(f"RedisStreamSource {name} must be a non-empty str, got {value!r}")
+        if not isinstance(start, str) or not isinstance(consumer, str | None):
+            raise ConfigTypeError(
+                "RedisStreamSource start must be a stream id as a str ('0', '$', "
+                f"'1700000000000-0') and consumer a str or None, got {start!r}, {consumer!r}"
+            )
+        client, self._owned = async_client(url, "RedisStreamSource")
         self._client: Any = client  # redis-py's stubs type replies as unions of every shape
         self.stream, self.group = stream, group
         self.consumer = consumer or _default_consumer()
@@ -131,7 +135,11 @@ class RedisStreamSource:
             await self._client.xgroup_create(self.stream, self.group, self._start, mkstream=True)
         except redis.exceptions.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
-                raise classify(exc) from exc
+                error = classify(exc)
+                raise type(error)(
+                    f"RedisStreamSource cannot create group {self.group!r} on stream "
+                    f"{self.stream!r} from start {self._start!r}: {error}"
+                ) from exc
         self._ready = True
 
     async def fetch(self, max_items: int, timeout: float) -> list[Message]:  # noqa: ASYNC109
