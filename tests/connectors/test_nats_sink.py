@@ -145,3 +145,11 @@ def test_without_the_client_the_import_error_names_the_extra() -> None:
     )
     assert found.returncode != 0
     assert "pip install 'freight[nats]'" in found.stderr
+
+
+async def test_a_write_bigger_than_the_in_flight_window_lands_whole(stream: str) -> None:
+    sink = NatsSink(need_nats(), f"{stream}.many")
+    assert await sink.write([f"m{i}" for i in range(1200)]) is None
+    await sink.aclose()
+    found = await stored(stream)
+    assert [data for _, data, _ in found] == [f"m{i}".encode() for i in range(1200)]

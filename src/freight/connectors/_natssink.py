@@ -38,6 +38,8 @@ __all__ = ["NatsSink", "connect"]
 
 _log = logging.getLogger("freight")
 
+_IN_FLIGHT = 1000  # publishes awaited at once: a huge write never floods the client's buffer
+
 
 async def connect(url: str, wait: float) -> Client:
     """A nats-py connection to ``url`` (failing fast, with a freight error, when down)."""
@@ -125,11 +127,13 @@ class NatsSink:
         except TargetError as refused:
             return [refused] * len(items)
         sending = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, Outgoing)]
-        results = await asyncio.gather(
-            *(self._publish(js, o) for _, o in sending), return_exceptions=True
-        )
-        for (i, _), result in zip(sending, results, strict=True):
-            outcomes[i] = classify(result) if isinstance(result, BaseException) else None
+        for start in range(0, len(sending), _IN_FLIGHT):
+            group = sending[start : start + _IN_FLIGHT]
+            results = await asyncio.gather(
+                *(self._publish(js, o) for _, o in group), return_exceptions=True
+            )
+            for (i, _), result in zip(group, results, strict=True):
+                outcomes[i] = classify(result) if isinstance(result, BaseException) else None
         return settled(outcomes)
 
     async def _publish(self, js: JetStreamContext, message: Outgoing) -> Any:
