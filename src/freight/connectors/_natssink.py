@@ -1,8 +1,8 @@
 """``NatsSink``: publish a batch to JetStream awaiting every ack, one outcome per message.
 
-Every message of a write is published at once (concurrent requests on one
-connection) and the acks are awaited together: one round trip's wait per batch
-instead of one per message. A message is done when JetStream acknowledged it (it is
+The messages of a write are published at once (concurrent requests on one
+connection, up to 1,000 at a time) and their acks awaited together: one round trip's
+wait per batch instead of one per message. A message is done when JetStream acknowledged it (it is
 stored in a stream); each failure is its own (see
 :func:`~freight.connectors._natserrors.classify`).
 """
