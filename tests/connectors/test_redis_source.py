@@ -270,3 +270,21 @@ async def test_a_group_that_cannot_be_created_says_which_and_from_where(
     harness.sources.append(source)
     with pytest.raises(PermanentError, match=r"group 'workers' on stream '.*' from start 'latest'"):
         await source.fetch(1, 0)
+
+
+async def test_attempts_are_counted_for_entries_far_apart_in_a_long_pending_list(
+    harness: RedisHarness,
+) -> None:
+    """Two handed-back entries with 58 others pending to the same consumer between them:
+    each one's ``attempts`` is its own delivery count (a wrong count would keep a message
+    that always fails transiently from ever reaching ``max_deliveries``)."""
+    await harness.publish([{"n": i} for i in range(60)])
+    source = await harness.source()
+    held = await source.fetch(60, 0.1)
+    ends = [held[0], held[-1]]
+    await source.retry(held[1:-1], 3600.0)  # pending, not due during the test
+    for delivery in (2, 3, 4):
+        await source.retry(ends, 0.0)
+        ends = await source.fetch(2, 0)
+        assert [(m.body["n"], m.attempts) for m in ends] == [(0, delivery), (59, delivery)]
+    await source.ack(held[1:-1] + ends)
