@@ -288,3 +288,21 @@ async def test_attempts_are_counted_for_entries_far_apart_in_a_long_pending_list
         ends = await source.fetch(2, 0)
         assert [(m.body["n"], m.attempts) for m in ends] == [(0, delivery), (59, delivery)]
     await source.ack(held[1:-1] + ends)
+
+
+async def test_a_hand_back_longer_than_claim_idle_counts_one_more_delivery_only(
+    harness: RedisHarness,
+) -> None:
+    """A hand-back's delay past ``claim_idle`` (a 429's Retry-After): while it waits, the
+    consumer's own XAUTOCLAIM passes find the entry idle; they must not count deliveries
+    the handler never saw, or ``max_deliveries`` dead-letters it early."""
+    await harness.publish([{"n": 0}])
+    source = RedisStreamSource(REDIS_URL, harness.stream, harness.group, "patient", claim_idle=0.05)
+    harness.sources.append(source)
+    [message] = await source.fetch(1, 0)
+    await source.retry([message], 0.4)
+    again: list[Any] = []
+    while not again:
+        again = await source.fetch(1, 0.02)
+    assert [(m.id, m.attempts) for m in again] == [(message.id, 2)]
+    await source.ack(again)

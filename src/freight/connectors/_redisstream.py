@@ -10,8 +10,11 @@ How each port method maps to Redis (every step one command, or one ``MULTI``):
   ``attempts`` is that count (``XPENDING``).
 - ``ack``: ``XACK``.
 - ``retry``: the entry stays pending to this consumer and is claimed again after the
-  delay. (Streams have no "nack": if this consumer dies meanwhile, another claims the
-  entry after ``claim_idle``, which also bounds the delay.)
+  delay. Until then, before each ``XAUTOCLAIM`` pass, the consumer resets the idle time of
+  the entries it holds back (``XCLAIM ... JUSTID``, which counts no delivery), so neither
+  its own pass nor another consumer's takes them early or counts a delivery the handler
+  never saw. (Streams have no "nack": if this consumer dies meanwhile, another claims the
+  entry after ``claim_idle``.)
 - ``dead_letter``: ``XADD`` to the dead-letter stream (the entry's fields, plus
   ``dead:reason``, ``dead:id``, ``dead:deliveries``, ``dead:consumer``) and ``XACK``, in
   one script per entry that acknowledges it only once its copy is written: an entry is
@@ -183,6 +186,11 @@ class RedisStreamSource:
             return await self._present(claimed), True
         if now - self._claimed_at < self.claim_idle / 2:
             return [], False
+        if self._later:  # held back, so not idle: no XAUTOCLAIM (this one or another
+            # consumer's) takes them early and counts a delivery the handler never saw
+            await self._client.xclaim(
+                self.stream, self.group, self.consumer, 0, list(self._later), justid=True
+            )
         reply = await self._client.xautoclaim(
             self.stream,
             self.group,
