@@ -306,3 +306,18 @@ async def test_a_hand_back_longer_than_claim_idle_counts_one_more_delivery_only(
         again = await source.fetch(1, 0.02)
     assert [(m.id, m.attempts) for m in again] == [(message.id, 2)]
     await source.ack(again)
+
+
+async def test_an_entry_with_thousands_of_fields_is_dead_lettered_too(
+    harness: RedisHarness,
+) -> None:
+    """Past what one script takes as arguments, the copy goes by a plain XADD first."""
+    await harness.client.xadd(harness.stream, {f"f{i}": "v" for i in range(5000)})
+    await harness.publish([{"n": 1}])
+    source = await harness.source()
+    first, second = await source.fetch(10, 0.1)
+    await source.dead_letter([(first, PermanentError("too wide")), (second, PermanentError("no"))])
+    dead = await harness.client.xrange(f"{harness.stream}:dead")
+    assert [len(fields) for _, fields in dead] == [5004, 5]
+    assert dead[0][1][b"dead:reason"] == b"PermanentError: too wide"
+    assert (await harness.client.xpending(harness.stream, harness.group))["pending"] == 0

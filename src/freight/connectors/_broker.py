@@ -74,8 +74,9 @@ class Message:
 
     Attributes:
         body: the decoded payload; what the handler, sink, batcher or flow receives.
-        id: the broker's id for this delivery: a stream entry id (Redis), a delivery
-            tag (RabbitMQ), a stream sequence (NATS), ``"topic/partition/offset"`` (Kafka).
+        id: the broker's id for this message, the same on every delivery (the key for
+            an idempotent target): a stream entry id (Redis), the AMQP ``message_id``
+            (RabbitMQ), a stream sequence (NATS), ``"topic/partition/offset"`` (Kafka).
         attempts: how many times the broker has delivered it, this time included
             (1 = first delivery), as far as the broker tells.
         key: the message's key or routing key, if it has one.
