@@ -403,3 +403,77 @@ async def test_empty_fetches_that_do_not_wait_are_spaced_on_the_clock() -> None:
     await clock.advance(0.05)
     report = await task
     assert (seen, report.acked) == ([1], 1)
+
+
+@pytest.mark.parametrize("kind", ["async", "thread"])
+async def test_consume_cancelled_mid_batch_acknowledges_none_of_it(kind: str) -> None:
+    """Ctrl-C or ``task.cancel()`` while a batch is being handled: nothing of that batch
+    is settled (the handler may not have finished it), so a consumer death after it
+    (:meth:`MemoryBroker.crash`) delivers every one of them again; the batches before it
+    stay acknowledged."""
+    broker = MemoryBroker()
+    for n in range(9):
+        broker.publish(n)
+    loop = asyncio.get_running_loop()
+    holding = asyncio.Event()
+    release = asyncio.Event()
+    seen: list[int] = []
+
+    async def handle_async(items: list[int]) -> None:
+        seen.extend(items)
+        if 3 in items:
+            holding.set()
+            await release.wait()
+
+    def handle_thread(items: list[int]) -> None:
+        seen.extend(items)
+        if 3 in items:
+            loop.call_soon_threadsafe(holding.set)
+
+    handler: Any = handle_async if kind == "async" else handle_thread
+    if kind == "thread":
+        # the thread returns at once, but the task is cancelled before it can settle
+        real_ack = broker.ack
+
+        async def ack_then_hold(messages: Sequence[Message]) -> None:
+            if any(m.body == 3 for m in messages):
+                await release.wait()
+            await real_ack(messages)
+
+        broker.ack = ack_then_hold  # type: ignore[method-assign]
+    task = asyncio.create_task(consume(broker, handler, spec=BatchSpec(size=3, timeout=0)))
+    await holding.wait()
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert broker.acked == ["1", "2", "3"]
+    assert broker.in_flight == ["4", "5", "6"]
+    broker.crash()
+    again = await broker.fetch(10, 0)
+    assert [(m.body, m.attempts) for m in again] == [(3, 2), (4, 2), (5, 2), (6, 1), (7, 1), (8, 1)]
+
+
+async def test_an_ack_that_fails_raises_and_the_batch_is_delivered_again() -> None:
+    """The broker refuses the ``ack`` (a dropped connection): ``consume`` raises, and the
+    handled batch is not lost: it is delivered again (handled twice: at least once)."""
+
+    class AckFails(MemoryBroker):
+        async def ack(self, messages: Sequence[Message]) -> None:
+            raise ConnectionError("connection lost during ack")
+
+    broker = AckFails()
+    for n in range(4):
+        broker.publish(n)
+    seen: list[int] = []
+
+    async def handle(items: list[int]) -> None:
+        seen.extend(items)
+
+    with pytest.raises(ConnectionError, match="during ack"):
+        await consume(broker, handle, spec=BatchSpec(size=2, timeout=0), until_idle=True)
+    assert seen == [0, 1]
+    broker.crash()
+    assert [(m.body, m.attempts) for m in await broker.fetch(10, 0)] == [
+        (0, 2), (1, 2), (2, 1), (3, 1),
+    ]  # fmt: skip

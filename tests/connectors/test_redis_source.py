@@ -5,6 +5,7 @@ Every stream is ``freight-test:<uuid>`` (db 0 is shared), deleted afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -18,7 +19,7 @@ from freight import BatchSpec, PermanentError, Retry, TransientError
 from freight._errors import ConfigError, ConfigTypeError
 from freight.connectors import BrokerSource, consume
 from freight.connectors.redis import RedisStreamSource
-from tests.connectors.broker_contract import SOURCE_CHECKS, BrokerHarness, settle_soon
+from tests.connectors.broker_contract import SOURCE_CHECKS, BrokerHarness, drain, settle_soon
 from tests.services import require
 
 REDIS_URL = os.environ.get("FREIGHT_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -321,3 +322,33 @@ async def test_an_entry_with_thousands_of_fields_is_dead_lettered_too(
     assert [len(fields) for _, fields in dead] == [5004, 5]
     assert dead[0][1][b"dead:reason"] == b"PermanentError: too wide"
     assert (await harness.client.xpending(harness.stream, harness.group))["pending"] == 0
+
+
+async def test_consume_cancelled_mid_batch_leaves_the_batch_pending_for_another(
+    harness: RedisHarness,
+) -> None:
+    await harness.publish([{"n": i} for i in range(6)])
+    source = await harness.source()
+    holding = asyncio.Event()
+
+    async def hold(items: list[Any]) -> None:
+        if any(i["n"] == 3 for i in items):
+            holding.set()
+            await asyncio.Event().wait()  # until cancelled
+
+    task = asyncio.create_task(consume(source, hold, spec=BatchSpec(size=3, timeout=0.05)))
+    await holding.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    rows = await harness.client.xpending_range(harness.stream, harness.group, "-", "+", 10)
+    assert len(rows) == 3  # the first batch acknowledged, the one in hand not
+    seen: list[int] = []
+
+    async def collect(items: list[Any]) -> None:
+        seen.extend(i["n"] for i in items)
+
+    other = await harness.source()  # claims them once idle past claim_idle
+    report = await drain(harness, other, collect, expect=3)
+    assert sorted(seen) == [3, 4, 5]
+    assert report.acked == 3
