@@ -10,6 +10,8 @@ how many requests were in flight at once and over how many connections.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -329,3 +331,18 @@ async def test_a_relative_url_is_taken_with_a_client_that_has_a_base_url() -> No
 def test_a_url_of_the_wrong_type_is_refused() -> None:
     with pytest.raises(ConfigTypeError, match="bulk url must be"):
         bulk(5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("client", "module", "extra"),
+    [("httpx", "http", "http"), ("redis", "redis", "redis")],
+)
+def test_a_connector_imported_without_its_client_names_its_extra(
+    client: str, module: str, extra: str
+) -> None:
+    code = f"import sys; sys.modules[{client!r}] = None; import freight.connectors.{module}"
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert found.returncode != 0
+    assert f"pip install 'freight[{extra}]'" in found.stderr
