@@ -346,3 +346,19 @@ def test_a_connector_imported_without_its_client_names_its_extra(
     )
     assert found.returncode != 0
     assert f"pip install 'freight[{extra}]'" in found.stderr
+
+
+async def test_a_bulk_entry_with_a_null_error_is_a_success() -> None:
+    """Many APIs (JSON-RPC among them) answer ``"error": null`` beside a success's result:
+    only an error that is there fails its item."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=[
+            {"id": 1, "error": None}, {"id": 2, "error": "bad id"}, {"id": 3, "error": False},
+        ])  # fmt: skip
+
+    async with mock(answer) as client:
+        outcomes = await Bulk("http://api.test/b", client=client)([1, 2, 3])
+    assert outcomes[0] == {"id": 1, "error": None}
+    assert isinstance(outcomes[1], PermanentError)
+    assert outcomes[2] == {"id": 3, "error": False}

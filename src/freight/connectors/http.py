@@ -39,8 +39,9 @@ Results = Callable[[httpx.Response, list[Any]], Sequence[Any]]
 
 
 def _entry(entry: Any) -> Any:
-    """A bulk response entry: its value, or the item's error for ``{"error": ...}``."""
-    if isinstance(entry, Mapping) and "error" in entry:
+    """A bulk response entry: its value, or the item's error for ``{"error": ...}``
+    (``"error": null`` or ``false`` beside a result, as JSON-RPC answers, is a success)."""
+    if isinstance(entry, Mapping) and entry.get("error") not in (None, False):
         status = entry.get("status")
         text = f"the server refused this item: {entry['error']}"
         if isinstance(status, int) and status in (408, 425, 429, 500, 502, 503, 504):
@@ -52,7 +53,8 @@ def _entry(entry: Any) -> Any:
 def json_results(response: httpx.Response, items: list[Any]) -> list[Any]:
     """The default bulk mapping: a JSON array with one entry per item (or
     ``{"results": [...]}``); an entry that is an object with an ``"error"`` key fails
-    its item (transient if it also has a ``"status"`` of 429, 503, …)."""
+    its item (transient if it also has a ``"status"`` of 429, 503, …), unless that
+    error is ``null`` or ``false``."""
     try:
         body = response.json()
     except ValueError as exc:  # not JSON, or not text at all
