@@ -362,3 +362,20 @@ async def test_a_bulk_entry_with_a_null_error_is_a_success() -> None:
     assert outcomes[0] == {"id": 1, "error": None}
     assert isinstance(outcomes[1], PermanentError)
     assert outcomes[2] == {"id": 3, "error": False}
+
+
+@pytest.mark.parametrize("status", [200, 202, 204])
+async def test_a_bulk_answer_with_no_body_is_every_item_done(status: int) -> None:
+    """A bulk endpoint that only accepts (204 No Content, 202 with nothing to say) answers
+    every item: each one's outcome is ``None``, as a handler returning ``None``. (Read as
+    "not JSON", it failed permanently, was bisected, every item sent again and
+    dead-lettered.)"""
+    calls: list[bytes] = []
+
+    def accept(request: httpx.Request) -> httpx.Response:
+        calls.append(request.content)
+        return httpx.Response(status)
+
+    async with mock(accept) as client:
+        assert await Bulk("http://api.test/b", client=client)([1, 2, 3]) == [None, None, None]
+    assert calls == [b"[1,2,3]"]

@@ -52,9 +52,12 @@ def _entry(entry: Any) -> Any:
 
 def json_results(response: httpx.Response, items: list[Any]) -> list[Any]:
     """The default bulk mapping: a JSON array with one entry per item (or
-    ``{"results": [...]}``); an entry that is an object with an ``"error"`` key fails
+    ``{"results": [...]}``), or no body at all (204: every item done, its outcome
+    ``None``); an entry that is an object with an ``"error"`` key fails
     its item (transient if it also has a ``"status"`` of 429, 503, …), unless that
     error is ``null`` or ``false``."""
+    if not response.content:  # 204, or a 200/202 that only accepts: every item done
+        return [None] * len(items)
     try:
         body = response.json()
     except ValueError as exc:  # not JSON, or not text at all
