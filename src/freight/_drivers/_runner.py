@@ -184,6 +184,41 @@ async def run_async(
             effect = next(plan)
 
 
+class _Settlement:
+    """What :func:`settle_sync` and :func:`settle_async` keep between calls: each item's
+    latest outcome and attempts, and which items the next call takes."""
+
+    __slots__ = ("attempts", "items", "outcomes", "pending", "tried")
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+        self.outcomes: list[Any] = []
+        self.attempts: list[int] = []
+        self.pending: Sequence[int] = range(len(items))
+        self.tried: list[int] | None = None  # the pending items' attempts so far
+
+    def batch(self) -> list[Any]:
+        """The items of the next call."""
+        if self.tried is None:  # the first call: every item, in order
+            return list(self.items)
+        return [self.items[i] for i in self.pending]
+
+    def take(self, outcome: Outcome) -> bool:
+        """Record a call's outcome; whether some items come back for another call (after
+        ``outcome.again_after``)."""
+        if self.tried is None:
+            self.outcomes, self.attempts = list(outcome.outcomes), list(outcome.attempts)
+        else:
+            for j, i in enumerate(self.pending):
+                self.outcomes[i] = outcome.outcomes[j]
+                self.attempts[i] = outcome.attempts[j]
+        if not outcome.again:
+            return False
+        self.pending = [self.pending[j] for j in outcome.again]
+        self.tried = [self.attempts[i] for i in self.pending]
+        return True
+
+
 def settle_sync(
     items: list[Any],
     call: Callable[[list[Any]], Reply],
@@ -200,34 +235,16 @@ def settle_sync(
     back for another try are tried again together, after the plan's wait, in a
     follow-up call, exactly as a batcher would re-batch them.
     """
-    n = len(items)
-    outcomes: list[Any] = [None] * n
-    attempts = [0] * n
-    pending = list(range(n))
-    tried: list[int] | None = None
-    while pending:
+    settlement = _Settlement(items)
+    while items:
         outcome, _ = run_sync(
-            list(items) if tried is None else [items[i] for i in pending],
-            call,
-            retry,
-            random=random,
-            sleep=sleep,
-            now=now,
-            rate_limit=rate_limit,
-            tried=tried,
-        )
-        if tried is None:  # the first call: every item, in order
-            outcomes, attempts = list(outcome.outcomes), list(outcome.attempts)
-        else:
-            for j, i in enumerate(pending):
-                outcomes[i] = outcome.outcomes[j]
-                attempts[i] = outcome.attempts[j]
-        if not outcome.again:
+            settlement.batch(), call, retry, random=random, sleep=sleep, now=now,
+            rate_limit=rate_limit, tried=settlement.tried,
+        )  # fmt: skip
+        if not settlement.take(outcome):
             break
         sleep(outcome.again_after)
-        pending = [pending[j] for j in outcome.again]
-        tried = [attempts[i] for i in pending]
-    return outcomes, attempts
+    return settlement.outcomes, settlement.attempts
 
 
 async def settle_async(
@@ -242,34 +259,16 @@ async def settle_async(
 ) -> tuple[list[Any], list[int]]:
     """:func:`settle_sync` for asyncio (a broker source, a managed-batch worker): the same
     plans, their calls and waits awaited."""
-    n = len(items)
-    outcomes: list[Any] = [None] * n
-    attempts = [0] * n
-    pending = list(range(n))
-    tried: list[int] | None = None
-    while pending:
+    settlement = _Settlement(items)
+    while items:
         outcome, _ = await run_async(
-            list(items) if tried is None else [items[i] for i in pending],
-            call,
-            retry,
-            random=random,
-            sleep=sleep,
-            now=now,
-            rate_limit=rate_limit,
-            tried=tried,
-        )
-        if tried is None:  # the first call: every item, in order
-            outcomes, attempts = list(outcome.outcomes), list(outcome.attempts)
-        else:
-            for j, i in enumerate(pending):
-                outcomes[i] = outcome.outcomes[j]
-                attempts[i] = outcome.attempts[j]
-        if not outcome.again:
+            settlement.batch(), call, retry, random=random, sleep=sleep, now=now,
+            rate_limit=rate_limit, tried=settlement.tried,
+        )  # fmt: skip
+        if not settlement.take(outcome):
             break
         await sleep(outcome.again_after)
-        pending = [pending[j] for j in outcome.again]
-        tried = [attempts[i] for i in pending]
-    return outcomes, attempts
+    return settlement.outcomes, settlement.attempts
 
 
 # -- streaming batches -------------------------------------------------------------
