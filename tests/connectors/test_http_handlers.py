@@ -379,3 +379,11 @@ async def test_a_bulk_answer_with_no_body_is_every_item_done(status: int) -> Non
     async with mock(accept) as client:
         assert await Bulk("http://api.test/b", client=client)([1, 2, 3]) == [None, None, None]
     assert calls == [b"[1,2,3]"]
+
+
+def test_a_redirect_names_where_it_points() -> None:
+    request = httpx.Request("POST", "http://api.test/b")
+    moved = httpx.Response(301, request=request, headers={"Location": "https://api.test/b"})
+    error = status_error(moved)
+    assert isinstance(error, PermanentError)
+    assert "answered 301 (a redirect to https://api.test/b: use that url)" in str(error)

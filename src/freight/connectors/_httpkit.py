@@ -66,6 +66,8 @@ def status_error(response: httpx.Response) -> BaseException | None:
         wait = retry_after(response.headers.get("retry-after"))
         after = f" (Retry-After: {wait:g} s)" if wait is not None else ""
         return TransientError(f"{what}{after}{_excerpt(response)}", retry_after=wait)
+    if response.is_redirect:  # not followed: a POST redirected would lose its body
+        what += f" (a redirect to {response.headers['location']}: use that url)"
     return PermanentError(f"{what}{_excerpt(response)}")
 
 
