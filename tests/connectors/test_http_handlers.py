@@ -253,6 +253,17 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert retry_after(None) is None
 
 
+def test_a_retry_after_past_the_cap_is_capped() -> None:
+    """Found in review: ``Retry-After: Wed, 21 Oct 2099`` made a consumer wait ~73 years."""
+    from freight.connectors._httpkit import MAX_RETRY_AFTER
+
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    far = format_datetime(datetime(2099, 10, 21, tzinfo=UTC), usegmt=True)
+    assert retry_after(far, now=now) == MAX_RETRY_AFTER
+    assert retry_after("1e12") == MAX_RETRY_AFTER
+    assert retry_after(str(MAX_RETRY_AFTER - 1)) == MAX_RETRY_AFTER - 1
+
+
 def test_classify_maps_transport_and_url_errors_and_keeps_the_rest() -> None:
     request = httpx.Request("GET", "http://api.test/")
     refused = classify(httpx.ConnectError("refused", request=request))

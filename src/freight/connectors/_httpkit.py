@@ -15,7 +15,7 @@ try:
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError("freight.connectors.http needs httpx: pip install 'freight[http]'") from exc
 
-__all__ = ["TRANSIENT_STATUSES", "classify", "retry_after", "status_error"]
+__all__ = ["MAX_RETRY_AFTER", "TRANSIENT_STATUSES", "classify", "retry_after", "status_error"]
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 """Statuses worth another try: a timeout, too early, too many requests, a server error or
@@ -23,8 +23,14 @@ an unavailable/overloaded gateway. Every other 4xx is permanent (the same reques
 the same way); every other 5xx is too (501 Not Implemented, 505, …)."""
 
 
+MAX_RETRY_AFTER = 3600.0
+"""The longest ``Retry-After`` honoured, in seconds: a server asking for more (a date
+years ahead, a typo) gets an hour, after which the retry policy decides again."""
+
+
 def retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delay-seconds or an HTTP date), or None."""
+    """Seconds a ``Retry-After`` header asks for (delay-seconds or an HTTP date), at most
+    :data:`MAX_RETRY_AFTER`, or None."""
     if value is None:
         return None
     value = value.strip()
@@ -40,7 +46,7 @@ def retry_after(value: str | None, *, now: datetime | None = None) -> float | No
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
     if not math.isfinite(seconds):
         return None
-    return max(0.0, seconds)
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def _excerpt(response: httpx.Response) -> str:
