@@ -102,11 +102,12 @@ def read_input(path: Path, endpoint: str | None) -> tuple[str, list[InputLine]]:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """The non-blank lines of ``path`` with their 1-based numbers, decoded as UTF-8."""
+    """The non-blank lines of ``path`` with their 1-based numbers, decoded as UTF-8
+    (a byte-order mark opening the file, as Windows editors save it, is dropped)."""
     with path.open("rb") as file:
         for number, raw in enumerate(file, start=1):
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 raise ConfigError(
                     f"{path}:{number}: not UTF-8 (byte {exc.start + 1}); save the file as UTF-8"

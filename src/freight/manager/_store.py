@@ -144,7 +144,7 @@ class _Statements(NamedTuple):
     )
     due: str = (
         "SELECT id FROM manager_batches WHERE status IN ('pending', 'processing')"
-        " AND expires_at < {p} ORDER BY expires_at LIMIT 100"
+        " AND expires_at <= {p} ORDER BY expires_at LIMIT 100"
     )
     results: str = (
         "SELECT idx, custom_id, state, response, error_type, error_message, attempts"
@@ -347,9 +347,10 @@ class ManagerStore:
         self._count(tx, batch_id, Counter(cancelled=n), at)
 
     def expire_due(self, now: datetime, batch_id: str | None = None) -> list[str]:
-        """Expire live batches past their completion window (only ``batch_id``, if
-        given): unfinished requests end ``expired``, finished results are kept.
-        Returns the ids expired."""
+        """Expire live batches whose completion window has ended (``expires_at <=
+        now``, as ``BatchManager.get`` checks it; only ``batch_id``, if given):
+        unfinished requests end ``expired``, finished results are kept. Returns the
+        ids expired."""
         at = stamp(now)
         if batch_id is None:
             ids = [str(row["id"]) for row in self.store.query(self.sql.due, (at,))]
@@ -363,7 +364,7 @@ class ManagerStore:
                 if not rows:
                     continue
                 row = rows[0]
-                if str(row["status"]) not in _LIVE or str(row["expires_at"]) >= at:
+                if str(row["status"]) not in _LIVE or str(row["expires_at"]) > at:
                     continue
                 self._move(tx, one, str(row["status"]), BatchStatus.EXPIRED, at)
                 n = self._end_requests(tx, one, RequestState.EXPIRED, ("queued", "claimed"), at)

@@ -349,7 +349,13 @@ class Worker:
 
 
 def _spread(reply: Reply, keep: Sequence[int], n: int) -> Reply:
-    """The reply for the kept positions of a call, ``_SKIPPED`` at the others."""
+    """The reply for the kept positions of a call, ``_SKIPPED`` at the others.
+
+    ``None`` (every item it was given done) covers the kept positions only: passed on
+    as it is, it would mark the left-out requests completed, never having run.
+    """
+    if reply.error is None and reply.value is None:
+        reply = Reply(value=[None] * len(keep))
     if (
         reply.error is not None
         or not isinstance(reply.value, list)

@@ -1,0 +1,84 @@
+"""Edges a hostile user finds: the exact end of a completion window, a handler that
+answers ``None`` for a call some of whose requests were cancelled, an input file saved
+with a byte-order mark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from freight import BatchManager, BatchRequest, BatchSpec, BatchStatus, Retry, TransientError
+from freight.cli._batch import read_input
+from freight.manager import RequestState
+from freight.store import BoardStore
+from freight.testing import FakeClock
+from tests.manager.test_cancel_expire_reclaim import numbered, until
+
+
+@pytest.mark.parametrize(("window", "seconds"), [("24h", 86_400), ("1h", 3600), (60, 60)])
+async def test_a_batch_expires_at_the_exact_end_of_its_completion_window(
+    store: BoardStore, clock: FakeClock, window: str | int, seconds: int
+) -> None:
+    manager = BatchManager(store=store, clock=clock)
+    manager.register("/x", lambda bodies: bodies)
+    job = await manager.submit(numbered(2), endpoint="/x", completion_window=window)
+    await clock.advance(seconds - 1)
+    assert await manager.get_status(job.id) is BatchStatus.PENDING
+    await clock.advance(1)  # now == expires_at: the window has passed
+    batch = await manager.get(job.id)
+    assert batch.status is BatchStatus.EXPIRED
+    assert batch.request_counts.expired == 2
+
+
+async def test_a_worker_sweeping_at_the_exact_end_of_the_window_expires_the_batch(
+    store: BoardStore, clock: FakeClock
+) -> None:
+    manager = BatchManager(store=store, clock=clock)
+    manager.register("/x", lambda bodies: bodies)
+    job = await manager.submit(numbered(2), endpoint="/x", completion_window=60)
+    await clock.advance(60)
+    await manager.run(burst=True)
+    [row] = store.query(f"SELECT status, completed FROM manager_batches WHERE id = '{job.id}'")
+    assert (row["status"], row["completed"]) == ("expired", 0)
+
+
+async def test_a_handler_answering_none_leaves_a_cancelled_batch_s_requests_cancelled(
+    store: BoardStore, clock: FakeClock
+) -> None:
+    # None is "every item done" in the handler contract: only for the items it was given
+    calls: list[list[str]] = []
+
+    def handler(bodies: list[str]) -> None:
+        calls.append(bodies)
+        if len(calls) == 1:
+            raise TransientError("busy")  # the whole call: retried after 1 s of the clock
+
+    manager = BatchManager(store=store, clock=clock)
+    manager.register(
+        "/x", handler, spec=BatchSpec(size=4), retry=Retry(attempts=3, backoff=1, jitter=0)
+    )
+    a = await manager.submit([BatchRequest(id=i, body=f"a{i}") for i in "12"], endpoint="/x")
+    b = await manager.submit([BatchRequest(id=i, body=f"b{i}") for i in "12"], endpoint="/x")
+    async with manager:
+        await until(lambda: len(calls) == 1, "the first call")
+        await manager.cancel(a.id)
+        await clock.advance(1)
+        done_a, done_b = await manager.wait(a.id, timeout=10), await manager.wait(b.id, timeout=10)
+    assert calls == [["a1", "a2", "b1", "b2"], ["b1", "b2"]]
+    assert done_a.status is BatchStatus.CANCELLED
+    assert (done_a.request_counts.cancelled, done_a.request_counts.completed) == (2, 0)
+    assert [r.status for r in await manager.get_results(a.id)] == [RequestState.CANCELLED] * 2
+    assert done_b.request_counts.completed == 2
+
+
+def test_an_input_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    lines = [
+        '{"custom_id": "a", "method": "POST", "url": "/v1/x", "body": 1}',
+        '{"custom_id": "b", "method": "POST", "url": "/v1/x", "body": 2}',
+    ]
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    endpoint, requests = read_input(path, None)
+    assert endpoint == "/v1/x"
+    assert [(r.custom_id, r.body) for r in requests] == [("a", 1), ("b", 2)]
