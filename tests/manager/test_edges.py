@@ -4,12 +4,15 @@ with a byte-order mark."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 from pathlib import Path
 
 import pytest
 
 from freight import BatchManager, BatchRequest, BatchSpec, BatchStatus, Retry, TransientError
-from freight.cli._batch import read_input
+from freight.cli._batch import read_input, write_results
 from freight.manager import RequestState
 from freight.store import BoardStore
 from freight.testing import FakeClock
@@ -82,3 +85,25 @@ def test_an_input_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> N
     endpoint, requests = read_input(path, None)
     assert endpoint == "/v1/x"
     assert [(r.custom_id, r.body) for r in requests] == [("a", 1), ("b", 2)]
+
+
+def test_results_on_stdout_are_the_exported_lines_even_for_a_lone_surrogate(
+    tmp_path: Path,
+) -> None:
+    # JSON text may hold "\ud800" (a lone surrogate): it has no UTF-8 encoding, so a
+    # line written with ensure_ascii=False cannot reach stdout (it raised a traceback)
+    manager = BatchManager(store=tmp_path / "freight.db")
+    manager.register("/x", lambda bodies: bodies)
+    job = manager.submit_sync(
+        [BatchRequest(id="a", body="x\ud800y"), BatchRequest(id="b", body="été")], endpoint="/x"
+    )
+    manager.run_sync(burst=True)
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="")
+    assert asyncio.run(write_results(manager, job.id, stdout)) == 2
+    stdout.flush()
+    exported = tmp_path / "out.jsonl"
+    manager.export_results_sync(job.id, exported)
+    manager.close()
+    assert stdout.buffer.getvalue() == exported.read_bytes()
+    bodies = [json.loads(line)["response"]["body"] for line in exported.read_text().splitlines()]
+    assert bodies == ["x\ud800y", "été"]

@@ -450,7 +450,9 @@ async def write_results(manager: BatchManager, batch_id: str, out: IO[str]) -> i
     how many (``-o FILE`` writes the same lines with ``export_results``)."""
     count = 0
     async for result in manager.get_results(batch_id):
-        out.write(json.dumps(result.to_json(batch_id), ensure_ascii=False) + "\n")
+        # ASCII, as export_results writes it: a lone surrogate in a response is valid
+        # JSON text but has no UTF-8 encoding, and stdout would refuse it
+        out.write(json.dumps(result.to_json(batch_id)) + "\n")
         count += 1
     return count
 
