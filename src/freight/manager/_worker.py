@@ -73,6 +73,19 @@ class Endpoint:
         return spec.size
 
 
+def _host() -> str:
+    """This worker's host as its claims record it: the host name, and the PID namespace
+    where the system has them. A pid means something only in the namespace that gave
+    it: containers (or pods) sharing one host name each have their own, and without
+    it a worker would take back a live neighbour's claims, its pid naming no process
+    here, so both would redo each other's chunks."""
+    name = socket.gethostname()
+    try:
+        return f"{name}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:  # no /proc (macOS, Windows): the host name alone
+        return name
+
+
 def _is_pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -111,9 +124,9 @@ class Worker:
         self.lease = lease
         self.poll_interval = poll_interval
         self.cancelled = cancelled
-        self.host = socket.gethostname()
+        self.host = _host()
         self.pid = os.getpid()
-        self.name = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
+        self.name = f"{socket.gethostname()}:{self.pid}:{uuid.uuid4().hex[:8]}"
         self.processed = 0
         self.wake = asyncio.Event()
         self._stopping = asyncio.Event()
