@@ -73,8 +73,14 @@ def run_until(db: Path, script: Path, batch_id: str, target: int | None) -> int:
                 return progress(db, batch_id)  # it finished first
             seen = progress(db, batch_id)
             if seen >= target:
-                # progress shows right after a write: land anywhere in the next chunk
-                time.sleep(RNG.uniform(0, 0.004))
+                # Progress shows right after a write, when the worker is between chunks
+                # (under load, often for longer than a 2 ms handler call): wait until it
+                # holds its next claim, then land at a random instant inside that call.
+                for _ in range(100):
+                    if open_claims(db):
+                        break
+                    time.sleep(0.001)
+                time.sleep(RNG.uniform(0, 0.001))
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 return seen
@@ -109,7 +115,7 @@ def test_sigkill_at_10_random_points_then_every_request_has_exactly_one_result(
 
     assert len(kills) == KILLS
     assert sum(1 for seen in kills if 0 < seen < REQUESTS) >= KILLS  # each kill mid-batch
-    assert sum(1 for n in orphans if n) >= 2, orphans  # killed holding a claimed chunk
+    assert sum(1 for n in orphans if n) >= KILLS // 2, orphans  # most killed mid-chunk
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
             "SELECT custom_id, state, response FROM manager_requests WHERE batch_id = ?"
