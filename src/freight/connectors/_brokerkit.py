@@ -18,12 +18,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from freight._errors import ConfigTypeError, PermanentError
+from freight._errors import ConfigError, ConfigTypeError, PermanentError
 
 __all__ = [
     "CONTENT_TYPE",
     "JSON",
     "Outgoing",
+    "check_url",
     "decode",
     "encode",
     "is_json",
@@ -78,6 +79,24 @@ class Outgoing:
     json: bool = False
     """The default encoder wrote the body as JSON (sent as ``content-type``, so a freight
     source decodes it back by default)."""
+
+
+def check_url(url: object, what: str, schemes: tuple[str, ...], example: str) -> str:
+    """``url`` when it is a string whose scheme is one of ``schemes`` (``""``: a bare
+    ``host:port`` is accepted too); else the :class:`~freight.ConfigError` that names
+    it and the form to pass, at construction rather than at the first fetch or write
+    (an ``http://`` URL reached the broker's port and failed late, or not at all)."""
+    if not isinstance(url, str):
+        raise ConfigTypeError(
+            f"{what} url must be a string such as {example!r}, got {url!r} ({type(url).__name__})"
+        )
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in schemes or not url.strip():
+        allowed = ", ".join(f"{s}://" for s in schemes if s)
+        raise ConfigError(
+            f"{what} url {url!r} is not a {allowed} URL; pass one such as {example!r}"
+        )
+    return url
 
 
 def to_key(value: str | KeyFn | None, name: str) -> KeyFn | None:

@@ -49,9 +49,21 @@ except ImportError as exc:  # pragma: no cover - only without the extra
         "freight.connectors.kafka needs aiokafka: pip install 'freight[kafka]'"
     ) from exc
 
-__all__ = ["KafkaSink", "producer_options"]
+__all__ = ["KafkaSink", "check_servers", "producer_options"]
 
 DEFAULT_MAX_BATCH_SIZE = 16384  # aiokafka's own default, bytes per partition batch
+
+
+def check_servers(servers: object, what: str) -> str:
+    """``servers`` when it is a ``"host:port[,host:port]"`` string; else a
+    :class:`~freight.ConfigTypeError` naming it (aiokafka failed only at the first fetch
+    or write, with ``'int' object is not iterable``)."""
+    if not isinstance(servers, str) or not servers.strip():
+        raise ConfigTypeError(
+            f"{what} bootstrap_servers must be a string such as '127.0.0.1:9092' (several "
+            f"comma-separated), got {servers!r} ({type(servers).__name__})"
+        )
+    return servers
 
 
 def producer_options(spec: BatchSpec | None) -> dict[str, int]:
@@ -94,7 +106,7 @@ class KafkaSink:
         headers: Callable[[Any], Mapping[str, str] | None] | None = None,
         timeout: float = 30.0,
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self.bootstrap_servers = check_servers(bootstrap_servers, "KafkaSink")
         self._topic = to_key(topic, "KafkaSink(topic=)")
         self._key = to_key(key, "KafkaSink(key=)")
         self.options = producer_options(spec)
@@ -122,9 +134,11 @@ class KafkaSink:
             )
             try:
                 await producer.start()
-            except Exception as exc:
+            except BaseException as exc:  # cancelled too: never leave it running
                 await producer.stop()
-                raise classify(exc) from exc
+                if isinstance(exc, Exception):
+                    raise classify(exc) from exc
+                raise
             self._producer = producer
         return self._producer
 

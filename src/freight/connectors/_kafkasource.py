@@ -45,6 +45,7 @@ from freight.connectors._broker import Message, reason
 from freight.connectors._brokerkit import CONTENT_TYPE
 from freight.connectors._brokerkit import decode as default_decode
 from freight.connectors._kafkaerrors import classify
+from freight.connectors._kafkasink import check_servers
 
 try:
     from aiokafka import (  # type: ignore[import-untyped]
@@ -170,7 +171,8 @@ class KafkaSource:
                 f"KafkaSource auto_offset_reset must be 'earliest' or 'latest', "
                 f"got {auto_offset_reset!r}"
             )
-        self.bootstrap_servers, self.topic, self.group_id = bootstrap_servers, topic, group_id
+        self.bootstrap_servers = check_servers(bootstrap_servers, "KafkaSource")
+        self.topic, self.group_id = topic, group_id
         self.dead_letter_topic = dead_letter_topic or f"{topic}.dead"
         self._decode, self._reset = decode, auto_offset_reset
         self._session = to_seconds(session_timeout, "KafkaSource(session_timeout=)")
@@ -199,18 +201,22 @@ class KafkaSource:
             await self._create_dead_letter_topic()
             consumer.subscribe([self.topic], listener=_Listener(self))
             await consumer.start()
-        except Exception as exc:
+        except BaseException as exc:
+            # Cancelled too (start waits for the group's assignment, as long as it takes):
+            # a consumer left running would go on joining the group, unclosed.
             await consumer.stop()
             await self.close()
-            raise classify(exc) from exc
+            if isinstance(exc, Exception):
+                raise classify(exc) from exc
+            raise
         self._consumer = consumer
         return consumer
 
     async def _create_dead_letter_topic(self) -> None:
         """Create the dead-letter topic (as many partitions as the topic) if missing."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
-        await admin.start()
         try:
+            await admin.start()
             partitions = await admin.describe_topics([self.topic])
             count = max(1, len(partitions[0].get("partitions", []) if partitions else []))
             await admin.create_topics([NewTopic(self.dead_letter_topic, count, 1)])
@@ -331,9 +337,11 @@ class KafkaSource:
             )
             try:
                 await producer.start()
-            except Exception as exc:
+            except BaseException as exc:  # cancelled too: never leave it running
                 await producer.stop()
-                raise classify(exc) from exc
+                if isinstance(exc, Exception):
+                    raise classify(exc) from exc
+                raise
             self._producer = producer
         return self._producer
 

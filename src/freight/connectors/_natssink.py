@@ -15,11 +15,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from freight._core._time import to_seconds
-from freight._errors import ConfigTypeError, TargetError
+from freight._errors import TargetError
 from freight.connectors._brokerkit import (
     CONTENT_TYPE,
     JSON,
     Outgoing,
+    check_url,
     encode,
     prepare,
     settled,
@@ -88,9 +89,9 @@ class NatsSink:
         headers: Callable[[Any], Mapping[str, str] | None] | None = None,
         timeout: float = 10.0,
     ) -> None:
-        if not isinstance(url, str):
-            raise ConfigTypeError(f"NatsSink url must be a string, got {url!r}")
-        self.url = url
+        self.url = check_url(
+            url, "NatsSink", ("nats", "tls", "ws", "wss", ""), "nats://127.0.0.1:4222"
+        )
         self._subject = to_key(subject, "NatsSink(subject=)")
         self._encode, self._headers = encode, headers
         self._timeout = to_seconds(timeout, "NatsSink(timeout=)", allow_zero=False)

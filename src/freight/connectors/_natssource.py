@@ -30,7 +30,7 @@ from typing import Any
 from freight._core._time import to_seconds
 from freight._errors import ConfigError, RecordError, TransientError
 from freight.connectors._broker import Message, reason
-from freight.connectors._brokerkit import CONTENT_TYPE
+from freight.connectors._brokerkit import CONTENT_TYPE, check_url
 from freight.connectors._brokerkit import decode as default_decode
 from freight.connectors._natserrors import classify
 from freight.connectors._natssink import connect
@@ -86,7 +86,10 @@ class NatsSource:
         for name, value in (("stream", stream), ("durable", durable)):
             if not value or not isinstance(value, str):
                 raise ConfigError(f"NatsSource {name} must be a name, got {value!r}")
-        self.url, self.stream, self.durable = url, stream, durable
+        self.url = check_url(
+            url, "NatsSource", ("nats", "tls", "ws", "wss", ""), "nats://127.0.0.1:4222"
+        )
+        self.stream, self.durable = stream, durable
         self.subject, self.dead_letter_subject = subject, dead_letter_subject
         self._ack_wait = to_seconds(ack_wait, "NatsSource(ack_wait=)", allow_zero=False)
         self._timeout = to_seconds(timeout, "NatsSource(timeout=)", allow_zero=False)
@@ -233,6 +236,9 @@ class NatsSource:
                 _log.debug("freight: nak on close failed: %s", exc)
         try:
             await nc.flush(timeout=max(1, round(self._timeout)))
+        except Exception as exc:  # lost or reconnecting: the naks may be lost too
+            _log.debug("freight: flushing the naks on close failed: %s", exc)
+        try:  # closed whatever the flush did, or nats-py goes on reconnecting forever
             await nc.close()
         except Exception as exc:
             _log.debug("freight: closing the NATS connection failed: %s", exc)

@@ -17,7 +17,15 @@ from typing import Any
 
 from freight._core._time import to_seconds
 from freight._errors import TargetError, TransientError
-from freight.connectors._brokerkit import JSON, Outgoing, encode, prepare, settled, to_key
+from freight.connectors._brokerkit import (
+    JSON,
+    Outgoing,
+    check_url,
+    encode,
+    prepare,
+    settled,
+    to_key,
+)
 from freight.connectors._rabbiterrors import classify
 
 try:
@@ -29,7 +37,10 @@ except ImportError as exc:  # pragma: no cover - only without the extra
         "freight.connectors.rabbitmq needs aio-pika: pip install 'freight[rabbitmq]'"
     ) from exc
 
-__all__ = ["RabbitMQSink"]
+__all__ = ["AMQP_EXAMPLE", "RabbitMQSink"]
+
+AMQP_EXAMPLE = "amqp://guest:guest@127.0.0.1:5672/"
+"""The URL form the RabbitMQ connectors take (``amqps://`` for TLS)."""
 
 
 class RabbitMQSink:
@@ -70,7 +81,8 @@ class RabbitMQSink:
         headers: Callable[[Any], Mapping[str, str] | None] | None = None,
         timeout: float = 30.0,
     ) -> None:
-        self.url, self.exchange = url, exchange
+        self.url = check_url(url, "RabbitMQSink", ("amqp", "amqps"), AMQP_EXAMPLE)
+        self.exchange = exchange
         self._key = to_key(routing_key, "RabbitMQSink(routing_key=)")
         self._mandatory, self._persistent = mandatory, persistent
         self._encode, self._headers = encode, headers

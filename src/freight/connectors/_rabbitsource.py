@@ -44,8 +44,10 @@ from typing import Any
 from freight._core._time import to_seconds
 from freight._errors import ConfigError, RecordError, TargetError, TransientError
 from freight.connectors._broker import Message, reason
+from freight.connectors._brokerkit import check_url
 from freight.connectors._brokerkit import decode as default_decode
 from freight.connectors._rabbiterrors import classify
+from freight.connectors._rabbitsink import AMQP_EXAMPLE
 
 try:
     import aio_pika
@@ -73,6 +75,25 @@ REASON = "x-freight-reason"
 _log = logging.getLogger("freight")
 
 _GAP = 0.002  # seconds a fetch waits for the next delivery once it holds one
+
+
+def _text(value: Any) -> str:
+    """A header value as text (a byte-array header as UTF-8, not ``"b'...'"``)."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def _count(value: str | None, default: int) -> int:
+    """A delivery-count header as an int; ``default`` when absent or not a count (any
+    publisher may set these headers: one that is not a number must not make the
+    message a poison that stops every consumer at fetch, before any handler)."""
+    if value is None:
+        return default
+    try:
+        return max(int(value), 0)
+    except ValueError:
+        return default
 
 
 async def declare_queue(
@@ -119,7 +140,8 @@ class RabbitMQSource:
     ) -> None:
         if not queue or not isinstance(queue, str):
             raise ConfigError(f"RabbitMQSource queue must be a queue name, got {queue!r}")
-        self.url, self.queue = url, queue
+        self.url = check_url(url, "RabbitMQSource", ("amqp", "amqps"), AMQP_EXAMPLE)
+        self.queue = queue
         self.dead_letter_exchange = dead_letter_exchange
         self._declare, self._decode = declare, decode
         self._timeout = to_seconds(timeout, "RabbitMQSource(timeout=)", allow_zero=False)
@@ -226,9 +248,9 @@ class RabbitMQSource:
         return messages
 
     def _message(self, incoming: AbstractIncomingMessage) -> tuple[Message, RecordError | None]:
-        headers = {str(k): str(v) for k, v in (incoming.headers or {}).items()}
-        counted = int(headers.get(ATTEMPTS, "1"))
-        attempts = int(headers.get("x-delivery-count", counted - 1)) + 1  # quorum queues
+        headers = {str(k): _text(v) for k, v in (incoming.headers or {}).items()}
+        counted = _count(headers.get(ATTEMPTS), 1)
+        attempts = _count(headers.get("x-delivery-count"), counted - 1) + 1  # quorum queues
         attempts = max(attempts, counted) + (1 if incoming.redelivered else 0)
         message = Message(
             body=None,
