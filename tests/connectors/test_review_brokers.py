@@ -33,6 +33,11 @@ __all__ = ["kafka"]  # the session fixture, imported for pytest
         (lambda: NatsSink("redis://127.0.0.1:4222", "s"), ConfigError, "nats://"),
         (lambda: KafkaSource(cast(Any, 9092), "t", "g"), ConfigTypeError, "bootstrap_servers"),
         (lambda: KafkaSink(cast(Any, None), "t"), ConfigTypeError, "bootstrap_servers"),
+        (
+            lambda: KafkaSource("h:9092", "t", "g", session_timeout=10, timeout=5),
+            ConfigError,
+            "longer than session_timeout",
+        ),
     ],
 )
 def test_a_broker_address_of_the_wrong_kind_is_refused_when_the_connector_is_made(
@@ -94,10 +99,9 @@ async def test_cancelling_a_kafka_source_while_it_joins_its_group_leaves_nothing
     assert await sink.write([{"n": 1}]) is None
     await sink.aclose()
     before = asyncio.all_tasks()
-    # A group join longer than the wait (Tansu holds a JoinGroup past a request
-    # timeout shorter than the session: the join never completes); any join that is
-    # still under way when the caller gives up will do.
-    source = KafkaSource(kafka, topic, unique("g"), session_timeout=10, timeout=2)
+    # A group join longer than the wait (Tansu holds a new group's JoinGroup about
+    # half the session timeout); any join still under way when the caller gives up.
+    source = KafkaSource(kafka, topic, unique("g"), session_timeout=10)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(source.fetch(10, 0.1), 1.0)
     await source.close()

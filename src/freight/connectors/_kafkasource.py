@@ -148,7 +148,8 @@ class KafkaSource:
             member's partitions to the others.
         auto_offset_reset: where a group with no committed offset starts
             (``"earliest"`` or ``"latest"``).
-        timeout: seconds a request to the broker may take.
+        timeout: seconds a request to the broker may take; longer than
+            ``session_timeout`` (a group join may take that long).
     """
 
     def __init__(
@@ -177,6 +178,15 @@ class KafkaSource:
         self._decode, self._reset = decode, auto_offset_reset
         self._session = to_seconds(session_timeout, "KafkaSource(session_timeout=)")
         self._timeout = to_seconds(timeout, "KafkaSource(timeout=)", allow_zero=False)
+        if self._timeout <= self._session:
+            # aiokafka sends JoinGroup with this request timeout, and the broker may hold
+            # a join up to the rebalance timeout (= the session timeout): a shorter one
+            # times the join out again and again, and the consumer never starts.
+            raise ConfigError(
+                f"KafkaSource timeout ({self._timeout} s) must be longer than "
+                f"session_timeout ({self._session} s): a group join may take up to the "
+                "session timeout; raise timeout or lower session_timeout"
+            )
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._parts: dict[Any, _Partition] = {}
