@@ -10,8 +10,18 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from freight import BatchManager, BatchRequest, BatchSpec, BatchStatus, Retry, TransientError
+from freight import (
+    BatchManager,
+    BatchRequest,
+    BatchSpec,
+    BatchStatus,
+    InvalidBatch,
+    Retry,
+    TransientError,
+)
+from freight.cli import app as cli_app
 from freight.cli._batch import read_input, write_results
 from freight.manager import RequestState
 from freight.store import BoardStore
@@ -107,3 +117,65 @@ def test_results_on_stdout_are_the_exported_lines_even_for_a_lone_surrogate(
     assert stdout.buffer.getvalue() == exported.read_bytes()
     bodies = [json.loads(line)["response"]["body"] for line in exported.read_text().splitlines()]
     assert bodies == ["x\ud800y", "été"]
+
+
+@pytest.mark.parametrize("bad_id", ["a\x00b", "a\ud800"])
+async def test_an_id_the_store_cannot_hold_as_text_is_refused_before_anything_is_stored(
+    store: BoardStore, bad_id: str
+) -> None:
+    # NUL: PostgreSQL text refuses it; a lone surrogate has no UTF-8 (either store).
+    # Both came out as the driver's own errors (psycopg.DataError, UnicodeEncodeError)
+    manager = BatchManager(store=store)
+    manager.register("/x", lambda bodies: bodies)
+    requests = [BatchRequest(id="ok", body=0), BatchRequest(id=bad_id, body=1)]
+    with pytest.raises(InvalidBatch, match=r"request 1 has id .*: an id is stored as text"):
+        await manager.submit(requests, endpoint="/x")
+    assert await manager.list() == []
+
+
+def test_a_jsonl_custom_id_with_a_lone_surrogate_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # --app is looked up from the current directory
+    app = tmp_path / "surrogate_app.py"
+    app.write_text(
+        "from freight import BatchManager\n"
+        f"manager = BatchManager({str(tmp_path / 'freight.db')!r})\n"
+        "manager.register('/v1/x', lambda bodies: bodies)\n"
+    )
+    lines = tmp_path / "in.jsonl"
+    lines.write_text('{"custom_id": "a\\ud800", "method": "POST", "url": "/v1/x", "body": 1}\n')
+    result = CliRunner().invoke(
+        cli_app, ["batch", "submit", str(lines), "--app", "surrogate_app:manager"]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("freight: error: request 0 has id 'a\\ud800'")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_an_error_message_quoting_a_nul_or_a_lone_surrogate_is_stored_escaped(
+    store: BoardStore,
+) -> None:
+    # The message of a request's error often quotes its body. Stored as it was, a NUL
+    # (PostgreSQL) or a lone surrogate (no UTF-8) failed the chunk's write, so the
+    # chunk was redone after every lease, forever, its other results never written.
+    def handler(bodies: list[str]) -> list[object]:
+        return [b if b == "ok" else ValueError(f"cannot do {b}") for b in bodies]
+
+    manager = BatchManager(store=store)
+    manager.register("/x", handler)
+    job = await manager.submit(
+        [BatchRequest(id="1", body="ok"), BatchRequest(id="2", body="a\x00"),
+         BatchRequest(id="3", body="b\ud800")],
+        endpoint="/x",
+    )  # fmt: skip
+    await manager.run(burst=True)
+    batch = await manager.get(job.id)
+    assert batch.status is BatchStatus.COMPLETED
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 2)
+    ok, nul, surrogate = await manager.get_results(job.id)
+    assert ok.response == "ok"
+    assert nul.error is not None
+    assert surrogate.error is not None
+    assert (nul.error.type, nul.error.message) == ("ValueError", "cannot do a\\x00")
+    assert surrogate.error.message == "cannot do b\\ud800"

@@ -116,7 +116,21 @@ def _parts(request: object, position: int) -> tuple[str, Any]:
             f"request {position} has id {request_id!r}: each request needs a non-empty str "
             "id (BatchRequest.id, or 'custom_id' in a dict)"
         )
+    if "\x00" in request_id or not _is_utf8(request_id):
+        raise InvalidBatch(
+            f"request {position} has id {request_id!r}: an id is stored as text, which "
+            "holds no NUL character and no lone surrogate; use printable ids"
+        )
     return request_id, body
+
+
+def _is_utf8(text: str) -> bool:
+    """True when ``text`` has a UTF-8 encoding (no lone surrogate, as JSON may decode)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _excerpt(value: object) -> str:

@@ -384,8 +384,17 @@ def _spread(reply: Reply, keep: Sequence[int], n: int) -> Reply:
 def _failure(c: Claimed, exc: BaseException, attempts: int) -> Outcome:
     return Outcome(
         c.batch_id, c.idx, RequestState.FAILED,
-        error_type=type(exc).__qualname__, error_message=str(exc), attempts=attempts,
+        error_type=type(exc).__qualname__, error_message=_storable(str(exc)),
+        attempts=attempts,
     )  # fmt: skip
+
+
+def _storable(text: str) -> str:
+    """``text`` as every store holds it: a NUL (PostgreSQL text refuses it) or a lone
+    surrogate (no UTF-8), which an error message quoting a request's body may hold,
+    is written as its escape (``\\x00``, ``\\ud800``); else the chunk's write
+    failed, and the chunk was redone after each lease, forever."""
+    return text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
 
 
 def _outcome(c: Claimed, value: Any, attempts: int) -> Outcome:
