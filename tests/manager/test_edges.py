@@ -17,13 +17,14 @@ from freight import (
     BatchRequest,
     BatchSpec,
     BatchStatus,
+    ConfigError,
     InvalidBatch,
     Retry,
     TransientError,
 )
 from freight.cli import app as cli_app
 from freight.cli._batch import read_input, write_results
-from freight.manager import RequestState
+from freight.manager import RequestState, UnknownBatch
 from freight.store import BoardStore
 from freight.testing import FakeClock
 from tests.manager.test_cancel_expire_reclaim import numbered, until
@@ -179,3 +180,17 @@ async def test_an_error_message_quoting_a_nul_or_a_lone_surrogate_is_stored_esca
     assert surrogate.error is not None
     assert (nul.error.type, nul.error.message) == ("ValueError", "cannot do a\\x00")
     assert surrogate.error.message == "cannot do b\\ud800"
+
+
+@pytest.mark.parametrize("bad_id", ["a\x00b", "\udcff", 7])
+async def test_a_batch_id_no_store_can_hold_is_an_unknown_batch(
+    store: BoardStore, bad_id: str
+) -> None:
+    # "\udcff": what a command line's undecodable byte becomes (freight batch status $'\xff')
+    manager = BatchManager(store=store)
+    manager.register("/x", lambda bodies: bodies)
+    for call in (manager.get, manager.get_status, manager.cancel, manager.get_results):
+        with pytest.raises(UnknownBatch, match="no managed batch"):
+            await call(bad_id)
+    with pytest.raises(ConfigError, match="after must be a batch id"):
+        await manager.list(after=bad_id)

@@ -45,7 +45,7 @@ from freight.manager._models import (
     RequestCounts,
     Result,
 )
-from freight.manager._store import ManagerStore, batch_id_at
+from freight.manager._store import ManagerStore, batch_id_at, is_text
 from freight.manager._submit import (
     MAX_BODY_BYTES,
     MAX_REQUESTS,
@@ -396,6 +396,8 @@ class BatchManager:
         """:meth:`list` without an event loop."""
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ConfigError(f"limit must be an int >= 1, got {limit!r}")
+        if after is not None and not is_text(after):
+            raise ConfigError(f"after must be a batch id (from a previous page), got {after!r}")
         wanted = None
         if status is not None:
             try:

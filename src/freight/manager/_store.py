@@ -55,6 +55,7 @@ __all__ = [
     "ManagerStore",
     "Outcome",
     "batch_id_at",
+    "is_text",
     "parse_stamp",
     "stamp",
     "submitted_at",
@@ -238,6 +239,8 @@ class ManagerStore:
 
     def get(self, batch_id: str) -> Batch:
         """The batch with this id; :class:`~freight.UnknownBatch` if there is none."""
+        if not is_text(batch_id):  # no batch has it: never sent (the driver refuses it)
+            raise _unknown(batch_id)
         rows = self.store.query(self.sql.batch, (batch_id,))
         if not rows:
             raise _unknown(batch_id)
@@ -503,6 +506,18 @@ class ManagerStore:
         """``(owner, pid)`` of the claims held by workers of ``host``."""
         rows = self.store.query(self.sql.claims_on_host, (host,))
         return [(str(r["owner"]), int(r["pid"])) for r in rows]
+
+
+def is_text(value: object) -> bool:
+    """True for a ``str`` every store holds as text: no NUL (PostgreSQL refuses it),
+    no lone surrogate (no UTF-8; a command line's undecodable bytes become these)."""
+    if not isinstance(value, str) or "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def batch_id_at(micros: int, suffix: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from freight._core._time import to_seconds
 from freight._errors import ConfigError, InvalidBatch
 from freight.manager._models import BatchRequest
+from freight.manager._store import is_text
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -116,21 +117,12 @@ def _parts(request: object, position: int) -> tuple[str, Any]:
             f"request {position} has id {request_id!r}: each request needs a non-empty str "
             "id (BatchRequest.id, or 'custom_id' in a dict)"
         )
-    if "\x00" in request_id or not _is_utf8(request_id):
+    if not is_text(request_id):
         raise InvalidBatch(
             f"request {position} has id {request_id!r}: an id is stored as text, which "
             "holds no NUL character and no lone surrogate; use printable ids"
         )
     return request_id, body
-
-
-def _is_utf8(text: str) -> bool:
-    """True when ``text`` has a UTF-8 encoding (no lone surrogate, as JSON may decode)."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _excerpt(value: object) -> str:
