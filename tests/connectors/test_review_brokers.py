@@ -11,10 +11,11 @@ from typing import Any, cast
 import aio_pika
 import nats
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 
-from freight import BatchSpec, ConfigError, ConfigTypeError
+from freight import BatchSpec, ConfigError, ConfigTypeError, PermanentError, TargetError
 from freight.connectors import consume
-from freight.connectors.kafka import KafkaSink, KafkaSource
+from freight.connectors.kafka import REASON, KafkaSink, KafkaSource
 from freight.connectors.nats import NatsSink, NatsSource
 from freight.connectors.rabbitmq import RabbitMQSink, RabbitMQSource
 from tests.connectors.brokers import kafka, need_nats, need_rabbitmq, unique
@@ -181,3 +182,67 @@ async def test_closing_a_nats_source_whose_server_went_away_closes_its_connectio
     # Before: close() flushed its naks first, the flush failed on the lost connection,
     # and nc.close() was skipped: nats-py went on reconnecting forever in the background.
     assert client.is_closed
+
+
+@pytest.mark.service
+async def test_a_poison_record_over_a_mebibyte_reaches_the_dead_letter_topic(kafka: str) -> None:
+    topic = unique("freview")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, max_request_size=4 << 20)
+    await producer.start()
+    try:
+        await (await producer.send(topic, b"y" * (2 << 20)))
+        await (await producer.send(topic, b"small"))
+    finally:
+        await producer.stop()
+    source = KafkaSource(kafka, topic, unique("g"), session_timeout=2)
+
+    async def refuse(items: list[Any]) -> list[Any]:
+        return [PermanentError(f"{len(item)} bytes") for item in items]
+
+    try:
+        report = await consume(source, refuse, spec=BatchSpec(size=5, timeout=1.0), until_idle=True)
+    finally:
+        await source.close()
+    # Before: the dead-letter producer kept aiokafka's 1 MiB guard, send() raised a raw
+    # MessageSizeTooLargeError out of consume, and every restart met the same record:
+    # the partition was stuck behind it for good.
+    assert report.dead_lettered == 2
+    reader = AIOKafkaConsumer(
+        f"{topic}.dead", bootstrap_servers=kafka, auto_offset_reset="earliest"
+    )
+    await reader.start()
+    try:
+        found: list[Any] = []
+        while len(found) < 2:
+            batches = await reader.getmany(timeout_ms=2000)
+            assert batches, "the dead letters did not arrive"
+            found += [r for records in batches.values() for r in records]
+    finally:
+        await reader.stop()
+    reasons = sorted(dict(r.headers)[REASON].decode() for r in found)
+    assert reasons == ["PermanentError: 2097152 bytes", "PermanentError: 5 bytes"]
+
+
+@pytest.mark.service
+async def test_a_dead_letter_subject_no_stream_takes_is_a_target_error_naming_it(
+    stream: str,
+) -> None:
+    url = need_nats()
+    sink = NatsSink(url, f"{stream}.items")
+    assert await sink.write([{"n": 1}]) is None
+    await sink.aclose()
+    nowhere = unique("nowhere").replace("-", "_")
+    source = NatsSource(url, stream, "workers", dead_letter_subject=nowhere)
+
+    async def refuse(items: list[Any]) -> list[Any]:
+        return [PermanentError("no") for _ in items]
+
+    # Before: a PermanentError that named neither the subject nor the message.
+    with pytest.raises(TargetError, match=nowhere):
+        await consume(source, refuse, spec=BatchSpec(size=5, timeout=0.5), until_idle=True)
+    await source.close()  # not terminated: handed back
+    again = NatsSource(url, stream, "workers")
+    back = await again.fetch(5, 2.0)
+    await again.ack(back)
+    await again.close()
+    assert [m.body for m in back] == [{"n": 1}]

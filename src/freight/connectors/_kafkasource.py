@@ -72,6 +72,11 @@ REASON = "x-freight-reason"
 
 _log = logging.getLogger("freight")
 
+# The dead-letter producer's size guard. A record read from the topic was accepted by
+# the broker already; aiokafka's default guard (1 MiB) refused a bigger one client-side,
+# so a large poison record could never be dead-lettered and stopped its partition.
+_DEAD_LETTER_MAX = 64 << 20
+
 
 @dataclass(slots=True)
 class _Partition:
@@ -318,23 +323,26 @@ class KafkaSource:
             return
         producer = await self._dead_letter_producer()
         deliveries = []
-        for message, error in failed:
-            tp, record = message.raw
-            headers = [(k, v) for k, v in record.headers or () if not k.startswith("x-freight-")]
-            headers += [
-                (REASON, reason(error).encode("utf-8")),
-                ("x-freight-topic", tp.topic.encode("utf-8")),
-                ("x-freight-partition", str(tp.partition).encode()),
-                ("x-freight-offset", str(record.offset).encode()),
-            ]
-            deliveries.append(
-                await producer.send(
-                    self.dead_letter_topic, record.value, key=record.key, headers=headers
-                )
-            )
         try:
+            for message, error in failed:
+                tp, record = message.raw
+                headers = [
+                    (k, v) for k, v in record.headers or () if not k.startswith("x-freight-")
+                ]
+                headers += [
+                    (REASON, reason(error).encode("utf-8")),
+                    ("x-freight-topic", tp.topic.encode("utf-8")),
+                    ("x-freight-partition", str(tp.partition).encode()),
+                    ("x-freight-offset", str(record.offset).encode()),
+                ]
+                deliveries.append(
+                    await producer.send(
+                        self.dead_letter_topic, record.value, key=record.key, headers=headers
+                    )
+                )
             await asyncio.gather(*deliveries)
         except Exception as exc:  # not settled: read again and dead-lettered then
+            await asyncio.gather(*deliveries, return_exceptions=True)
             raise classify(exc) from exc
         await self._commit(list(self._settle([m for m, _ in failed])))
 
@@ -344,6 +352,7 @@ class KafkaSource:
                 bootstrap_servers=self.bootstrap_servers,
                 acks="all",
                 request_timeout_ms=round(self._timeout * 1000),
+                max_request_size=_DEAD_LETTER_MAX,
             )
             try:
                 await producer.start()

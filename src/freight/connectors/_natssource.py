@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from freight._core._time import to_seconds
-from freight._errors import ConfigError, RecordError, TransientError
+from freight._errors import ConfigError, RecordError, TargetError, TransientError
 from freight.connectors._broker import Message, reason
 from freight.connectors._brokerkit import CONTENT_TYPE, check_url
 from freight.connectors._brokerkit import decode as default_decode
@@ -40,6 +40,7 @@ try:
     from nats.aio.msg import Msg
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
     from nats.js.client import JetStreamContext
+    from nats.js.errors import NoStreamResponseError
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError("freight.connectors.nats needs nats-py: pip install 'freight[nats]'") from exc
 
@@ -202,6 +203,12 @@ class NatsSource:
                 headers["x-freight-sequence"] = message.id
                 try:
                     await js.publish(self.dead_letter_subject, msg.data, headers=headers)
+                except NoStreamResponseError as exc:
+                    raise TargetError(
+                        f"no JetStream stream takes dead_letter_subject "
+                        f"{self.dead_letter_subject!r}: add it to a stream's subjects; "
+                        f"message {message.id} is not terminated, it comes back"
+                    ) from exc
                 except Exception as exc:
                     raise classify(exc) from exc  # not terminated: it comes back
         await self._each([m for m, _ in failed], lambda msg: msg.term())
