@@ -246,3 +246,31 @@ async def test_a_dead_letter_subject_no_stream_takes_is_a_target_error_naming_it
     await again.ack(back)
     await again.close()
     assert [m.body for m in back] == [{"n": 1}]
+
+
+@pytest.mark.service
+async def test_a_message_handed_back_keeps_reply_to_priority_and_ttl() -> None:
+    url = need_rabbitmq()
+    queue = unique("freight-review")
+    conn = await aio_pika.connect(url)
+    channel = await conn.channel()
+    await channel.declare_queue(queue, arguments={"x-max-priority": 5})
+    try:
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"ask", reply_to="answers", priority=3, expiration=600),
+            routing_key=queue,
+        )
+        source = RabbitMQSource(url, queue)
+        first = await source.fetch(1, 2.0)
+        await source.retry(first, 0.0)  # a confirmed copy, then the original acked
+        again = await source.fetch(1, 2.0)
+        await source.ack(again)
+        await source.close()
+        copy = again[0].raw[1]
+        # Before: the copy lost them: the answer went nowhere, the priority was 0 and
+        # a message meant to expire lived on.
+        assert (copy.reply_to, copy.priority, copy.expiration) == ("answers", 3, 600)
+        assert again[0].attempts == 2
+    finally:
+        await channel.queue_delete(queue)
+        await conn.close()

@@ -371,6 +371,11 @@ class RabbitMQSource:
                 content_encoding=incoming.content_encoding,
                 message_id=incoming.message_id,
                 correlation_id=incoming.correlation_id,
+                reply_to=incoming.reply_to,  # an RPC request handed back still answers
+                priority=incoming.priority,  # and keeps its place in a priority queue
+                # a TTL still expires a copy handed back; a dead letter drops it, as
+                # RabbitMQ's own dead-lettering does, or it would expire from <queue>.dead
+                expiration=None if REASON in extra else incoming.expiration,
                 type=incoming.type,
                 app_id=incoming.app_id,
                 timestamp=incoming.timestamp,
