@@ -194,3 +194,15 @@ async def test_a_batch_id_no_store_can_hold_is_an_unknown_batch(
             await call(bad_id)
     with pytest.raises(ConfigError, match="after must be a batch id"):
         await manager.list(after=bad_id)
+
+
+@pytest.mark.parametrize(
+    "spec", [BatchSpec(size=100, max_bytes=20), BatchSpec(size=10, max_cost=3, cost=len)]
+)
+def test_a_spec_the_worker_would_not_apply_is_refused_at_register(spec: BatchSpec) -> None:
+    # Calls are sized by spec.size alone: a max_bytes of 20 used to be ignored, and
+    # calls of 100 requests (1,200 bytes) sent.
+    manager = BatchManager()
+    with pytest.raises(ConfigError, match=r"endpoint '/x': .* sized by spec.size"):
+        manager.register("/x", lambda bodies: bodies, spec=spec)
+    assert manager.endpoints == {}

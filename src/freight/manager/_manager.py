@@ -227,7 +227,8 @@ class BatchManager:
         Args:
             spec: how many requests make one handler call (``spec.size``, default 100),
                 taken across the endpoint's batches; with a ``timeout``, fewer are sent
-                only once the oldest waiting request was submitted that long ago.
+                only once the oldest waiting request was submitted that long ago. A
+                spec with ``max_bytes`` or ``max_cost`` is refused (not applied here).
             retry: the :class:`~freight.Retry` policy of each call (``None``: no retry).
             rate_limit: a :class:`~freight.RateLimiter`, or handler calls per second.
             max_concurrent_batches: the most batches of this endpoint processed at once
@@ -239,6 +240,12 @@ class BatchManager:
             raise ConfigTypeError(f"handler must be callable, got {handler!r}")
         if spec is not None and not isinstance(spec, BatchSpec):
             raise ConfigTypeError(f"spec must be a freight.BatchSpec, got {spec!r}")
+        if spec is not None and (spec.max_bytes is not None or spec.max_cost is not None):
+            raise ConfigError(
+                f"endpoint {endpoint!r}: a managed batch's handler calls are sized by "
+                f"spec.size (and held by spec.timeout) only, so {spec!r} would be sent "
+                "over its max_bytes / max_cost: give a size that keeps calls within them"
+            )
         most = max_concurrent_batches
         if most is not None and (not isinstance(most, int) or isinstance(most, bool) or most < 1):
             raise ConfigError(f"max_concurrent_batches must be an int >= 1 or None, got {most!r}")
