@@ -12,6 +12,7 @@ skipped where namespaces cannot be made.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -68,7 +69,7 @@ def in_namespace(script: Path, *args: str, extra: int) -> subprocess.Popen[bytes
     """``script`` in a new PID namespace, after ``extra`` short-lived processes (so the
     two workers have different pids, each naming no live process in the other's)."""
     first = "/bin/true; " * extra
-    command = f"{first}{sys.executable} {script} {' '.join(args)}"
+    command = first + shlex.join([sys.executable, str(script), *args])
     return subprocess.Popen(
         ["unshare", "--pid", "--fork", "--mount-proc", "/bin/sh", "-c", command],
         start_new_session=True,
