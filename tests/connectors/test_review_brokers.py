@@ -13,7 +13,14 @@ import nats
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 
-from freight import BatchSpec, ConfigError, ConfigTypeError, PermanentError, TargetError
+from freight import (
+    BatchSpec,
+    ConfigError,
+    ConfigTypeError,
+    PermanentError,
+    TargetError,
+    TransientError,
+)
 from freight.connectors import consume
 from freight.connectors.kafka import REASON, KafkaSink, KafkaSource
 from freight.connectors.nats import NatsSink, NatsSource
@@ -274,3 +281,28 @@ async def test_a_message_handed_back_keeps_reply_to_priority_and_ttl() -> None:
     finally:
         await channel.queue_delete(queue)
         await conn.close()
+
+
+@pytest.mark.service
+async def test_a_nats_fetch_while_the_connection_is_down_is_transient_not_empty(
+    stream: str,
+) -> None:
+    sink = NatsSink(need_nats(), f"{stream}.items")
+    assert await sink.write([{"n": i} for i in range(10)]) is None
+    await sink.aclose()
+    proxy = _Proxy(4222)
+    source = NatsSource(await proxy.start(), stream, "workers", timeout=1)
+    handled: list[Any] = []
+
+    async def cut_then_handle(items: list[Any]) -> list[Any]:
+        if not handled:
+            await proxy.cut()  # the network goes away mid-batch
+        handled.extend(items)
+        return items
+
+    # Before: the fetch after the cut timed out as "nothing came", so a drain ended
+    # (until_idle) as if the stream were empty, with 5 messages never fetched.
+    with pytest.raises(TransientError, match="lost its"):
+        await consume(source, cut_then_handle, spec=BatchSpec(size=5, timeout=0.5), until_idle=True)
+    await source.close()
+    assert len(handled) == 5

@@ -18,11 +18,14 @@ How each settlement maps to JetStream (a durable consumer, explicit acks):
 Closing the source naks what it fetched and did not settle, so another consumer
 gets it at once instead of after ``ack_wait``; a consumer that dies instead leaves
 it to ``ack_wait``. nats-py reconnects by itself after a lost connection; an ack lost
-with it only means a redelivery.
+with it only means a redelivery. A fetch while it reconnects waits for it up to
+``timeout``, then raises :class:`~freight.TransientError`: never an empty answer, which
+``consume(until_idle=True)`` would take for a drained stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -50,6 +53,8 @@ REASON = "x-freight-reason"
 """The header holding a dead letter's reason (``"PermanentError: ..."``)."""
 
 _log = logging.getLogger("freight")
+
+_RECONNECT_POLL = 0.05  # seconds between looks at a connection nats-py is re-establishing
 
 
 class NatsSource:
@@ -132,12 +137,38 @@ class NatsSource:
     async def fetch(self, max_items: int, timeout: float) -> list[Message]:  # noqa: ASYNC109
         """Up to ``max_items`` messages, waiting at most ``timeout`` s for the first."""
         sub = await self._subscription()
-        try:
-            found = await sub.fetch(max_items, timeout=max(timeout, 0.001))
-        except TimeoutError:  # nats-py's own and asyncio's: nothing came
-            return []
-        except Exception as exc:
-            raise classify(exc) from exc
+        for _ in range(2):
+            await self._reconnected()
+            try:
+                found = await sub.fetch(max_items, timeout=max(timeout, 0.001))
+                break
+            except TimeoutError:  # nats-py's own and asyncio's: nothing came, or
+                if self._nc is None or self._nc.is_connected:  # the connection went
+                    return []
+            except Exception as exc:
+                raise classify(exc) from exc
+        else:  # down again while fetching, twice: not an empty stream
+            raise TransientError(f"{self!r} lost its NATS connection while fetching, twice")
+        return await self._received(found)
+
+    async def _reconnected(self) -> None:
+        """Wait (up to ``timeout``) for a connection nats-py is re-establishing.
+
+        A fetch sent while it is down times out as if nothing came: ``consume`` with
+        ``until_idle`` then ended as drained while the stream still held messages. A
+        short drop is ridden out; a longer one is a :class:`~freight.TransientError`.
+        """
+        nc, waited = self._nc, 0.0
+        while nc is not None and not nc.is_connected and not nc.is_closed:
+            if waited >= self._timeout:
+                raise TransientError(
+                    f"{self!r} lost its NATS connection and did not get it back within "
+                    f"{self._timeout} s (nats-py goes on reconnecting); nothing fetched"
+                )
+            await asyncio.sleep(_RECONNECT_POLL)
+            waited += _RECONNECT_POLL
+
+    async def _received(self, found: list[Msg]) -> list[Message]:
         messages, undecodable = [], []
         for msg in found:
             message, error = self._message(msg)
