@@ -206,3 +206,51 @@ def test_a_spec_the_worker_would_not_apply_is_refused_at_register(spec: BatchSpe
     with pytest.raises(ConfigError, match=r"endpoint '/x': .* sized by spec.size"):
         manager.register("/x", lambda bodies: bodies, spec=spec)
     assert manager.endpoints == {}
+
+
+def nested(depth: int) -> list[object]:
+    """A list nested ``depth`` deep: past what ``json`` encodes (RecursionError)."""
+    outer: list[object] = []
+    inner = outer
+    for _ in range(depth):
+        deeper: list[object] = []
+        inner.append(deeper)
+        inner = deeper
+    return outer
+
+
+async def test_a_body_nested_too_deep_for_json_is_an_invalid_batch(store: BoardStore) -> None:
+    manager = BatchManager(store=store)
+    manager.register("/x", lambda bodies: bodies)
+    with pytest.raises(InvalidBatch, match=r"the body of request 'deep' is not JSON"):
+        await manager.submit([BatchRequest(id="deep", body=nested(100_000))], endpoint="/x")
+    with pytest.raises(InvalidBatch, match=r"metadata must be JSON"):
+        await manager.submit(
+            [BatchRequest(id="a", body=1)], endpoint="/x", metadata={"m": nested(100_000)}
+        )
+    assert await manager.list() == []
+
+
+async def test_a_response_nested_too_deep_for_json_fails_that_request_alone(
+    store: BoardStore,
+) -> None:
+    # A RecursionError escaped the worker: the chunk was redone after every lease, forever
+    deep = nested(100_000)
+    manager = BatchManager(store=store)
+    manager.register("/x", lambda bodies: [deep if b == "deep" else b for b in bodies])
+    job = await manager.submit(
+        [BatchRequest(id="1", body="ok"), BatchRequest(id="2", body="deep")], endpoint="/x"
+    )
+    await manager.run(burst=True)
+    ok, failed = await manager.get_results(job.id)
+    assert (ok.status, ok.response) == (RequestState.COMPLETED, "ok")
+    assert failed.error is not None
+    assert failed.error.type == "HandlerContractError"
+    assert "is not JSON" in failed.error.message
+
+
+def test_a_jsonl_line_nested_too_deep_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"custom_id": "a", "body": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(ConfigError, match=r"deep.jsonl:1: not JSON \(nested too deep"):
+        read_input(path, "/x")

@@ -126,6 +126,10 @@ def _parse(path: Path, number: int, text: str) -> InputLine:
             f"{where}: not JSON ({exc.msg} at column {exc.colno}); each line is one JSON "
             f"object, e.g. {EXAMPLE_LINE}"
         ) from None
+    except RecursionError:
+        raise ConfigError(
+            f"{where}: not JSON (nested too deep for Python's json); flatten the body"
+        ) from None
     if not isinstance(value, dict):
         raise ConfigError(
             f"{where}: expected a JSON object, got {type(value).__name__}; e.g. {EXAMPLE_LINE}"

@@ -313,7 +313,7 @@ class Worker:
         for c in claimed:
             try:
                 items.append((c, json.loads(c.body)))
-            except ValueError as exc:  # pragma: no cover - bodies are JSON-checked at submit
+            except (ValueError, RecursionError) as exc:  # pragma: no cover - checked at submit
                 outcomes.append(_failure(c, exc, 0))
         calls = [0]
         results, attempts = await settle_async(
@@ -405,7 +405,7 @@ def _outcome(c: Claimed, value: Any, attempts: int) -> Outcome:
         return _failure(c, value, attempts)
     try:
         response = json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         error = HandlerContractError(
             f"the handler's response to request {c.custom_id!r} is not JSON "
             f"({type(value).__qualname__}: {exc}); return JSON values (dict, list, str, "
