@@ -254,3 +254,22 @@ def test_a_jsonl_line_nested_too_deep_is_a_config_error_naming_it(tmp_path: Path
     path.write_text('{"custom_id": "a", "body": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
     with pytest.raises(ConfigError, match=r"deep.jsonl:1: not JSON \(nested too deep"):
         read_input(path, "/x")
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+async def test_an_error_whose_str_raises_fails_its_request_alone(store: BoardStore) -> None:
+    manager = BatchManager(store=store)
+    manager.register("/x", lambda bodies: [Unprintable() if b else b for b in bodies])
+    job = await manager.submit(
+        [BatchRequest(id="1", body=0), BatchRequest(id="2", body=1)], endpoint="/x"
+    )
+    await manager.run(burst=True)
+    ok, failed = await manager.get_results(job.id)
+    assert (ok.status, ok.response) == (RequestState.COMPLETED, 0)
+    assert failed.error is not None
+    assert failed.error.type == "Unprintable"
+    assert "str() raised RuntimeError" in failed.error.message

@@ -382,9 +382,13 @@ def _spread(reply: Reply, keep: Sequence[int], n: int) -> Reply:
 
 
 def _failure(c: Claimed, exc: BaseException, attempts: int) -> Outcome:
+    try:
+        message = str(exc)
+    except Exception as broken:  # an exception raising out of the worker: a chunk redone forever
+        message = f"(its str() raised {type(broken).__qualname__}: {broken!r})"
     return Outcome(
         c.batch_id, c.idx, RequestState.FAILED,
-        error_type=type(exc).__qualname__, error_message=_storable(str(exc)),
+        error_type=type(exc).__qualname__, error_message=_storable(message),
         attempts=attempts,
     )  # fmt: skip
 
