@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -273,3 +274,28 @@ async def test_an_error_whose_str_raises_fails_its_request_alone(store: BoardSto
     assert failed.error is not None
     assert failed.error.type == "Unprintable"
     assert "str() raised RuntimeError" in failed.error.message
+
+
+class Unlistable(dict[str, int]):
+    """A dict whose items cannot be read: json raises what items() raises."""
+
+    def items(self) -> Any:
+        raise RuntimeError("no items for you")
+
+
+async def test_a_response_json_cannot_encode_for_any_reason_fails_that_request_alone(
+    store: BoardStore,
+) -> None:
+    manager = BatchManager(store=store)
+    manager.register("/x", lambda bodies: [Unlistable(a=1) if b else b for b in bodies])
+    job = await manager.submit(
+        [BatchRequest(id="1", body=0), BatchRequest(id="2", body=1)], endpoint="/x"
+    )
+    await manager.run(burst=True)
+    ok, failed = await manager.get_results(job.id)
+    assert (ok.status, ok.response) == (RequestState.COMPLETED, 0)
+    assert failed.error is not None
+    assert failed.error.type == "HandlerContractError"
+    assert "no items for you" in failed.error.message
+    with pytest.raises(InvalidBatch, match=r"the body of request 'b' is not JSON"):
+        await manager.submit([BatchRequest(id="b", body=Unlistable(a=1))], endpoint="/x")

@@ -83,7 +83,7 @@ def encode_body(request_id: str, body: Any, max_body_bytes: int) -> str:
     """A request's body as JSON text, refused when it is not JSON or too large."""
     try:
         text = json.dumps(body, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+    except Exception as exc:  # TypeError, ValueError, RecursionError (too deep), or raising
         raise InvalidBatch(
             f"the body of request {request_id!r} is not JSON ({exc}): use dicts, lists, "
             "str, numbers, bool and None"
@@ -138,6 +138,6 @@ def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
         raise InvalidBatch(f"metadata must be a dict, got {type(metadata).__name__}")
     try:
         json.dumps(dict(metadata))
-    except (TypeError, ValueError, RecursionError) as exc:
+    except Exception as exc:  # TypeError, ValueError, RecursionError (too deep), or raising
         raise InvalidBatch(f"metadata must be JSON ({exc})") from None
     return dict(metadata)

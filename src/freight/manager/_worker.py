@@ -409,7 +409,8 @@ def _outcome(c: Claimed, value: Any, attempts: int) -> Outcome:
         return _failure(c, value, attempts)
     try:
         response = json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+    except Exception as exc:  # TypeError, ValueError, RecursionError, or a raising subclass:
+        # any of them escaping would fail the chunk's write, redone forever
         error = HandlerContractError(
             f"the handler's response to request {c.custom_id!r} is not JSON "
             f"({type(value).__qualname__}: {exc}); return JSON values (dict, list, str, "
