@@ -217,7 +217,7 @@ async def test_a_transient_failure_past_the_attempts_is_handed_back_after_the_ba
             always_busy,
             spec=BatchSpec(size=1, timeout=0),
             retry=retry,
-            until_idle=True,
+            max_batches=1,
             clock=clock,
         )
     )
@@ -244,7 +244,7 @@ async def test_an_error_asking_for_a_longer_wait_delays_the_redelivery() -> None
         rate_limited,
         spec=BatchSpec(size=1, timeout=0),
         retry=Retry(attempts=1, backoff=1.0, jitter=0),
-        until_idle=True,
+        max_batches=1,
         clock=clock,
     )
     await clock.advance(29.0)
@@ -477,3 +477,43 @@ async def test_an_ack_that_fails_raises_and_the_batch_is_delivered_again() -> No
     assert [(m.body, m.attempts) for m in await broker.fetch(10, 0)] == [
         (0, 2), (1, 2), (2, 1), (3, 1),
     ]  # fmt: skip
+
+
+async def test_until_idle_waits_for_the_messages_it_handed_back() -> None:
+    """Found in review: ``until_idle`` stopped at the first empty fetch while a message it
+    had handed back (transient, redelivered after the policy's wait) was still to come."""
+    clock = FakeClock()
+    broker = MemoryBroker(clock=clock)
+    for n in range(3):
+        broker.publish(n)
+    failed: set[int] = set()
+
+    async def handler(items: list[int]) -> list[object]:
+        out: list[object] = []
+        for n in items:
+            if n == 1 and n not in failed:
+                failed.add(n)
+                out.append(TransientError("busy"))
+            else:
+                out.append(n)
+        return out
+
+    task = asyncio.create_task(
+        consume(
+            broker,
+            handler,
+            spec=BatchSpec(size=10, timeout=0),
+            until_idle=True,
+            clock=clock,
+            retry=Retry(attempts=1, backoff=5.0, jitter=0.0),
+        )
+    )
+    for _ in range(40):  # the flow's time moves on only when told
+        await asyncio.sleep(0)
+        if task.done():
+            break
+        await clock.advance(0.5)
+    report = await task
+    assert report.acked == 3  # the handed-back message came back and was handled
+    assert report.retried == 1
+    assert broker.waiting == 0

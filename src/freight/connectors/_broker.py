@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import random as _random
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -387,7 +388,8 @@ async def consume(
         retry: the policy for whole-batch retries, poison isolation and per-item retries
             in this process (default ``Retry()``); its backoff also spaces redeliveries.
         rate_limit: paces handler calls, as in a :class:`~freight.Batcher`.
-        until_idle: return when a fetch comes back empty (drain mode, for jobs and tests).
+        until_idle: return when a fetch comes back empty and no message this call handed
+            back is still due to come again (drain mode, for jobs and tests).
         max_batches: return after this many batches.
         max_deliveries: a transiently failing message is dead-lettered once the broker
             has delivered it this many times; ``None`` hands it back forever.
@@ -407,11 +409,16 @@ async def consume(
     call, retries = _target_call(target, loop)
     draw = _random.random if random is None else random
     report = ConsumeReport()
+    due = -math.inf  # until_idle: when the messages handed back so far are all due again
     while max_batches is None or report.batches < max_batches:
         fetched = await source.fetch(size, wait)
         if not fetched:
             if until_idle:
-                break
+                remaining = due - clock.now()
+                if remaining <= 0:
+                    break
+                await clock.sleep(remaining)  # a message handed back is still to come
+                continue
             if wait <= 0:
                 await clock.sleep(_EMPTY_PAUSE)
             continue
@@ -430,6 +437,8 @@ async def consume(
         settled = _sort(messages, outcomes, policy, max_deliveries, draw)
         settled.dead[:0] = overdelivered
         await _settle(source, settled, report)
+        if settled.again:  # redelivered after its wait (and the broker's few ms)
+            due = max(due, clock.now() + settled.again_after + _EMPTY_PAUSE)
         if settled.stop is not None:
             raise settled.stop
     return report
