@@ -361,3 +361,64 @@ async def test_a_kafka_broker_gone_mid_run_is_a_transient_error_and_close_return
     # Before: aiokafka's stop() raised a stray CancelledError out of close() (its fetcher
     # awaits the fetch tasks it cancelled) and left the client's connections open.
     await source.close()
+
+
+@pytest.fixture
+async def amqp_queue() -> AsyncIterator[str]:
+    url = need_rabbitmq()
+    queue = unique("freight-review")
+    conn = await aio_pika.connect(url)
+    channel = await conn.channel()
+    await channel.declare_queue(queue)
+    yield queue
+    await channel.queue_delete(queue)
+    await conn.close()
+
+
+@pytest.mark.service
+async def test_a_rabbitmq_write_whose_confirms_are_late_fails_those_messages_transiently(
+    amqp_queue: str,
+) -> None:
+    sink = RabbitMQSink(need_rabbitmq(), routing_key=amqp_queue, timeout=0.01)
+    try:
+        outcomes = await sink.write([{"n": i} for i in range(3000)])
+    finally:
+        await sink.aclose()
+    # Before: the late publishes were cancelled and their outcome read at once, before
+    # the cancel landed: InvalidStateError out of write instead of an outcome each.
+    assert outcomes is not None
+    late = [o for o in outcomes if o is not None]
+    assert late
+    assert all(isinstance(o, TransientError) and "did not confirm" in str(o) for o in late)
+
+
+@pytest.mark.service
+async def test_cancelling_a_rabbitmq_write_leaves_no_publish_running(amqp_queue: str) -> None:
+    sink = RabbitMQSink(need_rabbitmq(), routing_key=amqp_queue)
+    assert await sink.write([{"n": 0}]) is None  # connected
+    before = asyncio.all_tasks()
+    writing = asyncio.create_task(sink.write([{"n": i} for i in range(3000)]))
+    await asyncio.sleep(0)  # one step: the write (connected already) starts its publishes
+    assert len(asyncio.all_tasks() - before - {writing}) == 3000
+    writing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writing
+    await sink.aclose()
+    # Before: 2,999 publishes went on unawaited, then failed with the closed channel as
+    # "Task exception was never retrieved" (or "Task was destroyed but it is pending").
+    left = [t for t in asyncio.all_tasks() - before if not t.done()]
+    assert [t for t in left if "RabbitMQSink._publish" in repr(t.get_coro())] == []
+
+
+@pytest.mark.service
+async def test_a_rabbitmq_write_of_only_unsendable_items_fails_each_alone(
+    amqp_queue: str,
+) -> None:
+    sink = RabbitMQSink(need_rabbitmq(), routing_key=amqp_queue)
+    try:
+        outcomes = await sink.write([object(), {1, 2}])
+    finally:
+        await sink.aclose()
+    # Before: asyncio.wait() of no publishes raised ValueError out of write.
+    assert outcomes is not None
+    assert [type(o) for o in outcomes] == [PermanentError, PermanentError]

@@ -134,9 +134,17 @@ class RabbitMQSink:
             return [refused] * len(items)
         sending = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, Outgoing)]
         publishes = [asyncio.ensure_future(self._publish(target, o)) for _, o in sending]
-        _, late = await asyncio.wait(publishes, timeout=self._timeout)
-        for future in late:
-            future.cancel()
+        try:
+            if publishes:  # asyncio.wait refuses an empty set (every item unsendable)
+                await asyncio.wait(publishes, timeout=self._timeout)
+        finally:
+            # The late ones (and all of them when this write is cancelled) are cancelled
+            # and awaited: a cancel only lands at the task's next step, so reading its
+            # outcome at once raised InvalidStateError, and a cancelled write left its
+            # publishes running, reported later as "Task exception was never retrieved".
+            for future in publishes:
+                future.cancel()
+            await asyncio.gather(*publishes, return_exceptions=True)
         for (i, _), future in zip(sending, publishes, strict=True):
             outcomes[i] = self._outcome(future)
         if any(isinstance(o, TargetError | TransientError) for o in outcomes):
