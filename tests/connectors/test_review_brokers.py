@@ -422,3 +422,14 @@ async def test_a_rabbitmq_write_of_only_unsendable_items_fails_each_alone(
     # Before: asyncio.wait() of no publishes raised ValueError out of write.
     assert outcomes is not None
     assert [type(o) for o in outcomes] == [PermanentError, PermanentError]
+
+
+@pytest.mark.service
+async def test_a_missing_nats_stream_is_a_target_error_naming_it() -> None:
+    name = unique("nostream").replace("-", "_")
+    source = NatsSource(need_nats(), name, "workers")
+    # Before: "NotFoundError ... stream not found" with advice for stream and consumer
+    # alike, naming neither.
+    with pytest.raises(TargetError, match=f"no stream '{name}'"):
+        await source.fetch(5, 0.1)
+    await source.close()

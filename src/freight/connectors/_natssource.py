@@ -43,7 +43,7 @@ try:
     from nats.aio.msg import Msg
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
     from nats.js.client import JetStreamContext
-    from nats.js.errors import NoStreamResponseError
+    from nats.js.errors import NoStreamResponseError, NotFoundError
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError("freight.connectors.nats needs nats-py: pip install 'freight[nats]'") from exc
 
@@ -54,6 +54,7 @@ REASON = "x-freight-reason"
 
 _log = logging.getLogger("freight")
 
+_NO_STREAM = 10059  # JetStream's error code for "stream not found"
 _RECONNECT_POLL = 0.05  # seconds between looks at a connection nats-py is re-establishing
 
 
@@ -131,6 +132,12 @@ class NatsSource:
             self._sub = await self._js.pull_subscribe_bind(self.durable, self.stream)
         except Exception as exc:
             await self.close()
+            if isinstance(exc, NotFoundError) and exc.err_code == _NO_STREAM:
+                raise TargetError(
+                    f"NATS JetStream has no stream {self.stream!r}: create it with the "
+                    "subjects it takes (nats stream add, or js.add_stream), or pass the "
+                    "name of one that exists"
+                ) from exc
             raise classify(exc) from exc
         return self._sub
 
