@@ -28,7 +28,14 @@ from freight.connectors import consume
 from freight.connectors.kafka import REASON, KafkaSink, KafkaSource
 from freight.connectors.nats import NatsSink, NatsSource
 from freight.connectors.rabbitmq import RabbitMQSink, RabbitMQSource
-from tests.connectors.brokers import _free_port, kafka, need_nats, need_rabbitmq, unique
+from tests.connectors.brokers import (
+    _free_port,
+    close_amqp_connection,
+    kafka,
+    need_nats,
+    need_rabbitmq,
+    unique,
+)
 
 __all__ = ["kafka"]  # the session fixture, imported for pytest
 
@@ -433,3 +440,24 @@ async def test_a_missing_nats_stream_is_a_target_error_naming_it() -> None:
     with pytest.raises(TargetError, match=f"no stream '{name}'"):
         await source.fetch(5, 0.1)
     await source.close()
+
+
+@pytest.mark.service
+@pytest.mark.slow
+async def test_a_rabbitmq_fetch_whose_connection_drops_while_waiting_reconnects(
+    amqp_queue: str,
+) -> None:
+    url, name = need_rabbitmq(), unique("freight-review")
+    source = RabbitMQSource(f"{url}?name={name}", amqp_queue)
+    assert await source.fetch(5, 0.01) == []  # connected, consuming, nothing there
+    waiting = asyncio.create_task(source.fetch(5, 6.0))  # outlasts rabbitmqctl
+    await asyncio.to_thread(close_amqp_connection, name)  # as an operator or a restart
+    sink = RabbitMQSink(url, routing_key=amqp_queue)
+    assert await sink.write([{"n": 1}]) is None  # queued while nobody consumes
+    await sink.aclose()
+    # Before: the fetch waited out its timeout on the dead connection and answered
+    # "nothing came", so a drain (until_idle) ended with the message still queued.
+    found = await waiting
+    await source.ack(found)
+    await source.close()
+    assert [m.body for m in found] == [{"n": 1}]

@@ -222,6 +222,18 @@ class RabbitMQSource:
     async def fetch(self, max_items: int, timeout: float) -> list[Message]:  # noqa: ASYNC109
         """Up to ``max_items`` deliveries, waiting at most ``timeout`` s for the first."""
         await self._open(max_items)
+        found = await self._collect(max_items, timeout)
+        channel = self._channel
+        if not found and (channel is None or channel.is_closed):
+            # The connection went while this fetch waited: that is not an empty queue,
+            # and an empty answer ended consume(until_idle=True) as drained with
+            # messages still queued. Reconnect (a TransientError if the server is
+            # gone) and wait once more.
+            await self._open(max_items)
+            found = await self._collect(max_items, timeout)
+        return await self._received(found)
+
+    async def _collect(self, max_items: int, timeout: float) -> list[AbstractIncomingMessage]:  # noqa: ASYNC109
         inbox, found = self._inbox, list[AbstractIncomingMessage]()
         deadline = time.monotonic() + timeout
         while len(found) < max_items:
@@ -235,6 +247,9 @@ class RabbitMQSource:
             except TimeoutError:
                 break
             found.append(incoming)
+        return found
+
+    async def _received(self, found: list[AbstractIncomingMessage]) -> list[Message]:
         messages, undecodable = [], []
         for incoming in found:
             self._unsettled.add(incoming.delivery_tag or 0)
