@@ -25,6 +25,7 @@ from freight import (
     TransientError,
 )
 from freight.connectors import consume
+from freight.connectors._brokerkit import decode
 from freight.connectors.kafka import REASON, KafkaSink, KafkaSource
 from freight.connectors.nats import NatsSink, NatsSource
 from freight.connectors.rabbitmq import RabbitMQSink, RabbitMQSource
@@ -461,3 +462,22 @@ async def test_a_rabbitmq_fetch_whose_connection_drops_while_waiting_reconnects(
     await source.ack(found)
     await source.close()
     assert [m.body for m in found] == [{"n": 1}]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", {"n": 1}),
+        ("application/json; charset=utf-8", {"n": 1}),
+        ("Application/JSON", {"n": 1}),
+        ("text/plain", b'{"n":1}'),
+        ("application/jsonx", b'{"n":1}'),
+        (None, b'{"n":1}'),
+    ],
+)
+def test_a_body_is_json_only_when_its_content_type_says_so(
+    content_type: str | None, body: Any
+) -> None:
+    # Before: only the exact "application/json" was JSON; another producer's
+    # "application/json; charset=utf-8" reached the handler as bytes.
+    assert decode(b'{"n":1}', content_type) == body

@@ -63,8 +63,9 @@ def is_json(value: Any) -> bool:
 
 def decode(body: bytes, content_type: str | None) -> Any:
     """The default decoding of a delivery: JSON back to values when it was sent as
-    JSON (``content_type``), else the bytes as they are."""
-    if content_type == JSON:
+    JSON (``content_type``, its parameters and case aside: ``application/json;
+    charset=utf-8`` from another producer is JSON too), else the bytes as they are."""
+    if content_type is not None and content_type.split(";", 1)[0].strip().lower() == JSON:
         return json.loads(body)
     return body
 
