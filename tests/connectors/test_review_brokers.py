@@ -481,3 +481,14 @@ def test_a_body_is_json_only_when_its_content_type_says_so(
     # Before: only the exact "application/json" was JSON; another producer's
     # "application/json; charset=utf-8" reached the handler as bytes.
     assert decode(b'{"n":1}', content_type) == body
+
+
+@pytest.mark.service
+async def test_a_rabbitmq_batch_over_65535_messages_is_fetched_with_the_largest_prefetch(
+    amqp_queue: str,
+) -> None:
+    source = RabbitMQSource(need_rabbitmq(), amqp_queue)
+    # Before: basic.qos got prefetch_count=70000 and every fetch failed with
+    # "PermanentError: RabbitMQ failed: TypeError: Short unsigned integer range".
+    assert await source.fetch(70_000, 0.05) == []
+    await source.close()

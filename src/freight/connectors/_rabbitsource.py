@@ -74,6 +74,7 @@ REASON = "x-freight-reason"
 
 _log = logging.getLogger("freight")
 
+_MAX_PREFETCH = 65535  # basic.qos prefetch_count is a short: a bigger batch gets this many
 _GAP = 0.002  # seconds a fetch waits for the next delivery once it holds one
 
 
@@ -221,7 +222,7 @@ class RabbitMQSource:
 
     async def fetch(self, max_items: int, timeout: float) -> list[Message]:  # noqa: ASYNC109
         """Up to ``max_items`` deliveries, waiting at most ``timeout`` s for the first."""
-        await self._open(max_items)
+        await self._open(min(max_items, _MAX_PREFETCH))
         found = await self._collect(max_items, timeout)
         channel = self._channel
         if not found and (channel is None or channel.is_closed):
@@ -229,7 +230,7 @@ class RabbitMQSource:
             # and an empty answer ended consume(until_idle=True) as drained with
             # messages still queued. Reconnect (a TransientError if the server is
             # gone) and wait once more.
-            await self._open(max_items)
+            await self._open(min(max_items, _MAX_PREFETCH))
             found = await self._collect(max_items, timeout)
         return await self._received(found)
 
