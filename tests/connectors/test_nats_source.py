@@ -203,3 +203,21 @@ async def test_a_worker_joins_a_durable_consumer_made_with_another_ack_wait(
     assert [m.body for m in got] == [{"n": 1}]
     await second.ack(got)
     await second.close()
+
+
+async def test_a_json_body_from_another_producer_is_decoded_whatever_the_header_case(
+    harness: NatsHarness,
+) -> None:
+    """Found in review: only ``content-type`` in lower case was read; another producer's
+    ``Content-Type: application/json`` reached the handler as bytes."""
+    nc = await nats.connect(harness.url)
+    js = nc.jetstream()
+    await js.publish(
+        f"{harness.name}.items", b'{"n": 7}', headers={"Content-Type": "application/json"}
+    )
+    await nc.close()
+    source = NatsSource(harness.url, harness.name, "cased")
+    [message] = await source.fetch(5, 2.0)
+    assert message.body == {"n": 7}
+    await source.ack([message])
+    await source.close()

@@ -22,6 +22,7 @@ from freight._errors import ConfigError, ConfigTypeError, PermanentError
 
 __all__ = [
     "CONTENT_TYPE",
+    "content_type",
     "JSON",
     "Outgoing",
     "check_url",
@@ -54,6 +55,18 @@ JSON = "application/json"
 
 CONTENT_TYPE = "content-type"
 """The header naming a body's content type (NATS, Kafka)."""
+
+
+def content_type(headers: Mapping[str, str]) -> str | None:
+    """The ``content-type`` header of a delivery, whatever its case (``Content-Type``
+    from another producer counts: header names are case-insensitive)."""
+    found = headers.get(CONTENT_TYPE)
+    if found is not None:
+        return found
+    for name, value in headers.items():
+        if name.lower() == CONTENT_TYPE:
+            return value
+    return None
 
 
 def is_json(value: Any) -> bool:

@@ -43,7 +43,7 @@ from typing import Any
 from freight._core._time import to_seconds
 from freight._errors import ConfigError, RecordError
 from freight.connectors._broker import Message, reason
-from freight.connectors._brokerkit import CONTENT_TYPE
+from freight.connectors._brokerkit import content_type
 from freight.connectors._brokerkit import decode as default_decode
 from freight.connectors._kafkaerrors import classify
 from freight.connectors._kafkasink import check_servers
@@ -281,7 +281,7 @@ class KafkaSource:
             if self._decode is not None:
                 message.body = self._decode(value)
             else:
-                message.body = default_decode(value, headers.get(CONTENT_TYPE))
+                message.body = default_decode(value, content_type(headers))
         except Exception as exc:
             error = RecordError(f"the record's value cannot be decoded: {exc}")
             error.__cause__ = exc

@@ -33,7 +33,7 @@ from typing import Any
 from freight._core._time import to_seconds
 from freight._errors import ConfigError, RecordError, TargetError, TransientError
 from freight.connectors._broker import Message, reason
-from freight.connectors._brokerkit import CONTENT_TYPE, check_url
+from freight.connectors._brokerkit import check_url, content_type
 from freight.connectors._brokerkit import decode as default_decode
 from freight.connectors._natserrors import classify
 from freight.connectors._natssink import connect
@@ -203,7 +203,7 @@ class NatsSource:
             if self._decode is not None:
                 message.body = self._decode(msg.data)
             else:
-                message.body = default_decode(msg.data, headers.get(CONTENT_TYPE))
+                message.body = default_decode(msg.data, content_type(headers))
         except Exception as exc:
             error = RecordError(f"the message body cannot be decoded: {exc}")
             error.__cause__ = exc
