@@ -5,7 +5,6 @@ second target is not taken for done, read commands never create a store."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 from psycopg import sql
 from typer.testing import CliRunner
 
+from freight._process import host
 from freight.cli import app
 from freight.store import SqliteStore
 from freight.store._records import utcnow
@@ -193,7 +193,7 @@ def test_status_of_a_run_whose_owner_is_gone_says_so(tmp_path: Path) -> None:
     dead = 2**22 + 12345  # above the default pid_max: no such process
     job = store.claim_new(
         name="gone", job_type="bulk", fingerprint="f", config={}, total_items=None,
-        total_bytes=None, replacing=None, host=os.uname().nodename, pid=dead,
+        total_bytes=None, replacing=None, host=host(), pid=dead,
         now=utcnow(), stale_before=utcnow(),
     )  # fmt: skip
     assert job is not None

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import pytest
 from psycopg import sql
 from typer.testing import CliRunner
 
+from freight._process import host
 from freight.cli import app
 from freight.jobs import CsvSource
 from freight.store import SqliteStore
@@ -651,7 +651,7 @@ def test_resume_continues_a_paused_run_whose_owner_is_gone(tmp_path: Path) -> No
         config={"metadata": metadata, "retry_attempts": 3},
     )  # fmt: skip
     now = utcnow()
-    store.claim(record.id, host=socket.gethostname(), pid=dead_pid(), now=now, stale_before=now)
+    store.claim(record.id, host=host(), pid=dead_pid(), now=now, stale_before=now)
     store.transition(record.id, "running")
     store.request(record.id, "pause")
     store.transition(record.id, "paused")
@@ -677,7 +677,7 @@ def test_resume_of_a_paused_run_it_cannot_rebuild_says_what_to_do(tmp_path: Path
     store = SqliteStore(store_path)
     record = store.create_job(name="py", job_type="bulk", fingerprint="f", config={})
     now = utcnow()
-    store.claim(record.id, host=socket.gethostname(), pid=dead_pid(), now=now, stale_before=now)
+    store.claim(record.id, host=host(), pid=dead_pid(), now=now, stale_before=now)
     store.transition(record.id, "running")
     store.transition(record.id, "paused")
     line = one_line_error("resume", "py", "--store", str(store_path))  # never "asked … to resume"

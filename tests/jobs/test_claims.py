@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from freight._process import host
 from freight.connectors.sqlite import SqliteSink
 from freight.jobs import Job, JobAlreadyRunning
 from freight.store import Store, open_store
@@ -139,14 +140,13 @@ def test_claim_new_refuses_when_another_runner_created_or_holds_the_latest_run(
 
 def test_a_fresh_start_is_refused_while_a_live_owner_runs_the_job(tmp_path: Path) -> None:
     import os
-    import socket
 
     store = open_store(str(tmp_path / "freight.db"))
     job = Job("busy", [1, 2, 3], lambda batch: None, store=store)
     now = utcnow()
     running = store.claim_new(
         name="busy", job_type="bulk", fingerprint=job.source.fingerprint(), config={},
-        replacing=None, host=socket.gethostname(), pid=os.getppid(), now=now,
+        replacing=None, host=host(), pid=os.getppid(), now=now,
         stale_before=now,
     )  # fmt: skip
     assert running is not None

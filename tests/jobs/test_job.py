@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from freight import ConfigError, Job, Retry, TargetError, TransientError
+from freight._process import host as this_host
 from freight.jobs import CsvSource, JobAlreadyRunning, Progress, WriteContext
 from freight.jobs._run import PAUSE_POLL
 from freight.store import SqliteStore
@@ -275,7 +275,7 @@ def test_a_live_owner_is_never_run_twice_and_a_dead_one_is_taken_over(store: Sql
         name="owned", job_type="bulk", fingerprint=job.source.fingerprint(), config={}
     )
     now = utcnow()
-    host = socket.gethostname()
+    host = this_host()
     store.claim(record.id, host=host, pid=os.getppid(), now=now, stale_before=now)  # alive
     with pytest.raises(JobAlreadyRunning, match="is running in process"):
         job.run()
@@ -611,7 +611,7 @@ def test_a_run_whose_owner_was_killed_and_not_yet_reaped_is_taken_over(
     import subprocess
     import sys
 
-    from freight.jobs._job import _alive
+    from freight._process import alive as _alive
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -623,7 +623,7 @@ def test_a_run_whose_owner_was_killed_and_not_yet_reaped_is_taken_over(
             name="zombie", job_type="bulk", fingerprint=job.source.fingerprint(), config={}
         )
         now = utcnow()
-        store.claim(record.id, host=socket.gethostname(), pid=child.pid, now=now, stale_before=now)
+        store.claim(record.id, host=this_host(), pid=child.pid, now=now, stale_before=now)
         report = job.run()  # the heartbeat is fresh, but its process is a zombie
         assert (report.job_id, report.status) == (record.id, "completed")
         assert "taken_over" in [e.kind for e in store.events(record.id)]

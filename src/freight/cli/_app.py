@@ -19,7 +19,6 @@ import gc
 import importlib
 import logging
 import os
-import socket
 import sys
 from collections.abc import Callable, Hashable
 from contextlib import closing
@@ -30,6 +29,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from freight._errors import FreightError
+from freight._process import alive, host
 from freight.cli._batch import batch_app, worker
 from freight.cli._errors import (
     EXIT_CODES,
@@ -43,7 +43,6 @@ from freight.cli._errors import (
 from freight.cli._flow import flow_app
 from freight.cli._load import Load, load_job
 from freight.jobs import CsvSource, Job, JobReport, ProgressPrinter
-from freight.jobs._job import _alive
 from freight.jobs._report import ERROR_SAMPLE, WRITTEN, load_report
 from freight.store import (
     DEFAULT_PATH,
@@ -474,7 +473,7 @@ def resume(
     record = _find(opened, job)
     if record.status in DONE:
         _fail(f"run {record.id} of {record.name!r} is already {record.status}")
-    if record.status in LIVE and _owner_alive(record):
+    if record.status in LIVE and _owneralive(record):
         if record.status == "paused" or record.control == "pause":
             _ask(opened, record, "resume")  # its owner goes on
         else:
@@ -491,9 +490,9 @@ def resume(
 
 def _status_of(record: JobRecord) -> str:
     """A run's status, saying when it is live only in the store: its owner is gone."""
-    if record.status not in LIVE or record.owner_host is None or _owner_alive(record):
+    if record.status not in LIVE or record.owner_host is None or _owneralive(record):
         return record.status
-    if record.owner_host == socket.gethostname() and not _alive(record.owner_pid):
+    if record.owner_host == host() and not alive(record.owner_pid):
         gone = f"owner process {record.owner_pid} is gone"
     else:
         gone = (
@@ -503,7 +502,7 @@ def _status_of(record: JobRecord) -> str:
     return f"{record.status} ({gone}; `freight resume` continues it)"
 
 
-def _owner_alive(record: JobRecord) -> bool:
+def _owneralive(record: JobRecord) -> bool:
     """Whether the run's owner still holds it: its heartbeat is fresh and, when it runs
     on this host, its process exists (a process killed a moment ago left a fresh
     heartbeat behind, and resuming it must not just ask a dead process to go on)."""
@@ -512,7 +511,7 @@ def _owner_alive(record: JobRecord) -> bool:
         return False
     if record.heartbeat_at <= stale_before:
         return False
-    return record.owner_host != socket.gethostname() or _alive(record.owner_pid)
+    return record.owner_host != host() or alive(record.owner_pid)
 
 
 @app.command("retry-failed", epilog=EXIT_CODES)

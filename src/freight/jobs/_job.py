@@ -29,7 +29,6 @@ import asyncio
 import functools
 import os
 import pickle
-import socket
 from collections.abc import Callable, Hashable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -42,6 +41,8 @@ from freight._drivers._asyncio import is_async_callable
 from freight._drivers._clocks import ThreadClock
 from freight._drivers._options import check_rate_limit, check_retry
 from freight._errors import ConfigError, JobAlreadyRunning
+from freight._process import alive
+from freight._process import host as this_host
 from freight._ratelimit import RateLimiter
 from freight.jobs._progress import Progress
 from freight.jobs._report import JobReport, load_report
@@ -297,7 +298,7 @@ class Job:
     def _claim_new(self, latest: JobRecord | None, fingerprint: str) -> JobRecord | None:
         """A new run of this job owned by this process, or ``None`` if another was first."""
         size = self.source.size()
-        host, pid, now = socket.gethostname(), os.getpid(), self.utcnow()
+        host, pid, now = this_host(), os.getpid(), self.utcnow()
         new = functools.partial(
             self.store.claim_new,
             name=self.name,
@@ -314,12 +315,12 @@ class Job:
         created = new(stale_before=now - timedelta(seconds=self.stale_after))
         if created is None and latest is not None:
             current = self.store.get_job(latest.id)
-            if current is not None and current.owner_host == host and not _alive(current.owner_pid):
+            if current is not None and current.owner_host == host and not alive(current.owner_pid):
                 created = new(stale_before=now)  # its owner died on this host: not live
         return created
 
     def _claim(self, job: JobRecord) -> JobRecord:
-        store, host, pid = self.store, socket.gethostname(), os.getpid()
+        store, host, pid = self.store, this_host(), os.getpid()
         now = self.utcnow()
         claimed = store.claim(
             job.id,
@@ -331,7 +332,7 @@ class Job:
         if claimed is None:
             current = store.get_job(job.id)
             assert current is not None
-            if current.owner_host == host and not _alive(current.owner_pid):
+            if current.owner_host == host and not alive(current.owner_pid):
                 claimed = store.claim(job.id, host=host, pid=pid, now=now, stale_before=now)
             if claimed is None:
                 raise _already_running(self.name, current)
@@ -416,37 +417,3 @@ def _check_thresholds(
             f"max_failure_rate must be a fraction in [0, 1], got {max_failure_rate!r}"
         )
     return max_failures, max_failure_rate
-
-
-def _alive(pid: int | None) -> bool:
-    """True while process ``pid`` of this host runs (may still beat for its run).
-
-    A process killed with SIGKILL stays a zombie (state ``Z``) until its parent reaps
-    it: ``kill(pid, 0)`` still succeeds, yet it will never run again. On Linux its state
-    is read from ``/proc/<pid>/stat``, so a zombie counts as dead and a restart right
-    after ``kill -9`` takes its run over instead of being refused.
-    """
-    if pid is None:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        if _PROC.is_dir():  # Linux, and no such process
-            return False
-    except OSError:
-        pass  # unreadable: ask the kernel below
-    else:
-        # "pid (comm) state ...": comm may hold spaces and parentheses, so the state is
-        # the first field after the last ")".
-        state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-        return state not in (b"Z", b"X", b"x")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-_PROC = Path("/proc/self")

@@ -37,6 +37,7 @@ from freight._drivers._engine import fan_out
 from freight._drivers._runner import call_sync, settle_async
 from freight._drivers._streams import is_async_callable
 from freight._errors import HandlerContractError, PermanentError
+from freight._process import alive, host
 from freight._ratelimit import RateLimiter
 from freight.manager._models import BatchChange, RequestState
 from freight.manager._store import Claimed, ManagerStore, Outcome, submitted_at
@@ -73,29 +74,6 @@ class Endpoint:
         return spec.size
 
 
-def _host() -> str:
-    """This worker's host as its claims record it: the host name, and the PID namespace
-    where the system has them. A pid means something only in the namespace that gave
-    it: containers (or pods) sharing one host name each have their own, and without
-    it a worker would take back a live neighbour's claims, its pid naming no process
-    here, so both would redo each other's chunks."""
-    name = socket.gethostname()
-    try:
-        return f"{name}/{os.readlink('/proc/self/ns/pid')}"
-    except OSError:  # no /proc (macOS, Windows): the host name alone
-        return name
-
-
-def _is_pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover - another user's process
-        return True
-    return True
-
-
 class Worker:
     """Runs the requests of the registered endpoints until stopped (or, in burst mode,
     until there is nothing left to claim)."""
@@ -124,7 +102,7 @@ class Worker:
         self.lease = lease
         self.poll_interval = poll_interval
         self.cancelled = cancelled
-        self.host = _host()
+        self.host = host()
         self.pid = os.getpid()
         self.name = f"{socket.gethostname()}:{self.pid}:{uuid.uuid4().hex[:8]}"
         self.processed = 0
@@ -165,7 +143,7 @@ class Worker:
         dead = [
             owner
             for owner, pid in self.store.claims_on_host(self.host)
-            if owner != self.name and pid != self.pid and not _is_pid_alive(pid)
+            if owner != self.name and pid != self.pid and not alive(pid)
         ]
         if not dead:
             return 0
