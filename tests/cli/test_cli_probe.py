@@ -235,3 +235,20 @@ def test_load_help_says_a_load_without_a_key_is_at_least_once() -> None:
     assert "for exactly-once without a key, keep the store in the target postgresql" in (
         " ".join(guide.split()).lower()
     )
+
+
+def test_a_load_whose_store_was_left_without_tables_by_a_kill_runs(tmp_path: Path) -> None:
+    """Reproduces `freight: error: no such table: jobs` (a kill loop under load): a load
+    killed after SQLite made the store's file but before its tables were committed left
+    an empty store; the next load read it, to compare targets, and failed."""
+    store = tmp_path / "s.db"
+    with sqlite3.connect(store) as conn:  # what the killed load left: a file, no tables
+        conn.execute("PRAGMA journal_mode=WAL")
+    data = tmp_path / "d.csv"
+    data.write_text("id\n1\n2\n")
+    code, out, err = invoke("load", str(data), "--into", f"sqlite:///{tmp_path / 't.db'}",
+                            "--table", "t", "--store", str(store), "--name", "empty")  # fmt: skip
+    assert code == 0, err
+    code, out, _ = invoke("list", "--store", str(store))
+    assert code == 0
+    assert "empty" in out

@@ -120,6 +120,9 @@ class SqliteStore(SqlStore):
         """Set the connection up and bring the schema to this freight's version."""
         if self.read_only:
             self._db.execute("PRAGMA query_only=ON")
+            if self.schema_version == 0:  # made by a process killed before its tables were
+                self._db.close()  # committed (migrations are one transaction): none yet
+                raise StoreError(f"no store at {self.path} (the file holds no freight tables)")
             return
         with self._mapped():
             self._db.execute("PRAGMA journal_mode=WAL")
