@@ -143,10 +143,12 @@ def test_three_workers_one_killed_complete_30000_requests_exactly_once(
 
         wait_for((tmp_path / "victim").exists, "worker 0 to be mid-chunk", 30)
         killed = workers[0]
+        # Checked before the kill (its handler sleeps, holding the chunk): once it is
+        # dead, a live worker may take the chunk back before the test looks.
+        assert held_by(postgres_url, killed.pid) == 250  # a chunk it claimed, to be lost
+        assert finished() < REQUESTS  # the kill lands mid-way: that chunk is not done
         killed.send_signal(signal.SIGKILL)
         killed.wait()
-        assert held_by(postgres_url, killed.pid) == 250  # a chunk it had claimed, lost
-        assert finished() < REQUESTS  # the kill landed mid-way
 
         done = manager.wait_sync(batch.id, timeout=30)
         live = workers[1:]
@@ -154,6 +156,9 @@ def test_three_workers_one_killed_complete_30000_requests_exactly_once(
             process.send_signal(signal.SIGTERM)
         for process in live:
             assert process.wait(timeout=15) == 0, (tmp_path / "worker-1.log").read_text()
+    except BaseException:
+        manager.close()  # its connection, closed now rather than by a later test's GC
+        raise
     finally:
         for process in workers:
             process.kill()

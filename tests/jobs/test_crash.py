@@ -5,6 +5,7 @@ These run real processes in real time (marked ``slow``; CI runs them all).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -44,16 +45,34 @@ def load(data: Path, tmp: Path) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def processed(store: Path) -> int:
+    """The rows the store says the run has processed (-1 before it has its tables)."""
+    if not store.exists():
+        return -1
+    try:
+        with contextlib.closing(sqlite3.connect(store, timeout=5)) as db:
+            row = db.execute("SELECT max(processed) FROM jobs").fetchone()
+    except sqlite3.OperationalError:  # no tables yet
+        return -1
+    return int(row[0] or 0)
+
+
 def test_sigkill_at_20_random_points_then_resume_loads_every_valid_row_once(tmp_path: Path) -> None:
     data = tmp_path / "payments.csv"
     write_csv(data)
     rng = random.Random(20261125)
     killed = 0
-    for _ in range(2 * KILLS):
+    for attempt in range(2 * KILLS):
         if killed == KILLS:
             break
+        before = processed(tmp_path / "freight.db")
         process = load(data, tmp_path)
-        time.sleep(rng.uniform(0.2, 0.5))  # a random kill point, not a timeout under test
+        if attempt % 4 == 0:  # now and then at start-up: the store or the table being made
+            time.sleep(rng.uniform(0.0, 0.3))
+        else:  # else at a random point after the next commit (a machine under load is slow)
+            while process.poll() is None and processed(tmp_path / "freight.db") <= before:
+                time.sleep(0.002)  # watching for a commit, not waiting out a timeout
+            time.sleep(rng.uniform(0.0, 0.1))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             killed += 1
