@@ -18,7 +18,7 @@ from freight.store import (
     TransactionalSink,
 )
 from freight.store._dialect import POSTGRES, SQLITE
-from freight.store._sql import Statements, statements
+from freight.store._statements import Statements, statements
 from tests.store.test_store_contract import postgres_store
 
 

@@ -30,7 +30,8 @@ from typing import Any
 from freight._errors import StoreError, TransientError
 from freight.store._dialect import POSTGRES, Row, Transaction
 from freight.store._records import ChunkCheckpoint, DeadLetter
-from freight.store._sql import SqlStore, statements
+from freight.store._sql import SqlStore
+from freight.store._statements import statements
 
 try:
     import psycopg

@@ -22,7 +22,8 @@ from typing import Any
 from freight._core._time import to_seconds
 from freight._errors import StoreError, TransientError
 from freight.store._dialect import SQLITE, Row, Transaction
-from freight.store._sql import SqlStore, statements
+from freight.store._sql import SqlStore
+from freight.store._statements import statements
 
 __all__ = ["DEFAULT_PATH", "SqliteStore"]
 
