@@ -38,7 +38,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from freight._core._time import to_seconds
 from freight._errors import ConfigError, RecordError
@@ -402,7 +402,21 @@ class KafkaSource:
                 await _stop(client)
 
 
-async def _stop(client: Any) -> None:
+class _Connections(Protocol):
+    async def close(self) -> None: ...
+
+
+class _AiokafkaClient(Protocol):
+    """aiokafka's consumer and producer as far as stopping goes: ``stop()`` and the
+    connection pool they own, which aiokafka (0.14) names ``_client``. The pool is
+    touched only when ``stop()`` was cut short (:func:`_stop`)."""
+
+    _client: _Connections
+
+    async def stop(self) -> None: ...
+
+
+async def _stop(client: _AiokafkaClient) -> None:
     """Stop an aiokafka client, whatever state its broker is in.
 
     With the broker gone, aiokafka's fetcher awaits the fetch tasks it has just
@@ -416,9 +430,7 @@ async def _stop(client: Any) -> None:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise  # a real cancellation of ours: passed on
-        inner = getattr(client, "_client", None)
-        if inner is not None:
-            with contextlib.suppress(Exception):
-                await inner.close()
+        with contextlib.suppress(Exception):
+            await client._client.close()
     except Exception as exc:
         _log.debug("freight: stopping a Kafka client failed: %s", exc)
