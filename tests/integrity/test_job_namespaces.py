@@ -23,14 +23,14 @@ from tests.integrity.test_manager_namespaces import in_namespace, namespaces_can
 pytestmark = pytest.mark.slow
 
 HOLDER = """
-import pathlib, sys, time
+import pathlib, sys, threading
 from freight.jobs import Job
 from freight.store import open_store
 
 
 def hold(items):
     pathlib.Path(sys.argv[2]).write_text("started")
-    time.sleep(60)  # alive, owning its run
+    threading.Event().wait()  # alive, owning its run, until the test kills it
 
 
 Job("ns-job", list(range(10)), hold, chunk_size=10, store=open_store(sys.argv[1])).run()

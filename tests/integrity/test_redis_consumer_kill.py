@@ -48,15 +48,20 @@ from freight.connectors import consume
 from freight.connectors.redis import RedisStreamSource
 
 url, stream, name, log = sys.argv[1:5]
+stop_at = int(sys.argv[5])
 
 async def main():
     source = RedisStreamSource(url, stream, "workers", name, claim_idle=%(claim)s)
     out = open(log, "a")
+    handled = 0
 
     async def handle(items):
+        nonlocal handled
         out.write("".join(f"{item['n']}\\n" for item in items))
         out.flush()
-        await asyncio.sleep(0.01)  # the batch's work: most kills land here
+        handled += len(items)
+        if handled >= stop_at:  # mid-batch, handled and not acknowledged: killed here
+            await asyncio.Event().wait()
 
     await consume(source, handle, spec=BatchSpec(size=%(batch)d, timeout=0.05))
 
@@ -73,12 +78,14 @@ def handled_by(log: Path) -> list[int]:
 def kill_after(client: Any, stream: str, log: Path, name: str, at_least: int) -> int:
     """Start a victim; SIGKILL it once its log has ``at_least`` lines; return how many
     entries it left pending (handled or not, never acknowledged)."""
-    victim = subprocess.Popen([sys.executable, "-c", VICTIM, REDIS_URL, stream, name, str(log)])
+    victim = subprocess.Popen(
+        [sys.executable, "-c", VICTIM, REDIS_URL, stream, name, str(log), str(at_least)]
+    )
     deadline = time.monotonic() + 20
     try:
         while len(handled_by(log)) < at_least and time.monotonic() < deadline:
             assert victim.poll() is None, "the victim exited on its own"
-            time.sleep(0.005)
+            time.sleep(0.005)  # watching the victim's log, not waiting out a timeout
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.wait()

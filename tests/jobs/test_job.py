@@ -613,7 +613,7 @@ def test_a_run_whose_owner_was_killed_and_not_yet_reaped_is_taken_over(
 
     from freight._process import alive as _alive
 
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     try:
         os.kill(child.pid, signal.SIGKILL)
         os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, left unreaped
