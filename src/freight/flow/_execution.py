@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import operator
 import random
@@ -205,7 +206,7 @@ class Executor:
                 finished, results, again, outputs = works, outcome.outcomes, [], []
                 dead = [dead_letter(spec.name, "handler_error", w.envelopes, exc) for w in works]
             if self.tracing.subscribers:
-                failed = sum(isinstance(o, BaseException) for o in results)
+                failed = sum(map(isinstance, results, itertools.repeat(BaseException)))
                 counts = (len(works), len(finished) - failed, failed, outcome.tries,
                           len(outputs), len(again))  # fmt: skip
                 self.tracing.handler(spec.name, started, clock.now(), flush_id, counts)

@@ -98,9 +98,15 @@ class Router:
         self.known: set[type] = set()
         self.seq = itertools.count(1)
         # Artifact ids: a random prefix per Flow object and a counter (unique across
-        # restarts of a durable flow, ~20x cheaper than a uuid4 per artifact).
-        self._id_prefix = uuid.uuid4().hex[:16] + "-"
+        # restarts of a durable flow, ~20x cheaper than a uuid4 per artifact). The
+        # newest id and its number are kept for the tracing (``Issuer``): an envelope
+        # whose id is the newest continues a run of publish spans without its id being
+        # formatted or parsed again.
+        self.id_prefix = uuid.uuid4().hex[:16] + "-"
         self._ids = itertools.count(1)
+        self.newest: str | None = None
+        self.issued = 0
+        tracing.issuer = self
         self._routes: dict[type, list[Candidate]] = {}
 
     def start(self, clock: Clock) -> None:
@@ -145,11 +151,13 @@ class Router:
         else:
             visibility = resolve(visibility, artifact)
             tenant = visibility.tenant_id if type(visibility) is Tenant else tenant_of(visibility)
+        number = self.issued = next(self._ids)
+        newest = self.newest = f"{self.id_prefix}{number:x}"
         # In the field order: (id, type, payload, producer, created_at, published_at,
         # visibility, tenant, correlation_id, depth).
         return _new_envelope((
-            f"{self._id_prefix}{next(self._ids):x}", kind.__qualname__, artifact, producer,
-            self.now(), _utc_now(), visibility, tenant, correlation_id, depth,
+            newest, kind.__qualname__, artifact, producer, self.now(), _utc_now(), visibility,
+            tenant, correlation_id, depth,
         ))  # fmt: skip
 
     # -- routing (rules 2-4) --------------------------------------------------

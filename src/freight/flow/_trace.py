@@ -10,18 +10,21 @@ A subscriber is any callable taking a :class:`Span`. Two ship with freight:
 
 How the DuckDB tracer stays cheap (a flow traces by default, so its cost is every
 flow's): on the event loop, a publish span (one per artifact, most of a flow's spans)
-is seven values appended to a list, another span one tuple appended to a deque;
-nothing is converted, formatted or written there, and nothing is kept alive for the
-garbage collector to walk (see :class:`PublishRow`). A writer thread takes what is
-queued every ``buffer`` spans or ``interval`` seconds (and the flow when it goes idle
-or closes, in a worker thread) and inserts it with one statement per table (Arrow
-tables scanned by DuckDB): publish spans into the narrow ``publish_spans``, the
-others into ``span_rows``; ``spans`` is the view over both that users query.
-Measured on the development machine (2 shared cores, the guide's payments flow,
-20,000 transactions): a span written row by row (``executemany``, long ago) cost
-~2 ms; now a publish span costs ~0.4 us on the event loop and ~1.5 us in the writer
-(~0.4 us of Python making its columns, the rest DuckDB's insert and the checkpoint its
-commit makes: the rows are written to the file once, no WAL; see ``_Session``).
+is the envelope's ``created_at`` appended to a list when it goes on with a run (the
+same type, producer, tenant, depth and consumer count as the span before, and the next
+id of its flow's counter), a marker and that when it opens one; another span is its
+values appended to a list; nothing is converted, formatted or written there, and nothing
+is kept alive for the garbage collector to walk. A writer thread takes what is queued
+every ``buffer`` spans or ``interval`` seconds (and the flow when it goes idle or
+closes, in a worker thread) and inserts it with one statement per table (Arrow tables
+scanned by DuckDB): runs of publish spans into ``publish_runs`` (a row per run: its
+first id and its spans' starts), the others into ``span_rows``; ``spans`` is the view
+over both that users query. Measured on the development machine (2 shared cores, the
+guide's payments flow, 20,000 transactions, ~6 us each untraced): a span written row by
+row (``executemany``, long ago) cost ~2 ms; a publish span written as a row of its own
+~1.3 us (DuckDB's checkpoint of its string columns, mostly); as runs, the tracing costs
+~0.7 us a transaction on the event loop and ~0.6 us for the write (the rows are written
+to the file once, no WAL; see ``_Session``).
 
 This module holds the spans, the tracers and the DuckDB tracer's queues and writer
 thread; the write itself (tables, Arrow conversion, the insert) is in
@@ -33,16 +36,17 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
 import threading
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from freight.flow import _trace_store
-from freight.flow._trace_store import _SESSION, Columns, _count
+from freight.flow._trace_store import _SESSION, Columns, PublishRuns, Run, Spans, _count
 
 __all__ = ["DuckDBTracer", "OpenTelemetryTracer", "Span", "SpanKind"]
 
@@ -86,6 +90,8 @@ class Span:
     def ended_at(self) -> datetime:
         return self.started_at + timedelta(seconds=self.duration)
 
+
+_S = TypeVar("_S", Columns, PublishRuns)
 
 _KEEP = 200_000  # spans held at most: queued, or kept by a failed write for the next one
 _COUNT_EVERY = 256  # spans queued in columns between two counts of them (writer.recorded)
@@ -188,15 +194,32 @@ class DuckDBTracer:
         self._writer.stop()
 
 
-class _Queues:
-    """One flow's spans queued in columns for a tracer: two lists (``Columns.PUBLISH``
-    and ``Columns.RUN`` values) the flow appends each span's values to (one C call:
-    whole, even against a write; ``Tracing.published`` appends to ``publishes`` itself,
-    then calls ``writer.recorded``) and a write takes the head of (a copy of what it
-    holds, then a delete of that many: what the flow appends meanwhile stays). No lock
-    on the hottest path."""
+class Issuer(Protocol):
+    """What makes a flow's artifact ids (its router): ``id_prefix`` and a counter; the
+    newest id made and its number (``issued``)."""
 
-    __slots__ = ("flow", "publishes", "runs", "uncounted", "writer")
+    newest: str | None
+    issued: int
+    id_prefix: str
+
+
+class _Queues:
+    """One flow's spans queued for a tracer: two lists the flow appends to and a write
+    takes the head of (a copy of what it holds, then a delete of that many: what the
+    flow appends meanwhile stays). Each span is one C call on the flow's side (whole,
+    even against a write): no lock on the hottest path.
+
+    ``runs`` holds flush and handler spans (``Columns.RUN`` values each). ``publishes``
+    holds publish spans as runs (``PublishRuns``): a span's ``created_at`` on the flow's
+    clock (the envelope's own float: nothing is made), after its run's marker when it
+    opens one (:meth:`publish`; the marker holds the offset from the flow's clock to the
+    wall clock then); a write reads them back into runs (:meth:`take`), the first of
+    which may go on from the previous write's last run."""
+
+    __slots__ = (
+        "carried", "carry", "flow", "key", "limit", "number", "owner", "publishes", "runs",
+        "uncounted", "writer",
+    )  # fmt: skip
 
     def __init__(self, flow: str, writer: _Writer) -> None:
         self.flow = flow
@@ -204,6 +227,48 @@ class _Queues:
         self.publishes: list[Any] = []
         self.runs: list[Any] = []
         self.uncounted = 0  # spans queued here and not yet told to the writer
+        # told every ``limit`` spans: ``_COUNT_EVERY``, or 0 while the writer has no
+        # thread (the next span starts one)
+        self.limit = 0 if writer.thread is None else _COUNT_EVERY
+        # The open run (the flow's thread only): its key (type, producer, tenant, depth,
+        # consumers), the issuer of its ids (``None``: not one a run can go on with) and
+        # its last id's number.
+        self.key: tuple[Any, ...] = ()
+        self.owner: Issuer | None = None
+        self.number = 0
+        # The last run a write took (the writer's only), and how many of its spans: the
+        # starts at the head of the next write's take go on with it.
+        self.carry: tuple[Any, ...] | None = None
+        self.carried = 0
+
+    def publish(
+        self, envelope: tuple[Any, ...], key: tuple[Any, ...], issuer: Issuer, offset: float
+    ) -> None:
+        """Queue the publish span of ``envelope`` (``key``: its type, producer, tenant,
+        depth and how many subscriptions took it; ``issuer``: what makes its flow's ids;
+        ``offset``: the wall clock minus the flow's, now). The flow's hot path inlines
+        the first case (``Tracing.published``)."""
+        span_id = envelope[0]
+        if key == self.key and self.owner is issuer:
+            expected = self.number + 1
+            if (span_id is issuer.newest and issuer.issued == expected) or span_id == (
+                f"{issuer.id_prefix}{expected:x}"
+            ):  # the next in the run
+                self.publishes.append(envelope[4])
+                self.number = expected
+                return
+        first: int | None
+        owner: Issuer | None
+        if span_id is issuer.newest:
+            prefix, first, owner = issuer.id_prefix, issuer.issued, issuer
+        else:
+            prefix, first = _split_id(span_id)
+            owner = issuer if first is not None and prefix == issuer.id_prefix else None
+        # one call: the marker and the span's created_at (the flow's clock)
+        self.publishes += ((prefix, first, *key, offset), envelope[4])
+        self.key = key
+        self.owner = owner
+        self.number = first if first is not None else 0
 
     def ran(self, values: tuple[Any, ...]) -> None:
         """Queue a flush or handler span (``Columns.RUN`` values)."""
@@ -214,22 +279,57 @@ class _Queues:
         """``spans`` more were queued: tell the writer every ``_COUNT_EVERY`` (and the
         first time: it starts its thread), not at each publish."""
         uncounted = self.uncounted + spans
-        if uncounted >= _COUNT_EVERY or self.writer.thread is None:
+        if uncounted >= self.limit:
             self.uncounted = 0
             self.writer.recorded(uncounted)
         else:
             self.uncounted = uncounted
 
-    def take(self) -> list[Columns]:
-        """What is queued (a write's): its publish spans and its other spans."""
-        return [
-            Columns(self.flow, width, _head(values))
-            for width, values in ((Columns.RUN, self.runs), (Columns.PUBLISH, self.publishes))
-            if values
-        ]
+    def take(self) -> list[Spans]:
+        """What is queued (a write's): its other spans and its publish spans."""
+        taken: list[Spans] = []
+        if self.runs:
+            taken.append(Columns(self.flow, Columns.RUN, _head(self.runs)))
+        if self.publishes:
+            taken.append(self._publish_runs(_head(self.publishes)))
+        return taken
+
+    def _publish_runs(self, values: list[Any]) -> PublishRuns:
+        """``values`` (markers, each followed by its run's starts) as runs: the starts
+        before the first marker go on with the run the previous take ended in."""
+        markers = list(map(operator.is_, map(type, values), itertools.repeat(tuple)))
+        at = list(itertools.compress(itertools.count(), markers))
+        starts = list(itertools.compress(values, map(operator.not_, markers)))
+        runs: list[Run] = []
+        head = at[0] if at else len(values)
+        if head:  # the previous take's last run goes on
+            assert self.carry is not None, "a publish span queued before any run's marker"
+            prefix, first, *rest = self.carry
+            first = None if first is None else first + self.carried
+            runs.append((prefix, first, *rest, head))
+            self.carried += head
+        for index, position in enumerate(at):
+            end = at[index + 1] if index + 1 < len(at) else len(values)
+            runs.append((*values[position], end - position - 1))
+            self.carry, self.carried = values[position], end - position - 1
+        return PublishRuns(self.flow, runs, starts)
 
     def __bool__(self) -> bool:
         return bool(self.publishes or self.runs)
+
+
+def _split_id(span_id: str) -> tuple[str, int | None]:
+    """``span_id`` as a prefix and a number, ``prefix + f"{number:x}"`` being it (an
+    artifact id: its flow's prefix and a counter); ``(span_id, None)`` if it is not one."""
+    prefix, dash, tail = span_id.rpartition("-")
+    if dash and tail:
+        try:
+            number = int(tail, 16)
+        except ValueError:
+            return span_id, None
+        if f"{number:x}" == tail:
+            return prefix + dash, number
+    return span_id, None
 
 
 def _head(values: list[Any]) -> list[Any]:
@@ -255,7 +355,7 @@ class _Writer:
         self.counted = 0
         self.taken = 0
         self.kept: list[SpanRow] = []  # what a failed write could not write
-        self.kept_columns: list[Columns] = []
+        self.kept_columns: list[Spans] = []
         self.writing = threading.RLock()  # one write at a time (a finalizer may nest)
         self.starting = threading.Lock()
         self.wake = threading.Event()
@@ -303,6 +403,7 @@ class _Writer:
                         daemon=True,
                     )
                     self.thread.start()
+                    self._limit(_COUNT_EVERY)
         if self._queued() < self.buffer:
             return
         self.wake.set()
@@ -312,6 +413,12 @@ class _Writer:
             self.room.clear()
             self.wake.set()
             self.room.wait(0.1)
+
+    def _limit(self, limit: int) -> None:
+        """Have the flows tell this writer of their spans every ``limit`` (under
+        ``starting``)."""
+        for queues in list(self.flows.values()):
+            queues.limit = limit
 
     def _alive(self) -> bool:
         thread = self.thread
@@ -361,9 +468,9 @@ class _Writer:
                 self.kept = rows[-self.max_spans :]
                 # then the newest run spans, then the newest publish spans, if room is left
                 room = self.max_spans - len(self.kept)
-                runs = _newest([c for c in columns if c.width == Columns.RUN], room)
+                runs = _newest([c for c in columns if isinstance(c, Columns)], room)
                 room -= _count(runs)
-                publishes = _newest([c for c in columns if c.width == Columns.PUBLISH], room)
+                publishes = _newest([c for c in columns if isinstance(c, PublishRuns)], room)
                 self.kept_columns = runs + publishes
                 raise
 
@@ -372,6 +479,7 @@ class _Writer:
         recorded later starts a new thread (a tracer shared by flows outlives one)."""
         with self.starting:
             thread, self.thread = self.thread, None
+            self._limit(0)  # the next span starts a thread
             self.stopping.set()
             self.wake.set()
         if thread is not None and thread is not threading.current_thread():
@@ -389,13 +497,13 @@ def _take(queue: deque[Any]) -> list[Any]:
     return [queue.popleft() for _ in range(len(queue))]
 
 
-def _newest(columns: list[Columns], room: int) -> list[Columns]:
+def _newest(columns: list[_S], room: int) -> list[_S]:
     """The newest ``room`` spans of ``columns`` (none if ``room`` <= 0)."""
-    kept: list[Columns] = []
+    kept: list[_S] = []
     for chunk in reversed(columns):
         if room <= 0:
             break
-        kept.append(chunk.tail(room))
+        kept.append(chunk.tail(min(room, len(chunk))))
         room -= len(chunk)
     kept.reverse()
     return kept
@@ -405,14 +513,14 @@ class SpanIds:
     """Span ids: a random prefix per flow and a counter (unique across processes and
     restarts, ~10x cheaper than a uuid4 per span)."""
 
-    __slots__ = ("_count", "_prefix")
+    __slots__ = ("_count", "_format")
 
     def __init__(self, prefix: str) -> None:
-        self._prefix = prefix
+        self._format = prefix.replace("%", "%%") + "%x"
         self._count = itertools.count(1)
 
     def next(self) -> str:
-        return f"{self._prefix}{next(self._count):x}"
+        return self._format % next(self._count)
 
 
 class OpenTelemetryTracer:
