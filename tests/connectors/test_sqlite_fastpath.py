@@ -228,3 +228,87 @@ def test_a_csv_load_with_a_bad_row_dead_letters_it_and_lands_the_rest(tmp_path: 
     assert len(stored) == 50
     assert stored[0] == ("integer", 0, "real", 0.5, "text", "2026-01-01T10:00:00+00:00",
                          "integer", 1, "text", "n0")  # fmt: skip
+
+
+# -- format="csv": CSV record texts (``CsvSource(raw=True)``), as ``freight load`` writes ---
+
+
+def _csv_text(row: Mapping[str, str]) -> str:
+    """``row`` as ``CsvSource(raw=True)`` hands a record over: one line ending in ``\\n``,
+    a field holding a quote, a comma, ``\\r`` or ``\\n`` quoted (its quotes doubled)."""
+    fields = [row[c] for c in TYPES]
+    if fields == [""]:
+        return '""\n'
+    quoted = [
+        '"' + f.replace('"', '""') + '"' if any(ch in f for ch in '\n\r,"') else f for f in fields
+    ]
+    return ",".join(quoted) + "\n"
+
+
+def _write_texts(folder: Path, rows: Sequence[Mapping[str, str]], key: str | None = None) -> None:
+    """Write ``rows`` as CSV texts (``format="csv"``) and as mappings item by item (the
+    reference): the same rows refused for the same reasons, the same values stored."""
+    texts = SqliteSink(folder / "fast.db", "t", types=TYPES, key=key, format="csv",
+                       columns=list(TYPES))  # fmt: skip
+    slow = SqliteSink(folder / "slow.db", "t", types=TYPES, key=key)
+    slow._fast = None
+    try:
+        got = texts.write([_csv_text(row) for row in rows])
+        assert _outcomes(got) == _outcomes(slow.write([dict(row) for row in rows]))
+    finally:
+        texts.close()
+        slow.close()
+    assert _stored(folder / "fast.db") == _stored(folder / "slow.db")
+
+
+@given(rows=ROWS)
+@settings(max_examples=150, deadline=None)
+def test_any_chunk_of_csv_texts_lands_as_its_mappings_land(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[dict[str, str]]
+) -> None:
+    _write_texts(tmp_path_factory.mktemp("csv-any"), rows)
+
+
+@given(rows=PLAIN_ROWS, key=st.sampled_from([None, "id"]))
+@settings(max_examples=100, deadline=None)
+def test_plain_csv_texts_are_split_in_columns_and_land_as_their_mappings_land(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[dict[str, str]], key: str | None
+) -> None:
+    sink = SqliteSink(tmp_path_factory.mktemp("probe") / "p.db", "t", types=TYPES,
+                      format="csv", columns=list(TYPES))  # fmt: skip
+    texts = [_csv_text(row) for row in rows]
+    if not any('"' in t or "\r" in t for t in texts):
+        assert sink._csv_rows(texts) is not None  # the whole-column path is taken
+    sink.close()
+    keyed = rows if key is None else [{**row, "id": str(i % 3)} for i, row in enumerate(rows)]
+    _write_texts(tmp_path_factory.mktemp("csv-plain"), keyed, key=key)
+
+
+def test_a_text_that_is_not_one_record_of_the_columns_fails_alone(tmp_path: Path) -> None:
+    sink = SqliteSink(tmp_path / "t.db", "t", types=TYPES, format="csv", columns=list(TYPES))
+    good = "1,2.5,2026-01-01T10:00:00+00:00,t,a\n"
+    outcomes = sink.write([good, "1,2\n", '"unclosed\n', 7, good])
+    sink.close()
+    assert outcomes is not None
+    assert [o is None for o in outcomes] == [True, False, False, False, True]
+    assert "SqliteSink needs mappings" in str(outcomes[1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"format": "json"}, "format must be 'rows' or 'csv'"),
+        ({"format": "csv"}, "needs types= and columns="),
+        ({"format": "csv", "types": TYPES}, "needs types= and columns="),
+        ({"format": "csv", "types": TYPES, "columns": ["id", "nope"]}, "'nope'"),
+        ({"delimiter": ";;"}, "two different characters"),
+        ({"delimiter": '"'}, "two different characters"),
+    ],
+)
+def test_a_csv_sink_declared_wrong_is_refused_by_name(
+    tmp_path: Path, kwargs: dict[str, Any], message: str
+) -> None:
+    from freight import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        SqliteSink(tmp_path / "t.db", "t", **kwargs)

@@ -145,6 +145,15 @@ def load_job(spec: Load, name: str | None, open_store: Callable[[], Store]) -> J
         sink, source = _postgres_sink(spec, column_types)
     elif spec.mysql:
         sink, source = _mysql_sink(spec, column_types, exists)
+    elif kind == "csv" and isinstance(source, CsvSource):
+        # the file's lines as they are, typed by the sink a whole column at a time (it
+        # creates a missing table with these types)
+        sink = SqliteSink(
+            sqlite_path(spec.into), spec.table, key=spec.key, types=column_types,
+            format="csv", columns=columns, delimiter=source.delimiter,
+            quotechar=source.quotechar,
+        )  # fmt: skip
+        source = CsvSource(file, raw=True)
     else:  # the sink creates a missing table with these types, and types every row
         sink = SqliteSink(sqlite_path(spec.into), spec.table, key=spec.key, types=column_types)
     return Job(

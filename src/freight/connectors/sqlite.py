@@ -44,6 +44,7 @@ which never imports this module; its public names are exported from here.
 from __future__ import annotations
 
 import asyncio
+import csv
 import functools
 import operator
 import sqlite3
@@ -119,6 +120,15 @@ class SqliteSink:
             and a missing table takes the columns and types of the first item.
         busy_timeout: seconds a write waits for another connection's transaction
             before it fails with a :class:`~freight.TransientError` (retried by the job).
+        format: ``"rows"`` (mappings) or ``"csv"``: items are CSV record texts, each
+            ending in ``\\n`` (``CsvSource(raw=True)``), of the columns ``columns``, in
+            ``delimiter`` and ``quotechar``; needs ``types``. Each write takes its texts
+            a whole column at a time when they are plain (no quote, no empty field,
+            each value in its type's plain form: split in C, no dict per row), and
+            reads them as ``CsvSource`` reads a record otherwise (the same rows, the
+            same dead letters, as a load of the file's mappings). This is the fast path
+            of ``freight load`` into SQLite.
+        columns: the columns of a ``"csv"`` item, in order (the file's header).
     """
 
     def __init__(
@@ -130,8 +140,24 @@ class SqliteSink:
         mode: Literal["insert", "upsert"] | None = None,
         types: Mapping[str, str] | None = None,
         busy_timeout: float = 30.0,
+        format: Literal["rows", "csv"] = "rows",
+        columns: Sequence[str] | None = None,
+        delimiter: str = ",",
+        quotechar: str = '"',
     ) -> None:
         self.path = _file(path)
+        if format not in ("rows", "csv"):
+            raise ConfigError(f"format must be 'rows' or 'csv', got {format!r}")
+        if format == "csv" and (types is None or not columns):
+            raise ConfigError("format='csv' needs types= and columns= (the file's header)")
+        if len(delimiter) != 1 or len(quotechar) != 1 or delimiter == quotechar:
+            raise ConfigError(
+                f"delimiter and quotechar must be two different characters, got "
+                f"{delimiter!r} and {quotechar!r}"
+            )
+        self.format = format
+        self.csv_columns = list(columns or [])
+        self.delimiter, self.quotechar = delimiter, quotechar
         _check_table(table)
         self.table = table
         self._table = quote_identifier(table)
@@ -147,6 +173,9 @@ class SqliteSink:
         self.types = None if types is None else canonical_types(types)
         if self.types is not None:
             _check_columns(table, list(self.types), self.key)
+            unknown = [c for c in self.csv_columns if c not in self.types]
+            if unknown:
+                raise ConfigError(f"columns= names column(s) {unknown} that types= lacks")
         self.busy_timeout = to_seconds(busy_timeout, "busy_timeout")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open()
@@ -163,10 +192,12 @@ class SqliteSink:
         self._columns: list[str] | None = None
         self._binders: _Binders | None = None
         self._fast: list[tuple[str, Callable[[Any], Any]]] | None = None
+        self._csv_kinds: list[str] | None = None
         declared = _declared_types(self._db, self.table)
         if declared is not None:
             self._columns = list(declared)
             self._fast = self._fast_columns(declared)
+            self._csv_kinds = self._csv_columns_kinds(declared)
 
     def _typed_table(self, types: dict[str, str]) -> None:
         """Create the table with ``types`` if missing; else check that it has their columns."""
@@ -175,6 +206,7 @@ class SqliteSink:
             _create(self._db, self.table, declared, self.key)
             self._columns = list(types)
             self._fast = self._fast_columns(declared)
+            self._csv_kinds = self._csv_columns_kinds(declared)
             return
         missing = [c for c in types if c not in self._columns]
         if missing:
@@ -189,7 +221,10 @@ class SqliteSink:
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (for worker processes): the connection is reopened on arrival."""
         state = self.__dict__.copy()
-        for name in ("_db", "_lock", "_convert", "_statements", "_columns", "_binders", "_fast"):
+        for name in (
+            "_db", "_lock", "_convert", "_statements", "_columns", "_binders", "_fast",
+            "_csv_kinds",
+        ):  # fmt: skip
             del state[name]
         return state
 
@@ -209,6 +244,62 @@ class SqliteSink:
         if any(" ".join(declared[c].upper().split()) != DDL_TYPES[k] for c, k in types.items()):
             return None
         return [(types[c], operator.itemgetter(c)) for c in declared]
+
+    def _csv_columns_kinds(self, declared: Mapping[str, str]) -> list[str] | None:
+        """The freight type of each column of a ``"csv"`` item, when each is declared as
+        freight declares it (the affinity :func:`bind_column` counts on)."""
+        types = self.types
+        if self.format != "csv" or types is None:
+            return None
+        kinds = []
+        for column in self.csv_columns:
+            if " ".join(declared.get(column, "").upper().split()) != DDL_TYPES[types[column]]:
+                return None
+            kinds.append(types[column])
+        return kinds
+
+    def _csv_rows(self, texts: list[Any]) -> list[tuple[Any, ...]] | None:
+        """The rows of CSV record ``texts`` bound a whole column at a time, or ``None``
+        when one needs :meth:`_csv_items` (a quote, a ``\\r``, a value not in its type's
+        plain form): the texts joined, split at the delimiter in C, each column a slice
+        (:meth:`_fast_rows` without a dict per row)."""
+        kinds = self._csv_kinds
+        if kinds is None:
+            return None
+        try:
+            joined = "".join(texts)
+        except TypeError:  # not all text
+            return None
+        if self.quotechar in joined or "\r" in joined:
+            return None
+        delimiter, width = self.delimiter, len(kinds)
+        values = joined.replace("\n", delimiter).split(delimiter)
+        if values.pop() != "" or len(values) != width * len(texts):
+            return None  # a text not ending in one \n, or of another number of fields
+        bound = []
+        for index, kind in enumerate(kinds):
+            column = bind_column(kind, values[index::width])
+            if column is None:
+                return None
+            bound.append(column)
+        return list(zip(*bound, strict=True))
+
+    def _csv_items(self, texts: list[Any]) -> list[Any]:
+        """CSV record ``texts`` as the mappings ``CsvSource`` makes of them (the per-item
+        path's input); a text that is not one record of the columns stays as it is (its
+        item is refused: not a mapping)."""
+        names = self.csv_columns
+        items: list[Any] = []
+        for text in texts:
+            try:
+                rows = list(csv.reader([text], delimiter=self.delimiter, quotechar=self.quotechar))
+            except (csv.Error, TypeError):
+                rows = []
+            if len(rows) == 1 and len(rows[0]) == len(names):
+                items.append(dict(zip(names, rows[0], strict=True)))
+            else:
+                items.append(text)
+        return items
 
     def _fast_rows(self, items: list[Mapping[str, Any]]) -> list[tuple[Any, ...]] | None:
         """The rows of ``items`` bound a whole column at a time, or ``None`` when a value
@@ -276,7 +367,7 @@ class SqliteSink:
         self._statements[tuple(columns)] = sql
         return sql
 
-    def write(self, items: list[Mapping[str, Any]], context: object = None) -> list[Any] | None:
+    def write(self, items: list[Any], context: object = None) -> list[Any] | None:
         """Write ``items`` in one transaction; return ``None``, or one outcome per item.
 
         A row that cannot be stored as it is (a value that does not fit its column, a
@@ -294,16 +385,20 @@ class SqliteSink:
                 columns = self._ensure_table(items[0])
             except (ConfigError, TargetError) as exc:  # the table, not a row
                 return [_target_error(exc)] * len(items)
-            rows = self._fast_rows(items)
+            csv_texts = self.format == "csv"
+            rows = self._csv_rows(items) if csv_texts else self._fast_rows(items)
             if rows is not None:
+                written = self.csv_columns if csv_texts else columns
                 try:
-                    self._write_rows([(self._statement(columns), rows)])
+                    self._write_rows([(self._statement(written), rows)])
                 except TargetError as refused:
                     return [refused] * len(items)
                 except PermanentError:
                     pass  # a row the table refuses (a constraint): found by the path below
                 else:
                     return None
+            if csv_texts:
+                items = self._csv_items(items)
             return self._write_items(items, columns)
 
     def _write_items(self, items: list[Mapping[str, Any]], columns: list[str]) -> list[Any] | None:
