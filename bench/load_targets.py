@@ -9,7 +9,8 @@ writes one CSV (bigint id, text, numeric, timestamptz, text) and, each in a fres
 - **PostgreSQL**: ``freight load`` against ``psql \\copy`` (target <= 1.0x); then
   ``freight load --key id`` (an upsert of every row) against a hand-written upsert, COPY
   into a temporary table + ``INSERT … ON CONFLICT``: freight's speed at least 0.9x of
-  it, i.e. its time <= 1/0.9 of the hand-written one.
+  it, i.e. its time <= 1/0.9 of the hand-written one. Each is the best of two runs,
+  alternately, from an emptied table (the upserts: the loaded table, vacuumed before each).
 - **MariaDB**: ``freight load`` against ``mariadb --local-infile=1 -e "LOAD DATA LOCAL
   INFILE …"`` into a copy of freight's table; the ratio is printed (no target).
 
@@ -205,19 +206,46 @@ def bench_postgres(data: Path, folder: Path, rows: int, workers: int, verdicts: 
             admin.execute(
                 sql.SQL("CREATE TABLE {} (" + PG_DDL + ")").format(sql.Identifier(schema, table))
             )
+
+    def fresh(*tables: str) -> None:
+        """Empty ``tables`` and vacuum them (not timed): each run starts from the same
+        table, not one the run before left dead rows in."""
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            for table in tables:
+                conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(schema, table)))
+                conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(schema, table)))
+
+    def vacuumed() -> None:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(schema, "loaded")))
+
     try:
-        floor = timed([
+        copy = [
             "psql", PG_URL, "-q", "-c",
             f"\\copy {schema}.copy_floor FROM '{data}' WITH (FORMAT csv, HEADER true)",
-        ])  # fmt: skip
+        ]  # fmt: skip
         load = freight("load", str(data), "--into", PG_URL, "--table", "loaded",
                        "--schema", schema, "--workers", str(workers),
                        "--store", str(folder / "pg-store.db"))  # fmt: skip
-        ours = timed([*load, "--name", "bench-pg"])
+        # Each the best of two, alternately, from an emptied table (a shared machine
+        # and a server on the same two cores are noisy).
+        floor = ours = upsert = hand = Timing(float("inf"), 0.0)
+        for attempt in range(2):
+            fresh("copy_floor", "loaded")
+            floor = min(floor, timed(copy), key=lambda t: t.wall)
+            ours = min(ours, timed([*load, "--name", f"bench-pg-{attempt}"]),
+                       key=lambda t: t.wall)  # fmt: skip
         print(floor.line("psql \\copy", rows))
         print(ours.line(f"freight load ({workers} workers)", rows))
-        upsert = timed([*load, "--key", "id", "--name", "bench-pg-upsert"])
-        hand = hand_upsert(data, schema)
+        # The upserts: every row of the file again, over the loaded table (each a
+        # conflict), the table vacuumed before each.
+        for attempt in range(2):
+            vacuumed()
+            upsert = min(upsert, timed([*load, "--key", "id", "--name",
+                                        f"bench-pg-upsert-{attempt}"]),
+                         key=lambda t: t.wall)  # fmt: skip
+            vacuumed()
+            hand = min(hand, hand_upsert(data, schema), key=lambda t: t.wall)
         print(upsert.line("freight load --key id", rows))
         print(hand.line("COPY to temp + ON CONFLICT", rows))
         verdicts.check("freight / psql \\copy", ours.wall / floor.wall, ours.cpu / floor.cpu, 1.0,

@@ -312,3 +312,45 @@ def test_a_csv_sink_declared_wrong_is_refused_by_name(
 
     with pytest.raises(ConfigError, match=message):
         SqliteSink(tmp_path / "t.db", "t", **kwargs)
+
+
+def test_texts_of_other_field_counts_never_line_up_as_rows(tmp_path: Path) -> None:
+    """Three fields then one make two rows of two only by accident: each text is one
+    record of the columns, or it fails alone."""
+    sink = SqliteSink(tmp_path / "t.db", "t", types={"a": "text", "b": "text"}, format="csv",
+                      columns=["a", "b"])  # fmt: skip
+    outcomes = sink.write(["x,y,z\n", "w\n", "a,b\nc", "d,e\n"])
+    sink.close()
+    assert outcomes is not None
+    assert [o is None for o in outcomes] == [False, False, False, True]
+    with closing(sqlite3.connect(tmp_path / "t.db")) as db:
+        assert db.execute("SELECT a, b FROM t").fetchall() == [("d", "e")]
+
+
+def test_a_field_past_the_csv_modules_limit_is_read_as_the_source_reads_it(
+    tmp_path: Path,
+) -> None:
+    """A chunk off the whole-column path (a quoted field) with a 200,000-character field
+    in another row: that row is read as ``CsvSource`` reads it, not refused."""
+    sink = SqliteSink(tmp_path / "t.db", "t", types={"id": "bigint", "name": "text"},
+                      format="csv", columns=["id", "name"])  # fmt: skip
+    big = "x" * 200_000
+    assert sink.write([f"1,{big}\n", '2,"a,b"\n', f'3,"{big}"\n']) is None
+    sink.close()
+    with closing(sqlite3.connect(tmp_path / "t.db")) as db:
+        rows = db.execute("SELECT id, length(name) FROM t ORDER BY id").fetchall()
+    assert rows == [(1, 200_000), (2, 3), (3, 200_000)]
+
+
+def test_a_refused_line_is_dead_lettered_with_its_text(tmp_path: Path) -> None:
+    """A load of CSV texts (what ``freight load`` does into SQLite): the dead letter shows
+    the line as it is in the file, as a load of mappings showed it."""
+    data = tmp_path / "data.csv"
+    data.write_text('id,name\n1,a\n2,"b,c"\nabc,d\n')
+    store = SqliteStore(tmp_path / "store.db")
+    sink = SqliteSink(tmp_path / "t.db", "t", types={"id": "bigint", "name": "text"},
+                      format="csv", columns=["id", "name"])  # fmt: skip
+    report = Job("load", CsvSource(data, raw=True), sink, store=store).run()
+    assert report.summary["failed"] == 1
+    [letter] = store.dead_letters(report.job_id)
+    assert letter.payload == "abc,d"

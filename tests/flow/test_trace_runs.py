@@ -4,7 +4,9 @@ span once, with its own id, type, producer, tenant, depth, consumers and start."
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +43,13 @@ class FakeRouter:
         self.newest = f"{self.id_prefix}{self.issued:x}"
         return Envelope(self.newest, kind, Tx(self.issued), producer, float(self.issued),
                         datetime.now(UTC), tenant=tenant, depth=depth)  # fmt: skip
+
+
+def publish_now(tracing: Tracing, envelope: Envelope) -> None:
+    """Route ``envelope`` alone, made and routed now on a real clock (as a flow does):
+    the wall clock minus the flow's stays put, and runs go on."""
+    now = time.monotonic()
+    tracing.published([(envelope._replace(created_at=now), 0, ["c"])], now)
 
 
 # A step: ("make", key index, consumers, at once) makes an envelope and routes it alone
@@ -139,7 +148,7 @@ def test_consecutive_artifacts_of_one_kind_make_one_row(tmp_path: Path) -> None:
     tracing = Tracing("f", [tracer], False)
     router = FakeRouter(tracing)
     for _ in range(1_000):
-        tracing.published([(router.make("Tx", None, None, 0), 0, ["c"])], 0.0)
+        publish_now(tracing, router.make("Tx", None, None, 0))
     tracer.close()
     with duckdb.connect(str(tracer.path), read_only=True) as db:
         assert db.execute("SELECT count(*), sum(len(started)) FROM publish_runs").fetchall() == [
@@ -154,7 +163,7 @@ def test_a_run_split_by_a_write_goes_on_with_the_right_ids(tmp_path: Path) -> No
     tracing = Tracing("f", [tracer], False)
     router = FakeRouter(tracing)
     for n in range(30):
-        tracing.published([(router.make("Tx", None, None, 0), 0, ["c"])], 0.0)
+        publish_now(tracing, router.make("Tx", None, None, 0))
         if n in (9, 10, 20):
             tracer.flush()
     tracer.close()
@@ -226,3 +235,87 @@ async def test_a_file_of_the_per_span_layout_keeps_its_publish_spans(tmp_path: P
         old = db.execute("SELECT attributes FROM spans WHERE span_id = 'old-1'")
         [(attributes,)] = old.fetchall()
     assert attributes == '{"consumers": 1, "depth": 0}'
+
+
+def test_an_artifact_id_with_a_uuid_tail_is_written_as_it_is(tmp_path: Path) -> None:
+    """A tail of hex digits too big for a run's number (a uuid's) is not a counter: the
+    span keeps its id, and the file is written (a number past 64 bits failed every
+    later write of the tracer)."""
+    tracer = DuckDBTracer(tmp_path / "t.duckdb")
+    tracing = Tracing("f", [tracer], False)
+    ids = [f"evt-{uuid.uuid4().hex}" for _ in range(3)] + ["evt-ffffffffffffffff"]
+    for span_id in ids:
+        envelope = Envelope(span_id, "Tx", Tx(0), None, 0.0, datetime.now(UTC))
+        tracing.published([(envelope, 0, ["c"])], 0.0)
+    tracer.close()
+    with duckdb.connect(str(tracer.path), read_only=True) as db:
+        got = sorted(r[0] for r in db.execute("SELECT span_id FROM spans").fetchall())
+    assert got == sorted(ids)
+
+
+def test_a_span_starts_at_its_own_offset_when_the_flows_clock_jumps(tmp_path: Path) -> None:
+    """A run's spans share its clock offset (wall minus flow clock): a span published
+    after the flow's clock moved on (a fake clock advanced, the wall clock set) opens a
+    run of its own, and starts where it did."""
+    tracer = DuckDBTracer(tmp_path / "t.duckdb")
+    tracing = Tracing("f", [tracer], False)
+    router = FakeRouter(tracing)
+    wall = time.time()
+    for now in (1.0, 1.0, 3601.0, 3601.0):  # the flow clock jumps an hour
+        envelope = router.make("Tx", None, None, 0)._replace(created_at=now)
+        tracing.published([(envelope, 0, ["c"])], now)
+    tracer.close()
+    with duckdb.connect(str(tracer.path), read_only=True) as db:
+        starts = [r[0] for r in db.execute("SELECT epoch(started_at) FROM spans").fetchall()]
+    assert len(starts) == 4
+    assert all(abs(start - wall) < 60 for start in starts), starts  # each now, on the wall
+
+
+def test_two_flows_of_one_name_in_two_threads_keep_their_spans_apart(tmp_path: Path) -> None:
+    """Two flows of one name sharing a tracer, publishing at once in two threads: every
+    span once, with its own id (each flow queues into its own columns)."""
+    tracer = DuckDBTracer(tmp_path / "t.duckdb", interval=3600)
+    made: list[list[str]] = [[], []]
+
+    def publish(index: int) -> None:
+        tracing = Tracing("f", [tracer], False)
+        router = FakeRouter(tracing, f"{index:016x}-")
+        for n in range(5_000):
+            envelope = router.make("Tx" if n % 7 else "Other", None, None, 0)
+            made[index].append(envelope.id)
+            tracing.published([(envelope, 0, ["c"])], 0.0)
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    tracer.close()
+    with duckdb.connect(str(tracer.path), read_only=True) as db:
+        got = sorted(r[0] for r in db.execute("SELECT span_id FROM spans").fetchall())
+    assert got == sorted(made[0] + made[1])
+
+
+def test_on_a_monotonic_clock_a_set_wall_clock_opens_a_run_within_256_spans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flow on a monotonic clock has its offset to the wall clock checked every 256
+    publish spans, not at each: once the wall clock is set an hour on, the spans start
+    an hour later from the next check on."""
+    tracer = DuckDBTracer(tmp_path / "t.duckdb", interval=3600)
+    tracing = Tracing("f", [tracer], False)
+    tracing.steady = True
+    router = FakeRouter(tracing)
+    real = time.time
+    shift = [0.0]
+    monkeypatch.setattr(time, "time", lambda: real() + shift[0])  # the module _tracing reads
+    for n in range(1_000):
+        if n == 300:
+            shift[0] = 3600.0  # the wall clock is set an hour on
+        publish_now(tracing, router.make("Tx", None, None, 0))
+    tracer.close()
+    monkeypatch.undo()
+    with duckdb.connect(str(tracer.path), read_only=True) as db:
+        starts = [r[0] for r in db.execute("SELECT epoch(started_at) FROM spans").fetchall()]
+    late = sum(start > real() + 1800 for start in starts)
+    assert 1_000 - 300 - 256 <= late <= 1_000 - 300

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import freight.jobs._csvread as csvread
 from freight import ConfigError
+from freight._csvrecord import read_big
 from freight.jobs import CsvSource, IterableSource, JsonlSource, Record, is_blank
 from tests.services import POSTGRES_URL, require
 
@@ -533,7 +534,7 @@ def test_the_big_field_reader_reads_as_csv_reader(record: str, big: int) -> None
     except csv.Error:
         expected = "error"
     try:
-        got: list[str] | str = csvread._read_big(iter(lines), ",", '"')
+        got: list[str] | str = read_big(iter(lines), ",", '"')
     except csv.Error:
         got = "error"
     assert got == expected

@@ -44,8 +44,10 @@ which never imports this module; its public names are exported from here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import functools
+import itertools
 import operator
 import sqlite3
 import threading
@@ -54,6 +56,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from freight._core._time import to_seconds
+from freight._csvrecord import FIELD_TOO_LARGE, read_big
 from freight._errors import ConfigError, PermanentError, TargetError
 from freight.connectors import pgtypes
 from freight.connectors._isolate import isolate
@@ -273,9 +276,17 @@ class SqliteSink:
         if self.quotechar in joined or "\r" in joined:
             return None
         delimiter, width = self.delimiter, len(kinds)
+        # each text one line of ``width`` fields (so that the columns line up), checked
+        # a whole chunk at a time in C
+        repeat = itertools.repeat
+        if (
+            joined.count("\n") != len(texts)
+            or not all(map(str.endswith, texts, repeat("\n")))
+            or set(map(str.count, texts, repeat(delimiter))) != {width - 1}
+        ):
+            return None
         values = joined.replace("\n", delimiter).split(delimiter)
-        if values.pop() != "" or len(values) != width * len(texts):
-            return None  # a text not ending in one \n, or of another number of fields
+        values.pop()  # what follows the last \n
         bound = []
         for index, kind in enumerate(kinds):
             column = bind_column(kind, values[index::width])
@@ -288,12 +299,17 @@ class SqliteSink:
         """CSV record ``texts`` as the mappings ``CsvSource`` makes of them (the per-item
         path's input); a text that is not one record of the columns stays as it is (its
         item is refused: not a mapping)."""
-        names = self.csv_columns
+        names, delimiter, quote = self.csv_columns, self.delimiter, self.quotechar
         items: list[Any] = []
         for text in texts:
             try:
-                rows = list(csv.reader([text], delimiter=self.delimiter, quotechar=self.quotechar))
-            except (csv.Error, TypeError):
+                rows = list(csv.reader([text], delimiter=delimiter, quotechar=quote, strict=True))
+            except csv.Error as exc:
+                rows = []
+                if str(exc).startswith(FIELD_TOO_LARGE):  # read as CsvSource reads it
+                    with contextlib.suppress(csv.Error):
+                        rows = [read_big(iter(text.splitlines(keepends=True)), delimiter, quote)]
+            except TypeError:  # not text
                 rows = []
             if len(rows) == 1 and len(rows[0]) == len(names):
                 items.append(dict(zip(names, rows[0], strict=True)))

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from freight._core._clock import Clock
+from freight._drivers._clocks import LoopClock, ThreadClock
 from freight._errors import ConfigError
 from freight.flow._artifacts import Envelope, type_name
 from freight.flow._board import Board
@@ -113,6 +114,9 @@ class Router:
         """Run on ``clock`` (known when the flow starts)."""
         self.clock = clock
         self.now = clock.now
+        # a monotonic clock keeps its distance to the wall clock (the tracing checks
+        # it now and then, not at each publish)
+        self.tracing.steady = isinstance(clock, LoopClock | ThreadClock)
 
     # -- types (rule 5) -------------------------------------------------------
 

@@ -217,8 +217,8 @@ class _Queues:
     which may go on from the previous write's last run."""
 
     __slots__ = (
-        "carried", "carry", "flow", "key", "limit", "number", "owner", "publishes", "runs",
-        "uncounted", "writer",
+        "carried", "carry", "closed", "flow", "key", "limit", "number", "offset", "owner",
+        "publishes", "runs", "uncounted", "writer",
     )  # fmt: skip
 
     def __init__(self, flow: str, writer: _Writer) -> None:
@@ -231,11 +231,14 @@ class _Queues:
         # thread (the next span starts one)
         self.limit = 0 if writer.thread is None else _COUNT_EVERY
         # The open run (the flow's thread only): its key (type, producer, tenant, depth,
-        # consumers), the issuer of its ids (``None``: not one a run can go on with) and
-        # its last id's number.
+        # consumers), the issuer of its ids (``None``: not one a run can go on with),
+        # its last id's number and its clock offset (a span whose offset differs by
+        # ``_SKEW`` or more opens a new run: a fake clock advanced, the wall clock set).
         self.key: tuple[Any, ...] = ()
         self.owner: Issuer | None = None
         self.number = 0
+        self.offset = 0.0  # the wall clock minus the flow's when the run opened
+        self.closed = False  # its flow closed: dropped by the writer once written
         # The last run a write took (the writer's only), and how many of its spans: the
         # starts at the head of the next write's take go on with it.
         self.carry: tuple[Any, ...] | None = None
@@ -249,7 +252,7 @@ class _Queues:
         ``offset``: the wall clock minus the flow's, now). The flow's hot path inlines
         the first case (``Tracing.published``)."""
         span_id = envelope[0]
-        if key == self.key and self.owner is issuer:
+        if key == self.key and self.owner is issuer and -_SKEW < offset - self.offset < _SKEW:
             expected = self.number + 1
             if (span_id is issuer.newest and issuer.issued == expected) or span_id == (
                 f"{issuer.id_prefix}{expected:x}"
@@ -269,6 +272,7 @@ class _Queues:
         self.key = key
         self.owner = owner
         self.number = first if first is not None else 0
+        self.offset = offset
 
     def ran(self, values: tuple[Any, ...]) -> None:
         """Queue a flush or handler span (``Columns.RUN`` values)."""
@@ -281,6 +285,8 @@ class _Queues:
         uncounted = self.uncounted + spans
         if uncounted >= self.limit:
             self.uncounted = 0
+            if self.closed:  # a span after its flow closed: written all the same
+                self.writer.keep(self)
             self.writer.recorded(uncounted)
         else:
             self.uncounted = uncounted
@@ -318,16 +324,23 @@ class _Queues:
         return bool(self.publishes or self.runs)
 
 
+_MAX_NUMBER = 2**62  # a run's numbers stay within the table's BIGINT
+# Seconds a span's clock offset may differ from its run's (the microseconds between
+# reading the two clocks): a run's spans start at their created_at plus the run's offset.
+_SKEW = 1e-4
+
+
 def _split_id(span_id: str) -> tuple[str, int | None]:
     """``span_id`` as a prefix and a number, ``prefix + f"{number:x}"`` being it (an
-    artifact id: its flow's prefix and a counter); ``(span_id, None)`` if it is not one."""
+    artifact id: its flow's prefix and a counter); ``(span_id, None)`` if it is not one
+    (a uuid's hex after a dash is not a counter: too big for the table)."""
     prefix, dash, tail = span_id.rpartition("-")
-    if dash and tail:
+    if dash and tail and len(tail) <= 15:
         try:
             number = int(tail, 16)
         except ValueError:
             return span_id, None
-        if f"{number:x}" == tail:
+        if number < _MAX_NUMBER and f"{number:x}" == tail:
             return prefix + dash, number
     return span_id, None
 
@@ -349,7 +362,9 @@ class _Writer:
         self.interval = interval
         self.max_spans = max_spans
         self.queue: deque[SpanRow] = deque()  # appended by callers, emptied by writes
-        self.flows: dict[str, _Queues] = {}  # spans in columns, per flow name
+        # spans in columns: one _Queues per flow using this tracer (two flows of one
+        # name, in two threads, never share the state of a run)
+        self.flows: list[_Queues] = []
         # Spans queued in columns: counted (by the recording thread) minus taken (by
         # writes); each counter has one writer, so neither needs a lock.
         self.counted = 0
@@ -377,16 +392,22 @@ class _Writer:
             self.kick()
 
     def queues(self, flow: str) -> _Queues:
-        """The columns the flow named ``flow`` queues its spans in."""
+        """New columns for a flow named ``flow`` to queue its spans in (kept until the
+        flow closed and they were written)."""
         with self.starting:
-            queues = self.flows.get(flow)
-            if queues is None:
-                queues = self.flows[flow] = _Queues(flow, self)
+            queues = _Queues(flow, self)
+            self.flows.append(queues)
         return queues
+
+    def keep(self, queues: _Queues) -> None:
+        """Write ``queues`` again (its flow closed, and it was dropped once written)."""
+        with self.starting:
+            if queues not in self.flows:
+                self.flows.append(queues)
 
     def pending(self) -> bool:
         """Spans are queued in columns."""
-        return any(list(self.flows.values()))
+        return any(list(self.flows))
 
     def _queued(self) -> int:
         return len(self.queue) + self.counted - self.taken
@@ -417,7 +438,7 @@ class _Writer:
     def _limit(self, limit: int) -> None:
         """Have the flows tell this writer of their spans every ``limit`` (under
         ``starting``)."""
-        for queues in list(self.flows.values()):
+        for queues in list(self.flows):
             queues.limit = limit
 
     def _alive(self) -> bool:
@@ -451,7 +472,12 @@ class _Writer:
         table."""
         with self.writing:
             rows, self.kept = self.kept + _take(self.queue), []
-            taken = [columns for queues in list(self.flows.values()) for columns in queues.take()]
+            flows = list(self.flows)
+            taken = [columns for queues in flows for columns in queues.take()]
+            done = [q for q in flows if q.closed and not q]  # a closed flow's, written
+            if done:
+                with self.starting:
+                    self.flows = [q for q in self.flows if q not in done]
             self.taken += _count(taken)
             columns, self.kept_columns = self.kept_columns + taken, []
             if not rows and not columns:

@@ -38,7 +38,7 @@ from typing import Any
 
 from freight._drivers._engine import fan_out
 from freight.flow._artifacts import Envelope
-from freight.flow._trace import DuckDBTracer, Issuer, Span, SpanIds, SpanKind, _Queues
+from freight.flow._trace import _SKEW, DuckDBTracer, Issuer, Span, SpanIds, SpanKind, _Queues
 
 __all__ = ["Tracing"]
 
@@ -67,7 +67,8 @@ class Tracing:
     """
 
     __slots__ = (
-        "_ids", "_others", "_queues", "_single", "_tracers", "flow", "issuer", "subscribers",
+        "_ids", "_others", "_queues", "_single", "_tracers", "flow", "issuer", "steady",
+        "subscribers",
     )  # fmt: skip
 
     def __init__(
@@ -92,6 +93,9 @@ class Tracing:
         self._single: _Queues | None = self._queues[0] if only else None
         # what makes the flow's artifact ids (its router, which sets this)
         self.issuer: Issuer = _NO_ISSUER
+        # the flow's clock is monotonic (its router says so when it starts): its offset
+        # to the wall clock is checked every _COUNT_EVERY publish spans, not at each
+        self.steady = False
 
     def span(
         self,
@@ -200,11 +204,13 @@ class Tracing:
             e, _, takers = routed[0]
             key = (e[1], e[3], e[7], e[9], len(takers))
             issuer = self.issuer
+            steady = self.steady
             if (
                 key == single.key
                 and e[0] is issuer.newest
                 and issuer.issued == single.number + 1
                 and single.owner is issuer
+                and (steady or -_SKEW < time.time() - now - single.offset < _SKEW)
             ):  # the newest artifact, the next in the run: its start is all there is
                 single.publishes.append(e[4])
                 single.number += 1
@@ -213,8 +219,10 @@ class Tracing:
             uncounted = single.uncounted + 1
             if uncounted < single.limit:
                 single.uncounted = uncounted
-            else:
-                single.count(1)
+                return
+            single.count(1)
+            if steady and not -_SKEW < time.time() - now - single.offset < _SKEW:
+                single.key = ()  # the wall clock was set: the next span opens a run
             return
         if self._queues:
             offset = time.time() - now
@@ -293,13 +301,20 @@ class Tracing:
 
     def close(self) -> None:
         """Close the subscribers that can be closed (the flow is closed)."""
+        self._closing()
         self._each(self.subscribers, "close")
 
     async def aclose(self) -> None:
         """:meth:`close`, the DuckDB tracers' last writes in a worker thread."""
+        self._closing()
         for tracer in self._tracers:
             await asyncio.to_thread(self._guard, tracer.close, tracer, "close")
         self._each(self._others, "close")
+
+    def _closing(self) -> None:
+        """This flow's queues are done with: a tracer drops them once written."""
+        for queues in self._queues:
+            queues.closed = True
 
     def _each(self, subscribers: list[Callable[[Span], Any]], method: str) -> None:
         for subscriber in subscribers:

@@ -60,7 +60,10 @@ def _category(error: BaseException, retry: Retry | None) -> str:
 def _letter(
     record: Record, error: BaseException, category: str, attempts: int, index: int
 ) -> DeadLetter:
-    payload = record.raw or repr(record.item)
+    item = record.item
+    # a raw CSV record (CsvSource(raw=True)) is its line's text: shown as it is
+    raw = type(item) is str and record.unit == "line"
+    payload = record.raw or (item.rstrip("\r\n") if raw else repr(item))
     return DeadLetter(
         record_id=record.id,
         position=record.position,

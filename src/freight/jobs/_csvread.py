@@ -36,11 +36,12 @@ from __future__ import annotations
 import bisect
 import csv
 import itertools
-import re
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import BinaryIO, NamedTuple, TypeVar
 
 from freight._core._source import Position
+from freight._csvrecord import CSV_EOF as _CSV_EOF
+from freight._csvrecord import read_big as _read_big
 
 __all__ = ["_Dialect", "_Make", "_Parsed", "_Plain", "_Reader", "_groups"]
 
@@ -52,7 +53,6 @@ one is a bad record, and an unclosed quote is given up at this distance at the l
 
 _GROUP_BYTES = 1 << 20  # CSV lines are read in groups of about this many bytes
 _PIECE = 64  # lines: a group that is not all plain is looked at in pieces of this size
-_CSV_EOF = "unexpected end of data"  # csv.reader's reason for a quote open at the end
 _TOO_LONG = "record too long"  # the feed's csv.Error: a record grew past _MAX_RECORD_BYTES
 _UNTERMINATED = "malformed CSV: unterminated quoted field"
 # Bytes of an over-long line decoded for its excerpt: the 200 characters a dead letter
@@ -189,61 +189,6 @@ class _Feed:
                 self.problems.append(problem)
         self.lines += 1
         return self.texts[-1]
-
-
-def _read_big(lines: Iterator[str], delimiter: str, quote: str) -> list[str]:
-    """One record read as ``csv.reader(strict=True)`` reads it, but without the csv
-    module's field size limit (131,072 characters, process-wide, so not raised here):
-    the reader of a record holding a huge field. Regular expressions skip over the
-    field's text, so a 10 MB field costs milliseconds."""
-    unquoted = re.compile(f"[^{re.escape(delimiter)}\r\n]*")
-    inside = re.compile(f"[^{re.escape(quote)}]*")
-    fields: list[str] = []
-    parts: list[str] = []
-    quoted = False
-    for line in lines:
-        pos, end = 0, len(line)
-        if not fields and not quoted and not line.strip("\r\n"):
-            return []
-        while True:
-            if quoted:
-                found = inside.match(line, pos)
-                assert found is not None  # a starred class always matches
-                parts.append(found.group())
-                pos = found.end() + 1  # past the quote
-                if pos > end:
-                    break  # the quoted field runs on to the next line
-                if line.startswith(quote, pos):
-                    parts.append(quote)  # a doubled quote
-                    pos += 1
-                    continue
-                quoted = False
-                fields.append("".join(parts))
-                parts = []
-                if pos == end or line[pos] in "\r\n":
-                    return _record_end(fields, line, pos)
-                if line[pos] != delimiter:
-                    raise csv.Error(f"'{delimiter}' expected after '{quote}'")
-                pos += 1
-            if line.startswith(quote, pos):
-                quoted = True
-                pos += 1
-                continue
-            found = unquoted.match(line, pos)
-            assert found is not None
-            fields.append(found.group())
-            pos = found.end()
-            if pos == end or line[pos] != delimiter:
-                return _record_end(fields, line, pos)
-            pos += 1
-    raise csv.Error(_CSV_EOF)
-
-
-def _record_end(fields: list[str], line: str, pos: int) -> list[str]:
-    """``fields``, when the rest of ``line`` is only its line ending."""
-    if line[pos:].strip("\r\n"):
-        raise csv.Error("new-line character seen in unquoted field")
-    return fields
 
 
 def _skip_line(f: BinaryIO) -> int:
