@@ -195,8 +195,11 @@ class Tracing:
 
         For a DuckDB tracer a publish span starts at its envelope's ``created_at`` on the
         wall clock (rule 3: the wall clock now, minus its age on the flow's clock), its
-        envelope's ``published_at`` give or take the microseconds between them. (The
-        router calls this only when there are subscribers.)"""
+        envelope's ``published_at`` give or take the microseconds between them; the
+        offset between the clocks is its run's (``_trace._Queues``), checked at each
+        span on a fake clock and every ``_COUNT_EVERY`` spans on a monotonic one (a wall
+        clock set meanwhile moves at most that many starts). (The router calls this only
+        when there are subscribers.)"""
         single = self._single
         if single is not None and len(routed) == 1:
             # one DuckDB tracer, one artifact (an outside publish, most often):
