@@ -40,7 +40,7 @@ from typing import Any
 
 from freight._core._plan import Reply
 from freight._core._retry import Retry
-from freight._drivers._runner import call_sync, run_async, run_sync
+from freight._drivers._runner import call_lean, run_async, run_sync
 from freight._errors import PermanentError
 
 __all__ = [
@@ -215,7 +215,7 @@ def isolate(
     def call(part: list[Any]) -> Reply:
         if known:
             return Reply(error=known.pop())
-        return call_sync(write, part)
+        return call_lean(write, part)  # its error is read, not kept: no frames
 
     outcome, _ = run_sync(
         list(rows),

@@ -31,7 +31,7 @@ from typing import Any
 from freight._core._clock import Clock
 from freight._core._retry import Retry
 from freight._drivers._asyncio import is_async_callable
-from freight._drivers._runner import call_sync, settle_sync
+from freight._drivers._runner import call_lean, forget_frames, settle_sync
 from freight._errors import HandlerContractError, RecordError, TargetError
 from freight._ratelimit import RateLimiter
 from freight.jobs._sink import Sink, WriteContext
@@ -64,6 +64,7 @@ def _letter(
     # a raw CSV record (CsvSource(raw=True)) is its line's text: shown as it is
     raw = type(item) is str and record.unit == "line"
     payload = record.raw or (item.rstrip("\r\n") if raw else repr(item))
+    forget_frames(error)  # its letter keeps its type and message
     return DeadLetter(
         record_id=record.id,
         position=record.position,
@@ -243,7 +244,7 @@ class ChunkHandler:
         call = self._on_loop(handler)
         outcomes, attempts = settle_sync(
             items,
-            lambda xs: call_sync(call, xs),
+            lambda xs: call_lean(call, xs),
             self.retry,
             random=self._random,
             sleep=clock.sleep_sync if clock is not None else time.sleep,
