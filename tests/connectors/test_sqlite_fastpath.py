@@ -354,3 +354,18 @@ def test_a_refused_line_is_dead_lettered_with_its_text(tmp_path: Path) -> None:
     assert report.summary["failed"] == 1
     [letter] = store.dead_letters(report.job_id)
     assert letter.payload == "abc,d"
+
+
+def test_lines_known_to_be_checked_take_the_whole_column_path_unchecked(tmp_path: Path) -> None:
+    """``lines_checked=True`` (what ``freight load`` passes: its source counted each
+    line's fields) skips the per-text check; the rows still land as their mappings."""
+    rows = [{"id": str(i), "amount": "1.5", "seen": "2026-01-01T10:00:00+00:00",
+             "active": "t", "name": f"n{i}"} for i in range(5)]  # fmt: skip
+    sink = SqliteSink(tmp_path / "t.db", "t", types=TYPES, format="csv",
+                      columns=list(TYPES), lines_checked=True)  # fmt: skip
+    texts = [_csv_text(row) for row in rows]
+    assert sink._csv_rows(texts) is not None
+    assert sink._csv_rows([*texts[:-1], texts[-1].rstrip("\n")]) is None  # the count
+    assert sink.write(texts) is None
+    sink.close()
+    assert [r[1] for r in _stored(tmp_path / "t.db")] == [0, 1, 2, 3, 4]

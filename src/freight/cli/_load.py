@@ -151,7 +151,7 @@ def load_job(spec: Load, name: str | None, open_store: Callable[[], Store]) -> J
         sink = SqliteSink(
             sqlite_path(spec.into), spec.table, key=spec.key, types=column_types,
             format="csv", columns=columns, delimiter=source.delimiter,
-            quotechar=source.quotechar,
+            quotechar=source.quotechar, lines_checked=True,  # raw CsvSource counts fields
         )  # fmt: skip
         source = CsvSource(file, raw=True)
     else:  # the sink creates a missing table with these types, and types every row
