@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from freight import Job
+from freight.connectors._sqlitecsv import CsvTexts
 from freight.connectors._sqltypes import bind_column
 from freight.connectors.sqlite import SqliteSink
 from freight.jobs import CsvSource
@@ -245,6 +246,12 @@ def _csv_text(row: Mapping[str, str]) -> str:
     return ",".join(quoted) + "\n"
 
 
+def _texts(sink: SqliteSink) -> CsvTexts:
+    """How ``sink`` (``format="csv"``) reads its texts."""
+    assert sink._csv is not None
+    return sink._csv
+
+
 def _write_texts(folder: Path, rows: Sequence[Mapping[str, str]], key: str | None = None) -> None:
     """Write ``rows`` as CSV texts (``format="csv"``) and as mappings item by item (the
     reference): the same rows refused for the same reasons, the same values stored."""
@@ -278,7 +285,7 @@ def test_plain_csv_texts_are_split_in_columns_and_land_as_their_mappings_land(
                       format="csv", columns=list(TYPES))  # fmt: skip
     texts = [_csv_text(row) for row in rows]
     if not any('"' in t or "\r" in t for t in texts):
-        assert sink._csv_rows(texts) is not None  # the whole-column path is taken
+        assert _texts(sink).rows(texts) is not None  # the whole-column path is taken
     sink.close()
     keyed = rows if key is None else [{**row, "id": str(i % 3)} for i, row in enumerate(rows)]
     _write_texts(tmp_path_factory.mktemp("csv-plain"), keyed, key=key)
@@ -364,8 +371,8 @@ def test_lines_known_to_be_checked_take_the_whole_column_path_unchecked(tmp_path
     sink = SqliteSink(tmp_path / "t.db", "t", types=TYPES, format="csv",
                       columns=list(TYPES), lines_checked=True)  # fmt: skip
     texts = [_csv_text(row) for row in rows]
-    assert sink._csv_rows(texts) is not None
-    assert sink._csv_rows([*texts[:-1], texts[-1].rstrip("\n")]) is None  # the count
+    assert _texts(sink).rows(texts) is not None
+    assert _texts(sink).rows([*texts[:-1], texts[-1].rstrip("\n")]) is None  # the count
     assert sink.write(texts) is None
     sink.close()
     assert [r[1] for r in _stored(tmp_path / "t.db")] == [0, 1, 2, 3, 4]

@@ -11,25 +11,27 @@ skipped where namespaces cannot be made.
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.integrity.test_manager_namespaces import in_namespace, namespaces_can_be_made
+from tests.integrity.test_manager_namespaces import (
+    holding,
+    in_namespace,
+    kill,
+    namespaces_can_be_made,
+)
 
 pytestmark = pytest.mark.slow
 
 HOLDER = """
-import pathlib, sys, threading
+import sys, threading
 from freight.jobs import Job
 from freight.store import open_store
 
 
 def hold(items):
-    pathlib.Path(sys.argv[2]).write_text("started")
+    print("started", flush=True)  # the test reads it on its pipe
     threading.Event().wait()  # alive, owning its run, until the test kills it
 
 
@@ -53,18 +55,13 @@ except JobAlreadyRunning as refused:
 def test_a_live_run_is_not_taken_over_from_another_pid_namespace(tmp_path: Path) -> None:
     if not namespaces_can_be_made():
         pytest.skip("cannot make PID namespaces here (unshare needs root)")
-    db, started = tmp_path / "freight.db", tmp_path / "started"
+    db = tmp_path / "freight.db"
     holder, second = tmp_path / "holder.py", tmp_path / "second.py"
     holder.write_text(HOLDER)
     second.write_text(SECOND)
-    held = in_namespace(holder, str(db), str(started), extra=1)
+    held = holding(holder, db)
     try:
-        deadline = time.monotonic() + 30
-        while not started.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert started.exists(), "the holder never started its chunk"
         other = in_namespace(second, str(db), extra=3)
         assert other.wait(timeout=30) == 3  # refused: the run's owner is alive
     finally:
-        os.killpg(held.pid, signal.SIGKILL)
-        held.wait()
+        kill(held)

@@ -18,7 +18,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,15 +27,15 @@ from freight import BatchManager, BatchRequest
 pytestmark = pytest.mark.slow
 
 HOLDER = """
-import pathlib, sys, time
+import sys, threading
 from freight import BatchManager, BatchSpec
 
 manager = BatchManager(store=sys.argv[1], lease=60)
 
 
 def hold(bodies):
-    pathlib.Path(sys.argv[2]).write_text("started")
-    time.sleep(60)  # alive, holding its claimed chunk
+    print("started", flush=True)  # the test reads it on its pipe
+    threading.Event().wait()  # alive, holding its claimed chunk, until the test kills it
     return bodies
 
 
@@ -65,7 +64,9 @@ def namespaces_can_be_made() -> bool:
     return made.returncode == 0
 
 
-def in_namespace(script: Path, *args: str, extra: int) -> subprocess.Popen[bytes]:
+def in_namespace(
+    script: Path, *args: str, extra: int, stdout: int | None = None
+) -> subprocess.Popen[bytes]:
     """``script`` in a new PID namespace, after ``extra`` short-lived processes (so the
     two workers have different pids, each naming no live process in the other's)."""
     first = "/bin/true; " * extra
@@ -73,7 +74,29 @@ def in_namespace(script: Path, *args: str, extra: int) -> subprocess.Popen[bytes
     return subprocess.Popen(
         ["unshare", "--pid", "--fork", "--mount-proc", "/bin/sh", "-c", command],
         start_new_session=True,
+        stdout=stdout,
     )
+
+
+def holding(script: Path, db: Path) -> subprocess.Popen[bytes]:
+    """``script`` (a holder: it prints ``started`` once it holds its chunk, then waits
+    to be killed) in a new PID namespace, returned once it holds it: its line is read
+    on a pipe, no polling (a holder that dies first ends the pipe: a clear failure)."""
+    held = in_namespace(script, str(db), extra=1, stdout=subprocess.PIPE)
+    assert held.stdout is not None
+    line = held.stdout.readline()
+    if line.strip() != b"started":
+        kill(held)
+        raise AssertionError(f"the holder never started its chunk (it wrote {line!r})")
+    return held
+
+
+def kill(held: subprocess.Popen[bytes]) -> None:
+    """SIGKILL ``held`` (and its namespace's processes), and close its pipe."""
+    os.killpg(held.pid, signal.SIGKILL)
+    held.wait()
+    if held.stdout is not None:
+        held.stdout.close()
 
 
 def test_a_live_worker_s_claim_is_not_taken_back_from_another_pid_namespace(
@@ -81,19 +104,15 @@ def test_a_live_worker_s_claim_is_not_taken_back_from_another_pid_namespace(
 ) -> None:
     if not namespaces_can_be_made():
         pytest.skip("cannot make PID namespaces here (unshare needs root)")
-    db, started = tmp_path / "freight.db", tmp_path / "started"
+    db = tmp_path / "freight.db"
     holder, neighbour = tmp_path / "holder.py", tmp_path / "neighbour.py"
     holder.write_text(HOLDER)
     neighbour.write_text(NEIGHBOUR)
     manager = BatchManager(store=db)
     manager.register("/x", lambda bodies: bodies)
     job = manager.submit_sync([BatchRequest(id=f"r{i}", body=i) for i in range(5)], endpoint="/x")
-    held = in_namespace(holder, str(db), str(started), extra=1)
+    held = holding(holder, db)
     try:
-        deadline = time.monotonic() + 30
-        while not started.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert started.exists(), "the holder never started its chunk"
         other = in_namespace(neighbour, str(db), extra=3)
         assert other.wait(timeout=30) == 0
         with sqlite3.connect(db) as conn:
@@ -102,6 +121,5 @@ def test_a_live_worker_s_claim_is_not_taken_back_from_another_pid_namespace(
         assert (states, claims) == ([("claimed",)], 1)  # still the holder's, untouched
         assert manager.get_sync(job.id).request_counts.completed == 0
     finally:
-        os.killpg(held.pid, signal.SIGKILL)
-        held.wait()
+        kill(held)
         manager.close()

@@ -38,16 +38,14 @@ only a database the sink creates is made WAL.
 
 **Layout.** The sinks live here; the layer under them (:func:`classify`, identifiers,
 URLs, connections, table checks and creation) is ``freight.connectors._sqlitetables``,
-which never imports this module; its public names are exported from here.
+which never imports this module; its public names are exported from here. How a
+``format="csv"`` sink reads CSV record texts is ``freight.connectors._sqlitecsv``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import csv
 import functools
-import itertools
 import operator
 import sqlite3
 import threading
@@ -56,10 +54,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from freight._core._time import to_seconds
-from freight._csvrecord import FIELD_TOO_LARGE, read_big
 from freight._errors import ConfigError, PermanentError, TargetError
 from freight.connectors import pgtypes
 from freight.connectors._isolate import isolate
+from freight.connectors._sqlitecsv import CsvTexts, csv_kinds
 from freight.connectors._sqlitetables import (
     SQLITE_MAX_COLUMN,
     _check_columns,
@@ -201,12 +199,12 @@ class SqliteSink:
         self._columns: list[str] | None = None
         self._binders: _Binders | None = None
         self._fast: list[tuple[str, Callable[[Any], Any]]] | None = None
-        self._csv_kinds: list[str] | None = None
+        self._csv: CsvTexts | None = None
         declared = _declared_types(self._db, self.table)
         if declared is not None:
             self._columns = list(declared)
             self._fast = self._fast_columns(declared)
-            self._csv_kinds = self._csv_columns_kinds(declared)
+            self._csv = self._csv_texts(declared)
 
     def _typed_table(self, types: dict[str, str]) -> None:
         """Create the table with ``types`` if missing; else check that it has their columns."""
@@ -215,7 +213,7 @@ class SqliteSink:
             _create(self._db, self.table, declared, self.key)
             self._columns = list(types)
             self._fast = self._fast_columns(declared)
-            self._csv_kinds = self._csv_columns_kinds(declared)
+            self._csv = self._csv_texts(declared)
             return
         missing = [c for c in types if c not in self._columns]
         if missing:
@@ -232,7 +230,7 @@ class SqliteSink:
         state = self.__dict__.copy()
         for name in (
             "_db", "_lock", "_convert", "_statements", "_columns", "_binders", "_fast",
-            "_csv_kinds",
+            "_csv",
         ):  # fmt: skip
             del state[name]
         return state
@@ -254,63 +252,13 @@ class SqliteSink:
             return None
         return [(types[c], operator.itemgetter(c)) for c in declared]
 
-    def _csv_columns_kinds(self, declared: Mapping[str, str]) -> list[str] | None:
-        """The freight type of each column of a ``"csv"`` item, when each is declared as
-        freight declares it (the affinity :func:`bind_column` counts on)."""
-        types = self.types
-        if self.format != "csv" or types is None:
+    def _csv_texts(self, declared: Mapping[str, str]) -> CsvTexts | None:
+        """How a ``"csv"`` sink reads its texts, once the table's declared types are
+        known (``None`` for a ``"rows"`` sink)."""
+        if self.format != "csv" or self.types is None:
             return None
-        kinds = []
-        for column in self.csv_columns:
-            if " ".join(declared.get(column, "").upper().split()) != DDL_TYPES[types[column]]:
-                return None
-            kinds.append(types[column])
-        return kinds
-
-    def _csv_rows(self, texts: list[Any]) -> list[tuple[Any, ...]] | None:
-        """The rows of CSV record ``texts`` bound a whole column at a time, or ``None``
-        when one needs :meth:`_csv_items` (a quote, a ``\\r``, a value not in its type's
-        plain form): the texts joined, split at the delimiter in C, each column a slice
-        (:meth:`_fast_rows` without a dict per row)."""
-        kinds = self._csv_kinds
-        try:
-            joined = "".join(texts)
-        except TypeError:  # not all text
-            return None
-        if kinds is None or self.quotechar in joined or "\r" in joined:
-            return None
-        delimiter, width = self.delimiter, len(kinds)
-        if not self.lines_checked and not _one_line_each(texts, joined, delimiter, width):
-            return None
-        values = joined.replace("\n", delimiter).split(delimiter)
-        if values.pop() != "" or len(values) != width * len(texts):
-            return None  # (cheap, and enough when each text is known to be one line)
-        bound = [bind_column(kind, values[index::width]) for index, kind in enumerate(kinds)]
-        if any(column is None for column in bound):
-            return None
-        return list(zip(*bound, strict=True))
-
-    def _csv_items(self, texts: list[Any]) -> list[Any]:
-        """CSV record ``texts`` as the mappings ``CsvSource`` makes of them (the per-item
-        path's input); a text that is not one record of the columns stays as it is (its
-        item is refused: not a mapping)."""
-        names, delimiter, quote = self.csv_columns, self.delimiter, self.quotechar
-        items: list[Any] = []
-        for text in texts:
-            try:
-                rows = list(csv.reader([text], delimiter=delimiter, quotechar=quote, strict=True))
-            except csv.Error as exc:
-                rows = []
-                if str(exc).startswith(FIELD_TOO_LARGE):  # read as CsvSource reads it
-                    with contextlib.suppress(csv.Error):
-                        rows = [read_big(iter(text.splitlines(keepends=True)), delimiter, quote)]
-            except TypeError:  # not text
-                rows = []
-            if len(rows) == 1 and len(rows[0]) == len(names):
-                items.append(dict(zip(names, rows[0], strict=True)))
-            else:
-                items.append(text)
-        return items
+        kinds = csv_kinds(declared, self.types, self.csv_columns)
+        return CsvTexts(self.csv_columns, kinds, self.delimiter, self.quotechar, self.lines_checked)
 
     def _fast_rows(self, items: list[Mapping[str, Any]]) -> list[tuple[Any, ...]] | None:
         """The rows of ``items`` bound a whole column at a time, or ``None`` when a value
@@ -396,10 +344,10 @@ class SqliteSink:
                 columns = self._ensure_table(items[0])
             except (ConfigError, TargetError) as exc:  # the table, not a row
                 return [_target_error(exc)] * len(items)
-            csv_texts = self.format == "csv"
-            rows = self._csv_rows(items) if csv_texts else self._fast_rows(items)
+            csv_texts = self._csv
+            rows = self._fast_rows(items) if csv_texts is None else csv_texts.rows(items)
             if rows is not None:
-                written = self.csv_columns if csv_texts else columns
+                written = columns if csv_texts is None else self.csv_columns
                 try:
                     self._write_rows([(self._statement(written), rows)])
                 except TargetError as refused:
@@ -408,8 +356,8 @@ class SqliteSink:
                     pass  # a row the table refuses (a constraint): found by the path below
                 else:
                     return None
-            if csv_texts:
-                items = self._csv_items(items)
+            if csv_texts is not None:
+                items = csv_texts.items(items)
             return self._write_items(items, columns)
 
     def _write_items(self, items: list[Mapping[str, Any]], columns: list[str]) -> list[Any] | None:
@@ -501,18 +449,6 @@ class SqliteSink:
         """Close the connection."""
         with self._lock:
             self._db.close()
-
-
-def _one_line_each(texts: list[str], joined: str, delimiter: str, width: int) -> bool:
-    """Each of ``texts`` is one line of ``width`` fields, ending in its only ``\\n`` (so
-    that the columns of their joined text line up), checked a whole chunk at a time in C
-    (~0.14 s a million rows)."""
-    repeat = itertools.repeat
-    return (
-        joined.count("\n") == len(texts)
-        and all(map(str.endswith, texts, repeat("\n")))
-        and set(map(str.count, texts, repeat(delimiter))) == {width - 1}
-    )
 
 
 _Shape = tuple[str, list[tuple[str, Binder]]]
