@@ -31,7 +31,7 @@ import operator
 import sys
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -57,6 +57,7 @@ from freight.connectors._pgerrors import (
     refused_before_copy,
     typed_refusal,
 )
+from freight.connectors._pgkeys import conflict_keys
 from freight.connectors._pgplan import ROLLBACK, Planner, _statements, _WritePlan
 
 try:
@@ -287,6 +288,18 @@ class PostgresSink:
                 return [mapped] * len(items)
             _reraise(exc)
         return settled(outcomes, refused)
+
+    def conflict_keys(self, items: list[Any]) -> set[Hashable] | None:
+        """The keys an upsert of ``items`` touches, or ``None`` (unknown: not an upsert,
+        the table not read yet, a key type freight does not read as the server does).
+        A job with ordered writes writes chunks of disjoint keys at once
+        (:mod:`~freight.connectors._pgkeys`)."""
+        if self.mode != "upsert":
+            return None
+        return conflict_keys(
+            items, csv_texts=self.format == "csv", columns=self.columns, key=self.key,
+            types=self._table,
+        )  # fmt: skip
 
     def _runs(self, items: list[Any]) -> tuple[list[Run], dict[int, BaseException]]:
         """The runs that write ``items`` (one when they share their fields, the rule) and

@@ -90,40 +90,69 @@ class Prepared:
 
 
 class WriteOrder:
-    """Sink writes of concurrent chunks, one chunk after the other, in the order the
-    chunks were handed out (``Job(ordered_writes=True)``).
+    """Sink writes of concurrent chunks in the order the chunks were handed out
+    (``Job(ordered_writes=True)``), where that order can matter.
 
-    The driver gives each chunk a ticket (0, 1, 2, ...) as it submits it; the chunk's
-    writes start once the chunk before it is :meth:`done` (its rows committed), so with
-    an upsert on a key the source's last value of a key is the one that stays, however
-    the workers' timing falls. Processing before the writes still runs in parallel.
-    Worker threads only (a process pool cannot share it).
+    The driver gives each chunk a ticket (0, 1, 2, ...) as it submits it. A chunk's
+    writes start once each chunk before it is :meth:`done` (its rows and its
+    checkpoint committed), so with an upsert on a key the source's last value of a key
+    is the one that stays, however the workers' timing falls, and a resume never
+    redoes an older chunk after a newer one. Processing before the writes still runs
+    in parallel. Worker threads only (a process pool cannot share it).
+
+    A chunk that :meth:`declare` s the keys its write touches (the sink's
+    ``conflict_keys``) waits only for the chunks before it that share one, or whose
+    keys are unknown: writes of disjoint keys commute, so they run at once.
     """
 
     def __init__(self) -> None:
         self._turn = threading.Condition()
-        self._next = 0  # the ticket whose writes may run now
         self._issued = 0
+        # The tickets not done yet: their keys, None (every key: waits for all and
+        # is waited for by all), or _UNDECLARED until the chunk is prepared.
+        self._open: dict[int, frozenset[Hashable] | object | None] = {}
 
     def ticket(self) -> int:
         """The next chunk's ticket (called in submission order)."""
         with self._turn:
             ticket, self._issued = self._issued, self._issued + 1
+            self._open[ticket] = _UNDECLARED
             return ticket
 
-    def wait(self, ticket: int) -> None:
-        """Block until the chunks before ``ticket`` are done."""
+    def declare(self, ticket: int, keys: frozenset[Hashable] | None) -> None:
+        """The keys the chunk of ``ticket`` writes (``None``: unknown, any key)."""
         with self._turn:
-            self._turn.wait_for(lambda: self._next >= ticket)
+            if ticket in self._open:
+                self._open[ticket] = keys
+                self._turn.notify_all()
+
+    def wait(self, ticket: int) -> None:
+        """Block until no chunk before ``ticket`` that may share a key with it is open."""
+        with self._turn:
+            self._turn.wait_for(lambda: self._clear(ticket))
+
+    def _clear(self, ticket: int) -> bool:
+        mine = self._open.get(ticket)
+        for before, keys in self._open.items():  # in ticket order
+            if before >= ticket:
+                return True
+            if (
+                not isinstance(mine, frozenset)
+                or not isinstance(keys, frozenset)
+                or not mine.isdisjoint(keys)
+            ):
+                return False
+        return True
 
     def done(self, ticket: int) -> None:
-        """The chunk of ``ticket`` wrote (or gave up): pass the turn on, in order; a
-        second call does nothing."""
+        """The chunk of ``ticket`` is committed (or gave up): the chunks waiting for it
+        may write; a second call does nothing."""
         with self._turn:
-            self._turn.wait_for(lambda: self._next >= ticket)
-            if self._next == ticket:
-                self._next += 1
-                self._turn.notify_all()
+            self._open.pop(ticket, None)
+            self._turn.notify_all()
+
+
+_UNDECLARED = object()  # a ticket whose chunk has not said its keys yet
 
 
 class ChunkHandler:
@@ -199,6 +228,19 @@ class ChunkHandler:
             records, items = self._stage(index, records, items, self.process_chunk, dead)
         keys = [self.key(i) for i in items] if self.key else None
         return Prepared(WriteContext(self.id, index, keys), records, items, skipped, dead)
+
+    def conflict_keys(self, prepared: Prepared) -> frozenset[Hashable] | None:
+        """The keys the sink's write of ``prepared`` touches (its optional
+        ``conflict_keys(items)``), or ``None``: unknown, so it may touch any. A sink
+        that fails to say is asked no more than that: its write says what is wrong."""
+        keys_of = getattr(self.sink, "conflict_keys", None)
+        if keys_of is None:
+            return None
+        try:
+            keys = keys_of(prepared.items)
+        except Exception:  # an item the sink cannot read: its write refuses it
+            return None
+        return None if keys is None else frozenset(keys)
 
     def write(self, prepared: Prepared) -> tuple[int, int, list[DeadLetter]]:
         """The sink stage of a prepared chunk; return (skipped, written, dead letters)."""

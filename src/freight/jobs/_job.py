@@ -94,10 +94,12 @@ class Job:
         metadata: JSON-compatible values kept with each run (the CLI records how to
             rebuild the job, for ``freight resume`` and ``freight retry-failed``).
         ordered_writes: write the chunks into the sink in source order, even with
-            several ``workers``: a chunk's writes start once the chunk before it has
-            committed, so with an upsert on a key the source's last value of a key is
-            the one that stays (``freight load --key`` sets it). Processing still runs
-            in parallel. Not with ``executor="processes"``.
+            several ``workers``: a chunk's writes start once the chunk before it is
+            committed and checkpointed, so with an upsert on a key the source's last
+            value of a key is the one that stays (``freight load --key`` sets it).
+            Processing still runs in parallel. A sink with ``conflict_keys(items)``
+            (the keys a write touches, or ``None``) lets chunks of disjoint keys write
+            at once. Not with ``executor="processes"``.
         clock: the :class:`~freight.Clock` every timer of the job runs on (heartbeats,
             the pause poll, progress and ETA, retry backoff, rate limits); default the
             real monotonic clock. With a clock given (a

@@ -228,12 +228,12 @@ class Run:
         try:
             prepared = handler.prepare(chunk.index, chunk.records)
             if order is not None and ticket is not None:
-                order.wait(ticket)  # written in source order: after the chunk before
+                order.declare(ticket, handler.conflict_keys(prepared))
+                order.wait(ticket)  # in source order: after the chunks before that may clash
             if self._shared is None:
-                outcome = handler.write(prepared)
-                if order is not None and ticket is not None:
-                    order.done(ticket)  # the sink committed the rows: the next may write
-                return self._commit(chunk, *outcome)
+                # done (finally) once checkpointed: a chunk after it that shares a key
+                # never commits first, so a resume never redoes this one over it
+                return self._commit(chunk, *handler.write(prepared))
             # The sink writes into the store's own database: rows and checkpoint in one
             # transaction, so a crash leaves both or neither (exactly once, no key needed).
             # It opens after the turn came: a chunk waiting holds no connection.

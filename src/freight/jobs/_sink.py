@@ -35,6 +35,10 @@ class Sink(Protocol):
     Raising fails the whole call (retried and bisected under the job's ``retry``).
     A sink is called with parts of a chunk during retries and isolation, so writes
     should be idempotent on the item's key for exactly-once effect.
+
+    Optional: ``conflict_keys(items) -> set | None``, the keys a write of ``items``
+    touches as the target compares them (``None``: unknown). With
+    ``Job(ordered_writes=True)``, chunks of disjoint keys then write at once.
     """
 
     def write(self, items: list[Any], context: WriteContext) -> Sequence[Any] | None:

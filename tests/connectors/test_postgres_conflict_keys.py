@@ -1,0 +1,135 @@
+"""The keys an upsert touches (``PostgresSink.conflict_keys``): read as the server
+reads them, or unknown; and a load with --key and two workers keeps, for every key
+however it is spelled, the file's last value."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from psycopg import sql
+from typer.testing import CliRunner
+
+from freight.cli import app
+from freight.connectors._pgkeys import conflict_keys
+from tests.services import POSTGRES_URL, require
+
+INT = {"id": "bigint", "name": "text", "n": "integer"}
+
+
+def keys(texts: list[str], key: list[str], types: dict[str, str] | None = INT) -> object:
+    return conflict_keys(texts, csv_texts=True, columns=["id", "name", "n"], key=key,
+                         types=types)  # fmt: skip
+
+
+def test_integer_keys_are_read_as_the_server_reads_them() -> None:
+    texts = ["7,a,1\n", " +07 ,b,2\n", "8,c,3"]
+    assert keys(texts, ["id"]) == {7, 8}
+    assert keys(["1,a,1\n", ",b,2\n"], ["id"]) == {1, None}  # NULL kept: it may clash
+
+
+def test_text_keys_are_compared_as_written_and_quoted_fields_are_read() -> None:
+    assert keys(["1,a,1\n", "2, a,2\n", "3,A,3\n"], ["name"]) == {"a", " a", "A"}
+    texts = ['1,"x, ""y""",1\n', '2,"multi\nline",2\n', "3,,3\n", '4,"",4\n']
+    assert keys(texts, ["name"]) == {'x, "y"', "multi\nline", ""}
+    assert keys(["1,a,5\n", "2,b,6\n"], ["id", "n"]) == {(1, 5), (2, 6)}
+
+
+@pytest.mark.parametrize(
+    ("texts", "key", "types"),
+    [
+        (["0x1F,a,1\n"], ["id"], INT),  # PostgreSQL 16 reads it as 31; int() does not
+        (["1,a\n"], ["n"], INT),  # too few fields
+        (['1,"open\n', "2,b,2\n"], ["id"], INT),  # a quote left open: records unknown
+        (["1,a,1\n"], ["id"], {"id": "numeric", "name": "text", "n": "integer"}),
+        (["1,a,1\n"], ["name"], {"id": "bigint", "name": "character", "n": "integer"}),
+        (["1,a,1\n"], ["id"], None),  # the table's types not read yet
+        (["1,a,1\n"], ["missing"], INT),
+    ],
+)  # fmt: skip
+def test_keys_freight_cannot_read_as_the_server_does_are_unknown(
+    texts: list[str], key: list[str], types: dict[str, str] | None
+) -> None:
+    assert keys(texts, key, types) is None
+
+
+def test_keys_of_mappings() -> None:
+    def of(items: list[object], kind: str = "bigint") -> object:
+        return conflict_keys(items, csv_texts=False, columns=None, key=["id"],
+                             types={"id": kind})  # fmt: skip
+
+    assert of([{"id": 1}, {"id": None}, {"id": "2"}]) == {1, None, 2}
+    assert of([{"id": "a"}, {"id": None}], "text") == {"a", None}
+    bad_items: list[list[object]] = [[{"id": True}], [{"id": 1.0}], [{"other": 1}], [(1,)]]
+    for bad in bad_items:
+        assert of(bad) is None
+    assert of([{"id": 1}], "text") is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(-(2**40), 2**40), st.sampled_from(["", "+", " ", "0", "00"])),
+        min_size=1, max_size=30,
+    )
+)  # fmt: skip
+def test_every_spelling_of_one_integer_is_one_key(values: list[tuple[int, str]]) -> None:
+    """However a key is spelled (sign, spaces, leading zeros), its key is its number."""
+    texts = []
+    for number, spelling in values:
+        digits = str(abs(number))
+        sign = "-" if number < 0 else ("+" if spelling == "+" else "")
+        pad = spelling if spelling in ("0", "00") else ""
+        space = " " if spelling == " " else ""
+        texts.append(f"{space}{sign}{pad}{digits}{space},x,1\n")
+    assert keys(texts, ["id"]) == {number for number, _ in values}
+
+
+# -- a real load -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    require("127.0.0.1", 5432, "PostgreSQL")
+    name = f"freight_keys_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    yield name
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+def test_an_upsert_load_with_workers_keeps_the_last_value_of_every_key(
+    schema: str, tmp_path: Path
+) -> None:
+    """3,000 rows in chunks of 50, two workers: most chunks hold new keys (written at
+    once), and every 7th row repeats an earlier key in another spelling; the table
+    holds each key's last value in the file."""
+    data = tmp_path / "rows.csv"
+    expected: dict[int, int] = {}
+    lines = ["id,seq"]
+    for seq in range(3_000):
+        key = seq if seq % 7 else (seq * 13) % 600
+        spelled = [f"{key}", f"+{key}", f" 0{key} "][seq % 3] if seq % 7 == 0 else str(key)
+        lines.append(f"{spelled},{seq}")
+        expected[key] = seq
+    data.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(
+        app,
+        ["load", str(data), "--into", POSTGRES_URL, "--table", "t", "--schema", schema,
+         "--key", "id", "--types", "id=bigint,seq=bigint", "--chunk-size", "50",
+         "--workers", "2", "--store", str(tmp_path / "f.db"), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["summary"]["succeeded"] == 3_000
+    with psycopg.connect(POSTGRES_URL) as conn:
+        found: dict[int, int] = dict(
+            conn.execute(sql.SQL("SELECT id, seq FROM {}").format(sql.Identifier(schema, "t")))
+        )
+    assert found == expected
