@@ -201,6 +201,8 @@ class AsyncPostgresSink:
                     sink._parts(planned, refused)
                 ):
                     written = await self._write_all(conn, plan, columns, rows, start=index == 0)
+                    if written.count(None) == len(written):
+                        continue  # the rule: every row went in
                     for place, outcome in zip(places, written, strict=True):
                         outcomes[place] = outcome
         except psycopg.Error as exc:
