@@ -34,14 +34,16 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Annotated, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from freight._errors import ConfigError
 from freight.cli._errors import EXIT_LANDED, EXIT_STOPPED
-from freight.manager import Batch, BatchManager, BatchRequest
 from freight.store import DEFAULT_PATH
+
+if TYPE_CHECKING:  # imported where used: the other commands do not pay for the manager
+    from freight.manager import Batch, BatchManager
 
 __all__ = ["InputLine", "batch_app", "read_input", "worker"]
 
@@ -173,6 +175,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON alone, for 
 def import_manager(target: str) -> BatchManager:
     """The :class:`BatchManager` that ``MODULE:ATTR`` names (an instance, or a function
     of no argument returning one), imported with the current directory on the path."""
+    from freight.manager import BatchManager  # noqa: PLC0415 (see the imports)
+
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"--app expects MODULE:ATTR (e.g. myapp.batches:manager), got {target!r}")
@@ -208,6 +212,8 @@ def _manager(app: str | None, store: str | None) -> BatchManager:
                 f"no store at {path}; name your manager with --app MODULE:MANAGER, or its "
                 "store with --store PATH or URL"
             )
+    from freight.manager import BatchManager  # noqa: PLC0415 (see the imports)
+
     return BatchManager(url)
 
 
@@ -260,6 +266,8 @@ def submit(
             "freight batch submit needs --app MODULE:MANAGER: the BatchManager whose "
             "registered endpoint serves the batch (e.g. --app myapp.batches:manager)"
         )
+    from freight.manager import BatchRequest  # noqa: PLC0415 (see the imports)
+
     endpoint, lines = read_input(file, endpoint)
     requests = [BatchRequest(id=line.custom_id, body=line.body) for line in lines]
     meta = _metadata(metadata or [])

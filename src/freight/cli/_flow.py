@@ -22,13 +22,15 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from freight._errors import ConfigError, StoreError
-from freight.flow._board import Board, BoardSummary
 from freight.store import DEFAULT_PATH, open_store
+
+if TYPE_CHECKING:  # imported where used: the other commands do not pay for the flow
+    from freight.flow._board import Board, BoardSummary
 
 __all__ = ["DEFAULT_TRACES", "FLUSH_QUERY", "flow_app"]
 
@@ -67,6 +69,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON alone, for 
 def _board(store: str, flow: str | None) -> Board:
     """The board of ``flow`` in ``store``, which must exist and hold that flow; without
     a name, the store's flow ``default``, or its only flow."""
+    from freight.flow._board import Board  # noqa: PLC0415 (see the imports)
+
     if "://" not in store and not Path(store).exists():
         raise StoreError(f"no store at {store}; pass the flow's store with --store PATH or URL")
     opened = open_store(store)
