@@ -5,6 +5,7 @@ however it is spelled, the file's last value."""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,3 +134,85 @@ def test_an_upsert_load_with_workers_keeps_the_last_value_of_every_key(
             conn.execute(sql.SQL("SELECT id, seq FROM {}").format(sql.Identifier(schema, "t")))
         )
     assert found == expected
+
+
+def test_a_jsonl_upsert_load_with_workers_keeps_the_last_value_of_every_key(
+    schema: str, tmp_path: Path
+) -> None:
+    """The same with JSONL records (typed before the sink: its keys are ints)."""
+    data = tmp_path / "rows.jsonl"
+    expected: dict[int, int] = {}
+    with data.open("w") as f:
+        for seq in range(2_000):
+            key = seq if seq % 5 else (seq * 7) % 300
+            f.write(json.dumps({"id": key, "seq": seq}) + "\n")
+            expected[key] = seq
+    result = CliRunner().invoke(
+        app,
+        ["load", str(data), "--into", POSTGRES_URL, "--table", "j", "--schema", schema,
+         "--key", "id", "--chunk-size", "40", "--workers", "2",
+         "--store", str(tmp_path / "f.db"), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(POSTGRES_URL) as conn:
+        found: dict[int, int] = dict(
+            conn.execute(sql.SQL("SELECT id, seq FROM {}").format(sql.Identifier(schema, "j")))
+        )
+    assert found == expected
+
+
+@pytest.mark.parametrize("form", ["csv", "rows"])
+def test_a_chunk_sharing_a_key_however_spelled_never_overtakes_the_one_before(
+    schema: str, tmp_path: Path, form: str
+) -> None:
+    """Each even chunk (after the first) stalls its write until the next chunk has
+    written (at most 0.3 s): a next chunk let through as disjoint would write first and
+    its newer values be overwritten. Every chunk holds keys 0-9, spelled anew in CSV."""
+    from typing import Any
+
+    from freight import Job
+    from freight.connectors.postgres import PostgresSink
+    from freight.jobs import WriteContext
+    from freight.store import SqliteStore
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, seq bigint)").format(
+                sql.Identifier(schema, "t")
+            )
+        )
+    chunks = 8
+    wrote = [threading.Event() for _ in range(chunks)]
+
+    class Stalling(PostgresSink):
+        def write(self, items: list[Any], context: object = None) -> list[Any] | None:
+            assert isinstance(context, WriteContext)
+            index = context.chunk_index
+            if index % 2 == 0 and 0 < index < chunks - 1:
+                wrote[index + 1].wait(0.3)
+            try:
+                return super().write(items, context)
+            finally:
+                wrote[index].set()
+
+    spellings = ["{}", "+{}", " 0{} ", "{}"]
+    items: list[Any] = []
+    for seq in range(chunks * 10):
+        key = seq % 10
+        if form == "csv":
+            items.append(spellings[seq // 10 % 4].format(key) + f",{seq}\n")
+        else:
+            items.append({"id": key, "seq": seq})
+    sink = Stalling(POSTGRES_URL, "t", schema=schema, key="id", columns=["id", "seq"],
+                    format="csv" if form == "csv" else "rows")  # fmt: skip
+    job = Job("stall", items, sink, chunk_size=10, workers=2, ordered_writes=True,
+              store=SqliteStore(tmp_path / "s.db"))  # fmt: skip
+    try:
+        assert job.run().status == "completed"
+    finally:
+        sink.close()
+    with psycopg.connect(POSTGRES_URL) as conn:
+        found: dict[int, int] = dict(
+            conn.execute(sql.SQL("SELECT id, seq FROM {}").format(sql.Identifier(schema, "t")))
+        )
+    assert found == {k: (chunks - 1) * 10 + k for k in range(10)}
