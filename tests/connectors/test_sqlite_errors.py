@@ -172,3 +172,20 @@ def test_a_read_only_target_refuses_every_row_naming_why(tmp_path: Path) -> None
         "the target refuses the write: attempt to write a readonly database"
     ] * 2
     assert all(isinstance(o, TargetError) for o in outcomes)
+
+
+@pytest.mark.parametrize("mode", ["insert", "upsert"])
+def test_a_text_with_a_lone_surrogate_fails_its_row_alone(tmp_path: Path, mode: str) -> None:
+    """A text UTF-8 cannot encode (a lone surrogate, as ``surrogateescape`` decoding
+    leaves) is refused by the driver before SQLite sees it: that row alone fails,
+    saying so, and the rows around it are written."""
+    sink = SqliteSink(tmp_path / "d.db", "t", key="id", mode=mode)  # type: ignore[arg-type]
+    items = [{"id": 1, "v": "ok"}, {"id": 2, "v": "bad \ud800"}, {"id": 3, "v": "fine"}]
+    outcomes = sink.write(items)
+    sink.close()
+    assert outcomes is not None
+    assert [o is None for o in outcomes] == [True, False, True]
+    assert isinstance(outcomes[1], PermanentError)
+    assert "cannot be stored" in str(outcomes[1])
+    with sqlite3.connect(tmp_path / "d.db") as db:
+        assert db.execute("SELECT id, v FROM t ORDER BY id").fetchall() == [(1, "ok"), (3, "fine")]

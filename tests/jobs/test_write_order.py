@@ -7,10 +7,11 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from freight import Job
+from freight import FreightError, Job
 from freight.jobs import WriteContext
 from freight.jobs._chunk import WriteOrder
 from freight.store import ChunkCheckpoint, DeadLetter, JobRecord, SqliteStore
@@ -109,6 +110,55 @@ def test_each_key_is_written_in_ticket_order_and_no_chunk_waits_forever(
                 assert mine.isdisjoint(theirs)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    chunks=st.lists(
+        st.one_of(st.none(), st.frozensets(st.integers(0, 6), max_size=3)), min_size=1,
+        max_size=12,
+    ),
+    fails=st.lists(st.booleans(), min_size=12, max_size=12),
+    picks=st.lists(st.integers(0, 1_000), min_size=40, max_size=40),
+)  # fmt: skip
+def test_no_chunk_writes_a_key_after_an_earlier_chunk_holding_it_failed(
+    chunks: list[frozenset[int] | None], fails: list[bool], picks: list[int]
+) -> None:
+    """Chunks fail at random once free to write (their rows may be in the target): a
+    later chunk that may share a key with a failed one gives up rather than write, the
+    others still write, and none waits forever."""
+    order = WriteOrder()
+    tickets = [order.ticket() for _ in chunks]
+    for ticket, keys in zip(tickets, chunks, strict=True):
+        order.declare(ticket, keys)
+    failed: list[int] = []
+    written: list[int] = []
+    open_ = list(tickets)
+    draws = iter(picks)
+    while open_:
+        states = {t: order._clear(t) for t in open_}
+        ready = [t for t, state in states.items() if state is not None]
+        assert ready, "every open chunk waits: a deadlock"
+        ticket = ready[next(draws, 0) % len(ready)]
+        open_.remove(ticket)
+        if states[ticket] is False:  # gave up: a failed chunk before it may clash
+            with pytest.raises(FreightError, match="may share a key"):
+                order.wait(ticket)
+            order.abandon(ticket)  # as the run does for a chunk that raised
+        elif fails[ticket]:
+            failed.append(ticket)
+            order.abandon(ticket)
+        else:
+            order.wait(ticket)  # returns at once
+            written.append(ticket)
+        order.done(ticket)
+    for ticket in written:
+        for gone in failed:
+            if gone < ticket:
+                mine, theirs = chunks[ticket], chunks[gone]
+                assert mine is not None
+                assert theirs is not None
+                assert mine.isdisjoint(theirs)
+
+
 class KeyedTable:
     """A sink that names the keys of its writes, noting which chunks write at once."""
 
@@ -171,3 +221,54 @@ def test_a_sink_that_cannot_name_its_keys_is_written_in_order(tmp_path: Path) ->
               store=SqliteStore(tmp_path / "s.db"))  # fmt: skip
     assert job.run().status == "completed"
     assert table.rows == {k: 90 + k for k in range(10)}
+
+
+class FailingCheckpoint(SqliteStore):
+    """A store whose first checkpoint of chunk 0 fails (a store briefly unavailable),
+    once chunk 1 has been handed out (so that it is waiting its turn)."""
+
+    def __init__(self, path: Path, submitted: threading.Event) -> None:
+        super().__init__(path)
+        self.submitted = submitted
+        self.failed = False
+
+    def commit_chunk(
+        self, job_id: str, checkpoint: ChunkCheckpoint, dead_letters: Sequence[DeadLetter] = ()
+    ) -> JobRecord:
+        if checkpoint.index == 0 and not self.failed:
+            self.failed = True
+            self.submitted.wait(10)
+            raise OSError("disk I/O error")
+        return super().commit_chunk(job_id, checkpoint, dead_letters)
+
+
+def test_a_chunk_that_failed_after_writing_keeps_the_chunks_sharing_its_keys_out(
+    tmp_path: Path,
+) -> None:
+    """Chunk 0's rows are committed, its checkpoint fails: the run fails, and chunk 1
+    (the same keys, newer values) must not write, or the resume would redo chunk 0 over
+    its values. After the resume each key holds its last value."""
+    submitted = threading.Event()
+    rows: dict[int, int] = {}
+
+    def process_chunk(chunk: list[dict[str, int]]) -> list[dict[str, int]]:
+        if chunk[0]["seq"] == 10:
+            submitted.set()
+        return chunk
+
+    def sink(items: list[dict[str, int]]) -> None:
+        for item in items:
+            rows[item["id"]] = item["seq"]
+
+    store = FailingCheckpoint(tmp_path / "s.db", submitted)
+    data = [{"id": seq % 5, "seq": seq} for seq in range(20)]
+
+    def job() -> Job:
+        return Job("order", data, sink, chunk_size=10, workers=2, ordered_writes=True,
+                   process_chunk=process_chunk, store=store)  # fmt: skip
+
+    with pytest.raises(OSError, match="disk I/O"):
+        job().run()
+    assert rows == {k: 5 + k for k in range(5)}  # chunk 1 did not write
+    assert job().run().status == "completed"
+    assert rows == {k: 15 + k for k in range(5)}

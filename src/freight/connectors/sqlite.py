@@ -444,6 +444,11 @@ class SqliteSink:
             if mapped is exc:
                 raise
             raise mapped from exc
+        except UnicodeEncodeError as exc:  # a lone surrogate: the driver cannot send it
+            raise PermanentError(
+                f"a text holds a character that cannot be stored in UTF-8 "
+                f"({exc.object[exc.start : exc.end]!r}: {exc.reason})"
+            ) from exc
 
     def close(self) -> None:
         """Close the connection."""

@@ -32,7 +32,7 @@ from freight._core._clock import Clock
 from freight._core._retry import Retry
 from freight._drivers._asyncio import is_async_callable
 from freight._drivers._runner import call_lean, forget_frames, settle_sync
-from freight._errors import HandlerContractError, RecordError, TargetError
+from freight._errors import FreightError, HandlerContractError, RecordError, TargetError
 from freight._ratelimit import RateLimiter
 from freight.jobs._sink import Sink, WriteContext
 from freight.jobs._sources import BLANK, Record
@@ -127,29 +127,66 @@ class WriteOrder:
                 self._turn.notify_all()
 
     def wait(self, ticket: int) -> None:
-        """Block until no chunk before ``ticket`` that may share a key with it is open."""
-        with self._turn:
-            self._turn.wait_for(lambda: self._clear(ticket))
+        """Block until no chunk before ``ticket`` that may share a key with it is open.
 
-    def _clear(self, ticket: int) -> bool:
+        Raises :class:`~freight.FreightError` when such a chunk gave up (:meth:`abandon`):
+        its rows may be in the target without its checkpoint, and a resume redoes it,
+        so a chunk after it that shares a key must not write first.
+        """
+        with self._turn:
+            self._turn.wait_for(lambda: self._clear(ticket) is not None)
+            if not self._clear(ticket):
+                raise FreightError(
+                    f"chunk ticket {ticket}: a chunk before it that may share a key "
+                    "failed; not written, so that a resume keeps the source's order"
+                )
+
+    def _clear(self, ticket: int) -> bool | None:
+        """True: free to write; None: wait; False: an earlier clashing chunk gave up."""
         mine = self._open.get(ticket)
         for before, keys in self._open.items():  # in ticket order
             if before >= ticket:
-                return True
-            if (
-                not isinstance(mine, frozenset)
-                or not isinstance(keys, frozenset)
-                or not mine.isdisjoint(keys)
-            ):
-                return False
+                break
+            if isinstance(keys, _Abandoned):
+                if _clash(mine, keys.keys):
+                    return False
+                continue
+            if _clash(mine, keys):
+                return None
         return True
 
     def done(self, ticket: int) -> None:
-        """The chunk of ``ticket`` is committed (or gave up): the chunks waiting for it
-        may write; a second call does nothing."""
+        """The chunk of ``ticket`` is committed and checkpointed: the chunks waiting for
+        it may write; a second call does nothing."""
         with self._turn:
-            self._open.pop(ticket, None)
+            if not isinstance(self._open.get(ticket), _Abandoned):
+                self._open.pop(ticket, None)
             self._turn.notify_all()
+
+    def abandon(self, ticket: int) -> None:
+        """The chunk of ``ticket`` failed (its rows may or may not have landed): the
+        chunks after it that may share a key give up instead of writing."""
+        with self._turn:
+            keys = self._open.get(ticket)
+            if ticket in self._open and not isinstance(keys, _Abandoned):
+                self._open[ticket] = _Abandoned(keys)
+            self._turn.notify_all()
+
+
+def _clash(mine: object, theirs: object) -> bool:
+    """Whether two chunks' keys may meet (unknown or undeclared keys always may)."""
+    return (
+        not isinstance(mine, frozenset)
+        or not isinstance(theirs, frozenset)
+        or not mine.isdisjoint(theirs)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Abandoned:
+    """A ticket whose chunk failed: its keys (or None, unknown) stay in the way."""
+
+    keys: object
 
 
 _UNDECLARED = object()  # a ticket whose chunk has not said its keys yet
@@ -238,9 +275,9 @@ class ChunkHandler:
             return None
         try:
             keys = keys_of(prepared.items)
-        except Exception:  # an item the sink cannot read: its write refuses it
-            return None
-        return None if keys is None else frozenset(keys)
+            return None if keys is None else frozenset(keys)
+        except Exception:  # an item the sink cannot read (its write refuses it), or an
+            return None  # unhashable key: unknown, so the chunk waits for every other
 
     def write(self, prepared: Prepared) -> tuple[int, int, list[DeadLetter]]:
         """The sink stage of a prepared chunk; return (skipped, written, dead letters)."""

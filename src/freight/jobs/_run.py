@@ -242,6 +242,10 @@ class Run:
                 skipped, written, dead = handler.write(prepared)
                 checkpoint = self._checkpoint(chunk, skipped, written, dead)
                 store.commit_chunk_on(conn, self.id, checkpoint, dead)
+        except BaseException:
+            if order is not None and ticket is not None:
+                order.abandon(ticket)  # the chunks after it sharing a key must not write
+            raise
         finally:
             if order is not None and ticket is not None:
                 order.done(ticket)  # committed, or given up: never keeps the next waiting
