@@ -38,8 +38,23 @@ def test_integer_keys_are_read_as_the_server_reads_them() -> None:
 def test_text_keys_are_compared_as_written_and_quoted_fields_are_read() -> None:
     assert keys(["1,a,1\n", "2, a,2\n", "3,A,3\n"], ["name"]) == {"a", " a", "A"}
     texts = ['1,"x, ""y""",1\n', '2,"multi\nline",2\n', "3,,3\n", '4,"",4\n']
-    assert keys(texts, ["name"]) == {'x, "y"', "multi\nline", ""}
+    assert keys(texts, ["name"]) == {"x, y", "multi\nline", ""}  # quotes left out
     assert keys(["1,a,5\n", "2,b,6\n"], ["id", "n"]) == {(1, 5), (2, 6)}
+
+
+def test_text_keys_the_server_may_hold_equal_are_one_key() -> None:
+    """Review findings: a varchar(n) cuts trailing spaces past n; a unique index with
+    NULLS NOT DISTINCT holds NULLs equal, and a chunk with quotes reads NULL as '';
+    PostgreSQL opens a quoted part at a quote inside a field (a"b" is ab)."""
+    varchar = {"id": "bigint", "name": "character varying", "n": "integer"}
+    assert keys(["1,abc,1\n"], ["name"], varchar) == keys(["1,abc  ,1\n"], ["name"], varchar)
+    assert keys(["1,,1\n"], ["name"]) == {""}
+    assert keys(["1,,1\n", '2,"q",2\n'], ["name"]) == {"", "q"}
+    assert keys(['1,a"b",1\n'], ["name"]) == keys(["1,ab,1\n"], ["name"]) == {"ab"}
+    # a quoted part swallowing a comma: PostgreSQL reads 2 fields where csv reads 3
+    two = conflict_keys(['1,a"b,c"d\n'], csv_texts=True, columns=["id", "name"], key=["name"],
+                        types={"id": "bigint", "name": "text"})  # fmt: skip
+    assert two is None
 
 
 @pytest.mark.parametrize(
@@ -66,7 +81,7 @@ def test_keys_of_mappings() -> None:
                              types={"id": kind})  # fmt: skip
 
     assert of([{"id": 1}, {"id": None}, {"id": "2"}]) == {1, None, 2}
-    assert of([{"id": "a"}, {"id": None}], "text") == {"a", None}
+    assert of([{"id": "a"}, {"id": None}], "text") == {"a", ""}
     bad_items: list[list[object]] = [[{"id": True}], [{"id": 1.0}], [{"other": 1}], [(1,)]]
     for bad in bad_items:
         assert of(bad) is None
@@ -216,3 +231,48 @@ def test_a_chunk_sharing_a_key_however_spelled_never_overtakes_the_one_before(
             conn.execute(sql.SQL("SELECT id, seq FROM {}").format(sql.Identifier(schema, "t")))
         )
     assert found == {k: (chunks - 1) * 10 + k for k in range(10)}
+
+
+@pytest.mark.parametrize(
+    ("ddl", "key", "commutes"),
+    [
+        ("CREATE TABLE t (id bigint PRIMARY KEY, v text)", "id", True),
+        ("CREATE TABLE t (id varchar(3) PRIMARY KEY, v text)", "id", True),
+        ("CREATE TABLE t (id bigint, e text UNIQUE, v text, UNIQUE (e))", "e", True),
+        # another unique index: which of two rows of one value lands depends on order
+        ("CREATE TABLE t (id bigint PRIMARY KEY, e text UNIQUE)", "id", False),
+        ("CREATE TABLE t (id bigint PRIMARY KEY, v text); CREATE UNIQUE INDEX ON t (lower(v))",
+         "id", False),
+        ("CREATE TABLE t (id bigint PRIMARY KEY, v text); CREATE UNIQUE INDEX ON t (id) "
+         "WHERE v IS NOT NULL", "id", False),
+        ("CREATE TABLE t (id int PRIMARY KEY, parent int REFERENCES t (id))", "id", False),
+        ("CREATE TABLE t (id bigint PRIMARY KEY, v text); CREATE FUNCTION f() RETURNS trigger "
+         "LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$; CREATE TRIGGER g BEFORE INSERT ON t "
+         "FOR EACH ROW EXECUTE FUNCTION f()", "id", False),
+        ("CREATE TABLE t (id bigint PRIMARY KEY, v text); CREATE RULE r AS ON INSERT TO t "
+         "DO ALSO NOTIFY t", "id", False),
+        ("CREATE TABLE t (id bigint PRIMARY KEY, v text) PARTITION BY RANGE (id)", "id", False),
+        ("CREATE COLLATION IF NOT EXISTS freight_ci (provider = icu, locale = "
+         "'und-u-ks-level2', deterministic = false); CREATE TABLE t (id text COLLATE "
+         "freight_ci PRIMARY KEY, v text)", "id", False),
+    ],
+)  # fmt: skip
+def test_distinct_keys_commute_only_where_nothing_else_relates_rows(
+    schema: str, ddl: str, key: str, commutes: bool
+) -> None:
+    """Review findings: a unique index on other columns, a self-reference, a trigger, a
+    rule, a partitioned table or a nondeterministic collation make upserts of distinct
+    keys depend on their order: the sink names no keys there (every chunk in order)."""
+    from freight.connectors.postgres import PostgresSink, table_types
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
+        conn.execute(ddl.encode())
+    sink = PostgresSink(POSTGRES_URL, "t", schema=schema, key=key, columns=[key],
+                        format="csv")  # fmt: skip
+    try:
+        sink._table = table_types(POSTGRES_URL, "t", schema)  # as its first write reads them
+        assert sink._commutes() is commutes
+        assert (sink.conflict_keys(["1\n"]) is not None) is commutes
+    finally:
+        sink.close()

@@ -2,18 +2,23 @@
 
 A job with ordered writes (``freight load --key``) lets two chunks write at once when
 no key is in both (:class:`~freight.jobs._chunk.WriteOrder`): their upserts commute.
-The keys must be read as the server reads them, or two spellings of one key would
-pass as two keys and the older chunk's value could land last. So only key columns
-whose values freight reads exactly as the server does are read: integers (``int``
-takes every spelling PostgreSQL takes, and refuses the prefixed ones of PostgreSQL
-16, which then count as unknown) and text (compared as written: the default
-collations are deterministic). Any other type, or a value that cannot be read, makes
-the keys unknown (``None``): the chunk then waits for every chunk before it.
+The keys must be read so that two values the server holds equal are one key here, or
+the older chunk's value could land last. Reading more keys equal than the server does
+is harmless (a chunk waits when it need not); fewer is not. So:
 
-Reading more keys than the write touches is harmless (a chunk waits when it need
-not); reading fewer is not. A NULL is kept as ``None`` (a unique index may treat NULLs
-as equal), and an empty field of a quoted chunk, which may be NULL or ``''``, as
-``''``: a key of every chunk that may hold it.
+- only integer and text key columns are read (any other type: unknown, ``None``, and
+  the chunk waits for every chunk before it), and only where the sink found the table
+  free of what makes writes of distinct keys interact (a nondeterministic collation,
+  another unique index, a trigger: :data:`COMMUTES_SQL`);
+- integers are read by ``int``, which takes every spelling PostgreSQL takes (spaces,
+  sign, leading zeros) and refuses the prefixed ones of PostgreSQL 16 (unknown then);
+- a text is its characters without trailing spaces (a ``varchar(n)`` cuts the spaces
+  past ``n``) and, in a chunk with quotes, without its quote characters (PostgreSQL
+  opens a quoted part at a quote anywhere in a field, the csv module only at its
+  start: without them both read the same characters, once each record has as many
+  fields as columns);
+- a NULL is the empty text (a unique index may treat NULLs as equal; an unquoted and a
+  quoted empty field are one to the csv module), and a NULL or empty integer ``None``.
 """
 
 from __future__ import annotations
@@ -22,13 +27,42 @@ import csv
 import io
 import itertools
 import operator
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["conflict_keys"]
+__all__ = ["COMMUTES_SQL", "conflict_keys"]
 
 _INTEGERS = frozenset({"bigint", "integer", "smallint"})
 _TEXTS = frozenset({"text", "character varying"})
+
+# Whether upserts of distinct keys into the table %(table)s (a regclass's text) may run
+# in any order: a plain table (not partitioned, no rule), no nondeterministic collation
+# on a column or in an index, no unique or exclusion index but on exactly the conflict
+# key's columns (%(key)s), no foreign key to itself, no user trigger. False: they may not.
+COMMUTES_SQL = """
+SELECT (SELECT relkind = 'r' AND NOT relhasrules FROM pg_class WHERE oid = %(table)s::regclass)
+AND NOT EXISTS (
+    SELECT 1 FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+    WHERE a.attrelid = %(table)s::regclass AND NOT c.collisdeterministic
+) AND NOT EXISTS (
+    SELECT 1 FROM pg_index i, unnest(i.indcollation::oid[]) AS ic(oid)
+    JOIN pg_collation c ON c.oid = ic.oid
+    WHERE i.indrelid = %(table)s::regclass AND NOT c.collisdeterministic
+) AND NOT EXISTS (
+    SELECT 1 FROM pg_index i
+    WHERE i.indrelid = %(table)s::regclass AND (i.indisunique OR i.indisexclusion)
+      AND NOT (i.indisunique AND i.indexprs IS NULL AND i.indpred IS NULL
+               AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+                    FROM pg_attribute a
+                    WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey))
+                   = (SELECT array_agg(k ORDER BY k) FROM unnest(%(key)s::text[]) AS k))
+) AND NOT EXISTS (
+    SELECT 1 FROM pg_constraint f
+    WHERE f.conrelid = %(table)s::regclass AND f.confrelid = f.conrelid AND f.contype = 'f'
+) AND NOT EXISTS (
+    SELECT 1 FROM pg_trigger t WHERE t.tgrelid = %(table)s::regclass AND NOT t.tgisinternal
+)
+"""
 
 
 def conflict_keys(
@@ -43,32 +77,36 @@ def conflict_keys(
     ``None`` when any cannot be read as the server reads it (see the module)."""
     if not key or types is None or any(types.get(k) not in _INTEGERS | _TEXTS for k in key):
         return None
+    quoted = False
     if csv_texts:
         if columns is None or any(k not in columns for k in key):
             return None
-        fields = _csv_fields(items, [list(columns).index(k) for k in key])
+        quoted = '"' in "".join(items)
+        found = _csv_fields(items, [list(columns).index(k) for k in key], len(columns), quoted)
     else:
-        fields = _mapping_fields(items, key)
-    if fields is None:
+        found = _mapping_fields(items, key)
+    if found is None:
         return None
     try:
-        read = [_reader(types[k], csv_texts)(values) for k, values in zip(key, fields, strict=True)]
+        read = [
+            _integers(values) if types[k] in _INTEGERS else _texts(values, quoted)
+            for k, values in zip(key, found, strict=True)
+        ]
     except (TypeError, ValueError):
         return None
     return set(read[0]) if len(read) == 1 else set(zip(*read, strict=True))
 
 
-def _csv_fields(texts: Sequence[str], places: list[int]) -> list[list[str | None]] | None:
-    """The fields at ``places`` of each CSV record text, an unquoted empty one as
-    ``None`` (NULL), or ``None`` when a record has too few fields."""
-    if '"' in "".join(texts):  # quoted fields: read as the csv module does
+def _csv_fields(
+    texts: Sequence[str], places: list[int], width: int, quoted: bool
+) -> list[list[str | None]] | None:
+    """The fields at ``places`` of each CSV record text (an unquoted empty one ``None``
+    where no record is quoted), or ``None`` when a record is not ``width`` fields."""
+    if quoted:  # read as the csv module does; as many fields as PostgreSQL reads
         rows = list(csv.reader(io.StringIO("".join(texts))))
-        if len(rows) != len(texts):
+        if len(rows) != len(texts) or any(len(row) != width for row in rows):
             return None
-        try:
-            return [[row[place] for row in rows] for place in places]
-        except IndexError:
-            return None
+        return [[row[place] for row in rows] for place in places]
     last = max(places)
     split = list(map(str.split, texts, itertools.repeat(","), itertools.repeat(last + 1)))
     out: list[list[str | None]] = []
@@ -92,15 +130,9 @@ def _mapping_fields(items: Sequence[Any], key: Sequence[str]) -> list[list[Any]]
         return None
 
 
-def _reader(kind: str, csv_texts: bool) -> Callable[[list[Any]], list[Hashable]]:
-    """How the values of a key column of type ``kind`` are read (ValueError, TypeError:
-    one cannot be read as the server would)."""
-    return _integers if kind in _INTEGERS else _csv_texts if csv_texts else _texts
-
-
 def _integers(values: list[Any]) -> list[Hashable]:
-    """Integer keys: a CSV field read by ``int``, a mapping's value an ``int``; NULL and
-    an empty quoted field (refused: no row) as ``None``."""
+    """Integer keys: a CSV field (or a mapping's string) read by ``int``, a mapping's
+    ``int`` as it is; NULL and an empty field (NULL, or refused: no row) ``None``."""
     if all(map(isinstance, values, itertools.repeat(str))) and "" not in values:
         return list(map(int, values))  # the rule, in C: every field of a CSV chunk
     read: list[Hashable] = []
@@ -114,12 +146,11 @@ def _integers(values: list[Any]) -> list[Hashable]:
     return read
 
 
-def _csv_texts(values: list[Any]) -> list[Hashable]:
-    return values
-
-
-def _texts(values: list[Any]) -> list[Hashable]:
-    """Text keys of mappings: strings (or NULL), as written."""
+def _texts(values: list[Any], quoted: bool) -> list[Hashable]:
+    """Text keys: strings (or NULL, as ``''``) without trailing spaces, and without
+    quote characters when ``quoted`` (see the module)."""
     if not all(value is None or type(value) is str for value in values):
         raise TypeError("a text key that is not a string")
-    return values
+    if quoted:
+        return [(value or "").replace('"', "").rstrip(" ") for value in values]
+    return [(value or "").rstrip(" ") for value in values]

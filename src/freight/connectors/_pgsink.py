@@ -57,7 +57,7 @@ from freight.connectors._pgerrors import (
     refused_before_copy,
     typed_refusal,
 )
-from freight.connectors._pgkeys import conflict_keys
+from freight.connectors._pgkeys import COMMUTES_SQL, conflict_keys
 from freight.connectors._pgplan import ROLLBACK, Planner, _statements, _WritePlan
 
 try:
@@ -217,6 +217,9 @@ class PostgresSink:
         # first write and again when a write carries a column not among them (added
         # since); None: not read yet, or the table was not found.
         self._table: dict[str, str] | None = None
+        # Whether upserts of distinct keys commute in the table (conflict_keys); None:
+        # not asked yet, or asked again since the table's columns were read anew.
+        self._commuting: bool | None = None
         # Per written column list: binary COPY types (None: text COPY), the columns'
         # types ("" when unknown), and the statements.
         self._binary: dict[tuple[str, ...], BinaryColumns | None] = {}
@@ -296,12 +299,28 @@ class PostgresSink:
         the table not read yet, a key type freight does not read as the server does).
         A job with ordered writes writes chunks of disjoint keys at once
         (:mod:`~freight.connectors._pgkeys`)."""
-        if self.mode != "upsert":
+        if self.mode != "upsert" or not self._commutes():
             return None
         return conflict_keys(
             items, csv_texts=self.format == "csv", columns=self.columns, key=self.key,
             types=self._table,
         )  # fmt: skip
+
+    def _commutes(self) -> bool:
+        """Whether upserts of distinct keys into the table may run in any order
+        (:data:`~freight.connectors._pgkeys.COMMUTES_SQL`), asked once; ``False`` while
+        the server cannot say (then asked again)."""
+        known = self._commuting
+        if known is None:
+            try:
+                self._ensure_open()
+                with self._pool.connection() as conn:
+                    params = {"table": self._target.as_string(conn), "key": self.key}
+                    row = conn.execute(COMMUTES_SQL, params).fetchone()
+            except (psycopg.Error, TransientError):
+                return False
+            known = self._commuting = bool(row and row[0])
+        return known
 
     def _runs(self, items: list[Any]) -> tuple[list[Run], dict[int, BaseException]]:
         """The runs that write ``items`` (one when they share their fields, the rule) and
@@ -331,6 +350,7 @@ class PostgresSink:
         previous ones is derived again when next needed."""
         self._types, self._binary = {}, {}  # new dicts: a write in another thread keeps its own
         self._table = dict(found) or None
+        self._commuting = None
 
     def _parts(
         self, planned: list[Run], refused: dict[int, BaseException]
