@@ -256,3 +256,19 @@ def test_upserts_leave_the_last_value_of_each_key(url: str, writes: list[list[An
         expected.update((int(i["k"]), i["v"] or None) for i in items)  # "" is NULL
     sink.close()
     assert dict(rows(url, f"SELECT k, v FROM `{table}`")) == expected
+
+
+def test_a_text_with_a_lone_surrogate_fails_its_row_alone(url: str) -> None:
+    """A text UTF-8 cannot encode (a lone surrogate) cannot be sent: that row alone
+    fails, saying so; the rows around it are written."""
+    sink = MysqlSink(url, "t", key="id")
+    items = [{"id": 1, "v": "ok"}, {"id": 2, "v": "bad \ud800"}, {"id": 3, "v": "fine"}]
+    try:
+        outcomes = sink.write(items)
+    finally:
+        sink.close()
+    assert outcomes is not None
+    assert [o is None for o in outcomes] == [True, False, True]
+    assert isinstance(outcomes[1], PermanentError)
+    assert "cannot be sent" in str(outcomes[1])
+    assert rows(url, "SELECT id, v FROM t ORDER BY id") == [(1, "ok"), (3, "fine")]

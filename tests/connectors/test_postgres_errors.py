@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -211,3 +212,35 @@ def test_a_database_that_does_not_exist_is_named(schema: str) -> None:
     missing = POSTGRES_URL.rsplit("/", 1)[0] + f"/{schema}_none"
     with pytest.raises(TransientError, match=rf'database "{schema}_none" does not exist'):
         table_types(missing, "t")
+
+
+@pytest.mark.parametrize(
+    ("mode", "form"), [("copy", "rows"), ("insert", "rows"), ("upsert", "rows"),
+                       ("copy", "csv"), ("upsert", "csv")],
+)  # fmt: skip
+def test_a_text_with_a_lone_surrogate_fails_its_row_alone(
+    schema: str, mode: str, form: str
+) -> None:
+    """A text UTF-8 cannot encode (a lone surrogate) is refused by psycopg before the
+    server sees it: that row alone fails, saying so; the rows around it are written."""
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN note text").format(
+            sql.Identifier(schema, "t")))  # fmt: skip
+    notes = ["ok", "bad \ud800", "fine"]
+    items: list[Any] = (
+        [f"{i},{i},{note}\n" for i, note in enumerate(notes)]
+        if form == "csv"
+        else [{"id": i, "amount": i, "note": note} for i, note in enumerate(notes)]
+    )
+    sink = PostgresSink(POSTGRES_URL, "t", schema=schema, mode=mode,  # type: ignore[arg-type]
+                        key="id" if mode == "upsert" else None,
+                        columns=["id", "amount", "note"], format=form)  # type: ignore[arg-type]  # fmt: skip
+    try:
+        outcomes = sink.write(items)
+    finally:
+        sink.close()
+    assert outcomes is not None
+    assert [o is None for o in outcomes] == [True, False, True]
+    assert isinstance(outcomes[1], PermanentError)
+    assert "cannot be sent" in str(outcomes[1])
+    assert stored_ids(schema) == [0, 2]

@@ -467,7 +467,10 @@ class PostgresSink:
         done, last_wins = plan.done, plan.done_last_wins
         while True:
             try:
-                self._execute(cur, plan, columns, rows, sent)
+                try:
+                    self._execute(cur, plan, columns, rows, sent)
+                except UnicodeEncodeError as exc:  # a lone surrogate: psycopg cannot send it
+                    raise _unsendable(exc) from exc
                 cur.execute(done)
             except psycopg.Error as exc:
                 if not cur.connection.broken:
@@ -571,6 +574,15 @@ class PostgresSink:
         unknown, a column has no binary form, or a value does not fit its column)."""
         binary = self._binary.get(tuple(columns))
         return binary if binary is not None and fits(rows, binary) else None
+
+
+def _unsendable(error: UnicodeEncodeError) -> psycopg.DataError:
+    """A text psycopg cannot encode, as the refusal of its row (found by the row being
+    sent, else by bisection)."""
+    bad = error.object[error.start : error.end]
+    return psycopg.DataError(
+        f"a text holds a character that cannot be sent in UTF-8 ({bad!r}: {error.reason})"
+    )
 
 
 def _not_a_mapping(item: Any) -> PermanentError:

@@ -526,6 +526,15 @@ class MysqlSink:
             with conn.cursor() as cur:
                 cur.execute("ROLLBACK TO SAVEPOINT freight_part")
             return mapped
+        except UnicodeEncodeError as exc:  # a lone surrogate: the statement cannot be sent
+            with conn.cursor() as cur:
+                cur.execute("ROLLBACK TO SAVEPOINT freight_part")
+            bad = exc.object[exc.start : exc.end]
+            refused = PermanentError(
+                f"a text holds a character that cannot be sent in UTF-8 ({bad!r}: {exc.reason})"
+            )
+            refused.__cause__ = exc
+            return refused
         return None
 
     def _savepointed(self, conn: Any) -> Callable[[list[_Part]], None]:

@@ -27,6 +27,7 @@ from freight.connectors._pgsink import (
     _aclassified,
     _refusal,
     _twice,
+    _unsendable,
 )
 from freight.connectors._pgsource import PostgresSource
 from freight.connectors.pgtypes import check_row
@@ -262,7 +263,10 @@ class AsyncPostgresSink:
         done, last_wins = plan.done, plan.done_last_wins
         while True:
             try:
-                await self._execute(cur, plan, columns, rows, sent)
+                try:
+                    await self._execute(cur, plan, columns, rows, sent)
+                except UnicodeEncodeError as exc:  # a lone surrogate: psycopg cannot send it
+                    raise _unsendable(exc) from exc
                 await cur.execute(done)
             except psycopg.Error as exc:
                 if not cur.connection.broken:
