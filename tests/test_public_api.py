@@ -332,3 +332,26 @@ def assigned_docstrings() -> dict[str, str]:
                 if isinstance(target, ast.Name) and text.strip():
                     found.setdefault(target.id, text)
     return found
+
+
+def test_import_freight_is_lazy_and_keeps_its_subpackages_reachable() -> None:
+    """``import freight`` loads neither the flow nor the manager nor the job engine (the
+    CLI's start-up), yet ``freight.Job``, ``freight.store.TRANSITIONS`` and the other
+    subpackages a bare ``import freight`` reached before are still there."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, freight\n"
+        "loaded = sorted(m for m in ('freight.flow', 'freight.manager', 'freight.jobs')"
+        " if m in sys.modules)\n"
+        "assert loaded == [], loaded\n"
+        "assert freight.store.TRANSITIONS and freight.flow.Flow is freight.Flow\n"
+        "assert freight.jobs.Job is freight.Job and freight.manager.Result\n"
+        "assert 'Job' in dir(freight)\n"
+        "try:\n    freight.Jobb\nexcept AttributeError as e:\n    print(e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "module 'freight' has no attribute 'Jobb'"

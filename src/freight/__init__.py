@@ -71,19 +71,26 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'freight' has no attribute {name!r}")
-    import importlib  # noqa: PLC0415 (only for a lazy name)
+# The subpackages ``import freight`` made reachable as attributes before the names were
+# lazy (``freight.store.TRANSITIONS`` after a bare ``import freight``): still so.
+_SUBPACKAGES = frozenset({"flow", "jobs", "manager", "store"})
 
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # found directly from now on
-    return value
+if not TYPE_CHECKING:  # a type checker sees the names above, and flags any other
 
+    def __getattr__(name: str) -> Any:
+        import importlib  # noqa: PLC0415 (only for a lazy name)
 
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+        if name in _SUBPACKAGES:
+            return importlib.import_module(f"freight.{name}")
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'freight' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # found directly from now on
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_LAZY})
 
 
 __version__ = "0.1.0.dev0"

@@ -248,7 +248,7 @@ def rows_per_cpu_second(rows: int, replay: Callable[[], JobReport]) -> tuple[flo
     return rows / (time.process_time() - started), report
 
 
-def test_replay_handles_20_000_rows_a_second(tmp_path: Path) -> None:
+def test_replay_handles_at_least_5_000_rows_a_second(tmp_path: Path) -> None:
     """The replay's own cost (read the letters, batch, write, mark, report) is far under
     the issue's bar of 20,000 rows/s: measured ~100,000/s."""
     n = 40_000
@@ -264,7 +264,9 @@ def test_replay_handles_20_000_rows_a_second(tmp_path: Path) -> None:
     assert rate >= FLOOR, f"{rate:,.0f} rows/s"
 
 
-def test_replay_from_a_csv_file_reads_it_once_at_20_000_rows_a_second(tmp_path: Path) -> None:
+def test_replay_from_a_csv_file_reads_it_once_at_5_000_rows_a_second(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "big.csv"
     n = 40_000
     path.write_text("id,note\n" + "".join(f"{i},{'x' * 40}\n" for i in range(n)))
@@ -357,7 +359,9 @@ def test_after_a_keyed_replay_each_key_holds_the_files_last_value(
     assert report.status == "completed"
 
 
-def test_a_keyed_replay_from_a_csv_file_runs_at_20_000_rows_a_second(tmp_path: Path) -> None:
+def test_a_keyed_replay_from_a_csv_file_runs_at_5_000_rows_a_second(
+    tmp_path: Path,
+) -> None:
     """One pass from the earliest dead letter, noting each key's last line: measured
     ~55,000 letters/s (half of them superseded)."""
     n = 40_000

@@ -98,8 +98,9 @@ class Job:
             committed and checkpointed, so with an upsert on a key the source's last
             value of a key is the one that stays (``freight load --key`` sets it).
             Processing still runs in parallel. A sink with ``conflict_keys(items)``
-            (the keys a write touches, or ``None``) lets chunks of disjoint keys write
-            at once. Not with ``executor="processes"``.
+            (the keys a write touches, or ``None``) keeps that order only among the
+            chunks that may share a key: chunks of disjoint keys write at once. Not
+            with ``executor="processes"``.
         clock: the :class:`~freight.Clock` every timer of the job runs on (heartbeats,
             the pause poll, progress and ETA, retry backoff, rate limits); default the
             real monotonic clock. With a clock given (a
