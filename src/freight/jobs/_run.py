@@ -22,7 +22,7 @@ from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from freight.jobs._chunk import ChunkHandler, WriteOrder, handle_installed, install
+from freight.jobs._chunk import ChunkHandler, WriteOrder, handle_installed, install, packed
 from freight.jobs._chunking import Chunk, ChunkSizer, fixed_boundaries, started_chunks
 from freight.jobs._progress import Progress
 from freight.jobs._replay import Replay
@@ -212,7 +212,7 @@ class Run:
 
     def _submit(self, pool: Executor, chunk: Chunk) -> Future[Any]:
         if self.job.executor == "processes":  # handled there, committed here
-            return pool.submit(handle_installed, chunk.index, chunk.records)
+            return pool.submit(handle_installed, chunk.index, packed(chunk.records))
         if self._inline:
             done: Future[Any] = Future()
             try:
