@@ -186,6 +186,6 @@ def test_a_text_with_a_lone_surrogate_fails_its_row_alone(tmp_path: Path, mode: 
     assert outcomes is not None
     assert [o is None for o in outcomes] == [True, False, True]
     assert isinstance(outcomes[1], PermanentError)
-    assert "cannot be stored" in str(outcomes[1])
+    assert "cannot be sent" in str(outcomes[1])
     with sqlite3.connect(tmp_path / "d.db") as db:
         assert db.execute("SELECT id, v FROM t ORDER BY id").fetchall() == [(1, "ok"), (3, "fine")]

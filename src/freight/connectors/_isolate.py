@@ -58,6 +58,7 @@ __all__ = [
     "segments",
     "settled",
     "shaped",
+    "unsendable",
     "uniform_rows",
 ]
 
@@ -408,3 +409,10 @@ def segments(planned: list[Run], alone: int) -> list[tuple[bool, list[Run]]]:
         else:
             found.append((True, [run]))
     return found
+
+
+def unsendable(error: UnicodeEncodeError) -> str:
+    """Why a row holding a text its driver cannot encode (a lone surrogate) is refused:
+    the same reason on every target."""
+    bad = error.object[error.start : error.end]
+    return f"a text holds a character that cannot be sent in UTF-8 ({bad!r}: {error.reason})"

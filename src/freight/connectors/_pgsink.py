@@ -46,6 +46,7 @@ from freight.connectors._isolate import (
     segments,
     settled,
     shaped,
+    unsendable,
 )
 from freight.connectors._pgbinary import TYPES_SQL, BinaryColumns, binary_columns, fits
 from freight.connectors._pgerrors import (
@@ -579,10 +580,7 @@ class PostgresSink:
 def _unsendable(error: UnicodeEncodeError) -> psycopg.DataError:
     """A text psycopg cannot encode, as the refusal of its row (found by the row being
     sent, else by bisection)."""
-    bad = error.object[error.start : error.end]
-    return psycopg.DataError(
-        f"a text holds a character that cannot be sent in UTF-8 ({bad!r}: {error.reason})"
-    )
+    return psycopg.DataError(unsendable(error))
 
 
 def _not_a_mapping(item: Any) -> PermanentError:

@@ -59,7 +59,7 @@ from typing import Any
 
 from freight._errors import ConfigError, PermanentError, TargetError, TransientError
 from freight.connectors import pgtypes
-from freight.connectors._isolate import isolate
+from freight.connectors._isolate import isolate, unsendable
 from freight.connectors._mysqlerrors import (
     MysqlUrl,
     classify,
@@ -529,10 +529,7 @@ class MysqlSink:
         except UnicodeEncodeError as exc:  # a lone surrogate: the statement cannot be sent
             with conn.cursor() as cur:
                 cur.execute("ROLLBACK TO SAVEPOINT freight_part")
-            bad = exc.object[exc.start : exc.end]
-            refused = PermanentError(
-                f"a text holds a character that cannot be sent in UTF-8 ({bad!r}: {exc.reason})"
-            )
+            refused = PermanentError(unsendable(exc))
             refused.__cause__ = exc
             return refused
         return None

@@ -56,7 +56,7 @@ from typing import Any, Literal
 from freight._core._time import to_seconds
 from freight._errors import ConfigError, PermanentError, TargetError
 from freight.connectors import pgtypes
-from freight.connectors._isolate import isolate
+from freight.connectors._isolate import isolate, unsendable
 from freight.connectors._sqlitecsv import CsvTexts, csv_kinds
 from freight.connectors._sqlitetables import (
     SQLITE_MAX_COLUMN,
@@ -445,10 +445,7 @@ class SqliteSink:
                 raise
             raise mapped from exc
         except UnicodeEncodeError as exc:  # a lone surrogate: the driver cannot send it
-            raise PermanentError(
-                f"a text holds a character that cannot be stored in UTF-8 "
-                f"({exc.object[exc.start : exc.end]!r}: {exc.reason})"
-            ) from exc
+            raise PermanentError(unsendable(exc)) from exc
 
     def close(self) -> None:
         """Close the connection."""
