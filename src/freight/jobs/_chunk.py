@@ -24,7 +24,7 @@ import operator
 import random
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from freight._drivers._asyncio import is_async_callable
 from freight._drivers._runner import call_lean, forget_frames, settle_sync
 from freight._errors import FreightError, HandlerContractError, RecordError, TargetError
 from freight._ratelimit import RateLimiter
+from freight.jobs._lines import Lines
 from freight.jobs._sink import Sink, WriteContext
 from freight.jobs._sources import BLANK, Record
 from freight.store import DeadLetter
@@ -83,7 +84,7 @@ class Prepared:
     processed items, the write's context, and what was skipped or failed so far."""
 
     context: WriteContext
-    records: list[Record]
+    records: Sequence[Record]
     items: list[Any]
     skipped: int
     dead: list[DeadLetter]
@@ -229,19 +230,20 @@ class ChunkHandler:
         self.__dict__.update(state)
         self._random = random.Random().random
 
-    def handle(self, index: int, records: list[Record]) -> tuple[int, int, list[DeadLetter]]:
+    def handle(self, index: int, records: Sequence[Record]) -> tuple[int, int, list[DeadLetter]]:
         """Process and write ``records``; return (skipped, written, dead letters)."""
         return self.write(self.prepare(index, records))
 
-    def prepare(self, index: int, records: list[Record]) -> Prepared:
+    def prepare(self, index: int, records: Sequence[Record]) -> Prepared:
         """Everything before the sink: bad and blank records sorted out, ``process``
         applied (its failures dead-lettered), keys computed."""
         skipped = 0
         dead: list[DeadLetter] = []
         repeat = itertools.repeat
-        items = list(map(_ITEM, records))
-        if any(map(operator.is_not, map(_ERROR, records), repeat(None))) or any(
-            map(operator.is_, items, repeat(BLANK))
+        items = _items(records)
+        if not isinstance(records, Lines) and (  # plain lines are never bad nor blank
+            any(map(operator.is_not, map(_ERROR, records), repeat(None)))
+            or any(map(operator.is_, items, repeat(BLANK)))
         ):
             kept = []
             for record in records:
@@ -309,13 +311,13 @@ class ChunkHandler:
     def _stage(
         self,
         index: int,
-        records: list[Record],
+        records: Sequence[Record],
         items: list[Any],
         handler: Callable[[list[Any]], Any],
         dead: list[DeadLetter],
         *,
         rate_limit: RateLimiter | None = None,
-    ) -> tuple[list[Record], list[Any]]:
+    ) -> tuple[Sequence[Record], list[Any]]:
         """Run one stage over ``items``; failures become dead letters; return the survivors."""
         if not items:
             return [], []
@@ -372,7 +374,14 @@ def install(handler: ChunkHandler) -> None:
     _installed = handler
 
 
-def packed(records: list[Record]) -> tuple[tuple[Any, ...], ...]:
+def _items(records: Sequence[Record]) -> list[Any]:
+    """The items of ``records``, read in C (of lines: their texts)."""
+    if isinstance(records, Lines):
+        return records.texts.copy()
+    return list(map(_ITEM, records))
+
+
+def packed(records: Sequence[Record]) -> tuple[tuple[Any, ...], ...]:
     """A chunk's records as their columns, for a worker process: tuples of plain values
     pickle in C, where a record (a named tuple) pickles through Python calls (~1 µs each
     way, more than a COPY of it costs)."""

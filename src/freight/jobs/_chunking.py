@@ -1,21 +1,115 @@
-"""Cutting a source into chunks: kept boundaries on resume, then sized chunks."""
+"""Cutting a source into chunks: kept boundaries on resume, then sized chunks.
+
+Records come through a :class:`Feed`, which takes them one at a time (phase 1, the
+boundaries an earlier execution recorded) or many at once (phase 2, the hot loop). A
+source read in groups (``CsvSource``) hands plain lines over as :class:`Lines`, and a
+chunk made of them only is one :class:`Lines`: its records are made only when asked for.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+import itertools
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from freight.jobs._lines import Lines
 from freight.jobs._sources import Position, Record
 from freight.store import ChunkCheckpoint
 
-__all__ = ["OPEN", "Chunk", "ChunkSizer", "fixed_boundaries", "started_chunks"]
+__all__ = ["OPEN", "Chunk", "ChunkSizer", "Feed", "fixed_boundaries", "started_chunks"]
 
 
 @dataclass(slots=True)
 class Chunk:
     index: int
-    records: list[Record]
+    records: Sequence[Record]  # a list, or Lines (plain lines, records made when asked)
     end: Position | None = None
+
+
+class Feed(Iterator[Record]):
+    """A source's records, from groups (each :class:`Lines` or any iterable of records):
+    taken one at a time (``next``) or up to ``n`` at once (:meth:`take`), where a group
+    of lines stays lines."""
+
+    __slots__ = ("_groups", "_head")
+
+    def __init__(self, groups: Iterable[Iterable[Record]]) -> None:
+        self._groups = iter(groups)
+        self._head: Lines | Iterator[Record] | None = None
+
+    def _current(self) -> Lines | Iterator[Record] | None:
+        """The group being read (``None``: the source ended); empty ones are skipped."""
+        while self._head is None or (isinstance(self._head, Lines) and not self._head):
+            group = next(self._groups, None)
+            if group is None:
+                self._head = None
+                return None
+            self._head = group if isinstance(group, Lines) else iter(group)
+        return self._head
+
+    def __next__(self) -> Record:
+        while (head := self._current()) is not None:
+            if isinstance(head, Lines):  # one at a time: its records, made in C
+                head = self._head = iter(head)
+            record = next(head, None)
+            if record is not None:
+                return record
+            self._head = None
+        raise StopIteration
+
+    def take(self, n: int) -> list[Sequence[Record]]:
+        """Up to ``n`` records (fewer only where the source ends), as parts."""
+        parts: list[Sequence[Record]] = []
+        while n > 0 and (head := self._current()) is not None:
+            part: Sequence[Record]
+            if isinstance(head, Lines):
+                part, self._head = (head, None) if len(head) <= n else head.split(n)
+            else:
+                part = list(itertools.islice(head, n))
+                if len(part) < n:
+                    self._head = None
+                if not part:
+                    continue
+            parts.append(part)
+            n -= len(part)
+        return parts
+
+    def peek(self) -> Position | None:
+        """Where the next record starts (``None``: the source ended), not taking it."""
+        while (head := self._current()) is not None:
+            if isinstance(head, Lines):
+                return head.start
+            record = next(head, None)
+            if record is not None:
+                self._head = itertools.chain((record,), head)
+                return record.position
+            self._head = None
+        return None
+
+    def chunks(self, current: list[Record], index: int, size: Callable[[], int]) -> Iterator[Chunk]:
+        """Phase 2 of chunking: chunks of ``size()`` records (the first one completing
+        ``current``, the records phase 1 read past its chunks), each knowing where the
+        next one starts."""
+        parts: list[Sequence[Record]] = [current] if current else []
+        parts += self.take(max(0, size() - len(current)))
+        while parts:
+            end = self.peek()
+            yield Chunk(index, _joined(parts), end)
+            if end is None:
+                return
+            index += 1
+            parts = self.take(size())
+
+
+def _joined(parts: list[Sequence[Record]]) -> Sequence[Record]:
+    """One sequence of the records of ``parts``: :class:`Lines` if they are all lines."""
+    if all(isinstance(p, Lines) for p in parts):
+        lines = Lines.joined(parts)  # type: ignore[arg-type]  # all Lines, checked above
+        if lines is not None:
+            return lines
+    if len(parts) == 1 and isinstance(parts[0], list):
+        return parts[0]
+    return list(itertools.chain.from_iterable(parts))
 
 
 OPEN = -1  # the end of the last started chunk: not recorded, so free to choose

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import logging
 import multiprocessing
 import operator
@@ -23,7 +22,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from freight.jobs._chunk import ChunkHandler, WriteOrder, handle_installed, install, packed
-from freight.jobs._chunking import Chunk, ChunkSizer, fixed_boundaries, started_chunks
+from freight.jobs._chunking import Chunk, ChunkSizer, Feed, fixed_boundaries, started_chunks
 from freight.jobs._progress import Progress
 from freight.jobs._replay import Replay
 from freight.jobs._report import JobReport
@@ -315,22 +314,16 @@ class Run:
         self._note_start(start)
         fixed = fixed_boundaries(known[first:])
         next_index = known[-1].index + 1 if known else 0
-        records = iter(self.job.source.read(start))
-        state = yield from started_chunks(fixed, records, next_index)
+        source = self.job.source
+        grouped = getattr(source, "_read_grouped", None)  # CsvSource: plain lines as Lines
+        feed = Feed(grouped(start) if grouped is not None else (source.read(start),))
+        state = yield from started_chunks(fixed, feed, next_index)
         if state is None:
             return
         current, next_index = state
-        # Phase 2 (the hot loop): new chunks, sized by the sizer.
-        # Records are taken in slices (islice runs in C), then one more tells whether the
-        # source goes on and where the next chunk starts.
-        current.extend(itertools.islice(records, max(0, self._sizer.size - len(current))))
-        for record in records:
-            yield Chunk(next_index, current, record.position)
-            next_index += 1
-            current = [record]
-            current.extend(itertools.islice(records, self._sizer.size - 1))
-        if current:
-            yield Chunk(next_index, current, None)
+        # Phase 2 (the hot loop): new chunks, sized by the sizer, taken in slices (islice
+        # in C, or a slice of Lines), the next record's position peeked at for each end.
+        yield from feed.chunks(current, next_index, lambda: self._sizer.size)
 
     def _note_start(self, start: Position | None) -> None:
         self._resumed_at = start

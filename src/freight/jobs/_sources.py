@@ -46,6 +46,7 @@ from freight._core._source import Position, Record, SourceSize
 from freight._errors import ConfigError, RecordError
 from freight.jobs._csvread import _Dialect, _groups, _Make, _Parsed, _Plain, _Reader
 from freight.jobs._iterable import IterableSource
+from freight.jobs._lines import Lines
 from freight.jobs._sourcekit import (
     _EXCERPT,
     BLANK,
@@ -266,6 +267,15 @@ class CsvSource(_FileSource):
         # groups of records, chained in C: no Python frame per record of a plain group
         return itertools.chain.from_iterable(self._groups(start))
 
+    def _read_grouped(self, start: Position | None = None) -> Iterator[Iterable[Record]]:
+        """The records of :meth:`read`, in the groups the reader reads: plain lines of
+        the raw mode as :class:`~freight.jobs._lines.Lines` (a job's chunks of them stay
+        lines, :class:`~freight.jobs._chunking.Feed`). A subclass's own ``read`` is
+        kept: its records in one group."""
+        if type(self).read is not CsvSource.read:
+            return iter((self.read(start),))
+        return self._groups(start)
+
     def _groups(self, start: Position | None) -> Iterator[Iterable[Record]]:
         """The records from ``start``, in the groups the reader reads (about 1 MiB of
         lines each; see :mod:`freight.jobs._csvread`)."""
@@ -302,13 +312,10 @@ class CsvSource(_FileSource):
                 reached = parsed.end[0]
                 yield make(parsed)
 
-    def _raw_plain(self, offset: int, line: int, group: list[bytes], texts: list[str]) -> Any:
-        """Raw records of plain lines, made in C (a map of ``tuple.__new__``)."""
-        repeat = itertools.repeat
-        starts = itertools.accumulate(map(len, group), initial=offset)
-        ordinals = itertools.count(line)
-        fields = zip(starts, ordinals, texts, repeat(None), repeat(""), repeat("line"))  # noqa: B905 (the shortest, texts, ends it)
-        return map(tuple.__new__, repeat(Record), fields)
+    def _raw_plain(self, offset: int, line: int, group: list[bytes], texts: list[str]) -> Lines:
+        """Raw records of plain lines, kept as lines (:class:`~freight.jobs._lines.Lines`:
+        a tuple per line only when asked for)."""
+        return Lines(offset, line, list(map(len, group)), texts)
 
     def _plain_records(
         self, offset: int, line: int, group: list[bytes], texts: list[str]
