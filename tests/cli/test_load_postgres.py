@@ -145,3 +145,28 @@ def test_sigkill_at_10_random_points_then_resume_loads_every_valid_row_once(
     assert count == distinct == rows - len(bad)
     assert report["summary"]["succeeded"] == rows - len(bad)
     assert report["summary"]["failed"] == len(bad)
+
+
+@pytest.mark.parametrize(
+    ("target", "given", "expected"),
+    [("postgres", None, 50_000), ("sqlite", None, 10_000), ("postgres", "7", 7)],
+)
+def test_chunks_are_larger_into_postgresql_unless_given(
+    schema: str, tmp_path: Path, target: str, given: str | None, expected: int
+) -> None:
+    make_schema(schema)
+    data = tmp_path / "p.csv"
+    write_csv(data, 20, {})
+    into = POSTGRES_URL if target == "postgres" else f"sqlite:///{tmp_path / 't.db'}"
+    where = ["--schema", schema] if target == "postgres" else []
+    size = ["--chunk-size", given] if given else []
+    result = CliRunner().invoke(
+        app,
+        ["load", str(data), "--into", into, "--table", "t", *where, *size,
+         "--store", str(tmp_path / "f.db"), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["metadata"]["chunk_size"] == expected
+    assert report["metadata"]["num_chunks"] == (3 if given else 1)
+    assert report["summary"]["succeeded"] == 20

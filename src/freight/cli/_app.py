@@ -41,7 +41,7 @@ from freight.cli._errors import (
     _error,
 )
 from freight.cli._flow import flow_app
-from freight.cli._load import Load, load_job
+from freight.cli._load import Load, default_chunk_size, load_job
 from freight.jobs import CsvSource, Job, JobReport, ProgressPrinter
 from freight.jobs._report import ERROR_SAMPLE, WRITTEN, load_report
 from freight.store import (
@@ -230,7 +230,15 @@ def load(
         ),
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Job name (resume key).")] = None,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1)] = 10_000,
+    chunk_size: Annotated[
+        int | None,
+        typer.Option(
+            "--chunk-size",
+            min=1,
+            help="Rows per chunk, each checkpointed (default: 50,000 into PostgreSQL, "
+            "where a chunk is one COPY; 10,000 otherwise).",
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Chunks written at once.")] = 1,
     max_failures: Annotated[
         int | None,
@@ -280,7 +288,8 @@ def load(
     """
     spec = Load(
         file=file, into=into, table=table, key=key, schema=schema, types=types,
-        chunk_size=chunk_size, max_failures=max_failures, max_failure_rate=max_failure_rate,
+        chunk_size=chunk_size or default_chunk_size(into), max_failures=max_failures,
+        max_failure_rate=max_failure_rate,
         format=file_format,
     )  # fmt: skip
     if not fresh:
