@@ -229,6 +229,27 @@ def test_ten_bad_rows_in_10000_cost_a_few_statements_each_not_a_bisection(schema
     assert str(error) == "column 'amount': '1e' is not a number"  # as SQLite says it
 
 
+def test_a_short_line_does_not_let_a_value_past_the_check(schema: str) -> None:
+    """The check trusts each text to be one line of its fields and a COPY of them all
+    proves it: here the COPY fails (the short line), and the check, run again without
+    trusting, refuses the time the trusting one read out of line, as SQLite would."""
+    create(schema, "t", "id bigint PRIMARY KEY, name text, amount numeric, "
+                        "at timestamptz, note text")  # fmt: skip
+    count_statements(schema)
+    sink = PostgresSink(POSTGRES_URL, "t", schema=schema, format="csv",
+                        columns=["id", "name", "amount", "at", "note"])  # fmt: skip
+    outcomes = sink.write(["7,a\n", "8,2.5,,now,z\n", "9,b,1,,c\n"])
+    sink.close()
+    assert outcomes is not None
+    assert outcomes[2] is None
+    assert str(outcomes[1]) == "column 'at': Invalid isoformat string: 'now'"
+    assert "missing data for column" in str(outcomes[0])
+    assert [r[0] for r in rows(schema)] == [9]
+    # the trusting try, the write without the time (refused at the short line), then
+    # the line after it
+    assert statements(schema) == 3
+
+
 def test_a_failed_write_is_not_sent_twice_before_its_bad_row_is_found(schema: str) -> None:
     create(schema, "t", "id bigint PRIMARY KEY, amount numeric NOT NULL, note text")
     count_statements(schema)

@@ -296,14 +296,23 @@ _FINITE = r"[-+0-9.eE]*+"
 
 @functools.lru_cache(maxsize=64)
 def _plain_records(
-    types: tuple[str, ...], *, numbers: bool, quotes: bool, finite: bool = False
+    types: tuple[str, ...],
+    *,
+    numbers: bool,
+    quotes: bool,
+    finite: bool = False,
+    lines: bool = False,
 ) -> re.Pattern[str] | None:
     """The pattern of the records whose checked fields are all plain (:data:`_PLAIN`),
     one or many; ``None``: no column to check. ``numbers``: integer and numeric
     columns are checked too; ``finite``: numeric and floating-point columns hold
     only :data:`_FINITE` characters (no NaN, no infinity); ``quotes``: the text may
     hold quoted fields (each field is then read as COPY splits it; without, the
-    fields after the last checked one are skipped: a line is a record)."""
+    fields after the last checked one are skipped: a line is a record); ``lines``
+    (without quotes): each record is trusted to be one line of ``len(types)`` fields,
+    so a field is skipped up to the next delimiter alone (``[^,]*+``: re's fastest
+    repeat, ~35 % less time than ``[^,\n]*+``); a record that is not would be read
+    out of line, so the caller must prove it (:func:`refused_before_copy`)."""
     patterns = {
         i: _PLAIN[t] if t in _ALWAYS or (numbers and t in _PLAIN) else _FINITE
         for i, t in enumerate(types)
@@ -313,12 +322,14 @@ def _plain_records(
         return None
     checked = list(patterns)
     last = checked[-1]
-    other = _TEXT_FIELD if quotes else r"[^,\n]*+"
+    trusted = lines and not quotes
+    other = _TEXT_FIELD if quotes else r"[^,]*+" if trusted else r"[^,\n]*+"
     fields = [patterns.get(i, other) for i in range(len(types))]
     if quotes:
         record = ",".join(fields) + r"\r?+"
     else:
-        rest = r"(?:,[^\n]*+)?+" if last < len(types) - 1 else r"\r?+"
+        after = r",[^\n]*+" if trusted else r"(?:,[^\n]*+)?+"
+        rest = after if last < len(types) - 1 else r"\r?+"
         record = ",".join(fields[: last + 1]) + rest
     return re.compile(f"(?:{record}\n)*+")
 
@@ -363,7 +374,13 @@ def unreadable(
 
 
 def refused_before_copy(
-    columns: list[str], texts: list[str], types: list[str], *, server_version: int = _SINCE_16
+    columns: list[str],
+    texts: list[str],
+    types: list[str],
+    *,
+    server_version: int = _SINCE_16,
+    text: str | None = None,
+    lines: bool = False,
 ) -> dict[int, PermanentError]:
     """The CSV records COPY must not be sent, each with its reason: those
     :func:`unreadable` refuses and those :func:`non_finite` refuses, found in one pass.
@@ -375,10 +392,19 @@ def refused_before_copy(
     the two checks, whose answer is the same as when each runs alone. The check of
     two passes cost ~0.6 s of CPU per 1M records of the bench's file (a timestamptz
     and a numeric column); one pass ~0.3 s.
+
+    ``text``: the texts joined, when the caller has them. ``lines``: each text is
+    trusted to be one line of ``len(types)`` fields (:func:`_plain_records`), so an
+    empty answer is only as sure as that: the caller proves it by a COPY of every text
+    that succeeds (the server refuses a line of another field count), and asks again
+    without ``lines`` when that COPY fails. A non-empty answer is always exact.
     """
     numbers = server_version >= _SINCE_16
-    text = "".join(texts)
-    plain = _plain_records(tuple(types), numbers=numbers, quotes='"' in text, finite=True)
+    if text is None:
+        text = "".join(texts)
+    plain = _plain_records(
+        tuple(types), numbers=numbers, quotes='"' in text, finite=True, lines=lines
+    )
     if plain is None or plain.fullmatch(text) is not None:
         return {}
     return {
