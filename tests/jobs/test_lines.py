@@ -180,3 +180,46 @@ def test_a_raw_csv_job_writes_each_line_once_and_its_chunks_stay_lines(
     assert [isinstance(r, Lines) for r in seen] == [True, True, False, True, True]
     assert [r[0].ordinal for r in seen] == [2, 502, 1002, 1502, 2002]
     assert [c.end for c in store.chunks(report.job_id)][-1] is None
+
+
+# -- each record handled once (review of the first version) -------------------------------
+
+
+def test_peeking_does_not_wrap_the_group_again_at_every_chunk() -> None:
+    feed = Feed([iter([Record(i, i + 1, i) for i in range(5_000)])])
+    chunks = list(feed.chunks([], 0, lambda: 1))
+    assert len(chunks) == 5_000
+    assert [c.records[0].item for c in chunks] == list(range(5_000))
+    assert feed._records is None  # the group itself was read to its end, never wrapped
+
+
+def test_a_group_of_lines_is_cut_without_copying_what_is_left() -> None:
+    texts = [f"{i}\n" for i in range(1_000)]
+    lines = Lines(0, 1, [len(t) for t in texts], texts)
+    feed = Feed([lines])
+    first = feed.take(10)
+    assert feed._lines is lines  # read through a cursor, not re-made past each cut
+    rest = feed.take(10_000)
+    assert [list(p) for p in first + rest] == [list(lines[:10]), list(lines[10:])]
+    assert feed.peek() is None
+
+
+def test_a_source_wrapping_a_csv_source_is_read_through_its_own_read(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text("id,name\n" + "".join(f"{i},n{i}\n" for i in range(10)))
+
+    class FirstThree:
+        """Forwards everything to a CsvSource but reads only its first three records."""
+
+        def __init__(self) -> None:
+            self.inner = CsvSource(path, raw=True)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def read(self, start: Any = None) -> Iterator[Record]:
+            return itertools.islice(self.inner.read(start), 3)
+
+    sink = _Keeping()
+    Job("wrapped", FirstThree(), sink, store=SqliteStore(tmp_path / "s.db")).run()
+    assert [t for w in sink.writes for t in w] == ["0,n0\n", "1,n1\n", "2,n2\n"]

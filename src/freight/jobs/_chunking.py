@@ -29,62 +29,87 @@ class Chunk:
 class Feed(Iterator[Record]):
     """A source's records, from groups (each :class:`Lines` or any iterable of records):
     taken one at a time (``next``) or up to ``n`` at once (:meth:`take`), where a group
-    of lines stays lines."""
+    of lines stays lines. Each record is handled once: a group of lines is read through
+    a cursor (never copied past it), a record looked at by :meth:`peek` is kept aside."""
 
-    __slots__ = ("_groups", "_head")
+    __slots__ = ("_at", "_groups", "_lines", "_offset", "_peeked", "_records")
 
     def __init__(self, groups: Iterable[Iterable[Record]]) -> None:
         self._groups = iter(groups)
-        self._head: Lines | Iterator[Record] | None = None
+        self._lines: Lines | None = None  # the group being read, if lines: from line _at
+        self._at = 0
+        self._offset = 0  # where line _at starts
+        self._records: Iterator[Record] | None = None  # the group being read, if records
+        self._peeked: Record | None = None  # read from _records, not handed out yet
 
-    def _current(self) -> Lines | Iterator[Record] | None:
-        """The group being read (``None``: the source ended); empty ones are skipped."""
-        while self._head is None or (isinstance(self._head, Lines) and not self._head):
+    def _advance(self) -> bool:
+        """Whether a record is left, the group holding it made current."""
+        while True:
+            if self._peeked is not None:
+                return True
+            if self._lines is not None:
+                if self._at < len(self._lines):
+                    return True
+                self._lines = None
+            if self._records is not None:
+                self._peeked = next(self._records, None)
+                if self._peeked is not None:
+                    return True
+                self._records = None
             group = next(self._groups, None)
             if group is None:
-                self._head = None
-                return None
-            self._head = group if isinstance(group, Lines) else iter(group)
-        return self._head
+                return False
+            if isinstance(group, Lines):
+                self._lines, self._at, self._offset = group, 0, group.offset
+            else:
+                self._records = iter(group)
 
     def __next__(self) -> Record:
-        while (head := self._current()) is not None:
-            if isinstance(head, Lines):  # one at a time: its records, made in C
-                head = self._head = iter(head)
-            record = next(head, None)
-            if record is not None:
-                return record
-            self._head = None
-        raise StopIteration
+        if not self._advance():
+            raise StopIteration
+        record = self._peeked
+        if record is not None:
+            self._peeked = None
+            return record
+        lines, at = self._lines, self._at
+        assert lines is not None  # _advance: a record is left, in lines or records
+        record = Record(self._offset, lines.line + at, lines.texts[at])
+        self._at, self._offset = at + 1, self._offset + lines.lengths[at]
+        return record
 
     def take(self, n: int) -> list[Sequence[Record]]:
         """Up to ``n`` records (fewer only where the source ends), as parts."""
         parts: list[Sequence[Record]] = []
-        while n > 0 and (head := self._current()) is not None:
+        while n > 0 and self._advance():
             part: Sequence[Record]
-            if isinstance(head, Lines):
-                part, self._head = (head, None) if len(head) <= n else head.split(n)
+            if self._peeked is not None:
+                part = [self._peeked]
+                self._peeked = None
+                if self._records is not None:
+                    part.extend(itertools.islice(self._records, n - 1))
             else:
-                part = list(itertools.islice(head, n))
-                if len(part) < n:
-                    self._head = None
-                if not part:
-                    continue
+                lines, at = self._lines, self._at
+                assert lines is not None  # _advance: a record is left, in lines or records
+                stop = min(len(lines), at + n)
+                part = (
+                    lines
+                    if at == 0 and stop == len(lines)
+                    else Lines(self._offset, lines.line + at, lines.lengths[at:stop],
+                               lines.texts[at:stop])
+                )  # fmt: skip
+                self._at, self._offset = stop, self._offset + part.length
             parts.append(part)
             n -= len(part)
         return parts
 
     def peek(self) -> Position | None:
         """Where the next record starts (``None``: the source ended), not taking it."""
-        while (head := self._current()) is not None:
-            if isinstance(head, Lines):
-                return head.start
-            record = next(head, None)
-            if record is not None:
-                self._head = itertools.chain((record,), head)
-                return record.position
-            self._head = None
-        return None
+        if not self._advance():
+            return None
+        if self._peeked is not None:
+            return self._peeked.position
+        assert self._lines is not None
+        return (self._offset, self._lines.line + self._at)
 
     def chunks(self, current: list[Record], index: int, size: Callable[[], int]) -> Iterator[Chunk]:
         """Phase 2 of chunking: chunks of ``size()`` records (the first one completing

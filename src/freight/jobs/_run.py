@@ -315,8 +315,10 @@ class Run:
         fixed = fixed_boundaries(known[first:])
         next_index = known[-1].index + 1 if known else 0
         source = self.job.source
-        grouped = getattr(source, "_read_grouped", None)  # CsvSource: plain lines as Lines
-        feed = Feed(grouped(start) if grouped is not None else (source.read(start),))
+        # CsvSource: plain lines as Lines (looked up on the class: a wrapper forwarding
+        # attributes to a CsvSource is read through its own read)
+        grouped = getattr(type(source), "_read_grouped", None)
+        feed = Feed(grouped(source, start) if grouped is not None else (source.read(start),))
         state = yield from started_chunks(fixed, feed, next_index)
         if state is None:
             return
