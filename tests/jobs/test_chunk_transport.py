@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from freight import RecordError
 from freight.jobs import Record
 from freight.jobs._chunk import handle_installed, install, packed
+from freight.jobs._sourcekit import BLANK
 
 records = st.lists(
     st.builds(
@@ -65,3 +66,10 @@ def test_a_packed_chunk_pickles_without_a_call_per_record() -> None:
     assert len(columns) == 6
     assert all(type(column) is tuple for column in columns)
     assert b"Record" not in pickle.dumps(columns)
+
+
+def test_the_blank_marker_is_itself_after_the_trip_to_a_worker_process() -> None:
+    """A skipped blank line is known by identity (``item is BLANK``): pickled by value,
+    it reached a worker process's sink as an item (found by review)."""
+    columns = pickle.loads(pickle.dumps(packed([Record(0, 2, BLANK), Record(1, 3, "x\n")])))
+    assert columns[2][0] is BLANK

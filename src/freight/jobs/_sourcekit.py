@@ -111,6 +111,9 @@ class _Blank:
     def __repr__(self) -> str:
         return "BLANK"
 
+    def __reduce__(self) -> str:
+        return "BLANK"  # pickled by name: the one marker in a worker process too
+
 
 BLANK = _Blank()
 
