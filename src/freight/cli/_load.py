@@ -117,7 +117,7 @@ def default_chunk_size(into: str) -> int:
 def default_workers(into: str) -> int:
     """Chunks written at once where ``--workers`` is not given: 2 into PostgreSQL (one
     chunk's COPY runs on the server while the other's rows are read and checked here:
-    1M rows load about 1.7x sooner than with one), 1 into the others (a SQLite file
+    1M rows load 1.5-1.8x sooner than with one), 1 into the others (a SQLite file
     has one writer; the MariaDB sink's work holds Python's lock)."""
     return 2 if into.startswith(_POSTGRES) else 1
 
