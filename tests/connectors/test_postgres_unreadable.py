@@ -14,7 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from freight.connectors import pgtypes
-from freight.connectors._pgerrors import non_finite, refused_before_copy, unreadable
+from freight.connectors._pgerrors import (
+    non_finite,
+    refused_before_copy,
+    trusted_refusals,
+    unreadable,
+)
 from tests.services import POSTGRES_URL, require
 
 TIMESTAMPTZ = "timestamp with time zone"
@@ -222,3 +227,22 @@ def test_a_short_line_can_hide_a_value_from_the_trusting_check() -> None:
     assert {i: str(e) for i, e in refused.items()} == {
         1: "column 'at': Invalid isoformat string: 'now'"
     }
+
+
+def test_only_a_clean_answer_of_the_one_pass_pattern_rests_on_trust() -> None:
+    """The sink tries a COPY to prove the lines, and checks again if it fails, only
+    when the answer rests on trust: a write the pattern stops short on is read record
+    by record (exact), and is not checked twice."""
+    columns, types = ["id", "n", "at"], ["bigint", "numeric", TIMESTAMPTZ]
+    clean = ["1,1.5,2024-01-01T00:00:00Z\n", "2,2,\n"]
+    assert trusted_refusals(columns, clean, types, server_version=150020) == ({}, True)
+    # 'x' stops the pattern; before PostgreSQL 16 numbers are the server's to refuse
+    odd = [*clean, "3,x,\n"]
+    assert trusted_refusals(columns, odd, types, server_version=150020) == ({}, False)
+    now = [*clean, "3,1,now\n"]
+    refused, trusted = trusted_refusals(columns, now, types, server_version=150020)
+    assert (list(refused), trusted) == ([2], False)
+    quoted = [*clean, '3,"1",\n']  # with quotes, fields are read as COPY splits them
+    assert trusted_refusals(columns, quoted, types, server_version=150020) == ({}, False)
+    assert trusted_refusals(["a"], ["x\n"], ["text"]) == ({}, False)  # nothing to check
+    assert trusted_refusals(columns, clean, types, lines=False) == ({}, False)

@@ -37,6 +37,7 @@ __all__ = [
     "reason",
     "record_at",
     "refused_before_copy",
+    "trusted_refusals",
     "typed_refusal",
     "unreadable",
 ]
@@ -395,22 +396,42 @@ def refused_before_copy(
 
     ``text``: the texts joined, when the caller has them. ``lines``: each text is
     trusted to be one line of ``len(types)`` fields (:func:`_plain_records`), so an
-    empty answer is only as sure as that: the caller proves it by a COPY of every text
-    that succeeds (the server refuses a line of another field count), and asks again
-    without ``lines`` when that COPY fails. A non-empty answer is always exact.
+    empty answer may rest on that trust (:func:`trusted_refusals` says when): the
+    caller proves it by a COPY of every text that succeeds (the server refuses a line
+    of another field count), and asks again without ``lines`` when that COPY fails. A
+    non-empty answer is always exact.
     """
+    return trusted_refusals(
+        columns, texts, types, server_version=server_version, text=text, lines=lines
+    )[0]
+
+
+def trusted_refusals(
+    columns: list[str],
+    texts: list[str],
+    types: list[str],
+    *,
+    server_version: int = _SINCE_16,
+    text: str | None = None,
+    lines: bool = True,
+) -> tuple[dict[int, PermanentError], bool]:
+    """:func:`refused_before_copy`, and whether its answer rests on trusting each text
+    to be one line of its fields: only an empty answer of the one-pass pattern does
+    (one read record by record, or with quotes, is exact)."""
     numbers = server_version >= _SINCE_16
     if text is None:
         text = "".join(texts)
-    plain = _plain_records(
-        tuple(types), numbers=numbers, quotes='"' in text, finite=True, lines=lines
-    )
-    if plain is None or plain.fullmatch(text) is not None:
-        return {}
-    return {
+    quotes = '"' in text
+    plain = _plain_records(tuple(types), numbers=numbers, quotes=quotes, finite=True, lines=lines)
+    if plain is None:
+        return {}, False
+    if plain.fullmatch(text) is not None:
+        return {}, lines and not quotes
+    refused = {
         **unreadable(columns, texts, types, server_version=server_version),
         **non_finite(columns, texts, types),
     }
+    return refused, False
 
 
 def _reraise(error: psycopg.Error) -> NoReturn:

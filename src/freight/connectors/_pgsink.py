@@ -56,6 +56,7 @@ from freight.connectors._pgerrors import (
     copy_shown,
     record_at,
     refused_before_copy,
+    trusted_refusals,
     typed_refusal,
 )
 from freight.connectors._pgkeys import COMMUTES_SQL, conflict_keys
@@ -467,17 +468,16 @@ class PostgresSink:
         error of a try of them all (in a list: taken once), ``None``: they went in.
 
         The check first trusts each text to be one line of its fields (~35 % less
-        time); when it finds none to refuse, a COPY of them all proves it (the server
-        refuses any other line) or fails, and the check runs again without trusting:
+        time); when its clean answer rests on that (:func:`trusted_refusals`), a COPY
+        of them all proves it (the server refuses any other line) or fails, and the
+        check runs again without trusting:
         if it still refuses none, that failed try is the first write of the plan, never
         sent twice."""
         if self.format != "csv":
             return {}, []
         version, text = cur.connection.info.server_version, "".join(rows)
-        refused = refused_before_copy(
-            columns, rows, types, server_version=version, text=text, lines=True
-        )
-        if refused:
+        refused, trusted = trusted_refusals(columns, rows, types, server_version=version, text=text)
+        if not trusted:  # exact: the plan writes what is left
             return refused, []
         error = self._try(cur, plan, columns, rows, [0], text=text)
         if error is None:
