@@ -250,6 +250,24 @@ def test_a_short_line_does_not_let_a_value_past_the_check(schema: str) -> None:
     assert statements(schema) == 3
 
 
+def test_a_refused_smallint_has_the_same_reason_whatever_the_other_rows(schema: str) -> None:
+    """Found by review: refused by the server (the rest of the write clean), a smallint
+    kept the server's reason; read record by record (another row dirty), it got the
+    converter's. Both now give the converter's, as SQLite does."""
+    create(schema, "t", "id bigint PRIMARY KEY, s smallint, n numeric")
+    sink = PostgresSink(POSTGRES_URL, "t", schema=schema, format="csv",
+                        columns=["id", "s", "n"])  # fmt: skip
+    alone = sink.write(["1,x,1\n", "2,2,2\n"])
+    beside = sink.write(["3,x,1\n", "4,2,abc\n"])
+    sink.close()
+    assert alone is not None
+    assert beside is not None
+    reason = "column 's': invalid literal for int() with base 10: 'x'"
+    assert (str(alone[0]), str(beside[0])) == (reason, reason)
+    assert str(beside[1]) == "column 'n': 'abc' is not a number"
+    assert [r[0] for r in rows(schema)] == [2]
+
+
 def test_a_failed_write_is_not_sent_twice_before_its_bad_row_is_found(schema: str) -> None:
     create(schema, "t", "id bigint PRIMARY KEY, amount numeric NOT NULL, note text")
     count_statements(schema)

@@ -260,3 +260,14 @@ def test_only_a_clean_answer_of_the_one_pass_pattern_rests_on_trust() -> None:
     assert trusted_refusals(columns, quoted, types, server_version=150020) == ({}, False)
     assert trusted_refusals(["a"], ["x\n"], ["text"]) == ({}, False)  # nothing to check
     assert trusted_refusals(columns, clean, types, lines=False) == ({}, False)
+
+
+def test_an_integer_with_thousands_of_leading_zeros_is_read_as_the_server_reads_it(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Python's int() refuses more than 4,300 digits; the server reads 00…07 as 7."""
+    padded = "0" * 5_000 + "7"
+    assert converter_reads(padded, "bigint") == server_reads(conn, padded, "bigint") == 7
+    assert converter_reads("-" + padded, "bigint") == -7
+    assert converter_reads("1" + "0" * 19, "bigint") is None  # out of range, as there
+    assert server_reads(conn, "1" + "0" * 19, "bigint") is None

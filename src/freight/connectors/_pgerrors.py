@@ -188,10 +188,12 @@ def typed_refusal(
     fields = next(csv.reader(io.StringIO(text)), [])
     if index >= len(fields) or fields[index] == "":
         return refusal
-    try:
-        parse = pgtypes.TYPES[pgtypes.canonical(types[index])]
-    except ConfigError:
-        return refusal  # a type the converter does not know
+    parse = _CONVERTERS.get(types[index])  # as unreadable reads it (smallint too)
+    if parse is None:
+        try:
+            parse = pgtypes.TYPES[pgtypes.canonical(types[index])]
+        except ConfigError:
+            return refusal  # a type the converter does not know
     try:
         parse(fields[index])
     except ValueError as exc:

@@ -33,7 +33,12 @@ _FALSE = {"f", "fa", "fal", "fals", "false", "n", "no", "of", "off", "0"}
 def _bigint(text: str) -> int:
     if _INTEGER.fullmatch(text) is None:  # int()'s own words, as before the check
         raise ValueError(f"invalid literal for int() with base 10: {text!r}")
-    value = int(text)
+    number = text.strip()
+    sign = number[0] if number[0] in "+-" else ""
+    digits = number[len(sign) :].lstrip("0") or "0"
+    if len(digits) > 19:  # past any bigint (and int()'s 4,300 digits: 00…07 is 7)
+        raise ValueError(f"{number} is out of range for bigint")
+    value = int(sign + digits)
     if not _BIGINT[0] <= value <= _BIGINT[1]:
         raise ValueError(f"{text.strip()} is out of range for bigint")
     return value
