@@ -392,10 +392,9 @@ def refused_before_copy(
     for both at once: the fields :func:`unreadable` checks are plain, and the fields
     of numeric and floating-point columns hold only digits, signs, points and
     exponents (never a NaN or an infinity). Only a write it stops short on is read by
-    the two checks, whose answer is the same as when each runs alone (with PostgreSQL
-    16's rules for :func:`unreadable` on any server: see :func:`trusted_refusals`). The check of
-    two passes cost ~0.6 s of CPU per 1M records of the bench's file (a timestamptz
-    and a numeric column); one pass ~0.3 s.
+    the two checks (:func:`unreadable` with PostgreSQL 16's rules on any server, see
+    :func:`trusted_refusals`). The check of two passes cost ~0.6 s of CPU per 1M
+    records of the bench's file (a timestamptz and a numeric column); one pass ~0.3 s.
 
     ``text``: the texts joined, when the caller has them. ``lines``: each text is
     trusted to be one line of ``len(types)`` fields (:func:`_plain_records`), so an

@@ -470,9 +470,8 @@ class PostgresSink:
         The check first trusts each text to be one line of its fields (~35 % less
         time); when its clean answer rests on that (:func:`trusted_refusals`), a COPY
         of them all proves it (the server refuses any other line) or fails, and the
-        check runs again without trusting:
-        if it still refuses none, that failed try is the first write of the plan, never
-        sent twice."""
+        check runs again without trusting. If it still refuses none, that failed try
+        is the plan's first write, never sent twice."""
         if self.format != "csv":
             return {}, []
         version, text = cur.connection.info.server_version, "".join(rows)
