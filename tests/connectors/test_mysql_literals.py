@@ -4,6 +4,7 @@ what it refuses with the same reason. Pure: no server."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -67,3 +68,24 @@ def test_values_that_are_not_all_texts_take_the_general_path() -> None:
     assert _row_literal({"n": 1}, literals) is None
     assert _row_literal({"other": "1"}, literals) is None
     assert _row_literal({"n": "1", "s": "a"}, literals) == "(1,'a')"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    moment=st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+    ),
+    minutes=st.integers(-23 * 60 - 59, 23 * 60 + 59),
+    spelling=st.sampled_from(["T", " "]),
+)
+def test_a_time_is_written_as_pymysql_writes_it_in_utc(
+    moment: datetime, minutes: int, spelling: str
+) -> None:
+    zone = timezone(timedelta(minutes=minutes))
+    text = moment.replace(tzinfo=zone).isoformat(spelling)
+    literal = _literals({"t": "timestamptz"})["t"]
+    expected = pymysql.converters.escape_datetime(
+        datetime.fromisoformat(text).astimezone(UTC).replace(tzinfo=None)
+    )
+    assert literal(text) == expected

@@ -208,7 +208,16 @@ def _literal(kind: str, column: str) -> ToLiteral:
     if kind == "boolean":
         return lambda text: "1" if parse(text) else "0"
     if kind == "timestamptz":
-        return lambda text: str(pymysql.converters.escape_datetime(_utc(parse(text), column)))
+
+        def time_literal(text: str) -> str:
+            value: datetime = parse(text)
+            if value.utcoffset():  # a time already in UTC (the common file) stays as is
+                value = value.astimezone(UTC)
+            # escape_datetime's literal, made in C (microseconds only where there are
+            # some): with the conversion, ~30 % of a MariaDB load's CPU went here
+            return "'" + value.replace(tzinfo=None).isoformat(" ") + "'"
+
+        return time_literal
 
     def text_literal(text: str) -> str:
         return "'" + str(escape(_text(text, column))) + "'"
