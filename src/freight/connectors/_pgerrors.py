@@ -2,8 +2,10 @@
 one place (:func:`classify`), the row a COPY failed on (:func:`copy_line`,
 :func:`record_at`), the rows refused before they are sent (:func:`non_finite`, :func:`unreadable`,
 both in one pass: :func:`refused_before_copy`) and the
-reasons given for refused rows (:func:`typed_refusal`), and connections opened with
-freight's errors."""
+reasons given for refused rows (:func:`typed_refusal`), what a write's errors mean to
+the sink and its async twin alike (:func:`row_refusal`, :func:`met_twice`,
+:func:`classified`, :func:`unsendable_error`), and connections opened with freight's
+errors."""
 
 from __future__ import annotations
 
@@ -11,12 +13,14 @@ import csv
 import functools
 import io
 import re
+from collections.abc import Awaitable, Callable
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
 
 from freight._errors import ConfigError, PermanentError, TargetError, TransientError
 from freight.connectors import pgtypes
+from freight.connectors._isolate import unsendable
 
 try:
     import psycopg
@@ -29,17 +33,22 @@ except ImportError as exc:  # pragma: no cover - only without the extra
 __all__ = [
     "_connect",
     "_reraise",
+    "aclassified",
+    "classified",
     "_where",
     "classify",
     "copy_line",
     "copy_shown",
+    "met_twice",
     "non_finite",
     "reason",
     "record_at",
     "refused_before_copy",
+    "row_refusal",
     "trusted_refusals",
     "typed_refusal",
     "unreadable",
+    "unsendable_error",
 ]
 
 # SQLSTATEs that refuse the statement, not a row: whatever the rows hold, none can land.
@@ -440,6 +449,54 @@ def trusted_refusals(
         **non_finite(columns, texts, types),
     }
     return refused, False
+
+
+# -- a write's errors, shared by PostgresSink and its async twin ---------------------
+
+
+def classified(write: Callable[[list[Any]], None]) -> Callable[[list[Any]], None]:
+    """``write`` raising freight's classes, so that isolating bad rows stops bisecting
+    when both halves of a part meet an outage, and splits on to the bad row otherwise."""
+
+    def call(rows: list[Any]) -> None:
+        try:
+            write(rows)
+        except psycopg.Error as exc:
+            _reraise(exc)
+
+    return call
+
+
+def aclassified(
+    write: Callable[[list[Any]], Awaitable[None]],
+) -> Callable[[list[Any]], Awaitable[None]]:
+    """:func:`classified` for an ``async`` write."""
+
+    async def call(rows: list[Any]) -> None:
+        try:
+            await write(rows)
+        except psycopg.Error as exc:
+            _reraise(exc)
+
+    return call
+
+
+def row_refusal(error: psycopg.Error) -> BaseException | None:
+    """``None`` when ``error`` ends the whole write (an outage, a target that refuses
+    every row), else what the refused row gets."""
+    mapped = classify(error)
+    return None if isinstance(mapped, TransientError | TargetError) else mapped
+
+
+def met_twice(error: psycopg.Error) -> bool:
+    """An upsert met a key twice: ``ON CONFLICT DO UPDATE`` cannot touch a row twice."""
+    return isinstance(error, psycopg.errors.CardinalityViolation)
+
+
+def unsendable_error(error: UnicodeEncodeError) -> psycopg.DataError:
+    """A text psycopg cannot encode, as the refusal of its row (found by the row being
+    sent, else by bisection)."""
+    return psycopg.DataError(unsendable(error))
 
 
 def _reraise(error: psycopg.Error) -> NoReturn:

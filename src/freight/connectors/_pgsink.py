@@ -31,7 +31,7 @@ import operator
 import sys
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -46,18 +46,21 @@ from freight.connectors._isolate import (
     segments,
     settled,
     shaped,
-    unsendable,
 )
 from freight.connectors._pgbinary import TYPES_SQL, BinaryColumns, binary_columns, fits
 from freight.connectors._pgerrors import (
     _reraise,
+    classified,
     classify,
     copy_line,
     copy_shown,
+    met_twice,
     record_at,
     refused_before_copy,
+    row_refusal,
     trusted_refusals,
     typed_refusal,
+    unsendable_error,
 )
 from freight.connectors._pgkeys import COMMUTES_SQL, conflict_keys
 from freight.connectors._pgplan import ROLLBACK, Planner, _statements, _WritePlan
@@ -73,14 +76,7 @@ except ImportError as exc:  # pragma: no cover - only without the extra
         "freight.connectors.postgres needs psycopg 3: pip install 'freight[postgres]'"
     ) from exc
 
-__all__ = [
-    "COLUMNS_SQL",
-    "Mode",
-    "PostgresSink",
-    "_aclassified",
-    "_refusal",
-    "_twice",
-]
+__all__ = ["COLUMNS_SQL", "Mode", "PostgresSink"]
 
 Mode = Literal["copy", "insert", "upsert"]
 """How :class:`PostgresSink` writes: ``COPY``, an ``INSERT`` per row (pipelined), or
@@ -106,45 +102,6 @@ _STAGING = "freight_stage_"
 # them to one per 1,000 rows: 10,000 rows of two shapes in turn took 263 s as 10,000
 # upsert COPYs, 0.8 s now. Insert mode's runs are all pipelined.
 _ALONE: dict[str, int] = {"copy": 64, "upsert": 1000}
-
-
-def _classified(write: Callable[[list[Any]], None]) -> Callable[[list[Any]], None]:
-    """``write`` raising freight's classes, so that isolating bad rows stops bisecting
-    when both halves of a part meet an outage, and splits on to the bad row otherwise."""
-
-    def call(rows: list[Any]) -> None:
-        try:
-            write(rows)
-        except psycopg.Error as exc:
-            _reraise(exc)
-
-    return call
-
-
-def _aclassified(
-    write: Callable[[list[Any]], Awaitable[None]],
-) -> Callable[[list[Any]], Awaitable[None]]:
-    """:func:`_classified` for an ``async`` write."""
-
-    async def call(rows: list[Any]) -> None:
-        try:
-            await write(rows)
-        except psycopg.Error as exc:
-            _reraise(exc)
-
-    return call
-
-
-def _refusal(error: psycopg.Error) -> BaseException | None:
-    """``None`` when ``error`` ends the whole write (an outage, a target that refuses
-    every row), else what the refused row gets."""
-    mapped = classify(error)
-    return None if isinstance(mapped, TransientError | TargetError) else mapped
-
-
-def _twice(error: psycopg.Error) -> bool:
-    """An upsert met a key twice: ``ON CONFLICT DO UPDATE`` cannot touch a row twice."""
-    return isinstance(error, psycopg.errors.CardinalityViolation)
 
 
 class PostgresSink:
@@ -451,7 +408,7 @@ class PostgresSink:
                     raise error
 
             def bisect(indices: list[int], error: BaseException) -> list[Any]:
-                isolated = isolate([rows[i] for i in indices], _classified(run), failed=error)
+                isolated = isolate([rows[i] for i in indices], classified(run), failed=error)
                 return list(map(self._unstaged, isolated))
 
             return run_located(locate(len(rows), refused), write, bisect)
@@ -504,15 +461,15 @@ class PostgresSink:
                 try:
                     self._execute(cur, plan, columns, rows, sent, text=text)
                 except UnicodeEncodeError as exc:  # a lone surrogate: psycopg cannot send it
-                    raise _unsendable(exc) from exc
+                    raise unsendable_error(exc) from exc
                 cur.execute(done)
             except psycopg.Error as exc:
                 if not cur.connection.broken:
                     cur.execute(ROLLBACK)
-                if last_wins is not None and _twice(exc):  # again, the last of each key
+                if last_wins is not None and met_twice(exc):  # again, the last of each key
                     done, last_wins = last_wins, None
                     continue
-                if _refusal(exc) is None:
+                if row_refusal(exc) is None:
                     raise
                 return exc
             return None
@@ -611,12 +568,6 @@ class PostgresSink:
         unknown, a column has no binary form, or a value does not fit its column)."""
         binary = self._binary.get(tuple(columns))
         return binary if binary is not None and fits(rows, binary) else None
-
-
-def _unsendable(error: UnicodeEncodeError) -> psycopg.DataError:
-    """A text psycopg cannot encode, as the refusal of its row (found by the row being
-    sent, else by bisection)."""
-    return psycopg.DataError(unsendable(error))
 
 
 def _not_a_mapping(item: Any) -> PermanentError:

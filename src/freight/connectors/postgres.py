@@ -18,17 +18,17 @@ from typing import Any
 
 from freight._errors import ConfigError, TargetError
 from freight.connectors._isolate import Refused, aisolate, arun_located, locate, settled
-from freight.connectors._pgerrors import _connect, _reraise, classify
-from freight.connectors._pgplan import ROLLBACK, _statements, _WritePlan
-from freight.connectors._pgsink import (
-    COLUMNS_SQL,
-    Mode,
-    PostgresSink,
-    _aclassified,
-    _refusal,
-    _twice,
-    _unsendable,
+from freight.connectors._pgerrors import (
+    _connect,
+    _reraise,
+    aclassified,
+    classify,
+    met_twice,
+    row_refusal,
+    unsendable_error,
 )
+from freight.connectors._pgplan import ROLLBACK, _statements, _WritePlan
+from freight.connectors._pgsink import COLUMNS_SQL, Mode, PostgresSink
 from freight.connectors._pgsource import PostgresSource
 from freight.connectors.pgtypes import check_row
 
@@ -246,7 +246,7 @@ class AsyncPostgresSink:
 
             async def bisect(indices: list[int], error: BaseException) -> list[Any]:
                 part = [rows[i] for i in indices]
-                isolated = await aisolate(part, _aclassified(run), failed=error)
+                isolated = await aisolate(part, aclassified(run), failed=error)
                 return list(map(sink._unstaged, isolated))
 
             return await arun_located(locate(len(rows)), write, bisect)
@@ -266,15 +266,15 @@ class AsyncPostgresSink:
                 try:
                     await self._execute(cur, plan, columns, rows, sent)
                 except UnicodeEncodeError as exc:  # a lone surrogate: psycopg cannot send it
-                    raise _unsendable(exc) from exc
+                    raise unsendable_error(exc) from exc
                 await cur.execute(done)
             except psycopg.Error as exc:
                 if not cur.connection.broken:
                     await cur.execute(ROLLBACK)
-                if last_wins is not None and _twice(exc):  # again, the last of each key
+                if last_wins is not None and met_twice(exc):  # again, the last of each key
                     done, last_wins = last_wins, None
                     continue
-                if _refusal(exc) is None:
+                if row_refusal(exc) is None:
                     raise
                 return exc
             return None
