@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import psycopg
@@ -111,6 +113,29 @@ def test_type_overrides_and_errors(schema: str, tmp_path: Path) -> None:
     assert len(down.stderr.strip().splitlines()) == 1
 
 
+def done_chunks(store: Path) -> int:
+    """The chunks of the load's runs that are done (0 before the store exists)."""
+    if not store.exists():
+        return 0
+    with closing(sqlite3.connect(store, timeout=5)) as db:
+        try:
+            row = db.execute("SELECT count(*) FROM chunks WHERE status = 'done'").fetchone()
+        except sqlite3.OperationalError:  # not created yet
+            return 0
+    return int(row[0])
+
+
+def wait_for_chunks(store: Path, count: int, process: subprocess.Popen[str]) -> bool:
+    """Whether ``count`` chunks are done while ``process`` runs (watching a real child:
+    polled every 5 ms, not a timeout under test)."""
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if done_chunks(store) >= count:
+            return True
+        time.sleep(0.005)
+    return False
+
+
 @pytest.mark.slow
 def test_sigkill_at_10_random_points_then_resume_loads_every_valid_row_once(
     schema: str, tmp_path: Path
@@ -129,7 +154,12 @@ def test_sigkill_at_10_random_points_then_resume_loads_every_valid_row_once(
         if killed == kills:
             break
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.35, 0.7))  # a random kill point, not a timeout under test
+        # A random kill point: after 1 to 8 more chunks are done, then 0-40 ms into the
+        # next ones. Driven by progress, not time (a fast machine finished the load in
+        # fewer kills than asked).
+        if wait_for_chunks(tmp_path / "f.db", done_chunks(tmp_path / "f.db") + rng.randint(1, 8),
+                           process):  # fmt: skip
+            time.sleep(rng.uniform(0, 0.04))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             killed += 1
