@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from freight.connectors.postgres import PostgresSink
+from freight.jobs._sink import WriteContext
 from tests.services import POSTGRES_URL, require
 
 BODY = "id bigint PRIMARY KEY, name text, amount numeric, note text"
@@ -142,3 +144,43 @@ def test_a_refused_line_has_the_csv_formats_reason(
     assert outcomes[1] is None
     assert (reason or csv_refusal(schema, line)) in str(outcomes[0])
     assert [r[0] for r in rows(schema, "ours")] == [2]
+
+
+# -- lines as one text: the job engine's fast path -------------------------------------
+
+
+def write_lines(schema: str, text: bytes, **options: Any) -> bool:
+    sink = PostgresSink(POSTGRES_URL, "ours", schema=schema, format="csv", columns=COLUMNS,
+                        **options)  # fmt: skip
+    try:
+        return sink._write_lines(text, WriteContext("job", 0))
+    finally:
+        sink.close()
+
+
+def test_clean_lines_given_as_one_text_go_in_by_one_copy(schema: str) -> None:
+    emptied(schema)
+    assert write_lines(schema, "1,a,1.5,\n2,é,,x\n".encode())
+    assert rows(schema, "ours") == [(1, "a", Decimal("1.5"), None), (2, "é", None, "x")]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"1,a,1,x\n2,b,NaN,y\n",  # refused by the check (as on SQLite)
+        b"1,a,1,x\n2,b,1e,y\n",  # refused by the server
+        b"1,a,1,x\n1,b,2,y\n",  # a key twice
+        b"1,a,1,x\n2,b\n",  # a short line
+        b'1,"a",1,x\n',  # a quote: not plain lines
+    ],
+)
+def test_lines_given_as_one_text_go_in_all_or_none(schema: str, text: bytes) -> None:
+    emptied(schema)
+    assert not write_lines(schema, text)
+    assert rows(schema, "ours") == []
+
+
+def test_an_upsert_takes_no_lines_as_one_text(schema: str) -> None:
+    emptied(schema)
+    assert not write_lines(schema, b"1,a,1,x\n", mode="upsert", key=["id"])
+    assert rows(schema, "ours") == []

@@ -4,12 +4,13 @@ records the same lines give when each is read on its own."""
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from freight.jobs import CsvSource, Record
+from freight.jobs import CsvSource, Record, _csvread
 
 _FIELD = st.text(st.characters(exclude_characters='",\r\n\x00', exclude_categories=["Cs"]))
 _LINE = st.tuples(_FIELD, _FIELD, _FIELD).map(",".join)
@@ -26,18 +27,33 @@ def _view(records: list[Record]) -> list[tuple[object, ...]]:
     lines=st.lists(st.one_of(_LINE, _LINE, _LINE, _ODD), max_size=60),
     ending=st.sampled_from(["\n", "\r\n"]),
     tail=st.booleans(),
+    raw=st.booleans(),
+    latin=st.booleans(),
+    group=st.sampled_from([None, 1, 40]),
 )
-@settings(max_examples=150, deadline=None)
-def test_plain_lines_give_the_records_each_line_gives_on_its_own(
-    tmp_path_factory: pytest.TempPathFactory, lines: list[str], ending: str, tail: bool
+@settings(max_examples=300, deadline=None)
+def test_plain_lines_give_the_records_each_line_gives_on_its_own(  # noqa: PLR0917
+    tmp_path_factory: pytest.TempPathFactory,
+    lines: list[str],
+    ending: str,
+    tail: bool,
+    raw: bool,
+    latin: bool,
+    group: int | None,
 ) -> None:
+    """In both modes, UTF-8 (lines kept as one text in raw mode) or not, read in one
+    group or in groups of a few bytes (each completed to a whole line)."""
     body = ending.join(["a,b,c", *lines]) + (ending if tail else "")
+    encoding = "latin-1" if latin else "utf-8"
     path = tmp_path_factory.mktemp("plain") / "p.csv"
-    path.write_bytes(body.encode())
-    source = CsvSource(path, blank_lines="skip")
-    records = list(source.read())
+    path.write_bytes(body.encode(encoding, errors="replace"))
+    source = CsvSource(path, blank_lines="skip", raw=raw, encoding=encoding)
+    with mock.patch.object(_csvread, "_GROUP_BYTES", group or _csvread._GROUP_BYTES):
+        records = list(source.read())
     alone = list(source.read_at(r.position for r in records))  # each parsed by itself
     assert _view(records) == _view(alone)
+    if raw:
+        assert all(r.item.endswith("\n") for r in records if isinstance(r.item, str))
 
 
 def test_a_long_plain_line_keeps_an_excerpt_of_200_characters(tmp_path: Path) -> None:

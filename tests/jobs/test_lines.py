@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from freight.jobs import CsvSource, Job, Record
 from freight.jobs._chunk import ChunkHandler
 from freight.jobs._chunking import Chunk, Feed
-from freight.jobs._lines import Lines
+from freight.jobs._lines import Lines, _after
 from freight.store import SqliteStore
 
 _TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=8).map(lambda t: t + "\n")
@@ -27,6 +27,26 @@ def _lines(draw: st.DrawFn, offset: int = 0, line: int = 1) -> Lines:
     texts = draw(st.lists(_TEXT, max_size=12))
     lengths = [len(t.encode()) + draw(st.integers(0, 1)) for t in texts]  # \r\n: one more
     return Lines(offset, line, lengths, texts)
+
+
+# A line's text in a block: no \n nor \r inside (plain lines), any other character.
+_BODY = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\n\r"), max_size=8)
+
+
+@st.composite
+def _block(draw: st.DrawFn, offset: int = 0, line: int = 1) -> tuple[Lines, Lines]:
+    """Lines kept as one text, as the reader makes them of a UTF-8 file's plain lines
+    (line endings \\r\\n or \\n, the last line maybe without one), and the same lines
+    kept as texts (what they must be, record for record)."""
+    bodies = draw(st.lists(_BODY, max_size=12))
+    crlf, open_end = draw(st.booleans()), draw(st.booleans()) and bool(bodies)
+    texts = [b + "\n" for b in bodies]
+    lengths = [len(b.encode()) + 1 + crlf for b in bodies]
+    if open_end:
+        lengths[-1] = len(bodies[-1].encode())
+    data = "".join(texts).encode()
+    block = Lines.of_block(offset, line, data, len(texts), crlf=crlf, open_end=open_end)
+    return block, Lines(offset, line, lengths, texts)
 
 
 def _records(lines: Lines) -> list[Record]:
@@ -58,6 +78,54 @@ def test_lines_are_the_records_of_their_lines(lines: Lines, data: st.DataObject)
     assert joined.end == (lines.offset + sum(lines.lengths), lines.line + len(lines))
 
 
+@given(pair=_block(offset=17, line=7), data=st.data())
+@settings(max_examples=300, deadline=None)
+def test_lines_kept_as_one_text_are_the_records_of_their_lines(
+    pair: tuple[Lines, Lines], data: st.DataObject
+) -> None:
+    block, lines = pair
+    expected = _records(lines)
+    assert block.is_block
+    assert (len(block), block.length, block.end) == (len(lines), lines.length, lines.end)
+    if expected:  # the first and the last, found as bytes: no texts made
+        assert (block[0], block[-1]) == (expected[0], expected[-1])
+        assert block.is_block
+    n = data.draw(st.integers(0, len(lines)))
+    head, rest = block.split(n)
+    assert head.is_block
+    assert rest.is_block
+    assert head.end == rest.start
+    assert (list(head), list(rest)) == (expected[:n], expected[n:])
+    assert (head.block() or b"") + (rest.block() or b"") == block.block()
+    again = Lines.joined([*block.split(n)])
+    assert again is not None
+    assert again.is_block
+    assert list(again) == expected
+    mixed = Lines.joined([block.split(n)[0].texts_only(), block.split(n)[1]])
+    assert mixed is not None
+    assert list(mixed) == expected
+    assert list(block) == expected
+    assert [block[i] for i in range(-len(block), len(block))] == expected + expected
+    start, stop = data.draw(st.integers(-15, 15)), data.draw(st.integers(-15, 15))
+    assert list(Lines.of_block(*pair[0].start, pair[0].block() or b"", len(lines),
+                               crlf=pair[0]._crlf, open_end=pair[0]._open)[start:stop]
+                ) == expected[start:stop]  # fmt: skip
+
+
+@given(
+    lengths=st.lists(st.integers(1, 40), min_size=1, max_size=300),
+    data=st.data(),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_text_is_cut_where_its_nth_line_ends(lengths: list[int], data: st.DataObject) -> None:
+    text = b"".join(b"x" * (n - 1) + b"\n" for n in lengths)
+    begin_line = data.draw(st.integers(0, len(lengths) - 1))
+    begin = sum(lengths[:begin_line])
+    count = len(lengths) - begin_line
+    n = data.draw(st.integers(0, count))
+    assert _after(text, begin, len(text), n, count) == begin + sum(lengths[begin_line:][:n])
+
+
 def test_an_index_past_the_lines_is_refused() -> None:
     lines = Lines(0, 1, [2], ["a\n"])
     with pytest.raises(IndexError):
@@ -85,8 +153,9 @@ def _groups(draw: st.DrawFn) -> list[Sequence[Record]]:
     groups: list[Sequence[Record]] = []
     offset, line = 0, 1
     for _ in range(draw(st.integers(0, 6))):
-        if draw(st.booleans()):
-            lines = draw(_lines(offset, line))
+        kind = draw(st.sampled_from(["lines", "block", "records"]))
+        if kind != "records":
+            lines = draw(_lines(offset, line)) if kind == "lines" else draw(_block(offset, line))[0]
             groups.append(lines)
             offset, line = lines.end
         else:

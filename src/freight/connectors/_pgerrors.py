@@ -41,6 +41,7 @@ __all__ = [
     "copy_shown",
     "met_twice",
     "non_finite",
+    "plain_lines",
     "reason",
     "record_at",
     "refused_before_copy",
@@ -449,6 +450,23 @@ def trusted_refusals(
         **non_finite(columns, texts, types),
     }
     return refused, False
+
+
+def plain_lines(text: bytes, types: list[str], *, server_version: int = _SINCE_16) -> bool:
+    """Whether every checked field of ``text`` is plain (:func:`trusted_refusals`'s
+    one pass trusting lines, over bytes): lines of ``len(types)`` fields, each ending
+    in ``\\n``, without a quote. Like that pass's empty answer, a ``True`` rests on
+    the trust: a COPY of the text proves it."""
+    numbers = server_version >= _SINCE_16
+    plain = _plain_records(tuple(types), numbers=numbers, quotes=False, finite=True, lines=True)
+    return plain is None or _over_bytes(plain).fullmatch(text) is not None
+
+
+@functools.lru_cache(maxsize=64)
+def _over_bytes(pattern: re.Pattern[str]) -> re.Pattern[bytes]:
+    """``pattern`` (ASCII) matching bytes: a UTF-8 byte of a field is never one of the
+    characters it looks for, as the character it is part of is not."""
+    return re.compile(pattern.pattern.encode())
 
 
 # -- a write's errors, shared by PostgresSink and its async twin ---------------------

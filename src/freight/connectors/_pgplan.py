@@ -1,8 +1,8 @@
 """The statements a :class:`~freight.connectors.postgres.PostgresSink` runs, composed once
 per column list: COPY (text or binary), an upsert's staging table and its
-``INSERT … ON CONFLICT``, one row's INSERT, the savepoints around each try, and the
-rendering of pipelined INSERTs. Identifiers are composed with ``psycopg.sql``, never by
-string formatting."""
+``INSERT … ON CONFLICT``, one row's INSERT, the savepoints around each try, the
+rendering of pipelined INSERTs, and the sending of a write's rows (:func:`send`).
+Identifiers are composed with ``psycopg.sql``, never by string formatting."""
 
 from __future__ import annotations
 
@@ -10,14 +10,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from freight.connectors._pgbinary import BinaryColumns
+
 try:
+    import psycopg
     from psycopg import abc, sql
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError(
         "freight.connectors.postgres needs psycopg 3: pip install 'freight[postgres]'"
     ) from exc
 
-__all__ = ["ROLLBACK", "Planner", "_WritePlan", "_statements"]
+__all__ = ["ROLLBACK", "Planner", "_WritePlan", "_statements", "send"]
 
 
 class Planner:
@@ -229,3 +232,56 @@ def _statements(
                 query = rendered[id(statement)] = statement.as_bytes(context)
             yield query, [values for _, values in pairs[start:end]]
             start = end
+
+
+def send(
+    cur: psycopg.Cursor[Any],
+    plan: _WritePlan,
+    rows: list[Any],
+    sent: list[int],
+    *,
+    csv: bool,
+    binary: BinaryColumns | None = None,
+    text: str | bytes | None = None,
+    lines: bool = False,
+) -> None:
+    """Send ``rows`` by ``plan``: executemany, pipelined INSERTs or COPY. COPY sends CSV
+    texts (``csv``) as they are (``text``: already joined; ``lines``: in text format,
+    :data:`_LINES`), other rows in ``binary`` format where given, else in text format.
+    ``sent[0]`` is the row being written when psycopg itself refused a value (a NUL in
+    a text, a type it cannot send)."""
+    if plan.insert is not None:
+        cur.executemany(plan.insert, rows)
+        return
+    if plan.pipelined:
+        refused: psycopg.Error | None = None
+        try:
+            with cur.connection.pipeline():
+                try:
+                    for statement, values in _statements(rows, cur):
+                        cur.executemany(statement, values)
+                except psycopg.Error as exc:  # not left to the block's end, which
+                    refused = exc  # would log it as an error it ignores
+        except psycopg.errors.PipelineAborted:  # the block's end: ``refused`` again
+            if refused is None:
+                raise
+        if refused is not None:
+            raise refused
+        return
+    assert plan.copy is not None
+    assert plan.copy_binary is not None
+    if csv:
+        query = plan.copy_lines if lines and plan.copy_lines is not None else plan.copy
+        with cur.copy(query) as copy:
+            copy.write("".join(rows) if text is None else text)
+        return
+    with cur.copy(plan.copy if binary is None else plan.copy_binary) as copy:
+        if binary is not None:
+            copy.set_types(binary.names)
+        at = 0
+        try:
+            for at, row in enumerate(rows):  # noqa: B007 (read in the handler)
+                copy.write_row(row)
+        except BaseException:
+            sent[0] = at
+            raise

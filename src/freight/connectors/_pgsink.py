@@ -55,6 +55,7 @@ from freight.connectors._pgerrors import (
     copy_line,
     copy_shown,
     met_twice,
+    plain_lines,
     record_at,
     refused_before_copy,
     row_refusal,
@@ -63,7 +64,7 @@ from freight.connectors._pgerrors import (
     unsendable_error,
 )
 from freight.connectors._pgkeys import COMMUTES_SQL, conflict_keys
-from freight.connectors._pgplan import ROLLBACK, Planner, _statements, _WritePlan
+from freight.connectors._pgplan import ROLLBACK, Planner, _WritePlan, send
 
 try:
     import psycopg
@@ -252,6 +253,29 @@ class PostgresSink:
                 return [mapped] * len(items)
             _reraise(exc)
         return settled(outcomes, refused)
+
+    def _write_lines(self, text: bytes, context: object = None) -> bool:
+        """Write plain CSV lines given as one UTF-8 text (each ending in ``\\n``, no
+        quote: lines :class:`~freight.jobs.CsvSource` read as plain) in one COPY, if the
+        check finds them clean and they all go in; ``False``: none was written, and
+        :meth:`write` of their texts finds the bad ones. The job engine's fast path
+        (:class:`~freight.jobs._sink.LinesSink`): no string per line."""
+        columns = list(self.columns or ())
+        if self.format != "csv" or self.mode != "copy" or not columns or b'"' in text:
+            return False
+        self._ensure_open()
+        plan = self._planner.plan(columns)
+        with self._connection() as conn:
+            if not self._table or any(c not in self._table for c in columns):
+                with conn.cursor() as cur:
+                    self._learn(cur.execute(COLUMNS_SQL, (self.table, self.schema)).fetchall())
+            version = conn.info.server_version
+            if not plain_lines(text, self._types_of(columns), server_version=version):
+                return False
+            with conn.cursor() as cur:
+                cur.execute(plan.start)
+                lines = b"\\" not in text and b"\r" not in text
+                return self._try(cur, plan, columns, [], [0], text=text, lines=lines) is None
 
     def conflict_keys(self, items: list[Any]) -> set[Hashable] | None:
         """The keys an upsert of ``items`` touches, or ``None`` (unknown: not an upsert,
@@ -452,7 +476,7 @@ class PostgresSink:
         rows: list[Any],
         sent: list[int],
         *,
-        text: str | None = None,
+        text: str | bytes | None = None,
         lines: bool = False,
     ) -> psycopg.Error | None:
         """One try of ``rows`` (``text``: CSV texts already joined): ``None`` when they
@@ -496,63 +520,15 @@ class PostgresSink:
         rows: list[Any],
         sent: list[int],
         *,
-        text: str | None = None,
+        text: str | bytes | None = None,
         lines: bool = False,
     ) -> None:
-        """Send ``rows`` (COPY or executemany; ``text``: CSV texts already joined);
-        ``sent[0]`` is the row being written when psycopg itself refused a value (a NUL
-        in a text, a type it cannot send)."""
-        if plan.insert is not None:
-            cur.executemany(plan.insert, rows)
-            return
-        if plan.pipelined:
-            refused: psycopg.Error | None = None
-            try:
-                with cur.connection.pipeline():
-                    try:
-                        for statement, values in _statements(rows, cur):
-                            cur.executemany(statement, values)
-                    except psycopg.Error as exc:  # not left to the block's end, which
-                        refused = exc  # would log it as an error it ignores
-            except psycopg.errors.PipelineAborted:  # the block's end: ``refused`` again
-                if refused is None:
-                    raise
-            if refused is not None:
-                raise refused
-            return
-        self._copy(cur, plan, columns, rows, sent, text=text, lines=lines)
-
-    def _copy(
-        self,
-        cur: psycopg.Cursor[Any],
-        plan: _WritePlan,
-        columns: list[str],
-        rows: list[Any],
-        sent: list[int],
-        *,
-        text: str | None,
-        lines: bool,
-    ) -> None:
-        """:meth:`_execute`'s COPY: CSV texts as they are (``lines``: in text format, see
-        :meth:`_checked`), rows in binary format where they fit, else in text format."""
-        assert plan.copy is not None
-        assert plan.copy_binary is not None
-        if self.format == "csv":
-            statement = plan.copy_lines if lines and plan.copy_lines is not None else plan.copy
-            with cur.copy(statement) as copy:
-                copy.write("".join(rows) if text is None else text)
-            return
-        binary = self.binary_for(columns, rows)
-        with cur.copy(plan.copy if binary is None else plan.copy_binary) as copy:
-            if binary is not None:
-                copy.set_types(binary.names)
-            at = 0
-            try:
-                for at, row in enumerate(rows):  # noqa: B007 (read in the handler)
-                    copy.write_row(row)
-            except BaseException:
-                sent[0] = at
-                raise
+        """Send ``rows`` (:func:`~freight.connectors._pgplan.send`), in binary COPY where
+        they fit."""
+        copies = plan.insert is None and not plan.pipelined and self.format == "rows"
+        binary = self.binary_for(columns, rows) if copies else None
+        send(cur, plan, rows, sent, csv=self.format == "csv", binary=binary, text=text,
+             lines=lines)  # fmt: skip
 
     def _located(
         self, error: psycopg.Error, plan: _WritePlan, rows: list[Any], sent: int

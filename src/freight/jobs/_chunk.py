@@ -12,11 +12,19 @@ no buffer, so the items that come back are tried again together after the plan's
 wait. What still fails becomes a dead letter, except a :class:`TargetError` (the target
 refuses every row: no table, column or privilege), which stops the run with that one
 reason instead of dead-lettering every row with it.
+
+A chunk of plain CSV lines kept as one text (:meth:`~freight.jobs._lines.Lines.block`)
+is first offered whole to a sink that takes CSV lines so (PostgreSQL's COPY:
+``sink._write_lines(text, context)``, all or nothing), where nothing is processed, keyed
+or rate-limited on the way: no string per line. Only when that does not write them all
+(a bad row, an outage) are the lines made texts and written as above, the one path that
+retries, isolates and reports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import itertools
@@ -35,7 +43,7 @@ from freight._drivers._runner import call_lean, forget_frames, settle_sync
 from freight._errors import FreightError, HandlerContractError, RecordError, TargetError
 from freight._ratelimit import RateLimiter
 from freight.jobs._lines import Lines
-from freight.jobs._sink import Sink, WriteContext
+from freight.jobs._sink import LinesSink, Sink, WriteContext
 from freight.jobs._sources import BLANK, Record
 from freight.store import DeadLetter
 
@@ -88,6 +96,15 @@ class Prepared:
     items: list[Any]
     skipped: int
     dead: list[DeadLetter]
+    # The records, plain lines kept as one text, offered whole to the sink first (then
+    # ``items`` is empty: their texts are made only if that write does not take them).
+    lines: Lines | None = None
+
+    def texts_made(self) -> Prepared:
+        """This chunk with its lines' texts as its items (written one item each)."""
+        if self.lines is None:
+            return self
+        return dataclasses.replace(self, items=self.lines.texts.copy(), lines=None)
 
 
 class WriteOrder:
@@ -237,6 +254,9 @@ class ChunkHandler:
     def prepare(self, index: int, records: Sequence[Record]) -> Prepared:
         """Everything before the sink: bad and blank records sorted out, ``process``
         applied (its failures dead-lettered), keys computed."""
+        if self._whole(records):
+            assert isinstance(records, Lines)
+            return Prepared(WriteContext(self.id, index, None), records, [], 0, [], records)
         skipped = 0
         dead: list[DeadLetter] = []
         repeat = itertools.repeat
@@ -268,6 +288,18 @@ class ChunkHandler:
         keys = [self.key(i) for i in items] if self.key else None
         return Prepared(WriteContext(self.id, index, keys), records, items, skipped, dead)
 
+    def _whole(self, records: Sequence[Record]) -> bool:
+        """Whether ``records`` go to the sink first as one text (see the module's doc)."""
+        return (
+            isinstance(records, Lines)
+            and records.is_block
+            and self.process is None
+            and self.process_chunk is None
+            and self.key is None
+            and self.rate_limit is None
+            and isinstance(self.sink, LinesSink)
+        )
+
     def conflict_keys(self, prepared: Prepared) -> frozenset[Hashable] | None:
         """The keys the sink's write of ``prepared`` touches (its optional
         ``conflict_keys(items)``), or ``None``: unknown, so it may touch any. A sink
@@ -276,13 +308,24 @@ class ChunkHandler:
         if keys_of is None:
             return None
         try:
-            keys = keys_of(prepared.items)
+            items = prepared.items if prepared.lines is None else prepared.lines.texts
+            keys = keys_of(items)
             return None if keys is None else frozenset(keys)
         except Exception:  # an item the sink cannot read (its write refuses it), or an
             return None  # unhashable key: unknown, so the chunk waits for every other
 
     def write(self, prepared: Prepared) -> tuple[int, int, list[DeadLetter]]:
         """The sink stage of a prepared chunk; return (skipped, written, dead letters)."""
+        if prepared.lines is not None:
+            text, sink = prepared.lines.block(), self.sink
+            assert isinstance(sink, LinesSink)  # so it was prepared
+            try:
+                whole = text is not None and bool(sink._write_lines(text, prepared.context))
+            except Exception:  # the path below retries and reports what this meets
+                whole = False
+            if whole:
+                return prepared.skipped, len(prepared.lines), list(prepared.dead)
+            prepared = prepared.texts_made()
         sink, context, dead = self.sink, prepared.context, list(prepared.dead)
         written, _ = self._stage(
             context.chunk_index,

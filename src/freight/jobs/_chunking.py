@@ -91,12 +91,15 @@ class Feed(Iterator[Record]):
                 lines, at = self._lines, self._at
                 assert lines is not None  # _advance: a record is left, in lines or records
                 stop = min(len(lines), at + n)
-                part = (
-                    lines
-                    if at == 0 and stop == len(lines)
-                    else Lines(self._offset, lines.line + at, lines.lengths[at:stop],
-                               lines.texts[at:stop])
-                )  # fmt: skip
+                if at == 0 and stop == len(lines):
+                    part = lines
+                elif lines.is_block:  # cut as bytes, the rest kept as the group
+                    assert at == 0  # a group read one record at a time is made texts
+                    part, self._lines = lines.split(stop)
+                    stop = 0
+                else:
+                    part = Lines(self._offset, lines.line + at, lines.lengths[at:stop],
+                                 lines.texts[at:stop])  # fmt: skip
                 self._at, self._offset = stop, self._offset + part.length
             parts.append(part)
             n -= len(part)

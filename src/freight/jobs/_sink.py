@@ -8,7 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from freight._errors import ConfigError
 
-__all__ = ["CallableSink", "Sink", "WriteContext", "as_sink"]
+__all__ = ["CallableSink", "LinesSink", "Sink", "WriteContext", "as_sink"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,19 @@ class Sink(Protocol):
 
     def write(self, items: list[Any], context: WriteContext) -> Sequence[Any] | None:
         """Write ``items``; see the class docstring for the return value."""
+        ...
+
+
+@runtime_checkable
+class LinesSink(Protocol):
+    """A sink that also takes plain CSV lines as one text (PostgreSQL's COPY): the job
+    engine's fast path for them (see :mod:`freight.jobs._chunk`). Private to freight's
+    own sinks: the text's form is an agreement between its reader and its writer."""
+
+    def _write_lines(self, text: bytes, context: WriteContext) -> bool:
+        """Write every line of ``text`` (UTF-8, each line ending in ``\\n``, no quote,
+        no ``\\r``) and return ``True``; or write none and return ``False`` (or raise):
+        the engine then writes their texts through :meth:`Sink.write`."""
         ...
 
 

@@ -44,7 +44,7 @@ from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
 
 from freight._core._source import Position, Record, SourceSize
 from freight._errors import ConfigError, RecordError
-from freight.jobs._csvread import _Dialect, _groups, _Make, _Parsed, _Plain, _Reader
+from freight.jobs._csvread import _Block, _Dialect, _groups, _Make, _Parsed, _Plain, _Reader
 from freight.jobs._iterable import IterableSource
 from freight.jobs._lines import Lines
 from freight.jobs._sourcekit import (
@@ -312,15 +312,22 @@ class CsvSource(_FileSource):
                 reached = parsed.end[0]
                 yield make(parsed)
 
-    def _raw_plain(self, offset: int, line: int, group: list[bytes], texts: list[str]) -> Lines:
+    def _raw_plain(self, offset: int, line: int, block: _Block) -> Lines:
         """Raw records of plain lines, kept as lines (:class:`~freight.jobs._lines.Lines`:
-        a tuple per line only when asked for)."""
-        return Lines(offset, line, list(map(len, group)), texts)
+        a tuple per line only when asked for); of a UTF-8 file, as their one text."""
+        if block.texts is not None:  # another encoding: the texts are made
+            return Lines(offset, line, list(map(len, block.lines())), block.texts)
+        data = block.data
+        if block.crlf:
+            data = data.replace(b"\r\n", b"\n")
+        if block.open_end:
+            data += b"\n"
+        return Lines.of_block(offset, line, data, block.n, crlf=block.crlf,
+                              open_end=block.open_end)  # fmt: skip
 
-    def _plain_records(
-        self, offset: int, line: int, group: list[bytes], texts: list[str]
-    ) -> Iterable[Record]:
+    def _plain_records(self, offset: int, line: int, block: _Block) -> Iterable[Record]:
         """Parsed records of plain lines: split at the delimiter, no csv parsing."""
+        group, texts = self._dialect.lines(block)
         names, convert, delimiter = self._names, self._convert, self.delimiter
         if convert is None and names is not None:
             return _plain_dicts(offset, line, group, texts, names=names, delimiter=delimiter)
