@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from freight import Job
@@ -289,6 +289,45 @@ def test_plain_csv_texts_are_split_in_columns_and_land_as_their_mappings_land(
     sink.close()
     keyed = rows if key is None else [{**row, "id": str(i % 3)} for i, row in enumerate(rows)]
     _write_texts(tmp_path_factory.mktemp("csv-plain"), keyed, key=key)
+
+
+@given(rows=ROWS, key=st.sampled_from([None, "id"]))
+@settings(max_examples=150, deadline=None)
+def test_lines_given_as_one_text_land_as_their_texts_land_or_not_at_all(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[dict[str, str]], key: str | None
+) -> None:
+    """The job engine's fast path (a chunk of plain lines as one text): all of it, as
+    the texts one by one would land, or none of it (the texts then go one by one)."""
+    texts = [_csv_text(row) for row in rows]
+    assume(texts and not any('"' in t for t in texts))  # the reader's plain lines only
+    folder = tmp_path_factory.mktemp("lines")
+    lines = SqliteSink(folder / "lines.db", "t", types=TYPES, key=key, format="csv",
+                       columns=list(TYPES))  # fmt: skip
+    reference = SqliteSink(folder / "ref.db", "t", types=TYPES, key=key, format="csv",
+                           columns=list(TYPES))  # fmt: skip
+    try:
+        took = lines._write_lines("".join(texts).encode(), None)
+        if took:
+            assert reference.write(texts) is None
+    finally:
+        lines.close()
+        reference.close()
+    assert _stored(folder / "lines.db") == (_stored(folder / "ref.db") if took else [])
+
+
+def test_clean_lines_given_as_one_text_are_taken_and_a_refused_row_takes_none(
+    tmp_path: Path,
+) -> None:
+    sink = SqliteSink(tmp_path / "t.db", "t", types=TYPES, key=None, format="csv",
+                      columns=list(TYPES))  # fmt: skip
+    good = "1,2.5,2026-01-01T10:00:00+00:00,t,a\n2,3,2026-01-02T10:00:00+00:00,f,b\n"
+    try:
+        assert sink._write_lines(good.encode(), None)
+        assert not sink._write_lines(b"3,x,,t,c\n", None)  # not a number: per line
+        assert not sink._write_lines(b"4,1,,t,c\n5,1\n", None)  # a short line
+    finally:
+        sink.close()
+    assert [row[1] for row in _stored(tmp_path / "t.db")] == [1, 2]
 
 
 def test_a_text_that_is_not_one_record_of_the_columns_fails_alone(tmp_path: Path) -> None:

@@ -84,8 +84,21 @@ class CsvTexts:
         delimiter, width = self.delimiter, len(kinds)
         if not self.lines_checked and not _one_line_each(texts, joined, delimiter, width):
             return None
+        return self._bound(joined, len(texts))
+
+    def rows_of(self, text: str) -> list[tuple[Any, ...]] | None:
+        """:meth:`rows` of plain CSV lines given as one text (each ending in ``\\n``, one
+        record each: lines :class:`~freight.jobs.CsvSource` read as plain)."""
+        if self.kinds is None or self.quotechar in text or "\r" in text:
+            return None
+        return self._bound(text, text.count("\n"))
+
+    def _bound(self, joined: str, count: int) -> list[tuple[Any, ...]] | None:
+        """The rows of ``count`` records of ``joined``, each column bound in C."""
+        assert self.kinds is not None
+        delimiter, kinds, width = self.delimiter, self.kinds, len(self.kinds)
         values = joined.replace("\n", delimiter).split(delimiter)
-        if values.pop() != "" or len(values) != width * len(texts):
+        if values.pop() != "" or len(values) != width * count:
             return None  # (cheap, and enough when each text is known to be one line)
         bound = [bind_column(kind, values[index::width]) for index, kind in enumerate(kinds)]
         if any(column is None for column in bound):

@@ -360,6 +360,26 @@ class SqliteSink:
                 items = csv_texts.items(items)
             return self._write_items(items, columns)
 
+    def _write_lines(self, text: bytes, context: object = None) -> bool:
+        """Write plain CSV lines given as one UTF-8 text (each ending in ``\\n``, no
+        quote: lines :class:`~freight.jobs.CsvSource` read as plain), a whole column
+        bound at a time, if every value binds as its column's type and every row goes in
+        (one transaction); ``False``: none was written, and :meth:`write` of their texts
+        sorts them out. The job engine's fast path
+        (:class:`~freight.jobs._sink.LinesSink`): no string per line."""
+        csv_texts = self._csv
+        if csv_texts is None:
+            return False
+        with self._lock:
+            rows = csv_texts.rows_of(text.decode())
+            if rows is None:
+                return False
+            try:
+                self._write_rows([(self._statement(self.csv_columns), rows)])
+            except (TargetError, PermanentError):
+                return False
+        return True
+
     def _write_items(self, items: list[Mapping[str, Any]], columns: list[str]) -> list[Any] | None:
         """:meth:`write` item by item: each converted and bound on its own, a row that
         cannot be written refused with its reason, the others written (under the lock)."""
