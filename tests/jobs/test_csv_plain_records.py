@@ -16,7 +16,7 @@ _FIELD = st.text(st.characters(exclude_characters='",\r\n\x00', exclude_categori
 _LINE = st.tuples(_FIELD, _FIELD, _FIELD).map(",".join)
 # Plain lines mostly, with a few that are not (a quote, a missing field, a blank line)
 # so that a group is also cut into pieces.
-_ODD = st.sampled_from(['1,"q ""x""",z', "2,b", "", '3,"two\nlines",c'])
+_ODD = st.sampled_from(['1,"q ""x""",z', "2,b", "", '3,"two\nlines",c', "4,b,c\rd"])
 
 
 def _view(records: list[Record]) -> list[tuple[object, ...]]:
@@ -67,3 +67,19 @@ def test_a_long_plain_line_keeps_an_excerpt_of_200_characters(tmp_path: Path) ->
         {"a": "2", "b": "y"},
         "2,y",
     )
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_a_carriage_return_inside_the_last_field_is_a_bad_record_not_two(
+    tmp_path: Path, raw: bool
+) -> None:
+    """Found by review: ``1,a\\rb\\n`` passed the plain check as a \\r\\n line (what is
+    left of it once all but delimiters and line endings are deleted is ``,\\r\\n``), and
+    was cut at the \\r: two records (or, before, one without its ``b``)."""
+    path = tmp_path / "cr.csv"
+    path.write_bytes(b"id,name\n1,a\rb\n2,c\rd\n")
+    source = CsvSource(path, raw=raw)
+    records = list(source.read())
+    assert [r.ordinal for r in records] == [2, 3]
+    assert all("carriage return" in str(r.error) for r in records)
+    assert _view(records) == _view(list(source.read_at(r.position for r in records)))

@@ -120,7 +120,10 @@ class _Dialect:
                 break
         else:
             return None
-        block = _Block(data, n, ending == b"\r\n", open_end, None)
+        crlf = ending == b"\r\n"
+        if crlf and data.count(b"\r\n") != n - open_end:  # a \r alone before a field's end
+            return None  # ("1,a\rb\n" leaves ",\r\n" too): read on its own, a bad record
+        block = _Block(data, n, crlf, open_end, None)
         try:
             if self.codec != "utf-8":
                 return block._replace(texts=self._texts(block))
