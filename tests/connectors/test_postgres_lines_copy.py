@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -16,7 +17,9 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from freight.connectors.postgres import PostgresSink
+from freight.jobs import CsvSource, Job
 from freight.jobs._sink import WriteContext
+from freight.store import SqliteStore
 from tests.services import POSTGRES_URL, require
 
 BODY = "id bigint PRIMARY KEY, name text, amount numeric, note text"
@@ -184,3 +187,18 @@ def test_an_upsert_takes_no_lines_as_one_text(schema: str) -> None:
     emptied(schema)
     assert not write_lines(schema, b"1,a,1,x\n", mode="upsert", key=["id"])
     assert rows(schema, "ours") == []
+
+
+def test_lines_reach_a_connection_of_another_client_encoding_as_their_text(
+    schema: str, tmp_path: Path
+) -> None:
+    """Found by review: the one text is UTF-8 bytes, and went to COPY as they are where
+    the connection's client encoding was LATIN1 (``café`` stored as ``cafÃ©``)."""
+    emptied(schema)
+    path = tmp_path / "enc.csv"
+    path.write_text("id,name,amount,note\n1,café,1,naïve\n2,b,2,c\n", encoding="utf-8")
+    url = POSTGRES_URL + ("&" if "?" in POSTGRES_URL else "?") + "client_encoding=LATIN1"
+    sink = PostgresSink(url, "ours", schema=schema, format="csv", columns=COLUMNS)
+    report = Job("enc", CsvSource(path, raw=True), sink, store=SqliteStore(tmp_path / "s.db")).run()
+    assert report.summary["succeeded"] == 2
+    assert rows(schema, "ours") == [(1, "café", 1, "naïve"), (2, "b", 2, "c")]

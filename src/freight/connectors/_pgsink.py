@@ -272,10 +272,13 @@ class PostgresSink:
             version = conn.info.server_version
             if not plain_lines(text, self._types_of(columns), server_version=version):
                 return False
+            lines = b"\\" not in text and b"\r" not in text
+            # UTF-8 as it is; to a connection of another client encoding, as a string
+            # psycopg encodes (a character it cannot: refused, then found line by line)
+            sent = text if conn.info.encoding == "utf-8" else text.decode()
             with conn.cursor() as cur:
                 cur.execute(plan.start)
-                lines = b"\\" not in text and b"\r" not in text
-                return self._try(cur, plan, columns, [], [0], text=text, lines=lines) is None
+                return self._try(cur, plan, columns, [], [0], text=sent, lines=lines) is None
 
     def conflict_keys(self, items: list[Any]) -> set[Hashable] | None:
         """The keys an upsert of ``items`` touches, or ``None`` (unknown: not an upsert,
