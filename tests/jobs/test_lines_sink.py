@@ -71,3 +71,38 @@ def test_lines_to_process_are_written_as_texts(tmp_path: Path) -> None:
     assert summary["succeeded"] == 1_000
     assert sink.blocks == []
     assert [t for w in sink.writes for t in w] == [t.upper() for t in LINES]
+
+
+class _Shouting(_LinesKeeping):
+    """Found by review: a subclass overriding ``write`` had it skipped."""
+
+    def write(self, items: list[str], context: object = None) -> None:
+        super().write([t.upper() for t in items], context)
+
+
+class _Forwarding:
+    """Found by review: a wrapper forwarding other attributes had its ``write`` skipped."""
+
+    def __init__(self) -> None:
+        self.inner = _LinesKeeping()
+        self.writes: list[list[str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def write(self, items: list[str], context: object = None) -> None:
+        self.writes.append([t for t in items if not t.startswith("3,")])
+
+
+def test_a_sink_whose_write_is_not_the_one_beside_its_write_lines_gets_its_texts(
+    tmp_path: Path,
+) -> None:
+    shouting = _Shouting()
+    run(tmp_path, shouting)
+    assert shouting.blocks == []
+    assert [t for w in shouting.writes for t in w] == [t.upper() for t in LINES]
+    forwarding = _Forwarding()
+    (tmp_path / "f").mkdir()
+    run(tmp_path / "f", forwarding)
+    assert forwarding.inner.blocks == []
+    assert len([t for w in forwarding.writes for t in w]) == 999

@@ -43,7 +43,7 @@ from freight._drivers._runner import call_lean, forget_frames, settle_sync
 from freight._errors import FreightError, HandlerContractError, RecordError, TargetError
 from freight._ratelimit import RateLimiter
 from freight.jobs._lines import Lines
-from freight.jobs._sink import LinesSink, Sink, WriteContext
+from freight.jobs._sink import Sink, WriteContext, lines_writer
 from freight.jobs._sources import BLANK, Record
 from freight.store import DeadLetter
 
@@ -297,7 +297,7 @@ class ChunkHandler:
             and self.process_chunk is None
             and self.key is None
             and self.rate_limit is None
-            and isinstance(self.sink, LinesSink)
+            and lines_writer(self.sink) is not None
         )
 
     def conflict_keys(self, prepared: Prepared) -> frozenset[Hashable] | None:
@@ -317,10 +317,10 @@ class ChunkHandler:
     def write(self, prepared: Prepared) -> tuple[int, int, list[DeadLetter]]:
         """The sink stage of a prepared chunk; return (skipped, written, dead letters)."""
         if prepared.lines is not None:
-            text, sink = prepared.lines.block(), self.sink
-            assert isinstance(sink, LinesSink)  # so it was prepared
+            text, write_lines = prepared.lines.block(), lines_writer(self.sink)
+            assert write_lines is not None  # so it was prepared
             try:
-                whole = text is not None and bool(sink._write_lines(text, prepared.context))
+                whole = text is not None and bool(write_lines(text, prepared.context))
             except Exception:  # the path below retries and reports what this meets
                 whole = False
             if whole:

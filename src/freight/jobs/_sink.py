@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from freight._errors import ConfigError
 
-__all__ = ["CallableSink", "LinesSink", "Sink", "WriteContext", "as_sink"]
+__all__ = ["CallableSink", "LinesSink", "Sink", "WriteContext", "as_sink", "lines_writer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,19 @@ class LinesSink(Protocol):
         no ``\\r``) and return ``True``; or write none and return ``False`` (or raise):
         the engine then writes their texts through :meth:`Sink.write`."""
         ...
+
+
+def lines_writer(sink: object) -> Callable[[bytes, WriteContext], bool] | None:
+    """``sink``'s own ``_write_lines`` (:class:`LinesSink`), if its ``write`` is the one
+    of the class that defines it: a subclass overriding ``write``, or a wrapper handing
+    other attributes on to a sink, has its ``write`` called for every item, never
+    passed by."""
+    kind = type(sink)
+    for base in kind.__mro__:
+        if "_write_lines" in vars(base):
+            same = getattr(kind, "write", None) is getattr(base, "write", None)
+            return cast("LinesSink", sink)._write_lines if same else None
+    return None
 
 
 class CallableSink:
