@@ -20,6 +20,7 @@ from freight.connectors.postgres import PostgresSink
 from freight.jobs import CsvSource, Job
 from freight.jobs._sink import WriteContext
 from freight.store import SqliteStore
+from tests.connectors.test_postgres_integrity import count_statements, statements
 from tests.services import POSTGRES_URL, require
 
 BODY = "id bigint PRIMARY KEY, name text, amount numeric, note text"
@@ -202,3 +203,30 @@ def test_lines_reach_a_connection_of_another_client_encoding_as_their_text(
     report = Job("enc", CsvSource(path, raw=True), sink, store=SqliteStore(tmp_path / "s.db")).run()
     assert report.summary["succeeded"] == 2
     assert rows(schema, "ours") == [(1, "café", 1, "naïve"), (2, "b", 2, "c")]
+
+
+def test_a_chunk_with_a_row_only_the_server_refuses_is_not_sent_twice(
+    schema: str, tmp_path: Path
+) -> None:
+    """Found by review: the one text's COPY failed (a name too long for its column, which
+    no check before COPY sees), then the chunk's texts were sent again whole before the
+    bad row was looked for. The failed COPY is the texts' first try: 2 statements."""
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, name varchar(3), "
+                             "amount numeric, note text)").format(
+            sql.Identifier(schema, "short")))  # fmt: skip
+    count_statements(schema, "short")
+    path = tmp_path / "long.csv"
+    names = ["abc"] * 10
+    names[4] = "too long"
+    path.write_text(
+        "id,name,amount,note\n" + "".join(f"{i},{n},{i},x\n" for i, n in enumerate(names))
+    )
+    sink = PostgresSink(POSTGRES_URL, "short", schema=schema, format="csv", columns=COLUMNS)
+    report = Job(
+        "long", CsvSource(path, raw=True), sink, store=SqliteStore(tmp_path / "s.db")
+    ).run()
+    assert (report.summary["succeeded"], report.summary["failed"]) == (9, 1)
+    assert [r[0] for r in rows(schema, "short")] == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+    # the one text's COPY (refused at the 5th row), then the other rows
+    assert statements(schema) == 2

@@ -4,8 +4,8 @@ one place (:func:`classify`), the row a COPY failed on (:func:`copy_line`,
 both in one pass: :func:`refused_before_copy`) and the
 reasons given for refused rows (:func:`typed_refusal`), what a write's errors mean to
 the sink and its async twin alike (:func:`row_refusal`, :func:`met_twice`,
-:func:`classified`, :func:`unsendable_error`), and connections opened with freight's
-errors."""
+:func:`classified`, :func:`unsendable_error`, :class:`TriedLines`), and connections
+opened with freight's errors."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - only without the extra
     ) from exc
 
 __all__ = [
+    "TriedLines",
     "_connect",
     "_reraise",
     "aclassified",
@@ -497,6 +498,38 @@ def aclassified(
             _reraise(exc)
 
     return call
+
+
+class TriedLines:
+    """The failed COPY of a chunk's lines sent as one text (``PostgresSink._write_lines``),
+    kept for the write of their texts that follows (the job engine's next call for that
+    chunk): the first try of that write, its bad row found from it, never sent twice."""
+
+    __slots__ = ("_kept",)
+
+    _MOST = 64  # chunks whose write never came (an engine stopped between): forgotten
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[str, int], tuple[int, psycopg.Error]] = {}
+
+    def keep(self, context: object, lines: int, error: psycopg.Error) -> None:
+        chunk = _chunk_of(context)
+        if chunk is not None:
+            if len(self._kept) >= self._MOST:
+                self._kept.clear()
+            self._kept[chunk] = (lines, error)
+
+    def take(self, context: object, lines: int) -> psycopg.Error | None:
+        """The kept error of this chunk's lines, if a write of as many lines follows."""
+        chunk = _chunk_of(context)
+        kept = None if chunk is None else self._kept.pop(chunk, None)
+        return kept[1] if kept is not None and kept[0] == lines else None
+
+
+def _chunk_of(context: object) -> tuple[str, int] | None:
+    """The job's chunk a write is of (a :class:`~freight.jobs.WriteContext`), if known."""
+    job, index = getattr(context, "job_id", None), getattr(context, "chunk_index", None)
+    return (job, index) if isinstance(job, str) and isinstance(index, int) else None
 
 
 def row_refusal(error: psycopg.Error) -> BaseException | None:

@@ -49,6 +49,7 @@ from freight.connectors._isolate import (
 )
 from freight.connectors._pgbinary import TYPES_SQL, BinaryColumns, binary_columns, fits
 from freight.connectors._pgerrors import (
+    TriedLines,
     _reraise,
     classified,
     classify,
@@ -186,6 +187,7 @@ class PostgresSink:
         self._types: dict[tuple[str, ...], list[str]] = {}
         self._planner = Planner(self._target, self._staging, mode=mode, key=self.key, format=format)
         self._pipelined = _WritePlan(pipelined=True, before=self._planner.before())
+        self._tried = TriedLines()  # a chunk's one-text COPY that failed (_write_lines)
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.table!r}, schema={self.schema!r}, mode={self.mode!r})"
@@ -233,6 +235,7 @@ class PostgresSink:
         self._ensure_open()
         planned, refused = self._runs(items)
         outcomes: list[Any] = [None] * len(items)
+        tried = self._tried.take(context, len(items))
         try:
             with self._connection() as conn:
                 if self._stale(planned):
@@ -242,7 +245,10 @@ class PostgresSink:
                 for index, (plan, columns, rows, places) in enumerate(
                     self._parts(planned, refused)
                 ):
-                    written = self._write_all(conn, plan, columns, rows, start=index == 0)
+                    first = tried if len(rows) == len(items) else None
+                    written = self._write_all(conn, plan, columns, rows, start=index == 0,
+                                              tried=first)  # fmt: skip
+                    tried = None
                     if written.count(None) == len(written):
                         continue  # the rule: every row went in (in C, not a loop per row)
                     for place, outcome in zip(places, written, strict=True):
@@ -278,7 +284,10 @@ class PostgresSink:
             sent = text if conn.info.encoding == "utf-8" else text.decode()
             with conn.cursor() as cur:
                 cur.execute(plan.start)
-                return self._try(cur, plan, columns, [], [0], text=sent, lines=lines) is None
+                error = self._try(cur, plan, columns, [], [0], text=sent, lines=lines)
+        if error is not None:
+            self._tried.keep(context, text.count(b"\n"), error)
+        return error is None
 
     def conflict_keys(self, items: list[Any]) -> set[Hashable] | None:
         """The keys an upsert of ``items`` touches, or ``None`` (unknown: not an upsert,
@@ -397,6 +406,7 @@ class PostgresSink:
         rows: list[Any],
         *,
         start: bool,
+        tried: psycopg.Error | None = None,
     ) -> list[Any]:
         """Write ``rows`` in ``conn``'s transaction; return one outcome per row (see
         :func:`~freight.connectors._isolate.locate`). ``start``: the write's first run
@@ -410,15 +420,15 @@ class PostgresSink:
         with conn.cursor() as cur:
             if start:
                 cur.execute(plan.start)
-            refused, tried = self._checked(cur, plan, columns, rows, types)
-            if tried is None:
+            refused, failed = self._checked(cur, plan, columns, rows, types, tried=tried)
+            if failed is None:
                 return [None] * len(rows)
 
             def write(indices: list[int]) -> Refused | None:
                 part = rows if len(indices) == len(rows) else [rows[i] for i in indices]
                 sent = [0]
-                if tried and part is rows:  # the first write of the plan: tried already
-                    error: psycopg.Error | None = tried.pop()
+                if failed and part is rows:  # the first write of the plan: tried already
+                    error: psycopg.Error | None = failed.pop()
                 else:
                     error = self._try(cur, plan, columns, part, sent)
                 if error is None:
@@ -447,6 +457,8 @@ class PostgresSink:
         columns: list[str],
         rows: list[Any],
         types: list[str],
+        *,
+        tried: psycopg.Error | None = None,
     ) -> tuple[dict[int, PermanentError], list[psycopg.Error] | None]:
         """The CSV texts COPY must not be sent (:func:`refused_before_copy`), and the
         error of a try of them all (in a list: taken once), ``None``: they went in.
@@ -457,17 +469,22 @@ class PostgresSink:
         check runs again without trusting. If it still refuses none, that failed try
         is the plan's first write, never sent twice. That COPY is sent in text format
         where the texts hold no backslash nor carriage return (:data:`_pgplan._LINES`:
-        read as CSV reads them, with less server CPU)."""
+        read as CSV reads them, with less server CPU). ``tried``: the error of that COPY
+        already sent (:meth:`_write_lines`), not sent again."""
         if self.format != "csv":
             return {}, []
         version, text = cur.connection.info.server_version, "".join(rows)
-        refused, trusted = trusted_refusals(columns, rows, types, server_version=version, text=text)
-        if not trusted:  # exact: the plan writes what is left
-            return refused, []
-        lines = "\\" not in text and "\r" not in text  # and no quote: trusted
-        error = self._try(cur, plan, columns, rows, [0], text=text, lines=lines)
+        error = tried
         if error is None:
-            return {}, None
+            refused, trusted = trusted_refusals(
+                columns, rows, types, server_version=version, text=text
+            )
+            if not trusted:  # exact: the plan writes what is left
+                return refused, []
+            lines = "\\" not in text and "\r" not in text  # and no quote: trusted
+            error = self._try(cur, plan, columns, rows, [0], text=text, lines=lines)
+            if error is None:
+                return {}, None
         refused = refused_before_copy(columns, rows, types, server_version=version, text=text)
         return refused, [] if refused else [error]
 
