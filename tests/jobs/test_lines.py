@@ -94,7 +94,8 @@ def test_lines_kept_as_one_text_are_the_records_of_their_lines(
     head, rest = block.split(n)
     assert head.is_block
     assert rest.is_block
-    assert head.end == rest.start
+    assert head.end == rest.start == (lines.offset + sum(lines.lengths[:n]), lines.line + n)
+    assert rest.end == lines.end
     assert (list(head), list(rest)) == (expected[:n], expected[n:])
     assert (head.block() or b"") + (rest.block() or b"") == block.block()
     again = Lines.joined([*block.split(n)])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -106,3 +107,13 @@ def test_a_sink_whose_write_is_not_the_one_beside_its_write_lines_gets_its_texts
     run(tmp_path / "f", forwarding)
     assert forwarding.inner.blocks == []
     assert len([t for w in forwarding.writes for t in w]) == 999
+
+
+def test_a_write_replaced_on_the_sink_itself_gets_the_texts(tmp_path: Path) -> None:
+    """Found by review: ``mock.patch.object(sink, "write", wraps=sink.write)`` was
+    passed by (the class's write was compared, not the instance's)."""
+    sink = _LinesKeeping()
+    with mock.patch.object(sink, "write", wraps=sink.write) as write:
+        run(tmp_path, sink)
+    assert write.call_count == 4
+    assert sink.blocks == []

@@ -187,7 +187,8 @@ class Lines(Sequence[Record]):
         n = max(0, min(n, self._n))
         cut = _after(data, self._begin, self._stop, n, self._n)
         head = Lines.of_block(self.offset, self.line, data, n, crlf=self._crlf,
-                              begin=self._begin, stop=cut)  # fmt: skip
+                              open_end=self._open and n == self._n, begin=self._begin,
+                              stop=cut)  # fmt: skip
         rest = Lines.of_block(*head.end, data, self._n - n, crlf=self._crlf,
                               open_end=self._open, begin=cut, stop=self._stop)  # fmt: skip
         return head, rest
@@ -202,7 +203,10 @@ class Lines(Sequence[Record]):
                 return None
         if len(parts) == 1:
             return first
-        last = parts[-1]
+        parts = [p for p in parts if len(p)] or [first]  # an empty one joins nothing
+        if len(parts) == 1:
+            return parts[0]
+        first, last = parts[0], parts[-1]
         if all(
             p._data is not None and p._crlf == first._crlf and (p is last or not p._open)
             for p in parts

@@ -61,9 +61,11 @@ class LinesSink(Protocol):
 
 def lines_writer(sink: object) -> Callable[[bytes, WriteContext], bool] | None:
     """``sink``'s own ``_write_lines`` (:class:`LinesSink`), if its ``write`` is the one
-    of the class that defines it: a subclass overriding ``write``, or a wrapper handing
-    other attributes on to a sink, has its ``write`` called for every item, never
-    passed by."""
+    of the class that defines it: a subclass overriding ``write``, a ``write`` replaced
+    on the sink itself (a mock wrapping it), or a wrapper handing other attributes on to
+    a sink, has its ``write`` called for every item, never passed by."""
+    if "write" in getattr(sink, "__dict__", ()):
+        return None
     kind = type(sink)
     for base in kind.__mro__:
         if "_write_lines" in vars(base):
