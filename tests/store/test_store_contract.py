@@ -215,6 +215,22 @@ def test_control_requests_and_events(store: Store) -> None:
     ]
 
 
+def test_a_dead_letter_holding_a_nul_is_stored_on_every_store(store: Store) -> None:
+    """Found by review: a CSV line with a NUL byte (a bad record, its excerpt the line)
+    stopped a run whose store is PostgreSQL (its text cannot hold a NUL), and the run
+    could never finish. Every store keeps the NUL shown as ``\\x00``."""
+    job_id = new_job(store)
+    store.start_chunk(job_id, ChunkCheckpoint(index=0, start=(0, 1)))
+    dead = DeadLetter(
+        record_id="line 3", payload="2,b\x00c", error_type="RecordError",
+        message="NUL byte in field 2 ('name')\x00", category="validation",
+    )  # fmt: skip
+    done = ChunkCheckpoint(index=0, start=(0, 1), end=(9, 4), status="done", items=1, failed=1)
+    store.commit_chunk(job_id, done, [dead])
+    [letter] = store.dead_letters(job_id)
+    assert (letter.payload, letter.message) == ("2,b\\x00c", "NUL byte in field 2 ('name')\\x00")
+
+
 def test_dead_letters_can_be_marked_replayed(store: Store) -> None:
     job_id = new_job(store)
     letters = [

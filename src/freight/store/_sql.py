@@ -59,6 +59,12 @@ def _held(job: JobRecord, host: str, pid: int, stale_before: datetime) -> bool:
     return job.heartbeat_at is not None and job.heartbeat_at > stale_before
 
 
+def _shown(text: str) -> str:
+    """A dead letter's text as stored: a NUL shown as ``\\x00`` (PostgreSQL's text cannot
+    hold one, and a terminal shows none), the same on every store."""
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
+
+
 def _ts(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
@@ -321,8 +327,8 @@ class SqlStore(ABC):
             self.sql.insert_dead_letter,
             [
                 (job_id, d.chunk_index if chunk_index is None else chunk_index, d.record_id,
-                 *(d.position or (None, None)), d.payload, d.error_type, d.message, d.category,
-                 d.attempts, _ts(d.created_at) or now)
+                 *(d.position or (None, None)), _shown(d.payload), d.error_type,
+                 _shown(d.message), d.category, d.attempts, _ts(d.created_at) or now)
                 for d in dead_letters
             ],
         )  # fmt: skip
