@@ -2,13 +2,13 @@
 exported by :mod:`freight.connectors.postgres`; the rules of its writes (the async twin
 there shares them, and this module never imports that one):
 
-- Identifiers are composed with ``psycopg.sql.Identifier``, never by string formatting.
 - A write that fails on a bad row (COPY aborts the whole statement) is taken apart
   inside the write, which then returns one outcome per row: where the server names the
   row (COPY's line), the rows before it go in, the bad row gets its own
   :class:`~freight.PermanentError` (the server's error as its ``__cause__``), and the
   rest is written again; where it does not, the core's poison isolation bisects
-  (:mod:`freight.connectors._isolate`). Every part of one write commits together.
+  (:mod:`freight.connectors._isolate`); keys met again are found at once
+  (:mod:`~freight.connectors._pgdups`). Every part of one write commits together.
 - A statement the target refuses whatever the rows hold (no such table or column, no
   privilege) is a :class:`~freight.TargetError` for every row: not bisected.
 - Upserts: the last value of a key within one write wins (the file's order).
@@ -48,6 +48,7 @@ from freight.connectors._isolate import (
     shaped,
 )
 from freight.connectors._pgbinary import TYPES_SQL, BinaryColumns, binary_columns, fits
+from freight.connectors._pgdups import FirstTry, Found, UniqueIndex
 from freight.connectors._pgerrors import (
     TriedLines,
     _reraise,
@@ -188,6 +189,7 @@ class PostgresSink:
         self._planner = Planner(self._target, self._staging, mode=mode, key=self.key, format=format)
         self._pipelined = _WritePlan(pipelined=True, before=self._planner.before())
         self._tried = TriedLines()  # a chunk's one-text COPY that failed (_write_lines)
+        self._unique: dict[tuple[str, ...], UniqueIndex | None] = {}  # see _pgdups
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.table!r}, schema={self.schema!r}, mode={self.mode!r})"
@@ -245,10 +247,9 @@ class PostgresSink:
                 for index, (plan, columns, rows, places) in enumerate(
                     self._parts(planned, refused)
                 ):
-                    first = tried if len(rows) == len(items) else None
                     written = self._write_all(conn, plan, columns, rows, start=index == 0,
-                                              tried=first)  # fmt: skip
-                    tried = None
+                                              tried=tried)  # fmt: skip
+                    tried = None  # (CSV texts: one run)
                     if written.count(None) == len(written):
                         continue  # the rule: every row went in (in C, not a loop per row)
                     for place, outcome in zip(places, written, strict=True):
@@ -261,11 +262,9 @@ class PostgresSink:
         return settled(outcomes, refused)
 
     def _write_lines(self, text: bytes, context: object = None) -> bool:
-        """Write plain CSV lines given as one UTF-8 text (each ending in ``\\n``, no
-        quote: lines :class:`~freight.jobs.CsvSource` read as plain) in one COPY, if the
-        check finds them clean and they all go in; ``False``: none was written, and
-        :meth:`write` of their texts finds the bad ones. The job engine's fast path
-        (:class:`~freight.jobs._sink.LinesSink`): no string per line."""
+        """Write plain CSV lines as one UTF-8 text (:class:`~freight.jobs._sink.LinesSink`,
+        the job engine's fast path: no string per line) in one COPY, if the check finds
+        them clean and they all go in; ``False``: none was written."""
         columns = list(self.columns or ())
         if self.format != "csv" or self.mode != "copy" or not columns or b'"' in text:
             return False
@@ -279,8 +278,7 @@ class PostgresSink:
             if not plain_lines(text, self._types_of(columns), server_version=version):
                 return False
             lines = b"\\" not in text and b"\r" not in text
-            # UTF-8 as it is; to a connection of another client encoding, as a string
-            # psycopg encodes (a character it cannot: refused, then found line by line)
+            # to a connection of another client encoding: a string psycopg encodes
             sent = text if conn.info.encoding == "utf-8" else text.decode()
             with conn.cursor() as cur:
                 cur.execute(plan.start)
@@ -345,7 +343,7 @@ class PostgresSink:
         previous ones is derived again when next needed."""
         self._types, self._binary = {}, {}  # new dicts: a write in another thread keeps its own
         self._table = dict(found) or None
-        self._commuting = None
+        self._commuting, self._unique = None, {}
 
     def _parts(
         self, planned: list[Run], refused: dict[int, BaseException]
@@ -423,6 +421,9 @@ class PostgresSink:
             refused, failed = self._checked(cur, plan, columns, rows, types, tried=tried)
             if failed is None:
                 return [None] * len(rows)
+            copies = self.mode == "copy" and self.format == "csv"
+            first = FirstTry(cur, self._target, columns=columns, rows=rows, refused=refused,
+                             indexes=self._unique, csv=copies)  # fmt: skip
 
             def write(indices: list[int]) -> Refused | None:
                 part = rows if len(indices) == len(rows) else [rows[i] for i in indices]
@@ -433,6 +434,7 @@ class PostgresSink:
                     error = self._try(cur, plan, columns, part, sent)
                 if error is None:
                     return None
+                first.failed(error)  # keys met again: raises Found
                 at = self._located(error, plan, part, sent[0])
                 refusal = self._unstaged(classify(error))
                 if at is not None and self.format == "csv":
@@ -448,7 +450,10 @@ class PostgresSink:
                 isolated = isolate([rows[i] for i in indices], classified(run), failed=error)
                 return list(map(self._unstaged, isolated))
 
-            return run_located(locate(len(rows), refused), write, bisect)
+            try:
+                return run_located(locate(len(rows), refused), write, bisect)
+            except Found as found:  # nothing written yet: the plan again, without them
+                return run_located(locate(len(rows), found.refused), write, bisect)
 
     def _checked(
         self,
@@ -467,10 +472,9 @@ class PostgresSink:
         time); when its clean answer rests on that (:func:`trusted_refusals`), a COPY
         of them all proves it (the server refuses any other line) or fails, and the
         check runs again without trusting. If it still refuses none, that failed try
-        is the plan's first write, never sent twice. That COPY is sent in text format
-        where the texts hold no backslash nor carriage return (:data:`_pgplan._LINES`:
-        read as CSV reads them, with less server CPU). ``tried``: the error of that COPY
-        already sent (:meth:`_write_lines`), not sent again."""
+        is the plan's first write, never sent twice (``tried``: that error, met by
+        :meth:`_write_lines`). Without a backslash or ``\\r``, in text format
+        (:data:`_pgplan._LINES`: read as CSV reads them, with less server CPU)."""
         if self.format != "csv":
             return {}, []
         version, text = cur.connection.info.server_version, "".join(rows)
