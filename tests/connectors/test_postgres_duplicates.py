@@ -156,3 +156,46 @@ def test_a_row_a_check_refuses_keeps_that_reason_past_copys_first_batch(
     assert found == rule
     assert (found[1_200] or "").startswith("CheckViolation")
     assert rows(schema, "found") == rows(schema, "rule")
+
+
+def _same(schema: str, monkeypatch: pytest.MonkeyPatch, setup: str, texts: list[str]) -> None:
+    """``texts`` written into ``found`` and ``rule`` (each made by ``setup``, ``{t}`` its
+    name): the same refusals and rows either way."""
+    ends = []
+    for table, rule in (("found", False), ("rule", True)):
+        target, child = sql.Identifier(schema, table), sql.Identifier(schema, f"{table}_child")
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(target))
+            conn.execute(setup.format(t=target.as_string(conn), c=child.as_string(conn)))
+        with monkeypatch.context() as patched:
+            if rule:
+                patched.setattr(_pgdups.FirstTry, "failed", _rule_only)
+            ends.append((written(schema, table, texts), rows(schema, table)))
+    assert ends[0] == ends[1]
+
+
+@pytest.mark.parametrize(
+    ("setup", "texts"),
+    [
+        # found by the second review: each ended otherwise than the rule of a write
+        ("CREATE TABLE {t} (a int, b boolean, c text, UNIQUE (a, b));"
+         "INSERT INTO {t} VALUES (1, true, 'x')", ["1,t,y\n", "1,true,z\n"]),  # t, not true
+        ("CREATE TABLE {t} (a char(5) PRIMARY KEY, b text, c text);"
+         "INSERT INTO {t} VALUES ('ab', 'x', 'y')", ["ab,y,z\n", "ab,w,z\n"]),  # padded
+        ("CREATE TABLE {t} (a inet PRIMARY KEY, b text, c text);"
+         "INSERT INTO {t} VALUES ('10.0.0.1', 'x', 'y')", ["10.0.0.1,y,z\n", "10.0.0.1/32,w,z\n"]),
+        ("CREATE TABLE {t} (a int PRIMARY KEY, b text, c text);"  # a child's row: not a key
+         "CREATE TABLE {c} () INHERITS ({t}); INSERT INTO {c} VALUES (5, 'c', 'c');"
+         "INSERT INTO {t} VALUES (1, 'x', 'x')", ["1,y,y\n", "5,z,z\n"]),
+        ("CREATE TABLE {t} (a text PRIMARY KEY, b text, c text);"  # a key too long to index
+         "INSERT INTO {t} VALUES ('k', 'x', 'x')", ["k,y,y\n", f"{'v' * 9000},m,m\n", "m,2,2\n",
+                                                     f"{'v' * 9000},n,n\n"]),
+        ("CREATE TABLE {t} (a int PRIMARY KEY, b text, c text);"  # a text of two records
+         "INSERT INTO {t} VALUES (1, 'x', 'x')",
+         ["1,y,y\n", "3,a,a\n4,b,b\n", "4,c,c\n", "5,d,d\n"]),
+    ],
+)  # fmt: skip
+def test_a_write_meeting_keys_again_ends_as_the_rule_ends_it_for_these_tables(
+    schema: str, monkeypatch: pytest.MonkeyPatch, setup: str, texts: list[str]
+) -> None:
+    _same(schema, monkeypatch, setup, texts)

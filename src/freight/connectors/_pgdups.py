@@ -33,22 +33,29 @@ __all__ = ["ELIGIBLE_SQL", "FirstTry", "Found", "UniqueIndex", "duplicates", "un
 
 # The unique index %(table)s (a regclass's text) has, when duplicate keys of a write of
 # every column %(columns)s may be found in one query: its name, each key column as the
-# server's message shows it, and its name. No row: they may not.
+# server's message shows it, its name, and the type its operator class reads (schema and
+# name; '': a pseudo-type), whose output the message shows. No row: they may not.
 ELIGIBLE_SQL = """
 SELECT ic.relname,
        array_agg(pg_get_indexdef(i.indexrelid, k, true) ORDER BY k),
-       array_agg(a.attname::text ORDER BY k)
+       array_agg(a.attname::text ORDER BY k),
+       array_agg(CASE WHEN ty.typtype = 'p' THEN '' ELSE tn.nspname::text END ORDER BY k),
+       array_agg(CASE WHEN ty.typtype = 'p' THEN '' ELSE ty.typname::text END ORDER BY k)
 FROM pg_index i
 JOIN pg_class ic ON ic.oid = i.indexrelid
 JOIN pg_class t ON t.oid = i.indrelid
 CROSS JOIN generate_series(1, i.indnkeyatts) AS k
 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[k - 1]
+JOIN pg_opclass o ON o.oid = i.indclass[k - 1]
+JOIN pg_type ty ON ty.oid = o.opcintype
+JOIN pg_namespace tn ON tn.oid = ty.typnamespace
 LEFT JOIN pg_collation c ON c.oid = a.attcollation
 WHERE i.indrelid = %(table)s::regclass
   AND i.indisunique AND i.indimmediate AND i.indisvalid
   AND i.indexprs IS NULL AND i.indpred IS NULL
   AND NOT coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false)
-  AND t.relkind = 'r' AND NOT t.relhasrules AND NOT t.relrowsecurity
+  AND t.relkind = 'r' AND NOT t.relispartition AND NOT t.relhassubclass
+  AND NOT t.relhasrules AND NOT t.relrowsecurity
   AND (SELECT count(*) FROM pg_index o
        WHERE o.indrelid = i.indrelid AND (o.indisunique OR o.indisexclusion)) = 1
   AND NOT EXISTS (SELECT 1 FROM pg_constraint f
@@ -66,10 +73,17 @@ HAVING bool_and(c.oid IS NULL OR c.collisdeterministic)
 class UniqueIndex:
     """The unique index a write's duplicate keys are found for (:data:`ELIGIBLE_SQL`)."""
 
-    __slots__ = ("columns", "name", "shown")
+    __slots__ = ("columns", "name", "read_as", "shown")
 
-    def __init__(self, name: str, shown: Sequence[str], columns: Sequence[str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        shown: Sequence[str],
+        columns: Sequence[str],
+        read_as: Sequence[tuple[str, str]],
+    ) -> None:
         self.name, self.shown, self.columns = name, list(shown), list(columns)
+        self.read_as = list(read_as)
 
 
 class Found(Exception):
@@ -116,10 +130,17 @@ class FirstTry:
         if key not in indexes:
             indexes[key] = unique_index(self._cur, target.as_string(self._cur), columns)
         index = indexes[key]
-        if index is None or error.diag.constraint_name != index.name:
+        diag = error.diag  # the server's own words, as they are rebuilt (lc_messages)
+        if (
+            index is None
+            or diag.constraint_name != index.name
+            or diag.message_primary != _MESSAGE.format(index.name)
+            or not (diag.message_detail or "").startswith("Key (")
+        ):
             return
         sent = [i for i in range(len(rows)) if i not in refused]
-        found = duplicates(self._cur, target, columns, "".join(rows[i] for i in sent), index)
+        text = "".join(rows[i] for i in sent)
+        found = duplicates(self._cur, target, columns, text, index, records=len(sent))
         if found is not None:
             raise Found({**refused, **{sent[n]: refusal for n, refusal in found.items()}})
 
@@ -130,7 +151,9 @@ def unique_index(
     """The table's unique index, if duplicate keys of a write of ``columns`` may be found
     in one query (``table``: the quoted, qualified name)."""
     row = cur.execute(ELIGIBLE_SQL, {"table": table, "columns": list(columns)}).fetchone()
-    return None if row is None else UniqueIndex(row[0], row[1], row[2])
+    if row is None:
+        return None
+    return UniqueIndex(row[0], row[1], row[2], list(zip(row[3], row[4], strict=True)))
 
 
 def duplicates(
@@ -139,10 +162,17 @@ def duplicates(
     columns: Sequence[str],
     text: str | bytes,
     index: UniqueIndex,
+    *,
+    records: int,
 ) -> dict[int, PermanentError] | None:
-    """The rows of CSV ``text`` (written as ``columns``) that ``index`` refuses, each with
-    the reason the server gives; ``None`` when the temporary table refuses a text (the
-    rule of a write finds it). Runs in a savepoint of the write's transaction."""
+    """The rows of CSV ``text`` (``records`` of them, written as ``columns``) that
+    ``index`` refuses, each with the reason the server gives; ``None`` when the
+    temporary table refuses a text or reads another number of records (the rule of a
+    write finds why). Runs in a savepoint of the write's transaction.
+
+    The temporary table has an index on the key (a key too long for an index is refused
+    there too) and the target's rows found are locked ``FOR KEY SHARE`` (a key deleted
+    by a transaction not yet committed is waited for, as the COPY would)."""
     staging = sql.Identifier(f"freight_dups_{uuid.uuid4().hex[:12]}")
     names = sql.SQL(", ").join(map(sql.Identifier, columns))
     keys = [sql.Identifier(c) for c in index.columns]
@@ -153,11 +183,13 @@ def duplicates(
                 staging, target
             )
         )
-        with cur.copy(
-            sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(staging, names)
-        ) as copy:
+        cur.execute(sql.SQL("CREATE INDEX ON {} ({})").format(staging, sql.SQL(", ").join(keys)))
+        copy_in = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(staging, names)
+        with cur.copy(copy_in) as copy:
             copy.write(text)
-        found = cur.execute(_query(staging, target, keys)).fetchall()
+        if cur.rowcount != records:  # a text of several records (or none)
+            raise psycopg.DataError(f"{cur.rowcount} records read for {records}")
+        found = cur.execute(_query(staging, target, keys, index.read_as)).fetchall()
         cur.execute(sql.SQL("DROP TABLE {}").format(staging))
         cur.execute("RELEASE SAVEPOINT freight_dups")
     except psycopg.Error:
@@ -170,26 +202,40 @@ def duplicates(
 
 
 def _query(
-    staging: sql.Identifier, target: sql.Identifier, keys: list[sql.Identifier]
+    staging: sql.Identifier,
+    target: sql.Identifier,
+    keys: list[sql.Identifier],
+    read_as: list[tuple[str, str]],
 ) -> sql.Composed:
-    """Each row of ``staging`` (by its place, from 0) whose key is in ``target`` or in a
-    row before it, with its key's values as the server shows them."""
+    """Each row of ``staging`` (by its place, from 0) whose key is in ``target`` (its own
+    rows: ``ONLY``) or in a row before it, with its key's values as the server shows them
+    (the output of the type each key column's operator class reads: ``t``, not ``true``;
+    ``char(n)`` padded)."""
     key = sql.SQL(", ").join(keys)
     same = sql.SQL(" AND ").join(sql.SQL("t.{k} = s.{k}").format(k=k) for k in keys)
     known = sql.SQL(" AND ").join(sql.SQL("s.{} IS NOT NULL").format(k) for k in keys)
-    shown = sql.SQL(" || ', ' || ").join(sql.SQL("s.{}::text").format(k) for k in keys)
+    shown = sql.SQL(" || ', ' || ").join(
+        sql.SQL("format('%s', s.{}::{})").format(k, sql.Identifier(*type_))
+        if type_[1]
+        else sql.SQL("format('%s', s.{})").format(k)
+        for k, type_ in zip(keys, read_as, strict=True)
+    )
     return sql.SQL(
         "SELECT s.n, {shown} FROM (SELECT {key}, row_number() OVER (ORDER BY ctid) - 1 AS n,"
         " row_number() OVER (PARTITION BY {key} ORDER BY ctid) AS r FROM {staging}) AS s"
-        " WHERE {known} AND (s.r > 1 OR EXISTS (SELECT 1 FROM {target} AS t WHERE {same}))"
+        " WHERE {known} AND (s.r > 1 OR EXISTS"
+        " (SELECT 1 FROM ONLY {target} AS t WHERE {same} FOR KEY SHARE))"
         " ORDER BY s.n"
     ).format(shown=shown, key=key, staging=staging, known=known, target=target, same=same)
+
+
+_MESSAGE = 'duplicate key value violates unique constraint "{}"'
 
 
 def _refusal(index: str, shown: str, values: str) -> PermanentError:
     """The reason :func:`~freight.connectors._pgerrors.reason` gives for the server's
     refusal of a duplicate key, its cause a ``UniqueViolation`` saying the same."""
-    message = f'duplicate key value violates unique constraint "{index}"'
+    message = _MESSAGE.format(index)
     detail = f"Key ({shown})=({values}) already exists."
     refusal = PermanentError(f"UniqueViolation: {' '.join(f'{message}; {detail}'.split())}")
     refusal.__cause__ = psycopg.errors.UniqueViolation(f"{message}\nDETAIL:  {detail}")
