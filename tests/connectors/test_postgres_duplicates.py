@@ -74,7 +74,7 @@ def written(schema: str, table: str, texts: list[str]) -> list[str | None]:
     return [o and str(o).replace(f'"{table}', '"t') for o in outcomes]
 
 
-def _rule_only(self: Any, error: Any) -> None:
+def _rule_only(*args: Any, **kwargs: Any) -> None:
     """The rule of a write alone: no duplicates found in one query."""
 
 
@@ -106,7 +106,7 @@ def test_property_a_write_meeting_keys_again_ends_as_the_rule_of_a_write_ends_it
     fresh(schema, "rule", body, existing)
     found = written(schema, "found", texts)
     with monkeypatch.context() as patched:
-        patched.setattr(_pgdups.FirstTry, "failed", _rule_only)
+        patched.setattr(_pgdups, "found_duplicates", _rule_only)
         rule = written(schema, "rule", texts)
     assert found == rule
     assert rows(schema, "found") == rows(schema, "rule")
@@ -151,7 +151,7 @@ def test_a_row_a_check_refuses_keeps_that_reason_past_copys_first_batch(
     fresh(schema, "rule", TABLES["checked"], ["0,x,ok\n"])
     found = written(schema, "found", lines)
     with monkeypatch.context() as patched:
-        patched.setattr(_pgdups.FirstTry, "failed", _rule_only)
+        patched.setattr(_pgdups, "found_duplicates", _rule_only)
         rule = written(schema, "rule", lines)
     assert found == rule
     assert (found[1_200] or "").startswith("CheckViolation")
@@ -169,7 +169,7 @@ def _same(schema: str, monkeypatch: pytest.MonkeyPatch, setup: str, texts: list[
             conn.execute(setup.format(t=target.as_string(conn), c=child.as_string(conn)))
         with monkeypatch.context() as patched:
             if rule:
-                patched.setattr(_pgdups.FirstTry, "failed", _rule_only)
+                patched.setattr(_pgdups, "found_duplicates", _rule_only)
             ends.append((written(schema, table, texts), rows(schema, table)))
     assert ends[0] == ends[1]
 
@@ -190,6 +190,9 @@ def _same(schema: str, monkeypatch: pytest.MonkeyPatch, setup: str, texts: list[
         ("CREATE TABLE {t} (a text PRIMARY KEY, b text, c text);"  # a key too long to index
          "INSERT INTO {t} VALUES ('k', 'x', 'x')", ["k,y,y\n", f"{'v' * 9000},m,m\n", "m,2,2\n",
                                                      f"{'v' * 9000},n,n\n"]),
+        ("CREATE TABLE {t} (a int PRIMARY KEY, b numeric, c text);"  # refused before COPY
+         "INSERT INTO {t} VALUES (1, 1, 'x'), (2, 2, 'x')",
+         ["1,1,y\n", "3,NaN,y\n", "2,2,y\n", "4,4,y\n", "4,5,y\n"]),
         ("CREATE TABLE {t} (a int PRIMARY KEY, b text, c text);"  # a text of two records
          "INSERT INTO {t} VALUES (1, 'x', 'x')",
          ["1,y,y\n", "3,a,a\n4,b,b\n", "4,c,c\n", "5,d,d\n"]),

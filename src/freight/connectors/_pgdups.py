@@ -21,7 +21,7 @@ rule of a write then finds it). Anything else keeps the rule of a write.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -29,7 +29,14 @@ from psycopg import sql
 
 from freight._errors import PermanentError
 
-__all__ = ["ELIGIBLE_SQL", "FirstTry", "Found", "UniqueIndex", "duplicates", "unique_index"]
+__all__ = [
+    "ELIGIBLE_SQL",
+    "UniqueIndex",
+    "duplicates",
+    "first_try",
+    "found_duplicates",
+    "unique_index",
+]
 
 # The unique index %(table)s (a regclass's text) has, when duplicate keys of a write of
 # every column %(columns)s may be found in one query: its name, each key column as the
@@ -86,63 +93,66 @@ class UniqueIndex:
         self.read_as = list(read_as)
 
 
-class Found(Exception):
-    """The rows a unique index refuses in a write, found (:meth:`FirstTry.failed`)."""
+def first_try(
+    cur: psycopg.Cursor[Any],
+    target: sql.Identifier,
+    *,
+    rows: list[str],
+    refused: dict[int, PermanentError],
+    failed: list[psycopg.Error],
+    send: Callable[[list[str]], psycopg.Error | None],
+    columns: list[str],
+    indexes: dict[tuple[str, ...], UniqueIndex | None],
+) -> tuple[dict[int, PermanentError], list[psycopg.Error]] | None:
+    """The first try of a COPY of the CSV texts ``rows`` but those ``refused`` (by
+    ``send``, unless ``failed`` holds its error already): ``None`` when they went in.
+    Else, where a unique index refused it, ``refused`` with the rows that index refuses
+    (found at once: :func:`found_duplicates`) and no failed try (the rest is written
+    again); or ``refused`` as it is and the failed try, the plan's first write.
+    ``indexes``: the table's eligible index per column list, asked once."""
+    if not failed:
+        error = send([rows[i] for i in range(len(rows)) if i not in refused])
+        if error is None:
+            return None
+        failed = [error]
+    found = found_duplicates(cur, failed[0], target, columns=columns, rows=rows,
+                             refused=refused, indexes=indexes)  # fmt: skip
+    return (refused, failed) if found is None else (found, [])
 
-    def __init__(self, refused: dict[int, PermanentError]) -> None:
-        super().__init__(f"{len(refused)} rows refused")
-        self.refused = refused
 
-
-class FirstTry:
-    """The first try of a COPY of CSV texts ``rows`` (but those ``refused``): where a
-    unique index refuses it, the rows that index refuses are found at once and
-    :class:`Found` is raised with ``refused`` and them (the write starts again without
-    them: nothing was written). ``indexes``: the table's eligible index per column
-    list, asked once; ``csv``: a COPY of CSV texts into the table (else nothing is
-    looked for)."""
-
-    __slots__ = ("_args", "_cur", "_pending")
-
-    def __init__(
-        self,
-        cur: psycopg.Cursor[Any],
-        target: sql.Identifier,
-        *,
-        columns: list[str],
-        rows: list[str],
-        refused: dict[int, PermanentError],
-        indexes: dict[tuple[str, ...], UniqueIndex | None],
-        csv: bool,
-    ) -> None:
-        self._cur, self._pending = cur, csv
-        self._args = (target, columns, rows, refused, indexes)
-
-    def failed(self, error: psycopg.Error) -> None:
-        """A try failed with ``error``: if it is the first, look for the duplicates."""
-        if not self._pending:
-            return
-        self._pending = False
-        target, columns, rows, refused, indexes = self._args
-        if not isinstance(error, psycopg.errors.UniqueViolation):
-            return
-        key = tuple(columns)
-        if key not in indexes:
-            indexes[key] = unique_index(self._cur, target.as_string(self._cur), columns)
-        index = indexes[key]
-        diag = error.diag  # the server's own words, as they are rebuilt (lc_messages)
-        if (
-            index is None
-            or diag.constraint_name != index.name
-            or diag.message_primary != _MESSAGE.format(index.name)
-            or not (diag.message_detail or "").startswith("Key (")
-        ):
-            return
-        sent = [i for i in range(len(rows)) if i not in refused]
-        text = "".join(rows[i] for i in sent)
-        found = duplicates(self._cur, target, columns, text, index, records=len(sent))
-        if found is not None:
-            raise Found({**refused, **{sent[n]: refusal for n, refusal in found.items()}})
+def found_duplicates(
+    cur: psycopg.Cursor[Any],
+    error: psycopg.Error,
+    target: sql.Identifier,
+    *,
+    columns: list[str],
+    rows: list[str],
+    refused: dict[int, PermanentError],
+    indexes: dict[tuple[str, ...], UniqueIndex | None],
+) -> dict[int, PermanentError] | None:
+    """``refused`` with the rows of ``rows`` the unique index that refused their COPY
+    (``error``) refuses; ``None`` where they cannot be found so (:data:`ELIGIBLE_SQL`,
+    :func:`duplicates`)."""
+    if not isinstance(error, psycopg.errors.UniqueViolation):
+        return None
+    key = tuple(columns)
+    if key not in indexes:
+        indexes[key] = unique_index(cur, target.as_string(cur), columns)
+    index = indexes[key]
+    diag = error.diag  # the server's own words, as they are rebuilt (lc_messages)
+    if (
+        index is None
+        or diag.constraint_name != index.name
+        or diag.message_primary != _MESSAGE.format(index.name)
+        or not (diag.message_detail or "").startswith("Key (")
+    ):
+        return None
+    sent = [i for i in range(len(rows)) if i not in refused]
+    text = "".join(rows[i] for i in sent)
+    found = duplicates(cur, target, columns, text, index, records=len(sent))
+    if found is None:
+        return None
+    return {**refused, **{sent[n]: refusal for n, refusal in found.items()}}
 
 
 def unique_index(

@@ -48,7 +48,7 @@ from freight.connectors._isolate import (
     shaped,
 )
 from freight.connectors._pgbinary import TYPES_SQL, BinaryColumns, binary_columns, fits
-from freight.connectors._pgdups import FirstTry, Found, UniqueIndex
+from freight.connectors._pgdups import UniqueIndex, first_try
 from freight.connectors._pgerrors import (
     TriedLines,
     _reraise,
@@ -421,20 +421,23 @@ class PostgresSink:
             refused, failed = self._checked(cur, plan, columns, rows, types, tried=tried)
             if failed is None:
                 return [None] * len(rows)
-            copies = self.mode == "copy" and self.format == "csv"
-            first = FirstTry(cur, self._target, columns=columns, rows=rows, refused=refused,
-                             indexes=self._unique, csv=copies)  # fmt: skip
+            if self.mode == "copy" and self.format == "csv":  # keys met again: found at once
+                first = first_try(cur, self._target, rows=rows, refused=refused, failed=failed,
+                                  send=lambda part: self._try(cur, plan, columns, part, [0]),
+                                  columns=columns, indexes=self._unique)  # fmt: skip
+                if first is None:
+                    return [refused.get(i) for i in range(len(rows))]
+                refused, failed = first
 
             def write(indices: list[int]) -> Refused | None:
                 part = rows if len(indices) == len(rows) else [rows[i] for i in indices]
                 sent = [0]
-                if failed and part is rows:  # the first write of the plan: tried already
+                if failed:  # the plan's first write (all but those refused): tried already
                     error: psycopg.Error | None = failed.pop()
                 else:
                     error = self._try(cur, plan, columns, part, sent)
                 if error is None:
                     return None
-                first.failed(error)  # keys met again: raises Found
                 at = self._located(error, plan, part, sent[0])
                 refusal = self._unstaged(classify(error))
                 if at is not None and self.format == "csv":
@@ -450,10 +453,7 @@ class PostgresSink:
                 isolated = isolate([rows[i] for i in indices], classified(run), failed=error)
                 return list(map(self._unstaged, isolated))
 
-            try:
-                return run_located(locate(len(rows), refused), write, bisect)
-            except Found as found:  # nothing written yet: the plan again, without them
-                return run_located(locate(len(rows), found.refused), write, bisect)
+            return run_located(locate(len(rows), refused), write, bisect)
 
     def _checked(
         self,
