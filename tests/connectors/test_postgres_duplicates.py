@@ -17,6 +17,7 @@ from psycopg import sql
 
 from freight.connectors import _pgdups
 from freight.connectors.postgres import PostgresSink
+from tests.connectors.test_postgres_lines_copy import copies_sent
 from tests.services import POSTGRES_URL, require
 
 # Tables a write's duplicates are found for in one query, and tables they are not
@@ -119,14 +120,7 @@ def test_a_write_of_keys_the_table_has_is_refused_in_a_few_statements(
     (COPYs are counted as sent: a counting trigger would make the table not eligible)."""
     lines = [f"{i},b{i},ok\n" for i in range(500)]
     fresh(schema, "again", TABLES["key"], lines[::2])
-    sent: list[str] = []
-    copy = psycopg.Cursor.copy
-
-    def counting(self: psycopg.Cursor[Any], statement: Any, *args: Any, **kwargs: Any) -> Any:
-        sent.append(statement.as_string(self.connection))
-        return copy(self, statement, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.Cursor, "copy", counting)
+    sent = copies_sent(monkeypatch)
     outcomes = written(schema, "again", lines)
     assert [o is None for o in outcomes] == [i % 2 == 1 for i in range(500)]
     assert outcomes[0] == (

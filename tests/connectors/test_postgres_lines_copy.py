@@ -88,11 +88,8 @@ def test_property_plain_lines_load_as_the_csv_format_loads_them(
     assert rows(schema, "ours") == rows(schema, "csv")
 
 
-def test_a_clean_write_without_backslashes_is_sent_in_text_format(
-    schema: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The fast form is used where it may be, and only there."""
-    emptied(schema)
+def copies_sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The COPY statements psycopg sends from now on, as text (kept as they are sent)."""
     sent: list[str] = []
     copy = psycopg.Cursor.copy
 
@@ -101,6 +98,15 @@ def test_a_clean_write_without_backslashes_is_sent_in_text_format(
         return copy(self, statement, *args, **kwargs)
 
     monkeypatch.setattr(psycopg.Cursor, "copy", spy)
+    return sent
+
+
+def test_a_clean_write_without_backslashes_is_sent_in_text_format(
+    schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast form is used where it may be, and only there."""
+    emptied(schema)
+    sent = copies_sent(monkeypatch)
     sink = PostgresSink(POSTGRES_URL, "ours", schema=schema, format="csv", columns=COLUMNS)
     try:
         assert sink.write(["1,a,1,\n", "2,,2,b\n"]) is None

@@ -271,7 +271,7 @@ class PostgresSink:
         self._ensure_open()
         plan = self._planner.plan(columns)
         with self._connection() as conn:
-            if not self._table or any(c not in self._table for c in columns):
+            if self._stale([Run(columns, [], [])]):
                 with conn.cursor() as cur:
                     self._learn(cur.execute(COLUMNS_SQL, (self.table, self.schema)).fetchall())
             version = conn.info.server_version
